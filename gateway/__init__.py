@@ -1,0 +1,1 @@
+"""routegate: a stable HTTP API in front of unstable ones."""

@@ -1,0 +1,1 @@
+"""Sandbox upstreams: local emulations of the Observable and PostHog APIs."""
