@@ -1,0 +1,82 @@
+"""``gateway demo``: both sandboxes and the gateway in one process, for a first look.
+
+The demo sets the same env vars an operator would (upstream URLs and credentials),
+then loads the real routes.yaml, so what you curl is exactly the shipped config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+
+from aiohttp import web
+
+from gateway.config import ConfigError, load_config
+from gateway.sandbox import observable, posthog
+from gateway.sandbox.runner import export_lines, start_sandboxes
+
+_WEEK_MS = 7 * 24 * 3600 * 1000
+
+
+def curl_examples(base: str, notebook_id: str, short_id: str) -> list[str]:
+    return [
+        f"curl -s '{base}/v1/observable/notebooks?limit=5'",
+        f"curl -s '{base}/v1/observable/notebooks?type=public,shared&all=true' | python3 -m json.tool | head -40",
+        f"curl -s '{base}/v1/observable/users/alice/notebooks?limit=3'",
+        f"curl -s '{base}/v1/observable/notebooks/{notebook_id}/version'",
+        f"curl -si '{base}/v1/observable/notebooks/{notebook_id}/module' | head -12",
+        f"curl -s '{base}/v1/posthog/projects/1/notebooks?limit=3'",
+        f"curl -s '{base}/v1/posthog/projects/1/notebooks/{short_id}'",
+        f"curl -si -X DELETE '{base}/v1/posthog/projects/1/notebooks/{short_id}'",
+        f"curl -s -X POST '{base}/v1/observable/notebooks' -H 'Content-Type: application/json' "
+        """-d '{"nodes": [{"id": 0}, {"id": 0}], "version": 1}'""",
+        f"curl -s '{base}/metrics' | grep ^gateway_requests_total",
+    ]
+
+
+async def _run(config_path: str, host: str, port: int, obs_port: int, ph_port: int) -> int:
+    from gateway.server import build_app
+
+    obs_state = observable.ObservableState(session_expiration_ms=int(time.time() * 1000) + _WEEK_MS)
+    sandboxes = await start_sandboxes(
+        host, obs_port, ph_port, observable_state=obs_state, posthog_state=posthog.PostHogState()
+    )
+    for line in export_lines(sandboxes):
+        name, _, value = line.removeprefix("export ").partition("=")
+        os.environ[name] = value
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(exc)
+        await sandboxes.close()
+        return 1
+    runner = web.AppRunner(build_app(config), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    base = f"http://{host}:{port}"
+    nb = obs_state.by_kind("public")[0]
+    ph = sandboxes.posthog_state
+    short_id = ph.visible(1)[0].short_id
+    print(f"routegate demo: gateway {base}  (Observable sandbox {sandboxes.observable_url}, "
+          f"PostHog sandbox {sandboxes.posthog_url})\nTry:\n")
+    for cmd in curl_examples(base, nb.id, short_id):
+        print(f"  {cmd}")
+    print("\nCtrl-C stops everything.", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        await sandboxes.close()
+    return 0
+
+
+def run_demo(config_path: str, host: str, port: int, obs_port: int, ph_port: int) -> int:
+    return asyncio.run(_run(config_path, host, port, obs_port, ph_port))

@@ -1,0 +1,352 @@
+"""The per-route pipeline: stable request → upstream call(s) → stable response.
+
+Order matters and is fixed: params and body are validated completely before any
+upstream is contacted (a bad request is never forwarded); targets are tried in
+order, a 404/410 handing over to the next (migrations); upstream statuses are
+mapped once, in ``_check_status``; the response is rebuilt from declared fields.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from gateway.auth import Credentials
+from gateway.config import Config, Route, Target, Upstream
+from gateway.errors import (
+    BadGateway,
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+    UpstreamError,
+    client_error_for,
+)
+from gateway.mapping import ShapeDrift, apply_mapping, evaluate, parse_params, target_request
+from gateway.metrics import Metrics, status_class
+from gateway.pagination import Position, decode_cursor, encode_cursor, pages
+from gateway.routing import Match
+from gateway.upstream import UpstreamClient, UpstreamResponse
+from gateway.validators import VALIDATORS
+
+JSON_TYPE = "application/json"
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_RETRY_IN = re.compile(r"available in (\d+) seconds?")
+
+
+def dumps(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class Proxy:
+    """Serves the routes of one loaded config; a reload builds a new Proxy."""
+
+    def __init__(self, config: Config, client: UpstreamClient, creds: Credentials, metrics: Metrics) -> None:
+        self.config = config
+        self.client = client
+        self.creds = creds
+        self.metrics = metrics
+
+    async def handle(self, request: web.Request, match: Match, request_id: str) -> web.StreamResponse:
+        route = match.route
+        params = parse_params(route, request.query, match.path_params)
+        body = await self._read_body(request, route, params)
+        if route.pagination is not None:
+            return await self._collection(request, route, params, request_id)
+        resp = await self.call(route, params, body, [], request_id)
+        return self._respond(route, resp, params)
+
+    # ------------------------------------------------------------------ request side
+
+    async def _read_body(self, request: web.Request, route: Route, params: dict[str, Any]) -> bytes | None:
+        if route.method not in _BODY_METHODS:
+            return None
+        limit = self.config.server.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLarge(f"the body is larger than {limit} bytes", route=route.name)
+        raw = await request.content.read(limit + 1)
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"the body is larger than {limit} bytes", route=route.name)
+        if not raw.strip():
+            parsed: Any = None
+        else:
+            ctype = request.content_type
+            if ctype != JSON_TYPE and not ctype.endswith("+json"):
+                raise UnsupportedMediaType(
+                    f"send the body as {JSON_TYPE}, not {ctype or 'an unspecified type'}", route=route.name
+                )
+            try:
+                parsed = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as exc:
+                where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+                raise BadRequest(f"the body is not valid JSON{where}", code="malformed_json", route=route.name) from None
+        if route.validate is not None:
+            parsed = VALIDATORS[route.validate](parsed, params)
+        return None if parsed is None else dumps(parsed)
+
+    def _headers(self, upstream: Upstream, route: Route, request_id: str, body: bytes | None) -> dict[str, str]:
+        headers = dict(upstream.headers)
+        headers["Accept"] = headers.get("Accept", "application/json, */*;q=0.5")
+        headers["X-Request-ID"] = request_id
+        if body is not None:
+            headers["Content-Type"] = JSON_TYPE
+        if route.auth:
+            headers.update(self.creds.headers_for(upstream, route.name))
+        return headers
+
+    async def call(
+        self,
+        route: Route,
+        params: Mapping[str, Any],
+        body: bytes | None,
+        extra_query: list[tuple[str, str]],
+        request_id: str,
+    ) -> UpstreamResponse:
+        """Try each target in order; a 404/410 hands over to the next one."""
+        upstream = self.config.upstreams[route.upstream]
+        try:
+            headers = self._headers(upstream, route, request_id, body)
+        except UpstreamError as exc:
+            self._record_error(upstream, route, exc)
+            raise
+        last = len(route.targets) - 1
+        for index, target in enumerate(route.targets):
+            resp = await self._send(upstream, route, target, params, body, extra_query, headers)
+            if resp.status in (404, 410) and index < last:
+                continue
+            self._check_status(upstream, route, target, resp)
+            if index > 0:
+                self.metrics.fallbacks.labels(route.name, str(index)).inc()
+            self.metrics.route_up.labels(route.name).set(1)
+            return resp
+        raise AssertionError("routes have at least one target")
+
+    async def _send(
+        self,
+        upstream: Upstream,
+        route: Route,
+        target: Target,
+        params: Mapping[str, Any],
+        body: bytes | None,
+        extra_query: list[tuple[str, str]],
+        headers: dict[str, str],
+    ) -> UpstreamResponse:
+        path, query = target_request(target, params)
+        payload = target.body.const if target.body.mode == "const" else (
+            body if target.body.mode == "passthrough" else None
+        )
+        if payload is not None and "Content-Type" not in headers:
+            headers = {**headers, "Content-Type": JSON_TYPE}
+        started = time.perf_counter()
+        try:
+            resp = await self.client.send(
+                upstream, target.method, path, [*query, *extra_query], headers, payload,
+                follow=target.redirect == "follow", route=route.name,
+            )
+        except UpstreamError as exc:
+            self.metrics.upstream_seconds.labels(upstream.name, route.name).observe(time.perf_counter() - started)
+            self._record_error(upstream, route, exc)
+            raise
+        self.metrics.upstream_seconds.labels(upstream.name, route.name).observe(resp.elapsed)
+        self.metrics.upstream_requests.labels(upstream.name, route.name, status_class(resp.status)).inc()
+        return resp
+
+    def _record_error(self, upstream: Upstream, route: Route, exc: UpstreamError) -> None:
+        self.metrics.upstream_errors.labels(upstream.name, route.name, exc.kind).inc()
+        if exc.kind != "shape":
+            self.metrics.upstream_requests.labels(upstream.name, route.name, exc.kind).inc()
+        self.metrics.route_up.labels(route.name).set(0)
+
+    def _check_status(self, upstream: Upstream, route: Route, target: Target, resp: UpstreamResponse) -> None:
+        status = resp.status
+        if status < 300 or status == 304 or (resp.location is not None and 300 <= status < 400):
+            return
+        detail = _upstream_message(resp.body)
+        name = upstream.name
+        exc: Exception
+        if status in (404, 410):
+            if not target.path.names:
+                # a fixed upstream path that is gone is the route breaking, not a missing entity
+                exc = BadGateway(
+                    f"upstream {name!r} no longer serves {target.method} {target.path.raw} ({status})"
+                    " - the upstream route may have moved; check routes.yaml",
+                    kind="4xx", code="upstream_route_gone", route=route.name,
+                )
+            else:
+                raise NotFound(detail or "not found upstream", route=route.name)
+        elif status in (401, 403):
+            exc = BadGateway(
+                f"upstream {name!r} rejected the gateway's credentials ({status})"
+                + (f": {detail}" if detail else "") + "; renew them",
+                kind="credentials_rejected", code="upstream_auth_rejected", route=route.name,
+            )
+        elif status == 429:
+            retry = resp.headers.get("Retry-After") or _retry_from(detail)
+            exc = ServiceUnavailable(
+                f"upstream {name!r} is rate limiting the gateway" + (f": {detail}" if detail else ""),
+                kind="throttled", code="upstream_rate_limited", route=route.name,
+                headers={"Retry-After": retry} if retry else None,
+            )
+        elif status in (400, 409, 422):
+            raise client_error_for(status)(
+                detail or f"upstream {name!r} refused the request ({status})",
+                code="upstream_rejected", route=route.name,
+            )
+        elif 300 <= status < 400:
+            exc = BadGateway(
+                f"upstream {name!r} answered an unexpected redirect ({status})",
+                kind="redirect", code="bad_redirect", route=route.name,
+            )
+        elif status < 500:
+            exc = BadGateway(
+                f"upstream {name!r} refused {target.method} {target.path.raw} ({status})"
+                + (f": {detail}" if detail else ""),
+                kind="4xx", code="upstream_refused", route=route.name,
+            )
+        else:
+            exc = BadGateway(
+                f"upstream {name!r} failed with {status}" + (f": {detail}" if detail else ""),
+                kind="5xx", code="upstream_failed", route=route.name,
+            )
+        assert isinstance(exc, UpstreamError)
+        self._record_error(upstream, route, exc)
+        raise exc
+
+    # ------------------------------------------------------------------ response side
+
+    def _json(self, route: Route, resp: UpstreamResponse) -> Any:
+        try:
+            return json.loads(resp.body)
+        except (ValueError, UnicodeDecodeError):
+            exc = ShapeDrift(
+                f"upstream {route.upstream!r} returned malformed JSON", code="upstream_bad_json", route=route.name
+            )
+            self._record_error(self.config.upstreams[route.upstream], route, exc)
+            raise exc from None
+
+    def _respond(self, route: Route, resp: UpstreamResponse, params: Mapping[str, Any]) -> web.StreamResponse:
+        spec = route.response
+        location = resp.location or resp.url
+        headers: dict[str, str] = {}
+        try:
+            for name, expr in spec.headers:
+                value = evaluate(expr, {}, params, location, route.name, name)
+                if value is not None:
+                    headers[name] = str(value)
+            status = spec.status or (resp.status if resp.status < 300 else 200)
+            if status == 204 or resp.status == 304:
+                return web.Response(status=status if resp.status != 304 else 304, headers=headers)
+            if spec.raw:
+                ctype = resp.headers.get("Content-Type", "application/octet-stream")
+                headers["Content-Type"] = ctype
+                return web.Response(status=status, body=resp.body, headers=headers)
+            if spec.item is not None:
+                src = self._json(route, resp) if resp.location is None else {}
+                data = dumps(apply_mapping(spec.item, src, params, location, route.name))
+            else:
+                self._json(route, resp)  # pass-through still must be JSON
+                data = resp.body
+        except ShapeDrift as exc:
+            self._record_error(self.config.upstreams[route.upstream], route, exc)
+            raise
+        return web.Response(status=status, body=data, content_type=JSON_TYPE, charset="utf-8", headers=headers)
+
+    async def _collection(
+        self, request: web.Request, route: Route, params: dict[str, Any], request_id: str
+    ) -> web.StreamResponse:
+        pag = route.pagination
+        assert pag is not None
+        limit = _limit(request.query.get("limit"), pag.default_limit, pag.max_limit, route.name)
+        everything = _flag(request.query.get("all"), route.name)
+        fan = next((p for p in route.params if p.fan_out), None)
+        streams: list[str | None] = list(params[fan.name]) if fan else [None]
+        position = Position()
+        cursor = request.query.get("cursor")
+        if cursor:
+            cursor_streams, position = decode_cursor(route, cursor)
+            if fan is None:
+                if cursor_streams != [""]:
+                    raise BadRequest("the cursor is not valid for this route", code="bad_cursor", route=route.name)
+            elif fan.name in request.query and set(cursor_streams) != set(streams):
+                raise BadRequest(
+                    f"the cursor was issued for {fan.name}={','.join(cursor_streams)}; "
+                    f"repeat that {fan.name} or leave it out",
+                    code="bad_cursor", route=route.name,
+                )
+            else:
+                streams = list(cursor_streams)
+
+        async def fetch(stream: str | None, extra: list[tuple[str, str]]) -> Any:
+            p = params if stream is None or fan is None else {**params, fan.name: stream}
+            return self._json(route, await self.call(route, p, None, extra, request_id))
+
+        upstream = self.config.upstreams[route.upstream]
+        items: list[Any] = []
+        mapping = route.response.items
+        async for page in pages(route, streams, position, None if everything else limit, fetch, upstream.concurrency):
+            for stream, item in page:
+                if mapping is None:
+                    items.append(item)
+                    continue
+                p = params if stream is None or fan is None else {**params, fan.name: stream}
+                try:
+                    items.append(apply_mapping(mapping, item, p, None, route.name))
+                except ShapeDrift as exc:
+                    self._record_error(upstream, route, exc)
+                    raise
+        next_cursor = None if everything else encode_cursor(route, streams, position)
+        return web.Response(
+            body=dumps({"items": items, "next_cursor": next_cursor}), content_type=JSON_TYPE, charset="utf-8"
+        )
+
+
+def _limit(raw: str | None, default: int, maximum: int, route: str) -> int:
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= maximum:
+        raise BadRequest(f"limit must be an integer from 1 to {maximum}, got {raw!r}", code="bad_limit", route=route)
+    return value
+
+
+def _flag(raw: str | None, route: str) -> bool:
+    if raw is None:
+        return False
+    low = raw.lower()
+    if low in ("true", "1", "yes"):
+        return True
+    if low in ("false", "0", "no", ""):
+        return False
+    raise BadRequest(f"all must be true or false, got {raw!r}", code="bad_query", route=route)
+
+
+def _upstream_message(body: bytes) -> str:
+    """The human part of an upstream error body (PostHog ``detail``, Observable ``errors``)."""
+    try:
+        data = json.loads(body) if body else None
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    if isinstance(data, dict):
+        for key in ("detail", "message", "error"):
+            if isinstance(data.get(key), str):
+                return str(data[key])[:500]
+        errors = data.get("errors")
+        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+            msg = errors[0].get("message")
+            if isinstance(msg, str):
+                return msg[:500]
+    return ""
+
+
+def _retry_from(detail: str) -> str | None:
+    m = _RETRY_IN.search(detail)
+    return m.group(1) if m else None

@@ -1,0 +1,180 @@
+"""The aiohttp application: the gateway's own endpoints plus one catch-all dispatcher.
+
+aiohttp's router is frozen once the app starts, but routes.yaml is hot-reloaded, so
+stable routes are matched by ``gateway.routing`` against whatever ``Runtime`` is
+current.  A request takes the runtime once, at its start, and keeps it to the end:
+a reload never changes the config under an in-flight request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from gateway.auth import Credentials
+from gateway.config import Config, ConfigError, load_config
+from gateway.errors import GatewayError, PayloadTooLarge
+from gateway.metrics import NO_ROUTE, Metrics, status_class
+from gateway.proxy import Proxy, dumps
+from gateway.routing import Router
+from gateway.upstream import UpstreamClient
+
+log = logging.getLogger("gateway")
+access_log = logging.getLogger("gateway.access")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+_OWN = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """Everything built from one config; swapped whole on reload."""
+
+    config: Config
+    router: Router
+    proxy: Proxy
+
+
+class Gateway:
+    """Process-wide state: the current runtime, the client pool, credentials, metrics."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        registry: CollectorRegistry | None = None,
+        credentials: Credentials | None = None,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.client = UpstreamClient()
+        self.credentials = credentials or Credentials()
+        self.runtime = self._build(config)
+        self.metrics.reloads.labels("success").inc()
+
+    def _build(self, config: Config) -> Runtime:
+        self.metrics.config_info.info({"digest": config.digest, "path": config.path})
+        self.metrics.config_loaded.set_to_current_time()
+        for route in config.routes:
+            self.metrics.route_up.labels(route.name)  # export every route from the start
+        return Runtime(config, Router(config.routes), Proxy(config, self.client, self.credentials, self.metrics))
+
+    def reload(self, path: str | Path | None = None) -> Config:
+        """Load and validate the file completely; only then swap.  Raises ConfigError."""
+        target = path or self.runtime.config.path
+        try:
+            config = load_config(target)
+        except ConfigError as exc:
+            self.metrics.reloads.labels("failure").inc()
+            log.error("config reload failed, still serving %s: %s", self.runtime.config.digest, exc)
+            raise
+        self.runtime = self._build(config)
+        self.metrics.reloads.labels("success").inc()
+        log.info("config reloaded from %s (%s, %d routes)", target, config.digest, len(config.routes))
+        return config
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+
+
+def error_response(exc: GatewayError) -> web.Response:
+    return web.Response(
+        status=exc.status, body=dumps(exc.body()), content_type="application/json",
+        charset="utf-8", headers=exc.headers,
+    )
+
+
+@web.middleware
+async def _frame(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Request id, JSON errors, stable-side metrics and the access log, for every request."""
+    incoming = request.headers.get("X-Request-ID", "")
+    rid = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request["request_id"] = rid
+    started = time.perf_counter()
+    try:
+        resp = await handler(request)
+    except GatewayError as exc:
+        request["error"] = exc
+        resp = error_response(exc)
+    except web.HTTPRequestEntityTooLarge:
+        resp = error_response(PayloadTooLarge("the body is too large"))
+    except web.HTTPException as exc:
+        err = GatewayError(exc.reason, code=exc.reason.lower().replace(" ", "_"))
+        err.status = exc.status
+        resp = error_response(err)
+    except Exception:
+        log.exception("internal error handling %s %s (request %s)", request.method, request.path, rid)
+        resp = error_response(GatewayError("internal gateway error; see the gateway log", route=request.get("route")))
+    resp.headers["X-Request-ID"] = rid
+    if request.path not in _OWN:
+        gw = request.app[GATEWAY]
+        route = request.get("route") or NO_ROUTE
+        elapsed = time.perf_counter() - started
+        gw.metrics.requests.labels(route, request.method, status_class(resp.status)).inc()
+        gw.metrics.request_seconds.labels(route, request.method).observe(elapsed)
+        if access_log.isEnabledFor(logging.INFO):
+            err = request.get("error")
+            access_log.info(json.dumps({
+                "request_id": rid, "method": request.method, "route": route, "status": resp.status,
+                "duration_ms": round(elapsed * 1000, 3),
+                **({"error": err.code} if err is not None else {}),
+            }))
+    return resp
+
+
+async def _dispatch(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    runtime = gw.runtime  # pinned for the whole request
+    match = runtime.router.match(request.method, request.raw_path)
+    request["route"] = match.route.name
+    return await runtime.proxy.handle(request, match, request["request_id"])
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    cfg = request.app[GATEWAY].runtime.config
+    return web.json_response({"status": "ready", "config": cfg.path, "digest": cfg.digest, "routes": len(cfg.routes)})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[GATEWAY].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def build_app(
+    config: Config | str | Path,
+    *,
+    registry: CollectorRegistry | None = None,
+    credentials: Credentials | None = None,
+) -> web.Application:
+    """The gateway app.  Raises ConfigError if ``config`` is a path to an invalid file."""
+    cfg = config if isinstance(config, Config) else load_config(config)
+    gateway = Gateway(cfg, registry=registry, credentials=credentials)
+    # the body limit is enforced per route by the proxy; aiohttp's own cap is the outer guard
+    app = web.Application(middlewares=[_frame], client_max_size=max(cfg.server.max_body_bytes * 2, 1 << 20))
+    app[GATEWAY] = gateway
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_route("*", "/{tail:.*}", _dispatch)
+
+    async def _close(_app: web.Application) -> None:
+        await gateway.close()
+
+    app.on_cleanup.append(_close)
+    return app

@@ -1,0 +1,205 @@
+"""The upstream HTTP client: pooled sessions, bounded reads, redirects handled by hand.
+
+Redirects are never left to aiohttp: the gateway must see ``Location`` (the module
+version lives there), refuse hops to other hosts (no open proxy), and stop loops.
+Every aiohttp/OS failure is mapped here, once, onto the gateway's error tree, each
+with a bounded ``kind`` for metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import quote, urlencode
+
+import aiohttp
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from gateway import __version__
+from gateway.config import Upstream
+from gateway.errors import BadGateway, GatewayTimeout
+
+USER_AGENT = f"routegate/{__version__}"
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+
+@dataclass(slots=True)
+class UpstreamResponse:
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    url: URL
+    #: the absolute redirect target when a 3xx was reported rather than followed
+    location: URL | None
+    elapsed: float
+
+
+class UpstreamClient:
+    """One pooled ``ClientSession`` per upstream; sessions live as long as the process."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[tuple[str, str, int], aiohttp.ClientSession] = {}
+
+    def _session(self, upstream: Upstream) -> aiohttp.ClientSession:
+        key = (upstream.name, str(upstream.base_url), upstream.max_connections)
+        session = self._sessions.get(key)
+        if session is None or session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=upstream.max_connections,
+                limit_per_host=upstream.max_connections,
+                keepalive_timeout=30,
+                ttl_dns_cache=300,
+            )
+            session = aiohttp.ClientSession(
+                connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),  # never carry one client's cookies to another
+                auto_decompress=True,
+                headers={"User-Agent": USER_AGENT},
+                skip_auto_headers=("Accept-Encoding",),
+            )
+            self._sessions[key] = session
+        return session
+
+    async def close(self) -> None:
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for s in sessions:
+            await s.close()
+
+    async def send(
+        self,
+        upstream: Upstream,
+        method: str,
+        path: str,
+        query: Sequence[tuple[str, str]],
+        headers: dict[str, str],
+        body: bytes | None,
+        *,
+        follow: bool,
+        route: str,
+    ) -> UpstreamResponse:
+        """One logical upstream call, following same-origin redirects if asked."""
+        url = _join(upstream.base_url, path, query)
+        origin = upstream.base_url.origin()
+        seen = {str(url)}
+        started = time.perf_counter()
+        for _hop in range(upstream.max_redirects + 1):
+            resp = await self._once(upstream, method, url, headers, body, route)
+            if resp.status not in (301, 302, 303, 307, 308):
+                resp.elapsed = time.perf_counter() - started
+                return resp
+            raw_location = resp.headers.get("Location")
+            if not raw_location:
+                raise BadGateway(
+                    f"upstream {upstream.name!r} answered {resp.status} without a Location",
+                    kind="redirect", code="bad_redirect", route=route,
+                )
+            try:
+                target = url.join(URL(raw_location))
+            except ValueError:
+                raise BadGateway(
+                    f"upstream {upstream.name!r} redirected to an invalid Location",
+                    kind="redirect", code="bad_redirect", route=route,
+                ) from None
+            if target.origin() != origin:
+                raise BadGateway(
+                    f"upstream {upstream.name!r} redirected to another host ({target.host}); not followed",
+                    kind="redirect", code="redirect_off_host", route=route,
+                )
+            if not follow:
+                resp.location = target
+                resp.elapsed = time.perf_counter() - started
+                return resp
+            if str(target) in seen:
+                raise BadGateway(
+                    f"upstream {upstream.name!r} redirect loop at {target.path}",
+                    kind="redirect", code="redirect_loop", route=route,
+                )
+            seen.add(str(target))
+            url = target
+            if resp.status == 303 or (resp.status in (301, 302) and method != "HEAD"):
+                method, body = "GET", None
+        raise BadGateway(
+            f"upstream {upstream.name!r} redirected more than {upstream.max_redirects} times",
+            kind="redirect", code="redirect_loop", route=route,
+        )
+
+    async def _once(
+        self,
+        upstream: Upstream,
+        method: str,
+        url: URL,
+        headers: dict[str, str],
+        body: bytes | None,
+        route: str,
+    ) -> UpstreamResponse:
+        t = upstream.timeouts
+        timeout = aiohttp.ClientTimeout(total=t.total, connect=t.connect, sock_read=t.read)
+        session = self._session(upstream)
+        # a pooled keep-alive connection the upstream already closed: retry an idempotent call once
+        attempts = 2 if method in IDEMPOTENT else 1
+        for attempt in range(attempts):
+            try:
+                async with session.request(
+                    method, url, headers=headers, data=body, allow_redirects=False, timeout=timeout
+                ) as resp:
+                    data = await _read_bounded(resp, upstream, route)
+                    return UpstreamResponse(resp.status, resp.headers, data, url, None, 0.0)
+            except aiohttp.ServerDisconnectedError:
+                if attempt + 1 < attempts:
+                    continue
+                raise BadGateway(
+                    f"upstream {upstream.name!r} closed the connection without answering",
+                    kind="reset", code="upstream_reset", route=route,
+                ) from None
+            except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+                raise GatewayTimeout(
+                    f"upstream {upstream.name!r} did not answer in time", route=route
+                ) from None
+            except aiohttp.ClientConnectorError as exc:
+                raise BadGateway(
+                    f"cannot connect to upstream {upstream.name!r} ({exc.os_error.strerror or 'refused'})",
+                    kind="connect", code="upstream_unreachable", route=route,
+                ) from None
+            except aiohttp.ClientPayloadError:
+                raise BadGateway(
+                    f"upstream {upstream.name!r} broke off the response body",
+                    kind="reset", code="upstream_reset", route=route,
+                ) from None
+            except (aiohttp.ClientError, OSError) as exc:
+                raise BadGateway(
+                    f"upstream {upstream.name!r} failed: {type(exc).__name__}",
+                    kind="reset", code="upstream_failed", route=route,
+                ) from None
+        raise AssertionError("unreachable")
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, upstream: Upstream, route: str) -> bytes:
+    limit = upstream.max_response_bytes
+    if resp.content_length is not None and resp.content_length > limit:
+        raise BadGateway(
+            f"upstream {upstream.name!r} response is larger than {limit} bytes",
+            kind="too_large", code="upstream_too_large", route=route,
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise BadGateway(
+                f"upstream {upstream.name!r} response is larger than {limit} bytes",
+                kind="too_large", code="upstream_too_large", route=route,
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _join(base: URL, path: str, query: Sequence[tuple[str, str]]) -> URL:
+    """Base URL (with any path prefix) + an already-encoded path; never re-normalised."""
+    prefix = base.raw_path.rstrip("/")
+    text = f"{base.scheme}://{base.raw_authority}{prefix}{path}"
+    if query:
+        text += "?" + urlencode(list(query), quote_via=quote)
+    return URL(text, encoded=True)
