@@ -87,6 +87,9 @@ class Gateway:
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
+REQUEST_ID = web.RequestKey("request_id", str)
+ROUTE = web.RequestKey("route", str)
+ERROR = web.RequestKey("error", GatewayError)
 
 
 def error_response(exc: GatewayError) -> web.Response:
@@ -101,12 +104,14 @@ async def _frame(request: web.Request, handler: Any) -> web.StreamResponse:
     """Request id, JSON errors, stable-side metrics and the access log, for every request."""
     incoming = request.headers.get("X-Request-ID", "")
     rid = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
-    request["request_id"] = rid
+    request[REQUEST_ID] = rid
     started = time.perf_counter()
     try:
         resp = await handler(request)
     except GatewayError as exc:
-        request["error"] = exc
+        if exc.route is None:
+            exc.route = request.get(ROUTE)
+        request[ERROR] = exc
         resp = error_response(exc)
     except web.HTTPRequestEntityTooLarge:
         resp = error_response(PayloadTooLarge("the body is too large"))
@@ -116,16 +121,16 @@ async def _frame(request: web.Request, handler: Any) -> web.StreamResponse:
         resp = error_response(err)
     except Exception:
         log.exception("internal error handling %s %s (request %s)", request.method, request.path, rid)
-        resp = error_response(GatewayError("internal gateway error; see the gateway log", route=request.get("route")))
+        resp = error_response(GatewayError("internal gateway error; see the gateway log", route=request.get(ROUTE)))
     resp.headers["X-Request-ID"] = rid
     if request.path not in _OWN:
         gw = request.app[GATEWAY]
-        route = request.get("route") or NO_ROUTE
+        route = request.get(ROUTE) or NO_ROUTE
         elapsed = time.perf_counter() - started
         gw.metrics.requests.labels(route, request.method, status_class(resp.status)).inc()
         gw.metrics.request_seconds.labels(route, request.method).observe(elapsed)
         if access_log.isEnabledFor(logging.INFO):
-            err = request.get("error")
+            err = request.get(ERROR)
             access_log.info(json.dumps({
                 "request_id": rid, "method": request.method, "route": route, "status": resp.status,
                 "duration_ms": round(elapsed * 1000, 3),
@@ -138,8 +143,8 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     runtime = gw.runtime  # pinned for the whole request
     match = runtime.router.match(request.method, request.raw_path)
-    request["route"] = match.route.name
-    return await runtime.proxy.handle(request, match, request["request_id"])
+    request[ROUTE] = match.route.name
+    return await runtime.proxy.handle(request, match, request[REQUEST_ID])
 
 
 async def _healthz(request: web.Request) -> web.Response:

@@ -1,0 +1,585 @@
+"""PostHog notebooks API sandbox: an aiohttp app emulating /api/projects/:id/notebooks/
+(DRF-style errors, limit/offset paging with absolute links, versioned PATCH, throttling).
+
+Data is generated deterministically from a seed so tests can assert exact pages.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import string
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+from .control import SandboxState, build_app
+
+__all__ = [
+    "DEFAULT_LIMIT",
+    "MAX_LIMIT",
+    "POSTHOG_STATE",
+    "SANDBOX_POSTHOG_KEY",
+    "SANDBOX_USER",
+    "PostHogNotebook",
+    "PostHogState",
+    "create_app",
+    "format_time",
+]
+
+SANDBOX_POSTHOG_KEY = "phx_sandbox_personal_api_key_0123456789"
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+SANDBOX_USER: dict[str, Any] = {
+    "id": 1,
+    "uuid": "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+    "distinct_id": "demo-distinct-id-1",
+    "first_name": "Demo",
+    "email": "demo@example.com",
+}
+_OTHER_USERS: tuple[dict[str, Any], ...] = (
+    {
+        "id": 2,
+        "uuid": "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a6c",
+        "distinct_id": "alice-distinct-id-2",
+        "first_name": "Alice",
+        "email": "alice@example.com",
+    },
+    {
+        "id": 3,
+        "uuid": "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a7d",
+        "distinct_id": "bob-distinct-id-3",
+        "first_name": "Bob",
+        "email": "bob@example.com",
+    },
+)
+
+# Seeded notebooks are all older than this, so anything modified "now" sorts first.
+_SEED_ANCHOR = datetime(2024, 6, 1, 12, 0, 0, tzinfo=UTC)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SHORT_ID_CHARS = string.ascii_letters + string.digits
+# fmt: off
+_WORDS = (
+    "funnel", "retention", "cohort", "signup", "churn", "revenue", "pricing", "onboarding",
+    "experiment", "feature", "flag", "dashboard", "insight", "trend", "session", "replay",
+    "survey", "pipeline", "export", "weekly", "monthly", "review", "launch", "metrics",
+)
+# fmt: on
+
+
+def format_time(us: int) -> str:
+    """PostHog's timestamp format: ISO-8601 UTC with microseconds and ``Z``."""
+    return (_EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _text_of(content: Any) -> str:
+    """Plain text of a ProseMirror document, one line per top-level block."""
+    if not isinstance(content, dict):
+        return ""
+
+    def walk(node: Any) -> str:
+        if not isinstance(node, dict):
+            return ""
+        if node.get("type") == "text" and isinstance(node.get("text"), str):
+            return str(node["text"])
+        children = node.get("content")
+        return "".join(walk(c) for c in children) if isinstance(children, list) else ""
+
+    blocks = content.get("content")
+    if not isinstance(blocks, list):
+        return walk(content)
+    return "\n".join(walk(b) for b in blocks)
+
+
+def _document(title: str, paragraphs: list[str]) -> dict[str, Any]:
+    return {
+        "type": "doc",
+        "content": [
+            {
+                "type": "heading",
+                "attrs": {"level": 1},
+                "content": [{"type": "text", "text": title}],
+            },
+            *({"type": "paragraph", "content": [{"type": "text", "text": p}]} for p in paragraphs),
+        ],
+    }
+
+
+@dataclass
+class PostHogNotebook:
+    """One notebook of one project; timestamps are microseconds since the epoch."""
+
+    id: str
+    short_id: str
+    title: str | None
+    created_us: int
+    created_by: dict[str, Any]
+    last_modified_us: int
+    last_modified_by: dict[str, Any]
+    content: dict[str, Any] | None
+    text_content: str | None
+    version: int = 0
+    deleted: bool = False
+    activity: list[dict[str, Any]] = field(default_factory=list)
+
+
+class PostHogState(SandboxState):
+    """All sandbox data, the accepted keys and the PostHog-only rate-limit switch."""
+
+    def __init__(
+        self,
+        seed: int = 0,
+        *,
+        notebook_count: int = 250,
+        other_project_notebook_count: int = 12,
+        deleted_count: int = 3,
+        api_keys: Iterable[str] | None = None,
+        rate_limit_per_minute: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__()
+        self.clock = clock
+        self.api_keys: set[str] = set(api_keys) if api_keys is not None else {SANDBOX_POSTHOG_KEY}
+        self.rate_limit_per_minute = rate_limit_per_minute
+        self._hits: dict[str, deque[float]] = {}
+        self._rng = random.Random(seed)
+        self._short_ids: set[str] = set()
+        self._last_us = 0
+        self.projects: dict[int, dict[str, PostHogNotebook]] = {1: {}, 2: {}}
+        self._seed(1, notebook_count, deleted_count)
+        self._seed(2, other_project_notebook_count, 0)
+
+    # -- data -----------------------------------------------------------------
+
+    def _new_uuid(self) -> str:
+        return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
+
+    def _new_short_id(self) -> str:
+        while True:
+            candidate = "".join(self._rng.choice(_SHORT_ID_CHARS) for _ in range(8))
+            if candidate not in self._short_ids:
+                self._short_ids.add(candidate)
+                return candidate
+
+    def _now_us(self) -> int:
+        """Now, but always later than any timestamp handed out before (keeps order total)."""
+        self._last_us = max(int(self.clock() * 1_000_000), self._last_us + 1)
+        return self._last_us
+
+    def _seed(self, project_id: int, count: int, deleted: int) -> None:
+        rng = self._rng
+        us = (_SEED_ANCHOR - _EPOCH) // timedelta(microseconds=1) - project_id * 1_000_000
+        users = (SANDBOX_USER, *_OTHER_USERS)
+        for i in range(count + deleted):
+            us -= rng.randint(1_000_000, 86_400_000_000)  # strictly decreasing: unique
+            words = [rng.choice(_WORDS) for _ in range(rng.randint(2, 4))]
+            title = " ".join(words).capitalize()
+            paragraphs = [
+                " ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 12))).capitalize() + "."
+                for _ in range(rng.randint(1, 3))
+            ]
+            content = _document(title, paragraphs)
+            created_by = rng.choice(users)
+            created_us = us - rng.randint(0, 30 * 86_400_000_000)
+            nb = PostHogNotebook(
+                id=self._new_uuid(),
+                short_id=self._new_short_id(),
+                title=title,
+                created_us=created_us,
+                created_by=created_by,
+                last_modified_us=us,
+                last_modified_by=rng.choice(users),
+                content=content,
+                text_content=_text_of(content),
+                version=rng.randint(0, 25),
+                deleted=i >= count,
+            )
+            nb.activity.append(self._activity(nb, "created", created_by, created_us, None))
+            self.projects[project_id][nb.short_id] = nb
+        self._last_us = max(self._last_us, (_SEED_ANCHOR - _EPOCH) // timedelta(microseconds=1))
+
+    def _activity(
+        self,
+        nb: PostHogNotebook,
+        activity: str,
+        user: dict[str, Any],
+        at_us: int,
+        changes: list[dict[str, Any]] | None,
+    ) -> dict[str, Any]:
+        return {
+            "id": self._new_uuid(),
+            "user": dict(user),
+            "activity": activity,
+            "scope": "Notebook",
+            "item_id": nb.short_id,
+            "detail": {
+                "changes": changes,
+                "trigger": None,
+                "name": nb.title,
+                "short_id": nb.short_id,
+                "type": None,
+            },
+            "created_at": format_time(at_us),
+        }
+
+    def visible(self, project_id: int) -> list[PostHogNotebook]:
+        """Non-deleted notebooks of a project, ordered by ``-last_modified_at``."""
+        found = [nb for nb in self.projects[project_id].values() if not nb.deleted]
+        return sorted(found, key=lambda nb: nb.last_modified_us, reverse=True)
+
+    def get(self, project_id: int, short_id: str) -> PostHogNotebook | None:
+        """A non-deleted notebook, or None."""
+        nb = self.projects[project_id].get(short_id)
+        return None if nb is None or nb.deleted else nb
+
+    def item_json(self, nb: PostHogNotebook) -> dict[str, Any]:
+        """A notebook as the list shows it (no content)."""
+        return {
+            "id": nb.id,
+            "short_id": nb.short_id,
+            "title": nb.title,
+            "deleted": nb.deleted,
+            "created_at": format_time(nb.created_us),
+            "created_by": dict(nb.created_by),
+            "last_modified_at": format_time(nb.last_modified_us),
+            "last_modified_by": dict(nb.last_modified_by),
+            "user_access_level": "editor",
+        }
+
+    def detail_json(self, nb: PostHogNotebook) -> dict[str, Any]:
+        """A notebook as the detail endpoint shows it."""
+        out = self.item_json(nb)
+        out["content"] = nb.content
+        out["text_content"] = nb.text_content
+        out["version"] = nb.version
+        return out
+
+    def create(
+        self,
+        project_id: int,
+        title: str | None,
+        content: dict[str, Any] | None,
+        text_content: str | None = None,
+    ) -> PostHogNotebook:
+        now = self._now_us()
+        nb = PostHogNotebook(
+            id=self._new_uuid(),
+            short_id=self._new_short_id(),
+            title=title,
+            created_us=now,
+            created_by=SANDBOX_USER,
+            last_modified_us=now,
+            last_modified_by=SANDBOX_USER,
+            content=content,
+            text_content=text_content if text_content is not None else _text_of(content),
+        )
+        nb.activity.append(self._activity(nb, "created", SANDBOX_USER, now, None))
+        self.projects[project_id][nb.short_id] = nb
+        return nb
+
+    def update(self, nb: PostHogNotebook, changes: Mapping[str, Any]) -> None:
+        """Apply already-validated PATCH fields and record the activity."""
+        now = self._now_us()
+        recorded: list[dict[str, Any]] = []
+        for name in ("title", "content", "text_content", "deleted"):
+            if name not in changes or getattr(nb, name) == changes[name]:
+                continue
+            recorded.append(
+                {
+                    "type": "Notebook",
+                    "action": "changed",
+                    "field": name,
+                    "before": getattr(nb, name),
+                    "after": changes[name],
+                }
+            )
+            setattr(nb, name, changes[name])
+            if name == "content":
+                nb.version += 1
+                if "text_content" not in changes:
+                    nb.text_content = _text_of(nb.content)
+        nb.last_modified_us = now
+        nb.last_modified_by = SANDBOX_USER
+        nb.activity.append(self._activity(nb, "updated", SANDBOX_USER, now, recorded))
+
+    def throttle_wait(self, key: str) -> int | None:
+        """Seconds until ``key`` may call again, or None (and the call is recorded)."""
+        limit = self.rate_limit_per_minute
+        if limit is None:
+            return None
+        now = self.clock()
+        hits = self._hits.setdefault(key, deque())
+        while hits and hits[0] <= now - 60:
+            hits.popleft()
+        if len(hits) >= limit:
+            return max(1, math.ceil(hits[0] + 60 - now))
+        hits.append(now)
+        return None
+
+    # -- switches -------------------------------------------------------------
+
+    def reset_switches(self) -> None:
+        super().reset_switches()
+        self.rate_limit_per_minute = None
+        self._hits.clear()
+
+    def switches_json(self) -> dict[str, Any]:
+        out = super().switches_json()
+        out["rate_limit_per_minute"] = self.rate_limit_per_minute
+        return out
+
+    def _apply_extra_switches(self, body: Mapping[str, Any]) -> None:
+        limit = body.get("rate_limit_per_minute", self.rate_limit_per_minute)
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)):
+            raise ValueError("rate_limit_per_minute must be an integer or null")
+        if limit != self.rate_limit_per_minute:
+            self._hits.clear()
+        self.rate_limit_per_minute = limit
+
+    def error_body(self, status: int, method: str = "GET") -> dict[str, Any]:
+        if status == 400:
+            return _drf("validation_error", "invalid_input", "Invalid input.")
+        if status == 401:
+            return _drf(
+                "authentication_error",
+                "not_authenticated",
+                "Authentication credentials were not provided.",
+            )
+        if status == 403:
+            return _drf(
+                "authentication_error",
+                "permission_denied",
+                "You do not have permission to perform this action.",
+            )
+        if status == 404:
+            return _drf("invalid_request", "not_found", "Not found.")
+        if status == 405:
+            return _drf("invalid_request", "method_not_allowed", f'Method "{method}" not allowed.')
+        if status == 429:
+            detail = "Request was throttled. Expected available in 60 seconds."
+            return _drf("throttled_error", "throttled", detail)
+        return _drf("server_error", "error", "A server error occurred.")
+
+
+POSTHOG_STATE = web.AppKey("posthog_state", PostHogState)
+
+Handler = Callable[[web.Request, int], Awaitable[web.StreamResponse]]
+
+
+def _drf(kind: str, code: str, detail: str, attr: str | None = None) -> dict[str, Any]:
+    return {"type": kind, "code": code, "detail": detail, "attr": attr}
+
+
+def _error(status: int, kind: str, code: str, detail: str, attr: str | None = None) -> web.Response:
+    return web.json_response(_drf(kind, code, detail, attr), status=status)
+
+
+def _invalid(detail: str, attr: str | None) -> web.Response:
+    return _error(400, "validation_error", "invalid_input", detail, attr)
+
+
+def _not_found() -> web.Response:
+    return _error(404, "invalid_request", "not_found", "Not found.")
+
+
+def _method_not_allowed(request: web.Request, allow: str) -> web.Response:
+    response = _error(
+        405, "invalid_request", "method_not_allowed", f'Method "{request.method}" not allowed.'
+    )
+    response.headers["Allow"] = allow
+    return response
+
+
+def _state(request: web.Request) -> PostHogState:
+    return request.app[POSTHOG_STATE]
+
+
+def _guarded(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """Auth, then project lookup, then throttling, in DRF's order, before ``handler``."""
+
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        state = _state(request)
+        scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            return _error(
+                401,
+                "authentication_error",
+                "not_authenticated",
+                "Authentication credentials were not provided.",
+            )
+        key = key.strip()
+        if key not in state.api_keys:
+            return _error(
+                401, "authentication_error", "authentication_failed", "Invalid personal API key."
+            )
+        raw_pid = request.match_info["pid"]
+        project_id = int(raw_pid) if raw_pid.isdigit() else -1
+        if project_id not in state.projects:
+            return _error(404, "invalid_request", "not_found", "Project not found.")
+        wait = state.throttle_wait(key)
+        if wait is not None:
+            unit = "second" if wait == 1 else "seconds"
+            return _error(
+                429,
+                "throttled_error",
+                "throttled",
+                f"Request was throttled. Expected available in {wait} {unit}.",
+            )
+        return await handler(request, project_id)
+
+    return wrapper
+
+
+def _query_int(request: web.Request, name: str, default: int, minimum: int) -> int | web.Response:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        return _invalid("A valid integer is required.", name)
+    if value < minimum:
+        return _invalid(f"Ensure this value is greater than or equal to {minimum}.", name)
+    return value
+
+
+async def _json_object(request: web.Request) -> dict[str, Any] | web.Response:
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, "validation_error", "parse_error", "JSON parse error.")
+    if not isinstance(body, dict):
+        return _invalid("Invalid data. Expected a dictionary.", "non_field_errors")
+    return body
+
+
+def _check_fields(body: Mapping[str, Any]) -> web.Response | None:
+    """DRF-style type validation of the writable fields present in ``body``."""
+    if "title" in body and body["title"] is not None and not isinstance(body["title"], str):
+        return _invalid("Not a valid string.", "title")
+    if "content" in body and body["content"] is not None and not isinstance(body["content"], dict):
+        return _invalid("Value must be valid JSON object.", "content")
+    text = body.get("text_content")
+    if text is not None and not isinstance(text, str):
+        return _invalid("Not a valid string.", "text_content")
+    if "deleted" in body and not isinstance(body["deleted"], bool):
+        return _invalid("Must be a valid boolean.", "deleted")
+    version = body.get("version")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+        return _invalid("A valid integer is required.", "version")
+    return None
+
+
+async def notebooks(request: web.Request, project_id: int) -> web.StreamResponse:
+    state = _state(request)
+    if request.method in ("GET", "HEAD"):
+        limit = _query_int(request, "limit", DEFAULT_LIMIT, 1)
+        if isinstance(limit, web.Response):
+            return limit
+        offset = _query_int(request, "offset", 0, 0)
+        if isinstance(offset, web.Response):
+            return offset
+        limit = min(limit, MAX_LIMIT)
+        items = state.visible(project_id)
+        url = request.url
+        nxt = None
+        if offset + limit < len(items):
+            nxt = str(url.update_query(limit=limit, offset=offset + limit))
+        prev = None
+        if offset > 0:
+            prev_url = url.update_query(limit=limit)
+            if offset - limit > 0:
+                prev_url = prev_url.update_query(offset=offset - limit)
+            else:
+                prev_url = prev_url.without_query_params("offset")
+            prev = str(prev_url)
+        return web.json_response(
+            {
+                "count": len(items),
+                "next": nxt,
+                "previous": prev,
+                "results": [state.item_json(nb) for nb in items[offset : offset + limit]],
+            }
+        )
+    if request.method == "POST":
+        body = await _json_object(request)
+        if isinstance(body, web.Response):
+            return body
+        problem = _check_fields(body)
+        if problem is not None:
+            return problem
+        nb = state.create(
+            project_id, body.get("title"), body.get("content"), body.get("text_content")
+        )
+        return web.json_response(state.detail_json(nb), status=201)
+    return _method_not_allowed(request, "GET, POST, HEAD, OPTIONS")
+
+
+def _etag_matches(header: str, version: int) -> bool:
+    for tag in header.split(","):
+        tag = tag.strip()
+        tag = tag.removeprefix("W/").strip('"')
+        if tag == str(version):
+            return True
+    return False
+
+
+async def notebook(request: web.Request, project_id: int) -> web.StreamResponse:
+    state = _state(request)
+    if request.method == "DELETE":
+        # PostHog's destroy() answers a bare 405: notebooks are only soft-deleted.
+        return web.Response(status=405)
+    if request.method not in ("GET", "HEAD", "PATCH"):
+        return _method_not_allowed(request, "GET, PATCH, DELETE, HEAD, OPTIONS")
+    nb = state.get(project_id, request.match_info["short_id"])
+    if nb is None:
+        return _not_found()
+    if request.method == "PATCH":
+        body = await _json_object(request)
+        if isinstance(body, web.Response):
+            return body
+        problem = _check_fields(body)
+        if problem is not None:
+            return problem
+        if "content" in body and body.get("version") != nb.version:
+            return _error(409, "server_error", "conflict", "Someone else edited the Notebook")
+        state.update(nb, body)
+        return web.json_response(state.detail_json(nb))
+    if_none_match = request.headers.get("If-None-Match")
+    if if_none_match is not None and _etag_matches(if_none_match, nb.version):
+        return web.Response(status=304)
+    return web.json_response(state.detail_json(nb))
+
+
+async def activity(request: web.Request, project_id: int) -> web.StreamResponse:
+    if request.method not in ("GET", "HEAD"):
+        return _method_not_allowed(request, "GET, HEAD, OPTIONS")
+    nb = _state(request).get(project_id, request.match_info["short_id"])
+    if nb is None:
+        return _not_found()
+    results = list(reversed(nb.activity))
+    return web.json_response(
+        {"results": results, "next": None, "previous": None, "total_count": len(results)}
+    )
+
+
+def create_app(state: PostHogState | None = None) -> web.Application:
+    """The PostHog sandbox; its state is at ``app[POSTHOG_STATE]``."""
+    app = build_app(state if state is not None else PostHogState(), POSTHOG_STATE)
+    base = "/api/projects/{pid}/notebooks"
+    for path, handler in (
+        (base, notebooks),
+        (base + "/{short_id}", notebook),
+        (base + "/{short_id}/activity", activity),
+    ):
+        guarded = _guarded(handler)
+        app.router.add_route("*", path, guarded)
+        app.router.add_route("*", path + "/", guarded)
+    return app

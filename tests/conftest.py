@@ -1,0 +1,63 @@
+"""Shared fixtures: real sandbox upstreams on 127.0.0.1 and a gateway wired to them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from prometheus_client import CollectorRegistry
+
+from gateway.auth import Credentials
+from gateway.config import Config, load_config, parse_config
+from gateway.sandbox.runner import Sandboxes, export_lines, start_sandboxes
+from gateway.server import build_app
+
+ROOT = Path(__file__).resolve().parent.parent
+ROUTES = ROOT / "routes.yaml"
+
+GatewayFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+async def sandboxes() -> AsyncIterator[Sandboxes]:
+    sb = await start_sandboxes()
+    try:
+        yield sb
+    finally:
+        await sb.close()
+
+
+@pytest.fixture
+def sandbox_env(sandboxes: Sandboxes) -> dict[str, str]:
+    """The env an operator would set to point the shipped routes.yaml at the sandboxes."""
+    env = {}
+    for line in export_lines(sandboxes):
+        name, _, value = line.removeprefix("export ").partition("=")
+        env[name] = value
+    return env
+
+
+@pytest.fixture
+def make_gateway(aiohttp_client: Any, sandbox_env: dict[str, str]) -> GatewayFactory:
+    """Build a gateway from routes.yaml (or given YAML text) with a chosen env."""
+
+    async def factory(
+        yaml_text: str | None = None,
+        env: dict[str, str] | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> TestClient[Any, Any]:
+        e = sandbox_env if env is None else env
+        cfg: Config = load_config(ROUTES, env=e) if yaml_text is None else parse_config(yaml_text, "test.yaml", e)
+        app = build_app(cfg, registry=registry or CollectorRegistry(), credentials=Credentials(env=e))
+        client: TestClient[Any, Any] = await aiohttp_client(app)
+        return client
+
+    return factory
+
+
+@pytest.fixture
+async def gw(make_gateway: GatewayFactory) -> TestClient[Any, Any]:
+    return await make_gateway()
