@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -34,7 +35,8 @@ def _load(path: str) -> Config | None:
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(message)s" if level.upper() != "DEBUG" else None)
+    fmt = "%(asctime)s %(levelname)s %(name)s %(message)s" if level.upper() == "DEBUG" else "%(message)s"
+    logging.basicConfig(level=level.upper(), format=fmt)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -81,10 +83,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
 
         def _reload() -> None:
-            try:
+            # an invalid file is logged and counted; the old config keeps serving
+            with contextlib.suppress(ConfigError):
                 app[GATEWAY].reload(args.config)
-            except ConfigError:
-                pass  # logged and counted; the old config keeps serving
 
         loop.add_signal_handler(signal.SIGHUP, _reload)
 
@@ -97,8 +98,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from gateway.sandbox.runner import main as sandbox_main
 
-    argv = ["--host", args.host, "--observable-port", str(args.observable_port),
-            "--posthog-port", str(args.posthog_port)]
+    argv = [
+        "--host",
+        args.host,
+        "--observable-port",
+        str(args.observable_port),
+        "--posthog-port",
+        str(args.posthog_port),
+    ]
     return sandbox_main(argv)
 
 
@@ -119,32 +126,64 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def config_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument("config_pos", nargs="?", metavar="ROUTES_YAML",
-                       help=f"the routes file (default: $ROUTEGATE_CONFIG or {DEFAULT_CONFIG})")
+        p.add_argument(
+            "config_pos",
+            nargs="?",
+            metavar="ROUTES_YAML",
+            help=f"the routes file (default: $ROUTEGATE_CONFIG or {DEFAULT_CONFIG})",
+        )
         p.add_argument("--config", "-c", default=None, help="the routes file (same as the positional argument)")
 
-    p = sub.add_parser("serve", help="serve the stable API", description="Serve the stable API described by the routes file. SIGHUP reloads it; an invalid file is refused and the old config keeps serving.")
+    p = sub.add_parser(
+        "serve",
+        help="serve the stable API",
+        description=(
+            "Serve the stable API described by the routes file. SIGHUP reloads it; "
+            "an invalid file is refused and the old config keeps serving."
+        ),
+    )
     config_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port to bind (default 8080)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("check", help="validate a routes file", description="Validate the routes file and print every problem as file:line: key: message. Exit 1 if it is invalid.")
+    p = sub.add_parser(
+        "check",
+        help="validate a routes file",
+        description=(
+            "Validate the routes file and print every problem as file:line: key: message. Exit 1 if it is invalid."
+        ),
+    )
     config_arg(p)
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("routes", help="print the stable → upstream table", description="Print each stable route with its upstream and ordered targets.")
+    p = sub.add_parser(
+        "routes",
+        help="print the stable → upstream table",
+        description="Print each stable route with its upstream and ordered targets.",
+    )
     config_arg(p)
     p.set_defaults(func=cmd_routes)
 
-    p = sub.add_parser("sandbox", help="run the Observable and PostHog sandbox upstreams", description="Run local emulations of the Observable and PostHog APIs and print the env vars that point the gateway at them.")
+    p = sub.add_parser(
+        "sandbox",
+        help="run the Observable and PostHog sandbox upstreams",
+        description=(
+            "Run local emulations of the Observable and PostHog APIs "
+            "and print the env vars that point the gateway at them."
+        ),
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--observable-port", type=int, default=9001)
     p.add_argument("--posthog-port", type=int, default=9002)
     p.set_defaults(func=cmd_sandbox)
 
-    p = sub.add_parser("demo", help="sandboxes + gateway in one process, with curl examples", description="Start both sandbox upstreams and the gateway wired to them, then print example curl commands.")
+    p = sub.add_parser(
+        "demo",
+        help="sandboxes + gateway in one process, with curl examples",
+        description="Start both sandbox upstreams and the gateway wired to them, then print example curl commands.",
+    )
     config_arg(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)

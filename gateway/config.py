@@ -86,8 +86,8 @@ def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> LocatedList
     return out
 
 
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)  # type: ignore[arg-type]
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)  # type: ignore[arg-type]
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
 # --------------------------------------------------------------------------- config objects
 
@@ -365,6 +365,9 @@ class _Ctx:
         self.problems: list[Problem] = []
 
     def add(self, line: int, key: str, message: str) -> None:
+        # one problem per key: a follow-on error (an unset ${VAR} is then not a URL) is noise
+        if any(p.key == key for p in self.problems):
+            return
         self.problems.append(Problem(self.file, line, key, message))
 
 
@@ -393,9 +396,7 @@ class _Node:
         self.ctx.add(self.line, self.path, message)
 
     def child(self, key: str | int) -> _Node:
-        sub = f"{self.path}[{key}]" if isinstance(key, int) else (
-            f"{self.path}.{key}" if self.path else key
-        )
+        sub = f"{self.path}[{key}]" if isinstance(key, int) else (f"{self.path}.{key}" if self.path else key)
         value = self.value[key]
         line = getattr(value, "line", 0) if isinstance(value, LocatedDict | LocatedList) else 0
         return _Node(self.ctx, value, sub, _line_of(self.value, key, line) or line or self.line)
@@ -415,7 +416,8 @@ class _Node:
             if k not in allowed:
                 hint = _closest(k, allowed)
                 self.child(k).error(
-                    f"unknown key {k!r}" + (f" (did you mean {hint!r}?)" if hint else "")
+                    f"unknown key {k!r}"
+                    + (f" (did you mean {hint!r}?)" if hint else "")
                     + f"; allowed: {', '.join(sorted(allowed))}"
                 )
                 ok = False
@@ -509,7 +511,9 @@ def _interpolate(ctx: _Ctx, value: Any, path: str, line: int) -> Any:
                 return got
             if default is not None:
                 return default
-            ctx.add(line, path, f"environment variable {name} is not set (write ${{{name}:-default}} to give a default)")
+            ctx.add(
+                line, path, f"environment variable {name} is not set (write ${{{name}:-default}} to give a default)"
+            )
             return ""
 
         return _ENV_REF.sub(sub, text).replace(placeholder, "${")
@@ -554,8 +558,9 @@ def parse_config(text: str, file: str = "routes.yaml", env: Mapping[str, str] | 
         raise ConfigError(ctx.problems)
     doc = _interpolate(ctx, doc, "", 1)
     root = _Node(ctx, doc, "", 1)
-    root.keys({"version", "server", "upstreams", "routes", "cache", "clients", "admin", "probes"},
-              {"upstreams", "routes"})
+    root.keys(
+        {"version", "server", "upstreams", "routes", "cache", "clients", "admin", "probes"}, {"upstreams", "routes"}
+    )
     if (v := root.get("version")) is not None and v.value != 1:
         v.error(f"unsupported version {v.value!r}; this gateway reads version 1")
     server = _server(root.get("server"))
@@ -597,6 +602,10 @@ def _server(node: _Node | None) -> ServerSettings:
 
 def _secret(node: _Node) -> Secret | None:
     """One source or a list of alternatives, tried in order at request time."""
+    if not isinstance(node.value, dict | list):
+        # never echo the value: it may be a secret pasted in by mistake
+        node.error("expected {env: VAR}, {file: PATH} or {file_env: VAR}; secrets are never written in routes.yaml")
+        return None
     items = node.value if isinstance(node.value, list) else None
     nodes = [node.child(i) for i in range(len(items))] if items is not None else [node]
     sources: list[SecretSource] = []
@@ -605,8 +614,10 @@ def _secret(node: _Node) -> Secret | None:
             continue
         given = [k for k in ("env", "file", "file_env") if k in sn.value]
         if len(given) != 1:
-            sn.error("a secret needs exactly one of 'env: VAR', 'file: PATH' or 'file_env: VAR' "
-                     "(secrets are never written in routes.yaml)")
+            sn.error(
+                "a secret needs exactly one of 'env: VAR', 'file: PATH' or 'file_env: VAR' "
+                "(secrets are never written in routes.yaml)"
+            )
             continue
         kind = given[0]
         value = sn.child(kind).string()
@@ -628,13 +639,20 @@ def _secret(node: _Node) -> Secret | None:
 def _upstream(name: str, node: _Node) -> Upstream | None:
     if not _NAME.match(name):
         node.error("upstream names use letters, digits, '_', '-' and '.'")
-    if not node.keys(
-        {"base_url", "timeouts", "headers", "auth", "max_connections", "concurrency",
-         "max_response_bytes", "max_redirects", "description"},
+    node.keys(
+        {
+            "base_url",
+            "timeouts",
+            "headers",
+            "auth",
+            "max_connections",
+            "concurrency",
+            "max_response_bytes",
+            "max_redirects",
+            "description",
+        },
         {"base_url"},
-    ):
-        if "base_url" not in (node.value or {}):
-            return None
+    )
     base_url: URL | None = None
     if (b := node.get("base_url")) is not None and (s := b.string("a URL")) is not None:
         try:
@@ -741,12 +759,23 @@ def _route(name: str, node: _Node, _unused: Any, upstreams: dict[str, Upstream],
     if not _NAME.match(name):
         node.error("route names use letters, digits, '_', '-' and '.' (they become metric labels)")
     if not node.keys(
-        {"stable", "upstream", "auth", "params", "targets", "pagination", "response",
-         "validate", "description", "cache", "probe", "shape"},
+        {
+            "stable",
+            "upstream",
+            "auth",
+            "params",
+            "targets",
+            "pagination",
+            "response",
+            "validate",
+            "description",
+            "cache",
+            "probe",
+            "shape",
+        },
         {"stable", "upstream", "targets"},
     ) and not isinstance(node.value, dict):
         return None
-    ok = True
     method = path_raw = None
     if (s := node.get("stable")) is not None and (text := s.string("'METHOD /path'")) is not None:
         parsed = _stable_line(s, text)
@@ -805,8 +834,6 @@ def _route(name: str, node: _Node, _unused: Any, upstreams: dict[str, Upstream],
     if (d := node.get("description")) is not None:
         desc = d.string() or ""
     if ctx.problems or method is None or stable_path is None or upstream_name is None:
-        ok = False
-    if not ok:
         return None
     return Route(
         name=name,
@@ -890,12 +917,14 @@ def _target(node: _Node, known: frozenset[str], stable_method: str) -> Target | 
             k, _, v = pair.partition("=")
             query.append((k, parse_template(v)))
     redirect: Literal["follow", "report"] = "follow"
-    body = BodySpec("passthrough" if method in ("POST", "PUT", "PATCH") and stable_method in ("POST", "PUT", "PATCH") else "none")
+    body = BodySpec(
+        "passthrough" if method in ("POST", "PUT", "PATCH") and stable_method in ("POST", "PUT", "PATCH") else "none"
+    )
     if spec is not None:
         if (q := spec.get("query")) is not None and q.is_map():
             for k, qn in q.items():
-                if (v := qn.string()) is not None:
-                    query.append((k, parse_template(v)))
+                if (qv := qn.string()) is not None:
+                    query.append((k, parse_template(qv)))
         if (r := spec.get("redirect")) is not None:
             if r.value not in ("follow", "report"):
                 r.error("expected 'follow' (fetch the final target) or 'report' (answer from Location)")
@@ -930,8 +959,19 @@ def _pagination(node: _Node | None) -> Pagination | None:
     if node is None:
         return None
     if not node.keys(
-        {"style", "items", "param", "field", "limit_param", "offset_param", "next", "count",
-         "page_size", "default_limit", "max_limit"},
+        {
+            "style",
+            "items",
+            "param",
+            "field",
+            "limit_param",
+            "offset_param",
+            "next",
+            "count",
+            "page_size",
+            "default_limit",
+            "max_limit",
+        },
         {"style"},
     ):
         return None
@@ -943,8 +983,14 @@ def _pagination(node: _Node | None) -> Pagination | None:
     items_default = "" if style == "before" else "results"
     items = node.value.get("items", items_default)
     kw["items_path"] = tuple(x for x in str(items).split(".") if x)
-    for key, attr in (("param", "before_param"), ("field", "field"), ("limit_param", "limit_param"),
-                      ("offset_param", "offset_param"), ("next", "next_key"), ("count", "count_key")):
+    for key, attr in (
+        ("param", "before_param"),
+        ("field", "field"),
+        ("limit_param", "limit_param"),
+        ("offset_param", "offset_param"),
+        ("next", "next_key"),
+        ("count", "count_key"),
+    ):
         if (n := node.get(key)) is not None and (v := n.string()) is not None:
             kw[attr] = v
     for key in ("page_size", "default_limit", "max_limit"):

@@ -60,8 +60,10 @@ async def _run(config_path: str, host: str, port: int, obs_port: int, ph_port: i
     nb = obs_state.by_kind("public")[0]
     ph = sandboxes.posthog_state
     short_id = ph.visible(1)[0].short_id
-    print(f"routegate demo: gateway {base}  (Observable sandbox {sandboxes.observable_url}, "
-          f"PostHog sandbox {sandboxes.posthog_url})\nTry:\n")
+    print(
+        f"routegate demo: gateway {base}  (Observable sandbox {sandboxes.observable_url}, "
+        f"PostHog sandbox {sandboxes.posthog_url})\nTry:\n"
+    )
     for cmd in curl_examples(base, nb.id, short_id):
         print(f"  {cmd}")
     print("\nCtrl-C stops everything.", flush=True)

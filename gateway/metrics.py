@@ -21,39 +21,58 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.requests = Counter(
-            "gateway_requests_total", "Stable-side requests answered.",
-            ["route", "method", "status_class"], registry=registry,
+            "gateway_requests_total",
+            "Stable-side requests answered.",
+            ["route", "method", "status_class"],
+            registry=registry,
         )
         self.request_seconds = Histogram(
-            "gateway_request_duration_seconds", "Stable-side request latency.",
-            ["route", "method"], buckets=BUCKETS, registry=registry,
+            "gateway_request_duration_seconds",
+            "Stable-side request latency.",
+            ["route", "method"],
+            buckets=BUCKETS,
+            registry=registry,
         )
         self.upstream_requests = Counter(
-            "gateway_upstream_requests_total", "Upstream calls by outcome (status class or error kind).",
-            ["upstream", "route", "outcome"], registry=registry,
+            "gateway_upstream_requests_total",
+            "Upstream calls by outcome (status class or error kind).",
+            ["upstream", "route", "outcome"],
+            registry=registry,
         )
         self.upstream_seconds = Histogram(
-            "gateway_upstream_request_duration_seconds", "Upstream call latency.",
-            ["upstream", "route"], buckets=BUCKETS, registry=registry,
+            "gateway_upstream_request_duration_seconds",
+            "Upstream call latency.",
+            ["upstream", "route"],
+            buckets=BUCKETS,
+            registry=registry,
         )
         self.upstream_errors = Counter(
             "gateway_upstream_errors_total",
             "Upstream failures by kind: timeout, connect, reset, 4xx, 5xx, redirect, shape, credentials, ...",
-            ["upstream", "route", "kind"], registry=registry,
+            ["upstream", "route", "kind"],
+            registry=registry,
         )
         self.fallbacks = Counter(
-            "gateway_fallback_total", "Calls answered by a fallback target (index ≥ 1 in 'targets').",
-            ["route", "target"], registry=registry,
+            "gateway_fallback_total",
+            "Calls answered by a fallback target (index ≥ 1 in 'targets').",
+            ["route", "target"],
+            registry=registry,
         )
         self.route_up = Gauge(
-            "gateway_route_up", "1 while the route's last upstream exchange worked, 0 once it broke.",
-            ["route"], registry=registry,
+            "gateway_route_up",
+            "1 while the route's last upstream exchange worked, 0 once it broke.",
+            ["route"],
+            registry=registry,
         )
         self.reloads = Counter(
-            "gateway_config_reloads_total", "Config loads by result.", ["result"], registry=registry,
+            "gateway_config_reloads_total",
+            "Config loads by result.",
+            ["result"],
+            registry=registry,
         )
         self.config_info = Info("gateway_config", "The routes file being served.", registry=registry)
         self.config_loaded = Gauge(
             "gateway_config_last_reload_success_timestamp_seconds",
-            "When the served config was loaded.", registry=registry,
+            "When the served config was loaded.",
+            registry=registry,
         )

@@ -94,9 +94,7 @@ def _items(pag: Pagination, body: Any, route: str) -> list[Any]:
 def _field(pag: Pagination, item: Any, route: str) -> Any:
     value = item.get(pag.field) if isinstance(item, dict) else None
     if value is None:
-        raise ShapeDrift(
-            f"upstream item lost its paging field {pag.field!r}", code="shape_drift", route=route
-        )
+        raise ShapeDrift(f"upstream item lost its paging field {pag.field!r}", code="shape_drift", route=route)
     return value
 
 

@@ -85,7 +85,9 @@ class Proxy:
                 parsed = json.loads(raw)
             except (ValueError, UnicodeDecodeError) as exc:
                 where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-                raise BadRequest(f"the body is not valid JSON{where}", code="malformed_json", route=route.name) from None
+                raise BadRequest(
+                    f"the body is not valid JSON{where}", code="malformed_json", route=route.name
+                ) from None
         if route.validate is not None:
             parsed = VALIDATORS[route.validate](parsed, params)
         return None if parsed is None else dumps(parsed)
@@ -138,16 +140,22 @@ class Proxy:
         headers: dict[str, str],
     ) -> UpstreamResponse:
         path, query = target_request(target, params)
-        payload = target.body.const if target.body.mode == "const" else (
-            body if target.body.mode == "passthrough" else None
+        payload = (
+            target.body.const if target.body.mode == "const" else (body if target.body.mode == "passthrough" else None)
         )
         if payload is not None and "Content-Type" not in headers:
             headers = {**headers, "Content-Type": JSON_TYPE}
         started = time.perf_counter()
         try:
             resp = await self.client.send(
-                upstream, target.method, path, [*query, *extra_query], headers, payload,
-                follow=target.redirect == "follow", route=route.name,
+                upstream,
+                target.method,
+                path,
+                [*query, *extra_query],
+                headers,
+                payload,
+                follow=target.redirect == "follow",
+                route=route.name,
             )
         except UpstreamError as exc:
             self.metrics.upstream_seconds.labels(upstream.name, route.name).observe(time.perf_counter() - started)
@@ -176,43 +184,57 @@ class Proxy:
                 exc = BadGateway(
                     f"upstream {name!r} no longer serves {target.method} {target.path.raw} ({status})"
                     " - the upstream route may have moved; check routes.yaml",
-                    kind="4xx", code="upstream_route_gone", route=route.name,
+                    kind="4xx",
+                    code="upstream_route_gone",
+                    route=route.name,
                 )
             else:
                 raise NotFound(detail or "not found upstream", route=route.name)
         elif status in (401, 403):
             exc = BadGateway(
                 f"upstream {name!r} rejected the gateway's credentials ({status})"
-                + (f": {detail}" if detail else "") + "; renew them",
-                kind="credentials_rejected", code="upstream_auth_rejected", route=route.name,
+                + (f": {detail}" if detail else "")
+                + "; renew them",
+                kind="credentials_rejected",
+                code="upstream_auth_rejected",
+                route=route.name,
             )
         elif status == 429:
             retry = resp.headers.get("Retry-After") or _retry_from(detail)
             exc = ServiceUnavailable(
                 f"upstream {name!r} is rate limiting the gateway" + (f": {detail}" if detail else ""),
-                kind="throttled", code="upstream_rate_limited", route=route.name,
+                kind="throttled",
+                code="upstream_rate_limited",
+                route=route.name,
                 headers={"Retry-After": retry} if retry else None,
             )
         elif status in (400, 409, 422):
             raise client_error_for(status)(
                 detail or f"upstream {name!r} refused the request ({status})",
-                code="upstream_rejected", route=route.name,
+                code="upstream_rejected",
+                route=route.name,
             )
         elif 300 <= status < 400:
             exc = BadGateway(
                 f"upstream {name!r} answered an unexpected redirect ({status})",
-                kind="redirect", code="bad_redirect", route=route.name,
+                kind="redirect",
+                code="bad_redirect",
+                route=route.name,
             )
         elif status < 500:
             exc = BadGateway(
                 f"upstream {name!r} refused {target.method} {target.path.raw} ({status})"
                 + (f": {detail}" if detail else ""),
-                kind="4xx", code="upstream_refused", route=route.name,
+                kind="4xx",
+                code="upstream_refused",
+                route=route.name,
             )
         else:
             exc = BadGateway(
                 f"upstream {name!r} failed with {status}" + (f": {detail}" if detail else ""),
-                kind="5xx", code="upstream_failed", route=route.name,
+                kind="5xx",
+                code="upstream_failed",
+                route=route.name,
             )
         assert isinstance(exc, UpstreamError)
         self._record_error(upstream, route, exc)
@@ -277,7 +299,8 @@ class Proxy:
                 raise BadRequest(
                     f"the cursor was issued for {fan.name}={','.join(cursor_streams)}; "
                     f"repeat that {fan.name} or leave it out",
-                    code="bad_cursor", route=route.name,
+                    code="bad_cursor",
+                    route=route.name,
                 )
             else:
                 streams = list(cursor_streams)

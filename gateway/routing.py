@@ -88,8 +88,7 @@ def _match_segments(route: Route, segments: list[str]) -> dict[str, str] | None:
 def _check_param(route: Route, name: str, value: str) -> None:
     if value in ("", ".", "..") or any(ch in _FORBIDDEN for ch in value):
         raise BadRequest(
-            f"path parameter {name!r} must be one plain path segment "
-            "(no '/', '\\', '.', '..' or control characters)",
+            f"path parameter {name!r} must be one plain path segment (no '/', '\\', '.', '..' or control characters)",
             code="bad_path_param",
             route=route.name,
         )

@@ -15,9 +15,9 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from gateway.auth import Credentials
@@ -94,13 +94,16 @@ ERROR = web.RequestKey("error", GatewayError)
 
 def error_response(exc: GatewayError) -> web.Response:
     return web.Response(
-        status=exc.status, body=dumps(exc.body()), content_type="application/json",
-        charset="utf-8", headers=exc.headers,
+        status=exc.status,
+        body=dumps(exc.body()),
+        content_type="application/json",
+        charset="utf-8",
+        headers=exc.headers,
     )
 
 
 @web.middleware
-async def _frame(request: web.Request, handler: Any) -> web.StreamResponse:
+async def _frame(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, JSON errors, stable-side metrics and the access log, for every request."""
     incoming = request.headers.get("X-Request-ID", "")
     rid = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
@@ -130,12 +133,19 @@ async def _frame(request: web.Request, handler: Any) -> web.StreamResponse:
         gw.metrics.requests.labels(route, request.method, status_class(resp.status)).inc()
         gw.metrics.request_seconds.labels(route, request.method).observe(elapsed)
         if access_log.isEnabledFor(logging.INFO):
-            err = request.get(ERROR)
-            access_log.info(json.dumps({
-                "request_id": rid, "method": request.method, "route": route, "status": resp.status,
-                "duration_ms": round(elapsed * 1000, 3),
-                **({"error": err.code} if err is not None else {}),
-            }))
+            failure = request.get(ERROR)
+            access_log.info(
+                json.dumps(
+                    {
+                        "request_id": rid,
+                        "method": request.method,
+                        "route": route,
+                        "status": resp.status,
+                        "duration_ms": round(elapsed * 1000, 3),
+                        **({"error": failure.code} if failure is not None else {}),
+                    }
+                )
+            )
     return resp
 
 

@@ -8,7 +8,6 @@ with a bounded ``kind`` for metrics.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -94,19 +93,25 @@ class UpstreamClient:
             if not raw_location:
                 raise BadGateway(
                     f"upstream {upstream.name!r} answered {resp.status} without a Location",
-                    kind="redirect", code="bad_redirect", route=route,
+                    kind="redirect",
+                    code="bad_redirect",
+                    route=route,
                 )
             try:
                 target = url.join(URL(raw_location))
             except ValueError:
                 raise BadGateway(
                     f"upstream {upstream.name!r} redirected to an invalid Location",
-                    kind="redirect", code="bad_redirect", route=route,
+                    kind="redirect",
+                    code="bad_redirect",
+                    route=route,
                 ) from None
             if target.origin() != origin:
                 raise BadGateway(
                     f"upstream {upstream.name!r} redirected to another host ({target.host}); not followed",
-                    kind="redirect", code="redirect_off_host", route=route,
+                    kind="redirect",
+                    code="redirect_off_host",
+                    route=route,
                 )
             if not follow:
                 resp.location = target
@@ -115,7 +120,9 @@ class UpstreamClient:
             if str(target) in seen:
                 raise BadGateway(
                     f"upstream {upstream.name!r} redirect loop at {target.path}",
-                    kind="redirect", code="redirect_loop", route=route,
+                    kind="redirect",
+                    code="redirect_loop",
+                    route=route,
                 )
             seen.add(str(target))
             url = target
@@ -123,7 +130,9 @@ class UpstreamClient:
                 method, body = "GET", None
         raise BadGateway(
             f"upstream {upstream.name!r} redirected more than {upstream.max_redirects} times",
-            kind="redirect", code="redirect_loop", route=route,
+            kind="redirect",
+            code="redirect_loop",
+            route=route,
         )
 
     async def _once(
@@ -152,26 +161,32 @@ class UpstreamClient:
                     continue
                 raise BadGateway(
                     f"upstream {upstream.name!r} closed the connection without answering",
-                    kind="reset", code="upstream_reset", route=route,
+                    kind="reset",
+                    code="upstream_reset",
+                    route=route,
                 ) from None
-            except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
-                raise GatewayTimeout(
-                    f"upstream {upstream.name!r} did not answer in time", route=route
-                ) from None
+            except (TimeoutError, aiohttp.ServerTimeoutError):
+                raise GatewayTimeout(f"upstream {upstream.name!r} did not answer in time", route=route) from None
             except aiohttp.ClientConnectorError as exc:
                 raise BadGateway(
                     f"cannot connect to upstream {upstream.name!r} ({exc.os_error.strerror or 'refused'})",
-                    kind="connect", code="upstream_unreachable", route=route,
+                    kind="connect",
+                    code="upstream_unreachable",
+                    route=route,
                 ) from None
             except aiohttp.ClientPayloadError:
                 raise BadGateway(
                     f"upstream {upstream.name!r} broke off the response body",
-                    kind="reset", code="upstream_reset", route=route,
+                    kind="reset",
+                    code="upstream_reset",
+                    route=route,
                 ) from None
             except (aiohttp.ClientError, OSError) as exc:
                 raise BadGateway(
                     f"upstream {upstream.name!r} failed: {type(exc).__name__}",
-                    kind="reset", code="upstream_failed", route=route,
+                    kind="reset",
+                    code="upstream_failed",
+                    route=route,
                 ) from None
         raise AssertionError("unreachable")
 
@@ -181,7 +196,9 @@ async def _read_bounded(resp: aiohttp.ClientResponse, upstream: Upstream, route:
     if resp.content_length is not None and resp.content_length > limit:
         raise BadGateway(
             f"upstream {upstream.name!r} response is larger than {limit} bytes",
-            kind="too_large", code="upstream_too_large", route=route,
+            kind="too_large",
+            code="upstream_too_large",
+            route=route,
         )
     chunks: list[bytes] = []
     size = 0
@@ -190,7 +207,9 @@ async def _read_bounded(resp: aiohttp.ClientResponse, upstream: Upstream, route:
         if size > limit:
             raise BadGateway(
                 f"upstream {upstream.name!r} response is larger than {limit} bytes",
-                kind="too_large", code="upstream_too_large", route=route,
+                kind="too_large",
+                code="upstream_too_large",
+                route=route,
             )
         chunks.append(chunk)
     return b"".join(chunks)

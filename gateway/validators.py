@@ -47,7 +47,7 @@ def observable_new_document(body: Any, params: Mapping[str, Any]) -> Any:
             continue
         for key in sorted(set(node) - _NODE_KEYS):
             problems.append(f"{where}.{key}: unknown key (allowed: id, pinned, value)")
-        nid = node.get("id")
+        nid: Any = node.get("id")
         if "id" not in node:
             if not reindex:
                 problems.append(f"{where}.id: required")
@@ -65,7 +65,7 @@ def observable_new_document(body: Any, params: Mapping[str, Any]) -> Any:
         if not isinstance(value, str):
             problems.append(f"{where}.value: must be a string")
         clean.append({"id": nid, "pinned": pinned, "value": value})
-    version = body.get("version")
+    version: Any = body.get("version")
     if reindex:
         for i, node in enumerate(clean):
             node["id"] = i

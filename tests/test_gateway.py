@@ -65,9 +65,12 @@ async def test_last_target_gone_is_a_502_naming_the_route(make_gateway: Any, san
     assert err["error"]["code"] == "upstream_route_gone"
     assert "/user/documents" in err["error"]["message"]
     assert registry.get_sample_value("gateway_route_up", {"route": "observable_notebooks"}) == 0
-    assert registry.get_sample_value(
-        "gateway_upstream_errors_total", {"upstream": "observable", "route": "observable_notebooks", "kind": "4xx"}
-    ) == 1
+    assert (
+        registry.get_sample_value(
+            "gateway_upstream_errors_total", {"upstream": "observable", "route": "observable_notebooks", "kind": "4xx"}
+        )
+        == 1
+    )
 
 
 async def test_dropped_field_is_shape_drift_not_null(make_gateway: Any, sandboxes: Sandboxes) -> None:
@@ -79,9 +82,12 @@ async def test_dropped_field_is_shape_drift_not_null(make_gateway: Any, sandboxe
     assert resp.status == 502
     assert err["error"]["code"] == "shape_drift"
     assert "'title'" in err["error"]["message"]
-    assert registry.get_sample_value(
-        "gateway_upstream_errors_total", {"upstream": "posthog", "route": "posthog_notebooks", "kind": "shape"}
-    ) == 1
+    assert (
+        registry.get_sample_value(
+            "gateway_upstream_errors_total", {"upstream": "posthog", "route": "posthog_notebooks", "kind": "shape"}
+        )
+        == 1
+    )
 
 
 async def test_unknown_route_is_404_and_wrong_method_405(gw: TestClient[Any, Any], sandboxes: Sandboxes) -> None:
@@ -180,8 +186,15 @@ async def _fake_upstream(aiohttp_server: Any) -> TestServer:
         return web.json_response({"value": 42, "extra": "not exposed"})
 
     app = web.Application()
-    for name, handler in [("slow", slow), ("boom", boom), ("garbage", garbage), ("huge", huge),
-                          ("loop", loop), ("offhost", offhost), ("ok", ok)]:
+    for name, handler in [
+        ("slow", slow),
+        ("boom", boom),
+        ("garbage", garbage),
+        ("huge", huge),
+        ("loop", loop),
+        ("offhost", offhost),
+        ("ok", ok),
+    ]:
         app.router.add_get(f"/{name}", handler)
     server: TestServer = await aiohttp_server(app)
     return server

@@ -191,7 +191,11 @@ async def test_create_rejects_every_problem_with_422_and_forwards_nothing(
 
 
 async def test_create_forwards_a_valid_notebook(gw: TestClient[Any, Any], sandboxes: Sandboxes) -> None:
-    payload = {"title": "From a script", "nodes": [{"id": 0, "value": "md`hi`"}, {"id": 3, "pinned": True}], "version": 4}
+    payload = {
+        "title": "From a script",
+        "nodes": [{"id": 0, "value": "md`hi`"}, {"id": 3, "pinned": True}],
+        "version": 4,
+    }
     resp = await gw.post("/v1/observable/notebooks", json=payload)
     created = await resp.json()
     assert resp.status == 200, created
@@ -212,7 +216,9 @@ async def test_create_with_reindex_repairs_ids_and_version(gw: TestClient[Any, A
     assert doc["version"] == 4  # the smallest valid: greater than 3 nodes, not less than id 2
 
 
-async def test_missing_cookies_name_the_variables(make_gateway: Any, sandbox_env: dict[str, str], sandboxes: Sandboxes) -> None:
+async def test_missing_cookies_name_the_variables(
+    make_gateway: Any, sandbox_env: dict[str, str], sandboxes: Sandboxes
+) -> None:
     env = {k: v for k, v in sandbox_env.items() if not k.startswith("OBSERVABLE_") or k == "OBSERVABLE_API_URL"}
     gw = await make_gateway(env=env)
     err = await _get(gw, "/v1/observable/notebooks", 502)
@@ -228,16 +234,16 @@ async def test_cookie_file_supplies_the_session(
 ) -> None:
     state = sandboxes.observable_state
     cookie_file = tmp_path / "cookies.json"
-    cookie_file.write_text(f'[{{"name": "I", "value": "{state.session_cookie}"}}, {{"name": "T", "value": "{state.token}"}}]')
+    cookie_file.write_text(
+        f'[{{"name": "I", "value": "{state.session_cookie}"}}, {{"name": "T", "value": "{state.token}"}}]'
+    )
     env = {"OBSERVABLE_API_URL": sandbox_env["OBSERVABLE_API_URL"], "OBSERVABLE_COOKIES_FILE": str(cookie_file)}
     gw = await make_gateway(env=env)
     body = await _get(gw, "/v1/observable/notebooks?type=trash")
     assert len(body["items"]) == 5
 
 
-async def test_rejected_session_is_a_502_that_says_renew(
-    make_gateway: Any, sandbox_env: dict[str, str]
-) -> None:
+async def test_rejected_session_is_a_502_that_says_renew(make_gateway: Any, sandbox_env: dict[str, str]) -> None:
     gw = await make_gateway(env={**sandbox_env, "OBSERVABLE_SESSION": "expired.garbage"})
     err = await _get(gw, "/v1/observable/notebooks", 502)
     assert err["error"]["code"] == "upstream_auth_rejected"

@@ -88,9 +88,18 @@ async def test_create(gw: TestClient[Any, Any], sandboxes: Sandboxes) -> None:
 
 async def test_bad_bodies_are_refused_before_forwarding(gw: TestClient[Any, Any], sandboxes: Sandboxes) -> None:
     nb = sandboxes.posthog_state.visible(1)[0]
-    err = await _req(gw, "PATCH", f"{BASE}/{nb.short_id}", 400, data=b"{not json", headers={"Content-Type": "application/json"})
+    err = await _req(
+        gw, "PATCH", f"{BASE}/{nb.short_id}", 400, data=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert err["error"]["code"] == "malformed_json"
-    err = await _req(gw, "PATCH", f"{BASE}/{nb.short_id}", 415, data=b"title=x", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    err = await _req(
+        gw,
+        "PATCH",
+        f"{BASE}/{nb.short_id}",
+        415,
+        data=b"title=x",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert "application/json" in err["error"]["message"]
     big = io.BytesIO(b"[" + b"1," * 600_000 + b"1]")
     err = await _req(gw, "POST", BASE, 413, data=big, headers={"Content-Type": "application/json"})
@@ -98,7 +107,9 @@ async def test_bad_bodies_are_refused_before_forwarding(gw: TestClient[Any, Any]
     assert sandboxes.posthog_state.total_requests == 0
 
 
-async def test_missing_key_names_the_variable(make_gateway: Any, sandbox_env: dict[str, str], sandboxes: Sandboxes) -> None:
+async def test_missing_key_names_the_variable(
+    make_gateway: Any, sandbox_env: dict[str, str], sandboxes: Sandboxes
+) -> None:
     env = {k: v for k, v in sandbox_env.items() if k != "POSTHOG_API_KEY"}
     gw = await make_gateway(env=env)
     err = await _req(gw, "GET", BASE, 502)

@@ -79,9 +79,7 @@ async def all_pages(client: Client, path: str, headers: dict[str, str] | None = 
 # -- listings ------------------------------------------------------------------
 
 
-async def test_public_listing_pages_by_before_until_empty(
-    client: Client, state: ObservableState
-) -> None:
+async def test_public_listing_pages_by_before_until_empty(client: Client, state: ObservableState) -> None:
     pages = await all_pages(client, "/user/documents?types=public", auth(state))
     assert [len(p) for p in pages] == [30, 30, 15, 0]
     items = [item for page in pages for item in page]
@@ -91,9 +89,7 @@ async def test_public_listing_pages_by_before_until_empty(
     assert all(i["owner"]["login"] == SANDBOX_LOGIN for i in items)
 
 
-@pytest.mark.parametrize(
-    ("kind", "sizes"), [("shared", [30, 10, 0]), ("private", [30, 5, 0]), ("trash", [5, 0])]
-)
+@pytest.mark.parametrize(("kind", "sizes"), [("shared", [30, 10, 0]), ("private", [30, 5, 0]), ("trash", [5, 0])])
 async def test_other_types_page_the_same_way(
     client: Client, state: ObservableState, kind: str, sizes: list[int]
 ) -> None:
@@ -127,9 +123,7 @@ async def test_item_shape_and_unique_times(client: Client, state: ObservableStat
 async def test_seed_is_deterministic() -> None:
     a, b, c = ObservableState(seed=1), ObservableState(seed=1), ObservableState(seed=2)
     assert [nb.id for nb in a.by_kind("public")] == [nb.id for nb in b.by_kind("public")]
-    assert [nb.update_ms for nb in a.by_kind("private")] == [
-        nb.update_ms for nb in b.by_kind("private")
-    ]
+    assert [nb.update_ms for nb in a.by_kind("private")] == [nb.update_ms for nb in b.by_kind("private")]
     assert [nb.id for nb in a.by_kind("public")] != [nb.id for nb in c.by_kind("public")]
 
 
@@ -142,9 +136,7 @@ async def test_invalid_types_is_400(client: Client, state: ObservableState, quer
 
 
 @pytest.mark.parametrize("before", ["", "yesterday", "2026-13-40T00:00:00.000Z"])
-async def test_unparseable_before_is_400(
-    client: Client, state: ObservableState, before: str
-) -> None:
+async def test_unparseable_before_is_400(client: Client, state: ObservableState, before: str) -> None:
     resp = await client.get(f"/user/documents?types=public&before={before}", headers=auth(state))
     assert resp.status == 400
     assert (await resp.json())["errors"][0]["code"] == "INVALID_PARAMETER"
@@ -152,9 +144,7 @@ async def test_unparseable_before_is_400(
 
 async def test_before_is_strict(client: Client, state: ObservableState) -> None:
     newest = state.by_kind("public")
-    page = await get_json(
-        client, f"/user/documents?types=public&before={newest[1].update_time}", auth(state)
-    )
+    page = await get_json(client, f"/user/documents?types=public&before={newest[1].update_time}", auth(state))
     assert page[0]["id"] == newest[2].id
 
 
@@ -191,9 +181,7 @@ async def test_invalid_cookies_are_401(client: Client, state: ObservableState) -
         assert await resp.json() == UNAUTHORIZED
 
 
-async def test_expired_session_is_401_session_expired(
-    client: Client, state: ObservableState
-) -> None:
+async def test_expired_session_is_401_session_expired(client: Client, state: ObservableState) -> None:
     state.session_cookie = make_session_cookie(int(time.time() * 1000) - 1000)
     resp = await client.get("/user/documents?types=public", headers=auth(state))
     assert resp.status == 401
@@ -229,9 +217,7 @@ async def test_unknown_route_is_json_404(client: Client) -> None:
 # -- legacy routes -------------------------------------------------------------
 
 
-async def test_legacy_routes_are_404_until_switched_on(
-    client: Client, state: ObservableState
-) -> None:
+async def test_legacy_routes_are_404_until_switched_on(client: Client, state: ObservableState) -> None:
     for path in ("/user/public", "/user/drafts"):
         resp = await client.get(path, headers=auth(state))
         assert resp.status == 404 and await resp.json() == NOT_FOUND
@@ -357,9 +343,7 @@ VALID_NEW = {
         ({"title": 5, "nodes": [], "version": 1}, "title must be a string"),
     ],
 )
-async def test_new_document_rules(
-    client: Client, state: ObservableState, body: Any, fragment: str
-) -> None:
+async def test_new_document_rules(client: Client, state: ObservableState, body: Any, fragment: str) -> None:
     resp = await client.post("/document/new", json=body, headers=auth(state))
     assert resp.status == 400
     error = (await resp.json())["errors"][0]
@@ -380,9 +364,7 @@ async def test_new_document_needs_auth(client: Client, state: ObservableState) -
     assert resp.status == 403
 
 
-async def test_new_document_is_created_and_listed_first(
-    client: Client, state: ObservableState
-) -> None:
+async def test_new_document_is_created_and_listed_first(client: Client, state: ObservableState) -> None:
     resp = await client.post("/document/new", json=VALID_NEW, headers=auth(state))
     assert resp.status == 200
     doc = await resp.json()
@@ -405,18 +387,14 @@ async def test_new_document_is_created_and_listed_first(
     assert page[0]["update_time"] > page[1]["update_time"]
     fetched = await get_json(client, f"/document/{doc['id']}", auth(state))
     assert fetched == doc
-    empty = await client.post(
-        "/document/new", json={"nodes": [], "version": 1}, headers=auth(state)
-    )
+    empty = await client.post("/document/new", json={"nodes": [], "version": 1}, headers=auth(state))
     assert empty.status == 200 and (await empty.json())["nodes"] == []
 
 
 # -- control: counters and faults ------------------------------------------------
 
 
-async def test_request_counter_counts_everything_but_control(
-    client: Client, state: ObservableState
-) -> None:
+async def test_request_counter_counts_everything_but_control(client: Client, state: ObservableState) -> None:
     await client.get("/user/documents?types=public", headers=auth(state))
     await client.get("/user/documents?types=private")  # 401 still counts
     await client.get("/nowhere")
@@ -440,9 +418,7 @@ async def test_request_counter_counts_everything_but_control(
 
 
 async def test_status_fault_over_http(client: Client, state: ObservableState) -> None:
-    resp = await client.post(
-        "/_sandbox/faults", json={"faults": {"/user/documents": {"status": 404}}}
-    )
+    resp = await client.post("/_sandbox/faults", json={"faults": {"/user/documents": {"status": 404}}})
     assert resp.status == 200
     resp = await client.get("/user/documents?types=public", headers=auth(state))
     assert resp.status == 404 and await resp.json() == NOT_FOUND
@@ -507,9 +483,7 @@ async def test_latency_switch(client: Client, state: ObservableState) -> None:
         {"nonsense": 1},
     ],
 )
-async def test_bad_switches_are_400_and_change_nothing(
-    client: Client, state: ObservableState, body: Any
-) -> None:
+async def test_bad_switches_are_400_and_change_nothing(client: Client, state: ObservableState, body: Any) -> None:
     resp = await client.post("/_sandbox/faults", json={"latency_ms": 5})
     resp = await client.post("/_sandbox/faults", json=body)
     assert resp.status == 400
@@ -548,9 +522,7 @@ async def test_runner_main_prints_exports_and_stops_on_sigterm() -> None:
     )
     try:
         assert proc.stdout is not None
-        lines = [
-            (await asyncio.wait_for(proc.stdout.readline(), 10)).decode().strip() for _ in range(5)
-        ]
+        lines = [(await asyncio.wait_for(proc.stdout.readline(), 10)).decode().strip() for _ in range(5)]
         env = dict(line.removeprefix("export ").split("=", 1) for line in lines)
         assert set(env) == {
             "OBSERVABLE_SESSION",

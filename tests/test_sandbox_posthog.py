@@ -228,9 +228,7 @@ async def test_throttling_switch_over_http(client: Client, state: PostHogState) 
     assert (await resp.json())["rate_limit_per_minute"] == 1
     assert (await client.get(LIST, headers=AUTH)).status == 200
     body = await get_json(client, LIST, 429)
-    assert re.fullmatch(
-        r"Request was throttled\. Expected available in \d+ seconds?\.", body["detail"]
-    )
+    assert re.fullmatch(r"Request was throttled\. Expected available in \d+ seconds?\.", body["detail"])
     await client.post("/_sandbox/reset")
     assert state.rate_limit_per_minute is None
     assert (await client.get(LIST, headers=AUTH)).status == 200
@@ -253,9 +251,7 @@ async def test_if_none_match(client: Client, state: PostHogState) -> None:
     for tag in (str(nb.version), f'"{nb.version}"', f'W/"{nb.version}"'):
         resp = await client.get(f"{LIST}{nb.short_id}/", headers={**AUTH, "If-None-Match": tag})
         assert resp.status == 304 and await resp.read() == b""
-    resp = await client.get(
-        f"{LIST}{nb.short_id}/", headers={**AUTH, "If-None-Match": str(nb.version + 1)}
-    )
+    resp = await client.get(f"{LIST}{nb.short_id}/", headers={**AUTH, "If-None-Match": str(nb.version + 1)})
     assert resp.status == 200
 
 
@@ -305,9 +301,7 @@ async def test_patch_content_needs_the_current_version(client: Client, state: Po
     assert body["version"] == nb.version and body["content"] == CONTENT
     assert (await get_json(client, LIST + "?limit=1"))["results"][0]["short_id"] == nb.short_id
     # same content again: accepted, but the version does not move
-    resp = await client.patch(
-        url, json={"content": CONTENT, "version": body["version"]}, headers=AUTH
-    )
+    resp = await client.patch(url, json={"content": CONTENT, "version": body["version"]}, headers=AUTH)
     assert (await resp.json())["version"] == body["version"]
 
 
@@ -395,9 +389,7 @@ async def test_faults_and_counters_speak_posthog(client: Client, state: PostHogS
         "by_path": {"GET /api/projects/1/notebooks/": 1, "GET /api/projects/2/notebooks/": 2},
     }
     await client.post("/_sandbox/reset")
-    await client.post(
-        "/_sandbox/faults", json={"faults": {"/api/": {"drop_field": "last_modified_at"}}}
-    )
+    await client.post("/_sandbox/faults", json={"faults": {"/api/": {"drop_field": "last_modified_at"}}})
     page = await get_json(client, LIST)
     assert page["count"] == 250 and all("last_modified_at" not in i for i in page["results"])
     detail = await get_json(client, f"{LIST}{first_short_id(state)}/")

@@ -55,9 +55,7 @@ class Fault:
         if unknown:
             raise ValueError(f"unknown fault keys: {sorted(unknown)}")
         status = obj.get("status")
-        if status is not None and (
-            not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599
-        ):
+        if status is not None and (not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599):
             raise ValueError("fault status must be an HTTP status code")
         drop_field = obj.get("drop_field")
         if drop_field is not None and not isinstance(drop_field, str):

@@ -243,9 +243,7 @@ class ObservableState(SandboxState):
         rng = self._rng
         count = rng.randint(2, 6)
         ids = sorted(rng.sample(range(1, 3 * count + 1), count))
-        values = [f"md`# {title}`"] + [
-            f"{rng.choice(_WORDS)}{i} = {rng.randint(0, 999)}" for i in range(1, count)
-        ]
+        values = [f"md`# {title}`"] + [f"{rng.choice(_WORDS)}{i} = {rng.randint(0, 999)}" for i in range(1, count)]
         return [
             {
                 "id": node_id,
@@ -287,9 +285,7 @@ class ObservableState(SandboxState):
         matches = [
             nb
             for nb in self.notebooks.values()
-            if nb.owner == owner
-            and nb.type == kind
-            and (before_us is None or nb.update_ms * 1000 < before_us)
+            if nb.owner == owner and nb.type == kind and (before_us is None or nb.update_ms * 1000 < before_us)
         ]
         matches.sort(key=lambda nb: nb.update_ms, reverse=True)
         return matches[:PAGE_SIZE]
@@ -393,9 +389,7 @@ def _check_auth(request: web.Request) -> web.Response | None:
         return _error(401, "UNAUTHORIZED", "Not signed in")
     if payload["expiration"] <= state.clock() * 1000:
         return _error(401, "SESSION_EXPIRED", "Session expired")
-    if not hmac.compare_digest(session, state.session_cookie) or not hmac.compare_digest(
-        token, state.token
-    ):
+    if not hmac.compare_digest(session, state.session_cookie) or not hmac.compare_digest(token, state.token):
         return _error(401, "UNAUTHORIZED", "Not signed in")
     if request.headers.get("Origin") != ORIGIN:
         return _error(403, "FORBIDDEN", "Invalid origin")
@@ -511,9 +505,7 @@ async def get_module(request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound(f"/d/{nb.id}@{nb.version}.js")
     if int(match["version"]) != nb.version:
         return _not_found()
-    return web.Response(
-        text=_module_source(nb), content_type="application/javascript", charset="utf-8"
-    )
+    return web.Response(text=_module_source(nb), content_type="application/javascript", charset="utf-8")
 
 
 def _is_int(value: object) -> bool:

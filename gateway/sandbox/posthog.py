@@ -390,9 +390,7 @@ def _not_found() -> web.Response:
 
 
 def _method_not_allowed(request: web.Request, allow: str) -> web.Response:
-    response = _error(
-        405, "invalid_request", "method_not_allowed", f'Method "{request.method}" not allowed.'
-    )
+    response = _error(405, "invalid_request", "method_not_allowed", f'Method "{request.method}" not allowed.')
     response.headers["Allow"] = allow
     return response
 
@@ -416,9 +414,7 @@ def _guarded(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamRe
             )
         key = key.strip()
         if key not in state.api_keys:
-            return _error(
-                401, "authentication_error", "authentication_failed", "Invalid personal API key."
-            )
+            return _error(401, "authentication_error", "authentication_failed", "Invalid personal API key.")
         raw_pid = request.match_info["pid"]
         project_id = int(raw_pid) if raw_pid.isdigit() else -1
         if project_id not in state.projects:
@@ -515,9 +511,7 @@ async def notebooks(request: web.Request, project_id: int) -> web.StreamResponse
         problem = _check_fields(body)
         if problem is not None:
             return problem
-        nb = state.create(
-            project_id, body.get("title"), body.get("content"), body.get("text_content")
-        )
+        nb = state.create(project_id, body.get("title"), body.get("content"), body.get("text_content"))
         return web.json_response(state.detail_json(nb), status=201)
     return _method_not_allowed(request, "GET, POST, HEAD, OPTIONS")
 
@@ -565,9 +559,7 @@ async def activity(request: web.Request, project_id: int) -> web.StreamResponse:
     if nb is None:
         return _not_found()
     results = list(reversed(nb.activity))
-    return web.json_response(
-        {"results": results, "next": None, "previous": None, "total_count": len(results)}
-    )
+    return web.json_response({"results": results, "next": None, "previous": None, "total_count": len(results)})
 
 
 def create_app(state: PostHogState | None = None) -> web.Application:

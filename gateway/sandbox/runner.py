@@ -89,9 +89,7 @@ def export_lines(sandboxes: Sandboxes) -> list[str]:
 
 async def _run(args: argparse.Namespace) -> None:
     week_ms = 7 * 24 * 3600 * 1000
-    obs_state = observable.ObservableState(
-        args.seed, session_expiration_ms=int(time.time() * 1000) + week_ms
-    )
+    obs_state = observable.ObservableState(args.seed, session_expiration_ms=int(time.time() * 1000) + week_ms)
     ph_state = posthog.PostHogState(args.seed)
     sandboxes = await start_sandboxes(
         args.host,
@@ -114,9 +112,7 @@ async def _run(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run both sandboxes until SIGINT/SIGTERM."""
-    parser = argparse.ArgumentParser(
-        prog="python -m gateway.sandbox.runner", description="Run the upstream sandboxes."
-    )
+    parser = argparse.ArgumentParser(prog="python -m gateway.sandbox.runner", description="Run the upstream sandboxes.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--observable-port", type=int, default=0)
     parser.add_argument("--posthog-port", type=int, default=0)

@@ -1,0 +1,102 @@
+"""The ``gateway`` command: check, routes, help, and serve on a real socket."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from gateway.sandbox.runner import Sandboxes
+from tests.conftest import ROOT, ROUTES
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+    )
+
+
+def test_check_accepts_the_shipped_file() -> None:
+    out = run("check", str(ROUTES))
+    assert out.returncode == 0, out.stderr
+    assert "OK (2 upstreams, 12 routes" in out.stdout
+
+
+def test_check_lists_every_problem_with_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "upstreams:\n  a: {base_url: 'http://x', retries: 3}\n"
+        "routes:\n  r: {stable: GET /x, upstream: b, targets: ['GET /x']}\n"
+    )
+    out = run("check", str(bad))
+    assert out.returncode == 1
+    assert f"{bad}:2: upstreams.a.retries: unknown key 'retries'" in out.stderr
+    assert f"{bad}:4: routes.r.upstream: no upstream named 'b'" in out.stderr
+    assert "2 problem(s)" in out.stderr
+
+
+def test_routes_prints_the_table() -> None:
+    out = run("routes", "--config", str(ROUTES))
+    assert out.returncode == 0
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("posthog_notebook_delete"))
+    assert "DELETE /v1/posthog/projects/{project_id}/notebooks/{short_id}" in line
+    assert "PATCH /api/projects/{project_id}/notebooks/{short_id}/" in line
+
+
+def test_help_on_every_command() -> None:
+    assert "Exit codes" in run("--help").stdout
+    for cmd in ("serve", "check", "routes", "sandbox", "demo"):
+        out = run(cmd, "--help")
+        assert out.returncode == 0 and "usage: gateway" in out.stdout, cmd
+    assert run("frobnicate").returncode == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def test_serve_on_a_real_socket(sandboxes: Sandboxes, sandbox_env: dict[str, str]) -> None:
+    port = _free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        "--config",
+        str(ROUTES),
+        "--port",
+        str(port),
+        cwd=ROOT,
+        env={**os.environ, **sandbox_env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.1)
+            async with session.get(f"http://127.0.0.1:{port}/v1/posthog/projects/2/notebooks?all=true") as resp:
+                body = await resp.json()
+                assert resp.status == 200
+                assert len(body["items"]) == 12
+    finally:
+        proc.terminate()
+        await proc.wait()

@@ -1,0 +1,140 @@
+"""routes.yaml validation: every problem reported with file, line and key; the shipped file loads."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.config import ConfigError, parse_config
+from tests.conftest import ROUTES
+
+GOOD = """\
+upstreams:
+  api:
+    base_url: ${API_URL:-http://127.0.0.1:9}
+    auth:
+      bearer: {env: API_KEY}
+routes:
+  things:
+    stable: GET /v1/things/{id}
+    upstream: api
+    targets: ["GET /things/{id}"]
+"""
+
+
+def problems(text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "routes.yaml", env or {})
+    return [str(p) for p in info.value.problems]
+
+
+def test_good_file_builds_frozen_objects() -> None:
+    cfg = parse_config(GOOD, "routes.yaml", {})
+    assert str(cfg.upstreams["api"].base_url) == "http://127.0.0.1:9"
+    route = cfg.routes[0]
+    assert route.stable == "GET /v1/things/{id}"
+    with pytest.raises(AttributeError):
+        route.name = "other"  # type: ignore[misc]
+    cfg2 = parse_config(GOOD, "routes.yaml", {"API_URL": "https://api.example.test"})
+    assert cfg2.upstreams["api"].base_url.host == "api.example.test"
+
+
+def test_shipped_routes_yaml_loads() -> None:
+    from gateway.config import load_config
+
+    cfg = load_config(ROUTES, env={})
+    assert str(cfg.upstreams["observable"].base_url) == "https://api.observablehq.com"
+    assert str(cfg.upstreams["posthog"].base_url) == "https://us.posthog.com"
+    assert len(cfg.routes) == 12
+
+
+def test_every_problem_is_listed_with_line_and_key() -> None:
+    text = """\
+upstreams:
+  api:
+    base_url: http://127.0.0.1:9
+    timeout: 5s
+routes:
+  things:
+    stable: GTE /v1/things
+    upstream: apii
+    targets: ["GET /things/{id}"]
+    paginate: {style: before}
+  other:
+    stable: GET /v1/other
+    upstream: api
+    targets: ["GET /other"]
+    response:
+      item:
+        id: {field: id, param: id}
+"""
+    got = problems(text)
+    assert "routes.yaml:4: upstreams.api.timeout: unknown key 'timeout' (did you mean 'timeouts'?)" in got[0]
+    joined = "\n".join(got)
+    assert "routes.yaml:7: routes.things.stable: unknown HTTP method 'GTE'" in joined
+    assert "routes.yaml:8: routes.things.upstream: no upstream named 'apii' (did you mean 'api'?)" in joined
+    assert (
+        "routes.yaml:9: routes.things.targets[0]: path uses {id}, which is neither a path nor a declared param"
+        in joined
+    )
+    assert "routes.yaml:10: routes.things.paginate: unknown key 'paginate' (did you mean 'pagination'?)" in joined
+    assert (
+        "routes.yaml:17: routes.other.response.item.id: give exactly one of field, param, const or location" in joined
+    )
+    assert len(got) >= 6
+
+
+def test_syntax_error_names_the_line() -> None:
+    got = problems("upstreams:\n  api: {base_url: x\nroutes: []\n")
+    assert got[0].startswith("routes.yaml:3: (syntax):")
+
+
+def test_duplicate_keys_are_errors() -> None:
+    got = problems(GOOD + "  things:\n    stable: GET /v1/x\n    upstream: api\n    targets: ['GET /x']\n")
+    assert any("routes.yaml:11: things: duplicate key 'things'" in p for p in got)
+
+
+def test_missing_env_var_without_default() -> None:
+    text = GOOD.replace("${API_URL:-http://127.0.0.1:9}", "${API_URL}")
+    got = problems(text)
+    assert got == [
+        "routes.yaml:3: upstreams.api.base_url: environment variable API_URL is not set "
+        "(write ${API_URL:-default} to give a default)"
+    ]
+
+
+def test_a_secret_written_inline_is_refused_without_echoing_it() -> None:
+    got = problems(GOOD.replace("bearer: {env: API_KEY}", "bearer: phx_literal_secret_value"))
+    assert len(got) == 1
+    assert "routes.yaml:5: upstreams.api.auth.bearer:" in got[0]
+    assert "never written" in got[0]
+    assert "phx_literal_secret_value" not in got[0]
+
+
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [
+        ("    pagination: {style: pages}\n", "pagination.style: expected 'before'"),
+        ("    params: {q: {type: float}}\n", "params.q.type: expected string, integer or boolean"),
+        ("    params: {q: {enum: [a], default: b}}\n", "params.q.default: default 'b' is not one of the enum values"),
+        ("    validate: no_such_check\n", "validate: unknown validator 'no_such_check'"),
+        ("    response: {raw: true, item: {a: b}}\n", "response.raw: a raw response passes the body through"),
+        ("    response: {headers: {X-V: {location: 'no-group'}}}\n", "the pattern needs one capture group"),
+        ("    params: {t: {fan_out: true}}\n", "fan_out merges streams"),
+        ("    auth: sometimes\n", "auth: expected 'required' or 'none'"),
+    ],
+)
+def test_route_mistakes(snippet: str, expected: str) -> None:
+    got = problems(GOOD + snippet)
+    assert any(expected in p and p.startswith("routes.yaml:") for p in got), got
+
+
+def test_overlapping_routes_are_refused() -> None:
+    got = problems(GOOD + "  again:\n    stable: GET /v1/things/{other}\n    upstream: api\n    targets: ['GET /x']\n")
+    assert any("shadows route 'things'" in p for p in got)
+
+
+def test_base_url_must_be_absolute_http_without_query() -> None:
+    got = problems(GOOD.replace("${API_URL:-http://127.0.0.1:9}", "ftp://x"))
+    assert any("is not an absolute http(s) URL" in p for p in got)
+    got = problems(GOOD.replace("${API_URL:-http://127.0.0.1:9}", "http://h/?api_key=1"))
+    assert any("credentials never go in URLs" in p for p in got)
