@@ -9,12 +9,13 @@ edit, and a failed load raises ``ConfigError`` without touching the running conf
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
@@ -270,6 +271,24 @@ class Route:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientKey:
+    """A key a team script (or an operator, for admin keys) presents to the gateway."""
+
+    name: str
+    secret: Secret
+    #: route-name globs this key may call (all when empty)
+    routes: tuple[str, ...] = ()
+    #: methods this key may use (all when None); a read-only key is ``[GET, HEAD]``
+    methods: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AccessSpec:
+    clients: tuple[ClientKey, ...] = ()
+    admins: tuple[ClientKey, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSettings:
     max_body_bytes: int = 1 << 20
 
@@ -281,8 +300,7 @@ class Config:
     server: ServerSettings
     upstreams: Mapping[str, Upstream]
     routes: tuple[Route, ...]
-    #: sections later modules own (cache, clients, ...), kept raw but validated by them
-    extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    access: AccessSpec = AccessSpec()
 
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -558,9 +576,7 @@ def parse_config(text: str, file: str = "routes.yaml", env: Mapping[str, str] | 
         raise ConfigError(ctx.problems)
     doc = _interpolate(ctx, doc, "", 1)
     root = _Node(ctx, doc, "", 1)
-    root.keys(
-        {"version", "server", "upstreams", "routes", "cache", "clients", "admin", "probes"}, {"upstreams", "routes"}
-    )
+    root.keys({"version", "server", "upstreams", "routes", "clients", "admin"}, {"upstreams", "routes"})
     if (v := root.get("version")) is not None and v.value != 1:
         v.error(f"unsupported version {v.value!r}; this gateway reads version 1")
     server = _server(root.get("server"))
@@ -579,14 +595,14 @@ def parse_config(text: str, file: str = "routes.yaml", env: Mapping[str, str] | 
     _check_route_overlaps(ctx, routes)
     if ctx.problems:
         raise ConfigError(ctx.problems)
-    extra = {k: doc[k] for k in ("cache", "clients", "admin", "probes") if k in doc}
+    access = AccessSpec(_keys(root.get("clients"), routes), _keys(root.get("admin"), None))
     return Config(
         path=file,
         digest=hashlib.sha256(text.encode()).hexdigest()[:16],
         server=server,
         upstreams=MappingProxyType(upstreams),
         routes=tuple(routes),
-        extra=MappingProxyType(extra),
+        access=access,
     )
 
 
@@ -1080,6 +1096,44 @@ def _response(node: _Node | None, known: frozenset[str], pagination: Pagination 
                 hs.append((hk, fe))
         kw["headers"] = tuple(hs)
     return ResponseSpec(**kw)
+
+
+def _keys(node: _Node | None, routes: list[Route] | None) -> tuple[ClientKey, ...]:
+    """``clients:`` (with per-key routes/methods) or ``admin:`` (keys only)."""
+    if node is None or not node.keys({"keys"}, {"keys"}):
+        return ()
+    keys_node = node.child("keys")
+    if not keys_node.is_map("a mapping of key name → {key: {env: VAR}, ...}"):
+        return ()
+    out: list[ClientKey] = []
+    allowed = {"key", "routes", "methods", "description"} if routes is not None else {"key", "description"}
+    for name, kn in keys_node.items():
+        if not _NAME.match(name):
+            kn.error("key names use letters, digits, '_', '-' and '.'")
+        if not kn.keys(allowed, {"key"}):
+            continue
+        secret = _secret(kn.child("key"))
+        globs: tuple[str, ...] = ()
+        if (rn := kn.get("routes")) is not None:
+            if not isinstance(rn.value, list) or not all(isinstance(g, str) for g in rn.value):
+                rn.error("expected a list of route names (globs such as posthog_* allowed)")
+            else:
+                globs = tuple(rn.value)
+                names = [r.name for r in routes or []]
+                for g in globs:
+                    if not fnmatch.filter(names, g):
+                        rn.error(f"{g!r} matches no route")
+        methods: frozenset[str] | None = None
+        if (mn := kn.get("methods")) is not None:
+            if not isinstance(mn.value, list) or not all(str(m).upper() in METHODS for m in mn.value):
+                mn.error(f"expected a list of HTTP methods ({', '.join(sorted(METHODS))})")
+            else:
+                methods = frozenset(str(m).upper() for m in mn.value)
+                if "GET" in methods:
+                    methods |= {"HEAD"}
+        if secret is not None:
+            out.append(ClientKey(name, secret, globs, methods))
+    return tuple(out)
 
 
 def _check_route_overlaps(ctx: _Ctx, routes: list[Route]) -> None:

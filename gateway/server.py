@@ -13,6 +13,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +21,10 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from gateway.access import Access
 from gateway.auth import Credentials
 from gateway.config import Config, ConfigError, load_config
-from gateway.errors import GatewayError, PayloadTooLarge
+from gateway.errors import GatewayError, PayloadTooLarge, Unprocessable
 from gateway.metrics import NO_ROUTE, Metrics, status_class
 from gateway.proxy import Proxy, dumps
 from gateway.routing import Router
@@ -32,7 +34,7 @@ log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
-_OWN = frozenset({"/healthz", "/readyz", "/metrics"})
+_OWN = frozenset({"/healthz", "/readyz", "/metrics", "/admin/reload"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,7 @@ class Runtime:
     config: Config
     router: Router
     proxy: Proxy
+    access: Access
 
 
 class Gateway:
@@ -52,12 +55,14 @@ class Gateway:
         config: Config,
         *,
         registry: CollectorRegistry | None = None,
-        credentials: Credentials | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.client = UpstreamClient()
-        self.credentials = credentials or Credentials()
+        #: where ${VAR}s and secrets are read (os.environ unless a test gives its own)
+        self.env = env
+        self.credentials = Credentials(env)
         self.runtime = self._build(config)
         self.metrics.reloads.labels("success").inc()
 
@@ -66,13 +71,18 @@ class Gateway:
         self.metrics.config_loaded.set_to_current_time()
         for route in config.routes:
             self.metrics.route_up.labels(route.name)  # export every route from the start
-        return Runtime(config, Router(config.routes), Proxy(config, self.client, self.credentials, self.metrics))
+        return Runtime(
+            config,
+            Router(config.routes),
+            Proxy(config, self.client, self.credentials, self.metrics),
+            Access(config.access, self.credentials),
+        )
 
     def reload(self, path: str | Path | None = None) -> Config:
         """Load and validate the file completely; only then swap.  Raises ConfigError."""
         target = path or self.runtime.config.path
         try:
-            config = load_config(target)
+            config = load_config(target, env=self.env)
         except ConfigError as exc:
             self.metrics.reloads.labels("failure").inc()
             log.error("config reload failed, still serving %s: %s", self.runtime.config.digest, exc)
@@ -89,6 +99,7 @@ class Gateway:
 GATEWAY = web.AppKey("gateway", Gateway)
 REQUEST_ID = web.RequestKey("request_id", str)
 ROUTE = web.RequestKey("route", str)
+CLIENT = web.RequestKey("client", str)
 ERROR = web.RequestKey("error", GatewayError)
 
 
@@ -140,6 +151,7 @@ async def _frame(request: web.Request, handler: Handler) -> web.StreamResponse:
                         "request_id": rid,
                         "method": request.method,
                         "route": route,
+                        "client": request.get(CLIENT),
                         "status": resp.status,
                         "duration_ms": round(elapsed * 1000, 3),
                         **({"error": failure.code} if failure is not None else {}),
@@ -154,6 +166,7 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     runtime = gw.runtime  # pinned for the whole request
     match = runtime.router.match(request.method, request.raw_path)
     request[ROUTE] = match.route.name
+    request[CLIENT] = runtime.access.client_for(request, match.route)
     return await runtime.proxy.handle(request, match, request[REQUEST_ID])
 
 
@@ -171,21 +184,37 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def _admin_reload(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    who = gw.runtime.access.require_admin(request)
+    try:
+        cfg = gw.reload()
+    except ConfigError as exc:
+        raise Unprocessable(
+            f"{len(exc.problems)} problem(s) in {gw.runtime.config.path}; still serving the previous config",
+            code="invalid_config",
+            details=[str(p) for p in exc.problems],
+        ) from None
+    log.info("config reloaded by admin key %r", who)
+    return web.json_response({"status": "reloaded", "digest": cfg.digest, "routes": len(cfg.routes)})
+
+
 def build_app(
     config: Config | str | Path,
     *,
     registry: CollectorRegistry | None = None,
-    credentials: Credentials | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> web.Application:
     """The gateway app.  Raises ConfigError if ``config`` is a path to an invalid file."""
-    cfg = config if isinstance(config, Config) else load_config(config)
-    gateway = Gateway(cfg, registry=registry, credentials=credentials)
+    cfg = config if isinstance(config, Config) else load_config(config, env=env)
+    gateway = Gateway(cfg, registry=registry, env=env)
     # the body limit is enforced per route by the proxy; aiohttp's own cap is the outer guard
     app = web.Application(middlewares=[_frame], client_max_size=max(cfg.server.max_body_bytes * 2, 1 << 20))
     app[GATEWAY] = gateway
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
+    app.router.add_post("/admin/reload", _admin_reload)
     app.router.add_route("*", "/{tail:.*}", _dispatch)
 
     async def _close(_app: web.Application) -> None:

@@ -10,8 +10,6 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
-from gateway.auth import Credentials
-from gateway.config import Config, load_config, parse_config
 from gateway.sandbox.runner import Sandboxes, export_lines, start_sandboxes
 from gateway.server import build_app
 
@@ -41,8 +39,9 @@ def sandbox_env(sandboxes: Sandboxes) -> dict[str, str]:
 
 
 @pytest.fixture
-def make_gateway(aiohttp_client: Any, sandbox_env: dict[str, str]) -> GatewayFactory:
-    """Build a gateway from routes.yaml (or given YAML text) with a chosen env."""
+def make_gateway(aiohttp_client: Any, sandbox_env: dict[str, str], tmp_path: Path) -> GatewayFactory:
+    """Build a gateway from routes.yaml (or given YAML text, written to a file) with a chosen env."""
+    counter = iter(range(1000))
 
     async def factory(
         yaml_text: str | None = None,
@@ -50,8 +49,11 @@ def make_gateway(aiohttp_client: Any, sandbox_env: dict[str, str]) -> GatewayFac
         registry: CollectorRegistry | None = None,
     ) -> TestClient[Any, Any]:
         e = sandbox_env if env is None else env
-        cfg: Config = load_config(ROUTES, env=e) if yaml_text is None else parse_config(yaml_text, "test.yaml", e)
-        app = build_app(cfg, registry=registry or CollectorRegistry(), credentials=Credentials(env=e))
+        path = ROUTES
+        if yaml_text is not None:
+            path = tmp_path / f"routes-{next(counter)}.yaml"
+            path.write_text(yaml_text)
+        app = build_app(path, registry=registry or CollectorRegistry(), env=e)
         client: TestClient[Any, Any] = await aiohttp_client(app)
         return client
 

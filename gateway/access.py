@@ -1,0 +1,82 @@
+"""Who may call the gateway: client API keys per route and method, and admin keys.
+
+Keys are named in routes.yaml and their values read like upstream secrets (env var
+or file, re-read on change).  A presented key is compared against every configured
+key in constant time, so neither timing nor error text tells how close a guess was.
+The key's *name* is the client identity used for cache isolation and logs; the
+value never leaves this module.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hmac
+
+from aiohttp import web
+
+from gateway.auth import Credentials
+from gateway.config import AccessSpec, ClientKey, Route
+from gateway.errors import Forbidden, Unauthorized
+
+#: the client identity when no client keys are configured (an open, loopback-only gateway)
+ANONYMOUS = "-"
+
+
+def presented_key(request: web.Request) -> str | None:
+    """``Authorization: Bearer <key>`` or ``X-API-Key: <key>``."""
+    header = request.headers.get("Authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip() or None
+    return request.headers.get("X-API-Key") or None
+
+
+class Access:
+    def __init__(self, spec: AccessSpec, credentials: Credentials) -> None:
+        self.spec = spec
+        self.credentials = credentials
+
+    @property
+    def open(self) -> bool:
+        """No client keys configured: anyone who can reach the socket may call."""
+        return not self.spec.clients
+
+    def _identify(self, request: web.Request, keys: tuple[ClientKey, ...], what: str) -> ClientKey:
+        given = presented_key(request)
+        if given is None:
+            raise Unauthorized(
+                f"this gateway needs {what}: send Authorization: Bearer <key> or X-API-Key: <key>",
+                code="missing_api_key",
+                headers={"WWW-Authenticate": 'Bearer realm="routegate"'},
+            )
+        found: ClientKey | None = None
+        for key in keys:  # no early exit: every configured key is compared
+            value = self.credentials.resolve(key.secret)
+            if value is not None and hmac.compare_digest(value.encode(), given.encode()) and found is None:
+                found = key
+        if found is None:
+            raise Unauthorized(
+                "the API key is not valid",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": 'Bearer realm="routegate", error="invalid_token"'},
+            )
+        return found
+
+    def client_for(self, request: web.Request, route: Route) -> str:
+        """The calling client's name; 401 without a valid key, 403 outside its grants."""
+        if self.open:
+            return ANONYMOUS
+        key = self._identify(request, self.spec.clients, "an API key")
+        if key.routes and not any(fnmatch.fnmatchcase(route.name, g) for g in key.routes):
+            raise Forbidden(f"key {key.name!r} may not call route {route.name!r}", code="route_not_allowed")
+        if key.methods is not None and request.method not in key.methods:
+            raise Forbidden(
+                f"key {key.name!r} may not {request.method} (allowed: {', '.join(sorted(key.methods))})",
+                code="method_not_allowed_for_key",
+            )
+        return key.name
+
+    def require_admin(self, request: web.Request) -> str:
+        """Guard for admin endpoints; they are off (403) until ``admin.keys`` is configured."""
+        if not self.spec.admins:
+            raise Forbidden("admin endpoints are disabled: configure admin.keys in routes.yaml", code="admin_disabled")
+        return self._identify(request, self.spec.admins, "an admin key").name
