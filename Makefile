@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean deploy-config
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,8 +21,14 @@ test: $(STAMP)
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway tests
+	$(BIN)/ruff check gateway tests examples deploy
 	$(BIN)/mypy
+	$(BIN)/mypy --strict examples/backup_notebooks.py deploy/render_routes.py
+
+# deploy/k8s/config/routes.yaml = routes.yaml + deploy/routes.production.yaml (served by the image,
+# docker compose and the Kubernetes ConfigMap); tests/test_deploy.py fails while it is stale
+deploy-config: $(STAMP)
+	$(BIN)/python deploy/render_routes.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

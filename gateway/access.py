@@ -63,17 +63,28 @@ class Access:
 
     def client_for(self, request: web.Request, route: Route) -> str:
         """The calling client's name; 401 without a valid key, 403 outside its grants."""
+        key = self.identify(request)
+        self.authorize(key, route, request.method)
+        return key.name if key is not None else ANONYMOUS
+
+    def identify(self, request: web.Request) -> ClientKey | None:
+        """The presented client key (None on an open gateway); 401 without a valid one."""
         if self.open:
-            return ANONYMOUS
-        key = self._identify(request, self.spec.clients, "an API key")
+            return None
+        return self._identify(request, self.spec.clients, "an API key")
+
+    @staticmethod
+    def authorize(key: ClientKey | None, route: Route, method: str) -> None:
+        """403 when the identified key may not call ``route`` with ``method``."""
+        if key is None:
+            return
         if key.routes and not any(fnmatch.fnmatchcase(route.name, g) for g in key.routes):
             raise Forbidden(f"key {key.name!r} may not call route {route.name!r}", code="route_not_allowed")
-        if key.methods is not None and request.method not in key.methods:
+        if key.methods is not None and method not in key.methods:
             raise Forbidden(
-                f"key {key.name!r} may not {request.method} (allowed: {', '.join(sorted(key.methods))})",
+                f"key {key.name!r} may not {method} (allowed: {', '.join(sorted(key.methods))})",
                 code="method_not_allowed_for_key",
             )
-        return key.name
 
     def require_admin(self, request: web.Request) -> str:
         """Guard for admin endpoints; they are off (403) until ``admin.keys`` is configured."""

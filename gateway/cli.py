@@ -1,7 +1,9 @@
-"""``gateway``: serve, check and inspect routes.yaml, run the sandbox upstreams or the demo.
+"""``gateway``: serve, check, probe and inspect routes.yaml, run the sandbox upstreams or the demo.
 
 Exit codes: 0 success; 1 the routes file is invalid (every problem printed as
-file:line: key: message); 2 wrong command-line usage.
+file:line: key: message); 2 wrong command-line usage, including ``serve`` refusing
+to bind a non-loopback address while no client keys are configured; 3 ``serve``
+cannot listen; 4 ``probe`` found a broken route (``EXIT_CODES`` below).
 """
 
 from __future__ import annotations
@@ -9,19 +11,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
+import json
 import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from aiohttp import web
 
 from gateway import __version__
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import Config, ConfigError, load_config, parse_duration
 
 DEFAULT_CONFIG = os.environ.get("ROUTEGATE_CONFIG", "routes.yaml")
+DEFAULT_LOG_LEVEL = os.environ.get("ROUTEGATE_LOG_LEVEL", "info").lower()
 EXIT_INVALID = 1
+EXIT_USAGE = 2
+EXIT_UNBINDABLE = 3
+EXIT_BROKEN = 4
+EXIT_CODES = (
+    "Exit codes: 0 ok; 1 invalid routes file (problems printed as file:line: key: message); "
+    "2 usage error, including serve refusing a non-loopback --host without client keys; "
+    "3 serve cannot listen on the address (in use, or not on this host); "
+    "4 probe found at least one broken route."
+)
 
 
 def _load(path: str) -> Config | None:
@@ -35,8 +50,27 @@ def _load(path: str) -> Config | None:
 
 
 def _setup_logging(level: str) -> None:
-    fmt = "%(asctime)s %(levelname)s %(name)s %(message)s" if level.upper() == "DEBUG" else "%(message)s"
-    logging.basicConfig(level=level.upper(), format=fmt)
+    from gateway import logs
+
+    logs.setup(level)
+
+
+def _log_level(value: str) -> str:
+    from gateway.logs import LEVELS
+
+    if value.lower() not in LEVELS:
+        raise argparse.ArgumentTypeError(f"{value!r} is not one of {', '.join(LEVELS)}")
+    return value.lower()
+
+
+def is_loopback(host: str) -> bool:
+    """Only literal loopback addresses and ``localhost`` count; a name could resolve anywhere."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -44,6 +78,55 @@ def cmd_check(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_INVALID
     print(f"{args.config}: OK ({len(cfg.upstreams)} upstreams, {len(cfg.routes)} routes, digest {cfg.digest})")
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Run the contract probes once; exit 4 listing each broken route (for cron and CI)."""
+    from gateway.server import Gateway
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_INVALID
+    probed = {r.name for r in cfg.routes if r.probe is not None}
+    unknown = [n for n in args.route or () if n not in probed]
+    if unknown:
+        print(
+            f"gateway probe: no probe for route(s) {', '.join(unknown)}; probed: {', '.join(sorted(probed))}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+
+    logging.getLogger("gateway").setLevel(logging.ERROR)  # the report below says it all
+
+    async def run() -> list[Any]:
+        gateway = Gateway(cfg)
+        try:
+            return await gateway.prober.run_round(args.route or None)
+        finally:
+            await gateway.close()
+
+    results = asyncio.run(run())
+    width = max((len(r.route) for r in results), default=0)
+    for r in results:
+        detail = f"{r.code}: {r.message}" if r.code else f"{r.duration * 1000:.0f} ms"
+        print(f"{r.outcome.upper():8} {r.route.ljust(width)}  {detail}")
+    broken = [r.route for r in results if r.outcome == "broken"]
+    if broken:
+        print(f"gateway probe: {len(broken)} of {len(results)} route(s) broken: {', '.join(broken)}", file=sys.stderr)
+        return EXIT_BROKEN
+    if not results:
+        print(f"gateway probe: {args.config} declares no probes", file=sys.stderr)
+    return 0
+
+
+def cmd_openapi(args: argparse.Namespace) -> int:
+    from gateway.openapi import build
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_INVALID
+    print(json.dumps(build(cfg), indent=args.indent, ensure_ascii=False))
     return 0
 
 
@@ -70,14 +153,46 @@ def _install_uvloop() -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway import logs, workers
+
+    if args.workers < 1 or (args.workers > 1 and args.port == 0):
+        print("gateway serve: --workers must be at least 1, and needs a fixed --port (not 0)", file=sys.stderr)
+        return EXIT_USAGE
+    # multiprocess metrics must be chosen before prometheus_client is first imported (by the server)
+    metrics_dir = workers.use_multiprocess_metrics() if args.workers > 1 else None
     from gateway.server import GATEWAY, build_app
 
-    _setup_logging(args.log_level)
+    formatter = logs.setup(args.log_level)
     cfg = _load(args.config)
     if cfg is None:
         return EXIT_INVALID
+    open_bind = not is_loopback(args.host)
+    if open_bind and not cfg.access.clients and not args.allow_open:
+        print(
+            f"gateway: refusing to serve {args.host} without client keys: anyone who can reach it could use "
+            "the upstream credentials. Configure clients.keys in the routes file, bind 127.0.0.1, "
+            "or pass --allow-open if a firewall or proxy in front already guards it.",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    watch = None
+    if args.watch_interval != "off":
+        try:
+            watch = parse_duration(args.watch_interval)
+        except ValueError as exc:
+            print(f"gateway serve: --watch-interval: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        if watch <= 0:
+            print("gateway serve: --watch-interval must be longer than 0s (or off)", file=sys.stderr)
+            return EXIT_USAGE
+    if args.workers > 1 and (code := workers.fork_workers(args.workers, metrics_dir)) is not None:
+        return code  # the supervisor, once every worker has exited; workers go on below
     _install_uvloop()
-    app = build_app(cfg)
+    app = build_app(cfg, watch=watch, probes=not args.no_probes)
+    gateway = app[GATEWAY]
+    formatter.redactor.source = lambda: logs.secret_values(gateway.runtime.config, gateway.credentials)
+    if open_bind and cfg.access.clients and not args.allow_open:
+        gateway.requires_client_keys = f"the gateway listens on {args.host} (a reload may not open it)"
 
     async def _on_startup(app: web.Application) -> None:
         loop = asyncio.get_running_loop()
@@ -91,7 +206,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     app.on_startup.append(_on_startup)
     print(f"routegate {__version__} serving {len(cfg.routes)} routes on http://{args.host}:{args.port}", flush=True)
-    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
+    try:
+        web.run_app(app, host=args.host, port=args.port, access_log=None, print=None, reuse_port=args.workers > 1)
+    except OSError as exc:
+        print(f"gateway serve: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_UNBINDABLE
     return 0
 
 
@@ -120,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gateway",
         description="routegate: a stable HTTP API in front of unstable ones, driven by routes.yaml.",
-        epilog="Exit codes: 0 ok, 1 invalid routes file (problems printed as file:line: key: message), 2 usage error.",
+        epilog=EXIT_CODES,
     )
     parser.add_argument("--version", action="version", version=f"routegate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -138,15 +257,64 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="serve the stable API",
         description=(
-            "Serve the stable API described by the routes file. SIGHUP reloads it; "
-            "an invalid file is refused and the old config keeps serving."
+            "Serve the stable API described by the routes file. SIGHUP, a change of the file (polled) and "
+            "POST /admin/reload reload it; an invalid file is refused, logged and counted, and the old config "
+            "keeps serving. Without client keys only a loopback address is served unless --allow-open. "
+            "Logs are JSON lines on stderr, one per request at level info."
         ),
+        epilog=EXIT_CODES,
     )
     config_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port to bind (default 8080)")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes sharing the port (SO_REUSEPORT), e.g. one per core; /metrics sums them (default 1)",
+    )
+    p.add_argument(
+        "--allow-open",
+        action="store_true",
+        help="serve a non-loopback address even though no client keys are configured",
+    )
+    p.add_argument(
+        "--no-probes",
+        action="store_true",
+        help="do not run the routes' contract probes in the background (they run by default; see `probes:`)",
+    )
+    p.add_argument(
+        "--watch-interval",
+        default="1s",
+        metavar="DURATION",
+        help="how often to check the routes file for changes, e.g. 1s or 250ms; 'off' to disable (default 1s)",
+    )
+    p.add_argument(
+        "--log-level",
+        default=DEFAULT_LOG_LEVEL,
+        type=_log_level,
+        metavar="LEVEL",
+        help="debug, info (one line per request), warning or error (default: $ROUTEGATE_LOG_LEVEL or info)",
+    )
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "probe",
+        help="run the routes' contract probes once (for cron and CI)",
+        description=(
+            "Send each route's probe (a safe GET with sample params, checked against the route's shape) "
+            "to the real upstreams, with the credentials from the environment, and print one line per route: "
+            "OK, BROKEN (with the reason) or SKIPPED (no sample from the route it depends on). "
+            "Exit 4 if any route is broken."
+        ),
+        epilog=EXIT_CODES,
+    )
+    config_arg(p)
+    p.add_argument(
+        "--route", action="append", metavar="NAME", help="probe only this route (and those it takes samples from)"
+    )
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser(
         "check",
@@ -154,14 +322,29 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Validate the routes file and print every problem as file:line: key: message. Exit 1 if it is invalid."
         ),
+        epilog=EXIT_CODES,
     )
     config_arg(p)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser(
+        "openapi",
+        help="print the OpenAPI 3.1 document of the stable API",
+        description=(
+            "Print the OpenAPI 3.1 document generated from the routes file (the server serves the same at "
+            "GET /openapi.json). Exit 1 if the file is invalid."
+        ),
+        epilog=EXIT_CODES,
+    )
+    config_arg(p)
+    p.add_argument("--indent", type=int, default=2, help="JSON indentation (default 2)")
+    p.set_defaults(func=cmd_openapi)
+
+    p = sub.add_parser(
         "routes",
         help="print the stable → upstream table",
-        description="Print each stable route with its upstream and ordered targets.",
+        description="Print each stable route with its upstream and ordered targets. Exit 1 if the file is invalid.",
+        epilog=EXIT_CODES,
     )
     config_arg(p)
     p.set_defaults(func=cmd_routes)

@@ -116,10 +116,24 @@ class Secret:
 
 
 @dataclass(frozen=True, slots=True)
+class ExpirySpec:
+    """Where a credential's expiry can be read: a dot-separated segment of it that is
+    base64url JSON (Observable's ``I`` cookie, a JWT) and the field holding the time."""
+
+    #: "bearer", "cookie:NAME" or "header:NAME" (also the metric label)
+    credential: str
+    segment: int = 0
+    field: str = "exp"
+    #: the field's unit: seconds or milliseconds since the epoch
+    unit: Literal["s", "ms"] = "s"
+
+
+@dataclass(frozen=True, slots=True)
 class AuthSpec:
     bearer: Secret | None = None
     cookies: tuple[tuple[str, Secret], ...] = ()
     headers: tuple[tuple[str, Secret], ...] = ()
+    expiry: ExpirySpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +141,38 @@ class Timeouts:
     connect: float = 5.0
     read: float = 30.0
     total: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Retries of one upstream call: idempotent methods, or any method before it was sent."""
+
+    #: tries per call, the first included (1 = never retry)
+    attempts: int = 2
+    #: the first backoff; it doubles per retry, capped at ``max_backoff``, with full jitter
+    backoff: float = 0.1
+    max_backoff: float = 2.0
+    #: the longest Retry-After (or PostHog "available in N seconds") the gateway waits out
+    max_wait: float = 10.0
+    #: retries may add at most this share of calls over a 10 s window (a floor of 10 always allowed)
+    budget: float = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    """Open after ``failures`` consecutive failed exchanges (0 = no breaker); probe after ``cooldown``."""
+
+    failures: int = 0
+    cooldown: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class RequestBudget:
+    """Outbound requests allowed per credential: ``(requests, per_seconds)`` windows, all enforced."""
+
+    limits: tuple[tuple[int, float], ...] = ()
+    #: the longest a call queues for a slot; a longer wait is a 503 with Retry-After
+    max_wait: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +187,9 @@ class Upstream:
     concurrency: int
     max_response_bytes: int
     max_redirects: int
+    retries: RetryPolicy = RetryPolicy()
+    breaker: BreakerPolicy = BreakerPolicy()
+    budget: RequestBudget = RequestBudget()
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +294,91 @@ class ResponseSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class RouteCache:
+    """A route's ``cache:``.  Reads get ttl/stale_if_error/vary/private; writes only ``invalidates``."""
+
+    #: how long a stored response is served without asking the upstream (0 = never, stale copy only)
+    ttl: float = 0.0
+    #: how long past ``ttl`` the last good copy may stand in for a failing upstream
+    stale_if_error: float = 0.0
+    #: request headers whose values split the cache key (lower-cased)
+    vary: tuple[str, ...] = ()
+    #: store what the upstream marks private/no-store/no-cache (keys are per client and credential)
+    private: bool = False
+    #: routes whose every entry a successful write on this route drops (beyond its own path)
+    invalidates: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """The root ``cache:``: where cached responses live, shared by every route that caches."""
+
+    #: off: the per-route settings are checked but nothing is cached (no X-Cache, no invalidation)
+    enabled: bool = True
+    backend: Literal["memory", "redis"] = "memory"
+    #: memory: total bytes of stored responses (keys, headers and bodies), LRU beyond it
+    max_bytes: int = 64 << 20
+    #: a response larger than this is served but not stored
+    max_entry_bytes: int = 8 << 20
+    #: redis: the URL (a secret: it may carry a password), the key prefix, the per-operation timeout
+    redis_url: Secret | None = None
+    redis_prefix: str = "routegate"
+    redis_timeout: float = 0.25
+    #: redis: after an error, go straight to the upstream for this long before trying Redis again
+    redis_retry_after: float = 1.0
+
+
+#: JSON types a ``shape`` field may be declared as (``string|null`` allows either)
+SHAPE_TYPES = frozenset({"string", "integer", "number", "boolean", "array", "object", "null", "any"})
+
+
+@dataclass(frozen=True, slots=True)
+class ShapeSpec:
+    """What a working upstream answer looks like; checked on every live response and probe."""
+
+    #: the upstream's success status (None: any 2xx, or a reported redirect)
+    status: int | None = None
+    #: the media type, without parameters (None: not checked)
+    content_type: str | None = None
+    #: (dotted path, allowed JSON types) each item (collections) or the object must have
+    fields: tuple[tuple[tuple[str, ...], frozenset[str]], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSample:
+    """A probe param taken from another route's probe answer (its first item's ``field``)."""
+
+    route: str
+    field: tuple[str, ...]
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSpec:
+    """A route's contract probe: the safe GET to send, with sample path and query params."""
+
+    path_params: tuple[tuple[str, str | ProbeSample], ...] = ()
+    query: tuple[tuple[str, str | ProbeSample], ...] = ()
+    line: int = 0
+
+    @property
+    def depends_on(self) -> frozenset[str]:
+        return frozenset(v.route for _, v in (*self.path_params, *self.query) if isinstance(v, ProbeSample))
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSettings:
+    """The background prober: one round every ``interval`` ± ``jitter``, ``concurrency`` at once."""
+
+    enabled: bool = True
+    interval: float = 60.0
+    jitter: float = 10.0
+    concurrency: int = 4
+    #: a probe taking longer is broken (``probe_timeout``)
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str
     method: str
@@ -258,6 +392,9 @@ class Route:
     validate: str | None
     description: str
     line: int
+    cache: RouteCache | None = None
+    probe: ProbeSpec | None = None
+    shape: ShapeSpec | None = None
 
     @property
     def stable(self) -> str:
@@ -271,6 +408,16 @@ class Route:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A client key's token bucket: ``rate`` requests per second, bursts of up to ``burst``."""
+
+    rate: float
+    burst: int
+    #: as written in routes.yaml, for error messages
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class ClientKey:
     """A key a team script (or an operator, for admin keys) presents to the gateway."""
 
@@ -280,6 +427,8 @@ class ClientKey:
     routes: tuple[str, ...] = ()
     #: methods this key may use (all when None); a read-only key is ``[GET, HEAD]``
     methods: frozenset[str] | None = None
+    #: requests this key may make (unlimited when None); over it is a 429 with Retry-After
+    rate_limit: RateLimit | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +440,13 @@ class AccessSpec:
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     max_body_bytes: int = 1 << 20
+    #: stable requests served at once (unlimited when None); more get a 429 with Retry-After
+    max_concurrency: int | None = None
+    #: a client must finish its request headers this long after connecting (or after its last
+    #: response); idle keep-alive connections close then too.  Fixed when the server starts.
+    header_timeout: float = 15.0
+    #: a request body must arrive completely within this long, else 408
+    body_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +457,8 @@ class Config:
     upstreams: Mapping[str, Upstream]
     routes: tuple[Route, ...]
     access: AccessSpec = AccessSpec()
+    cache: CacheSettings = CacheSettings()
+    probes: ProbeSettings = ProbeSettings()
 
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -351,6 +509,35 @@ def parse_size(value: Any) -> int:
         raise ValueError(f"{value!r} is not a size such as 1MiB or 64kb")
     unit = m.group(2).lower() if m.group(2) else None
     return int(m.group(1)) * _SIZE_UNITS[unit]
+
+
+_RATE_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0, "h": 3600.0, "hour": 3600.0}
+
+
+def parse_rate(value: Any) -> tuple[int, float]:
+    """``"480/1m"``, ``"480/min"``, ``"5/500ms"`` → (requests, per seconds)."""
+    count, slash, per = str(value).partition("/")
+    if not slash or not count.strip().isdigit() or int(count) < 1:
+        raise ValueError(f"{value!r} is not a budget such as 480/1m or 4800/1h")
+    unit = per.strip().lower()
+    seconds = _RATE_UNITS[unit] if unit in _RATE_UNITS else parse_duration(per)
+    if seconds <= 0:
+        raise ValueError(f"{value!r}: the window must be longer than 0s")
+    return int(count), seconds
+
+
+def parse_ratio(value: Any) -> float:
+    """``"20%"`` or ``0.2``, from 0 to 1."""
+    if isinstance(value, bool):
+        raise ValueError("expected a share such as 20% or 0.2")
+    text = str(value).strip()
+    try:
+        ratio = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a share such as 20% or 0.2") from None
+    if not 0 <= ratio <= 1:
+        raise ValueError(f"{value!r} must be between 0% and 100%")
+    return ratio
 
 
 def parse_template(raw: str) -> Template:
@@ -576,7 +763,9 @@ def parse_config(text: str, file: str = "routes.yaml", env: Mapping[str, str] | 
         raise ConfigError(ctx.problems)
     doc = _interpolate(ctx, doc, "", 1)
     root = _Node(ctx, doc, "", 1)
-    root.keys({"version", "server", "upstreams", "routes", "clients", "admin"}, {"upstreams", "routes"})
+    root.keys(
+        {"version", "server", "upstreams", "routes", "clients", "admin", "cache", "probes"}, {"upstreams", "routes"}
+    )
     if (v := root.get("version")) is not None and v.value != 1:
         v.error(f"unsupported version {v.value!r}; this gateway reads version 1")
     server = _server(root.get("server"))
@@ -593,9 +782,13 @@ def parse_config(text: str, file: str = "routes.yaml", env: Mapping[str, str] | 
             if r is not None:
                 routes.append(r)
     _check_route_overlaps(ctx, routes)
+    _check_probe_samples(root.get("routes"), routes)
+    probes = _probe_settings(root.get("probes"))
+    cache = _cache_settings(root.get("cache"))
+    # parsed before the problems check: a mistyped key must fail the load, never leave the gateway open
+    access = AccessSpec(_keys(root.get("clients"), routes), _keys(root.get("admin"), None))
     if ctx.problems:
         raise ConfigError(ctx.problems)
-    access = AccessSpec(_keys(root.get("clients"), routes), _keys(root.get("admin"), None))
     return Config(
         path=file,
         digest=hashlib.sha256(text.encode()).hexdigest()[:16],
@@ -603,16 +796,110 @@ def parse_config(text: str, file: str = "routes.yaml", env: Mapping[str, str] | 
         upstreams=MappingProxyType(upstreams),
         routes=tuple(routes),
         access=access,
+        cache=cache,
+        probes=probes,
     )
+
+
+def _cache_settings(node: _Node | None) -> CacheSettings:
+    """The root ``cache:`` section; the memory backend when it is absent."""
+    if node is None or not node.keys({"enabled", "backend", "max_bytes", "max_entry_bytes", "redis"}):
+        return CacheSettings()
+    kw: dict[str, Any] = {}
+    if (en := node.get("enabled")) is not None:
+        # usually ${ROUTEGATE_CACHE:-off}, so a string after interpolation
+        flag = str(en.value).lower() if not isinstance(en.value, bool) else en.value
+        if flag in (True, "true", "on", "yes", "1"):
+            kw["enabled"] = True
+        elif flag in (False, "false", "off", "no", "0"):
+            kw["enabled"] = False
+        else:
+            en.error(f"expected on or off, got {_kind(en.value)}")
+    backend = node.value.get("backend", "memory")
+    if backend not in ("memory", "redis"):
+        node.child("backend").error("expected 'memory' (this process) or 'redis' (shared by every replica)")
+        backend = "memory"
+    kw["backend"] = backend
+    for key in ("max_bytes", "max_entry_bytes"):
+        if (n := node.get(key)) is not None and (size := n.convert(parse_size)) is not None:
+            if size < 1:
+                n.error("must be at least 1 byte")
+            kw[key] = size
+    settings = CacheSettings(**kw)
+    if settings.max_entry_bytes > settings.max_bytes:
+        kw["max_entry_bytes"] = settings.max_bytes  # one entry can never exceed the whole cache
+    rn = node.get("redis")
+    if backend == "redis" and rn is None:
+        node.error("backend 'redis' needs redis: {url: {env: VAR}}")
+    if rn is not None:
+        if backend != "redis":
+            rn.error("'redis' settings are only read with backend: redis")
+        elif rn.keys({"url", "prefix", "timeout", "retry_after"}, {"url"}):
+            kw["redis_url"] = _secret(rn.child("url"))
+            if (pn := rn.get("prefix")) is not None and (prefix := pn.string()) is not None:
+                if not _NAME.match(prefix):
+                    pn.error("the key prefix uses letters, digits, '_', '-' and '.'")
+                kw["redis_prefix"] = prefix
+            for key, attr in (("timeout", "redis_timeout"), ("retry_after", "redis_retry_after")):
+                if (dn := rn.get(key)) is not None and (d := dn.convert(parse_duration)) is not None:
+                    if d <= 0:
+                        dn.error("must be longer than 0s")
+                    kw[attr] = d
+    return CacheSettings(**kw)
+
+
+def _route_cache(node: _Node | None, method: str | None, root: _Node) -> RouteCache | None:
+    """A route's ``cache:``: freshness for reads, what else to drop for writes; ``false`` is off."""
+    if node is None or node.value is False:
+        return None
+    reads = method in ("GET", "HEAD")
+    if not node.keys({"ttl", "stale_if_error", "vary", "private"} if reads else {"invalidates"}):
+        if not reads and isinstance(node.value, dict) and set(node.value) & {"ttl", "stale_if_error"}:
+            node.error(f"{method} responses are never cached; a write route only lists what it 'invalidates'")
+        return None
+    kw: dict[str, Any] = {}
+    for key in ("ttl", "stale_if_error"):
+        if (n := node.get(key)) is not None and (d := n.convert(parse_duration)) is not None:
+            kw[key] = d
+    if reads and not kw.get("ttl") and not kw.get("stale_if_error"):
+        node.error("give a ttl (and/or stale_if_error) longer than 0s, or write cache: false")
+    if (vn := node.get("vary")) is not None:
+        if not isinstance(vn.value, list) or not all(isinstance(h, str) and _HEADER_NAME.match(h) for h in vn.value):
+            vn.error("expected a list of request header names")
+        else:
+            kw["vary"] = tuple(sorted({h.lower() for h in vn.value}))
+    if (pn := node.get("private")) is not None and (b := pn.boolean()) is not None:
+        kw["private"] = b
+    if (inv := node.get("invalidates")) is not None:
+        routes_node = root.get("routes")
+        declared = set(routes_node.value) if routes_node is not None and isinstance(routes_node.value, dict) else set()
+        if not isinstance(inv.value, list) or not all(isinstance(r, str) for r in inv.value):
+            inv.error("expected a list of route names")
+        else:
+            for name in inv.value:
+                if name not in declared:
+                    hint = _closest(name, declared)
+                    inv.error(f"no route named {name!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
+            kw["invalidates"] = tuple(inv.value)
+    return RouteCache(**kw)
 
 
 def _server(node: _Node | None) -> ServerSettings:
     if node is None:
         return ServerSettings()
-    node.keys({"max_body_bytes"})
+    node.keys({"max_body_bytes", "max_concurrency", "client_timeouts"})
     kw: dict[str, Any] = {}
     if (n := node.get("max_body_bytes")) is not None and (size := n.convert(parse_size)) is not None:
         kw["max_body_bytes"] = size
+    if (n := node.get("max_concurrency")) is not None and (cap := n.integer(1, 1_000_000)) is not None:
+        kw["max_concurrency"] = cap
+    if (t := node.get("client_timeouts")) is not None and t.keys({"headers", "body"}):
+        for key, tn in t.items():
+            if (d := tn.convert(parse_duration)) is not None:
+                if d <= 0:
+                    tn.error("must be longer than 0s")
+                else:
+                    kw["header_timeout" if key == "headers" else "body_timeout"] = d
     return ServerSettings(**kw)
 
 
@@ -666,6 +953,9 @@ def _upstream(name: str, node: _Node) -> Upstream | None:
             "max_response_bytes",
             "max_redirects",
             "description",
+            "retries",
+            "circuit_breaker",
+            "request_budget",
         },
         {"base_url"},
     )
@@ -710,6 +1000,9 @@ def _upstream(name: str, node: _Node) -> Upstream | None:
     if (mr := node.get("max_response_bytes")) is not None:
         got = mr.convert(parse_size)
         max_resp = got if got is not None else max_resp
+    retries = _retries(node.get("retries"))
+    breaker = _breaker(node.get("circuit_breaker"))
+    budget = _request_budget(node.get("request_budget"))
     if base_url is None:
         return None
     return Upstream(
@@ -722,13 +1015,61 @@ def _upstream(name: str, node: _Node) -> Upstream | None:
         concurrency=intval("concurrency", 4, 1, 64),
         max_response_bytes=max_resp,
         max_redirects=intval("max_redirects", 5, 0, 20),
+        retries=retries,
+        breaker=breaker,
+        budget=budget,
     )
+
+
+def _retries(node: _Node | None) -> RetryPolicy:
+    if node is None or not node.keys({"attempts", "backoff", "max_backoff", "max_wait", "budget"}):
+        return RetryPolicy()
+    kw: dict[str, Any] = {}
+    if (n := node.get("attempts")) is not None and (v := n.integer(1, 10)) is not None:
+        kw["attempts"] = v
+    for key in ("backoff", "max_backoff", "max_wait"):
+        if (n := node.get(key)) is not None and (d := n.convert(parse_duration)) is not None:
+            kw[key] = d
+    if (n := node.get("budget")) is not None and (r := n.convert(parse_ratio)) is not None:
+        kw["budget"] = r
+    return RetryPolicy(**kw)
+
+
+def _breaker(node: _Node | None) -> BreakerPolicy:
+    if node is None or not node.keys({"failures", "cooldown"}, {"failures"}):
+        return BreakerPolicy()
+    kw: dict[str, Any] = {}
+    if (v := node.child("failures").integer(0, 1000)) is not None:
+        kw["failures"] = v
+    if (n := node.get("cooldown")) is not None and (d := n.convert(parse_duration)) is not None:
+        if d <= 0:
+            n.error("the cool-down must be longer than 0s")
+        else:
+            kw["cooldown"] = d
+    return BreakerPolicy(**kw)
+
+
+def _request_budget(node: _Node | None) -> RequestBudget:
+    if node is None or not node.keys({"limits", "max_wait"}, {"limits"}):
+        return RequestBudget()
+    limits: list[tuple[int, float]] = []
+    ln = node.child("limits")
+    if not isinstance(ln.value, list) or not ln.value:
+        ln.error("expected a list of budgets such as [480/1m, 4800/1h]")
+    else:
+        for i in range(len(ln.value)):
+            if (lim := ln.child(i).convert(parse_rate)) is not None:
+                limits.append(lim)
+    kw: dict[str, Any] = {"limits": tuple(limits)}
+    if (n := node.get("max_wait")) is not None and (d := n.convert(parse_duration)) is not None:
+        kw["max_wait"] = d
+    return RequestBudget(**kw)
 
 
 def _auth(node: _Node | None) -> AuthSpec | None:
     if node is None or node.value is None:
         return None
-    if not node.keys({"bearer", "cookies", "headers"}):
+    if not node.keys({"bearer", "cookies", "headers", "expiry"}):
         return None
     bearer = _secret(b) if (b := node.get("bearer")) is not None else None
     cookies: list[tuple[str, Secret]] = []
@@ -741,7 +1082,8 @@ def _auth(node: _Node | None) -> AuthSpec | None:
                 sec = _secret(sn)
                 if sec is not None:
                     out.append((k, sec))
-    return AuthSpec(bearer, tuple(cookies), tuple(headers))
+    expiry = _expiry(e, node) if (e := node.get("expiry")) is not None else None
+    return AuthSpec(bearer, tuple(cookies), tuple(headers), expiry)
 
 
 def _stable_line(node: _Node, text: str) -> tuple[str, str] | None:
@@ -846,6 +1188,9 @@ def _route(name: str, node: _Node, _unused: Any, upstreams: dict[str, Upstream],
         if vn not in VALIDATORS:
             v.error(f"unknown validator {vn!r}; known: {', '.join(sorted(VALIDATORS))}")
         validate = vn
+    cache = _route_cache(node.get("cache"), method, root)
+    probe = _probe(node.get("probe"), method, stable_path, params, pagination)
+    shape = _shape(node.get("shape"), response, targets)
     desc = ""
     if (d := node.get("description")) is not None:
         desc = d.string() or ""
@@ -864,6 +1209,9 @@ def _route(name: str, node: _Node, _unused: Any, upstreams: dict[str, Upstream],
         validate=validate,
         description=desc,
         line=node.line,
+        cache=cache,
+        probe=probe,
+        shape=shape,
     )
 
 
@@ -1106,7 +1454,9 @@ def _keys(node: _Node | None, routes: list[Route] | None) -> tuple[ClientKey, ..
     if not keys_node.is_map("a mapping of key name → {key: {env: VAR}, ...}"):
         return ()
     out: list[ClientKey] = []
-    allowed = {"key", "routes", "methods", "description"} if routes is not None else {"key", "description"}
+    allowed = (
+        {"key", "routes", "methods", "rate_limit", "description"} if routes is not None else {"key", "description"}
+    )
     for name, kn in keys_node.items():
         if not _NAME.match(name):
             kn.error("key names use letters, digits, '_', '-' and '.'")
@@ -1131,9 +1481,42 @@ def _keys(node: _Node | None, routes: list[Route] | None) -> tuple[ClientKey, ..
                 methods = frozenset(str(m).upper() for m in mn.value)
                 if "GET" in methods:
                     methods |= {"HEAD"}
+        limit = _rate_limit(rl) if (rl := kn.get("rate_limit")) is not None else None
         if secret is not None:
-            out.append(ClientKey(name, secret, globs, methods))
+            out.append(ClientKey(name, secret, globs, methods, limit))
     return tuple(out)
+
+
+def _client_rate(value: Any) -> tuple[int, float]:
+    try:
+        return parse_rate(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not a rate such as 10/s or 600/1m (or write {{requests: 600, per: 1m, burst: 20}})"
+        ) from None
+
+
+def _rate_limit(node: _Node) -> RateLimit | None:
+    """``10/s``, ``600/1m`` (bursts of the full count) or ``{requests: 600, per: 1m, burst: 20}``."""
+    if isinstance(node.value, dict):
+        if not node.keys({"requests", "per", "burst"}, {"requests", "per"}):
+            return None
+        count = node.child("requests").integer(1)
+        per = node.child("per").convert(parse_duration)
+        burst = node.child("burst").integer(1) if "burst" in node.value else count
+        if per is not None and per <= 0:
+            node.child("per").error("the window must be longer than 0s")
+            return None
+        if count is None or per is None or burst is None:
+            return None
+        text = f"{count}/{node.value['per']}"
+    else:
+        parsed = node.convert(_client_rate)
+        if parsed is None:
+            return None
+        count, per = parsed
+        burst, text = count, str(node.value)
+    return RateLimit(rate=count / per, burst=burst, text=text)
 
 
 def _check_route_overlaps(ctx: _Ctx, routes: list[Route]) -> None:
@@ -1146,3 +1529,193 @@ def _check_route_overlaps(ctx: _Ctx, routes: list[Route]) -> None:
             ctx.add(r.line, r.name, f"{r.stable} shadows route {seen[key].name!r} ({seen[key].stable})")
         else:
             seen[key] = r
+
+
+# --------------------------------------------------------------------------- probes, shapes, expiry
+
+
+def _probe(
+    node: _Node | None,
+    method: str | None,
+    path: PathTemplate | None,
+    params: tuple[ParamSpec, ...],
+    pagination: Pagination | None,
+) -> ProbeSpec | None:
+    """``probe: true`` or ``probe: {params: {name: value | {from: ROUTE, field: F}}}``."""
+    if node is None or node.value is False:
+        return None
+    if method is not None and method != "GET":
+        node.error(f"a probe sends a safe GET; this route answers {method}")
+        return None
+    values: dict[str, tuple[str | ProbeSample, _Node]] = {}
+    if node.value is not True:
+        if not node.keys({"params", "description"}):
+            return None
+        if (pn := node.get("params")) is not None and pn.is_map("a mapping of param name → sample value"):
+            for name, vn in pn.items():
+                value = _probe_value(vn)
+                if value is not None:
+                    values[name] = (value, vn)
+    path_names = path.names if path is not None else frozenset()
+    query_names = {p.name for p in params} | ({"limit"} if pagination is not None else set())
+    for name in sorted(path_names - set(values)):
+        node.error(f"the probe needs a sample value for path param {name!r} (under 'params')")
+    for name, (_, vn) in values.items():
+        if name not in path_names and name not in query_names:
+            allowed = ", ".join(sorted(path_names | query_names)) or "none"
+            vn.error(f"{name!r} is neither a path param nor a query param of this route; allowed: {allowed}")
+    path_params = tuple((k, v) for k, (v, _) in values.items() if k in path_names)
+    query = [(k, v) for k, (v, _) in values.items() if k not in path_names]
+    if pagination is not None and "limit" not in values:
+        query.append(("limit", "1"))  # one item is enough to check a collection's shape
+    return ProbeSpec(path_params, tuple(query), node.line)
+
+
+def _probe_value(node: _Node) -> str | ProbeSample | None:
+    v = node.value
+    if isinstance(v, dict):
+        if not node.keys({"from", "field"}, {"from", "field"}):
+            return None
+        route = node.child("from").string("a route name")
+        field = node.child("field").string("a field name of that route's answer")
+        if route is None or field is None:
+            return None
+        return ProbeSample(route, tuple(field.split(".")), node.line)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str | int | float):
+        return str(v)
+    node.error(f"expected a sample value or {{from: ROUTE, field: FIELD}}, got {_kind(v)}")
+    return None
+
+
+def _check_probe_samples(routes_node: _Node | None, routes: list[Route]) -> None:
+    """``from:`` must name another probed route, and samples may not go round in a circle."""
+    if routes_node is None or routes_node.ctx.problems:
+        return
+    ctx = routes_node.ctx
+    by_name = {r.name: r for r in routes}
+    for r in routes:
+        if r.probe is None:
+            continue
+        for name, value in (*r.probe.path_params, *r.probe.query):
+            if not isinstance(value, ProbeSample):
+                continue
+            key = f"routes.{r.name}.probe.params.{name}.from"
+            other = by_name.get(value.route)
+            if other is None:
+                hint = _closest(value.route, set(by_name) - {r.name})
+                suggestion = f" (did you mean {hint!r}?)" if hint else ""
+                ctx.add(value.line, key, f"no route named {value.route!r}{suggestion}")
+            elif other.probe is None:
+                ctx.add(value.line, key, f"route {value.route!r} has no probe to take a sample from")
+            elif other.name == r.name:
+                ctx.add(value.line, key, "a probe cannot take a sample from itself")
+    if ctx.problems:
+        return
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+
+    def visit(name: str, trail: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = [*trail[trail.index(name) :], name]
+            route = by_name[name]
+            line = route.probe.line if route.probe else route.line
+            ctx.add(line, f"routes.{name}.probe", f"probe samples go round in a circle: {' → '.join(cycle)}")
+            return
+        state[name] = 1
+        probe = by_name[name].probe
+        for dep in sorted(probe.depends_on if probe else ()):
+            visit(dep, [*trail, name])
+        state[name] = 2
+
+    for r in routes:
+        if r.probe is not None:
+            visit(r.name, [])
+
+
+def _shape(node: _Node | None, response: ResponseSpec, targets: list[Target]) -> ShapeSpec | None:
+    """``shape: {status: 200, content_type: application/json, fields: {id: string, version: integer}}``."""
+    if node is None or not node.keys({"status", "content_type", "fields"}):
+        return None
+    kw: dict[str, Any] = {}
+    if (n := node.get("status")) is not None:
+        kw["status"] = n.integer(100, 599)
+    if (n := node.get("content_type")) is not None and (ct := n.string("a media type")) is not None:
+        if "/" not in ct or ";" in ct:
+            n.error(f"expected a media type such as application/json (no parameters), got {ct!r}")
+        else:
+            kw["content_type"] = ct.strip().lower()
+    if (fn := node.get("fields")) is not None and fn.is_map("a mapping of field → JSON type"):
+        if response.raw:
+            fn.error("a raw response is passed through unparsed; its fields cannot be checked")
+        elif any(t.redirect == "report" for t in targets):
+            fn.error("this route answers from a redirect's Location; there is no body whose fields to check")
+        fields: list[tuple[tuple[str, ...], frozenset[str]]] = []
+        for name, tn in fn.items():
+            raw = tn.value
+            kinds = [str(k).strip() for k in raw] if isinstance(raw, list) else str(raw).split("|")
+            bad = [k for k in kinds if k not in SHAPE_TYPES]
+            if isinstance(raw, bool) or raw is None or bad or not kinds:
+                tn.error(f"expected one of {', '.join(sorted(SHAPE_TYPES))} (or several joined with '|')")
+                continue
+            fields.append((tuple(name.split(".")), frozenset(kinds)))
+        kw["fields"] = tuple(fields)
+    return ShapeSpec(**kw)
+
+
+def _probe_settings(node: _Node | None) -> ProbeSettings:
+    """The root ``probes:`` section: how often and how many at once the background prober runs."""
+    if node is None or not node.keys({"enabled", "interval", "jitter", "concurrency", "timeout"}):
+        return ProbeSettings()
+    kw: dict[str, Any] = {}
+    if (n := node.get("enabled")) is not None and (b := n.boolean()) is not None:
+        kw["enabled"] = b
+    for key in ("interval", "jitter", "timeout"):
+        if (n := node.get(key)) is not None and (d := n.convert(parse_duration)) is not None:
+            if key != "jitter" and d <= 0:
+                n.error(f"the {key} must be longer than 0s")
+            else:
+                kw[key] = d
+    if (n := node.get("concurrency")) is not None and (c := n.integer(1, 64)) is not None:
+        kw["concurrency"] = c
+    settings = ProbeSettings(**kw)
+    if settings.jitter >= settings.interval:
+        node.error(f"jitter ({settings.jitter:g}s) must be shorter than the interval ({settings.interval:g}s)")
+    return settings
+
+
+def _expiry(node: _Node, auth: _Node) -> ExpirySpec | None:
+    """``expiry: {cookie: I, segment: 0, field: expiration, unit: ms}`` (or ``bearer: true``, ``header: X``)."""
+    if not node.keys({"cookie", "header", "bearer", "segment", "field", "unit"}, {"field"}):
+        return None
+    given = [k for k in ("cookie", "header", "bearer") if k in node.value]
+    if len(given) != 1:
+        node.error("name exactly one credential: 'cookie: NAME', 'header: NAME' or 'bearer: true'")
+        return None
+    which = given[0]
+    credential = "bearer"
+    if which == "bearer":
+        if node.value["bearer"] is not True:
+            node.child("bearer").error("expected true")
+        if "bearer" not in auth.value:
+            node.child("bearer").error("this upstream has no bearer credential")
+    else:
+        name = node.child(which).string(f"a {which} name")
+        declared = auth.value.get(f"{which}s")
+        names = set(declared) if isinstance(declared, dict) else set()
+        if name is not None and name not in names:
+            node.child(which).error(f"no {which} named {name!r} under auth.{which}s")
+        credential = f"{which}:{name}"
+    kw: dict[str, Any] = {"credential": credential}
+    if (n := node.get("segment")) is not None and (seg := n.integer(0, 10)) is not None:
+        kw["segment"] = seg
+    if (f := node.child("field").string("a field name")) is not None:
+        kw["field"] = f
+    if (n := node.get("unit")) is not None:
+        if n.value not in ("s", "ms"):
+            n.error("expected s (seconds since the epoch) or ms (milliseconds)")
+        else:
+            kw["unit"] = n.value
+    return ExpirySpec(**kw)

@@ -34,6 +34,8 @@ def curl_examples(base: str, notebook_id: str, short_id: str) -> list[str]:
         f"curl -s -X POST '{base}/v1/observable/notebooks' -H 'Content-Type: application/json' "
         """-d '{"nodes": [{"id": 0}, {"id": 0}], "version": 1}'""",
         f"curl -s '{base}/metrics' | grep ^gateway_requests_total",
+        f"curl -s '{base}/metrics' | grep ^gateway_route_up   # every route, probed in the background",
+        f"xdg-open '{base}/status'   # the operator's page: routes up/down, why, since when",
     ]
 
 
@@ -53,7 +55,7 @@ async def _run(config_path: str, host: str, port: int, obs_port: int, ph_port: i
         print(exc)
         await sandboxes.close()
         return 1
-    runner = web.AppRunner(build_app(config), access_log=None)
+    runner = web.AppRunner(build_app(config, probes=True), access_log=None)  # /status fills within seconds
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     base = f"http://{host}:{port}"

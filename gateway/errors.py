@@ -12,6 +12,7 @@ json, the config) are mapped into this tree where they are caught, never later::
     │   ├── Forbidden            403
     │   ├── NotFound             404
     │   ├── MethodNotAllowed     405 (carries Allow)
+    │   ├── RequestTimeout       408 (the body did not arrive in time)
     │   ├── Conflict             409
     │   ├── PayloadTooLarge      413
     │   ├── UnsupportedMediaType 415
@@ -85,6 +86,11 @@ class MethodNotAllowed(ClientError):
     default_code = "method_not_allowed"
 
 
+class RequestTimeout(ClientError):
+    status = 408
+    default_code = "request_timeout"
+
+
 class Conflict(ClientError):
     status = 409
     default_code = "conflict"
@@ -146,6 +152,7 @@ _BY_STATUS: dict[int, type[GatewayError]] = {
         Forbidden,
         NotFound,
         MethodNotAllowed,
+        RequestTimeout,
         Conflict,
         PayloadTooLarge,
         UnsupportedMediaType,

@@ -1,6 +1,10 @@
 """Prometheus metrics.  Labels come only from bounded sets: route names from
 routes.yaml, upstream names, methods, status classes and error kinds; never raw
-paths, ids, client keys or secrets, so cardinality stays fixed by the config."""
+paths, ids, client keys or secrets, so cardinality stays fixed by the config.
+
+Each gauge names its ``multiprocess_mode``: how ``gateway serve --workers N`` combines
+the workers' values (``livesum`` for per-worker amounts, ``max`` for timestamps,
+``livemostrecent`` for states every worker observes); elsewhere it is ignored."""
 
 from __future__ import annotations
 
@@ -52,6 +56,69 @@ class Metrics:
             ["upstream", "route", "kind"],
             registry=registry,
         )
+        # resilience (gateway.resilience): retries, circuit breakers, outbound pacing
+        self.upstream_retries = Counter(
+            "gateway_upstream_retries_total",
+            "Upstream calls tried again, by reason: connect, connect_timeout, timeout, reset, 429, 502, 503, 504.",
+            ["upstream", "route", "reason"],
+            registry=registry,
+        )
+        self.circuit_state = Gauge(
+            "gateway_upstream_circuit_state",
+            "The upstream's circuit breaker: 0 closed, 1 half-open (probing), 2 open (failing fast).",
+            ["upstream"],
+            multiprocess_mode="livemax",
+            registry=registry,
+        )
+        self.circuit_opened = Counter(
+            "gateway_upstream_circuit_opened_total",
+            "Times the upstream's circuit breaker opened.",
+            ["upstream"],
+            registry=registry,
+        )
+        self.paced = Counter(
+            "gateway_upstream_paced_total",
+            "Calls held back by the outbound request budget: waited for a slot, or rejected (wait too long).",
+            ["upstream", "outcome"],
+            registry=registry,
+        )
+        # response cache (gateway.cache)
+        self.cache_requests = Counter(
+            "gateway_cache_requests_total",
+            "Requests to caching routes by result: hit, miss, stale (served for a failing upstream), bypass.",
+            ["route", "result"],
+            registry=registry,
+        )
+        self.cache_coalesced = Counter(
+            "gateway_cache_coalesced_total",
+            "Misses that waited for another request's upstream fetch of the same key instead of making their own.",
+            ["route"],
+            registry=registry,
+        )
+        self.cache_invalidations = Counter(
+            "gateway_cache_invalidations_total",
+            "Cache invalidations by cause: a write through the route, or an admin purge.",
+            ["route", "cause"],
+            registry=registry,
+        )
+        self.cache_entries = Gauge(
+            "gateway_cache_entries",
+            "Responses held by the in-process (memory) cache backend.",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.cache_bytes = Gauge(
+            "gateway_cache_bytes",
+            "Bytes held by the in-process (memory) cache backend; bounded by cache.max_bytes.",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.cache_backend_errors = Counter(
+            "gateway_cache_backend_errors_total",
+            "Cache backend (Redis) failures by operation; the request then goes to the upstream.",
+            ["backend", "op"],
+            registry=registry,
+        )
         self.fallbacks = Counter(
             "gateway_fallback_total",
             "Calls answered by a fallback target (index ≥ 1 in 'targets').",
@@ -60,8 +127,68 @@ class Metrics:
         )
         self.route_up = Gauge(
             "gateway_route_up",
-            "1 while the route's last upstream exchange worked, 0 once it broke.",
+            "1 while the route works, 0 once it broke (live traffic and probes); NaN until known.",
             ["route"],
+            multiprocess_mode="livemostrecent",
+            registry=registry,
+        )
+        # route health, probes and credentials (gateway.health, gateway.probes, gateway.expiry)
+        self.route_changed = Gauge(
+            "gateway_route_last_change_timestamp_seconds",
+            "When the route last went up or down (since when it is in its current state).",
+            ["route"],
+            multiprocess_mode="max",
+            registry=registry,
+        )
+        self.route_failure = Gauge(
+            "gateway_route_failure_info",
+            "1 for the error code that broke a down route (absent while it is up).",
+            ["route", "code"],
+            multiprocess_mode="livemostrecent",
+            registry=registry,
+        )
+        self.probe_runs = Counter(
+            "gateway_probe_runs_total",
+            "Contract probes run, by result: ok, broken, or skipped (no sample from the route it depends on).",
+            ["route", "result"],
+            registry=registry,
+        )
+        self.probe_seconds = Histogram(
+            "gateway_probe_duration_seconds",
+            "How long one contract probe took.",
+            ["route"],
+            buckets=BUCKETS,
+            registry=registry,
+        )
+        self.probe_last_success = Gauge(
+            "gateway_probe_last_success_timestamp_seconds",
+            "When the route's probe last passed.",
+            ["route"],
+            multiprocess_mode="max",
+            registry=registry,
+        )
+        self.probe_round = Gauge(
+            "gateway_probe_last_round_timestamp_seconds",
+            "When the background prober last finished a round (0: never).",
+            multiprocess_mode="max",
+            registry=registry,
+        )
+        self.probe_interval = Gauge(
+            "gateway_probe_interval_seconds",
+            "The background prober's configured interval (0 while it is not running).",
+            multiprocess_mode="livemax",
+            registry=registry,
+        )
+        self.probes_configured = Gauge(
+            "gateway_probes_configured",
+            "Routes with a contract probe in the served config.",
+            multiprocess_mode="livemax",
+            registry=registry,
+        )
+        self.config_failed = Gauge(
+            "gateway_config_last_reload_failure_timestamp_seconds",
+            "When a reload last failed (0: never); newer than the last success means the file on disk is invalid.",
+            multiprocess_mode="max",
             registry=registry,
         )
         self.reloads = Counter(
@@ -74,5 +201,19 @@ class Metrics:
         self.config_loaded = Gauge(
             "gateway_config_last_reload_success_timestamp_seconds",
             "When the served config was loaded.",
+            multiprocess_mode="max",
+            registry=registry,
+        )
+        # admission control (gateway.limits)
+        self.limited = Counter(
+            "gateway_requests_limited_total",
+            "Requests answered 429 before forwarding, by reason: rate_limit (per key) or concurrency (global cap).",
+            ["reason"],
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "gateway_requests_in_flight",
+            "Stable requests being served now (what server.max_concurrency caps).",
+            multiprocess_mode="livesum",
             registry=registry,
         )

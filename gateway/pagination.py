@@ -20,6 +20,7 @@ import asyncio
 import base64
 import binascii
 import json
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -189,22 +190,32 @@ async def _offset(
             position.ended.add("")
         return
     if count is not None and count > offset:
-        # all=true with a known count: fetch the remaining pages concurrently, yield in order
+        # all=true with a known count: fetch the remaining pages concurrently, yield in order.
+        # At most `concurrency` fetches in flight, and at most 2x that many pages fetched ahead
+        # of the consumer: a slow reader (NDJSON streaming) holds a few pages, never the collection.
         sem = asyncio.Semaphore(concurrency)
 
         async def bounded(o: int) -> tuple[list[Any], bool, int | None]:
             async with sem:
                 return await get(o, size)
 
-        offsets = list(range(offset, count, size))
-        tasks = [asyncio.ensure_future(bounded(o)) for o in offsets]
+        ahead: deque[tuple[int, asyncio.Future[tuple[list[Any], bool, int | None]]]] = deque()
+        pending = iter(range(offset, count, size))
+
+        def refill() -> None:
+            while len(ahead) < 2 * concurrency and (o := next(pending, None)) is not None:
+                ahead.append((o, asyncio.ensure_future(bounded(o))))
+
         try:
-            for o, task in zip(offsets, tasks, strict=True):
+            refill()
+            while ahead:
+                o, task = ahead.popleft()
                 items, has_more, _ = await task
+                refill()
                 position.pos[""] = o + len(items)
                 yield [(None, it) for it in items]
         finally:
-            for t in tasks:
+            for _, t in ahead:
                 t.cancel()
         offset = int(position.pos[""])
         if not has_more:

@@ -8,35 +8,44 @@ mapped once, in ``_check_status``; the response is rebuilt from declared fields.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 from aiohttp import web
+from multidict import MultiDict
 
+from gateway import ndjson, trace
 from gateway.auth import Credentials
+from gateway.cache import ResponseCache, note_upstream
 from gateway.config import Config, Route, Target, Upstream
 from gateway.errors import (
     BadGateway,
     BadRequest,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     ServiceUnavailable,
     UnsupportedMediaType,
     UpstreamError,
     client_error_for,
 )
+from gateway.health import RouteHealth
 from gateway.mapping import ShapeDrift, apply_mapping, evaluate, parse_params, target_request
 from gateway.metrics import Metrics, status_class
 from gateway.pagination import Position, decode_cursor, encode_cursor, pages
 from gateway.routing import Match
+from gateway.shape import check_body, check_fields, check_response
 from gateway.upstream import UpstreamClient, UpstreamResponse
 from gateway.validators import VALIDATORS
 
 JSON_TYPE = "application/json"
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _RETRY_IN = re.compile(r"available in (\d+) seconds?")
 
 
@@ -47,20 +56,48 @@ def dumps(data: Any) -> bytes:
 class Proxy:
     """Serves the routes of one loaded config; a reload builds a new Proxy."""
 
-    def __init__(self, config: Config, client: UpstreamClient, creds: Credentials, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        config: Config,
+        client: UpstreamClient,
+        creds: Credentials,
+        metrics: Metrics,
+        health: RouteHealth | None = None,
+        cache: ResponseCache | None = None,
+    ) -> None:
         self.config = config
         self.client = client
         self.creds = creds
         self.metrics = metrics
+        #: up/down per route; the Gateway's, so it outlives reloads
+        self.health = health if health is not None else RouteHealth(metrics)
+        #: the response cache (None when no route caches); its backend is the Gateway's
+        self.cache = cache
 
     async def handle(self, request: web.Request, match: Match, request_id: str) -> web.StreamResponse:
         route = match.route
         params = parse_params(route, request.query, match.path_params)
         body = await self._read_body(request, route, params)
-        if route.pagination is not None:
-            return await self._collection(request, route, params, request_id)
-        resp = await self.call(route, params, body, [], request_id)
-        return self._respond(route, resp, params)
+        if route.pagination is not None and ndjson.wants_ndjson(request.headers.get("Accept", "")):
+            # streamed, so never cached: not holding the collection is the point (gateway.ndjson)
+            return await self._collection(request, route, params, request_id, as_ndjson=True)
+        cache = self.cache
+
+        async def produce() -> web.StreamResponse:
+            if route.pagination is not None:
+                return await self._collection(request, route, params, request_id)
+            resp = await self.call(route, params, body, [], request_id)
+            return self._respond(route, resp, params)
+
+        if cache is None or route.method in _SAFE_METHODS:
+            if cache is not None and cache.caches(route):
+                return await cache.serve(request, match, produce)
+            return await produce()
+        try:
+            return await produce()
+        finally:
+            # sent (or maybe sent) upstream: whatever came back, cached reads of it are suspect now
+            await cache.invalidate_write(route, match.path_params)
 
     # ------------------------------------------------------------------ request side
 
@@ -70,9 +107,7 @@ class Proxy:
         limit = self.config.server.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise PayloadTooLarge(f"the body is larger than {limit} bytes", route=route.name)
-        raw = await request.content.read(limit + 1)
-        if len(raw) > limit:
-            raise PayloadTooLarge(f"the body is larger than {limit} bytes", route=route.name)
+        raw = await _read_limited(request, limit, self.config.server.body_timeout, route.name)
         if not raw.strip():
             parsed: Any = None
         else:
@@ -123,9 +158,12 @@ class Proxy:
             if resp.status in (404, 410) and index < last:
                 continue
             self._check_status(upstream, route, target, resp)
+            if route.shape is not None:
+                self._check_shape(upstream, route, resp)
             if index > 0:
                 self.metrics.fallbacks.labels(route.name, str(index)).inc()
-            self.metrics.route_up.labels(route.name).set(1)
+            self.health.answered_by(route.name, index)
+            note_upstream(resp.headers)  # Cache-Control/Expires, when a cache fill is listening
             return resp
         raise AssertionError("routes have at least one target")
 
@@ -159,9 +197,11 @@ class Proxy:
             )
         except UpstreamError as exc:
             self.metrics.upstream_seconds.labels(upstream.name, route.name).observe(time.perf_counter() - started)
+            trace.upstream(None, time.perf_counter() - started)
             self._record_error(upstream, route, exc)
             raise
         self.metrics.upstream_seconds.labels(upstream.name, route.name).observe(resp.elapsed)
+        trace.upstream(resp.status, resp.elapsed)  # for the request's access-log line
         self.metrics.upstream_requests.labels(upstream.name, route.name, status_class(resp.status)).inc()
         return resp
 
@@ -169,7 +209,18 @@ class Proxy:
         self.metrics.upstream_errors.labels(upstream.name, route.name, exc.kind).inc()
         if exc.kind != "shape":
             self.metrics.upstream_requests.labels(upstream.name, route.name, exc.kind).inc()
-        self.metrics.route_up.labels(route.name).set(0)
+        self.health.down(route.name, exc.code, exc.message)
+
+    def _check_shape(self, upstream: Upstream, route: Route, resp: UpstreamResponse) -> None:
+        """The route's declared status and content type (``shape:``), on every successful answer."""
+        assert route.shape is not None
+        try:
+            check_response(
+                route.shape, resp.status, resp.headers.get("Content-Type", ""), resp.location is not None, route.name
+            )
+        except ShapeDrift as exc:
+            self._record_error(upstream, route, exc)
+            raise
 
     def _check_status(self, upstream: Upstream, route: Route, target: Target, resp: UpstreamResponse) -> None:
         status = resp.status
@@ -253,6 +304,11 @@ class Proxy:
             raise exc from None
 
     def _respond(self, route: Route, resp: UpstreamResponse, params: Mapping[str, Any]) -> web.StreamResponse:
+        out = self._rebuild(route, resp, params)
+        self.health.up(route.name)  # only a complete, well-shaped answer proves the route works
+        return out
+
+    def _rebuild(self, route: Route, resp: UpstreamResponse, params: Mapping[str, Any]) -> web.StreamResponse:
         spec = route.response
         location = resp.location or resp.url
         headers: dict[str, str] = {}
@@ -270,9 +326,13 @@ class Proxy:
                 return web.Response(status=status, body=resp.body, headers=headers)
             if spec.item is not None:
                 src = self._json(route, resp) if resp.location is None else {}
+                if route.shape is not None and resp.location is None:
+                    check_body(route.shape, src, route.name)
                 data = dumps(apply_mapping(spec.item, src, params, location, route.name))
             else:
-                self._json(route, resp)  # pass-through still must be JSON
+                src = self._json(route, resp)  # pass-through still must be JSON
+                if route.shape is not None:
+                    check_body(route.shape, src, route.name)
                 data = resp.body
         except ShapeDrift as exc:
             self._record_error(self.config.upstreams[route.upstream], route, exc)
@@ -280,7 +340,7 @@ class Proxy:
         return web.Response(status=status, body=data, content_type=JSON_TYPE, charset="utf-8", headers=headers)
 
     async def _collection(
-        self, request: web.Request, route: Route, params: dict[str, Any], request_id: str
+        self, request: web.Request, route: Route, params: dict[str, Any], request_id: str, as_ndjson: bool = False
     ) -> web.StreamResponse:
         pag = route.pagination
         assert pag is not None
@@ -305,28 +365,93 @@ class Proxy:
             else:
                 streams = list(cursor_streams)
 
-        async def fetch(stream: str | None, extra: list[tuple[str, str]]) -> Any:
-            p = params if stream is None or fan is None else {**params, fan.name: stream}
-            return self._json(route, await self.call(route, p, None, extra, request_id))
-
-        upstream = self.config.upstreams[route.upstream]
+        stable_pages = self._stable_pages(route, params, streams, position, None if everything else limit, request_id)
+        if as_ndjson and everything:
+            done = functools.partial(self.health.up, route.name)
+            return await ndjson.stream(request, stable_pages, route.name, request_id, done)
         items: list[Any] = []
-        mapping = route.response.items
-        async for page in pages(route, streams, position, None if everything else limit, fetch, upstream.concurrency):
-            for stream, item in page:
-                if mapping is None:
-                    items.append(item)
-                    continue
-                p = params if stream is None or fan is None else {**params, fan.name: stream}
-                try:
-                    items.append(apply_mapping(mapping, item, p, None, route.name))
-                except ShapeDrift as exc:
-                    self._record_error(upstream, route, exc)
-                    raise
+        async for page in stable_pages:
+            items.extend(page)
         next_cursor = None if everything else encode_cursor(route, streams, position)
+        self.health.up(route.name)
+        if as_ndjson:
+            return ndjson.page(items, next_cursor)
         return web.Response(
             body=dumps({"items": items, "next_cursor": next_cursor}), content_type=JSON_TYPE, charset="utf-8"
         )
+
+    async def _stable_pages(
+        self,
+        route: Route,
+        params: dict[str, Any],
+        streams: list[str | None],
+        position: Position,
+        limit: int | None,
+        request_id: str,
+    ) -> AsyncGenerator[list[Any], None]:
+        """A collection's items page by page: fetched, checked against ``shape``, mapped."""
+        fan = next((p for p in route.params if p.fan_out), None)
+
+        def params_of(stream: str | None) -> dict[str, Any]:
+            return params if stream is None or fan is None else {**params, fan.name: stream}
+
+        async def fetch(stream: str | None, extra: list[tuple[str, str]]) -> Any:
+            return self._json(route, await self.call(route, params_of(stream), None, extra, request_id))
+
+        upstream = self.config.upstreams[route.upstream]
+        mapping = route.response.items
+        async for page in pages(route, streams, position, limit, fetch, upstream.concurrency):
+            out: list[Any] = []
+            try:
+                for stream, item in page:
+                    if route.shape is not None:
+                        check_fields(route.shape, item, route.name)
+                    out.append(
+                        item if mapping is None else apply_mapping(mapping, item, params_of(stream), None, route.name)
+                    )
+            except ShapeDrift as exc:
+                self._record_error(upstream, route, exc)
+                raise
+            yield out
+
+    async def probe(
+        self, route: Route, query: Mapping[str, str], path_params: Mapping[str, str], request_id: str
+    ) -> web.Response:
+        """A GET of ``route`` without an HTTP request, for contract probes.
+
+        The same upstream calls, status mapping, shape checks and field mapping as live
+        traffic (never the response cache); a collection answers its first ``limit`` items.
+        """
+        params = parse_params(route, MultiDict(query), path_params)
+        if route.pagination is None:
+            out = self._respond(route, await self.call(route, params, None, [], request_id), params)
+            assert isinstance(out, web.Response)
+            return out
+        pag = route.pagination
+        limit = _limit(query.get("limit"), pag.default_limit, pag.max_limit, route.name)
+        fan = next((p for p in route.params if p.fan_out), None)
+        streams: list[str | None] = list(params[fan.name]) if fan else [None]
+        items: list[Any] = []
+        async for page in self._stable_pages(route, params, streams, Position(), limit, request_id):
+            items.extend(page)
+        self.health.up(route.name)
+        return web.Response(body=dumps({"items": items, "next_cursor": None}), content_type=JSON_TYPE, charset="utf-8")
+
+
+async def _read_limited(request: web.Request, limit: int, timeout: float, route: str) -> bytes:
+    """The whole body (``read(n)`` returns whatever has arrived), at most ``limit`` bytes, in time."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout):
+            while chunk := await request.content.read(limit + 1 - size):
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"the body is larger than {limit} bytes", route=route)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {timeout:g}s", route=route) from None
+    return b"".join(chunks)
 
 
 def _limit(raw: str | None, default: int, maximum: int, route: str) -> int:

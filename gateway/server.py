@@ -8,12 +8,15 @@ a reload never changes the config under an in-flight request.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+import os
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +24,19 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from gateway.access import Access
+from gateway import status, trace, workers
+from gateway.access import ANONYMOUS, Access
 from gateway.auth import Credentials
-from gateway.config import Config, ConfigError, load_config
+from gateway.cache import CacheBackends
+from gateway.cache.admin import purge_request
+from gateway.config import Config, ConfigError, Problem, load_config, parse_config
 from gateway.errors import GatewayError, PayloadTooLarge, Unprocessable
+from gateway.expiry import ExpiryCollector, expiries
+from gateway.health import RouteHealth
+from gateway.limits import Limits
 from gateway.metrics import NO_ROUTE, Metrics, status_class
+from gateway.openapi import DocumentCache
+from gateway.probes import Prober
 from gateway.proxy import Proxy, dumps
 from gateway.routing import Router
 from gateway.upstream import UpstreamClient
@@ -34,7 +45,7 @@ log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
-_OWN = frozenset({"/healthz", "/readyz", "/metrics", "/admin/reload"})
+_OWN = frozenset({"/healthz", "/readyz", "/metrics", "/admin/reload", "/openapi.json", "/admin/cache/purge", "/status"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,41 +70,73 @@ class Gateway:
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
-        self.client = UpstreamClient()
+        self.client = UpstreamClient(self.metrics)
         #: where ${VAR}s and secrets are read (os.environ unless a test gives its own)
         self.env = env
         self.credentials = Credentials(env)
+        #: route health and probe results outlive reloads; credential expiry is read at each scrape
+        self.health = RouteHealth(self.metrics)
+        self.prober = Prober(lambda: (self.runtime.config, self.runtime.proxy), self.health, self.metrics)
+        #: whether the background prober runs (``build_app(probes=True)``, ``gateway serve``)
+        self.probing = False
+        self.registry.register(ExpiryCollector(lambda: self.runtime.config, self.credentials))
+        #: rate-limit buckets and the in-flight count outlive reloads
+        self.limits = Limits(self.metrics)
+        #: set when serving a non-loopback address: a reload may not drop every client key
+        self.requires_client_keys: str | None = None
+        self.openapi = DocumentCache()
+        #: the response cache's backend (memory or Redis) outlives reloads that keep its settings
+        self.caches = CacheBackends(self.credentials, self.metrics)
         self.runtime = self._build(config)
         self.metrics.reloads.labels("success").inc()
 
     def _build(self, config: Config) -> Runtime:
         self.metrics.config_info.info({"digest": config.digest, "path": config.path})
         self.metrics.config_loaded.set_to_current_time()
-        for route in config.routes:
-            self.metrics.route_up.labels(route.name)  # export every route from the start
+        self.health.track(r.name for r in config.routes)  # NaN until known; a removed route's series go
+        self.metrics.probes_configured.set(sum(1 for r in config.routes if r.probe is not None))
+        self.client.resilience.register(config.upstreams.values())  # and every circuit breaker
+        self.limits.configure(config)
         return Runtime(
             config,
             Router(config.routes),
-            Proxy(config, self.client, self.credentials, self.metrics),
+            Proxy(
+                config,
+                self.client,
+                self.credentials,
+                self.metrics,
+                health=self.health,
+                cache=self.caches.for_config(config),
+            ),
             Access(config.access, self.credentials),
         )
 
-    def reload(self, path: str | Path | None = None) -> Config:
-        """Load and validate the file completely; only then swap.  Raises ConfigError."""
+    def reload(self, path: str | Path | None = None, *, text: str | None = None) -> Config:
+        """Load and validate the file (or its already-read ``text``) completely; only then swap.
+
+        Raises ConfigError, counted and logged; the old config keeps serving.
+        """
         target = path or self.runtime.config.path
         try:
-            config = load_config(target, env=self.env)
+            config = load_config(target, env=self.env) if text is None else parse_config(text, str(target), self.env)
+            if self.requires_client_keys and not config.access.clients:
+                raise ConfigError(
+                    [Problem(str(target), 0, "clients.keys", f"no client keys, but {self.requires_client_keys}")]
+                )
         except ConfigError as exc:
             self.metrics.reloads.labels("failure").inc()
+            self.metrics.config_failed.set_to_current_time()
             log.error("config reload failed, still serving %s: %s", self.runtime.config.digest, exc)
             raise
         self.runtime = self._build(config)
         self.metrics.reloads.labels("success").inc()
+        self.prober.wake()  # confirm at once what the new config fixed (or broke)
         log.info("config reloaded from %s (%s, %d routes)", target, config.digest, len(config.routes))
         return config
 
     async def close(self) -> None:
         await self.client.close()
+        await self.caches.close()
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -120,6 +163,7 @@ async def _frame(request: web.Request, handler: Handler) -> web.StreamResponse:
     rid = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
     request[REQUEST_ID] = rid
     started = time.perf_counter()
+    record, token = trace.begin()
     try:
         resp = await handler(request)
     except GatewayError as exc:
@@ -136,6 +180,8 @@ async def _frame(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception:
         log.exception("internal error handling %s %s (request %s)", request.method, request.path, rid)
         resp = error_response(GatewayError("internal gateway error; see the gateway log", route=request.get(ROUTE)))
+    finally:
+        trace.end(token)
     resp.headers["X-Request-ID"] = rid
     if request.path not in _OWN:
         gw = request.app[GATEWAY]
@@ -144,21 +190,31 @@ async def _frame(request: web.Request, handler: Handler) -> web.StreamResponse:
         gw.metrics.requests.labels(route, request.method, status_class(resp.status)).inc()
         gw.metrics.request_seconds.labels(route, request.method).observe(elapsed)
         if access_log.isEnabledFor(logging.INFO):
-            failure = request.get(ERROR)
-            access_log.info(
-                json.dumps(
-                    {
-                        "request_id": rid,
-                        "method": request.method,
-                        "route": route,
-                        "client": request.get(CLIENT),
-                        "status": resp.status,
-                        "duration_ms": round(elapsed * 1000, 3),
-                        **({"error": failure.code} if failure is not None else {}),
-                    }
-                )
-            )
+            _log_access(request, rid, route, resp.status, elapsed, record)
     return resp
+
+
+def _log_access(
+    request: web.Request, rid: str, route: str, status: int, elapsed: float, record: trace.RequestTrace
+) -> None:
+    """One JSON line per stable request.  No query string, headers or key values: they may carry secrets."""
+    failure = request.get(ERROR)
+    fields = {
+        "event": "request",
+        "request_id": rid,
+        "method": request.method,
+        "path": request.path[:256],
+        "route": route,
+        "client": request.get(CLIENT),
+        "status": status,
+        "upstream_status": record.upstream_status,
+        "upstream_calls": record.upstream_calls,
+        "duration_ms": round(elapsed * 1000, 3),
+        "upstream_ms": round(record.upstream_seconds * 1000, 3),
+        "cache": record.cache,
+        "error": failure.code if failure is not None else None,
+    }
+    access_log.info(json.dumps(fields), extra={"fields": fields})
 
 
 async def _dispatch(request: web.Request) -> web.StreamResponse:
@@ -166,8 +222,11 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     runtime = gw.runtime  # pinned for the whole request
     match = runtime.router.match(request.method, request.raw_path)
     request[ROUTE] = match.route.name
-    request[CLIENT] = runtime.access.client_for(request, match.route)
-    return await runtime.proxy.handle(request, match, request[REQUEST_ID])
+    key = runtime.access.identify(request)  # 401 without a valid key
+    request[CLIENT] = key.name if key is not None else ANONYMOUS  # logged even when refused below
+    runtime.access.authorize(key, match.route, request.method)  # 403 outside the key's grants
+    with gw.limits.admit(request[CLIENT], match.route.name):  # 429 before anything is forwarded
+        return await runtime.proxy.handle(request, match, request[REQUEST_ID])
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -176,12 +235,57 @@ async def _healthz(request: web.Request) -> web.Response:
 
 async def _readyz(request: web.Request) -> web.Response:
     cfg = request.app[GATEWAY].runtime.config
-    return web.json_response({"status": "ready", "config": cfg.path, "digest": cfg.digest, "routes": len(cfg.routes)})
+    return web.json_response(
+        # pid: which worker answered, with gateway serve --workers N
+        {"status": "ready", "config": cfg.path, "digest": cfg.digest, "routes": len(cfg.routes), "pid": os.getpid()}
+    )
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[GATEWAY].registry)
+    registry = request.app[GATEWAY].registry
+    # gateway serve --workers N: every worker's values, whichever worker answers
+    body = workers.scrape(registry) if workers.multiprocess_enabled() else generate_latest(registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _status(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    page = status.render_page(
+        gw.runtime.config,
+        gw.health,
+        gw.prober.results,
+        expiries(gw.runtime.config, gw.credentials),
+        prober_running=gw.probing,
+        last_round=gw.prober.last_round,
+    )
+    return web.Response(text=page, content_type="text/html", charset="utf-8", headers=status.HEADERS)
+
+
+async def _background_probes(app: web.Application) -> AsyncIterator[None]:
+    """The contract prober runs for as long as the app does."""
+    gw = app[GATEWAY]
+    task = asyncio.create_task(gw.prober.run_forever(), name="routegate-prober")
+    gw.probing = True
+    yield
+    gw.probing = False
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    gw.prober.stopped()
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    body = gw.openapi.get(gw.runtime.config)
+    return web.Response(body=body, content_type="application/json", charset="utf-8")
+
+
+async def _admin_cache_purge(request: web.Request) -> web.Response:
+    runtime = request.app[GATEWAY].runtime
+    who = runtime.access.require_admin(request)
+    result = await purge_request(request, runtime.proxy.cache, runtime.config)
+    log.info("cache purge by admin key %r: %s", who, json.dumps(result))
+    return web.json_response(result)
 
 
 async def _admin_reload(request: web.Request) -> web.Response:
@@ -204,17 +308,39 @@ def build_app(
     *,
     registry: CollectorRegistry | None = None,
     env: Mapping[str, str] | None = None,
+    watch: float | None = None,
+    probes: bool = False,
 ) -> web.Application:
-    """The gateway app.  Raises ConfigError if ``config`` is a path to an invalid file."""
+    """The gateway app.  Raises ConfigError if ``config`` is a path to an invalid file.
+
+    ``probes``: run the routes' contract probes in the background (``gateway serve`` does).
+
+    ``watch``: poll the routes file every that many seconds and reload it when it changes.
+    """
     cfg = config if isinstance(config, Config) else load_config(config, env=env)
     gateway = Gateway(cfg, registry=registry, env=env)
     # the body limit is enforced per route by the proxy; aiohttp's own cap is the outer guard
-    app = web.Application(middlewares=[_frame], client_max_size=max(cfg.server.max_body_bytes * 2, 1 << 20))
+    app = web.Application(
+        middlewares=[_frame],
+        client_max_size=max(cfg.server.max_body_bytes * 2, 1 << 20),
+        # aiohttp closes a connection whose request headers are not complete (or that sits idle)
+        # this long after connecting or answering: slowloris clients do not hold sockets forever
+        handler_args={"keepalive_timeout": cfg.server.header_timeout},
+    )
     app[GATEWAY] = gateway
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_post("/admin/reload", _admin_reload)
+    app.router.add_post("/admin/cache/purge", _admin_cache_purge)
+    app.router.add_get("/openapi.json", _openapi)
+    app.router.add_get("/status", _status)
+    if probes:
+        app.cleanup_ctx.append(_background_probes)
+    if watch is not None:
+        from gateway.reload import watch_routes
+
+        app.cleanup_ctx.append(watch_routes(gateway, watch))
     app.router.add_route("*", "/{tail:.*}", _dispatch)
 
     async def _close(_app: web.Application) -> None:

@@ -1,28 +1,33 @@
-"""The upstream HTTP client: pooled sessions, bounded reads, redirects handled by hand.
+"""The upstream HTTP client: pooled keep-alive connections, bounded reads, redirects by hand.
 
-Redirects are never left to aiohttp: the gateway must see ``Location`` (the module
-version lives there), refuse hops to other hosts (no open proxy), and stop loops.
-Every aiohttp/OS failure is mapped here, once, onto the gateway's error tree, each
-with a bounded ``kind`` for metrics.
+The wire work is ``gateway.http1`` (a lean HTTP/1.1 pool; the general aiohttp client
+cost more CPU per call than the rest of a proxied request).  Redirects are handled
+here: the gateway must see ``Location`` (the module version lives there), refuse
+hops to other hosts (no open proxy), and stop loops.  Every transport failure is
+mapped here, once, onto the gateway's error tree, each with a bounded ``kind`` for
+metrics.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
-import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from gateway import __version__
+from gateway import __version__, http1
 from gateway.config import Upstream
 from gateway.errors import BadGateway, GatewayTimeout
+from gateway.metrics import Metrics
+from gateway.resilience import Resilience
 
 USER_AGENT = f"routegate/{__version__}"
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+#: methods that always carry a Content-Length, 0 when there is no body (as browsers and aiohttp do)
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 @dataclass(slots=True)
@@ -37,35 +42,30 @@ class UpstreamResponse:
 
 
 class UpstreamClient:
-    """One pooled ``ClientSession`` per upstream; sessions live as long as the process."""
+    """One ``http1.Pool`` of keep-alive connections per upstream, for the life of the process.
 
-    def __init__(self) -> None:
-        self._sessions: dict[tuple[str, str, int], aiohttp.ClientSession] = {}
+    Every exchange (each redirect hop) goes through ``resilience``: retries, the
+    upstream's circuit breaker and the per-credential request budget.
+    """
 
-    def _session(self, upstream: Upstream) -> aiohttp.ClientSession:
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self._pools: dict[tuple[str, str, int], http1.Pool] = {}
+        self.resilience = Resilience(metrics)
+
+    def _pool(self, upstream: Upstream) -> http1.Pool:
         key = (upstream.name, str(upstream.base_url), upstream.max_connections)
-        session = self._sessions.get(key)
-        if session is None or session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=upstream.max_connections,
-                limit_per_host=upstream.max_connections,
-                keepalive_timeout=30,
-                ttl_dns_cache=300,
-            )
-            session = aiohttp.ClientSession(
-                connector=connector,
-                cookie_jar=aiohttp.DummyCookieJar(),  # never carry one client's cookies to another
-                auto_decompress=True,
-                headers={"User-Agent": USER_AGENT},
-                skip_auto_headers=("Accept-Encoding",),
-            )
-            self._sessions[key] = session
-        return session
+        pool = self._pools.get(key)
+        if pool is None:
+            base = upstream.base_url
+            port = base.port or (443 if base.scheme == "https" else 80)
+            pool = http1.Pool(base.scheme, base.raw_host or "", port, limit=upstream.max_connections, keepalive=30.0)
+            self._pools[key] = pool
+        return pool
 
     async def close(self) -> None:
-        sessions, self._sessions = list(self._sessions.values()), {}
-        for s in sessions:
-            await s.close()
+        pools, self._pools = list(self._pools.values()), {}
+        for p in pools:
+            await p.close()
 
     async def send(
         self,
@@ -85,7 +85,8 @@ class UpstreamClient:
         seen = {str(url)}
         started = time.perf_counter()
         for _hop in range(upstream.max_redirects + 1):
-            resp = await self._once(upstream, method, url, headers, body, route)
+            once = functools.partial(self._once, upstream, method, url, headers, body, route)
+            resp = await self.resilience.run(upstream, method, route, headers, once)
             if resp.status not in (301, 302, 303, 307, 308):
                 resp.elapsed = time.perf_counter() - started
                 return resp
@@ -145,74 +146,67 @@ class UpstreamClient:
         route: str,
     ) -> UpstreamResponse:
         t = upstream.timeouts
-        timeout = aiohttp.ClientTimeout(total=t.total, connect=t.connect, sock_read=t.read)
-        session = self._session(upstream)
-        # a pooled keep-alive connection the upstream already closed: retry an idempotent call once
-        attempts = 2 if method in IDEMPOTENT else 1
-        for attempt in range(attempts):
-            try:
-                async with session.request(
-                    method, url, headers=headers, data=body, allow_redirects=False, timeout=timeout
-                ) as resp:
-                    data = await _read_bounded(resp, upstream, route)
-                    return UpstreamResponse(resp.status, resp.headers, data, url, None, 0.0)
-            except aiohttp.ServerDisconnectedError:
-                if attempt + 1 < attempts:
-                    continue
-                raise BadGateway(
-                    f"upstream {upstream.name!r} closed the connection without answering",
-                    kind="reset",
-                    code="upstream_reset",
-                    route=route,
-                ) from None
-            except (TimeoutError, aiohttp.ServerTimeoutError):
-                raise GatewayTimeout(f"upstream {upstream.name!r} did not answer in time", route=route) from None
-            except aiohttp.ClientConnectorError as exc:
-                raise BadGateway(
-                    f"cannot connect to upstream {upstream.name!r} ({exc.os_error.strerror or 'refused'})",
-                    kind="connect",
-                    code="upstream_unreachable",
-                    route=route,
-                ) from None
-            except aiohttp.ClientPayloadError:
-                raise BadGateway(
-                    f"upstream {upstream.name!r} broke off the response body",
-                    kind="reset",
-                    code="upstream_reset",
-                    route=route,
-                ) from None
-            except (aiohttp.ClientError, OSError) as exc:
-                raise BadGateway(
-                    f"upstream {upstream.name!r} failed: {type(exc).__name__}",
-                    kind="reset",
-                    code="upstream_failed",
-                    route=route,
-                ) from None
-        raise AssertionError("unreachable")
-
-
-async def _read_bounded(resp: aiohttp.ClientResponse, upstream: Upstream, route: str) -> bytes:
-    limit = upstream.max_response_bytes
-    if resp.content_length is not None and resp.content_length > limit:
-        raise BadGateway(
-            f"upstream {upstream.name!r} response is larger than {limit} bytes",
-            kind="too_large",
-            code="upstream_too_large",
-            route=route,
-        )
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_chunked(1 << 16):
-        size += len(chunk)
-        if size > limit:
+        pool = self._pool(upstream)
+        if "User-Agent" not in headers:
+            headers = {**headers, "User-Agent": USER_AGENT}
+        length = len(body) if body is not None else (0 if method in _BODY_METHODS else None)
+        try:
+            head = http1.render(method, url.raw_path_qs, url.host_port_subcomponent or "", headers, length)
+        except ValueError:
             raise BadGateway(
-                f"upstream {upstream.name!r} response is larger than {limit} bytes",
+                f"a header for upstream {upstream.name!r} holds a line break; nothing was sent",
+                kind="config",
+                code="bad_upstream_header",
+                route=route,
+            ) from None
+        # one try; retrying (or not: a POST that may have arrived is never re-sent) is resilience's call
+        try:
+            resp = await pool.request(
+                head,
+                body,
+                is_head=method == "HEAD",
+                connect_timeout=t.connect,
+                read_timeout=t.read,
+                total_timeout=t.total,
+                max_body=upstream.max_response_bytes,
+            )
+        except http1.Disconnected as exc:
+            raise BadGateway(
+                f"upstream {upstream.name!r} "
+                + ("broke off the response body" if exc.partial else "closed the connection without answering"),
+                kind="reset",
+                code="upstream_reset",
+                route=route,
+            ) from None
+        except http1.ConnectTimeout:
+            # nothing was sent yet: the connection (or a free pool slot) never came
+            raise GatewayTimeout(
+                f"could not connect to upstream {upstream.name!r} in time", kind="connect_timeout", route=route
+            ) from None
+        except http1.ReadTimeout:
+            raise GatewayTimeout(f"upstream {upstream.name!r} did not answer in time", route=route) from None
+        except http1.ConnectError as exc:
+            raise BadGateway(
+                f"cannot connect to upstream {upstream.name!r} ({exc.strerror})",
+                kind="connect",
+                code="upstream_unreachable",
+                route=route,
+            ) from None
+        except http1.TooLarge:
+            raise BadGateway(
+                f"upstream {upstream.name!r} response is larger than {upstream.max_response_bytes} bytes",
                 kind="too_large",
                 code="upstream_too_large",
                 route=route,
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
+            ) from None
+        except (http1.ProtocolError, OSError) as exc:
+            raise BadGateway(
+                f"upstream {upstream.name!r} failed: {type(exc).__name__}",
+                kind="reset",
+                code="upstream_failed",
+                route=route,
+            ) from None
+        return UpstreamResponse(resp.status, resp.headers, resp.body, url, None, 0.0)
 
 
 def _join(base: URL, path: str, query: Sequence[tuple[str, str]]) -> URL:

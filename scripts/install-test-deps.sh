@@ -19,3 +19,7 @@ need() {  # need BINARY DEBIAN_PACKAGE...
 }
 
 # one line per tool the tests need, e.g.:  need redis-server redis-server
+need redis-server redis-server
+need prometheus prometheus       # the alerting end-to-end test scrapes the gateway with a real Prometheus
+need promtool prometheus         # promtool check metrics / test rules
+need chromium chromium           # the /status page is checked in a real headless browser

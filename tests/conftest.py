@@ -63,3 +63,18 @@ def make_gateway(aiohttp_client: Any, sandbox_env: dict[str, str], tmp_path: Pat
 @pytest.fixture
 async def gw(make_gateway: GatewayFactory) -> TestClient[Any, Any]:
     return await make_gateway()
+
+
+def need_binary(binary: str) -> str:
+    """The path of a real server or tool a test drives; missing, it fails under CI (where
+    scripts/install-test-deps.sh installs it) and skips elsewhere."""
+    import os
+    import shutil
+
+    path = shutil.which(binary)
+    if path is None:
+        message = f"{binary} is not installed (scripts/install-test-deps.sh installs it)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path

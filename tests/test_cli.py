@@ -35,12 +35,12 @@ def test_check_accepts_the_shipped_file() -> None:
 def test_check_lists_every_problem_with_file_and_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(
-        "upstreams:\n  a: {base_url: 'http://x', retries: 3}\n"
+        "upstreams:\n  a: {base_url: 'http://x', retry_count: 3}\n"
         "routes:\n  r: {stable: GET /x, upstream: b, targets: ['GET /x']}\n"
     )
     out = run("check", str(bad))
     assert out.returncode == 1
-    assert f"{bad}:2: upstreams.a.retries: unknown key 'retries'" in out.stderr
+    assert f"{bad}:2: upstreams.a.retry_count: unknown key 'retry_count'" in out.stderr
     assert f"{bad}:4: routes.r.upstream: no upstream named 'b'" in out.stderr
     assert "2 problem(s)" in out.stderr
 

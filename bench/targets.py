@@ -1,0 +1,87 @@
+"""The issue's targets, computed from one run's results, and the printed summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _rps(http: dict[str, Any], name: str) -> float | None:
+    case = http.get("cases", {}).get(name)
+    return case.get("rps") if case else None
+
+
+def _p50(http: dict[str, Any], name: str) -> float | None:
+    case = http.get("cases", {}).get(name)
+    return case.get("p50_ms") if case else None
+
+
+def _target(value: float | None, op: str, bound: float, unit: str, why_missing: str = "not measured") -> dict[str, Any]:
+    if value is None:
+        return {"value": None, "target": f"{op} {bound}{unit}", "met": None, "note": why_missing}
+    met = value >= bound if op == ">=" else value <= bound
+    return {"value": round(value, 4), "target": f"{op} {bound}{unit}", "met": met}
+
+
+def ratios(http: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for n in (1, 2):
+        for kind, ref in (("pass", "nginx_proxy_pass"), ("cache", "nginx_proxy_cache")):
+            g, r = _rps(http, f"gateway_{kind}_w{n}"), _rps(http, f"{ref}_w{n}")
+            if g and r:
+                out[f"{kind}_gateway_over_nginx_w{n}"] = round(g / r, 3)
+        g50, d50 = _p50(http, f"gateway_pass_w{n}_c1"), _p50(http, "direct_c1")
+        if g50 is not None and d50 is not None:
+            out[f"added_p50_ms_c1_w{n}"] = round(g50 - d50, 4)
+    return out
+
+
+def evaluate(results: dict[str, Any]) -> dict[str, Any]:
+    http = results.get("http", {})
+    r = ratios(http) if http else {}
+    if http:
+        http["ratios"] = r
+    missing = http.get("cache", {}).get("missing_because") if http else None
+    cache_note = f"no gateway cache case: {missing}" if missing else "not measured"
+    agg = results.get("aggregation", {})
+    mem = results.get("memory", {})
+    flat = mem.get("ndjson_growth")
+    return {
+        "passthrough_vs_nginx_w2": _target(r.get("pass_gateway_over_nginx_w2"), ">=", 0.5, "x"),
+        "cache_hit_vs_nginx_w2": _target(
+            r.get("cache_gateway_over_nginx_w2"), ">=", 0.75, "x", cache_note
+        ),
+        "added_latency_p50_c1_w2": _target(r.get("added_p50_ms_c1_w2"), "<=", 0.3, " ms"),
+        "aggregation_vs_floor": _target(agg.get("gateway_over_floor"), "<=", 1.5, "x"),
+        "ndjson_memory_growth_10k_to_100k": _target(flat, "<=", 1.2, "x"),
+    }
+
+
+def render(results: dict[str, Any]) -> str:
+    lines: list[str] = []
+    http = results.get("http")
+    if http:
+        lines.append(f"{'case':32s} {'req/s':>10s} {'p50 ms':>9s} {'p99 ms':>9s}")
+        for name, c in http["cases"].items():
+            if "rps" in c:
+                err = f"  ({c['errors']} errors)" if c["errors"] else ""
+                lines.append(f"{name:32s} {c['rps']:10.0f} {c['p50_ms']:9.3f} {c['p99_ms']:9.3f}{err}")
+        if not http["cache"]["available"]:
+            lines.append(f"gateway cache hit: NOT MEASURED, {http['cache']['missing_because']}")
+        for k, v in http.get("ratios", {}).items():
+            lines.append(f"ratio {k}: {v}")
+    agg = results.get("aggregation")
+    if agg:
+        lines.append("")
+        for line in agg.get("lines", []):
+            lines.append(line)
+    mem = results.get("memory")
+    if mem:
+        lines.append("")
+        for line in mem.get("lines", []):
+            lines.append(line)
+    lines.append("\ntargets (this run):")
+    for name, t in results["targets"].items():
+        state = "n/a" if t["met"] is None else ("MET" if t["met"] else "NOT MET")
+        note = f"  ({t['note']})" if t.get("note") else ""
+        lines.append(f"  {name:36s} {t['value']!s:>10s}  target {t['target']:10s} {state}{note}")
+    return "\n".join(lines)

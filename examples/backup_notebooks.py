@@ -1,0 +1,577 @@
+#!/usr/bin/env python3
+"""Back up every notebook (Observable public/shared/private, PostHog) through routegate's stable API.
+
+    python examples/backup_notebooks.py --gateway URL --out DIR [--api-key KEY]
+        [--observable-types public,shared,private] [--posthog-project ID]
+
+This is the job routegate exists for: it only knows the gateway's stable URLs, so when
+Observable or PostHog move a route, an edit to routes.yaml (and a reload) fixes it, even
+in the middle of a run, because transient answers (429, 5xx) are retried with backoff.
+
+What lands in DIR::
+
+    index.json                          one entry per notebook: updated_at, version, file, saved_at
+    observable/<id>.json                the full document  (GET /v1/observable/notebooks/{id})
+    posthog/<project>/<short_id>.json   with its content   (GET /v1/posthog/projects/{p}/notebooks/{id})
+
+* Incremental: a notebook whose listed ``updated_at`` (and, for Observable, ``version``)
+  equals its index entry, and whose file exists, is not fetched again.
+* Resumable: every file is written to a temporary name and renamed into place, and the
+  index is rewritten the same way as the run goes, so a run killed at any point leaves a
+  consistent directory; the next run fetches only what is missing or changed.
+* Exit status: 0 everything listed was backed up; 1 some notebook or listing failed after
+  retries (everything else is saved; run again); 2 usage error; 130 interrupted.
+
+Only the standard library and aiohttp are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+OBSERVABLE_TYPES = ("public", "shared", "private", "trash")
+DEFAULT_TYPES = "public,shared,private"
+PAGE = 50  # the gateway's default page; listing one page ahead keeps memory flat
+CONCURRENCY = 4  # notebooks fetched at once
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+BACKOFF_BASE = 0.5  # seconds; doubles per attempt
+BACKOFF_CAP = 30.0
+INDEX_SAVE_EVERY = 0.25  # seconds between index rewrites while notebooks are being saved
+INDEX_FORMAT = 1
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")  # ids become file names: nothing else is accepted
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def log(message: str) -> None:
+    """A line on stderr; on a terminal it first clears the progress bar it would cut through."""
+    prefix = "\r\033[K" if sys.stderr.isatty() else ""
+    print(prefix + message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write to a temporary sibling, fsync, rename: readers see the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def remove_stale_tmp(out: Path) -> None:
+    """Temporary files left by a killed run are never valid data."""
+    for tmp in out.rglob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+class Index:
+    """``index.json``: what is backed up, and what failed last time; rewritten atomically."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / "index.json"
+        self.data: dict[str, Any] = {"format": INDEX_FORMAT, "notebooks": {}, "failures": {}}
+        self._dirty = False
+        self._saved_at = 0.0
+
+    def load(self) -> None:
+        if not self.path.exists():
+            return
+        data = json.loads(self.path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT:
+            raise ValueError(f"{self.path} is not an index this script wrote (format {INDEX_FORMAT})")
+        data.setdefault("notebooks", {})
+        data.setdefault("failures", {})
+        self.data = data
+
+    @property
+    def notebooks(self) -> dict[str, dict[str, Any]]:
+        result: dict[str, dict[str, Any]] = self.data["notebooks"]
+        return result
+
+    @property
+    def failures(self) -> dict[str, dict[str, Any]]:
+        result: dict[str, dict[str, Any]] = self.data["failures"]
+        return result
+
+    def record(self, key: str, entry: dict[str, Any]) -> None:
+        self.notebooks[key] = entry
+        self.failures.pop(key, None)
+        self._touch()
+
+    def fail(self, key: str, message: str) -> None:
+        self.failures[key] = {"error": message, "at": now()}
+        self._touch()
+
+    def set(self, name: str, value: Any) -> None:
+        self.data[name] = value
+        self._touch()
+
+    def _touch(self) -> None:
+        self._dirty = True
+        if time.monotonic() - self._saved_at >= INDEX_SAVE_EVERY:
+            self.save()
+
+    def save(self) -> None:
+        if not self._dirty:
+            return
+        self.data["updated_at"] = now()
+        write_json_atomic(self.path, self.data)
+        self._dirty = False
+        self._saved_at = time.monotonic()
+
+
+# --------------------------------------------------------------------------- the gateway
+
+
+class ApiError(Exception):
+    """A final (non-retried, or retried in vain) answer from the gateway."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+
+
+class Fatal(Exception):
+    """Nothing else can succeed either (the gateway refuses our key): stop the run."""
+
+
+class Gateway:
+    """GETs against the stable API, retrying what may go away by itself."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str, retries: int) -> None:
+        self.session = session
+        self.base = base.rstrip("/")
+        self.retries = retries
+        self.retried = 0
+
+    async def get(self, path: str, params: dict[str, str] | None = None) -> Any:
+        attempt = 0
+        while True:
+            retry_after: float | None = None
+            try:
+                async with self.session.get(self.base + path, params=params) as resp:
+                    if resp.status == 200:
+                        return await resp.json(content_type=None)
+                    error = await _error_of(resp)
+                    retry_after = _retry_after(resp.headers.get("Retry-After"))
+            except aiohttp.ClientConnectorError as exc:  # nothing listens: the gateway itself is down
+                error = ApiError(0, "unreachable", str(exc))
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+                error = ApiError(0, "connection", str(exc) or type(exc).__name__)
+            except ValueError as exc:  # a 200 whose body is not JSON: truncated, or not the gateway
+                error = ApiError(0, "bad_json", str(exc))
+            if error.status in (401, 403):
+                raise Fatal(f"the gateway refused the request ({error}); check --api-key") from None
+            if error.status not in RETRY_STATUSES and error.status != 0:
+                raise error
+            if attempt >= self.retries:
+                if error.code == "unreachable":
+                    raise Fatal(f"the gateway at {self.base} is unreachable: {error}") from None
+                raise error
+            delay = retry_after if retry_after is not None else min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)
+            delay *= 1 + random.random() * 0.2  # jitter: parallel workers do not retry in lockstep
+            attempt += 1
+            self.retried += 1
+            log(f"retry {attempt}/{self.retries} of GET {path} in {delay:.1f}s: {error}")
+            await asyncio.sleep(delay)
+
+    async def pages(self, path: str, params: dict[str, str]) -> AsyncIterator[list[dict[str, Any]]]:
+        """Each page of a stable collection, following ``next_cursor``."""
+        query = {**params, "limit": str(PAGE)}
+        while True:
+            body = await self.get(path, query)
+            items = body.get("items") if isinstance(body, dict) else None
+            if not isinstance(items, list):
+                raise ApiError(200, "bad_listing", f"{path} did not answer {{items, next_cursor}}")
+            yield [it for it in items if isinstance(it, dict)]
+            cursor = body.get("next_cursor")
+            if not cursor:
+                return
+            query = {**params, "limit": str(PAGE), "cursor": str(cursor)}
+
+
+async def _error_of(resp: aiohttp.ClientResponse) -> ApiError:
+    try:
+        body = await resp.json(content_type=None)
+        err = body["error"]
+        return ApiError(resp.status, str(err.get("code")), str(err.get("message")))
+    except (ValueError, KeyError, TypeError, aiohttp.ContentTypeError):
+        return ApiError(resp.status, "http_error", resp.reason or "")
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return min(BACKOFF_CAP, max(0.0, float(value)))
+    except ValueError:
+        return None
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """One stderr line per source: a bar on a terminal, periodic lines otherwise."""
+
+    WIDTH = 24
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.tty = sys.stderr.isatty()
+        self.listed = self.fetched = self.unchanged = self.gone = self.failed = 0
+        self.listing = True
+        self._shown = 0.0
+
+    @property
+    def done(self) -> int:
+        return self.fetched + self.unchanged + self.gone + self.failed
+
+    def line(self) -> str:
+        total = max(self.listed, 1)
+        filled = self.WIDTH * self.done // total
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        more = "+" if self.listing else ""
+        return (
+            f"{self.name} [{bar}] {self.done}/{self.listed}{more}  "
+            f"fetched {self.fetched}, unchanged {self.unchanged}, failed {self.failed}"
+        )
+
+    def show(self, final: bool = False) -> None:
+        t = time.monotonic()
+        if not final and t - self._shown < (0.1 if self.tty else 2.0):
+            return
+        self._shown = t
+        if self.tty:
+            sys.stderr.write("\r\033[K" + self.line() + ("\n" if final else ""))
+            sys.stderr.flush()
+        else:
+            log(self.line())
+
+
+# --------------------------------------------------------------------------- sources
+
+
+@dataclass
+class Source:
+    """One collection to back up and how its notebooks map to files and index entries."""
+
+    kind: str  # observable | posthog
+    label: str
+    list_path: str
+    list_params: dict[str, str]
+    detail_path: Callable[[str], str]
+    key: Callable[[str], str]
+    file: Callable[[str], str]
+    #: the listed fields that change when the notebook does
+    fingerprint: tuple[str, ...]
+    #: only index entries this returns True for (e.g. the requested types) can be marked gone
+    owns: Callable[[dict[str, Any]], bool]
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def observable_source(types: list[str]) -> Source:
+    return Source(
+        kind="observable",
+        label="observable " + ",".join(types),
+        list_path="/v1/observable/notebooks",
+        list_params={"type": ",".join(types)},
+        detail_path=lambda i: f"/v1/observable/notebooks/{i}",
+        key=lambda i: f"observable/{i}",
+        file=lambda i: f"observable/{i}.json",
+        fingerprint=("updated_at", "version"),
+        owns=lambda e: e.get("source") == "observable" and e.get("type") in types,
+    )
+
+
+def posthog_source(project: str) -> Source:
+    return Source(
+        kind="posthog",
+        label=f"posthog project {project}",
+        list_path=f"/v1/posthog/projects/{project}/notebooks",
+        list_params={},
+        detail_path=lambda i: f"/v1/posthog/projects/{project}/notebooks/{i}",
+        key=lambda i: f"posthog/{project}/{i}",
+        file=lambda i: f"posthog/{project}/{i}.json",
+        fingerprint=("updated_at",),
+        owns=lambda e: e.get("source") == "posthog" and e.get("project") == project,
+        extra={"project": project},
+    )
+
+
+@dataclass
+class Outcome:
+    failed: list[str] = field(default_factory=list)
+    listing_failed: str | None = None
+
+
+class Backup:
+    """Lists a source one page ahead of a small pool of workers that fetch and save notebooks."""
+
+    def __init__(self, gateway: Gateway, out: Path, index: Index, concurrency: int) -> None:
+        self.gateway = gateway
+        self.out = out
+        self.index = index
+        self.concurrency = concurrency
+
+    def unchanged(self, src: Source, item: dict[str, Any]) -> bool:
+        entry = self.index.notebooks.get(src.key(str(item["id"])))
+        if entry is None or not (self.out / entry["file"]).is_file():
+            return False
+        return all(entry.get(f) == item.get(f) for f in src.fingerprint)
+
+    def _failed(self, key: str, message: str, outcome: Outcome, progress: Progress) -> None:
+        self.index.fail(key, message)
+        outcome.failed.append(key)
+        progress.failed += 1
+        log(f"{key}: FAILED: {message}")
+
+    async def save_one(self, src: Source, item: dict[str, Any], outcome: Outcome, progress: Progress) -> None:
+        nb_id = str(item.get("id"))
+        key = src.key(nb_id)
+        if not _SAFE_ID.match(nb_id):
+            self._failed(key, f"refusing an id that is not a safe file name: {nb_id!r}", outcome, progress)
+            return
+        if self.unchanged(src, item):
+            progress.unchanged += 1
+            return
+        try:
+            doc = await self.gateway.get(src.detail_path(nb_id))
+        except ApiError as exc:
+            if exc.status == 404:  # deleted between listing and fetching: nothing to back up
+                log(f"{key}: deleted since it was listed")
+                progress.gone += 1
+                return
+            self._failed(key, str(exc), outcome, progress)
+            return
+        rel = src.file(nb_id)
+        try:
+            write_json_atomic(self.out / rel, doc)
+        except OSError as exc:
+            self._failed(key, f"cannot write {rel}: {exc}", outcome, progress)
+            return
+        entry: dict[str, Any] = {
+            "source": src.kind,
+            **src.extra,
+            "id": nb_id,
+            "title": item.get("title"),
+            "updated_at": item.get("updated_at"),
+            "version": item.get("version", doc.get("version") if isinstance(doc, dict) else None),
+            "file": rel,
+            "saved_at": now(),
+        }
+        if "type" in item:
+            entry["type"] = item["type"]
+        self.index.record(key, entry)
+        progress.fetched += 1
+
+    async def run_source(self, src: Source) -> Outcome:
+        outcome = Outcome()
+        progress = Progress(src.label)
+        # bounded: the next page is listed only once this one is nearly handed out
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=self.concurrency)
+        seen: set[str] = set()
+
+        async def worker() -> None:
+            while (item := await queue.get()) is not None:
+                await self.save_one(src, item, outcome, progress)
+                progress.show()
+
+        async def lister() -> None:
+            try:
+                async for page in self.gateway.pages(src.list_path, src.list_params):
+                    progress.listed += len(page)
+                    for item in page:
+                        seen.add(src.key(str(item.get("id"))))
+                        await queue.put(item)
+            except ApiError as exc:
+                outcome.listing_failed = f"listing {src.list_path} failed: {exc}"
+                log(f"{src.label}: {outcome.listing_failed}")
+            progress.listing = False
+            for _ in range(self.concurrency):
+                await queue.put(None)
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(self.concurrency):
+                    tg.create_task(worker())
+                tg.create_task(lister())
+        except ExceptionGroup as group:
+            fatal = next((e for e in group.exceptions if isinstance(e, Fatal)), None)
+            if fatal is not None:
+                raise fatal from None
+            raise
+        if outcome.listing_failed is None:
+            self._mark_gone(src, seen)
+        progress.show(final=True)
+        return outcome
+
+    def _mark_gone(self, src: Source, seen: set[str]) -> None:
+        """A complete listing no longer shows these: keep their files, say so in the index."""
+        for key, entry in list(self.index.notebooks.items()):
+            if not src.owns(entry):
+                continue
+            if key in seen:
+                if entry.pop("gone_since", None) is not None:
+                    self.index.record(key, entry)
+            elif "gone_since" not in entry:
+                self.index.record(key, {**entry, "gone_since": now()})
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="backup_notebooks.py",
+        description="Back up every Observable and PostHog notebook through routegate's stable API: "
+        "one JSON file per notebook plus index.json; incremental and resumable.",
+        epilog="Exit status: 0 all backed up, 1 some notebook or listing failed (run again), "
+        "2 usage error, 130 interrupted (run again to resume).",
+    )
+    parser.add_argument("--gateway", required=True, help="the gateway's base URL, e.g. http://127.0.0.1:8080")
+    parser.add_argument("--out", required=True, type=Path, help="the backup directory (created if missing)")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("ROUTEGATE_API_KEY"),
+        help="a client key for the gateway (default: $ROUTEGATE_API_KEY; none for an open gateway)",
+    )
+    parser.add_argument(
+        "--observable-types",
+        default=DEFAULT_TYPES,
+        help=f"comma-separated, of {', '.join(OBSERVABLE_TYPES)} (default {DEFAULT_TYPES}; '' skips Observable)",
+    )
+    parser.add_argument(
+        "--posthog-project",
+        default=os.environ.get("POSTHOG_PROJECT_ID"),
+        help="the PostHog project id (default: $POSTHOG_PROJECT_ID; unset skips PostHog)",
+    )
+    parser.add_argument(
+        "--retries", type=int, default=6, help="retries of a 429/5xx/connection failure, backing off (default 6)"
+    )
+    args = parser.parse_args(argv)
+    types = [t.strip() for t in args.observable_types.split(",") if t.strip()]
+    bad = [t for t in types if t not in OBSERVABLE_TYPES]
+    if bad:
+        parser.error(f"--observable-types: unknown {', '.join(bad)} (known: {', '.join(OBSERVABLE_TYPES)})")
+    args.types = list(dict.fromkeys(types))
+    if args.posthog_project is not None and not str(args.posthog_project).isdigit():
+        parser.error(f"--posthog-project must be a numeric project id, got {args.posthog_project!r}")
+    if args.retries < 0:
+        parser.error("--retries must be 0 or more")
+    if not args.types and args.posthog_project is None:
+        parser.error("nothing to back up: give --observable-types and/or --posthog-project")
+    return args
+
+
+async def run(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(out)
+    index = Index(out)
+    try:
+        index.load()
+    except ValueError as exc:
+        log(f"error: {exc}")
+        return EXIT_PARTIAL
+    sources: list[Source] = []
+    if args.types:
+        sources.append(observable_source(args.types))
+    if args.posthog_project is not None:
+        sources.append(posthog_source(str(args.posthog_project)))
+    else:
+        log("PostHog: skipped (no --posthog-project and no POSTHOG_PROJECT_ID)")
+    headers = {"Accept": "application/json", "User-Agent": "routegate-backup-notebooks/1"}
+    if args.api_key:
+        headers["Authorization"] = f"Bearer {args.api_key}"
+    timeout = aiohttp.ClientTimeout(total=120, connect=10)
+    index.set("gateway", args.gateway)
+    index.set("run_started_at", now())
+    failed: list[str] = []
+    listing_failures: list[str] = []
+    complete = False
+    try:
+        async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
+            backup = Backup(Gateway(session, args.gateway, args.retries), out, index, CONCURRENCY)
+            for src in sources:
+                outcome = await backup.run_source(src)
+                failed += outcome.failed
+                if outcome.listing_failed:
+                    listing_failures.append(f"{src.label}: {outcome.listing_failed}")
+        complete = not failed and not listing_failures
+    except Fatal as exc:
+        log(f"error: {exc}")
+        return EXIT_PARTIAL
+    finally:  # also on interruption: whatever was saved is recorded
+        index.set("run_finished_at", now())
+        index.set("complete", complete)
+        index.save()
+    if complete:
+        print(f"backup complete: {len(index.notebooks)} notebooks in {out}")
+        return EXIT_OK
+    print(f"backup INCOMPLETE: {len(failed)} notebook(s) failed, {len(listing_failures)} listing(s) failed")
+    for line in listing_failures:
+        print(f"  {line}")
+    for key in failed[:20]:
+        print(f"  {key}: {index.failures.get(key, {}).get('error')}")
+    if len(failed) > 20:
+        print(f"  ... and {len(failed) - 20} more (see 'failures' in {index.path})")
+    print("Everything else is saved; run the same command again to retry what failed.")
+    return EXIT_PARTIAL
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(run(args))
+    interrupted = False
+
+    def stop() -> None:
+        nonlocal interrupted
+        interrupted = True
+        task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop)
+    try:
+        return loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        if not interrupted:
+            raise
+        log("interrupted: what was saved is in the index; run the same command again to resume")
+        return EXIT_INTERRUPTED
+    finally:
+        loop.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,383 @@
+"""The response cache in the request flow: lookup, one coalesced fill, stale-if-error, invalidation.
+
+The cache sits between request mapping and the upstream client and stores the
+finished *stable* response, so an ``all=true`` aggregation is stored as the single
+response one fetch run built, never assembled from pages cached at different times,
+and every query of a collection (pages, cursors, ``all=true``) shares one path for
+invalidation.  N concurrent misses of one key share one upstream fetch (a task the
+waiters shield, so a disconnecting caller does not cancel it for the others); a
+failing fetch falls back to the last good copy within the route's stale window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from aiohttp import web
+from multidict import CIMultiDict, MultiMapping
+
+from gateway import trace
+from gateway.auth import Credentials
+from gateway.cache.policy import (
+    NO_CREDENTIAL,
+    CacheKey,
+    canonical_path,
+    client_directives,
+    credential_id,
+    fingerprint,
+    make_key,
+    normalize_prefix,
+    purge_markers,
+    read_markers,
+    upstream_verdict,
+    write_markers,
+)
+from gateway.cache.store import Backend, CacheUnavailable, Entry, Found, MemoryBackend
+from gateway.config import CacheSettings, Config, Route, RouteCache
+from gateway.errors import GatewayError, NotFound, UpstreamError
+from gateway.metrics import Metrics
+from gateway.routing import Match
+
+log = logging.getLogger("gateway.cache")
+
+Produce = Callable[[], Awaitable[web.StreamResponse]]
+
+#: upstream response headers of the fill running in this context (read for Cache-Control/Expires)
+_UPSTREAM_HEADERS: ContextVar[list[MultiMapping[str]] | None] = ContextVar("routegate_upstream_headers", default=None)
+
+#: failures where the last good copy stands in; a rejected or missing credential is not one of them
+_NO_STALE_KINDS = frozenset({"credentials", "credentials_rejected"})
+#: response headers that belong to one exchange, not to the stored representation
+_NOT_STORED = frozenset(
+    {"content-length", "transfer-encoding", "connection", "date", "server", "x-request-id", "x-cache", "age", "warning"}
+)
+#: markers outlive the longest entry they can invalidate by this margin (Redis)
+_MARKER_MARGIN = 60.0
+
+
+def note_upstream(headers: MultiMapping[str]) -> None:
+    """Called by the proxy for each upstream response; a no-op outside a cache fill."""
+    notes = _UPSTREAM_HEADERS.get()
+    if notes is not None:
+        notes.append(headers)
+
+
+def _client(request: web.Request) -> str | None:
+    # server.py imports the proxy, which imports this module: look the key up when serving
+    from gateway.server import CLIENT
+
+    return request.get(CLIENT)
+
+
+def _consume(task: asyncio.Task[Entry]) -> None:
+    """A fill whose every waiter went away still must not log 'exception never retrieved'."""
+    if not task.cancelled():
+        task.exception()
+
+
+@dataclass(frozen=True, slots=True)
+class _Policy:
+    spec: RouteCache
+    fingerprint: str
+
+
+class ResponseCache:
+    """The cache for the routes of one loaded config; the backend outlives reloads."""
+
+    def __init__(self, config: Config, backend: Backend, hub: CacheBackends) -> None:
+        self.config = config
+        self.backend = backend
+        self._hub = hub
+        self._metrics = hub.metrics
+        self._policies = {
+            r.name: _Policy(r.cache, fingerprint(r, config.upstreams[r.upstream]))
+            for r in config.routes
+            if r.cache is not None and r.method == "GET"
+        }
+        lifetimes = [p.spec.ttl + p.spec.stale_if_error for p in self._policies.values()]
+        self._keep_markers = max(lifetimes, default=0.0) + _MARKER_MARGIN
+        self._inflight: dict[str, asyncio.Task[Entry]] = {}
+
+    def now(self) -> float:
+        return self._hub.clock()
+
+    def caches(self, route: Route) -> bool:
+        return route.name in self._policies
+
+    # ------------------------------------------------------------------ reads
+
+    async def serve(self, request: web.Request, match: Match, produce: Produce) -> web.StreamResponse:
+        """Answer a GET/HEAD of a caching route: HIT, MISS, STALE or BYPASS, always with ``Age``."""
+        route = match.route
+        policy = self._policies[route.name]
+        client = _client(request)
+        upstream = self.config.upstreams[route.upstream]
+        try:
+            auth = self._hub.credentials.headers_for(upstream, route.name) if route.auth else {}
+        except GatewayError:
+            auth = None
+        if client is None or auth is None:
+            # no identity to key on (or no credential: the proxy reports that) - never share
+            return await produce()
+        key = make_key(
+            route,
+            policy.spec,
+            policy.fingerprint,
+            canonical_path(route, match.path_params),
+            request.query.items(),
+            request.headers,
+            client,
+            credential_id(auth) if auth else NO_CREDENTIAL,
+        )
+        wants = client_directives(request.headers)
+        if wants.no_store:
+            resp = await produce()
+            self._count(route, "bypass")
+            resp.headers["X-Cache"] = "BYPASS"
+            resp.headers["Age"] = "0"
+            return resp
+        found = await self._lookup(key, read_markers(route.name, key.path))
+        entry = await self._usable(key, found)
+        now = self.now()
+        if (
+            entry is not None
+            and not wants.no_cache
+            and now < entry.fresh_until
+            and (wants.max_age is None or now - entry.stored_at <= wants.max_age)
+        ):
+            self._count(route, "hit")
+            return self._response(entry, "HIT", now)
+        seq = found.seq if found is not None else None
+        try:
+            if wants.no_cache:  # the caller wants the upstream's answer: no sharing, but it refreshes the entry
+                filled = await self._run_fill(key, policy.spec, seq, produce)
+            else:
+                filled = await self._coalesced_fill(key, route, policy.spec, seq, produce)
+        except UpstreamError as exc:
+            if entry is not None and not wants.no_cache and exc.kind not in _NO_STALE_KINDS:
+                self._count(route, "stale")
+                return self._response(entry, "STALE", self.now(), failure=exc.code)
+            raise
+        except NotFound:
+            if found is not None and found.entry is not None:  # gone upstream: not even a stale copy stays
+                with contextlib.suppress(CacheUnavailable):
+                    await self.backend.discard(key)
+            raise
+        state = "BYPASS" if wants.no_cache else "MISS"
+        self._count(route, state.lower())
+        return self._response(filled, state, self.now())
+
+    async def _lookup(self, key: CacheKey, markers: Sequence[str]) -> Found | None:
+        try:
+            return await self.backend.lookup(key, markers)
+        except CacheUnavailable:
+            return None
+
+    async def _usable(self, key: CacheKey, found: Found | None) -> Entry | None:
+        """The entry if it is still valid and within its stale window; anything else is dropped."""
+        if found is None or found.entry is None:
+            return None
+        entry = found.valid_entry
+        if entry is None or self.now() >= entry.stale_until:
+            with contextlib.suppress(CacheUnavailable):
+                await self.backend.discard(key)
+            return None
+        return entry
+
+    async def _coalesced_fill(
+        self, key: CacheKey, route: Route, spec: RouteCache, seq: int | None, produce: Produce
+    ) -> Entry:
+        running = self._inflight.get(key.text)
+        if running is not None:
+            self._metrics.cache_coalesced.labels(route.name).inc()
+            return await asyncio.shield(running)
+        task = asyncio.ensure_future(self._run_fill(key, spec, seq, produce))
+        self._inflight[key.text] = task
+
+        def done(t: asyncio.Task[Entry]) -> None:
+            if self._inflight.get(key.text) is t:
+                del self._inflight[key.text]
+            _consume(t)
+
+        task.add_done_callback(done)
+        return await asyncio.shield(task)
+
+    async def _run_fill(self, key: CacheKey, spec: RouteCache, seq: int | None, produce: Produce) -> Entry:
+        notes: list[MultiMapping[str]] = []
+        token = _UPSTREAM_HEADERS.set(notes)
+        try:
+            resp = await produce()
+        finally:
+            _UPSTREAM_HEADERS.reset(token)
+        now = self.now()
+        verdict = upstream_verdict(notes, now)
+        fresh = spec.ttl if verdict.max_fresh is None else min(spec.ttl, verdict.max_fresh)
+        entry = _entry_of(resp, now, fresh, spec.stale_if_error, seq or 0)
+        lifetime = fresh + spec.stale_if_error
+        storable = (
+            seq is not None
+            and entry.status == 200
+            and lifetime > 0
+            and (verdict.shareable or spec.private)
+            and entry.size(key) <= self.config.cache.max_entry_bytes
+        )
+        if storable:
+            with contextlib.suppress(CacheUnavailable):
+                await self.backend.store(key, entry, lifetime)
+            self._report_usage()
+        return entry
+
+    def _response(self, entry: Entry, state: str, now: float, failure: str | None = None) -> web.Response:
+        headers = CIMultiDict(entry.headers)
+        headers["X-Cache"] = state
+        headers["Age"] = str(int(max(0.0, now - entry.stored_at)))
+        if failure is not None:
+            headers["Warning"] = f'110 routegate "Response is Stale", 111 routegate "Revalidation Failed: {failure}"'
+        return web.Response(status=entry.status, body=entry.body, headers=headers)
+
+    def _count(self, route: Route, result: str) -> None:
+        self._metrics.cache_requests.labels(route.name, result).inc()
+        trace.cache(result)  # for the request's access-log line
+
+    def _report_usage(self) -> None:
+        usage = self.backend.usage()
+        if usage is not None:
+            self._metrics.cache_entries.set(usage[0])
+            self._metrics.cache_bytes.set(usage[1])
+
+    # ------------------------------------------------------------------ writes and purges
+
+    async def invalidate_write(self, route: Route, path_params: dict[str, str]) -> None:
+        """After a write was sent: drop the entity (and below) and its collection, plus ``invalidates``."""
+        path = canonical_path(route, path_params)
+        extra = route.cache.invalidates if route.cache is not None else ()
+        await self.backend.invalidate(write_markers(route.method, path, extra), self._keep_markers)
+        self._metrics.cache_invalidations.labels(route.name, "write").inc()
+
+    async def purge(self, route: str | None, prefix: str | None) -> int:
+        """Drop entries by route and/or stable path prefix (whole segments); all when neither.
+
+        Raises CacheUnavailable when the backend cannot be reached.
+        """
+        markers = purge_markers(route, prefix)
+        await self.backend.invalidate(markers, self._keep_markers)
+        deleted = await self.backend.purge(route, normalize_prefix(prefix) if prefix is not None else None)
+        self._metrics.cache_invalidations.labels(route or "(all)", "purge").inc()
+        self._report_usage()
+        return deleted
+
+
+def _entry_of(resp: web.StreamResponse, now: float, fresh: float, stale: float, seq: int) -> Entry:
+    if not isinstance(resp, web.Response) or not isinstance(resp.body, bytes | bytearray | None):
+        raise TypeError("a caching route must produce a web.Response with a bytes body")
+    headers = tuple((k, v) for k, v in resp.headers.items() if k.lower() not in _NOT_STORED)
+    body = bytes(resp.body or b"")
+    return Entry(resp.status, headers, body, now, now + fresh, now + fresh + stale, seq)
+
+
+class CacheBackends:
+    """Process-wide: opens the backend a config asks for and keeps it across reloads that keep it."""
+
+    def __init__(self, credentials: Credentials, metrics: Metrics) -> None:
+        self.credentials = credentials
+        self.metrics = metrics
+        #: wall clock for freshness; tests may replace it
+        self.clock: Callable[[], float] = time.time
+        self._current: tuple[tuple[object, ...], Backend] | None = None
+        self._retired: list[Backend] = []
+
+    def for_config(self, config: Config) -> ResponseCache | None:
+        """None when the cache is off or no route caches (writes then have nothing to invalidate)."""
+        if not config.cache.enabled or not any(r.cache is not None and r.method == "GET" for r in config.routes):
+            self._retire()
+            return None
+        backend = self._backend(config.cache)
+        return ResponseCache(config, backend, self)
+
+    def _backend(self, s: CacheSettings) -> Backend:
+        if s.backend == "redis":
+            url = self.credentials.resolve(s.redis_url) if s.redis_url is not None else None
+            ident: tuple[object, ...] = ("redis", url, s.redis_prefix, s.redis_timeout, s.redis_retry_after)
+        else:
+            url = None
+            ident = ("memory", s.max_bytes)
+        if self._current is not None and self._current[0] == ident:
+            return self._current[1]
+        self._retire()
+        backend: Backend
+        if s.backend == "redis":
+            if url is None:
+                hint = s.redis_url.hint() if s.redis_url is not None else "cache.redis.url"
+                log.error("cache: backend redis has no URL (set %s); every request goes to the upstream", hint)
+                backend = _Unavailable(lambda: self.metrics.cache_backend_errors.labels("redis", "connect").inc())
+            else:
+                try:
+                    from gateway.cache.redis_store import RedisBackend  # the redis package is only needed here
+                except ImportError:
+                    log.error("cache: backend redis needs the redis package (pip install 'routegate[redis]')")
+                    backend = _Unavailable(lambda: self.metrics.cache_backend_errors.labels("redis", "connect").inc())
+                else:
+                    backend = RedisBackend(
+                        url,
+                        s.redis_prefix,
+                        s.redis_timeout,
+                        s.redis_retry_after,
+                        lambda op: self.metrics.cache_backend_errors.labels("redis", op).inc(),
+                    )
+        else:
+            backend = MemoryBackend(s.max_bytes)
+        self._current = (ident, backend)
+        return backend
+
+    def _retire(self) -> None:
+        if self._current is not None:
+            self._retired.append(self._current[1])
+            self._current = None
+            self.metrics.cache_entries.set(0)
+            self.metrics.cache_bytes.set(0)
+
+    async def close(self) -> None:
+        backends = [*self._retired, *([self._current[1]] if self._current else [])]
+        self._retired, self._current = [], None
+        for b in backends:
+            await b.close()
+
+
+class _Unavailable:
+    """A Redis backend without a URL: every operation is a counted miss."""
+
+    name = "redis"
+
+    def __init__(self, on_error: Callable[[], None]) -> None:
+        self._on_error = on_error
+
+    def _fail(self) -> CacheUnavailable:
+        self._on_error()
+        return CacheUnavailable("no redis URL")
+
+    async def lookup(self, key: CacheKey, markers: Sequence[str]) -> Found:
+        raise self._fail()
+
+    async def store(self, key: CacheKey, entry: Entry, lifetime: float) -> None:
+        raise self._fail()
+
+    async def discard(self, key: CacheKey) -> None:
+        raise self._fail()
+
+    async def invalidate(self, markers: Sequence[str], keep_for: float) -> None:
+        self._on_error()
+
+    async def purge(self, route: str | None, prefix: str | None) -> int:
+        raise self._fail()
+
+    def usage(self) -> tuple[int, int] | None:
+        return None
+
+    async def close(self) -> None:
+        return None

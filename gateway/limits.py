@@ -1,0 +1,99 @@
+"""Admission control: per-client-key rate limits and a global cap on requests in flight.
+
+Both answer 429 with ``Retry-After`` *before* anything is forwarded, so a runaway
+script spends its own budget, not the upstream's or the other teams'.  The state
+lives as long as the process (on ``Gateway``, not on the per-config ``Runtime``):
+a reload must neither hand every key a fresh bucket nor forget the requests that
+are still running.  Everything here runs on the event loop without awaiting, so a
+check-then-take is atomic.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from gateway.config import Config, RateLimit
+from gateway.errors import TooManyRequests
+from gateway.metrics import Metrics
+
+
+class TokenBucket:
+    """``burst`` tokens, refilled at ``rate`` per second; one request takes one token."""
+
+    __slots__ = ("limit", "stamp", "tokens")
+
+    def __init__(self, limit: RateLimit, now: float) -> None:
+        self.limit = limit
+        self.tokens = float(limit.burst)
+        self.stamp = now
+
+    def take(self, now: float) -> float:
+        """Take a token: 0.0 if one was there, else the seconds until one will be."""
+        elapsed = max(0.0, now - self.stamp)
+        self.stamp = now
+        self.tokens = min(float(self.limit.burst), self.tokens + elapsed * self.limit.rate)
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.limit.rate
+
+
+class Limits:
+    """The rate-limit buckets of every client key and the in-flight counter."""
+
+    def __init__(self, metrics: Metrics, clock: Callable[[], float] = time.monotonic) -> None:
+        self.metrics = metrics
+        self.clock = clock
+        self.max_in_flight: int | None = None
+        self.in_flight = 0
+        self._limits: dict[str, RateLimit] = {}
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def configure(self, config: Config) -> None:
+        """Adopt a (re)loaded config; buckets of keys whose limit is unchanged keep their state."""
+        self.max_in_flight = config.server.max_concurrency
+        self._limits = {k.name: k.rate_limit for k in config.access.clients if k.rate_limit is not None}
+        self._buckets = {
+            name: bucket
+            for name, bucket in self._buckets.items()
+            if self._limits.get(name) == bucket.limit  # a changed limit starts a full bucket
+        }
+
+    @contextmanager
+    def admit(self, client: str, route: str) -> Iterator[None]:
+        """Hold one in-flight slot for the request, or raise 429 (nothing is forwarded)."""
+        cap = self.max_in_flight
+        if cap is not None and self.in_flight >= cap:
+            self.metrics.limited.labels("concurrency").inc()
+            raise TooManyRequests(
+                f"the gateway is at its limit of {cap} requests in flight; retry shortly",
+                code="over_capacity",
+                route=route,
+                headers={"Retry-After": "1"},
+            )
+        limit = self._limits.get(client)
+        if limit is not None:
+            now = self.clock()
+            bucket = self._buckets.get(client)
+            if bucket is None:
+                bucket = self._buckets[client] = TokenBucket(limit, now)
+            wait = bucket.take(now)
+            if wait > 0.0:
+                self.metrics.limited.labels("rate_limit").inc()
+                retry = max(1, math.ceil(wait))
+                raise TooManyRequests(
+                    f"key {client!r} is over its rate limit of {limit.text}; retry in {retry} s",
+                    code="rate_limited",
+                    route=route,
+                    headers={"Retry-After": str(retry)},
+                )
+        self.in_flight += 1
+        self.metrics.in_flight.set(self.in_flight)
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.set(self.in_flight)

@@ -1,0 +1,390 @@
+"""routes.yaml → an OpenAPI 3.1 document of the stable API (``GET /openapi.json``, ``gateway openapi``).
+
+Generated from the loaded config, never written by hand, so it cannot drift from
+what the gateway enforces: path parameters are one plain segment (what the router
+accepts), query parameters are exactly the declared ones, item schemas come from the
+response mappings (every mapped field is always present; ``additionalProperties``
+is false because the gateway passes on nothing else), and every error is the one
+JSON envelope.  Upstream URLs, targets and credentials never appear in it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from gateway import __version__
+from gateway.config import Config, FieldExpr, ParamSpec, Route
+
+OPENAPI_VERSION = "3.1.0"
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_CASTS = {"int": "integer", "float": "number", "bool": "boolean", "str": "string"}
+_PARAM_TYPES = {"string": "string", "integer": "integer", "boolean": "boolean"}
+
+#: what the router accepts as one path parameter (routing._check_param refuses the rest with a 400)
+PATH_PARAM_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "pattern": r"^[^/\\\x00-\x1f\x7f]+$",
+    "not": {"enum": [".", ".."]},
+}
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "additionalProperties": False,
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "route"],
+            "properties": {
+                "code": {"type": "string", "description": "Stable and machine-readable, e.g. bad_query, shape_drift."},
+                "message": {"type": "string", "description": "For humans; says what to change."},
+                "route": {"type": ["string", "null"], "description": "The routes.yaml route, when one matched."},
+                "details": {"description": "Every problem, when there are several (e.g. a 422's list)."},
+            },
+        }
+    },
+}
+
+#: request bodies of the named validators (validators.py), as far as a schema can say it
+BODY_SCHEMAS: Mapping[str, dict[str, Any]] = {
+    "observable_new_document": {
+        "type": "object",
+        "description": (
+            "Node ids must be distinct and `version` greater than the node count and not below the largest id; "
+            "with `reindex=true` ids and version are assigned. Every violation is listed in one 422."
+        ),
+        "required": ["nodes"],
+        "additionalProperties": False,
+        "properties": {
+            "nodes": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "id": {"type": "integer", "minimum": 0},
+                        "pinned": {"type": "boolean"},
+                        "value": {"type": "string"},
+                    },
+                },
+            },
+            "version": {"type": "integer"},
+            "title": {"type": "string"},
+        },
+    },
+}
+
+_ERRORS: Mapping[int, str] = {
+    400: "Bad input: an unknown or invalid query parameter, path parameter, cursor or JSON body.",
+    401: "No valid API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`.",
+    403: "The API key may not call this route or method.",
+    404: "Not found upstream, or no such stable route.",
+    409: "The upstream reports a conflict (e.g. a stale `version`).",
+    413: "The body is larger than `server.max_body_bytes`.",
+    415: "The body is not JSON.",
+    422: "The body breaks the route's rules (every problem in `details`), or the upstream refused it.",
+    429: "Over the key's rate limit or the gateway's concurrency cap; retry after `Retry-After` seconds.",
+    502: "The upstream failed, broke its contract (`shape_drift`) or rejected the gateway's credentials.",
+    503: "The upstream is rate limiting or unavailable; `Retry-After` when known.",
+    504: "The upstream did not answer in time.",
+}
+
+
+def build(config: Config) -> dict[str, Any]:
+    """The OpenAPI document of ``config``'s stable routes and the gateway's own endpoints."""
+    secured = bool(config.access.clients)
+    paths: dict[str, dict[str, Any]] = {}
+    for route in config.routes:
+        paths.setdefault(_path_key(route), {})[route.method.lower()] = _operation(route, config)
+    paths.update(_own_paths(config))
+    components: dict[str, Any] = {
+        "schemas": {"Error": ERROR_SCHEMA},
+        "headers": {
+            "X-Request-ID": {
+                "description": "The request id (yours, if you sent a sane one); it is in the gateway's log line too.",
+                "schema": {"type": "string"},
+            },
+            "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "string"}},
+        },
+    }
+    if secured or config.access.admins:
+        components["securitySchemes"] = {
+            "bearerAuth": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <API key>"},
+            "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        }
+    doc: dict[str, Any] = {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "routegate",
+            "version": f"{__version__} (routes {config.digest})",
+            "description": (
+                "A stable API in front of unstable ones. Collections answer `{items, next_cursor}` and take "
+                "`limit`, `cursor` and `all=true`; every error is `{error: {code, message, route}}`."
+            ),
+        },
+        "tags": [{"name": name} for name in sorted({r.upstream for r in config.routes})] + [{"name": "gateway"}],
+        "paths": paths,
+        "components": components,
+    }
+    if secured:
+        doc["security"] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
+    return doc
+
+
+class DocumentCache:
+    """The serialized document of the config being served; rebuilt only after a reload."""
+
+    def __init__(self) -> None:
+        self._config: Config | None = None
+        self._body = b""
+
+    def get(self, config: Config) -> bytes:
+        if config is not self._config:
+            self._body = json.dumps(build(config), separators=(",", ":"), ensure_ascii=False).encode()
+            self._config = config
+        return self._body
+
+
+# --------------------------------------------------------------------------- stable routes
+
+
+def _path_key(route: Route) -> str:
+    return "/" + "/".join(seg.raw for seg in route.path.segments)
+
+
+def _operation(route: Route, config: Config) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "operationId": route.name,
+        "summary": route.description or route.stable,
+        "tags": [route.upstream],
+    }
+    params = [
+        {"name": seg.parts[0][1], "in": "path", "required": True, "schema": PATH_PARAM_SCHEMA}
+        for seg in route.path.segments
+        if seg.is_single_param
+    ]
+    params += [_query_param(p) for p in route.params]
+    if route.pagination is not None:
+        pag = route.pagination
+        params += [
+            {
+                "name": "limit",
+                "in": "query",
+                "description": "Items per page.",
+                "schema": {"type": "integer", "minimum": 1, "maximum": pag.max_limit, "default": pag.default_limit},
+            },
+            {
+                "name": "cursor",
+                "in": "query",
+                "description": "The `next_cursor` of the previous page, passed back unchanged.",
+                "schema": {"type": "string"},
+            },
+            {
+                "name": "all",
+                "in": "query",
+                "description": "Aggregate every page into one response.",
+                "schema": {"type": "boolean", "default": False},
+            },
+        ]
+    if params:
+        op["parameters"] = params
+    body = _request_body(route)
+    if body is not None:
+        op["requestBody"] = body
+    op["responses"] = {**_success(route), **_errors(route, config)}
+    return op
+
+
+def _query_param(spec: ParamSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": spec.name, "in": "query"}
+    if spec.required:
+        out["required"] = True
+    if spec.description:
+        out["description"] = spec.description
+    schema: dict[str, Any]
+    if spec.fan_out:
+        # comma-separated values, each its own upstream stream: OpenAPI's form/non-exploded array
+        items: dict[str, Any] = {"type": "string"}
+        if spec.enum is not None:
+            items["enum"] = list(spec.enum)
+        schema = {"type": "array", "items": items, "minItems": 1}
+        if spec.default is not None:
+            schema["default"] = [spec.default]
+        out["style"] = "form"
+        out["explode"] = False
+    else:
+        schema = {"type": _PARAM_TYPES[spec.type]}
+        if spec.enum is not None:
+            schema["enum"] = list(spec.enum)
+        if spec.default is not None:
+            schema["default"] = spec.default
+    out["schema"] = schema
+    return out
+
+
+def _request_body(route: Route) -> dict[str, Any] | None:
+    if route.method not in _BODY_METHODS or not any(t.body.mode == "passthrough" for t in route.targets):
+        return None
+    schema: dict[str, Any] = {"type": "object"}
+    if route.validate is not None:
+        schema = BODY_SCHEMAS.get(route.validate, {"type": "object", "description": f"checked by {route.validate}"})
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _success(route: Route) -> dict[str, Any]:
+    spec = route.response
+    headers: dict[str, Any] = {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}}
+    for name, expr in spec.headers:
+        headers[name] = {"schema": _field_schema(expr, route)}
+    if spec.status is not None:
+        status = str(spec.status)
+    elif route.method in ("GET", "HEAD"):
+        status = "200"
+    else:
+        status = "2XX"  # the upstream's success status is passed on (e.g. 201 for a create)
+    response: dict[str, Any] = {"description": route.description or route.stable, "headers": headers}
+    if spec.status == 204:
+        return {status: response}
+    if spec.raw:
+        response["content"] = {"*/*": {"schema": {}}}
+    elif route.pagination is not None:
+        item = _object(spec.items, route) if spec.items is not None else {}
+        response["content"] = {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["items", "next_cursor"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "items": {"type": "array", "items": item},
+                        "next_cursor": {
+                            "type": ["string", "null"],
+                            "description": "Pass back as `cursor` for the next page; null on the last page.",
+                        },
+                    },
+                }
+            }
+        }
+    else:
+        schema = _object(spec.item, route) if spec.item is not None else {}
+        response["content"] = {"application/json": {"schema": schema}}
+    return {status: response}
+
+
+def _errors(route: Route, config: Config) -> dict[str, Any]:
+    statuses = [400, 404, 422, 502, 503, 504]
+    if config.access.clients:
+        statuses += [401, 403]
+    if route.method in _BODY_METHODS:
+        statuses += [409, 413, 415]
+    if config.server.max_concurrency is not None or any(k.rate_limit for k in config.access.clients):
+        statuses.append(429)
+    out = {str(s): _error_response(_ERRORS[s], retry=s in (429, 503)) for s in sorted(statuses)}
+    out["default"] = _error_response("Any other error, in the same envelope.")
+    return out
+
+
+def _error_response(description: str, *, retry: bool = False) -> dict[str, Any]:
+    headers: dict[str, Any] = {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}}
+    if retry:
+        headers["Retry-After"] = {"$ref": "#/components/headers/Retry-After"}
+    return {
+        "description": description,
+        "headers": headers,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def _object(mapping: tuple[tuple[str, FieldExpr], ...], route: Route) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": [key for key, _ in mapping],  # the gateway always sends every mapped field
+        "additionalProperties": False,
+        "properties": {key: _field_schema(expr, route) for key, expr in mapping},
+    }
+
+
+def _field_schema(expr: FieldExpr, route: Route) -> dict[str, Any]:
+    """What ``mapping.evaluate`` can produce for one stable field."""
+    if expr.source == "const":
+        if expr.cast is None:
+            return {"const": expr.value}
+        try:
+            return {"const": {"int": int, "float": float, "bool": bool, "str": str}[expr.cast](expr.value)}
+        except (TypeError, ValueError):
+            return {"type": _CASTS[expr.cast]}
+    if expr.source == "location":
+        kind = _CASTS[expr.cast] if expr.cast else "string"
+        return {"type": [kind, "null"]} if expr.optional else {"type": kind}
+    if expr.source == "param":
+        spec = route.param(expr.name)
+        if spec is None:  # a path parameter: always there, a string unless cast
+            return {"type": _CASTS[expr.cast] if expr.cast else "string"}
+        schema: dict[str, Any] = {"type": _CASTS[expr.cast] if expr.cast else _PARAM_TYPES[spec.type]}
+        if spec.enum is not None and expr.cast in (None, "str"):
+            schema["enum"] = list(spec.enum)
+        if spec.default is None and not spec.required and not spec.fan_out:
+            schema = {"anyOf": [schema, {"type": "null"}]}
+        return schema
+    # an upstream field: any JSON value unless cast (null stays null either way)
+    return {"type": [_CASTS[expr.cast], "null"]} if expr.cast else {}
+
+
+# --------------------------------------------------------------------------- the gateway's own endpoints
+
+
+def _own_paths(config: Config) -> dict[str, dict[str, Any]]:
+    public: list[dict[str, Any]] = []  # `security: []`: reachable without a key
+    rid = {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}}
+
+    def plain(name: str, summary: str, media: str, schema: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "get": {
+                "operationId": f"gateway_{name}",
+                "summary": summary,
+                "tags": ["gateway"],
+                "security": public,
+                "responses": {"200": {"description": summary, "headers": rid, "content": {media: {"schema": schema}}}},
+            }
+        }
+
+    def obj(**props: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "object", "required": list(props), "properties": props}
+
+    string, integer = {"type": "string"}, {"type": "integer"}
+    admin: dict[str, Any] = {
+        "operationId": "gateway_admin_reload",
+        "summary": "Reload routes.yaml (admin key); an invalid file is a 422 and the old config keeps serving.",
+        "tags": ["gateway"],
+        "responses": {
+            "200": {
+                "description": "Reloaded.",
+                "headers": rid,
+                "content": {"application/json": {"schema": obj(status=string, digest=string, routes=integer)}},
+            },
+            "401": _error_response("No valid admin key."),
+            "403": _error_response("Admin endpoints are off: no admin.keys configured."),
+            "422": _error_response("The file is invalid; every problem (file:line: key: message) in `details`."),
+            "default": _error_response("Any other error, in the same envelope."),
+        },
+    }
+    if config.access.clients or config.access.admins:
+        admin["security"] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
+    return {
+        "/healthz": plain("healthz", "The process is alive.", "application/json", obj(status=string)),
+        "/readyz": plain(
+            "readyz",
+            "A config is loaded: its path, digest and route count.",
+            "application/json",
+            obj(status=string, config=string, digest=string, routes=integer),
+        ),
+        "/metrics": plain("metrics", "Metrics in the Prometheus text format.", "text/plain", string),
+        "/openapi.json": plain("openapi", "This document.", "application/json", {"type": "object"}),
+        "/status": plain(
+            "status", "A human status page: route health, probes, credential expiry.", "text/html", string
+        ),
+        "/admin/reload": {"post": admin},
+    }

@@ -1,0 +1,140 @@
+"""Reload routes.yaml when the file changes: poll, let the file settle, validate it whole.
+
+Polling ``stat`` (no inotify dependency) works on every filesystem, including the
+bind mounts and ConfigMap symlink swaps that event APIs miss.  A change is acted on
+only once the file has stopped changing for one poll interval, and the bytes are
+used only if the file did not change while they were read, so an editor's
+half-written save is not loaded.  Should a torn file still be read (a writer that
+pauses mid-file), it is validated like any other: refused, logged and counted, with
+the old config serving, and retried on the file's next change.  Writing the file
+atomically (write a temp file, then rename) avoids even that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from gateway.config import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.server import Gateway
+
+log = logging.getLogger("gateway.reload")
+
+#: (device, inode, size, mtime in ns): changes on an in-place write and on a rename over the file
+Signature = tuple[int, int, int, int] | None
+_UNKNOWN: Signature = (-1, -1, -1, -1)
+
+
+def signature(path: Path) -> Signature:
+    try:
+        st = os.stat(path)  # follows symlinks: a swapped ConfigMap target counts as a change
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def digest(text: str) -> str:
+    """The same digest ``Config.digest`` carries, so the watcher knows what is being served."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class FileWatcher:
+    """Calls ``apply(text)`` with each new, settled content of ``path``.
+
+    ``apply`` validates and swaps (``Gateway.reload``); a ``ConfigError`` from it means
+    the content was refused, and the same content is not tried again.  ``served``
+    returns the digest being served, so a file already loaded by SIGHUP or the admin
+    endpoint is not loaded twice.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        apply: Callable[[str], object],
+        served: Callable[[], str],
+        *,
+        interval: float = 1.0,
+    ) -> None:
+        self.path = Path(path)
+        self.apply = apply
+        self.served = served
+        self.interval = interval
+        self._seen: Signature = _UNKNOWN  # the first poll compares the file with what is served
+        self._refused: str | None = None
+
+    async def run(self) -> None:
+        """Poll forever (until cancelled); an unexpected error is logged and polling goes on."""
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.poll()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("watching %s failed; will try again", self.path)
+
+    async def poll(self) -> bool:
+        """One look at the file; True when a new config was applied."""
+        sig = signature(self.path)
+        if sig == self._seen:
+            return False
+        while True:  # settle: unchanged for one whole interval
+            await asyncio.sleep(self.interval)
+            again = signature(self.path)
+            if again == sig:
+                break
+            sig = again
+        if sig is None:
+            self._seen = sig
+            log.error("routes file %s is gone; still serving the previous config", self.path)
+            return False
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            log.error("cannot read routes file %s (%s); still serving the previous config", self.path, exc)
+            return False  # _seen unchanged: the next poll tries again
+        if signature(self.path) != sig:
+            return False  # written to while we read: the next poll waits for it to settle again
+        self._seen = sig
+        new = digest(text)
+        if new == self.served() or new == self._refused:
+            return False
+        log.info("routes file %s changed (%s); reloading", self.path, new)
+        try:
+            self.apply(text)
+        except ConfigError:
+            self._refused = new  # Gateway.reload has logged and counted it
+            return False
+        self._refused = None
+        return True
+
+
+def watch_routes(gateway: Gateway, interval: float) -> Callable[[web.Application], AsyncIterator[None]]:
+    """An aiohttp ``cleanup_ctx`` that watches the served routes file while the app runs."""
+
+    async def ctx(_app: web.Application) -> AsyncIterator[None]:
+        path = gateway.runtime.config.path
+        watcher = FileWatcher(
+            path,
+            lambda text: gateway.reload(path, text=text),
+            lambda: gateway.runtime.config.digest,
+            interval=interval,
+        )
+        task = asyncio.create_task(watcher.run(), name="routegate-watch")
+        log.info("watching %s for changes every %gs", path, interval)
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return ctx

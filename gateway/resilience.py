@@ -1,0 +1,353 @@
+"""Resilience toward upstreams: retries, a circuit breaker and outbound pacing.
+
+All three wrap *one* HTTP exchange (one redirect hop) of ``UpstreamClient``:
+
+- **Retries** with full-jitter exponential backoff, only where a second try cannot do
+  harm: an idempotent method, or any method whose request never left the gateway
+  (connection refused, connect timeout).  A POST that may have reached the upstream
+  (read timeout, reset) is never sent twice.  Only connect errors, timeouts, resets and
+  429/502/503/504 are retried; ``Retry-After`` (or PostHog's "Expected available in N
+  seconds") sets the wait, and a retry budget (a share of the calls of the last 10 s)
+  keeps retries from multiplying the load on an upstream that is already struggling.
+- **A circuit breaker per upstream**: after N consecutive failed exchanges it opens and
+  calls fail fast with a 503 (no socket touched); after the cool-down one probe goes
+  through (half-open); its success closes the breaker, its failure opens it again.
+- **Pacing per credential**: a sliding-window log of sends per (upstream, credential)
+  keeps the gateway under the budgets declared in routes.yaml (PostHog: 480/min and
+  4800/h per key).  A call waits for a slot up to ``max_wait``, else it is answered 503
+  with Retry-After; an upstream 429 blocks the credential for as long as it said.
+
+State lives for the process, keyed by upstream name, so a reload keeps open breakers
+and the send history; policies are read from the config of each call.  Credentials are
+told apart by a salted hash: secret values are never stored here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import os
+import random
+import re
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING
+
+from gateway.config import BreakerPolicy, Upstream
+from gateway.errors import ServiceUnavailable, UpstreamError
+from gateway.metrics import Metrics
+
+if TYPE_CHECKING:
+    from gateway.upstream import UpstreamResponse
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+#: upstream statuses worth a second try (idempotent methods only)
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+#: error kinds raised before any byte of the request was written: safe to retry for any method
+UNSENT = frozenset({"connect", "connect_timeout"})
+#: error kinds that say the upstream is unhealthy (with 5xx answers): they count for the breaker
+FAILURES = frozenset({"connect", "connect_timeout", "timeout", "reset"})
+#: the retry budget's window and the retries it always allows in it, whatever the share
+RETRY_WINDOW = 10.0
+RETRY_FLOOR = 10
+
+CLOSED, HALF_OPEN, OPEN = 0, 1, 2
+_AVAILABLE_IN = re.compile(rb"available in (\d+(?:\.\d+)?) seconds?")
+_SALT = os.urandom(16)
+
+
+def retry_after(headers: Mapping[str, str], body: bytes) -> float | None:
+    """Seconds the upstream asked us to wait: ``Retry-After`` (seconds or date) or PostHog's detail."""
+    raw = headers.get("Retry-After", "").strip()
+    if raw:
+        try:
+            seconds = float(raw)
+        except ValueError:
+            try:
+                seconds = parsedate_to_datetime(raw).timestamp() - time.time()
+            except (TypeError, ValueError, IndexError):
+                seconds = math.nan
+        if math.isfinite(seconds):
+            return max(0.0, seconds)
+    m = _AVAILABLE_IN.search(body[:4096])
+    return float(m.group(1)) if m else None
+
+
+def credential_id(upstream: Upstream, headers: Mapping[str, str]) -> str:
+    """Which credential a call uses, as a salted hash (the value itself is never kept)."""
+    if upstream.auth is None:
+        return ""
+    h = hashlib.blake2b(key=_SALT, digest_size=12)
+    for name in ("Authorization", "Cookie", *(n for n, _ in upstream.auth.headers)):
+        value = headers.get(name)
+        if value:
+            h.update(name.encode() + b"\0" + value.encode() + b"\0")
+    return h.hexdigest()
+
+
+class Breaker:
+    """Closed → (N consecutive failures) → open → (cool-down) → half-open: one probe decides."""
+
+    def __init__(self, upstream: str, owner: Resilience) -> None:
+        self.upstream = upstream
+        self.owner = owner
+        self.state = CLOSED
+        self.failures = 0
+        self.opened_at = 0.0
+        #: the token of the probe in flight while half-open
+        self.probe: object | None = None
+
+    def _set(self, state: int) -> None:
+        self.state = state
+        if self.owner.metrics is not None:
+            self.owner.metrics.circuit_state.labels(self.upstream).set(state)
+            if state == OPEN:
+                self.owner.metrics.circuit_opened.labels(self.upstream).inc()
+
+    def admit(self, policy: BreakerPolicy, route: str) -> object | None:
+        """Let a call through (a token if it is the half-open probe), or raise a fast 503."""
+        if policy.failures == 0:
+            if self.state != CLOSED:
+                self.failures, self.probe = 0, None
+                self._set(CLOSED)  # the breaker was switched off by a reload
+            return None
+        if self.state == CLOSED:
+            return None
+        if self.state == OPEN:
+            remaining = self.opened_at + policy.cooldown - self.owner.clock()
+            if remaining > 0:
+                raise self._reject(remaining, route)
+            self._set(HALF_OPEN)
+        if self.probe is not None:
+            raise self._reject(1.0, route)  # one probe at a time; the rest still fail fast
+        self.probe = object()
+        return self.probe
+
+    def record(self, policy: BreakerPolicy, token: object | None, ok: bool) -> None:
+        """The outcome of an exchange; while not closed only the probe's outcome counts."""
+        if token is not None and token is self.probe:
+            self.probe = None
+            if ok:
+                self.failures = 0
+                self._set(CLOSED)
+            else:
+                self._open()
+            return
+        if self.state != CLOSED or policy.failures == 0:
+            return
+        if ok:
+            self.failures = 0
+            return
+        self.failures += 1
+        if self.failures >= policy.failures:
+            self._open()
+
+    def release(self, token: object | None) -> None:
+        """A probe that ended without an outcome (paced out, cancelled): let the next call probe."""
+        if token is not None and token is self.probe:
+            self.probe = None
+
+    def _open(self) -> None:
+        self.opened_at = self.owner.clock()
+        self._set(OPEN)
+
+    def _reject(self, remaining: float, route: str) -> ServiceUnavailable:
+        wait = max(1, math.ceil(remaining))
+        return ServiceUnavailable(
+            f"upstream {self.upstream!r} is failing ({self.failures} consecutive failures): "
+            f"circuit open, not calling it for {wait}s",
+            kind="circuit_open",
+            code="circuit_open",
+            route=route,
+            headers={"Retry-After": str(wait)},
+        )
+
+
+class _Sends:
+    """One credential's send log (reserved slots may lie in the near future) and upstream block."""
+
+    __slots__ = ("blocked_until", "times")
+
+    def __init__(self) -> None:
+        self.times: deque[float] = deque()
+        self.blocked_until = 0.0
+
+
+class _Guard:
+    """Everything kept per upstream."""
+
+    def __init__(self, upstream: str, owner: Resilience) -> None:
+        self.breaker = Breaker(upstream, owner)
+        self.sends: dict[str, _Sends] = {}
+        self.calls: deque[float] = deque()
+        self.retries: deque[float] = deque()
+
+    def note_call(self, now: float) -> None:
+        self.calls.append(now)
+        self._trim(now)
+
+    def retry_allowed(self, now: float, share: float) -> bool:
+        """The retry budget: at most ``share`` of the calls of the window (and always the floor)."""
+        self._trim(now)
+        if len(self.retries) >= max(RETRY_FLOOR, share * len(self.calls)):
+            return False
+        self.retries.append(now)
+        return True
+
+    def _trim(self, now: float) -> None:
+        for log in (self.calls, self.retries):
+            while log and log[0] <= now - RETRY_WINDOW:
+                log.popleft()
+
+
+class Resilience:
+    """Process-wide retry, breaker and pacing state for every upstream.
+
+    ``clock``, ``sleep`` and ``rand`` are attributes so tests can make time and jitter exact.
+    """
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics
+        self.clock: Callable[[], float] = time.monotonic
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        self.rand: Callable[[], float] = random.random
+        self._guards: dict[str, _Guard] = {}
+
+    def register(self, upstreams: Iterable[Upstream]) -> None:
+        """Export every upstream's breaker state from the start."""
+        for up in upstreams:
+            self.breaker(up.name)
+
+    def breaker(self, upstream: str) -> Breaker:
+        return self._guard(upstream).breaker
+
+    def _guard(self, upstream: str) -> _Guard:
+        guard = self._guards.get(upstream)
+        if guard is None:
+            guard = self._guards[upstream] = _Guard(upstream, self)
+            if self.metrics is not None:
+                self.metrics.circuit_state.labels(upstream).set(CLOSED)
+        return guard
+
+    async def run(
+        self,
+        upstream: Upstream,
+        method: str,
+        route: str,
+        headers: Mapping[str, str],
+        send: Callable[[], Awaitable[UpstreamResponse]],
+    ) -> UpstreamResponse:
+        """One exchange with retries, the breaker and pacing; the last answer or error wins."""
+        guard = self._guard(upstream.name)
+        policy = upstream.retries
+        cred = credential_id(upstream, headers)
+        idempotent = method in IDEMPOTENT
+        started = self.clock()
+        guard.note_call(started)
+        attempt = 1
+        while True:
+            token = guard.breaker.admit(upstream.breaker, route)
+            try:
+                await self._pace(guard, upstream, cred, route)
+                resp = await send()
+            except UpstreamError as exc:
+                if exc.kind in ("circuit_open", "budget", "throttled"):
+                    raise  # raised here, before anything was sent
+                guard.breaker.record(upstream.breaker, token, exc.kind not in FAILURES)
+                if exc.kind not in FAILURES or not (idempotent or exc.kind in UNSENT):
+                    raise
+                failure: UpstreamError | None = exc
+                reason, after = exc.kind, None
+            else:
+                guard.breaker.record(upstream.breaker, token, resp.status < 500)
+                if resp.status not in RETRY_STATUSES:
+                    return resp
+                after = retry_after(resp.headers, resp.body)
+                if resp.status == 429 and after is not None:
+                    self._block(guard, cred, after)
+                if not idempotent:
+                    return resp
+                failure, reason = None, str(resp.status)
+            finally:
+                guard.breaker.release(token)
+            delay = self._backoff(policy.backoff, policy.max_backoff, attempt)
+            if after is not None:
+                delay = max(delay, after)
+            now = self.clock()
+            if (
+                attempt >= policy.attempts
+                or (after is not None and after > policy.max_wait)
+                or now - started + delay > upstream.timeouts.total
+                or not guard.retry_allowed(now, policy.budget)
+            ):
+                if failure is not None:
+                    raise failure
+                return resp
+            if self.metrics is not None:
+                self.metrics.upstream_retries.labels(upstream.name, route, reason).inc()
+            await self.sleep(delay)
+            attempt += 1
+
+    def _backoff(self, base: float, cap: float, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(cap, base·2^(attempt-1))]."""
+        return self.rand() * min(cap, base * 2.0 ** (attempt - 1))
+
+    def _block(self, guard: _Guard, cred: str, seconds: float) -> None:
+        sends = guard.sends.setdefault(cred, _Sends())
+        sends.blocked_until = max(sends.blocked_until, self.clock() + seconds)
+
+    async def _pace(self, guard: _Guard, upstream: Upstream, cred: str, route: str) -> None:
+        """Wait for a send slot of this credential, or raise 503 with Retry-After if it is too far."""
+        budget = upstream.budget
+        sends = guard.sends.get(cred)
+        if sends is None:
+            if not budget.limits:
+                return
+            sends = guard.sends[cred] = _Sends()
+        now = self.clock()
+        at = max(now, sends.blocked_until)
+        if at - now > upstream.retries.max_wait:
+            raise self._paced_out(upstream, route, at - now, "upstream_rate_limited")
+        if budget.limits:
+            times = sends.times
+            longest = max(per for _, per in budget.limits)
+            while times and times[0] <= now - longest:
+                times.popleft()
+            if times:
+                at = max(at, times[-1])  # first come, first served
+            for count, per in budget.limits:
+                if len(times) >= count:
+                    at = max(at, times[-count] + per)
+            if at - now > max(budget.max_wait, sends.blocked_until - now):
+                raise self._paced_out(upstream, route, at - now, "upstream_budget_exhausted")
+            times.append(at)
+        wait = at - now
+        if wait > 0:
+            if self.metrics is not None:
+                self.metrics.paced.labels(upstream.name, "waited").inc()
+            await self.sleep(wait)
+
+    def _paced_out(self, upstream: Upstream, route: str, wait: float, code: str) -> ServiceUnavailable:
+        if self.metrics is not None:
+            self.metrics.paced.labels(upstream.name, "rejected").inc()
+        seconds = max(1, math.ceil(wait))
+        if code == "upstream_rate_limited":
+            message = f"upstream {upstream.name!r} is rate limiting the gateway's credential (told to hold off)"
+            kind = "throttled"
+        else:
+            limits = ", ".join(f"{n}/{_per(p)}" for n, p in upstream.budget.limits)
+            message = f"the gateway's request budget for upstream {upstream.name!r} ({limits}) is used up"
+            kind = "budget"
+        return ServiceUnavailable(
+            f"{message}; retry in {seconds}s", kind=kind, code=code, route=route, headers={"Retry-After": str(seconds)}
+        )
+
+
+def _per(seconds: float) -> str:
+    for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds * 1000:g}ms"

@@ -1,0 +1,176 @@
+"""``gateway serve --workers N``: N processes on one port, with metrics summed across them.
+
+Why processes: one Python process serves from one core; a second core needs a second
+interpreter.  Each worker binds its own listening socket with ``SO_REUSEPORT`` and
+the kernel spreads new connections across them (no shared accept lock, no socket
+handed around).  The supervisor (the process you started) only forks, forwards
+signals (SIGHUP: every worker reloads; SIGTERM/SIGINT: every worker drains and
+exits) and restarts a worker that died.
+
+Metrics stay correct across workers with prometheus-client's multiprocess mode:
+each worker writes its values to memory-mapped files in ``PROMETHEUS_MULTIPROC_DIR``
+and whichever worker answers ``/metrics`` reads them all (counters and histograms
+summed; gauges combined as each declares with ``multiprocess_mode``).  The variable
+must be set before ``prometheus_client`` is first imported, which is why
+``use_multiprocess_metrics`` runs before the server module is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+log = logging.getLogger("gateway.workers")
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: a worker that dies sooner than this after its start counts towards a crash loop
+_QUICK_DEATH = 2.0
+#: this many quick deaths in a row and the supervisor gives up
+_CRASH_LOOP = 5
+#: exit codes of a worker that no restart can fix (invalid config, port in use): stop everything
+FATAL_CODES = frozenset({1, 2, 3})
+
+
+def multiprocess_enabled() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+def use_multiprocess_metrics() -> str | None:
+    """Point prometheus-client at a fresh directory; returns it if we created it (removed on exit).
+
+    An operator's own ``PROMETHEUS_MULTIPROC_DIR`` is used as given, emptied of the
+    previous run's files first (stale files would be summed in).
+    """
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        os.makedirs(given, exist_ok=True)
+        for name in os.listdir(given):
+            if name.endswith(".db"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(given, name))
+        return None
+    made = tempfile.mkdtemp(prefix="routegate-metrics-")
+    os.environ[MULTIPROC_ENV] = made
+    return made
+
+
+def scrape(own: CollectorRegistry) -> bytes:
+    """The /metrics body in multiprocess mode: every worker's values, plus this worker's own collectors.
+
+    Collectors that are not value-backed (computed at scrape time, like credential
+    expiry, or an ``Info``) exist only in the answering worker's registry; they are
+    the same in every worker (they come from the config), so they are taken from it.
+    """
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    merged = CollectorRegistry()
+    MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+    families = list(merged.collect())
+    names = {f.name for f in families}
+    extra = [f for f in own.collect() if f.name not in names]
+
+    class _Extra:
+        def collect(self) -> list[object]:
+            return list(extra)
+
+    merged.register(_Extra())  # type: ignore[arg-type]
+    return generate_latest(merged)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this worker if the supervisor dies (even by SIGKILL), so none is orphaned."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def fork_workers(count: int, made_dir: str | None) -> int | None:
+    """Fork ``count`` workers.  In a worker: returns None (go on and serve).
+
+    In the supervisor: runs until every worker is gone and returns the exit code.
+    """
+    children: dict[int, float] = {}
+    stopping = False
+    quick_deaths = 0
+    code = 0
+
+    def spawn() -> bool:
+        pid = os.fork()
+        if pid == 0:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's loop installs its reload
+            _die_with_parent()
+            if os.getppid() != supervisor:  # the supervisor died before prctl: do not serve alone
+                os._exit(0)
+            return True
+        children[pid] = time.monotonic()
+        return False
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        if signum != signal.SIGHUP:
+            stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM if signum != signal.SIGHUP else signal.SIGHUP)
+
+    supervisor = os.getpid()
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        for _ in range(count):
+            if spawn():
+                return None
+        log.info("supervisor %d: %d workers %s", supervisor, count, sorted(children))
+        while children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            started = children.pop(pid, None)
+            if started is None:
+                continue
+            if multiprocess_enabled():
+                from prometheus_client import multiprocess
+
+                multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+            exit_code = os.waitstatus_to_exitcode(status)
+            if stopping:
+                continue
+            if exit_code in FATAL_CODES:
+                log.error("worker %d exited with %d; stopping all workers", pid, exit_code)
+                code = exit_code
+                forward(signal.SIGTERM, None)
+                continue
+            quick_deaths = quick_deaths + 1 if time.monotonic() - started < _QUICK_DEATH else 0
+            if quick_deaths >= _CRASH_LOOP:
+                log.error("workers keep dying right after they start; stopping")
+                code = 1
+                forward(signal.SIGTERM, None)
+                continue
+            log.error("worker %d exited with %d; starting another", pid, exit_code)
+            time.sleep(min(0.2 * quick_deaths, 1.0))
+            if spawn():
+                return None
+        return code
+    finally:
+        if os.getpid() == supervisor:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if made_dir is not None:
+                shutil.rmtree(made_dir, ignore_errors=True)

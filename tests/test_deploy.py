@@ -1,0 +1,482 @@
+"""deploy/ checked without a container engine or a cluster: every YAML file parses, the
+Dockerfile passes hadolint and builds a slim non-root runtime from a context that holds what it
+copies (and no secrets), `docker compose config` accepts the stack, promtool accepts the
+Prometheus files, and the Kubernetes base validates against the Kubernetes JSON schemas."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml
+
+from gateway.config import load_config, parse_config
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+RENDERED = K8S / "config" / "routes.yaml"
+CI = os.environ.get("CI") == "true"
+#: the oldest Kubernetes the base supports, and the newest schemas bundled
+K8S_VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
+
+_spec = importlib.util.spec_from_file_location("render_routes", DEPLOY / "render_routes.py")
+assert _spec is not None and _spec.loader is not None
+render_routes = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(render_routes)
+
+
+def tool(name: str) -> str:
+    """A validator binary: from the venv (dev extra) or PATH; missing fails under CI."""
+    venv = Path(sys.executable).parent / name
+    found = str(venv) if venv.exists() else shutil.which(name)
+    if found is None:
+        message = f"{name} is not installed (pip install -e '.[dev]', or scripts/install-test-deps.sh)"
+        if CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML that refuses duplicate keys (PyYAML would silently keep the last one)."""
+
+
+def _mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    keys = [loader.construct_object(k, deep=True) for k, _ in node.value]
+    dupes = {k for k in keys if keys.count(k) > 1}
+    if dupes:
+        raise yaml.constructor.ConstructorError(None, None, f"duplicate keys {sorted(dupes)}", node.start_mark)
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def load_all(path: Path) -> list[Any]:
+    return [d for d in yaml.load_all(path.read_text(), Loader=_StrictLoader) if d is not None]
+
+
+# --------------------------------------------------------------------------- YAML and routes
+
+
+def test_every_yaml_file_under_deploy_is_well_formed() -> None:
+    files = sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yml", ".yaml"))
+    assert {p.relative_to(DEPLOY).as_posix() for p in files} >= {
+        "docker-compose.yml",
+        "routes.production.yaml",
+        "k8s/kustomization.yaml",
+        "k8s/deployment.yaml",
+        "k8s/config/routes.yaml",
+    }
+    for path in files:
+        docs = load_all(path)
+        assert docs and all(isinstance(d, dict) for d in docs), path
+
+
+def test_the_deployed_routes_file_is_rendered_from_routes_yaml_and_valid() -> None:
+    expected = render_routes.render()
+    assert RENDERED.read_text() == expected, "deploy/k8s/config/routes.yaml is stale: run `make deploy-config`"
+    deployed = load_config(RENDERED, env={})
+    mine = load_config(ROOT / "routes.yaml", env={})
+    # the same stable API, the same upstream targets
+
+    def api(cfg: Any) -> list[Any]:
+        return [(r.name, r.stable, [(t.method, t.path.raw, t.query, t.body) for t in r.targets]) for r in cfg.routes]
+
+    assert api(deployed) == api(mine)
+    assert deployed.cache.backend == "redis"
+    assert deployed.cache.redis_url is not None
+    assert [s.name for s in deployed.cache.redis_url.sources] == ["ROUTEGATE_REDIS_URL"]
+    assert {k.name for k in deployed.access.clients} == {"backup-job", "scripts"}
+    assert {k.name for k in deployed.access.admins} == {"ops"}
+    backup = next(k for k in deployed.access.clients if k.name == "backup-job")
+    assert backup.methods == frozenset({"GET", "HEAD"})
+
+
+def test_rendering_replaces_a_section_routes_yaml_already_has() -> None:
+    source = (
+        "version: 1\ncache:\n  backend: memory\n# inside the dropped block\n  max_bytes: 1MiB\n"
+        "# routes follow\nroutes:\n  a: 1\n"
+    )
+    out = render_routes.render(source, "cache:\n  backend: redis\n")
+    docs = yaml.safe_load(out)
+    assert docs == {"version": 1, "routes": {"a": 1}, "cache": {"backend": "redis"}}
+    assert "# routes follow" in out and "inside the dropped" not in out and out.startswith("# GENERATED")
+
+
+def _env_names(value: Any) -> Iterator[str]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k == "env" and isinstance(v, str):
+                yield v
+            else:
+                yield from _env_names(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _env_names(v)
+    elif isinstance(value, str):
+        yield from re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", value)
+
+
+def test_env_example_and_compose_pass_every_variable_routes_yaml_reads() -> None:
+    names = set(_env_names(yaml.safe_load(RENDERED.read_text())))
+    assert {"OBSERVABLE_SESSION", "POSTHOG_API_KEY", "ROUTEGATE_REDIS_URL", "ROUTEGATE_ADMIN_KEY"} <= names
+    example = (DEPLOY / ".env.example").read_text()
+    for line in example.splitlines():
+        if line and not line.startswith("#"):
+            assert re.match(r"^[A-Z_][A-Z0-9_]*=[^#]*$", line), f"kubectl would keep the comment: {line!r}"
+    listed = set(re.findall(r"^#? ?([A-Z_][A-Z0-9_]*)=", example, re.MULTILINE))
+    assert names <= listed, f"missing from deploy/.env.example: {sorted(names - listed)}"
+    compose = load_all(DEPLOY / "docker-compose.yml")[0]
+    passed = set(compose["services"]["gateway"]["environment"])
+    assert names <= passed, f"docker-compose.yml does not pass {sorted(names - passed)} to the gateway"
+    assert "GRAFANA_ADMIN_PASSWORD" not in passed
+
+
+# --------------------------------------------------------------------------- Dockerfile
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in (DEPLOY / "Dockerfile").read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line = pending + line
+        pending = ""
+        word, _, rest = line.partition(" ")
+        out.append((word.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    result = run(tool("hadolint"), "--failure-threshold", "info", str(DEPLOY / "Dockerfile"))
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+
+
+def test_dockerfile_is_a_slim_non_root_runtime_with_a_healthcheck() -> None:
+    ins = dockerfile_instructions()
+    args = dict(a.split("=", 1) for w, a in ins if w == "ARG" and "=" in a)
+    froms = [a for w, a in ins if w == "FROM"]
+    assert len(froms) == 2, "a build stage and a runtime stage"
+    base = froms[-1].replace("${PYTHON_IMAGE}", args.get("PYTHON_IMAGE", ""))
+    assert re.match(r"^python:3\.11(\.\d+)?-slim", base), base
+    runtime = ins[max(i for i, (w, _) in enumerate(ins) if w == "FROM") :]
+    users = [a for w, a in runtime if w == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0"), "the runtime must not run as root"
+    assert "10001" in users[-1]  # the uid the Kubernetes securityContext pins
+    health = [a for w, a in runtime if w == "HEALTHCHECK"]
+    assert health and "/healthz" in health[0] and "--interval" in health[0]
+    assert ("EXPOSE", "8080") in runtime
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert "[redis,fast]" in text and "[dev]" not in text and "pytest" not in text, "runtime extras only"
+    # the runtime stage installs only the wheels the build stage made, without reaching an index
+    installs = [a for w, a in runtime if w == "RUN" and "pip install" in a]
+    assert installs and all("--no-index" in a for a in installs)
+    env = " ".join(a for w, a in runtime if w == "ENV")
+    assert "ROUTEGATE_CONFIG=/etc/routegate/routes.yaml" in env
+    copies = [a.split() for w, a in runtime if w == "COPY"]
+    assert ["deploy/k8s/config/routes.yaml", "/etc/routegate/routes.yaml"] in copies
+    entry = next(a for w, a in runtime if w == "ENTRYPOINT")
+    cmd = json.loads(next(a for w, a in runtime if w == "CMD"))
+    assert json.loads(entry) == ["gateway"] and cmd[:3] == ["serve", "--host", "0.0.0.0"]
+
+
+def _dockerignore_rules() -> list[tuple[bool, re.Pattern[str]]]:
+    rules = []
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pattern = line.lstrip("!").strip("/")
+        rx = ""
+        i = 0
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                rx, i = rx + "(?:.*/)?", i + 3
+            elif pattern.startswith("**", i):
+                rx, i = rx + ".*", i + 2
+            elif pattern[i] == "*":
+                rx, i = rx + "[^/]*", i + 1
+            elif pattern[i] == "?":
+                rx, i = rx + "[^/]", i + 1
+            else:
+                rx, i = rx + re.escape(pattern[i]), i + 1
+        rules.append((negate, re.compile(rx + "$")))
+    return rules
+
+
+def in_build_context(rel: str) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parent directories wins."""
+    parts = rel.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    included = True
+    for negate, rx in _dockerignore_rules():
+        if any(rx.match(c) for c in candidates):
+            included = negate
+    return included
+
+
+def test_build_context_has_what_the_dockerfile_copies_and_no_secrets(tmp_path: Path) -> None:
+    ins = dockerfile_instructions()
+    sources = [s for w, a in ins if w == "COPY" and "--from" not in a for s in a.split()[:-1]]
+    assert sources
+    for src in sources:
+        path = ROOT / src
+        assert path.exists(), src
+        files = [path] if path.is_file() else [p for p in path.rglob("*.py")]
+        for f in files:
+            assert in_build_context(f.relative_to(ROOT).as_posix()), f"{f} is excluded by .dockerignore"
+    for secret in ["deploy/.env", ".env", "x/prod.env", ".venv/bin/python", ".git/config", "tests/test_backup.py"]:
+        assert not in_build_context(secret), secret
+    for needed in ["pyproject.toml", "README.md", "gateway/server.py", "deploy/k8s/config/routes.yaml"]:
+        assert in_build_context(needed), needed
+    assert not in_build_context("deploy/k8s/deployment.yaml")
+
+
+# --------------------------------------------------------------------------- docker compose
+
+
+def compose_command() -> list[str]:
+    docker = shutil.which("docker")
+    if docker and run(docker, "compose", "version").returncode == 0:
+        return [docker, "compose"]
+    return [tool("docker-compose")]
+
+
+def _compose_tree(tmp_path: Path, env: str | None) -> Path:
+    """deploy/ copied beside a build context, with an env file like an operator's."""
+    shutil.copytree(DEPLOY, tmp_path / "deploy", ignore=shutil.ignore_patterns(".env"))
+    if env is not None:
+        (tmp_path / "deploy" / ".env").write_text(env)
+    return tmp_path / "deploy"
+
+
+def filled_env() -> str:
+    values = {"ROUTEGATE_CLIENT_KEY": "client-key", "GRAFANA_ADMIN_PASSWORD": "grafana-pw", "POSTHOG_API_KEY": "phx_x"}
+    lines = []
+    for line in (DEPLOY / ".env.example").read_text().splitlines():
+        name = line.split("=", 1)[0]
+        lines.append(f"{name}={values[name]}" if name in values else line)
+    return "\n".join(lines) + "\n"
+
+
+def test_compose_config_accepts_the_stack(tmp_path: Path) -> None:
+    deploy = _compose_tree(tmp_path, filled_env())
+    result = run(*compose_command(), "-f", str(deploy / "docker-compose.yml"), "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    cfg = json.loads(result.stdout)
+    services = cfg["services"]
+    assert set(services) == {"gateway", "redis", "prometheus", "grafana"}
+    gw = services["gateway"]
+    assert gw["build"]["dockerfile"] == "deploy/Dockerfile" and Path(gw["build"]["context"]) == tmp_path
+    assert gw["environment"]["ROUTEGATE_CLIENT_KEY"] == "client-key"
+    assert gw["environment"]["ROUTEGATE_REDIS_URL"] == "redis://redis:6379/0"
+    assert "GRAFANA_ADMIN_PASSWORD" not in gw["environment"]
+    assert all(p["host_ip"] == "127.0.0.1" for s in services.values() for p in s.get("ports", []))
+    mount = next(v for v in gw["volumes"] if v["target"] == "/etc/routegate")
+    assert Path(mount["source"]) == deploy / "k8s" / "config" and mount["read_only"]
+    assert gw["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert gw["read_only"] and gw["cap_drop"] == ["ALL"]
+    # Prometheus scrapes the gateway service under the job name the alert rules select, with the rules
+    prom = services["prometheus"]
+    rules = next(v for v in prom["volumes"] if v["target"] == "/etc/prometheus/alerts.yml")
+    assert Path(rules["source"]) == deploy / "prometheus" / "alerts.yml"
+    prom_cfg = yaml.safe_load(cfg["configs"]["prometheus_config"]["content"])
+    job = prom_cfg["scrape_configs"][0]
+    assert job["job_name"] == "routegate" and job["static_configs"][0]["targets"] == ["gateway:8080"]
+    assert prom_cfg["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    # Grafana: the Prometheus datasource and the dashboard folder are provisioned
+    graf = services["grafana"]
+    assert graf["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "grafana-pw"
+    dashboards = next(v for v in graf["volumes"] if v["target"] == "/var/lib/grafana/dashboards")
+    assert Path(dashboards["source"]) == deploy / "grafana"
+    datasource = yaml.safe_load(cfg["configs"]["grafana_datasource"]["content"])
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    provider = yaml.safe_load(cfg["configs"]["grafana_dashboards"]["content"])
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    home = graf["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (deploy / "grafana" / Path(home).name).is_file()
+
+
+def test_compose_refuses_to_start_without_the_required_secrets(tmp_path: Path) -> None:
+    deploy = _compose_tree(tmp_path, (DEPLOY / ".env.example").read_text())
+    result = run(*compose_command(), "-f", str(deploy / "docker-compose.yml"), "config", "--quiet")
+    assert result.returncode != 0
+    assert "ROUTEGATE_CLIENT_KEY" in result.stderr or "GRAFANA_ADMIN_PASSWORD" in result.stderr
+
+
+# --------------------------------------------------------------------------- Prometheus
+
+
+def test_promtool_accepts_the_compose_prometheus_config_and_rules(tmp_path: Path) -> None:
+    promtool = tool("promtool")
+    compose = load_all(DEPLOY / "docker-compose.yml")[0]
+    content = compose["configs"]["prometheus_config"]["content"]
+    alerts = DEPLOY / "prometheus" / "alerts.yml"
+    assert alerts.is_file(), "compose mounts deploy/prometheus/alerts.yml"
+    shutil.copy(alerts, tmp_path / "alerts.yml")
+    (tmp_path / "prometheus.yml").write_text(content.replace("/etc/prometheus/alerts.yml", "alerts.yml"))
+    result = run(promtool, "check", "config", str(tmp_path / "prometheus.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", ["prometheus.yml", "alerts.yml"])
+def test_promtool_accepts_the_shipped_prometheus_files(name: str) -> None:
+    path = DEPLOY / "prometheus" / name
+    if not path.exists():
+        pytest.skip(f"deploy/prometheus/{name} is not shipped (yet)")
+    verb = "config" if name == "prometheus.yml" else "rules"
+    result = run(tool("promtool"), "check", verb, str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --------------------------------------------------------------------------- Kubernetes
+
+
+def kustomize_by_hand() -> list[dict[str, Any]]:
+    """What `kubectl kustomize deploy/k8s` outputs, for the features the base uses."""
+    kust = load_all(K8S / "kustomization.yaml")[0]
+    assert set(kust) <= {"apiVersion", "kind", "labels", "resources", "configMapGenerator", "generatorOptions"}
+    docs: list[dict[str, Any]] = []
+    for res in kust["resources"]:
+        docs += load_all(K8S / res)
+    assert kust["generatorOptions"]["disableNameSuffixHash"] is True
+    for gen in kust["configMapGenerator"]:
+        data = {}
+        for spec in gen["files"]:
+            key, _, rel = spec.partition("=")
+            data[key] = (K8S / rel).read_text()
+        docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": gen["name"]}, "data": data})
+    for doc in docs:
+        for group in kust.get("labels", []):
+            doc["metadata"].setdefault("labels", {}).update(group["pairs"])
+    return docs
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_k8s_manifests_validate_against_the_kubernetes_schemas(version: str) -> None:
+    docs = kustomize_by_hand()
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == sorted(
+        [
+            "ConfigMap",
+            "Deployment",
+            "Deployment",
+            "HorizontalPodAutoscaler",
+            "PodDisruptionBudget",
+            "Service",
+            "Service",
+        ]
+    )
+    for doc in docs:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            path = ".".join(str(p) for p in exc.path)
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {path}: {exc.message}")
+
+
+def test_schema_validation_catches_a_misspelt_field() -> None:
+    """The check above can fail: a probe with a typo is refused in strict mode."""
+    dep = copy.deepcopy(by_kind(kustomize_by_hand(), "Deployment", "routegate"))
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    container["readinesProbe"] = container.pop("readinessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(dep, K8S_VERSIONS[0], strict=True)
+
+
+def test_k8s_base_runs_stateless_replicas_wired_together() -> None:
+    docs = kustomize_by_hand()
+    dep = by_kind(docs, "Deployment", "routegate")
+    pod = dep["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert dep["spec"]["replicas"] >= 2
+    spec = pod["spec"]
+    (c,) = spec["containers"]
+    assert c["args"][:3] == ["serve", "--host", "0.0.0.0"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"http": 8080}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    # secrets come from a Secret the operator creates, never from the manifests
+    assert c["envFrom"] == [{"secretRef": {"name": "routegate-secrets"}}]
+    assert not any(d["kind"] == "Secret" for d in docs)
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    # routes.yaml comes from the ConfigMap, mounted as a directory so updates reach the file
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "routes")
+    assert "subPath" not in mount and mount["readOnly"]
+    volume = next(v for v in spec["volumes"] if v["name"] == "routes")
+    configmap = by_kind(docs, "ConfigMap", volume["configMap"]["name"])
+    (key,) = configmap["data"]
+    assert env["ROUTEGATE_CONFIG"] == f"{mount['mountPath']}/{key}"
+    cfg = parse_config(configmap["data"][key], "configmap", env={})
+    assert cfg.cache.backend == "redis" and cfg.access.clients, "shared cache, and keys since it listens on 0.0.0.0"
+    # hardened, and the same uid as the image
+    assert spec["securityContext"]["runAsNonRoot"] and spec["securityContext"]["runAsUser"] == 10001
+    assert c["securityContext"]["readOnlyRootFilesystem"] and c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    notes = pod["metadata"]["annotations"]
+    assert notes["prometheus.io/scrape"] == "true" and notes["prometheus.io/port"] == "8080"
+    assert notes["prometheus.io/path"] == "/metrics"
+    svc = by_kind(docs, "Service", "routegate")
+    assert svc["spec"]["selector"].items() <= labels.items()
+    assert svc["spec"]["ports"][0]["targetPort"] == "http"
+    hpa = by_kind(docs, "HorizontalPodAutoscaler", "routegate")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "routegate"}
+    assert hpa["spec"]["minReplicas"] >= 2 and hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"]
+    pdb = by_kind(docs, "PodDisruptionBudget", "routegate")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"], "a drain must be able to proceed"
+    # Redis: the Service the ROUTEGATE_REDIS_URL of deploy/.env.example names
+    redis_url = re.search(
+        r"^ROUTEGATE_REDIS_URL=redis://([^:/]+):(\d+)", (DEPLOY / ".env.example").read_text(), re.MULTILINE
+    )
+    assert redis_url is not None
+    redis_svc = by_kind(docs, "Service", redis_url.group(1))
+    assert redis_svc["spec"]["ports"][0]["port"] == int(redis_url.group(2))
+    redis_pods = by_kind(docs, "Deployment", "redis")["spec"]["template"]["metadata"]["labels"]
+    assert redis_svc["spec"]["selector"].items() <= redis_pods.items()
+
+
+def test_kubectl_kustomize_builds_the_same_base() -> None:
+    result = run(tool("kubectl"), "kustomize", str(K8S))
+    assert result.returncode == 0, result.stderr
+    built = [d for d in yaml.safe_load_all(result.stdout) if d]
+    mine = kustomize_by_hand()
+
+    def key(d: dict[str, Any]) -> tuple[str, str]:
+        return (d["kind"], d["metadata"]["name"])
+
+    assert sorted(map(key, built)) == sorted(map(key, mine))
+    for doc in built:
+        ours = next(d for d in mine if key(d) == key(doc))
+        assert doc["metadata"]["labels"] == ours["metadata"]["labels"]
+        assert doc.get("spec") == ours.get("spec") and doc.get("data") == ours.get("data")

@@ -1,0 +1,207 @@
+"""``gateway serve --workers 2``: two real processes on one port, /metrics summed across them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.mmap_dict import MmapedDict
+
+from gateway.sandbox.runner import Sandboxes
+from tests.conftest import ROOT, ROUTES
+
+PH = "/v1/posthog/projects/1/notebooks"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.add(int(entry))
+    return out
+
+
+@asynccontextmanager
+async def supervisor(
+    config: Path, env: dict[str, str], metrics_dir: Path | None
+) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
+    port = _free_port()
+    extra = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)} if metrics_dir else {}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        str(config),
+        "--port",
+        str(port),
+        "--workers",
+        "2",
+        "--no-probes",
+        "--watch-interval",
+        "off",
+        "--log-level",
+        "warning",
+        cwd=ROOT,
+        env={**os.environ, **env, **extra},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while len(await _pids(base, 10)) < 2:
+            assert proc.returncode is None, "the supervisor exited"
+            assert time.monotonic() < deadline, "two workers never answered"
+            await asyncio.sleep(0.1)
+        yield base, proc
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 15)
+            except TimeoutError:
+                proc.kill()  # its workers follow: they get SIGTERM when the supervisor dies
+                await proc.wait()
+
+
+async def _fresh_get(url: str, **kw: Any) -> tuple[int, Any]:
+    """One request on its own new connection, so SO_REUSEPORT may pick either worker."""
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s,
+        s.get(url, **kw) as r,
+    ):
+        return r.status, await r.json(content_type=None)
+
+
+async def _pids(base: str, n: int) -> Counter[int]:
+    seen: Counter[int] = Counter()
+    for _ in range(n):
+        try:
+            status, body = await _fresh_get(base + "/readyz")
+        except aiohttp.ClientError:
+            continue
+        if status == 200:
+            seen[body["pid"]] += 1
+    return seen
+
+
+async def _metric(base: str, name: str, **labels: str) -> float:
+    async with aiohttp.ClientSession() as s, s.get(base + "/metrics") as r:
+        text = await r.text()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _per_worker(metrics_dir: Path, name: str, route: str) -> dict[int, float]:
+    """What each worker wrote to its own multiprocess file, read straight from the files."""
+    out: dict[int, float] = {}
+    for path in metrics_dir.glob("counter_*.db"):
+        pid = int(path.stem.split("_")[1])
+        for key, value, _ts, _pos in MmapedDict.read_all_values_from_file(str(path)):
+            if f'"{name}"' in key and f'"route": "{route}"' in key:
+                out[pid] = out.get(pid, 0.0) + value
+    return out
+
+
+async def test_two_workers_share_the_port_and_metrics_sum_across_them(
+    sandboxes: Sandboxes, sandbox_env: dict[str, str], tmp_path: Path
+) -> None:
+    metrics_dir = tmp_path / "metrics"
+    async with supervisor(ROUTES, sandbox_env, metrics_dir) as (base, proc):
+        workers = set(await _pids(base, 30))
+        assert len(workers) == 2 and workers == _children(proc.pid)  # both serve, both are the supervisor's
+
+        n = 40
+        results = await asyncio.gather(*(_fresh_get(f"{base}{PH}?limit=2") for _ in range(n)))
+        assert all(status == 200 and len(body["items"]) == 2 for status, body in results)
+
+        per_worker = _per_worker(metrics_dir, "gateway_requests_total", "posthog_notebooks")
+        assert set(per_worker) == workers and all(v > 0 for v in per_worker.values())  # each served some
+        assert sum(per_worker.values()) == n
+        # whichever worker answers /metrics reports the sum, every time
+        for _ in range(4):
+            assert await _metric(base, "gateway_requests_total", route="posthog_notebooks") == n
+            assert await _metric(base, "gateway_request_duration_seconds_count", route="posthog_notebooks") == n
+        # gauges are combined, not listed per pid
+        assert await _metric(base, "gateway_route_up", route="posthog_notebooks") == 1
+        async with aiohttp.ClientSession() as s, s.get(base + "/metrics") as r:
+            assert 'pid="' not in await r.text()
+
+
+async def test_sighup_reaches_every_worker_and_a_dead_worker_is_replaced(
+    sandboxes: Sandboxes, sandbox_env: dict[str, str], tmp_path: Path
+) -> None:
+    config = tmp_path / "routes.yaml"
+    original = ROUTES.read_text()
+    config.write_text(original)
+    async with supervisor(config, sandbox_env, None) as (base, proc):
+        status, _ = await _fresh_get(base + "/v1/posthog/projects/1/notebooks-renamed?limit=1")
+        assert status == 404
+        config.write_text(
+            original.replace(
+                "stable: GET /v1/posthog/projects/{project_id}/notebooks\n",
+                "stable: GET /v1/posthog/projects/{project_id}/notebooks-renamed\n",
+            )
+        )
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while True:  # both workers reloaded: every fresh connection finds the new route
+            statuses = [
+                s
+                for s, _ in await asyncio.gather(
+                    *(_fresh_get(base + "/v1/posthog/projects/1/notebooks-renamed?limit=1") for _ in range(20))
+                )
+            ]
+            if statuses == [200] * 20:
+                break
+            assert time.monotonic() < deadline, statuses
+            await asyncio.sleep(0.2)
+
+        victim = min(_children(proc.pid))
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while True:
+            workers = _children(proc.pid)
+            if len(workers) == 2 and victim not in workers and set(await _pids(base, 30)) == workers:
+                break
+            assert time.monotonic() < deadline, workers
+            await asyncio.sleep(0.2)
+
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+        assert not any(Path(f"/proc/{pid}").exists() for pid in workers)  # none outlives the supervisor
+
+
+@pytest.mark.parametrize("args", [["--workers", "0"], ["--workers", "2", "--port", "0"]])
+def test_bad_worker_options_are_usage_errors(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+
+    assert main(["serve", str(ROUTES), "--port", "8999", *args]) == 2
+    assert "--workers" in capsys.readouterr().err
