@@ -20,6 +20,12 @@ test: $(STAMP)
 	scripts/install-test-deps.sh
 	$(BIN)/pytest -q
 
+# not part of `make test`: installs wrk + nginx (Debian), ~10 minutes, writes bench/results.json
+bench: $(STAMP)
+	bench/install-deps.sh
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check gateway tests examples deploy
 	$(BIN)/mypy

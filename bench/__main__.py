@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import platform
@@ -22,15 +23,13 @@ SECTIONS = ("http", "aggregation", "memory")
 
 def _versions() -> dict[str, str]:
     import aiohttp
-    import prometheus_client  # noqa: F401
 
     out = {"python": platform.python_version(), "aiohttp": aiohttp.__version__}
-    try:
-        import uvloop
-
-        out["uvloop"] = uvloop.__version__
-    except ImportError:
-        out["uvloop"] = "not installed"
+    for dist in ("uvloop", "httptools", "prometheus-client"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "not installed"
     for name, argv in (("nginx", ["nginx", "-v"]), ("wrk", ["wrk", "-v"])):
         try:
             r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
@@ -38,6 +37,13 @@ def _versions() -> dict[str, str]:
         except (OSError, IndexError, subprocess.SubprocessError):
             out[name] = "not installed"
     return out
+
+
+def _loadavg() -> float:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return -1.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +68,14 @@ def main(argv: list[str] | None = None) -> int:
         "command": "make bench  # = .venv/bin/python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), **_versions()},
     }
+    results["loadavg_before"] = _loadavg()
     print(f"routegate bench: {results['machine']}  (work dir {workdir})", flush=True)
+    if results["loadavg_before"] > 0.5:
+        print(
+            f"warning: load average {results['loadavg_before']:.2f} before the run: something else is using "
+            "the CPUs, and every number below shares them with it",
+            flush=True,
+        )
     try:
         with Procs(workdir) as procs:
             if "http" in sections:
@@ -71,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
                 load = Load(args.threads, args.connections, args.seconds)
                 latency = Load(1, 1, args.seconds)
                 workers = [int(n) for n in args.workers.split(",")]
-                print(f"\n== HTTP: wrk -t{load.threads} -c{load.connections} -d{load.seconds}s, and -t1 -c1 for latency", flush=True)
+                print(
+                    f"\n== HTTP: wrk -t{load.threads} -c{load.connections} -d{load.seconds}s, and -t1 -c1 for latency",
+                    flush=True,
+                )
                 results["http"] = {
                     "load": vars(load) | {"latency_connections": 1},
                     **http.bench(procs, workdir, load, latency, args.rounds, workers),
@@ -93,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             import shutil
 
             shutil.rmtree(workdir, ignore_errors=True)
+    results["loadavg_after"] = _loadavg()
     results["targets"] = targets.evaluate(results)
     print()
     print(targets.render(results))

@@ -1,7 +1,7 @@
 """``all=true`` over 10,000 PostHog-style items in pages of 100, 50 ms per upstream page.
 
 Compared with a naive client that walks ``next`` one page at a time, and with the
-floor: pages ÷ allowed concurrency × latency (what any client limited to that many
+floor: pages / allowed concurrency * latency (what any client limited to that many
 requests in flight must wait).  Offset pagination lets the gateway fetch the pages
 after the first concurrently; cursor pagination cannot (see ``NOTE``).
 """

@@ -40,8 +40,19 @@ def start_upstream(procs: Procs, count: int, latency_ms: float, second_count: in
     port = free_port()
     proc = procs.start(
         f"posthog-{count}",
-        [sys.executable, "-m", "bench.posthog_upstream", "--port", str(port), "--count", str(count),
-         "--second-count", str(second_count), "--latency-ms", str(latency_ms)],
+        [
+            sys.executable,
+            "-m",
+            "bench.posthog_upstream",
+            "--port",
+            str(port),
+            "--count",
+            str(count),
+            "--second-count",
+            str(second_count),
+            "--latency-ms",
+            str(latency_ms),
+        ],
     )
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/_sandbox/requests", timeout=120, proc=proc)
@@ -55,8 +66,20 @@ def start_gateway(procs: Procs, workdir: Path, upstream: str, concurrency: int, 
     port = free_port()
     proc = procs.start(
         name,
-        [sys.executable, "-m", "gateway", "serve", str(routes), "--port", str(port), "--no-probes",
-         "--watch-interval", "off", "--log-level", "info"],
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            str(routes),
+            "--port",
+            str(port),
+            "--no-probes",
+            "--watch-interval",
+            "off",
+            "--log-level",
+            "info",
+        ],
         {"POSTHOG_URL": upstream, "POSTHOG_API_KEY": SANDBOX_POSTHOG_KEY},
     )
     base = f"http://127.0.0.1:{port}"

@@ -130,7 +130,10 @@ def bench(
     (docroot / "api" / "notebook.json").write_bytes(page)
 
     up_port = free_port()
-    up = procs.start("upstream-nginx", nginx.argv(workdir / "nginx-upstream", nginx.upstream_conf(workdir / "nginx-upstream", up_port, docroot)))
+    up = procs.start(
+        "upstream-nginx",
+        nginx.argv(workdir / "nginx-upstream", nginx.upstream_conf(workdir / "nginx-upstream", up_port, docroot)),
+    )
     direct = f"http://127.0.0.1:{up_port}{nginx.UPSTREAM_PATH}"
     wait_http(direct, proc=up)
 
@@ -141,8 +144,30 @@ def bench(
         proc = procs.start(f"nginx-proxy-{n}", nginx.argv(prefix, nginx.proxy_conf(prefix, port, up_port, n)))
         base = f"http://127.0.0.1:{port}"
         wait_http(base + "/pass/notebook.json", proc=proc)
-        cases.append(Case(f"nginx_proxy_pass_w{n}", base + "/pass/notebook.json", _expect_page(base + "/pass/notebook.json", page)))
-        cases.append(Case(f"nginx_proxy_cache_w{n}", base + "/cache/notebook.json", _nginx_cache_check(base + "/cache/notebook.json", page)))
+        cases.append(
+            Case(
+                f"nginx_proxy_pass_w{n}", base + "/pass/notebook.json", _expect_page(base + "/pass/notebook.json", page)
+            )
+        )
+        cases.append(
+            Case(
+                f"nginx_proxy_cache_w{n}",
+                base + "/cache/notebook.json",
+                _nginx_cache_check(base + "/cache/notebook.json", page),
+            )
+        )
+
+    # the ceilings: featureless aiohttp servers (bench/ceiling.py), as many workers as the gateway
+    page_file = workdir / "page.json"
+    page_file.write_bytes(page)
+    for n in worker_counts:
+        for mode in ("static", "proxy"):
+            port = free_port()
+            argv = [sys.executable, "-m", "bench.ceiling", mode, "--port", str(port), "--workers", str(n)]
+            proc = procs.start(f"ceiling-{mode}-{n}", [*argv, "--page", str(page_file), "--upstream", direct])
+            url = f"http://127.0.0.1:{port}/"
+            wait_http(url, proc=proc)
+            cases.append(Case(f"aiohttp_ceiling_{mode}_w{n}", url, _expect_page(url, page)))
 
     env = {"BENCH_UPSTREAM_URL": f"http://127.0.0.1:{up_port}"}
     base_yaml = ROUTES.read_text()
@@ -151,9 +176,8 @@ def bench(
     routes.write_text(base_yaml if cache_missing else base_yaml + CACHE_ROUTE)
     for n in worker_counts:
         port = free_port()
-        argv = [sys.executable, "-m", "gateway", "serve", str(routes), "--port", str(port), "--log-level", "info"]
-        if n != 1 or _has_workers_option():
-            argv += ["--workers", str(n)]
+        argv = [sys.executable, "-m", "gateway", "serve", str(routes), "--port", str(port), "--workers", str(n)]
+        argv += ["--log-level", "info", "--no-probes", "--watch-interval", "off"]  # logs and metrics stay on
         proc = procs.start(f"gateway-w{n}", argv, env)
         base = f"http://127.0.0.1:{port}"
         wait_http(base + "/readyz", proc=proc)
@@ -167,7 +191,11 @@ def bench(
         except CacheMissing as exc:
             cache_missing = str(exc)
             cases.remove(case)
-    lat_names = ["direct", *(f"nginx_proxy_pass_w{n}" for n in worker_counts), *(f"gateway_pass_w{n}" for n in worker_counts)]
+    lat_names = [
+        "direct",
+        *(f"nginx_proxy_pass_w{n}" for n in worker_counts),
+        *(f"gateway_pass_w{n}" for n in worker_counts),
+    ]
     lat_names += [f"gateway_cache_w{n}" for n in worker_counts if cache_missing is None]
     lat_cases = [Case(c.name + "_c1", c.url, c.check) for c in cases if c.name in lat_names]
 
@@ -190,13 +218,6 @@ def bench(
         "cache": {"available": cache_missing is None, **({"missing_because": cache_missing} if cache_missing else {})},
         "page_bytes": len(page),
     }
-
-
-def _has_workers_option() -> bool:
-    from gateway.cli import build_parser
-
-    serve = build_parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
-    return any("--workers" in a.option_strings for a in serve._actions)
 
 
 def _progress(prefix: str, case: Case) -> None:

@@ -31,12 +31,22 @@ def page_json() -> bytes:
     content = {
         "type": "doc",
         "content": [
-            {"type": "heading", "attrs": {"level": 1}, "content": [{"type": "text", "text": "Product review, week 47"}]},
+            {
+                "type": "heading",
+                "attrs": {"level": 1},
+                "content": [{"type": "text", "text": "Product review, week 47"}],
+            },
             *({"type": "paragraph", "content": [{"type": "text", "text": p}]} for p in paragraphs),
         ],
     }
-    user = {"id": 1, "uuid": "0188a0f5-52c3-0000-4a1f-8e0d5c7b2a11", "distinct_id": "u1", "first_name": "Ada",
-            "email": "ada@example.com", "is_email_verified": True}
+    user = {
+        "id": 1,
+        "uuid": "0188a0f5-52c3-0000-4a1f-8e0d5c7b2a11",
+        "distinct_id": "u1",
+        "first_name": "Ada",
+        "email": "ada@example.com",
+        "is_email_verified": True,
+    }
     doc = {
         "id": "0188a0f5-9d1e-7c2b-8a4f-3e6d2b1c0a99",
         "short_id": "aB3dE5fG",
@@ -60,16 +70,12 @@ def page_json() -> bytes:
 
 def _common(prefix: Path) -> str:
     user = "user root;\n" if os.geteuid() == 0 else ""
-    return (
-        f"{user}pid {prefix}/nginx.pid;\nerror_log {prefix}/error.log warn;\n"
-        "events { worker_connections 4096; }\n"
-    )
+    return f"{user}pid {prefix}/nginx.pid;\nerror_log {prefix}/error.log warn;\nevents {{ worker_connections 4096; }}\n"
 
 
 def _temp_paths(prefix: Path) -> str:
     return "".join(
-        f"    {kind}_temp_path {prefix}/{kind}_temp;\n"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        f"    {kind}_temp_path {prefix}/{kind}_temp;\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
 
 

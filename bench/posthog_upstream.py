@@ -26,7 +26,7 @@ class BenchState(PostHogState):
         super().__init__(*args, **kw)
         self._visible: dict[int, list[Any]] = {}
 
-    def visible(self, project_id: int) -> list[Any]:  # type: ignore[override]
+    def visible(self, project_id: int) -> list[Any]:
         if project_id not in self._visible:
             self._visible[project_id] = super().visible(project_id)
         return self._visible[project_id]

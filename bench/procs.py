@@ -49,9 +49,7 @@ class Procs:
     def start(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = (self.workdir / f"{name}.log").open("ab")
         full_env = {**os.environ, **(env or {})}
-        proc = subprocess.Popen(
-            list(argv), stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
-        )
+        proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
         log.close()
         self._procs.append((name, proc))
         return proc
@@ -90,7 +88,5 @@ class Procs:
     def __enter__(self) -> Procs:
         return self
 
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.stop_all()

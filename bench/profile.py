@@ -101,8 +101,20 @@ def main(argv: list[str] | None = None) -> int:
             text = http.ROUTES.read_text()
             routes.write_text(text if http.cache_supported(text + http.CACHE_ROUTE, env) else text + http.CACHE_ROUTE)
             port = free_port()
-            argv_gw = [sys.executable, "-m", "gateway", "serve", str(routes), "--port", str(port),
-                       "--log-level", args.log_level, "--no-probes", "--watch-interval", "off"]
+            argv_gw = [
+                sys.executable,
+                "-m",
+                "gateway",
+                "serve",
+                str(routes),
+                "--port",
+                str(port),
+                "--log-level",
+                args.log_level,
+                "--no-probes",
+                "--watch-interval",
+                "off",
+            ]
             gw = procs.start("gateway", argv_gw, env)
             wait_http(f"http://127.0.0.1:{port}/readyz", proc=gw)
             url = f"http://127.0.0.1:{port}{args.path}"
@@ -118,14 +130,31 @@ def main(argv: list[str] | None = None) -> int:
                 raw.write_text("")
             else:
                 subprocess.run(
-                    [spy, "record", "--pid", str(gw.pid), "--duration", str(args.seconds), "--rate", "500",
-                     "--format", "raw", "--output", str(raw), *(["--native"] if args.native else ["--nonblocking"])],
-                    check=True, capture_output=True, timeout=args.seconds + 60,
+                    [
+                        spy,
+                        "record",
+                        "--pid",
+                        str(gw.pid),
+                        "--duration",
+                        str(args.seconds),
+                        "--rate",
+                        "500",
+                        "--format",
+                        "raw",
+                        "--output",
+                        str(raw),
+                        *(["--native"] if args.native else ["--nonblocking"]),
+                    ],
+                    check=True,
+                    capture_output=True,
+                    timeout=args.seconds + 60,
                 )
             if args.svg:
                 subprocess.run(
                     [spy, "record", "--pid", str(gw.pid), "--duration", "3", "--output", args.svg, "--nonblocking"],
-                    check=True, capture_output=True, timeout=60,
+                    check=True,
+                    capture_output=True,
+                    timeout=60,
                 )
             load.join()
             user, system = (b - a for a, b in zip(cpu0, cpu_seconds(gw.pid), strict=True))

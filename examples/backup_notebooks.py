@@ -509,7 +509,8 @@ async def run(args: argparse.Namespace) -> int:
         sources.append(posthog_source(str(args.posthog_project)))
     else:
         log("PostHog: skipped (no --posthog-project and no POSTHOG_PROJECT_ID)")
-    headers = {"Accept": "application/json", "User-Agent": "routegate-backup-notebooks/1"}
+    # a backup wants what the upstream holds now, not a copy the gateway cached a minute ago
+    headers = {"Accept": "application/json", "User-Agent": "routegate-backup-notebooks/1", "Cache-Control": "no-cache"}
     if args.api_key:
         headers["Authorization"] = f"Bearer {args.api_key}"
     timeout = aiohttp.ClientTimeout(total=120, connect=10)

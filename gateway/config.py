@@ -269,6 +269,8 @@ class Pagination:
     page_size: int = 100
     default_limit: int = 50
     max_limit: int = 200
+    #: an all=true aggregation larger than this is refused (502) rather than held or looped on
+    max_items: int = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -1335,6 +1337,7 @@ def _pagination(node: _Node | None) -> Pagination | None:
             "page_size",
             "default_limit",
             "max_limit",
+            "max_items",
         },
         {"style"},
     ):
@@ -1360,6 +1363,8 @@ def _pagination(node: _Node | None) -> Pagination | None:
     for key in ("page_size", "default_limit", "max_limit"):
         if (n := node.get(key)) is not None and (iv := n.integer(1, 10000)) is not None:
             kw[key] = iv
+    if (n := node.get("max_items")) is not None and (iv := n.integer(1)) is not None:
+        kw["max_items"] = iv
     p = Pagination(**kw)
     if p.default_limit > p.max_limit:
         node.error("default_limit cannot exceed max_limit")

@@ -18,6 +18,7 @@ bounded response size (checked against Content-Length first, then while reading)
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 import zlib
 from collections import deque
@@ -250,6 +251,7 @@ class _Conn(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        self._cancel_timer()
         if self.transport is not None:
             self.transport.close()
 
@@ -366,7 +368,8 @@ class Pool:
             raise ConnectError(f"TLS: {exc.reason or exc}") from None
         except OSError as exc:
             self._slot_freed()
-            raise ConnectError(exc.strerror or type(exc).__name__) from None
+            # asyncio's own text names the address ("Connect call failed (...)"); the errno says why
+            raise ConnectError(os.strerror(exc.errno) if exc.errno else type(exc).__name__) from None
         except BaseException:
             self._slot_freed()
             raise

@@ -8,6 +8,8 @@ the workers' values (``livesum`` for per-worker amounts, ``max`` for timestamps,
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 #: a loopback proxy answers in well under a millisecond; a slow upstream in seconds
@@ -24,6 +26,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._children: dict[tuple[object, ...], Any] = {}
         self.requests = Counter(
             "gateway_requests_total",
             "Stable-side requests answered.",
@@ -217,3 +220,13 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=registry,
         )
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)`` looked up once (it validates and takes a lock on every call).
+
+        For the per-request series only, which are never removed."""
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found

@@ -110,12 +110,30 @@ async def pages(
     """Yield pages of up to ``limit`` items in total (all when None), updating ``position``."""
     pag = route.pagination
     assert pag is not None
-    if pag.style == "before":
-        async for page in _before(route.name, pag, streams, position, limit, fetch):
-            yield page
-    else:
-        async for page in _offset(route.name, pag, position, limit, fetch, concurrency):
-            yield page
+    source = (
+        _before(route.name, pag, streams, position, limit, fetch)
+        if pag.style == "before"
+        else _offset(route.name, pag, position, limit, fetch, concurrency)
+    )
+    handed = 0
+    async for page in source:
+        handed += len(page)
+        if handed > pag.max_items:
+            raise ShapeDrift(
+                f"the collection has more than {pag.max_items} items (pagination.max_items); "
+                "page through it with cursors instead of all=true",
+                code="collection_too_large",
+                route=route.name,
+            )
+        yield page
+
+
+def _stalled(route: str) -> ShapeDrift:
+    return ShapeDrift(
+        "upstream pagination did not advance (the next page repeated the last one); stopped",
+        code="pagination_stalled",
+        route=route,
+    )
 
 
 async def _before(
@@ -137,8 +155,16 @@ async def _before(
         if not items:
             exhausted.add(k)
             return
+        last = _field(pag, items[-1], route)
+        previous = fetched_to[k]
+        try:
+            advanced = previous is None or last < previous
+        except TypeError:
+            advanced = False
+        if not advanced:
+            raise _stalled(route)  # an upstream ignoring `before` would otherwise loop forever
         buffers[k].extend(items)
-        fetched_to[k] = _field(pag, items[-1], route)
+        fetched_to[k] = last
 
     handed = 0
     while limit is None or handed < limit:
@@ -222,10 +248,14 @@ async def _offset(
             position.ended.add("")
             return
     # unknown count, or the collection grew meanwhile: follow next one page at a time
+    previous_first: Any = items[0] if items else None  # the page just yielded
     while has_more:
         items, has_more, _ = await get(offset, size)
         if not items:
             break
+        if items[0] == previous_first:
+            raise _stalled(route)  # an upstream ignoring `offset` would otherwise loop forever
+        previous_first = items[0]
         offset += len(items)
         position.pos[""] = offset
         yield [(None, it) for it in items]

@@ -20,7 +20,7 @@ from aiohttp import web
 from multidict import MultiDict
 
 from gateway import ndjson, trace
-from gateway.auth import Credentials
+from gateway.auth import Credentials, secrets_of
 from gateway.cache import ResponseCache, note_upstream
 from gateway.config import Config, Route, Target, Upstream
 from gateway.errors import (
@@ -46,6 +46,10 @@ from gateway.validators import VALIDATORS
 JSON_TYPE = "application/json"
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: failures raised before any request left the gateway: not counted as upstream requests
+_NOT_SENT = frozenset({"credentials", "budget", "throttled", "circuit_open", "config"})
+#: the gateway holding itself back, not the route breaking
+_SELF_PACING = frozenset({"budget", "throttled", "circuit_open"})
 _RETRY_IN = re.compile(r"available in (\d+) seconds?")
 
 
@@ -198,18 +202,28 @@ class Proxy:
         except UpstreamError as exc:
             self.metrics.upstream_seconds.labels(upstream.name, route.name).observe(time.perf_counter() - started)
             trace.upstream(None, time.perf_counter() - started)
+            if exc.kind not in _NOT_SENT:
+                self.metrics.upstream_requests.labels(upstream.name, route.name, exc.kind).inc()
             self._record_error(upstream, route, exc)
             raise
-        self.metrics.upstream_seconds.labels(upstream.name, route.name).observe(resp.elapsed)
+        m = self.metrics
+        m.child(m.upstream_seconds, upstream.name, route.name).observe(resp.elapsed)
         trace.upstream(resp.status, resp.elapsed)  # for the request's access-log line
-        self.metrics.upstream_requests.labels(upstream.name, route.name, status_class(resp.status)).inc()
+        m.child(m.upstream_requests, upstream.name, route.name, status_class(resp.status)).inc()
         return resp
 
     def _record_error(self, upstream: Upstream, route: Route, exc: UpstreamError) -> None:
+        """Count an upstream failure once (it may pass several layers) and mark the route down.
+
+        The gateway pacing itself (budget, a 429 hold-off, an open breaker) is counted but
+        is not the route breaking: alerts must not page for the gateway doing its job.
+        """
+        if exc.recorded:
+            return
+        exc.recorded = True
         self.metrics.upstream_errors.labels(upstream.name, route.name, exc.kind).inc()
-        if exc.kind != "shape":
-            self.metrics.upstream_requests.labels(upstream.name, route.name, exc.kind).inc()
-        self.health.down(route.name, exc.code, exc.message)
+        if exc.kind not in _SELF_PACING:
+            self.health.down(route.name, exc.code, exc.message)
 
     def _check_shape(self, upstream: Upstream, route: Route, resp: UpstreamResponse) -> None:
         """The route's declared status and content type (``shape:``), on every successful answer."""
@@ -226,7 +240,7 @@ class Proxy:
         status = resp.status
         if status < 300 or status == 304 or (resp.location is not None and 300 <= status < 400):
             return
-        detail = _upstream_message(resp.body)
+        detail = _redact(_upstream_message(resp.body), secrets_of(upstream.auth, self.creds))
         name = upstream.name
         exc: Exception
         if status in (404, 410):
@@ -400,19 +414,20 @@ class Proxy:
 
         upstream = self.config.upstreams[route.upstream]
         mapping = route.response.items
-        async for page in pages(route, streams, position, limit, fetch, upstream.concurrency):
-            out: list[Any] = []
-            try:
+        try:
+            # drift in a page (pagination.py: lost list, stalled paging) or in an item counts alike
+            async for page in pages(route, streams, position, limit, fetch, upstream.concurrency):
+                out: list[Any] = []
                 for stream, item in page:
                     if route.shape is not None:
                         check_fields(route.shape, item, route.name)
                     out.append(
                         item if mapping is None else apply_mapping(mapping, item, params_of(stream), None, route.name)
                     )
-            except ShapeDrift as exc:
-                self._record_error(upstream, route, exc)
-                raise
-            yield out
+                yield out
+        except ShapeDrift as exc:
+            self._record_error(upstream, route, exc)
+            raise
 
     async def probe(
         self, route: Route, query: Mapping[str, str], path_params: Mapping[str, str], request_id: str
@@ -475,6 +490,14 @@ def _flag(raw: str | None, route: str) -> bool:
     if low in ("false", "0", "no", ""):
         return False
     raise BadRequest(f"all must be true or false, got {raw!r}", code="bad_query", route=route)
+
+
+def _redact(text: str, secrets: list[str]) -> str:
+    """Upstream error text goes to clients, logs and /status: an echoed credential must not."""
+    for value in sorted(secrets, key=len, reverse=True):
+        if len(value) >= 4:
+            text = text.replace(value, "[redacted]")
+    return text
 
 
 def _upstream_message(body: bytes) -> str:

@@ -24,7 +24,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from gateway import status, trace, workers
+from gateway import logs, status, trace, workers
 from gateway.access import ANONYMOUS, Access
 from gateway.auth import Credentials
 from gateway.cache import CacheBackends
@@ -187,8 +187,9 @@ async def _frame(request: web.Request, handler: Handler) -> web.StreamResponse:
         gw = request.app[GATEWAY]
         route = request.get(ROUTE) or NO_ROUTE
         elapsed = time.perf_counter() - started
-        gw.metrics.requests.labels(route, request.method, status_class(resp.status)).inc()
-        gw.metrics.request_seconds.labels(route, request.method).observe(elapsed)
+        m = gw.metrics
+        m.child(m.requests, route, request.method, status_class(resp.status)).inc()
+        m.child(m.request_seconds, route, request.method).observe(elapsed)
         if access_log.isEnabledFor(logging.INFO):
             _log_access(request, rid, route, resp.status, elapsed, record)
     return resp
@@ -214,7 +215,23 @@ def _log_access(
         "cache": record.cache,
         "error": failure.code if failure is not None else None,
     }
-    access_log.info(json.dumps(fields), extra={"fields": fields})
+    fast = logs.access_lines()
+    if fast is not None:  # gateway serve's own JSON logging: the same line without a LogRecord
+        fast.write(fields)
+    else:
+        access_log.info("%s", _AsJson(fields), extra={"fields": fields})  # the JSON formatter uses fields as they are
+
+
+class _AsJson:
+    """A log argument serialized only if a handler formats the plain message (the JSON one does not)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return json.dumps(self.value)
 
 
 async def _dispatch(request: web.Request) -> web.StreamResponse:

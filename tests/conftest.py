@@ -30,8 +30,12 @@ async def sandboxes() -> AsyncIterator[Sandboxes]:
 
 @pytest.fixture
 def sandbox_env(sandboxes: Sandboxes) -> dict[str, str]:
-    """The env an operator would set to point the shipped routes.yaml at the sandboxes."""
-    env = {}
+    """The env an operator would set to point the shipped routes.yaml at the sandboxes.
+
+    The response cache is switched off here so that tests of other behaviour see every
+    request reach the sandbox; tests/test_cache*.py switch it on (the shipped default).
+    """
+    env = {"ROUTEGATE_CACHE": "off"}
     for line in export_lines(sandboxes):
         name, _, value = line.removeprefix("export ").partition("=")
         env[name] = value

@@ -616,10 +616,11 @@ async def test_shipped_routes_cache_reads_when_switched_on(
     make_gateway: Any, sandbox_env: dict[str, str], sandboxes: Sandboxes
 ) -> None:
     cfg = parse_config(ROUTES.read_text(), str(ROUTES), env={})
-    assert not cfg.cache.enabled  # off unless ROUTEGATE_CACHE says otherwise
+    assert cfg.cache.enabled  # on unless ROUTEGATE_CACHE=off
+    assert not parse_config(ROUTES.read_text(), str(ROUTES), env={"ROUTEGATE_CACHE": "off"}).cache.enabled
     reads = {r.name for r in cfg.routes if r.method == "GET"}
     assert {r.name for r in cfg.routes if r.cache is not None and r.cache.ttl > 0} == reads
-    off = await make_gateway()
+    off = await make_gateway()  # the suite's sandbox_env says ROUTEGATE_CACHE=off
     resp = await off.get(f"{LIST}?limit=1")
     assert resp.status == 200 and "X-Cache" not in resp.headers
     on = await make_gateway(env={**sandbox_env, "ROUTEGATE_CACHE": "on"})

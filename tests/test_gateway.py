@@ -233,3 +233,99 @@ async def test_refused_connection_is_502(make_gateway: Any) -> None:
     assert body["error"]["code"] == "upstream_unreachable"
     assert body["error"]["route"] == "thing"
     assert "flaky" in body["error"]["message"]
+
+
+STALLED_YAML = """
+upstreams:
+  stuck:
+    base_url: {url}
+    retries: {{attempts: 1}}
+routes:
+  before_list:
+    stable: GET /v1/before
+    upstream: stuck
+    pagination: {{style: before, param: before, field: t}}
+    targets: ["GET /before"]
+  offset_list:
+    stable: GET /v1/offset
+    upstream: stuck
+    pagination: {{style: offset, page_size: 2, max_items: 50}}
+    targets: ["GET /offset"]
+  big_list:
+    stable: GET /v1/big
+    upstream: stuck
+    pagination: {{style: offset, page_size: 10, max_items: 25}}
+    targets: ["GET /big"]
+"""
+
+
+async def test_an_upstream_that_ignores_paging_is_stopped(make_gateway: Any, aiohttp_server: Any) -> None:
+    """Without a guard an upstream ignoring before/offset would make all=true loop forever."""
+    calls = {"before": 0, "offset": 0}
+
+    async def before(_: web.Request) -> web.Response:
+        calls["before"] += 1
+        return web.json_response([{"t": "2026-01-02"}, {"t": "2026-01-01"}])  # `before` ignored
+
+    async def offset(_: web.Request) -> web.Response:
+        calls["offset"] += 1
+        return web.json_response({"next": "http://x/more", "results": [{"id": 1}, {"id": 2}]})  # no count
+
+    async def big(request: web.Request) -> web.Response:
+        o = int(request.query["offset"])
+        return web.json_response({"count": 1000, "next": "http://x/n", "results": [{"id": o + i} for i in range(10)]})
+
+    app = web.Application()
+    app.router.add_get("/before", before)
+    app.router.add_get("/offset", offset)
+    app.router.add_get("/big", big)
+    upstream = await aiohttp_server(app)
+    gw = await make_gateway(STALLED_YAML.format(url=str(upstream.make_url("/")).rstrip("/")), env={})
+    for path, kind in (("/v1/before?all=true", "before"), ("/v1/offset?all=true", "offset")):
+        resp = await gw.get(path)
+        body = await resp.json()
+        assert resp.status == 502, body
+        assert body["error"]["code"] == "pagination_stalled"
+        assert calls[kind] == 2, (kind, calls)
+    resp = await gw.get("/v1/big?all=true")
+    body = await resp.json()
+    assert resp.status == 502 and body["error"]["code"] == "collection_too_large"
+    # paging with a cursor still works
+    resp = await gw.get("/v1/big?limit=10")
+    assert resp.status == 200 and len((await resp.json())["items"]) == 10
+
+
+ECHO_YAML = """
+upstreams:
+  echo:
+    base_url: {url}
+    retries: {{attempts: 1}}
+    auth:
+      bearer: {{env: ECHO_TOKEN}}
+routes:
+  echoed:
+    stable: GET /v1/echo/{{what}}
+    upstream: echo
+    targets: ["GET /{{what}}"]
+"""
+
+
+async def test_an_upstream_echoing_the_credential_never_leaks_it(make_gateway: Any, aiohttp_server: Any) -> None:
+    token = "phx_echo_secret_0123456789abcdef"
+
+    async def echo(request: web.Request) -> web.Response:
+        status = {"auth": 401, "bad": 400, "boom": 500}[request.match_info["what"]]
+        return web.json_response({"detail": f"got {request.headers['Authorization']}"}, status=status)
+
+    app = web.Application()
+    app.router.add_get("/{what}", echo)
+    upstream = await aiohttp_server(app)
+    gw = await make_gateway(ECHO_YAML.format(url=str(upstream.make_url("/")).rstrip("/")), env={"ECHO_TOKEN": token})
+    for what, status in (("auth", 502), ("bad", 400), ("boom", 502)):
+        resp = await gw.get(f"/v1/echo/{what}")
+        text = await resp.text()
+        assert resp.status == status, text
+        assert "[redacted]" in text and token not in text
+    for page in ("/status", "/metrics"):
+        resp = await gw.get(page)
+        assert token not in await resp.text()

@@ -67,7 +67,9 @@ async def test_detail_update_conflict_delete_activity(gw: TestClient[Any, Any], 
     assert updated["version"] == version + 1
 
     activity = await _req(gw, "GET", f"{BASE}/{nb.short_id}/activity", 200)
-    assert len(activity["results"]) >= 2
+    assert activity["next_cursor"] is None
+    assert [a["activity"] for a in activity["items"]] == ["updated", "updated", "created"]
+    assert set(activity["items"][0]) == {"activity", "created_at", "user", "detail"}
 
     resp = await gw.delete(f"{BASE}/{nb.short_id}")
     assert resp.status == 204

@@ -273,6 +273,7 @@ async def test_posthog_short_throttle_is_waited_out(aiohttp_client: Any) -> None
     state = PostHogState(clock=lambda: time.time() + offset[0], rate_limit_per_minute=1)
     async with await start_sandboxes(posthog_state=state) as sb:
         env = dict(line.removeprefix("export ").split("=", 1) for line in export_lines(sb))
+        env["ROUTEGATE_CACHE"] = "off"  # every read must reach the throttling upstream
         gw = await aiohttp_client(build_app(ROUTES, registry=CollectorRegistry(), env=env))
         assert (await gw.get("/v1/posthog/projects/1/notebooks?limit=1")).status == 200
         # 59.5 s later by PostHog's clock: its window frees up in 0.5 s, which it rounds up to 1 second
