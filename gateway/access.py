@@ -9,6 +9,7 @@ value never leaves this module.
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import hmac
 
@@ -23,10 +24,19 @@ ANONYMOUS = "-"
 
 
 def presented_key(request: web.Request) -> str | None:
-    """``Authorization: Bearer <key>`` or ``X-API-Key: <key>``."""
+    """``Authorization: Bearer <key>``, ``X-API-Key: <key>``, or Basic with the key as password.
+
+    Basic exists so a browser can open the admin-guarded ``/status`` page (any user name).
+    """
     header = request.headers.get("Authorization", "")
     if header[:7].lower() == "bearer ":
         return header[7:].strip() or None
+    if header[:6].lower() == "basic ":
+        try:
+            decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return decoded.partition(":")[2] or None
     return request.headers.get("X-API-Key") or None
 
 

@@ -30,7 +30,7 @@ from gateway.auth import Credentials
 from gateway.cache import CacheBackends
 from gateway.cache.admin import purge_request
 from gateway.config import Config, ConfigError, Problem, load_config, parse_config
-from gateway.errors import GatewayError, PayloadTooLarge, Unprocessable
+from gateway.errors import GatewayError, PayloadTooLarge, Unauthorized, Unprocessable
 from gateway.expiry import ExpiryCollector, expiries
 from gateway.health import RouteHealth
 from gateway.limits import Limits
@@ -267,6 +267,13 @@ async def _metrics(request: web.Request) -> web.Response:
 
 async def _status(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
+    if not gw.runtime.access.open:
+        # route health, upstream errors and credential expiry are for operators once scripts need keys
+        try:
+            gw.runtime.access.require_admin(request)
+        except Unauthorized as exc:
+            exc.headers = {"WWW-Authenticate": 'Basic realm="routegate status", charset="UTF-8"'}
+            raise
     page = status.render_page(
         gw.runtime.config,
         gw.health,

@@ -102,3 +102,23 @@ async def test_admin_endpoints_are_off_without_admin_keys(gw: Any) -> None:
     resp = await gw.post("/admin/reload")
     body = await resp.json()
     assert resp.status == 403 and body["error"]["code"] == "admin_disabled"
+
+
+async def test_status_page_needs_the_admin_key_once_clients_need_keys(
+    make_gateway: Any, sandbox_env: dict[str, str]
+) -> None:
+    import base64
+
+    gw = await _gw(make_gateway, sandbox_env)
+    resp = await gw.get("/status")
+    assert resp.status == 401
+    assert resp.headers["WWW-Authenticate"].startswith("Basic")  # a browser asks for the key
+    resp = await gw.get("/status", headers={"X-API-Key": KEYS["READER_KEY"]})
+    assert resp.status == 401  # a client key is not enough
+    basic = base64.b64encode(f"ops:{KEYS['ADMIN_KEY']}".encode()).decode()
+    for headers in ({"Authorization": f"Basic {basic}"}, {"Authorization": f"Bearer {KEYS['ADMIN_KEY']}"}):
+        resp = await gw.get("/status", headers=headers)
+        assert resp.status == 200 and "observable_notebooks" in await resp.text()
+    basic_client = base64.b64encode(f"x:{KEYS['READER_KEY']}".encode()).decode()
+    resp = await gw.get("/v1/posthog/projects/1/notebooks?limit=1", headers={"Authorization": f"Basic {basic_client}"})
+    assert resp.status == 200  # Basic works for scripts too, the key being the password
