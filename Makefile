@@ -5,7 +5,16 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test lint bench clean deploy-config
 
+# Debian's python3 has no ensurepip (so no `-m venv`) until python3-venv is installed
 $(STAMP): pyproject.toml
+	@$(PY) -c 'import ensurepip, venv' 2>/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "make: $(PY) has no ensurepip; installing python3-venv" >&2; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; \
+	  else \
+	    echo "make: $(PY) cannot create a virtualenv (no ensurepip): install python3-venv" \
+	      "(sudo apt-get install python3-venv) or run make PY=/path/to/python3.11" >&2; exit 1; \
+	  fi; }
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
@@ -27,9 +36,10 @@ bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway tests examples deploy
+	$(BIN)/ruff check gateway tests examples deploy bench
 	$(BIN)/mypy
 	$(BIN)/mypy --strict examples/backup_notebooks.py deploy/render_routes.py
+	$(BIN)/mypy --strict bench
 
 # deploy/k8s/config/routes.yaml = routes.yaml + deploy/routes.production.yaml (served by the image,
 # docker compose and the Kubernetes ConfigMap); tests/test_deploy.py fails while it is stale

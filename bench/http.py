@@ -7,6 +7,7 @@ the rounds is reported.
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import urllib.request
@@ -45,7 +46,10 @@ class Case:
     name: str
     url: str
     check: Callable[[], None]
+    #: the server's process (its children included) whose CPU time per request is reported
+    pid: int | None = None
     runs: list[Sample] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         if not self.runs:
@@ -56,8 +60,33 @@ class Case:
             "p50_ms": round(statistics.median(s.p50_ms for s in self.runs), 4),
             "p99_ms": round(statistics.median(s.p99_ms for s in self.runs), 4),
             "errors": sum(s.errors for s in self.runs),
+            **({"cpu_us_per_request": round(statistics.median(self.cpu_us), 1)} if self.cpu_us else {}),
             "runs": [s.as_dict() for s in self.runs],
         }
+
+
+def tree_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process and its children (nginx and gateway workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _measure(case: Case, load: Load) -> None:
+    before = tree_cpu(case.pid) if case.pid else 0.0
+    sample = run(case.url, load)
+    case.runs.append(sample)
+    if case.pid and sample.requests:
+        case.cpu_us.append(1e6 * (tree_cpu(case.pid) - before) / sample.requests)
 
 
 def _get(url: str) -> tuple[int, dict[str, str], bytes]:
@@ -137,7 +166,7 @@ def bench(
     direct = f"http://127.0.0.1:{up_port}{nginx.UPSTREAM_PATH}"
     wait_http(direct, proc=up)
 
-    cases: list[Case] = [Case("direct", direct, _expect_page(direct, page))]
+    cases: list[Case] = [Case("direct", direct, _expect_page(direct, page), up.pid)]
     for n in worker_counts:
         port = free_port()
         prefix = workdir / f"nginx-proxy-{n}"
@@ -146,7 +175,10 @@ def bench(
         wait_http(base + "/pass/notebook.json", proc=proc)
         cases.append(
             Case(
-                f"nginx_proxy_pass_w{n}", base + "/pass/notebook.json", _expect_page(base + "/pass/notebook.json", page)
+                f"nginx_proxy_pass_w{n}",
+                base + "/pass/notebook.json",
+                _expect_page(base + "/pass/notebook.json", page),
+                proc.pid,
             )
         )
         cases.append(
@@ -154,6 +186,7 @@ def bench(
                 f"nginx_proxy_cache_w{n}",
                 base + "/cache/notebook.json",
                 _nginx_cache_check(base + "/cache/notebook.json", page),
+                proc.pid,
             )
         )
 
@@ -161,13 +194,14 @@ def bench(
     page_file = workdir / "page.json"
     page_file.write_bytes(page)
     for n in worker_counts:
-        for mode in ("static", "proxy"):
+        for mode in ("static", "proxy", "proxy-aiohttp") if n == 1 else ("static", "proxy"):
             port = free_port()
             argv = [sys.executable, "-m", "bench.ceiling", mode, "--port", str(port), "--workers", str(n)]
             proc = procs.start(f"ceiling-{mode}-{n}", [*argv, "--page", str(page_file), "--upstream", direct])
             url = f"http://127.0.0.1:{port}/"
             wait_http(url, proc=proc)
-            cases.append(Case(f"aiohttp_ceiling_{mode}_w{n}", url, _expect_page(url, page)))
+            name = f"aiohttp_ceiling_{mode.replace('-', '_')}_w{n}"
+            cases.append(Case(name, url, _expect_page(url, page), proc.pid))
 
     env = {"BENCH_UPSTREAM_URL": f"http://127.0.0.1:{up_port}"}
     base_yaml = ROUTES.read_text()
@@ -181,9 +215,9 @@ def bench(
         proc = procs.start(f"gateway-w{n}", argv, env)
         base = f"http://127.0.0.1:{port}"
         wait_http(base + "/readyz", proc=proc)
-        cases.append(Case(f"gateway_pass_w{n}", base + PASS_PATH, _expect_page(base + PASS_PATH, page)))
+        cases.append(Case(f"gateway_pass_w{n}", base + PASS_PATH, _expect_page(base + PASS_PATH, page), proc.pid))
         if cache_missing is None:
-            cases.append(Case(f"gateway_cache_w{n}", base + CACHE_PATH, _gateway_cache_check(base, page)))
+            cases.append(Case(f"gateway_cache_w{n}", base + CACHE_PATH, _gateway_cache_check(base, page), proc.pid))
 
     for case in list(cases):
         try:
@@ -197,17 +231,17 @@ def bench(
         *(f"gateway_pass_w{n}" for n in worker_counts),
     ]
     lat_names += [f"gateway_cache_w{n}" for n in worker_counts if cache_missing is None]
-    lat_cases = [Case(c.name + "_c1", c.url, c.check) for c in cases if c.name in lat_names]
+    lat_cases = [Case(c.name + "_c1", c.url, c.check, c.pid) for c in cases if c.name in lat_names]
 
     warm = Load(load.threads, load.connections, min(2, load.seconds))
     for case in cases:
         run(case.url, warm)
     for r in range(rounds):
         for case in cases:
-            case.runs.append(run(case.url, load))
+            _measure(case, load)
             _progress(f"round {r + 1}/{rounds}", case)
         for case in lat_cases:
-            case.runs.append(run(case.url, latency_load))
+            _measure(case, latency_load)
             _progress(f"round {r + 1}/{rounds}", case)
     for case in cases:  # the same answers after the load as before it
         case.check()
@@ -224,6 +258,7 @@ def _progress(prefix: str, case: Case) -> None:
     s = case.runs[-1]
     print(
         f"  {prefix} {case.name:28s} {s.rps:10.0f} req/s  p50 {s.p50_ms:7.3f} ms  p99 {s.p99_ms:7.3f} ms"
+        + (f"  {case.cpu_us[-1]:6.1f} us CPU/request" if case.cpu_us else "")
         + (f"  ERRORS {s.errors}" if s.errors else ""),
         flush=True,
     )

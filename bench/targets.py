@@ -65,11 +65,12 @@ def render(results: dict[str, Any]) -> str:
     lines: list[str] = []
     http = results.get("http")
     if http:
-        lines.append(f"{'case':32s} {'req/s':>10s} {'p50 ms':>9s} {'p99 ms':>9s}")
+        lines.append(f"{'case':32s} {'req/s':>10s} {'p50 ms':>9s} {'p99 ms':>9s} {'CPU us/req':>11s}")
         for name, c in http["cases"].items():
             if "rps" in c:
                 err = f"  ({c['errors']} errors)" if c["errors"] else ""
-                lines.append(f"{name:32s} {c['rps']:10.0f} {c['p50_ms']:9.3f} {c['p99_ms']:9.3f}{err}")
+                cpu = f"{c['cpu_us_per_request']:11.1f}" if "cpu_us_per_request" in c else f"{'':11s}"
+                lines.append(f"{name:32s} {c['rps']:10.0f} {c['p50_ms']:9.3f} {c['p99_ms']:9.3f} {cpu}{err}")
         if not http["cache"]["available"]:
             lines.append(f"gateway cache hit: NOT MEASURED, {http['cache']['missing_because']}")
         for k, v in http.get("ratios", {}).items():

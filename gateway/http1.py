@@ -411,13 +411,24 @@ class Pool:
         self._waiters.clear()
 
 
-def render(method: str, target: str, host: str, headers: dict[str, str], body_length: int | None) -> bytes:
-    """The request line and headers; CR/LF in any name or value is refused (header injection)."""
+def render(
+    method: str,
+    target: str,
+    host: str,
+    headers: dict[str, str],
+    body_length: int | None,
+    user_agent: str | None = None,
+) -> bytes:
+    """The request line and headers; CR/LF in any name or value is refused (header injection).
+
+    ``user_agent`` is sent unless ``headers`` has its own."""
     parts = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
     for name, value in headers.items():
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
             raise ValueError(f"header {name!r} holds a line break")
         parts.append(f"{name}: {value}\r\n")
+    if user_agent is not None and "User-Agent" not in headers:
+        parts.append(f"User-Agent: {user_agent}\r\n")
     if body_length is not None:
         parts.append(f"Content-Length: {body_length}\r\n")
     parts.append("\r\n")

@@ -81,8 +81,7 @@ class UpstreamClient:
     ) -> UpstreamResponse:
         """One logical upstream call, following same-origin redirects if asked."""
         url = _join(upstream.base_url, path, query)
-        origin = upstream.base_url.origin()
-        seen = {str(url)}
+        seen: set[str] = set()  # filled on the first redirect: most calls never need it
         started = time.perf_counter()
         for _hop in range(upstream.max_redirects + 1):
             once = functools.partial(self._once, upstream, method, url, headers, body, route)
@@ -107,7 +106,9 @@ class UpstreamClient:
                     code="bad_redirect",
                     route=route,
                 ) from None
-            if target.origin() != origin:
+            if not seen:
+                seen.add(str(url))
+            if target.origin() != upstream.base_url.origin():
                 raise BadGateway(
                     f"upstream {upstream.name!r} redirected to another host ({target.host}); not followed",
                     kind="redirect",
@@ -147,11 +148,9 @@ class UpstreamClient:
     ) -> UpstreamResponse:
         t = upstream.timeouts
         pool = self._pool(upstream)
-        if "User-Agent" not in headers:
-            headers = {**headers, "User-Agent": USER_AGENT}
         length = len(body) if body is not None else (0 if method in _BODY_METHODS else None)
         try:
-            head = http1.render(method, url.raw_path_qs, url.host_port_subcomponent or "", headers, length)
+            head = http1.render(method, url.raw_path_qs, url.host_port_subcomponent or "", headers, length, USER_AGENT)
         except ValueError:
             raise BadGateway(
                 f"a header for upstream {upstream.name!r} holds a line break; nothing was sent",

@@ -39,8 +39,9 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _QUICK_DEATH = 2.0
 #: this many quick deaths in a row and the supervisor gives up
 _CRASH_LOOP = 5
-#: exit codes of a worker that no restart can fix (invalid config, port in use): stop everything
-FATAL_CODES = frozenset({1, 2, 3})
+#: exit codes of a worker that no restart can fix (3: the port cannot be bound): stop everything.
+#: The config and options were checked by the supervisor before it forked.
+FATAL_CODES = frozenset({3})
 
 
 def multiprocess_enabled() -> bool:

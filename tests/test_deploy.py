@@ -1,7 +1,10 @@
 """deploy/ checked without a container engine or a cluster: every YAML file parses, the
 Dockerfile passes hadolint and builds a slim non-root runtime from a context that holds what it
 copies (and no secrets), `docker compose config` accepts the stack, promtool accepts the
-Prometheus files, and the Kubernetes base validates against the Kubernetes JSON schemas."""
+Prometheus files, and the Kubernetes base validates against the Kubernetes JSON schemas. The
+shipped Redis is also run for real (its exact command line, on 127.0.0.1): it refuses a client
+without the password, and under memory pressure it evicts cache entries, never the
+invalidation markers or the write sequence."""
 
 from __future__ import annotations
 
@@ -10,18 +13,30 @@ import importlib.util
 import json
 import os
 import re
+import secrets
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
+import redis
+import redis.asyncio as aioredis
 import yaml
+from prometheus_client import CollectorRegistry
 
+from gateway.cache.policy import CacheKey
+from gateway.cache.redis_store import RedisBackend
+from gateway.cache.store import Entry
 from gateway.config import load_config, parse_config
+from gateway.sandbox.runner import Sandboxes
+from tests.conftest import need_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -147,6 +162,25 @@ def test_env_example_and_compose_pass_every_variable_routes_yaml_reads() -> None
     passed = set(compose["services"]["gateway"]["environment"])
     assert names <= passed, f"docker-compose.yml does not pass {sorted(names - passed)} to the gateway"
     assert "GRAFANA_ADMIN_PASSWORD" not in passed
+    # and what compose interpolates and the manifests take from the routegate-secrets Secret
+    interpolated = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", (DEPLOY / "docker-compose.yml").read_text()))
+    secret_keys = {
+        ref["key"] for doc in kustomize_by_hand() for ref in _secret_key_refs(doc) if ref["name"] == "routegate-secrets"
+    }
+    assert "ROUTEGATE_REDIS_PASSWORD" in secret_keys & interpolated
+    wanted = interpolated | secret_keys
+    assert wanted <= listed, f"missing from deploy/.env.example: {sorted(wanted - listed)}"
+
+
+def _secret_key_refs(value: Any) -> Iterator[dict[str, str]]:
+    if isinstance(value, dict):
+        if "secretKeyRef" in value:
+            yield value["secretKeyRef"]
+        for v in value.values():
+            yield from _secret_key_refs(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _secret_key_refs(v)
 
 
 # --------------------------------------------------------------------------- Dockerfile
@@ -274,12 +308,27 @@ def _compose_tree(tmp_path: Path, env: str | None) -> Path:
     return tmp_path / "deploy"
 
 
-def filled_env() -> str:
-    values = {"ROUTEGATE_CLIENT_KEY": "client-key", "GRAFANA_ADMIN_PASSWORD": "grafana-pw", "POSTHOG_API_KEY": "phx_x"}
+FILLED = {
+    "ROUTEGATE_CLIENT_KEY": "client-key",
+    "GRAFANA_ADMIN_PASSWORD": "grafana-pw",
+    "POSTHOG_API_KEY": "phx_x",
+    "ROUTEGATE_REDIS_PASSWORD": "redis-pw",
+}
+
+
+def filled_env(**values: str | None) -> str:
+    """deploy/.env.example filled in as its comments say (None drops a line)."""
+    values = {**FILLED, **values}
     lines = []
     for line in (DEPLOY / ".env.example").read_text().splitlines():
-        name = line.split("=", 1)[0]
-        lines.append(f"{name}={values[name]}" if name in values else line)
+        name, eq, value = line.partition("=")
+        if eq and name == "ROUTEGATE_REDIS_URL" and name not in values:
+            line = f"{name}={value.replace('PASSWORD', str(values['ROUTEGATE_REDIS_PASSWORD']))}"
+        elif eq and name in values:
+            if values[name] is None:
+                continue
+            line = f"{name}={values[name]}"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
@@ -293,13 +342,20 @@ def test_compose_config_accepts_the_stack(tmp_path: Path) -> None:
     gw = services["gateway"]
     assert gw["build"]["dockerfile"] == "deploy/Dockerfile" and Path(gw["build"]["context"]) == tmp_path
     assert gw["environment"]["ROUTEGATE_CLIENT_KEY"] == "client-key"
-    assert gw["environment"]["ROUTEGATE_REDIS_URL"] == "redis://redis:6379/0"
+    assert gw["environment"]["ROUTEGATE_REDIS_URL"] == "redis://:redis-pw@redis:6379/0"
+    assert "ROUTEGATE_REDIS_PASSWORD" not in gw["environment"]
     assert "GRAFANA_ADMIN_PASSWORD" not in gw["environment"]
     assert all(p["host_ip"] == "127.0.0.1" for s in services.values() for p in s.get("ports", []))
     mount = next(v for v in gw["volumes"] if v["target"] == "/etc/routegate")
     assert Path(mount["source"]) == deploy / "k8s" / "config" and mount["read_only"]
     assert gw["depends_on"]["redis"]["condition"] == "service_healthy"
     assert gw["read_only"] and gw["cap_drop"] == ["ALL"]
+    # Redis wants the password from deploy/.env, keeps invalidation markers, and its healthcheck logs in
+    red = services["redis"]
+    assert _flag(red["command"], "--requirepass") == "redis-pw" and red["environment"]["REDISCLI_AUTH"] == "redis-pw"
+    assert _flag(red["command"], "--maxmemory-policy") == "volatile-ttl"
+    assert red["healthcheck"]["test"] == ["CMD-SHELL", "redis-cli ping | grep -q PONG"]
+    assert "ports" not in red
     # Prometheus scrapes the gateway service under the job name the alert rules select, with the rules
     prom = services["prometheus"]
     rules = next(v for v in prom["volumes"] if v["target"] == "/etc/prometheus/alerts.yml")
@@ -321,11 +377,27 @@ def test_compose_config_accepts_the_stack(tmp_path: Path) -> None:
     assert (deploy / "grafana" / Path(home).name).is_file()
 
 
+def _flag(command: list[str], flag: str) -> str:
+    return command[command.index(flag) + 1]
+
+
 def test_compose_refuses_to_start_without_the_required_secrets(tmp_path: Path) -> None:
     deploy = _compose_tree(tmp_path, (DEPLOY / ".env.example").read_text())
     result = run(*compose_command(), "-f", str(deploy / "docker-compose.yml"), "config", "--quiet")
     assert result.returncode != 0
     assert "ROUTEGATE_CLIENT_KEY" in result.stderr or "GRAFANA_ADMIN_PASSWORD" in result.stderr
+    # every other secret filled in, an empty Redis password is refused too (it would switch auth off)
+    (deploy / ".env").write_text(filled_env(ROUTEGATE_REDIS_PASSWORD=""))
+    result = run(*compose_command(), "-f", str(deploy / "docker-compose.yml"), "config", "--quiet")
+    assert result.returncode != 0 and "ROUTEGATE_REDIS_PASSWORD" in result.stderr
+
+
+def test_compose_gives_the_gateway_the_redis_password_when_no_url_is_set(tmp_path: Path) -> None:
+    deploy = _compose_tree(tmp_path, filled_env(ROUTEGATE_REDIS_URL=None, ROUTEGATE_REDIS_PASSWORD="pw-only"))
+    result = run(*compose_command(), "-f", str(deploy / "docker-compose.yml"), "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    env = json.loads(result.stdout)["services"]["gateway"]["environment"]
+    assert env["ROUTEGATE_REDIS_URL"] == "redis://:pw-only@redis:6379/0"
 
 
 # --------------------------------------------------------------------------- Prometheus
@@ -391,6 +463,7 @@ def test_k8s_manifests_validate_against_the_kubernetes_schemas(version: str) -> 
             "Deployment",
             "Deployment",
             "HorizontalPodAutoscaler",
+            "NetworkPolicy",
             "PodDisruptionBudget",
             "Service",
             "Service",
@@ -457,13 +530,214 @@ def test_k8s_base_runs_stateless_replicas_wired_together() -> None:
     assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"], "a drain must be able to proceed"
     # Redis: the Service the ROUTEGATE_REDIS_URL of deploy/.env.example names
     redis_url = re.search(
-        r"^ROUTEGATE_REDIS_URL=redis://([^:/]+):(\d+)", (DEPLOY / ".env.example").read_text(), re.MULTILINE
+        r"^ROUTEGATE_REDIS_URL=redis://:PASSWORD@([^:/@]+):(\d+)", (DEPLOY / ".env.example").read_text(), re.MULTILINE
     )
     assert redis_url is not None
     redis_svc = by_kind(docs, "Service", redis_url.group(1))
     assert redis_svc["spec"]["ports"][0]["port"] == int(redis_url.group(2))
     redis_pods = by_kind(docs, "Deployment", "redis")["spec"]["template"]["metadata"]["labels"]
     assert redis_svc["spec"]["selector"].items() <= redis_pods.items()
+
+
+def redis_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (c,) = by_kind(docs, "Deployment", "redis")["spec"]["template"]["spec"]["containers"]
+    container: dict[str, Any] = c
+    return container
+
+
+def test_k8s_redis_wants_the_secret_password_and_admits_only_gateway_pods() -> None:
+    docs = kustomize_by_hand()
+    c = redis_container(docs)
+    env = {e["name"]: e for e in c["env"]}
+    ref = env["REDISCLI_AUTH"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "routegate-secrets", "key": "ROUTEGATE_REDIS_PASSWORD"} and not ref.get("optional")
+    assert c["command"] == ["sh", "-c"]
+    (script,) = c["args"]
+    assert '--requirepass "$REDISCLI_AUTH"' in script and "--maxmemory-policy volatile-ttl" in script
+    assert c["readinessProbe"]["exec"]["command"] == ["sh", "-c", "redis-cli ping | grep -q PONG"]
+    # the NetworkPolicy: Redis pods take connections from gateway pods, on the Redis port, and nothing else
+    policy = by_kind(docs, "NetworkPolicy", "redis")["spec"]
+    redis_pods = by_kind(docs, "Deployment", "redis")["spec"]["template"]["metadata"]["labels"]
+    gateway_pods = by_kind(docs, "Deployment", "routegate")["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= redis_pods.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    (peer,) = rule["from"]
+    assert set(peer) == {"podSelector"}, "same namespace, pods only: no namespaceSelector or ipBlock"
+    assert peer["podSelector"]["matchLabels"].items() <= gateway_pods.items()
+    assert not peer["podSelector"]["matchLabels"].items() <= redis_pods.items()
+    assert rule["ports"] == [{"protocol": "TCP", "port": c["ports"][0]["containerPort"]}]
+
+
+def test_schema_validation_catches_a_malformed_network_policy() -> None:
+    policy = copy.deepcopy(by_kind(kustomize_by_hand(), "NetworkPolicy", "redis"))
+    policy["spec"]["ingress"][0]["from"][0]["podSelectors"] = policy["spec"]["ingress"][0]["from"][0].pop("podSelector")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(policy, K8S_VERSIONS[0], strict=True)
+
+
+# --------------------------------------------------------------------------- the shipped Redis, run
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class ShippedRedis:
+    """deploy/k8s/redis.yaml's container command, run as is with a local redis-server, plus
+    loopback-only flags (and any overrides) appended the way its ``"$@"`` allows."""
+
+    def __init__(self, workdir: Path, password: str, *extra: str) -> None:
+        need_binary("redis-server")
+        c = redis_container(kustomize_by_hand())
+        self.port = _free_port()
+        self.password = password
+        env = {"PATH": os.environ["PATH"], "REDISCLI_AUTH": password}
+        args = [*c["command"], *c["args"], "redis", "--port", str(self.port), "--bind", "127.0.0.1", *extra]
+        self.proc = subprocess.Popen(args, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def wait_ready(self) -> None:
+        client = redis.Redis(port=self.port, password=self.password, socket_timeout=1)
+        deadline = time.monotonic() + 10
+        try:
+            while True:
+                try:
+                    if client.ping():
+                        return
+                except redis.exceptions.ConnectionError:
+                    if self.proc.poll() is not None or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
+        finally:
+            client.close()
+
+    def url(self, template: str) -> str:
+        """A URL written as deploy/.env.example says, pointed at this server."""
+        return template.replace("PASSWORD", self.password).replace("@redis:6379/", f"@127.0.0.1:{self.port}/")
+
+    def info(self, section: str) -> dict[str, Any]:
+        client = redis.Redis(port=self.port, password=self.password)
+        try:
+            got: dict[str, Any] = client.info(section)
+            return got
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def shipped_redis(tmp_path: Path) -> Iterator[ShippedRedis]:
+    server = ShippedRedis(tmp_path, secrets.token_urlsafe(24))
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def env_example_redis_url() -> str:
+    m = re.search(r"^ROUTEGATE_REDIS_URL=(.+)$", (DEPLOY / ".env.example").read_text(), re.MULTILINE)
+    assert m is not None
+    return m.group(1)
+
+
+def test_shipped_redis_refuses_to_start_with_an_empty_password(tmp_path: Path) -> None:
+    server = ShippedRedis(tmp_path, "")
+    try:
+        assert server.proc.wait(timeout=10) == 1
+        assert server.proc.stdout is not None
+        assert b"ROUTEGATE_REDIS_PASSWORD" in server.proc.stdout.read()
+    finally:
+        server.stop()
+
+
+async def test_gateway_caches_in_the_shipped_redis_only_with_its_password(
+    make_gateway: Any, sandbox_env: dict[str, str], sandboxes: Sandboxes, shipped_redis: ShippedRedis
+) -> None:
+    """The rendered routes file, the URL as .env.example writes it, the Redis as redis.yaml runs it."""
+    client_key = secrets.token_urlsafe(24)
+    env = {**sandbox_env, "ROUTEGATE_CLIENT_KEY": client_key}
+    gw = await make_gateway(
+        RENDERED.read_text(), env={**env, "ROUTEGATE_REDIS_URL": shipped_redis.url(env_example_redis_url())}
+    )
+    headers = {"X-API-Key": client_key}
+    notebooks = "/v1/posthog/projects/1/notebooks"
+    first = sandboxes.posthog_state.visible(1)[0].short_id
+    for url in (f"{notebooks}?limit=3", f"{notebooks}/{first}"):
+        resp = await gw.get(url, headers=headers)
+        assert resp.status == 200 and resp.headers["X-Cache"] == "MISS"
+        resp = await gw.get(url, headers=headers)
+        assert resp.status == 200 and resp.headers["X-Cache"] == "HIT"
+    resp = await gw.patch(f"{notebooks}/{first}", json={"title": "Edited"}, headers=headers)
+    assert resp.status == 200
+    # what volatile-ttl relies on: the sequence never expires, every marker outlives every entry
+    store = aioredis.Redis.from_url(shipped_redis.url(env_example_redis_url()))
+    try:
+        keys = [k.decode() async for k in store.scan_iter(match="routegate:*")]
+        ttl = {k: await store.pttl(k) for k in keys}
+    finally:
+        await store.aclose()
+    entries = [v for k, v in ttl.items() if k.startswith("routegate:e:")]
+    markers = [v for k, v in ttl.items() if k.startswith("routegate:m:")]
+    assert entries and markers and ttl["routegate:seq"] == -1
+    assert min(markers) > max(entries) > 0
+    # a gateway that does not know the password is refused: it still answers, from the upstream
+    registry = CollectorRegistry()
+    blind = await make_gateway(
+        RENDERED.read_text(),
+        env={**env, "ROUTEGATE_REDIS_URL": f"redis://127.0.0.1:{shipped_redis.port}/0"},
+        registry=registry,
+    )
+    for _ in range(2):
+        resp = await blind.get(f"{notebooks}?limit=3", headers=headers)
+        assert resp.status == 200 and resp.headers["X-Cache"] == "MISS"
+    errors = registry.get_sample_value("gateway_cache_backend_errors_total", {"backend": "redis", "op": "lookup"})
+    assert errors is not None and errors >= 1
+
+
+async def test_shipped_redis_under_memory_pressure_evicts_entries_not_markers_or_the_sequence(
+    tmp_path: Path,
+) -> None:
+    # the shipped command line with a small maxmemory instead of 200mb, so filling it takes a moment
+    server = ShippedRedis(tmp_path, secrets.token_urlsafe(24), "--maxmemory", "4mb")
+    backend: RedisBackend | None = None
+    try:
+        server.wait_ready()
+        errors: list[str] = []
+        backend = RedisBackend(server.url(env_example_redis_url()), "routegate", 2.0, 1.0, errors.append)
+        # markers as the cache writes them: kept for the longest entry lifetime plus a margin
+        lifetime = 5 * 60 + 3600.0
+        await backend.invalidate(["t:/v1/x/1", "s:/v1/x", "r:other"], keep_for=lifetime + 60)
+        body = secrets.token_bytes(8192)
+        for i in range(1500):
+            entry = Entry(200, (("content-type", "application/octet-stream"),), body, 0.0, 1.0, 2.0, 1)
+            await backend.store(CacheKey("x", f"/v1/x/{i}", "d"), entry, lifetime - (i % 7) * 30)
+        assert not errors, errors
+        assert server.info("stats")["evicted_keys"] > 0, "the test must push Redis past maxmemory"
+        store = aioredis.Redis.from_url(server.url(env_example_redis_url()))
+        try:
+            assert await store.get("routegate:seq") == b"1"
+            marks = await store.mget(["routegate:m:t:/v1/x/1", "routegate:m:s:/v1/x", "routegate:m:r:other"])
+            assert marks == [b"1", b"1", b"1"]
+        finally:
+            await store.aclose()
+    finally:
+        if backend is not None:
+            await backend.close()
+        server.stop()
 
 
 def test_kubectl_kustomize_builds_the_same_base() -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import pytest
+import trustme
 
 from gateway import http1
 
@@ -245,3 +247,36 @@ def test_line_breaks_in_headers_are_refused() -> None:
         http1.render("GET", "/", "h", {"Authorization": "Bearer x\r\nX-Evil: 1"}, None)
     with pytest.raises(ValueError):
         http1.render("GET", "/", "h", {"X-Bad\nName": "v"}, None)
+
+
+async def test_tls_upstreams_are_verified() -> None:
+    """Real upstreams are HTTPS: the pool speaks TLS and refuses a certificate it cannot verify."""
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await head_of(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecure")
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ctx)
+    port = srv.sockets[0].getsockname()[1]
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+    good = http1.Pool("https", "127.0.0.1", port, limit=2, ssl_context=trusting)
+    stranger = http1.Pool("https", "127.0.0.1", port, limit=2)  # the system's CAs: ours is not one of them
+    try:
+        assert (await good.request(get(), None, is_head=False, **LIMITS)).body == b"secure"
+        with pytest.raises(http1.ConnectError, match="TLS"):
+            await stranger.request(get(), None, is_head=False, **LIMITS)
+    finally:
+        await good.close()
+        await stranger.close()
+        srv.close()
+        await srv.wait_closed()

@@ -205,3 +205,31 @@ def test_bad_worker_options_are_usage_errors(args: list[str], capsys: pytest.Cap
 
     assert main(["serve", str(ROUTES), "--port", "8999", *args]) == 2
     assert "--workers" in capsys.readouterr().err
+
+
+async def test_a_port_the_workers_cannot_bind_stops_the_supervisor(sandbox_env: dict[str, str]) -> None:
+    with socket.socket() as taken:  # listening without SO_REUSEPORT: nobody else may bind it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            str(ROUTES),
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--no-probes",
+            "--watch-interval",
+            "off",
+            cwd=ROOT,
+            env={**os.environ, **sandbox_env},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 3  # no restart loop: the same as a single process that cannot listen
+    assert b"cannot listen" in err
