@@ -106,6 +106,16 @@ class UnsupportedMediaType(ClientError):
     default_code = "unsupported_media_type"
 
 
+class UriTooLong(ClientError):
+    status = 414
+    default_code = "uri_too_long"
+
+
+class HeadersTooLarge(ClientError):
+    status = 431
+    default_code = "headers_too_large"
+
+
 class Unprocessable(ClientError):
     status = 422
     default_code = "validation_failed"

@@ -30,7 +30,7 @@ from gateway.auth import Credentials
 from gateway.cache import CacheBackends
 from gateway.cache.admin import purge_request
 from gateway.config import Config, ConfigError, Problem, load_config, parse_config
-from gateway.errors import GatewayError, PayloadTooLarge, Unauthorized, Unprocessable
+from gateway.errors import GatewayError, HeadersTooLarge, PayloadTooLarge, Unauthorized, Unprocessable, UriTooLong
 from gateway.expiry import ExpiryCollector, expiries
 from gateway.health import RouteHealth
 from gateway.limits import Limits
@@ -156,6 +156,24 @@ def error_response(exc: GatewayError) -> web.Response:
     )
 
 
+#: what aiohttp's parser accepts; beyond it a client gets the parser's plain-text 400
+_PARSER_LIMIT = 65536
+MAX_URL_BYTES = 8192
+MAX_HEADER_BYTES = 8192
+MAX_HEADERS = 100
+
+
+def _check_sizes(request: web.Request) -> None:
+    """nginx-like limits (414/431), answered in JSON before anything is routed or forwarded."""
+    if len(request.raw_path) > MAX_URL_BYTES:
+        raise UriTooLong(f"the URL is longer than {MAX_URL_BYTES} bytes")
+    if len(request.raw_headers) > MAX_HEADERS:
+        raise HeadersTooLarge(f"more than {MAX_HEADERS} request headers")
+    for name, value in request.raw_headers:
+        if len(name) + len(value) > MAX_HEADER_BYTES:
+            raise HeadersTooLarge(f"a request header is longer than {MAX_HEADER_BYTES} bytes")
+
+
 @web.middleware
 async def _frame(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, JSON errors, stable-side metrics and the access log, for every request."""
@@ -165,6 +183,7 @@ async def _frame(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     record, token = trace.begin()
     try:
+        _check_sizes(request)
         resp = await handler(request)
     except GatewayError as exc:
         if exc.route is None:
@@ -349,7 +368,14 @@ def build_app(
         client_max_size=max(cfg.server.max_body_bytes * 2, 1 << 20),
         # aiohttp closes a connection whose request headers are not complete (or that sits idle)
         # this long after connecting or answering: slowloris clients do not hold sockets forever
-        handler_args={"keepalive_timeout": cfg.server.header_timeout},
+        handler_args={
+            "keepalive_timeout": cfg.server.header_timeout,
+            # the parser's own limits are the outer guard (its errors are plain text); the
+            # tighter limits below, checked in _frame, answer in JSON like every other error
+            "max_line_size": _PARSER_LIMIT,
+            "max_field_size": _PARSER_LIMIT,
+            "max_headers": 1024,
+        },
     )
     app[GATEWAY] = gateway
     app.router.add_get("/healthz", _healthz)
