@@ -25,7 +25,7 @@ def _versions() -> dict[str, str]:
     import aiohttp
 
     out = {"python": platform.python_version(), "aiohttp": aiohttp.__version__}
-    for dist in ("uvloop", "httptools", "prometheus-client"):
+    for dist in ("uvloop", "prometheus-client"):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:

@@ -194,7 +194,7 @@ def bench(
     page_file = workdir / "page.json"
     page_file.write_bytes(page)
     for n in worker_counts:
-        for mode in ("static", "proxy", "proxy-aiohttp") if n == 1 else ("static", "proxy"):
+        for mode in ("static", "proxy"):
             port = free_port()
             argv = [sys.executable, "-m", "bench.ceiling", mode, "--port", str(port), "--workers", str(n)]
             proc = procs.start(f"ceiling-{mode}-{n}", [*argv, "--page", str(page_file), "--upstream", direct])

@@ -1,25 +1,26 @@
 """The upstream HTTP client: pooled keep-alive connections, bounded reads, redirects by hand.
 
-The wire work is ``gateway.http1`` (a lean HTTP/1.1 pool; the general aiohttp client
-cost more CPU per call than the rest of a proxied request).  Redirects are handled
-here: the gateway must see ``Location`` (the module version lives there), refuse
-hops to other hosts (no open proxy), and stop loops.  Every transport failure is
-mapped here, once, onto the gateway's error tree, each with a bounded ``kind`` for
-metrics.
+The wire work is aiohttp's client (one pooled ``ClientSession`` per upstream).
+Redirects are never left to it: the gateway must see ``Location`` (the module
+version lives there), refuse hops to other hosts (no open proxy), and stop loops.
+Every transport failure is mapped here, once, onto the gateway's error tree, each
+with a bounded ``kind`` for metrics.
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
+import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from gateway import __version__, http1
+from gateway import __version__
 from gateway.config import Upstream
 from gateway.errors import BadGateway, GatewayTimeout
 from gateway.metrics import Metrics
@@ -28,6 +29,7 @@ from gateway.resilience import Resilience
 USER_AGENT = f"routegate/{__version__}"
 #: methods that always carry a Content-Length, 0 when there is no body (as browsers and aiohttp do)
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_LARGE_BODY = 1 << 20
 
 
 @dataclass(slots=True)
@@ -42,30 +44,40 @@ class UpstreamResponse:
 
 
 class UpstreamClient:
-    """One ``http1.Pool`` of keep-alive connections per upstream, for the life of the process.
+    """One pooled ``aiohttp.ClientSession`` per upstream, for the life of the process.
 
     Every exchange (each redirect hop) goes through ``resilience``: retries, the
     upstream's circuit breaker and the per-credential request budget.
     """
 
     def __init__(self, metrics: Metrics | None = None) -> None:
-        self._pools: dict[tuple[str, str, int], http1.Pool] = {}
+        self._sessions: dict[tuple[str, str, int], aiohttp.ClientSession] = {}
         self.resilience = Resilience(metrics)
 
-    def _pool(self, upstream: Upstream) -> http1.Pool:
+    def _session(self, upstream: Upstream) -> aiohttp.ClientSession:
         key = (upstream.name, str(upstream.base_url), upstream.max_connections)
-        pool = self._pools.get(key)
-        if pool is None:
-            base = upstream.base_url
-            port = base.port or (443 if base.scheme == "https" else 80)
-            pool = http1.Pool(base.scheme, base.raw_host or "", port, limit=upstream.max_connections, keepalive=30.0)
-            self._pools[key] = pool
-        return pool
+        session = self._sessions.get(key)
+        if session is None or session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=upstream.max_connections,
+                limit_per_host=upstream.max_connections,
+                keepalive_timeout=30,
+                ttl_dns_cache=300,
+            )
+            session = aiohttp.ClientSession(
+                connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),  # never carry one client's cookies to another
+                headers={"User-Agent": USER_AGENT},
+                skip_auto_headers=("Accept-Encoding",),
+                auto_decompress=True,
+            )
+            self._sessions[key] = session
+        return session
 
     async def close(self) -> None:
-        pools, self._pools = list(self._pools.values()), {}
-        for p in pools:
-            await p.close()
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for s in sessions:
+            await s.close()
 
     async def send(
         self,
@@ -147,65 +159,83 @@ class UpstreamClient:
         route: str,
     ) -> UpstreamResponse:
         t = upstream.timeouts
-        pool = self._pool(upstream)
-        length = len(body) if body is not None else (0 if method in _BODY_METHODS else None)
-        try:
-            head = http1.render(method, url.raw_path_qs, url.host_port_subcomponent or "", headers, length, USER_AGENT)
-        except ValueError:
+        if any("\r" in v or "\n" in v for v in headers.values()):
             raise BadGateway(
                 f"a header for upstream {upstream.name!r} holds a line break; nothing was sent",
                 kind="config",
                 code="bad_upstream_header",
                 route=route,
-            ) from None
+            )
+        timeout = aiohttp.ClientTimeout(total=t.total, connect=t.connect, sock_read=t.read)
+        data: bytes | io.BytesIO | None = body if body is not None else (b"" if method in _BODY_METHODS else None)
+        if body is not None and len(body) > _LARGE_BODY:
+            data = io.BytesIO(body)  # aiohttp streams a file-like body instead of warning about bytes
         # one try; retrying (or not: a POST that may have arrived is never re-sent) is resilience's call
         try:
-            resp = await pool.request(
-                head,
-                body,
-                is_head=method == "HEAD",
-                connect_timeout=t.connect,
-                read_timeout=t.read,
-                total_timeout=t.total,
-                max_body=upstream.max_response_bytes,
-            )
-        except http1.Disconnected as exc:
+            async with self._session(upstream).request(
+                method, url, headers=headers, data=data, allow_redirects=False, timeout=timeout
+            ) as resp:
+                payload = await _read_bounded(resp, upstream, route)
+                return UpstreamResponse(resp.status, resp.headers, payload, url, None, 0.0)
+        except aiohttp.ServerDisconnectedError:
             raise BadGateway(
-                f"upstream {upstream.name!r} "
-                + ("broke off the response body" if exc.partial else "closed the connection without answering"),
+                f"upstream {upstream.name!r} closed the connection without answering",
                 kind="reset",
                 code="upstream_reset",
                 route=route,
             ) from None
-        except http1.ConnectTimeout:
+        except aiohttp.ClientPayloadError:
+            raise BadGateway(
+                f"upstream {upstream.name!r} broke off the response body",
+                kind="reset",
+                code="upstream_reset",
+                route=route,
+            ) from None
+        except aiohttp.ConnectionTimeoutError:
             # nothing was sent yet: the connection (or a free pool slot) never came
             raise GatewayTimeout(
                 f"could not connect to upstream {upstream.name!r} in time", kind="connect_timeout", route=route
             ) from None
-        except http1.ReadTimeout:
+        except TimeoutError:  # aiohttp's read/total timeouts subclass it
             raise GatewayTimeout(f"upstream {upstream.name!r} did not answer in time", route=route) from None
-        except http1.ConnectError as exc:
+        except aiohttp.ClientConnectorError as exc:
             raise BadGateway(
-                f"cannot connect to upstream {upstream.name!r} ({exc.strerror})",
+                f"cannot connect to upstream {upstream.name!r} ({exc.os_error.strerror or 'refused'})",
                 kind="connect",
                 code="upstream_unreachable",
                 route=route,
             ) from None
-        except http1.TooLarge:
-            raise BadGateway(
-                f"upstream {upstream.name!r} response is larger than {upstream.max_response_bytes} bytes",
-                kind="too_large",
-                code="upstream_too_large",
-                route=route,
-            ) from None
-        except (http1.ProtocolError, OSError) as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             raise BadGateway(
                 f"upstream {upstream.name!r} failed: {type(exc).__name__}",
                 kind="reset",
                 code="upstream_failed",
                 route=route,
             ) from None
-        return UpstreamResponse(resp.status, resp.headers, resp.body, url, None, 0.0)
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, upstream: Upstream, route: str) -> bytes:
+    """The whole body, refusing more than ``max_response_bytes`` (checked before and while reading)."""
+    limit = upstream.max_response_bytes
+    if resp.content_length is not None and resp.content_length > limit:
+        raise _too_large(upstream, route)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(upstream, route)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(upstream: Upstream, route: str) -> BadGateway:
+    return BadGateway(
+        f"upstream {upstream.name!r} response is larger than {upstream.max_response_bytes} bytes",
+        kind="too_large",
+        code="upstream_too_large",
+        route=route,
+    )
 
 
 def _join(base: URL, path: str, query: Sequence[tuple[str, str]]) -> URL:
