@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from gateway.sandbox.runner import Sandboxes
+from tests.processes import free_port
 from tests.test_cache import ALICE, BOB, CLIENTS, KEYS, LIST, OPS, POSTHOG
 
 REDIS_CACHE = """
@@ -27,20 +28,13 @@ cache:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class RedisServer:
     """A throwaway redis-server: loopback only, nothing saved, torn down with the test."""
 
     def __init__(self, binary: str, workdir: Path) -> None:
         self.binary = binary
         self.workdir = workdir
-        self.port = _free_port()
+        self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

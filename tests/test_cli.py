@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +11,7 @@ import aiohttp
 
 from gateway.sandbox.runner import Sandboxes
 from tests.conftest import ROOT, ROUTES
+from tests.processes import serve
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -61,42 +60,12 @@ def test_help_on_every_command() -> None:
     assert run("frobnicate").returncode == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 async def test_serve_on_a_real_socket(sandboxes: Sandboxes, sandbox_env: dict[str, str]) -> None:
-    port = _free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "serve",
-        "--config",
-        str(ROUTES),
-        "--port",
-        str(port),
-        cwd=ROOT,
-        env={**os.environ, **sandbox_env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(100):
-                try:
-                    async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.1)
-            async with session.get(f"http://127.0.0.1:{port}/v1/posthog/projects/2/notebooks?all=true") as resp:
-                body = await resp.json()
-                assert resp.status == 200
-                assert len(body["items"]) == 12
-    finally:
-        proc.terminate()
-        await proc.wait()
+    async with (
+        serve(ROUTES, sandbox_env) as (base, _proc, _lines),
+        aiohttp.ClientSession() as session,
+        session.get(f"{base}/v1/posthog/projects/2/notebooks?all=true") as resp,
+    ):
+        body = await resp.json()
+        assert resp.status == 200
+        assert len(body["items"]) == 12

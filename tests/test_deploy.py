@@ -16,7 +16,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from gateway.cache.store import Entry
 from gateway.config import load_config, parse_config
 from gateway.sandbox.runner import Sandboxes
 from tests.conftest import need_binary
+from tests.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -579,13 +579,6 @@ def test_schema_validation_catches_a_malformed_network_policy() -> None:
 # --------------------------------------------------------------------------- the shipped Redis, run
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class ShippedRedis:
     """deploy/k8s/redis.yaml's container command, run as is with a local redis-server, plus
     loopback-only flags (and any overrides) appended the way its ``"$@"`` allows."""
@@ -593,7 +586,7 @@ class ShippedRedis:
     def __init__(self, workdir: Path, password: str, *extra: str) -> None:
         need_binary("redis-server")
         c = redis_container(kustomize_by_hand())
-        self.port = _free_port()
+        self.port = free_port()
         self.password = password
         env = {"PATH": os.environ["PATH"], "REDISCLI_AUTH": password}
         args = [*c["command"], *c["args"], "redis", "--port", str(self.port), "--bind", "127.0.0.1", *extra]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 from aiohttp import web
@@ -11,6 +10,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
 from gateway.sandbox.runner import Sandboxes
+from tests.processes import free_port
 
 FALLBACK_YAML = """
 upstreams:
@@ -139,13 +139,6 @@ async def test_own_endpoints(gw: TestClient[Any, Any]) -> None:
     assert 'gateway_route_up{route="posthog_notebooks"}' in text
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 UPSTREAM_YAML = """
 upstreams:
   flaky:
@@ -225,7 +218,7 @@ async def test_upstream_failures_name_the_route(make_gateway: Any, aiohttp_serve
 
 
 async def test_refused_connection_is_502(make_gateway: Any) -> None:
-    port = _free_port()
+    port = free_port()
     gw = await make_gateway(UPSTREAM_YAML.format(url=f"http://127.0.0.1:{port}"), env={})
     resp = await gw.get("/v1/thing/x")
     body = await resp.json()

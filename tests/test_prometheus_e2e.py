@@ -9,7 +9,6 @@ Prometheus scrapes and evaluates every second, so the whole story takes seconds,
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -24,15 +23,9 @@ from prometheus_client import CollectorRegistry
 from gateway.sandbox.runner import Sandboxes
 from gateway.server import GATEWAY, build_app
 from tests.conftest import ROOT, ROUTES, need_binary
+from tests.processes import free_port
 
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Prometheus:

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,63 +12,8 @@ import aiohttp
 
 from gateway.reload import digest
 from gateway.sandbox.runner import Sandboxes
-from tests.conftest import ROOT
+from tests.processes import serve
 from tests.test_reload import broken, generation
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@asynccontextmanager
-async def serve(
-    config: Path, env: dict[str, str], *args: str
-) -> AsyncIterator[tuple[str, asyncio.subprocess.Process, list[str]]]:
-    """``gateway serve`` on a free port until the block ends; yields its URL, process and stderr lines."""
-    port = _free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "serve",
-        str(config),
-        "--port",
-        str(port),
-        *args,
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    lines: list[str] = []
-
-    async def pump() -> None:
-        assert proc.stderr is not None
-        async for raw in proc.stderr:
-            lines.append(raw.decode())
-
-    reader = asyncio.create_task(pump())
-    base = f"http://127.0.0.1:{port}"
-    try:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(200):
-                try:
-                    async with session.get(f"{base}/readyz") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("gateway did not start: " + "".join(lines))
-        yield base, proc, lines
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-        await proc.wait()
-        await reader
 
 
 async def get_json(url: str) -> Any:

@@ -20,15 +20,9 @@ from prometheus_client.mmap_dict import MmapedDict
 
 from gateway.sandbox.runner import Sandboxes
 from tests.conftest import ROOT, ROUTES
+from tests.processes import free_port
 
 PH = "/v1/posthog/projects/1/notebooks"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _children(pid: int) -> set[int]:
@@ -48,7 +42,7 @@ def _children(pid: int) -> set[int]:
 async def supervisor(
     config: Path, env: dict[str, str], metrics_dir: Path | None
 ) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
-    port = _free_port()
+    port = free_port()
     extra = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)} if metrics_dir else {}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
