@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import signal
 import sys
 from typing import Any
 
@@ -19,6 +17,7 @@ from aiohttp import web
 
 from gateway.sandbox import posthog
 from gateway.sandbox.posthog import PostHogState
+from gateway.sandbox.runner import until_stopped
 
 
 class BenchState(PostHogState):
@@ -39,13 +38,8 @@ async def _run(args: argparse.Namespace) -> None:
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", args.port).start()
     print(f"posthog sandbox: {args.count} notebooks, {args.latency_ms} ms per answer, port {args.port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_stopped()
     finally:
         await runner.cleanup()
 

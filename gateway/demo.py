@@ -7,16 +7,14 @@ then loads the real routes.yaml, so what you curl is exactly the shipped config.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
 import time
 
 from aiohttp import web
 
 from gateway.config import ConfigError, load_config
 from gateway.sandbox import observable, posthog
-from gateway.sandbox.runner import export_lines, start_sandboxes
+from gateway.sandbox.runner import gateway_env, start_sandboxes, until_stopped
 
 _WEEK_MS = 7 * 24 * 3600 * 1000
 
@@ -46,9 +44,7 @@ async def _run(config_path: str, host: str, port: int, obs_port: int, ph_port: i
     sandboxes = await start_sandboxes(
         host, obs_port, ph_port, observable_state=obs_state, posthog_state=posthog.PostHogState()
     )
-    for line in export_lines(sandboxes):
-        name, _, value = line.removeprefix("export ").partition("=")
-        os.environ[name] = value
+    os.environ.update(gateway_env(sandboxes))
     try:
         config = load_config(config_path)
     except ConfigError as exc:
@@ -69,13 +65,8 @@ async def _run(config_path: str, host: str, port: int, obs_port: int, ph_port: i
     for cmd in curl_examples(base, nb.id, short_id):
         print(f"  {cmd}")
     print("\nCtrl-C stops everything.", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_stopped()
     finally:
         await runner.cleanup()
         await sandboxes.close()

@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
-from gateway.sandbox.runner import Sandboxes, export_lines, start_sandboxes
+from gateway.sandbox.runner import Sandboxes, gateway_env, start_sandboxes
 from gateway.server import build_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,11 +35,7 @@ def sandbox_env(sandboxes: Sandboxes) -> dict[str, str]:
     The response cache is switched off here so that tests of other behaviour see every
     request reach the sandbox; tests/test_cache*.py switch it on (the shipped default).
     """
-    env = {"ROUTEGATE_CACHE": "off"}
-    for line in export_lines(sandboxes):
-        name, _, value = line.removeprefix("export ").partition("=")
-        env[name] = value
-    return env
+    return {"ROUTEGATE_CACHE": "off", **gateway_env(sandboxes)}
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.sandbox.observable import ObservableState
 from gateway.sandbox.posthog import PostHogState
-from gateway.sandbox.runner import Sandboxes, export_lines, start_sandboxes
+from gateway.sandbox.runner import Sandboxes, gateway_env, start_sandboxes
 from gateway.server import GATEWAY, build_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,7 +100,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     obs = ObservableState(public_count=60, shared_count=12, private_count=10, trash_count=3, other_public_count=4)
     ph = PostHogState(notebook_count=30, other_project_notebook_count=3, deleted_count=2)
     sandboxes = await start_sandboxes(observable_state=obs, posthog_state=ph)
-    env = dict(line.removeprefix("export ").split("=", 1) for line in export_lines(sandboxes))
+    env = gateway_env(sandboxes)
     env |= {"BACKUP_KEY": BACKUP_KEY, "ROUTEGATE_ADMIN_KEY": ADMIN_KEY}
     text = (ROOT / "routes.yaml").read_text()
     assert "\nclients:" not in text and "\nadmin:" not in text, "routes.yaml grew keys: adapt KEYS_YAML"

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.config import parse_config
 from gateway.sandbox.posthog import PostHogState
-from gateway.sandbox.runner import Sandboxes, export_lines, start_sandboxes
+from gateway.sandbox.runner import Sandboxes, gateway_env, start_sandboxes
 from gateway.server import GATEWAY, build_app
 from tests.fake_upstream import CUT, HANG, RESET, Reply, start_fake
 
@@ -272,7 +272,7 @@ async def test_posthog_short_throttle_is_waited_out(aiohttp_client: Any) -> None
     offset = [0.0]
     state = PostHogState(clock=lambda: time.time() + offset[0], rate_limit_per_minute=1)
     async with await start_sandboxes(posthog_state=state) as sb:
-        env = dict(line.removeprefix("export ").split("=", 1) for line in export_lines(sb))
+        env = gateway_env(sb)
         env["ROUTEGATE_CACHE"] = "off"  # every read must reach the throttling upstream
         gw = await aiohttp_client(build_app(ROUTES, registry=CollectorRegistry(), env=env))
         assert (await gw.get("/v1/posthog/projects/1/notebooks?limit=1")).status == 200

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from . import observable, posthog
 
-__all__ = ["Sandboxes", "export_lines", "main", "start_sandboxes"]
+__all__ = ["Sandboxes", "export_lines", "gateway_env", "main", "start_sandboxes", "until_stopped"]
 
 
 @dataclass
@@ -74,17 +74,31 @@ async def start_sandboxes(
     return Sandboxes(obs_url, ph_url, obs_state, ph_state, (obs_runner, ph_runner))
 
 
-def export_lines(sandboxes: Sandboxes) -> list[str]:
-    """Shell ``export`` lines pointing a gateway at ``sandboxes`` with the demo credentials."""
+def gateway_env(sandboxes: Sandboxes) -> dict[str, str]:
+    """The env that points the shipped routes.yaml at ``sandboxes``, with the demo credentials."""
     obs = sandboxes.observable_state
-    values = {
+    return {
         "OBSERVABLE_SESSION": obs.session_cookie,
         "OBSERVABLE_TOKEN": obs.token,
         "POSTHOG_API_KEY": sorted(sandboxes.posthog_state.api_keys)[0],
         "OBSERVABLE_API_URL": sandboxes.observable_url,
         "POSTHOG_URL": sandboxes.posthog_url,
     }
-    return [f"export {name}={value}" for name, value in values.items()]
+
+
+def export_lines(sandboxes: Sandboxes) -> list[str]:
+    """``gateway_env`` as shell ``export`` lines."""
+    return [f"export {name}={value}" for name, value in gateway_env(sandboxes).items()]
+
+
+async def until_stopped() -> None:
+    """Wait for SIGINT or SIGTERM: how the sandbox, the demo and the bench upstream end."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
 
 
 async def _run(args: argparse.Namespace) -> None:
@@ -98,14 +112,9 @@ async def _run(args: argparse.Namespace) -> None:
         observable_state=obs_state,
         posthog_state=ph_state,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     try:
         print("\n".join(export_lines(sandboxes)), flush=True)
-        await stop.wait()
+        await until_stopped()
     finally:
         await sandboxes.close()
 
