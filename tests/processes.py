@@ -66,5 +66,9 @@ async def serve(
     finally:
         if proc.returncode is None:
             proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 15)
+            except TimeoutError:
+                proc.kill()  # workers follow: they get SIGTERM when their supervisor dies
         await proc.wait()
         await reader

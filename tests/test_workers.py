@@ -20,7 +20,7 @@ from prometheus_client.mmap_dict import MmapedDict
 
 from gateway.sandbox.runner import Sandboxes
 from tests.conftest import ROOT, ROUTES
-from tests.processes import free_port
+from tests.processes import serve
 
 PH = "/v1/posthog/projects/1/notebooks"
 
@@ -42,44 +42,16 @@ def _children(pid: int) -> set[int]:
 async def supervisor(
     config: Path, env: dict[str, str], metrics_dir: Path | None
 ) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
-    port = free_port()
+    """``gateway serve --workers 2``, once both workers answer."""
     extra = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)} if metrics_dir else {}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "serve",
-        str(config),
-        "--port",
-        str(port),
-        "--workers",
-        "2",
-        "--no-probes",
-        "--watch-interval",
-        "off",
-        "--log-level",
-        "warning",
-        cwd=ROOT,
-        env={**os.environ, **env, **extra},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
+    args = ("--workers", "2", "--no-probes", "--watch-interval", "off", "--log-level", "warning")
+    async with serve(config, {**env, **extra}, *args) as (base, proc, _lines):
         deadline = time.monotonic() + 20
         while len(await _pids(base, 10)) < 2:
             assert proc.returncode is None, "the supervisor exited"
             assert time.monotonic() < deadline, "two workers never answered"
             await asyncio.sleep(0.1)
         yield base, proc
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 15)
-            except TimeoutError:
-                proc.kill()  # its workers follow: they get SIGTERM when the supervisor dies
-                await proc.wait()
 
 
 async def _fresh_get(url: str, **kw: Any) -> tuple[int, Any]:
