@@ -80,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--top", type=int, default=40)
     p.add_argument("--svg", help="also write a flame graph here")
+    p.add_argument(
+        "--nonblocking", action="store_true", help="sample without pausing the worker (less overhead, torn stacks)"
+    )
+    p.add_argument("--raw", help="also keep py-spy's collapsed stacks here")
     p.add_argument("--log-level", default="info", help="the gateway's (info: a line per request, as in production)")
     p.add_argument("--native", action="store_true", help="py-spy --native: C frames too")
     p.add_argument("--grep", action="append", default=[], help="also print the share of samples whose stack has this")
@@ -143,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                         "raw",
                         "--output",
                         str(raw),
-                        *(["--native"] if args.native else ["--nonblocking"]),
+                        *(["--native"] if args.native else []),
+                        *(["--nonblocking"] if args.nonblocking else []),
                     ],
                     check=True,
                     capture_output=True,
@@ -159,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             load.join()
             user, system = (b - a for a, b in zip(cpu0, cpu_seconds(gw.pid), strict=True))
             n = max(served(port) - n0, 1)
+            if args.raw:
+                shutil.copyfile(raw, args.raw)
             print(top(raw.read_text(), args.top))
             for word in args.grep:
                 print(f"{share(raw.read_text(), word):5.1f}% of samples have {word!r} on the stack")

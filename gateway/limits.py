@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 from gateway.config import Config, RateLimit
 from gateway.errors import TooManyRequests
@@ -62,9 +61,8 @@ class Limits:
             if self._limits.get(name) == bucket.limit  # a changed limit starts a full bucket
         }
 
-    @contextmanager
-    def admit(self, client: str, route: str) -> Iterator[None]:
-        """Hold one in-flight slot for the request, or raise 429 (nothing is forwarded)."""
+    def enter(self, client: str, route: str) -> None:
+        """Take one in-flight slot for the request (``leave`` gives it back), or raise 429 (nothing is forwarded)."""
         cap = self.max_in_flight
         if cap is not None and self.in_flight >= cap:
             self.metrics.limited.labels("concurrency").inc()
@@ -92,8 +90,7 @@ class Limits:
                 )
         self.in_flight += 1
         self.metrics.in_flight.set(self.in_flight)
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
-            self.metrics.in_flight.set(self.in_flight)
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        self.metrics.in_flight.set(self.in_flight)

@@ -26,6 +26,8 @@ _FALSE = frozenset({"false", "0", "no"})
 
 def parse_params(route: Route, query: MultiMapping[str], path_params: Mapping[str, str]) -> dict[str, Any]:
     """Validate the stable query against the route's declared params; 400 on anything off."""
+    if not query and not route.params:
+        return dict(path_params)  # most entity reads: nothing to check
     problems: list[str] = []
     allowed = {p.name for p in route.params} | (PAGING_PARAMS if route.pagination else set())
     for key in query:

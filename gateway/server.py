@@ -14,8 +14,8 @@ import json
 import logging
 import os
 import re
+import itertools
 import time
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from gateway import logs, status, trace, workers
-from gateway.access import ANONYMOUS, Access
+from gateway.access import ANONYMOUS, CLIENT, Access
 from gateway.auth import Credentials
 from gateway.cache import CacheBackends
 from gateway.cache.admin import purge_request
@@ -45,6 +45,23 @@ log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+#: request ids: a random per-process prefix and a counter (unique without a uuid4 per request)
+_ids = itertools.count()
+_id_prefix = os.urandom(8).hex()
+
+
+def _reseed_ids() -> None:
+    global _id_prefix, _ids
+    _id_prefix, _ids = os.urandom(8).hex(), itertools.count()
+
+
+os.register_at_fork(after_in_child=_reseed_ids)  # gateway serve --workers forks after this import
+
+
+def new_request_id() -> str:
+    return f"{_id_prefix}{next(_ids):016x}"
+
+
 _OWN = frozenset({"/healthz", "/readyz", "/metrics", "/admin/reload", "/openapi.json", "/admin/cache/purge", "/status"})
 
 
@@ -142,7 +159,6 @@ class Gateway:
 GATEWAY = web.AppKey("gateway", Gateway)
 REQUEST_ID = web.RequestKey("request_id", str)
 ROUTE = web.RequestKey("route", str)
-CLIENT = web.RequestKey("client", str)
 ERROR = web.RequestKey("error", GatewayError)
 
 
@@ -178,7 +194,7 @@ def _check_sizes(request: web.Request) -> None:
 async def _frame(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, JSON errors, stable-side metrics and the access log, for every request."""
     incoming = request.headers.get("X-Request-ID", "")
-    rid = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    rid = incoming if incoming and _REQUEST_ID.match(incoming) else new_request_id()
     request[REQUEST_ID] = rid
     started = time.perf_counter()
     record, token = trace.begin()
@@ -261,8 +277,12 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     key = runtime.access.identify(request)  # 401 without a valid key
     request[CLIENT] = key.name if key is not None else ANONYMOUS  # logged even when refused below
     runtime.access.authorize(key, match.route, request.method)  # 403 outside the key's grants
-    with gw.limits.admit(request[CLIENT], match.route.name):  # 429 before anything is forwarded
+    limits = gw.limits
+    limits.enter(request[CLIENT], match.route.name)  # 429 before anything is forwarded
+    try:
         return await runtime.proxy.handle(request, match, request[REQUEST_ID])
+    finally:
+        limits.leave()
 
 
 async def _healthz(request: web.Request) -> web.Response:

@@ -23,6 +23,7 @@ from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
 from gateway import trace
+from gateway.access import CLIENT
 from gateway.auth import Credentials
 from gateway.cache.policy import (
     NO_CREDENTIAL,
@@ -57,6 +58,8 @@ _NO_STALE_KINDS = frozenset({"credentials", "credentials_rejected"})
 _NOT_STORED = frozenset(
     {"content-length", "transfer-encoding", "connection", "date", "server", "x-request-id", "x-cache", "age", "warning"}
 )
+#: raw requests whose cache key is remembered (per loaded config; the memo starts over when full)
+_REMEMBERED_KEYS = 4096
 #: markers outlive the longest entry they can invalidate by this margin (Redis)
 _MARKER_MARGIN = 60.0
 
@@ -66,13 +69,6 @@ def note_upstream(headers: MultiMapping[str]) -> None:
     notes = _UPSTREAM_HEADERS.get()
     if notes is not None:
         notes.append(headers)
-
-
-def _client(request: web.Request) -> str | None:
-    # server.py imports the proxy, which imports this module: look the key up when serving
-    from gateway.server import CLIENT
-
-    return request.get(CLIENT)
 
 
 def _consume(task: asyncio.Task[Entry]) -> None:
@@ -103,6 +99,7 @@ class ResponseCache:
         lifetimes = [p.spec.ttl + p.spec.stale_if_error for p in self._policies.values()]
         self._keep_markers = max(lifetimes, default=0.0) + _MARKER_MARGIN
         self._inflight: dict[str, asyncio.Task[Entry]] = {}
+        self._keys: dict[tuple[object, ...], CacheKey] = {}
 
     def now(self) -> float:
         return self._hub.clock()
@@ -116,7 +113,7 @@ class ResponseCache:
         """Answer a GET/HEAD of a caching route: HIT, MISS, STALE or BYPASS, always with ``Age``."""
         route = match.route
         policy = self._policies[route.name]
-        client = _client(request)
+        client = request.get(CLIENT)
         upstream = self.config.upstreams[route.upstream]
         try:
             auth = self._hub.credentials.headers_for(upstream, route.name) if route.auth else {}
@@ -125,16 +122,7 @@ class ResponseCache:
         if client is None or auth is None:
             # no identity to key on (or no credential: the proxy reports that) - never share
             return await produce()
-        key = make_key(
-            route,
-            policy.spec,
-            policy.fingerprint,
-            canonical_path(route, match.path_params),
-            request.query.items(),
-            request.headers,
-            client,
-            credential_id(auth) if auth else NO_CREDENTIAL,
-        )
+        key = self._key(request, match, policy, client, credential_id(auth) if auth else NO_CREDENTIAL)
         wants = client_directives(request.headers)
         if wants.no_store:
             resp = await produce()
@@ -172,6 +160,22 @@ class ResponseCache:
         state = "BYPASS" if wants.no_cache else "MISS"
         self._count(route, state.lower())
         return self._response(filled, state, self.now())
+
+    def _key(self, request: web.Request, match: Match, policy: _Policy, client: str, credential: str) -> CacheKey:
+        """``make_key``, remembered per raw request (a hit must not pay for hashing and quoting)."""
+        route = match.route
+        path = canonical_path(route, match.path_params)
+        vary = tuple(request.headers.get(name, "") for name in policy.spec.vary)
+        seen = (route.name, path, request.rel_url.raw_query_string, vary, client, credential)
+        key = self._keys.get(seen)
+        if key is None:
+            key = make_key(
+                route, policy.spec, policy.fingerprint, path, request.query.items(), request.headers, client, credential
+            )
+            if len(self._keys) >= _REMEMBERED_KEYS:
+                self._keys.clear()
+            self._keys[seen] = key
+        return key
 
     async def _lookup(self, key: CacheKey, markers: Sequence[str]) -> Found | None:
         try:

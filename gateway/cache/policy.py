@@ -18,6 +18,7 @@ still running when the write happened.
 from __future__ import annotations
 
 import email.utils
+import functools
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -67,8 +68,14 @@ def _seconds(text: str) -> float | None:
     return float(max(value, 0))
 
 
+_NO_DIRECTIVES = ClientDirectives()
+
+
 def client_directives(headers: Mapping[str, str]) -> ClientDirectives:
-    cc = _directives(headers.get("Cache-Control", ""))
+    raw = headers.get("Cache-Control")
+    if raw is None and "Pragma" not in headers:
+        return _NO_DIRECTIVES  # most calls: nothing to parse
+    cc = _directives(raw or "")
     no_cache = "no-cache" in cc or "no-cache" in headers.get("Pragma", "").lower()
     max_age = _seconds(cc["max-age"]) if "max-age" in cc else None
     return ClientDirectives(no_store="no-store" in cc, no_cache=no_cache, max_age=max_age)
@@ -139,8 +146,13 @@ def credential_id(auth_headers: Mapping[str, str]) -> str:
     """A one-way identity of the upstream credential: equal for equal secrets, never the secret."""
     if not auth_headers:
         return NO_CREDENTIAL
+    return _credential_digest(tuple(sorted(auth_headers.items())))
+
+
+@functools.lru_cache(maxsize=256)
+def _credential_digest(items: tuple[tuple[str, str], ...]) -> str:
     h = hashlib.sha256(b"routegate-credential\x00")
-    for name, value in sorted(auth_headers.items()):
+    for name, value in items:
         h.update(f"{name.lower()}\x00{value}\x00".encode())
     return h.hexdigest()[:32]
 
@@ -184,6 +196,7 @@ def _ancestors(path: str) -> list[str]:
     return out
 
 
+@functools.lru_cache(maxsize=4096)
 def read_markers(route: str, path: str) -> tuple[str, ...]:
     """Markers whose bump invalidates an entry of ``route`` at ``path``."""
     return (*(f"t:{p}" for p in _ancestors(path)), f"s:{path}", f"r:{route}")
