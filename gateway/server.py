@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
 import re
-import itertools
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
