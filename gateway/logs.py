@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway import jsonio
 from gateway.auth import Credentials, secrets_of
 from gateway.config import Config
 
@@ -86,7 +87,7 @@ class JsonFormatter(logging.Formatter):
             payload["message"] = record.getMessage()
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
-        return self.redactor(json.dumps(payload, ensure_ascii=False, default=str))
+        return self.redactor(jsonio.dumps_text(payload))
 
 
 class AccessLines:
@@ -136,7 +137,7 @@ class AccessLines:
         payload["logger"] = "gateway.access"
         payload.update(fields)
         pending = self._pending
-        pending.append(self.formatter.redactor(json.dumps(payload, ensure_ascii=False, default=str)) + "\n")
+        pending.append(self.formatter.redactor(jsonio.dumps_text(payload)) + "\n")
         if len(pending) == 1:
             try:
                 asyncio.get_running_loop().call_soon(self.flush)

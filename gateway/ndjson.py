@@ -22,12 +22,12 @@ The contract:
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
 
+from gateway import jsonio
 from gateway.errors import GatewayError
 
 NDJSON_TYPE = "application/x-ndjson"
@@ -60,7 +60,7 @@ def wants_ndjson(accept: str) -> bool:
 
 def lines(items: Iterable[Any]) -> bytes:
     """Items as NDJSON: compact JSON, one per line, each line ending in ``\\n``."""
-    return b"".join(json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode() + b"\n" for item in items)
+    return b"".join(jsonio.dumps(item) + b"\n" for item in items)
 
 
 def page(items: Iterable[Any], next_cursor: str | None) -> web.Response:

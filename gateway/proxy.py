@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiDict
 
-from gateway import ndjson, trace
+from gateway import jsonio, ndjson, trace
 from gateway.auth import Credentials, secrets_of
 from gateway.cache import ResponseCache, note_upstream
 from gateway.config import Config, Route, Target, Upstream
@@ -53,8 +53,7 @@ _SELF_PACING = frozenset({"budget", "throttled", "circuit_open"})
 _RETRY_IN = re.compile(r"available in (\d+) seconds?")
 
 
-def dumps(data: Any) -> bytes:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+dumps = jsonio.dumps
 
 
 class Proxy:
@@ -121,7 +120,7 @@ class Proxy:
                     f"send the body as {JSON_TYPE}, not {ctype or 'an unspecified type'}", route=route.name
                 )
             try:
-                parsed = json.loads(raw)
+                parsed = jsonio.loads(raw)
             except (ValueError, UnicodeDecodeError) as exc:
                 where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
                 raise BadRequest(
@@ -309,7 +308,7 @@ class Proxy:
 
     def _json(self, route: Route, resp: UpstreamResponse) -> Any:
         try:
-            return json.loads(resp.body)
+            return jsonio.loads(resp.body)
         except (ValueError, UnicodeDecodeError):
             exc = ShapeDrift(
                 f"upstream {route.upstream!r} returned malformed JSON", code="upstream_bad_json", route=route.name
@@ -503,7 +502,7 @@ def _redact(text: str, secrets: list[str]) -> str:
 def _upstream_message(body: bytes) -> str:
     """The human part of an upstream error body (PostHog ``detail``, Observable ``errors``)."""
     try:
-        data = json.loads(body) if body else None
+        data = jsonio.loads(body) if body else None
     except (ValueError, UnicodeDecodeError):
         return ""
     if isinstance(data, dict):

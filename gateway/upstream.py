@@ -166,7 +166,7 @@ class UpstreamClient:
                 code="bad_upstream_header",
                 route=route,
             )
-        timeout = aiohttp.ClientTimeout(total=t.total, connect=t.connect, sock_read=t.read)
+        timeout = _timeout(t.total, t.connect, t.read)
         data: bytes | io.BytesIO | None = body if body is not None else (b"" if method in _BODY_METHODS else None)
         if body is not None and len(body) > _LARGE_BODY:
             data = io.BytesIO(body)  # aiohttp streams a file-like body instead of warning about bytes
@@ -214,11 +214,20 @@ class UpstreamClient:
             ) from None
 
 
+@functools.lru_cache(maxsize=64)
+def _timeout(total: float, connect: float, read: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=total, connect=connect, sock_read=read)
+
+
 async def _read_bounded(resp: aiohttp.ClientResponse, upstream: Upstream, route: str) -> bytes:
     """The whole body, refusing more than ``max_response_bytes`` (checked before and while reading)."""
     limit = upstream.max_response_bytes
-    if resp.content_length is not None and resp.content_length > limit:
-        raise _too_large(upstream, route)
+    length = resp.content_length
+    if length is not None:
+        if length > limit:
+            raise _too_large(upstream, route)
+        if "Content-Encoding" not in resp.headers:
+            return await resp.read()  # the declared length is the most that can arrive
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_chunked(1 << 16):
@@ -240,8 +249,11 @@ def _too_large(upstream: Upstream, route: str) -> BadGateway:
 
 def _join(base: URL, path: str, query: Sequence[tuple[str, str]]) -> URL:
     """Base URL (with any path prefix) + an already-encoded path; never re-normalised."""
-    prefix = base.raw_path.rstrip("/")
-    text = f"{base.scheme}://{base.raw_authority}{prefix}{path}"
-    if query:
-        text += "?" + urlencode(list(query), quote_via=quote)
-    return URL(text, encoded=True)
+    if not query:
+        return _join_path(base, path)
+    return URL(f"{_join_path(base, path)}?{urlencode(list(query), quote_via=quote)}", encoded=True)
+
+
+@functools.lru_cache(maxsize=1024)
+def _join_path(base: URL, path: str) -> URL:
+    return URL(f"{base.scheme}://{base.raw_authority}{base.raw_path.rstrip('/')}{path}", encoded=True)

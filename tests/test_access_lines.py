@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import datetime
+from typing import Any
 
 import pytest
 
@@ -79,3 +83,53 @@ def _check_it_steps_aside() -> None:
         assert logs.access_lines() is None
     finally:
         logging.getLogger("gateway.access").setLevel(logging.NOTSET)
+
+
+class _Counting(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, s: str) -> int:
+        self.writes += 1
+        return super().write(s)
+
+
+async def test_lines_of_one_loop_turn_go_out_in_one_write(configured: tuple[logs.AccessLines, io.StringIO]) -> None:
+    fast, _ = configured
+    stream = _Counting()
+    fast.handler.setStream(stream)
+    for i in range(3):
+        fast.write({**FIELDS, "request_id": f"r{i}"})
+    assert stream.getvalue() == ""  # still this turn of the loop
+    await asyncio.sleep(0)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["request_id"] for line in lines] == ["r0", "r1", "r2"]
+    assert stream.writes == 1
+
+
+async def test_another_record_writes_the_waiting_access_lines_first(
+    configured: tuple[logs.AccessLines, io.StringIO],
+) -> None:
+    fast, stream = configured
+    fast.write(FIELDS)
+    logging.getLogger("gateway").warning("after the request")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line.get("event") or line["message"] for line in lines] == ["request", "after the request"]
+    await asyncio.sleep(0)  # the scheduled flush finds nothing left to write
+    assert len(stream.getvalue().splitlines()) == 2
+
+
+def test_waiting_lines_are_written_at_exit(tmp_path: Any) -> None:
+    script = (
+        "import asyncio, logging\n"
+        "from gateway import logs\n"
+        "logs.setup('info')\n"
+        "async def main():\n"
+        "    logs.access_lines().write({'event': 'request', 'request_id': 'last'})\n"
+        "    raise SystemExit(0)\n"  # the loop ends before the scheduled flush runs
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["request_id"] for line in done.stderr.splitlines()] == ["last"]

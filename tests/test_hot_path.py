@@ -1,0 +1,66 @@
+"""What the hot-path speed-ups must not change, through real HTTP: JSON that orjson refuses
+still passes exactly as the standard library reads it, and request ids stay unique."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from gateway import jsonio
+from gateway.server import new_request_id
+from tests.fake_upstream import Reply, start_fake
+from tests.test_hostile import FAKE_YAML
+
+#: valid JSON that orjson alone refuses: an integer beyond 64 bits and a lone surrogate escape
+ODD = b'{"id": 1180591620717411303424, "note": "\\ud800", "n": -18446744073709551617}'
+
+
+async def test_json_orjson_refuses_still_passes_as_the_standard_library_reads_it(
+    make_gateway: Any, aiohttp_server: Any
+) -> None:
+    fake, _server, url = await start_fake(aiohttp_server)
+    gw: TestClient[Any, Any] = await make_gateway(FAKE_YAML.format(url=url), env={"FAKE_KEY": "k-123456"})
+    fake.script("/things/odd", Reply(200, ODD, {"Content-Type": "application/json"}))
+    resp = await gw.get("/v1/things/odd")
+    assert resp.status == 200, await resp.text()
+    assert json.loads(await resp.read()) == json.loads(ODD)
+    # a request body with such an integer is validated and forwarded with its value intact
+    big = {"title": "x", "count": 2**70, "big_negative": -(2**65)}
+    fake.script("/things", Reply(201, b"{}", {"Content-Type": "application/json"}))
+    resp = await gw.post("/v1/things", data=json.dumps(big), headers={"Content-Type": "application/json"})
+    assert resp.status == 201, await resp.text()
+    sent = [h for h in fake.hits if h.path == "/things"]
+    assert len(sent) == 1 and json.loads(sent[0].body) == big
+
+
+def test_jsonio_agrees_with_the_standard_library() -> None:
+    for text in (ODD, b'{"a": NaN}', b'[1.5, "\xc3\xa9", {"k": null}]', "[\"\\u00e9\"]"):
+        assert repr(jsonio.loads(text)) == repr(json.loads(text))
+    for value in ({"e": "é", "n": [1, 2.5, None, True]}, {"big": 2**80}, {1: "int key"}):
+        assert json.loads(jsonio.dumps(value)) == json.loads(json.dumps(value))
+        assert b" " not in jsonio.dumps(value).replace(b"int key", b"")  # compact
+    assert jsonio.dumps({"e": "é"}) == '{"e":"é"}'.encode()  # UTF-8, not \\u escapes
+    for bad in (b"{", b"", b"[1,]", b"\xff"):
+        try:
+            jsonio.loads(bad)
+        except ValueError:  # json.JSONDecodeError and UnicodeDecodeError both are
+            continue
+        raise AssertionError(f"{bad!r} parsed")
+
+
+def test_request_ids_are_unique_in_a_process_and_across_forked_workers() -> None:
+    ids = {new_request_id() for _ in range(1000)}
+    assert len(ids) == 1000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a worker forked after the server module was imported, as gateway serve --workers does
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child) == 32 and child[:16] != next(iter(ids))[:16]
