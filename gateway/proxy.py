@@ -80,7 +80,7 @@ class Proxy:
     async def handle(self, request: web.Request, match: Match, request_id: str) -> web.StreamResponse:
         route = match.route
         params = parse_params(route, request.query, match.path_params)
-        body = await self._read_body(request, route, params)
+        body = await self._read_body(request, route, params) if route.method in _BODY_METHODS else None
         if route.pagination is not None and ndjson.wants_ndjson(request.headers.get("Accept", "")):
             # streamed, so never cached: not holding the collection is the point (gateway.ndjson)
             return await self._collection(request, route, params, request_id, as_ndjson=True)

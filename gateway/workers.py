@@ -44,6 +44,27 @@ _CRASH_LOOP = 5
 FATAL_CODES = frozenset({3})
 
 
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def process_id() -> int:
+    """``os.getpid()`` as of the last fork.
+
+    prometheus-client asks for the pid on every metric update (to notice a fork); each
+    ask is a system call, several per request.  A value refreshed by ``register_at_fork``
+    gives it the same answer for free.
+    """
+    return _pid
+
+
 def multiprocess_enabled() -> bool:
     return bool(os.environ.get(MULTIPROC_ENV))
 
@@ -55,15 +76,19 @@ def use_multiprocess_metrics() -> str | None:
     previous run's files first (stale files would be summed in).
     """
     given = os.environ.get(MULTIPROC_ENV)
+    made = None
     if given:
         os.makedirs(given, exist_ok=True)
         for name in os.listdir(given):
             if name.endswith(".db"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(given, name))
-        return None
-    made = tempfile.mkdtemp(prefix="routegate-metrics-")
-    os.environ[MULTIPROC_ENV] = made
+    else:
+        made = tempfile.mkdtemp(prefix="routegate-metrics-")
+        os.environ[MULTIPROC_ENV] = made
+    from prometheus_client import values
+
+    values.ValueClass = values.MultiProcessValue(process_identifier=process_id)  # type: ignore[no-untyped-call]
     return made
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from gateway import jsonio
+from gateway import jsonio, workers
 from gateway.server import new_request_id
 from tests.fake_upstream import Reply, start_fake
 from tests.test_hostile import FAKE_YAML
@@ -64,3 +64,17 @@ def test_request_ids_are_unique_in_a_process_and_across_forked_workers() -> None
     os.close(read)
     os.waitpid(pid, 0)
     assert len(child) == 32 and child[:16] != next(iter(ids))[:16]
+
+
+def test_the_pid_metrics_files_are_named_by_follows_each_fork() -> None:
+    assert workers.process_id() == os.getpid()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, f"{workers.process_id()} {os.getpid()}".encode())
+        os._exit(0)
+    os.close(write)
+    seen, real = os.read(read, 64).decode().split()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert seen == real == str(pid)

@@ -100,6 +100,8 @@ class ResponseCache:
         self._keep_markers = max(lifetimes, default=0.0) + _MARKER_MARGIN
         self._inflight: dict[str, asyncio.Task[Entry]] = {}
         self._keys: dict[tuple[object, ...], CacheKey] = {}
+        #: the memory backend answers without a coroutine
+        self._peek = backend.lookup_now if isinstance(backend, MemoryBackend) else None
 
     def now(self) -> float:
         return self._hub.clock()
@@ -130,8 +132,12 @@ class ResponseCache:
             resp.headers["X-Cache"] = "BYPASS"
             resp.headers["Age"] = "0"
             return resp
-        found = await self._lookup(key, read_markers(route.name, key.path))
-        entry = await self._usable(key, found)
+        markers = read_markers(route.name, key.path)
+        found = self._peek(key, markers) if self._peek is not None else await self._lookup(key, markers)
+        entry = self._usable(found)
+        if entry is None and found is not None and found.entry is not None:
+            with contextlib.suppress(CacheUnavailable):
+                await self.backend.discard(key)  # written over, or past its stale window
         now = self.now()
         if (
             entry is not None
@@ -183,14 +189,12 @@ class ResponseCache:
         except CacheUnavailable:
             return None
 
-    async def _usable(self, key: CacheKey, found: Found | None) -> Entry | None:
-        """The entry if it is still valid and within its stale window; anything else is dropped."""
+    def _usable(self, found: Found | None) -> Entry | None:
+        """The entry if it is still valid and within its stale window (anything else is to be dropped)."""
         if found is None or found.entry is None:
             return None
         entry = found.valid_entry
         if entry is None or self.now() >= entry.stale_until:
-            with contextlib.suppress(CacheUnavailable):
-                await self.backend.discard(key)
             return None
         return entry
 

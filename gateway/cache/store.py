@@ -125,8 +125,13 @@ class MemoryBackend:
         self._seq = 0
 
     async def lookup(self, key: CacheKey, markers: Sequence[str]) -> Found:
+        return self.lookup_now(key, markers)
+
+    def lookup_now(self, key: CacheKey, markers: Sequence[str]) -> Found:
+        """``lookup`` without a coroutine: nothing here waits, and a cache hit is mostly this."""
         item = self._entries.get(key.text)
-        newest = max(self._markers.get(m, self._floor) for m in markers)
+        floor, marks = self._floor, self._markers
+        newest = max([marks.get(m, floor) for m in markers])
         return Found(item[1] if item is not None else None, newest, self._seq)
 
     async def store(self, key: CacheKey, entry: Entry, lifetime: float) -> None:
