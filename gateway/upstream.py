@@ -249,11 +249,14 @@ def _too_large(upstream: Upstream, route: str) -> BadGateway:
 
 def _join(base: URL, path: str, query: Sequence[tuple[str, str]]) -> URL:
     """Base URL (with any path prefix) + an already-encoded path; never re-normalised."""
+    url = _joined(base, path) if len(path) <= 256 else _join_path(base, path)  # memory stays bounded
     if not query:
-        return _join_path(base, path)
-    return URL(f"{_join_path(base, path)}?{urlencode(list(query), quote_via=quote)}", encoded=True)
+        return url
+    return URL(f"{url}?{urlencode(list(query), quote_via=quote)}", encoded=True)
 
 
-@functools.lru_cache(maxsize=1024)
 def _join_path(base: URL, path: str) -> URL:
     return URL(f"{base.scheme}://{base.raw_authority}{base.raw_path.rstrip('/')}{path}", encoded=True)
+
+
+_joined = functools.lru_cache(maxsize=1024)(_join_path)

@@ -10,7 +10,9 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from gateway import jsonio, workers
-from gateway.server import new_request_id
+from gateway.sandbox.runner import Sandboxes
+from gateway.server import GATEWAY, new_request_id
+from tests.test_cache import _gw
 from tests.fake_upstream import Reply, start_fake
 from tests.test_hostile import FAKE_YAML
 
@@ -78,3 +80,22 @@ def test_the_pid_metrics_files_are_named_by_follows_each_fork() -> None:
     os.close(read)
     os.waitpid(pid, 0)
     assert seen == real == str(pid)
+
+
+async def test_remembered_cache_keys_stay_small_and_still_split_by_vary(
+    make_gateway: Any, sandbox_env: dict[str, str], sandboxes: Sandboxes
+) -> None:
+    gw, _clock = await _gw(make_gateway, sandbox_env)
+    short_id = sandboxes.posthog_state.visible(1)[0].short_id
+    url = f"/v1/posthog/projects/1/notebooks/{short_id}"
+    cache = gw.server.app[GATEWAY].runtime.proxy.cache
+    long_language = "de-CH," + ",".join(f"x-{i:04d};q=0.1" for i in range(60))  # a vary header of ~900 bytes
+    for language in ("en", "en", long_language, long_language):
+        resp = await gw.get(url, headers={"Accept-Language": language})
+        assert resp.status == 200, await resp.text()
+    assert len(cache._keys) == 1  # the short request is remembered, the long one is hashed each time
+    again = await gw.get(url, headers={"Accept-Language": long_language})
+    assert again.headers["X-Cache"] == "HIT"  # and still finds its own entry
+    other = await gw.get(url, headers={"Accept-Language": "fr"})
+    assert other.headers["X-Cache"] == "MISS"  # vary still splits entries
+    assert len(cache._keys) == 2

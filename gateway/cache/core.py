@@ -60,6 +60,8 @@ _NOT_STORED = frozenset(
 )
 #: raw requests whose cache key is remembered (per loaded config; the memo starts over when full)
 _REMEMBERED_KEYS = 4096
+#: ... and only short ones: URLs and vary headers are the caller's, and memory must stay bounded
+_REMEMBERED_KEY_BYTES = 512
 #: markers outlive the longest entry they can invalidate by this margin (Redis)
 _MARKER_MARGIN = 60.0
 
@@ -172,7 +174,13 @@ class ResponseCache:
         route = match.route
         path = canonical_path(route, match.path_params)
         vary = tuple(request.headers.get(name, "") for name in policy.spec.vary)
-        seen = (route.name, path, request.rel_url.raw_query_string, vary, client, credential)
+        raw_query = request.rel_url.raw_query_string
+        if len(path) + len(raw_query) + sum(map(len, vary)) > _REMEMBERED_KEY_BYTES:
+            # a long URL or header: hashing it costs little next to reading it, and the memo stays small
+            return make_key(
+                route, policy.spec, policy.fingerprint, path, request.query.items(), request.headers, client, credential
+            )
+        seen = (route.name, path, raw_query, vary, client, credential)
         key = self._keys.get(seen)
         if key is None:
             key = make_key(

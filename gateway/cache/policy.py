@@ -196,9 +196,21 @@ def _ancestors(path: str) -> list[str]:
     return out
 
 
-@functools.lru_cache(maxsize=4096)
 def read_markers(route: str, path: str) -> tuple[str, ...]:
     """Markers whose bump invalidates an entry of ``route`` at ``path``."""
+    # remembered for the paths of ordinary ids; a caller cannot fill memory with long ones
+    return _read_markers(route, path) if len(path) <= _REMEMBERED_PATH else _markers_of(route, path)
+
+
+_REMEMBERED_PATH = 256
+
+
+@functools.lru_cache(maxsize=4096)
+def _read_markers(route: str, path: str) -> tuple[str, ...]:
+    return _markers_of(route, path)
+
+
+def _markers_of(route: str, path: str) -> tuple[str, ...]:
     return (*(f"t:{p}" for p in _ancestors(path)), f"s:{path}", f"r:{route}")
 
 
