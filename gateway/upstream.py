@@ -67,8 +67,10 @@ class UpstreamClient:
             session = aiohttp.ClientSession(
                 connector=connector,
                 cookie_jar=aiohttp.DummyCookieJar(),  # never carry one client's cookies to another
-                headers={"User-Agent": USER_AGENT},
-                skip_auto_headers=("Accept-Encoding",),
+                # identity: the body is read whole and checked, compressing it would only cost CPU on both
+                # sides (a compressed answer is still decompressed); a header, not skip_auto_headers, which
+                # aiohttp re-processes on every request
+                headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
                 auto_decompress=True,
             )
             self._sessions[key] = session

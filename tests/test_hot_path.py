@@ -3,6 +3,7 @@ still passes exactly as the standard library reads it, and request ids stay uniq
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from typing import Any
@@ -99,3 +100,17 @@ async def test_remembered_cache_keys_stay_small_and_still_split_by_vary(
     other = await gw.get(url, headers={"Accept-Language": "fr"})
     assert other.headers["X-Cache"] == "MISS"  # vary still splits entries
     assert len(cache._keys) == 2
+
+
+async def test_upstreams_are_asked_for_identity_and_a_compressed_answer_still_works(
+    make_gateway: Any, aiohttp_server: Any
+) -> None:
+    fake, _server, url = await start_fake(aiohttp_server)
+    gw: TestClient[Any, Any] = await make_gateway(FAKE_YAML.format(url=url), env={"FAKE_KEY": "k-123456"})
+    page = {"id": "x", "text": "é" * 3000}
+    packed = gzip.compress(json.dumps(page).encode())
+    fake.script("/things/zipped", Reply(200, packed, {"Content-Type": "application/json", "Content-Encoding": "gzip"}))
+    resp = await gw.get("/v1/things/zipped")
+    assert resp.status == 200, await resp.text()
+    assert await resp.json() == page  # read whole past its (compressed) Content-Length, then checked
+    assert fake.hits[-1].headers["Accept-Encoding"] == "identity"
