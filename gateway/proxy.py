@@ -79,6 +79,8 @@ class Proxy:
 
     async def handle(self, request: web.Request, match: Match, request_id: str) -> web.StreamResponse:
         route = match.route
+        if self.cache is not None and (hit := self.cache.fresh_hit(request, match)) is not None:
+            return hit
         params = parse_params(route, request.query, match.path_params)
         body = await self._read_body(request, route, params) if route.method in _BODY_METHODS else None
         if route.pagination is not None and ndjson.wants_ndjson(request.headers.get("Accept", "")):

@@ -114,3 +114,27 @@ async def test_upstreams_are_asked_for_identity_and_a_compressed_answer_still_wo
     assert resp.status == 200, await resp.text()
     assert await resp.json() == page  # read whole past its (compressed) Content-Length, then checked
     assert fake.hits[-1].headers["Accept-Encoding"] == "identity"
+
+
+async def test_a_fresh_hit_is_still_only_for_the_exact_request_that_filled_it(
+    make_gateway: Any, sandbox_env: dict[str, str], sandboxes: Sandboxes
+) -> None:
+    """Hits skip parameter parsing: a query that never parsed can never have an entry."""
+    gw, _clock = await _gw(make_gateway, sandbox_env)
+    state = sandboxes.posthog_state
+    url = "/v1/posthog/projects/1/notebooks"
+    first = await gw.get(url, params=[("limit", "2")])
+    assert first.status == 200 and first.headers["X-Cache"] == "MISS", await first.text()
+    calls = state.total_requests
+    again = await gw.get(url, params=[("limit", "2")])
+    assert again.headers["X-Cache"] == "HIT" and await again.json() == await first.json()
+    bad = await gw.get(url, params=[("limit", "2"), ("nonsense", "1")])
+    assert bad.status == 400 and (await bad.json())["error"]["code"] == "bad_query"
+    twice = await gw.get(url, params=[("limit", "2"), ("limit", "2")])
+    assert twice.status == 400
+    head = await gw.head(url, params=[("limit", "2")])
+    assert head.status == 200 and head.headers["X-Cache"] == "HIT"
+    streamed = await gw.get(url, params=[("limit", "2")], headers={"Accept": "application/x-ndjson"})
+    assert streamed.headers["Content-Type"] == "application/x-ndjson" and "X-Cache" not in streamed.headers
+    assert len((await streamed.read()).splitlines()) == 2
+    assert state.total_requests == calls + 1  # only the NDJSON page went upstream

@@ -22,12 +22,14 @@ from dataclasses import dataclass
 from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
-from gateway import trace
+from gateway import ndjson, trace
 from gateway.access import CLIENT
 from gateway.auth import Credentials
 from gateway.cache.policy import (
     NO_CREDENTIAL,
+    NO_DIRECTIVES,
     CacheKey,
+    ClientDirectives,
     canonical_path,
     client_directives,
     credential_id,
@@ -58,6 +60,8 @@ _NO_STALE_KINDS = frozenset({"credentials", "credentials_rejected"})
 _NOT_STORED = frozenset(
     {"content-length", "transfer-encoding", "connection", "date", "server", "x-request-id", "x-cache", "age", "warning"}
 )
+#: what a cache answers (HEAD shares GET's entries)
+_READS = frozenset({"GET", "HEAD"})
 #: raw requests whose cache key is remembered (per loaded config; the memo starts over when full)
 _REMEMBERED_KEYS = 4096
 #: ... and only short ones: URLs and vary headers are the caller's, and memory must stay bounded
@@ -117,16 +121,11 @@ class ResponseCache:
         """Answer a GET/HEAD of a caching route: HIT, MISS, STALE or BYPASS, always with ``Age``."""
         route = match.route
         policy = self._policies[route.name]
-        client = request.get(CLIENT)
-        upstream = self.config.upstreams[route.upstream]
-        try:
-            auth = self._hub.credentials.headers_for(upstream, route.name) if route.auth else {}
-        except GatewayError:
-            auth = None
-        if client is None or auth is None:
+        identity = self._identity(request, route)
+        if identity is None:
             # no identity to key on (or no credential: the proxy reports that) - never share
             return await produce()
-        key = self._key(request, match, policy, client, credential_id(auth) if auth else NO_CREDENTIAL)
+        key = self._key(request, match, policy, *identity)
         wants = client_directives(request.headers)
         if wants.no_store:
             resp = await produce()
@@ -141,12 +140,7 @@ class ResponseCache:
             with contextlib.suppress(CacheUnavailable):
                 await self.backend.discard(key)  # written over, or past its stale window
         now = self.now()
-        if (
-            entry is not None
-            and not wants.no_cache
-            and now < entry.fresh_until
-            and (wants.max_age is None or now - entry.stored_at <= wants.max_age)
-        ):
+        if entry is not None and _fresh(entry, wants, now):
             self._count(route, "hit")
             return self._response(entry, "HIT", now)
         seq = found.seq if found is not None else None
@@ -168,6 +162,45 @@ class ResponseCache:
         state = "BYPASS" if wants.no_cache else "MISS"
         self._count(route, state.lower())
         return self._response(filled, state, self.now())
+
+    def fresh_hit(self, request: web.Request, match: Match) -> web.Response | None:
+        """A fresh entry answered on the spot, or None: ``serve`` then handles the request in full.
+
+        Most reads of a caching route are this; it needs no coroutine, fill or upstream, so it
+        is tried before the request's parameters are even parsed (an entry exists only for a
+        query that parsed, and the key covers the whole normalized query).  Only the memory
+        backend answers here, and only requests without ``Cache-Control``/``Pragma``.
+        """
+        route = match.route
+        policy = self._policies.get(route.name)
+        if policy is None or self._peek is None or request.method not in _READS:
+            return None
+        if route.pagination is not None and ndjson.wants_ndjson(request.headers.get("Accept", "")):
+            return None  # streamed, never cached
+        wants = client_directives(request.headers)
+        identity = self._identity(request, route)
+        if wants is not NO_DIRECTIVES or identity is None:
+            return None
+        key = self._key(request, match, policy, *identity)
+        entry = self._usable(self._peek(key, read_markers(route.name, key.path)))
+        now = self.now()
+        if entry is None or not _fresh(entry, wants, now):
+            return None
+        self._count(route, "hit")
+        return self._response(entry, "HIT", now)
+
+    def _identity(self, request: web.Request, route: Route) -> tuple[str, str] | None:
+        """(client key name, credential id) a cached answer is shared under; None: do not share."""
+        client = request.get(CLIENT)
+        if client is None:
+            return None
+        if not route.auth:
+            return client, NO_CREDENTIAL
+        try:
+            auth = self._hub.credentials.headers_for(self.config.upstreams[route.upstream], route.name)
+        except GatewayError:
+            return None
+        return client, credential_id(auth) if auth else NO_CREDENTIAL
 
     def _key(self, request: web.Request, match: Match, policy: _Policy, client: str, credential: str) -> CacheKey:
         """``make_key``, remembered per raw request (a hit must not pay for hashing and quoting)."""
@@ -258,7 +291,8 @@ class ResponseCache:
         return web.Response(status=entry.status, body=entry.body, headers=headers)
 
     def _count(self, route: Route, result: str) -> None:
-        self._metrics.cache_requests.labels(route.name, result).inc()
+        m = self._metrics
+        m.child(m.cache_requests, route.name, result).inc()
         trace.cache(result)  # for the request's access-log line
 
     def _report_usage(self) -> None:
@@ -287,6 +321,14 @@ class ResponseCache:
         self._metrics.cache_invalidations.labels(route or "(all)", "purge").inc()
         self._report_usage()
         return deleted
+
+
+def _fresh(entry: Entry, wants: ClientDirectives, now: float) -> bool:
+    return (
+        not wants.no_cache
+        and now < entry.fresh_until
+        and (wants.max_age is None or now - entry.stored_at <= wants.max_age)
+    )
 
 
 def _entry_of(resp: web.StreamResponse, now: float, fresh: float, stale: float, seq: int) -> Entry:
