@@ -71,16 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="routegate-breakdown-"))
     try:
         with Procs(workdir) as procs:
-            docroot = workdir / "docroot"
-            (docroot / "api").mkdir(parents=True)
+            upstream, _ = nginx.start_upstream(procs, workdir)
             page = workdir / "page.json"
             page.write_bytes(nginx.page_json())
-            (docroot / "api" / "notebook.json").write_bytes(page.read_bytes())
-            up_port = free_port()
-            prefix = workdir / "nginx-upstream"
-            up = procs.start("upstream", nginx.argv(prefix, nginx.upstream_conf(prefix, up_port, docroot)))
-            upstream = f"http://127.0.0.1:{up_port}"
-            wait_http(upstream + nginx.UPSTREAM_PATH, proc=up)
             routes = workdir / "routes.yaml"
             routes.write_text(http.ROUTES.read_text().replace("${BENCH_UPSTREAM_URL}", upstream) + http.CACHE_ROUTE)
             cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}

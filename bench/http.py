@@ -158,17 +158,9 @@ def bench(
     procs: Procs, workdir: Path, load: Load, latency_load: Load, rounds: int, worker_counts: list[int]
 ) -> dict[str, Any]:
     page = nginx.page_json()
-    docroot = workdir / "docroot"
-    (docroot / "api").mkdir(parents=True)
-    (docroot / "api" / "notebook.json").write_bytes(page)
-
-    up_port = free_port()
-    up = procs.start(
-        "upstream-nginx",
-        nginx.argv(workdir / "nginx-upstream", nginx.upstream_conf(workdir / "nginx-upstream", up_port, docroot)),
-    )
-    direct = f"http://127.0.0.1:{up_port}{nginx.UPSTREAM_PATH}"
-    wait_http(direct, proc=up)
+    upstream, up = nginx.start_upstream(procs, workdir)
+    direct = upstream + nginx.UPSTREAM_PATH
+    up_port = int(upstream.rsplit(":", 1)[1])
 
     cases: list[Case] = [Case("direct", direct, _expect_page(direct, page), up.pid)]
     for n in worker_counts:
@@ -207,7 +199,7 @@ def bench(
             name = f"aiohttp_ceiling_{mode.replace('-', '_')}_w{n}"
             cases.append(Case(name, url, _expect_page(url, page), proc.pid))
 
-    env = {"BENCH_UPSTREAM_URL": f"http://127.0.0.1:{up_port}"}
+    env = {"BENCH_UPSTREAM_URL": upstream}
     base_yaml = ROUTES.read_text()
     cache_missing = cache_supported(base_yaml + CACHE_ROUTE, env)
     routes = workdir / "routes.yaml"

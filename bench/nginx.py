@@ -8,7 +8,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
+
+from bench.procs import Procs, free_port, wait_http
 
 UPSTREAM_PATH = "/api/notebook.json"
 
@@ -92,6 +95,19 @@ def upstream_conf(prefix: Path, port: int, docroot: Path) -> str:
         "        location /api/ { default_type application/json; }\n"
         "    }\n}\n"
     )
+
+
+def start_upstream(procs: Procs, workdir: Path) -> tuple[str, subprocess.Popen[bytes]]:
+    """The static upstream serving ``page_json()`` at ``UPSTREAM_PATH``, ready: (base URL, process)."""
+    docroot = workdir / "docroot"
+    (docroot / "api").mkdir(parents=True, exist_ok=True)
+    (docroot / "api" / "notebook.json").write_bytes(page_json())
+    port = free_port()
+    prefix = workdir / "nginx-upstream"
+    proc = procs.start("upstream", argv(prefix, upstream_conf(prefix, port, docroot)))
+    base = f"http://127.0.0.1:{port}"
+    wait_http(base + UPSTREAM_PATH, proc=proc)
+    return base, proc
 
 
 def proxy_conf(prefix: Path, port: int, upstream_port: int, workers: int) -> str:

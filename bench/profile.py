@@ -93,15 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="routegate-profile-"))
     try:
         with Procs(workdir) as procs:
-            docroot = workdir / "docroot"
-            (docroot / "api").mkdir(parents=True)
-            (docroot / "api" / "notebook.json").write_bytes(nginx.page_json())
-            up_port = free_port()
-            prefix = workdir / "nginx-upstream"
-            up = procs.start("upstream", nginx.argv(prefix, nginx.upstream_conf(prefix, up_port, docroot)))
-            wait_http(f"http://127.0.0.1:{up_port}{nginx.UPSTREAM_PATH}", proc=up)
+            upstream, _ = nginx.start_upstream(procs, workdir)
             routes = workdir / "routes.yaml"
-            env = {"BENCH_UPSTREAM_URL": f"http://127.0.0.1:{up_port}"}
+            env = {"BENCH_UPSTREAM_URL": upstream}
             text = http.ROUTES.read_text()
             routes.write_text(text if http.cache_supported(text + http.CACHE_ROUTE, env) else text + http.CACHE_ROUTE)
             port = free_port()
