@@ -53,9 +53,6 @@ _SELF_PACING = frozenset({"budget", "throttled", "circuit_open"})
 _RETRY_IN = re.compile(r"available in (\d+) seconds?")
 
 
-dumps = jsonio.dumps
-
-
 class Proxy:
     """Serves the routes of one loaded config; a reload builds a new Proxy."""
 
@@ -79,30 +76,37 @@ class Proxy:
 
     async def handle(self, request: web.Request, match: Match, request_id: str) -> web.StreamResponse:
         route = match.route
-        if self.cache is not None and (hit := self.cache.fresh_hit(request, match)) is not None:
-            return hit
+        cache = self.cache
+        # streamed, so never cached: not holding the collection is the point (gateway.ndjson)
+        streamed = route.pagination is not None and ndjson.wants_ndjson(request.headers.get("Accept", ""))
+        if cache is not None and not streamed and route.method in _SAFE_METHODS and cache.caches(route):
+
+            async def fill() -> web.StreamResponse:
+                # parsed only when the cache cannot answer: an entry exists only for a query that
+                # parsed, and its key covers the whole normalized query
+                params = parse_params(route, request.query, match.path_params)
+                return await self._produce(request, route, params, request_id)
+
+            return await cache.serve(request, match, fill)
         params = parse_params(route, request.query, match.path_params)
         body = await self._read_body(request, route, params) if route.method in _BODY_METHODS else None
-        if route.pagination is not None and ndjson.wants_ndjson(request.headers.get("Accept", "")):
-            # streamed, so never cached: not holding the collection is the point (gateway.ndjson)
+        if streamed:
             return await self._collection(request, route, params, request_id, as_ndjson=True)
-        cache = self.cache
-
-        async def produce() -> web.StreamResponse:
-            if route.pagination is not None:
-                return await self._collection(request, route, params, request_id)
-            resp = await self.call(route, params, body, [], request_id)
-            return self._respond(route, resp, params)
-
         if cache is None or route.method in _SAFE_METHODS:
-            if cache is not None and cache.caches(route):
-                return await cache.serve(request, match, produce)
-            return await produce()
+            return await self._produce(request, route, params, request_id, body)
         try:
-            return await produce()
+            return await self._produce(request, route, params, request_id, body)
         finally:
             # sent (or maybe sent) upstream: whatever came back, cached reads of it are suspect now
             await cache.invalidate_write(route, match.path_params)
+
+    async def _produce(
+        self, request: web.Request, route: Route, params: dict[str, Any], request_id: str, body: bytes | None = None
+    ) -> web.StreamResponse:
+        if route.pagination is not None:
+            return await self._collection(request, route, params, request_id)
+        resp = await self.call(route, params, body, [], request_id)
+        return self._respond(route, resp, params)
 
     # ------------------------------------------------------------------ request side
 
@@ -130,7 +134,7 @@ class Proxy:
                 ) from None
         if route.validate is not None:
             parsed = VALIDATORS[route.validate](parsed, params)
-        return None if parsed is None else dumps(parsed)
+        return None if parsed is None else jsonio.dumps(parsed)
 
     def _headers(self, upstream: Upstream, route: Route, request_id: str, body: bytes | None) -> dict[str, str]:
         headers = dict(upstream.headers)
@@ -343,7 +347,7 @@ class Proxy:
                 src = self._json(route, resp) if resp.location is None else {}
                 if route.shape is not None and resp.location is None:
                     check_body(route.shape, src, route.name)
-                data = dumps(apply_mapping(spec.item, src, params, location, route.name))
+                data = jsonio.dumps(apply_mapping(spec.item, src, params, location, route.name))
             else:
                 src = self._json(route, resp)  # pass-through still must be JSON
                 if route.shape is not None:
@@ -391,9 +395,7 @@ class Proxy:
         self.health.up(route.name)
         if as_ndjson:
             return ndjson.page(items, next_cursor)
-        return web.Response(
-            body=dumps({"items": items, "next_cursor": next_cursor}), content_type=JSON_TYPE, charset="utf-8"
-        )
+        return _json_page(items, next_cursor)
 
     async def _stable_pages(
         self,
@@ -451,7 +453,7 @@ class Proxy:
         async for page in self._stable_pages(route, params, streams, Position(), limit, request_id):
             items.extend(page)
         self.health.up(route.name)
-        return web.Response(body=dumps({"items": items, "next_cursor": None}), content_type=JSON_TYPE, charset="utf-8")
+        return _json_page(items, None)
 
 
 async def _read_limited(request: web.Request, limit: int, timeout: float, route: str) -> bytes:
@@ -491,6 +493,13 @@ def _flag(raw: str | None, route: str) -> bool:
     if low in ("false", "0", "no", ""):
         return False
     raise BadRequest(f"all must be true or false, got {raw!r}", code="bad_query", route=route)
+
+
+def _json_page(items: list[Any], next_cursor: str | None) -> web.Response:
+    """The stable collection page: ``{"items", "next_cursor"}`` (``gateway.ndjson.page`` for NDJSON)."""
+    return web.Response(
+        body=jsonio.dumps({"items": items, "next_cursor": next_cursor}), content_type=JSON_TYPE, charset="utf-8"
+    )
 
 
 def _redact(text: str, secrets: list[str]) -> str:

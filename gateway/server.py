@@ -24,7 +24,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from gateway import logs, status, trace, workers
+from gateway import jsonio, logs, status, trace, workers
 from gateway.access import ANONYMOUS, CLIENT, Access
 from gateway.auth import Credentials
 from gateway.cache import CacheBackends
@@ -37,7 +37,7 @@ from gateway.limits import Limits
 from gateway.metrics import NO_ROUTE, Metrics, status_class
 from gateway.openapi import DocumentCache
 from gateway.probes import Prober
-from gateway.proxy import Proxy, dumps
+from gateway.proxy import Proxy
 from gateway.routing import Router
 from gateway.upstream import UpstreamClient
 
@@ -165,7 +165,7 @@ ERROR = web.RequestKey("error", GatewayError)
 def error_response(exc: GatewayError) -> web.Response:
     return web.Response(
         status=exc.status,
-        body=dumps(exc.body()),
+        body=jsonio.dumps(exc.body()),
         content_type="application/json",
         charset="utf-8",
         headers=exc.headers,

@@ -116,7 +116,7 @@ async def test_upstreams_are_asked_for_identity_and_a_compressed_answer_still_wo
     assert fake.hits[-1].headers["Accept-Encoding"] == "identity"
 
 
-async def test_a_fresh_hit_is_still_only_for_the_exact_request_that_filled_it(
+async def test_a_cache_hit_is_still_only_for_the_exact_request_that_filled_it(
     make_gateway: Any, sandbox_env: dict[str, str], sandboxes: Sandboxes
 ) -> None:
     """Hits skip parameter parsing: a query that never parsed can never have an entry."""

@@ -22,14 +22,12 @@ from dataclasses import dataclass
 from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
-from gateway import ndjson, trace
+from gateway import trace
 from gateway.access import CLIENT
 from gateway.auth import Credentials
 from gateway.cache.policy import (
     NO_CREDENTIAL,
-    NO_DIRECTIVES,
     CacheKey,
-    ClientDirectives,
     canonical_path,
     client_directives,
     credential_id,
@@ -60,8 +58,6 @@ _NO_STALE_KINDS = frozenset({"credentials", "credentials_rejected"})
 _NOT_STORED = frozenset(
     {"content-length", "transfer-encoding", "connection", "date", "server", "x-request-id", "x-cache", "age", "warning"}
 )
-#: what a cache answers (HEAD shares GET's entries)
-_READS = frozenset({"GET", "HEAD"})
 #: raw requests whose cache key is remembered (per loaded config; the memo starts over when full)
 _REMEMBERED_KEYS = 4096
 #: ... and only short ones: URLs and vary headers are the caller's, and memory must stay bounded
@@ -140,7 +136,12 @@ class ResponseCache:
             with contextlib.suppress(CacheUnavailable):
                 await self.backend.discard(key)  # written over, or past its stale window
         now = self.now()
-        if entry is not None and _fresh(entry, wants, now):
+        if (
+            entry is not None
+            and not wants.no_cache
+            and now < entry.fresh_until
+            and (wants.max_age is None or now - entry.stored_at <= wants.max_age)
+        ):
             self._count(route, "hit")
             return self._response(entry, "HIT", now)
         seq = found.seq if found is not None else None
@@ -163,32 +164,6 @@ class ResponseCache:
         self._count(route, state.lower())
         return self._response(filled, state, self.now())
 
-    def fresh_hit(self, request: web.Request, match: Match) -> web.Response | None:
-        """A fresh entry answered on the spot, or None: ``serve`` then handles the request in full.
-
-        Most reads of a caching route are this; it needs no coroutine, fill or upstream, so it
-        is tried before the request's parameters are even parsed (an entry exists only for a
-        query that parsed, and the key covers the whole normalized query).  Only the memory
-        backend answers here, and only requests without ``Cache-Control``/``Pragma``.
-        """
-        route = match.route
-        policy = self._policies.get(route.name)
-        if policy is None or self._peek is None or request.method not in _READS:
-            return None
-        if route.pagination is not None and ndjson.wants_ndjson(request.headers.get("Accept", "")):
-            return None  # streamed, never cached
-        wants = client_directives(request.headers)
-        identity = self._identity(request, route)
-        if wants is not NO_DIRECTIVES or identity is None:
-            return None
-        key = self._key(request, match, policy, *identity)
-        entry = self._usable(self._peek(key, read_markers(route.name, key.path)))
-        now = self.now()
-        if entry is None or not _fresh(entry, wants, now):
-            return None
-        self._count(route, "hit")
-        return self._response(entry, "HIT", now)
-
     def _identity(self, request: web.Request, route: Route) -> tuple[str, str] | None:
         """(client key name, credential id) a cached answer is shared under; None: do not share."""
         client = request.get(CLIENT)
@@ -208,20 +183,18 @@ class ResponseCache:
         path = canonical_path(route, match.path_params)
         vary = tuple(request.headers.get(name, "") for name in policy.spec.vary)
         raw_query = request.rel_url.raw_query_string
-        if len(path) + len(raw_query) + sum(map(len, vary)) > _REMEMBERED_KEY_BYTES:
-            # a long URL or header: hashing it costs little next to reading it, and the memo stays small
-            return make_key(
-                route, policy.spec, policy.fingerprint, path, request.query.items(), request.headers, client, credential
-            )
+        # a long URL or header is hashed each time (little next to reading it), so the memo stays small
+        short = len(path) + len(raw_query) + sum(map(len, vary)) <= _REMEMBERED_KEY_BYTES
         seen = (route.name, path, raw_query, vary, client, credential)
-        key = self._keys.get(seen)
+        key = self._keys.get(seen) if short else None
         if key is None:
             key = make_key(
                 route, policy.spec, policy.fingerprint, path, request.query.items(), request.headers, client, credential
             )
-            if len(self._keys) >= _REMEMBERED_KEYS:
-                self._keys.clear()
-            self._keys[seen] = key
+            if short:
+                if len(self._keys) >= _REMEMBERED_KEYS:
+                    self._keys.clear()
+                self._keys[seen] = key
         return key
 
     async def _lookup(self, key: CacheKey, markers: Sequence[str]) -> Found | None:
@@ -321,14 +294,6 @@ class ResponseCache:
         self._metrics.cache_invalidations.labels(route or "(all)", "purge").inc()
         self._report_usage()
         return deleted
-
-
-def _fresh(entry: Entry, wants: ClientDirectives, now: float) -> bool:
-    return (
-        not wants.no_cache
-        and now < entry.fresh_until
-        and (wants.max_age is None or now - entry.stored_at <= wants.max_age)
-    )
 
 
 def _entry_of(resp: web.StreamResponse, now: float, fresh: float, stale: float, seq: int) -> Entry:

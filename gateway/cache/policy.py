@@ -69,13 +69,13 @@ def _seconds(text: str) -> float | None:
 
 
 #: a request without Cache-Control or Pragma (the same object every time)
-NO_DIRECTIVES = ClientDirectives()
+_NO_DIRECTIVES = ClientDirectives()
 
 
 def client_directives(headers: Mapping[str, str]) -> ClientDirectives:
     raw = headers.get("Cache-Control")
     if raw is None and "Pragma" not in headers:
-        return NO_DIRECTIVES  # most calls: nothing to parse
+        return _NO_DIRECTIVES  # most calls: nothing to parse
     cc = _directives(raw or "")
     no_cache = "no-cache" in cc or "no-cache" in headers.get("Pragma", "").lower()
     max_age = _seconds(cc["max-age"]) if "max-age" in cc else None
