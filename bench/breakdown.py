@@ -75,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             page = workdir / "page.json"
             page.write_bytes(nginx.page_json())
             routes = workdir / "routes.yaml"
-            routes.write_text(http.ROUTES.read_text().replace("${BENCH_UPSTREAM_URL}", upstream) + http.CACHE_ROUTE)
+            env = {"BENCH_UPSTREAM_URL": upstream}
+            missing = http.write_routes(routes, env)
+            if missing:
+                raise RuntimeError(f"the gateway does not take the bench's cached route: {missing}")
             cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
             load = Load(2, args.connections, args.seconds)
             for _ in range(args.rounds):
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                         argv_ = ["-m", "bench.breakdown", "--serve", variant, str(routes), str(port), str(page)]
                     if variant in ("aiohttp", "naive-proxy"):
                         argv_ += ["--port", str(port)]
-                    proc = procs.start(variant, [sys.executable, *argv_])
+                    proc = procs.start(variant, [sys.executable, *argv_], env)
                     path = {"cache-hit": http.CACHE_PATH, "aiohttp": "/", "naive-proxy": "/"}.get(
                         variant, http.PASS_PATH
                     )

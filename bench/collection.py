@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from bench import procs as bench_procs
 from bench.procs import Procs, free_port, wait_http
 from gateway.sandbox.posthog import SANDBOX_POSTHOG_KEY
 
@@ -63,25 +64,6 @@ def start_gateway(procs: Procs, workdir: Path, upstream: str, concurrency: int, 
     """A one-worker gateway (metrics and request logs on, like production); its URL and pid."""
     routes = workdir / f"routes-{name}.yaml"
     routes.write_text(ROUTES.format(concurrency=concurrency))
-    port = free_port()
-    proc = procs.start(
-        name,
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "serve",
-            str(routes),
-            "--port",
-            str(port),
-            "--no-probes",
-            "--watch-interval",
-            "off",
-            "--log-level",
-            "info",
-        ],
-        {"POSTHOG_URL": upstream, "POSTHOG_API_KEY": SANDBOX_POSTHOG_KEY},
-    )
-    base = f"http://127.0.0.1:{port}"
-    wait_http(base + "/readyz", proc=proc)
+    env = {"POSTHOG_URL": upstream, "POSTHOG_API_KEY": SANDBOX_POSTHOG_KEY}
+    base, proc = bench_procs.start_gateway(procs, name, routes, env)
     return base, proc.pid

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import nginx
-from bench.procs import Procs, free_port, wait_http
+from bench.procs import Procs, free_port, start_gateway, wait_http
 from bench.wrk import Load, Sample, run
 
 ROUTES = Path(__file__).with_name("routes.yaml")
@@ -154,6 +154,14 @@ def cache_supported(yaml_text: str, env: dict[str, str]) -> str | None:
     return None
 
 
+def write_routes(path: Path, env: dict[str, str]) -> str | None:
+    """The bench's routes file, with the cached route when this gateway takes it (else why not)."""
+    text = ROUTES.read_text()
+    missing = cache_supported(text + CACHE_ROUTE, env)
+    path.write_text(text if missing else text + CACHE_ROUTE)
+    return missing
+
+
 def bench(
     procs: Procs, workdir: Path, load: Load, latency_load: Load, rounds: int, worker_counts: list[int]
 ) -> dict[str, Any]:
@@ -200,17 +208,10 @@ def bench(
             cases.append(Case(name, url, _expect_page(url, page), proc.pid))
 
     env = {"BENCH_UPSTREAM_URL": upstream}
-    base_yaml = ROUTES.read_text()
-    cache_missing = cache_supported(base_yaml + CACHE_ROUTE, env)
     routes = workdir / "routes.yaml"
-    routes.write_text(base_yaml if cache_missing else base_yaml + CACHE_ROUTE)
+    cache_missing = write_routes(routes, env)
     for n in worker_counts:
-        port = free_port()
-        argv = [sys.executable, "-m", "gateway", "serve", str(routes), "--port", str(port), "--workers", str(n)]
-        argv += ["--log-level", "info", "--no-probes", "--watch-interval", "off"]  # logs and metrics stay on
-        proc = procs.start(f"gateway-w{n}", argv, env)
-        base = f"http://127.0.0.1:{port}"
-        wait_http(base + "/readyz", proc=proc)
+        base, proc = start_gateway(procs, f"gateway-w{n}", routes, env, workers=n)  # logs and metrics stay on
         cases.append(Case(f"gateway_pass_w{n}", base + PASS_PATH, _expect_page(base + PASS_PATH, page), proc.pid))
         if cache_missing is None:
             cases.append(Case(f"gateway_cache_w{n}", base + CACHE_PATH, _gateway_cache_check(base, page), proc.pid))

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -90,3 +91,19 @@ class Procs:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.stop_all()
+
+
+def start_gateway(
+    procs: Procs, name: str, routes: Path, env: Mapping[str, str], *, workers: int = 1, log_level: str = "info"
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """``gateway serve`` as the bench runs it (metrics and access lines on; no probes, no file watching), ready.
+
+    Returns its base URL and process.
+    """
+    port = free_port()
+    argv = [sys.executable, "-m", "gateway", "serve", str(routes), "--port", str(port), "--workers", str(workers)]
+    argv += ["--log-level", log_level, "--no-probes", "--watch-interval", "off"]
+    proc = procs.start(name, argv, env)
+    base = f"http://127.0.0.1:{port}"
+    wait_http(base + "/readyz", proc=proc)
+    return base, proc

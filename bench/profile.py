@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 from bench import http, nginx
-from bench.procs import Procs, free_port, wait_http
+from bench.procs import Procs, start_gateway
 from bench.wrk import Load, Sample, run
 
 
@@ -64,9 +64,9 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
-def served(port: int) -> float:
+def served(base: str) -> float:
     """Stable requests the gateway has answered, from its /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as resp:
         text = resp.read().decode()
     return sum(
         float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("gateway_requests_total{")
@@ -96,30 +96,13 @@ def main(argv: list[str] | None = None) -> int:
             upstream, _ = nginx.start_upstream(procs, workdir)
             routes = workdir / "routes.yaml"
             env = {"BENCH_UPSTREAM_URL": upstream}
-            text = http.ROUTES.read_text()
-            routes.write_text(text if http.cache_supported(text + http.CACHE_ROUTE, env) else text + http.CACHE_ROUTE)
-            port = free_port()
-            argv_gw = [
-                sys.executable,
-                "-m",
-                "gateway",
-                "serve",
-                str(routes),
-                "--port",
-                str(port),
-                "--log-level",
-                args.log_level,
-                "--no-probes",
-                "--watch-interval",
-                "off",
-            ]
-            gw = procs.start("gateway", argv_gw, env)
-            wait_http(f"http://127.0.0.1:{port}/readyz", proc=gw)
-            url = f"http://127.0.0.1:{port}{args.path}"
+            http.write_routes(routes, env)
+            base, gw = start_gateway(procs, "gateway", routes, env, log_level=args.log_level)
+            url = base + args.path
             run(url, Load(2, args.connections, 2))
             raw = workdir / "profile.txt"
             cpu0 = cpu_seconds(gw.pid)
-            n0 = served(port)
+            n0 = served(base)
             runs: list[Sample] = []
             load = threading.Thread(target=lambda: runs.append(run(url, Load(2, args.connections, args.seconds + 2))))
             load.start()
@@ -157,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             load.join()
             user, system = (b - a for a, b in zip(cpu0, cpu_seconds(gw.pid), strict=True))
-            n = max(served(port) - n0, 1)
+            n = max(served(base) - n0, 1)
             if args.raw:
                 shutil.copyfile(raw, args.raw)
             print(top(raw.read_text(), args.top))
