@@ -455,24 +455,20 @@ def _readable(request: web.Request, nb: Notebook) -> web.Response | None:
 async def get_document(request: web.Request) -> web.Response:
     state = _state(request)
     doc_id = request.match_info["id"]
-    nb = state.notebooks.get(doc_id) if _HEX16.match(doc_id) else None
-    if nb is None:
-        return _not_found()
-    problem = _readable(request, nb)
-    if problem is not None:
-        return problem
-    return web.json_response(state.document_json(nb))
+    return _document(request, state, state.notebooks.get(doc_id) if _HEX16.match(doc_id) else None)
 
 
 async def get_document_by_slug(request: web.Request) -> web.Response:
     state = _state(request)
-    nb = state.find_slug(request.match_info["login"], request.match_info["slug"])
+    return _document(request, state, state.find_slug(request.match_info["login"], request.match_info["slug"]))
+
+
+def _document(request: web.Request, state: ObservableState, nb: Notebook | None) -> web.Response:
+    """The document of ``nb``: 404 when there is none, else what ``_readable`` refuses or the document."""
     if nb is None:
         return _not_found()
     problem = _readable(request, nb)
-    if problem is not None:
-        return problem
-    return web.json_response(state.document_json(nb))
+    return problem if problem is not None else web.json_response(state.document_json(nb))
 
 
 def _module_source(nb: Notebook) -> str:
