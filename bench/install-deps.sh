@@ -3,20 +3,10 @@
 # Bench-only: `make test` never calls this. Safe to run repeatedly.
 set -euo pipefail
 
-updated=0
-need() {  # need BINARY DEBIAN_PACKAGE...
-  local bin=$1; shift
-  if command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ]; then return 0; fi
-  if [ "$(id -u)" != 0 ]; then
-    echo "bench/install-deps: $bin is missing and we are not root; install: $*" >&2
-    exit 1
-  fi
-  if [ $updated = 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    updated=1
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
+NEED_WHO=bench/install-deps
+PATH="$PATH:/usr/sbin"  # nginx lives there, outside a non-root PATH
+# shellcheck source=scripts/debian-need.sh
+source "$(dirname "$0")/../scripts/debian-need.sh"
 
 need wrk wrk
 need nginx nginx-light

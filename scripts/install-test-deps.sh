@@ -3,20 +3,9 @@
 # Debian packages when they are missing. Called by `make test`; safe to run repeatedly.
 set -euo pipefail
 
-updated=0
-need() {  # need BINARY DEBIAN_PACKAGE...
-  local bin=$1; shift
-  if command -v "$bin" >/dev/null 2>&1; then return 0; fi
-  if [ "$(id -u)" != 0 ]; then
-    echo "install-test-deps: $bin is missing and we are not root; install: $*" >&2
-    exit 1
-  fi
-  if [ $updated = 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    updated=1
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
+NEED_WHO=install-test-deps
+# shellcheck source=scripts/debian-need.sh
+source "$(dirname "$0")/debian-need.sh"
 
 # one line per tool the tests need, e.g.:  need redis-server redis-server
 need redis-server redis-server
