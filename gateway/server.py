@@ -219,15 +219,22 @@ async def _frame(request: web.Request, handler: Handler) -> web.StreamResponse:
         trace.end(token)
     resp.headers["X-Request-ID"] = rid
     if request.path not in _OWN:
-        gw = request.app[GATEWAY]
-        route = request.get(ROUTE) or NO_ROUTE
+        # counted and logged once the answer is on the wire, as nginx's log phase does: the
+        # client does not wait for the bookkeeping (aiohttp writes the response in this same
+        # turn of the loop, before any callback queued now runs)
         elapsed = time.perf_counter() - started
-        m = gw.metrics
-        m.child(m.requests, route, request.method, status_class(resp.status)).inc()
-        m.child(m.request_seconds, route, request.method).observe(elapsed)
-        if access_log.isEnabledFor(logging.INFO):
-            _log_access(request, rid, route, resp.status, elapsed, record)
+        asyncio.get_running_loop().call_soon(_account, request, rid, resp.status, elapsed, record)
     return resp
+
+
+def _account(request: web.Request, rid: str, status: int, elapsed: float, record: trace.RequestTrace) -> None:
+    """The stable-side metrics and the access line of one answered request."""
+    route = request.get(ROUTE) or NO_ROUTE
+    m = request.app[GATEWAY].metrics
+    m.child(m.requests, route, request.method, status_class(status)).inc()
+    m.child(m.request_seconds, route, request.method).observe(elapsed)
+    if access_log.isEnabledFor(logging.INFO):
+        _log_access(request, rid, route, status, elapsed, record)
 
 
 def _log_access(

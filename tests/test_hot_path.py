@@ -3,14 +3,18 @@ still passes exactly as the standard library reads it, and request ids stay uniq
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import os
+import threading
+import urllib.request
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway import jsonio, workers
+from gateway import jsonio, server, workers
 from gateway.sandbox.runner import Sandboxes
 from gateway.server import GATEWAY, new_request_id
 from tests.fake_upstream import Reply, start_fake
@@ -138,3 +142,32 @@ async def test_a_cache_hit_is_still_only_for_the_exact_request_that_filled_it(
     assert streamed.headers["Content-Type"] == "application/x-ndjson" and "X-Cache" not in streamed.headers
     assert len((await streamed.read()).splitlines()) == 2
     assert state.total_requests == calls + 1  # only the NDJSON page went upstream
+
+
+async def test_the_answer_is_on_the_wire_before_it_is_counted_and_logged(
+    make_gateway: Any, aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, _server, url = await start_fake(aiohttp_server)
+    gw: TestClient[Any, Any] = await make_gateway(FAKE_YAML.format(url=url), env={"FAKE_KEY": "k-123456"})
+    fake.script("/things/a", Reply(200, b'{"id": "a"}', {"Content-Type": "application/json"}))
+    received = threading.Event()
+    seen: list[tuple[str, int, bool]] = []
+    account = server._account
+
+    def slow_account(request: Any, rid: str, status: int, *rest: Any) -> None:
+        # holds the event loop: the client can only have its answer if it was written before this ran
+        seen.append((request.path, status, received.wait(10)))
+        account(request, rid, status, *rest)
+
+    monkeypatch.setattr(server, "_account", slow_account)
+
+    def fetch() -> bytes:
+        with urllib.request.urlopen(str(gw.make_url("/v1/things/a?q=1")), timeout=20) as r:
+            body: bytes = r.read()
+        received.set()
+        return body
+
+    assert json.loads(await asyncio.to_thread(fetch)) == {"id": "a"}
+    assert seen == [("/v1/things/a", 200, True)]
+    metrics = await (await gw.get("/metrics")).text()  # and it was counted all the same
+    assert 'gateway_requests_total{method="GET",route="get_thing",status_class="2xx"} 1.0' in metrics
