@@ -225,6 +225,8 @@ def bench(
     lat_names = [
         "direct",
         *(f"nginx_proxy_pass_w{n}" for n in worker_counts),
+        # what aiohttp's own server and client add at one connection: the latency target's floor here
+        *(f"aiohttp_ceiling_proxy_w{n}" for n in worker_counts),
         *(f"gateway_pass_w{n}" for n in worker_counts),
     ]
     lat_names += [f"gateway_cache_w{n}" for n in worker_counts if cache_missing is None]

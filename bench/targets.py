@@ -36,9 +36,14 @@ def ratios(http: dict[str, Any]) -> dict[str, float]:
                 out[f"{kind}_gateway_over_aiohttp_ceiling_w{n}"] = round(g / c, 3)
             if c and r:
                 out[f"{kind}_aiohttp_ceiling_over_nginx_w{n}"] = round(c / r, 3)
-        g50, d50 = _p50(http, f"gateway_pass_w{n}_c1"), _p50(http, "direct_c1")
-        if g50 is not None and d50 is not None:
-            out[f"added_p50_ms_c1_w{n}"] = round(g50 - d50, 4)
+        d50 = _p50(http, "direct_c1")
+        for key, case in (
+            ("added_p50_ms_c1", "gateway_pass"),
+            ("aiohttp_ceiling_added_p50_ms_c1", "aiohttp_ceiling_proxy"),
+        ):
+            p50 = _p50(http, f"{case}_w{n}_c1")
+            if p50 is not None and d50 is not None:
+                out[f"{key}_w{n}"] = round(p50 - d50, 4)
     return out
 
 
