@@ -40,7 +40,7 @@ def serve(variant: str, routes: Path, port: int, page: Path) -> None:
     from multidict import CIMultiDict, CIMultiDictProxy
     from yarl import URL
 
-    from gateway import logs
+    from gateway import logs, workers
     from gateway.server import build_app
     from gateway.upstream import UpstreamClient, UpstreamResponse
 
@@ -54,7 +54,9 @@ def serve(variant: str, routes: Path, port: int, page: Path) -> None:
 
         UpstreamClient.send = send  # type: ignore[method-assign]
     uvloop.install()
-    web.run_app(build_app(routes), host="127.0.0.1", port=port, access_log=None, print=None)
+    app = build_app(routes)
+    workers.settle_gc()  # as gateway serve does
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,8 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from gateway import workers
+
 
 def build(mode: str, upstream: str, page: bytes) -> web.Application:
     app = web.Application()
@@ -62,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     import uvloop
 
     uvloop.install()
+    app = build(args.mode, args.upstream, page)
+    workers.settle_gc()  # the process tuning gateway serve does too
     web.run_app(
-        build(args.mode, args.upstream, page),
+        app,
         host="127.0.0.1",
         port=args.port,
         access_log=None,

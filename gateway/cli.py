@@ -195,6 +195,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         gateway.requires_client_keys = f"the gateway listens on {args.host} (a reload may not open it)"
 
     async def _on_startup(app: web.Application) -> None:
+        workers.settle_gc()  # the app is built: what exists now lives as long as the process
         loop = asyncio.get_running_loop()
 
         def _reload() -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import shutil
@@ -63,6 +64,27 @@ def process_id() -> int:
     gives it the same answer for free.
     """
     return _pid
+
+
+#: the cycle collector's young-generation threshold in a serving process (CPython's default: 700)
+GC_YOUNG_OBJECTS = 10_000
+
+
+def settle_gc() -> None:
+    """Keep the cycle collector off the request path of a serving process.
+
+    A request's objects are freed by reference counting, but with dozens of requests in
+    flight the young generation always holds ~1,000 live objects, so at CPython's default
+    threshold it was scanned hundreds of times a second and found nothing: about a tenth
+    of a busy worker's CPU (measured with ``gc.callbacks``).  What start-up built (modules,
+    config, the app) is frozen out of every scan (``gc.freeze``) and the young threshold
+    is raised: cyclic garbage (an exception and its traceback, say) is still collected,
+    after 10,000 net allocations instead of 700.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_OBJECTS, older, oldest)
 
 
 def multiprocess_enabled() -> bool:

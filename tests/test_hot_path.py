@@ -4,11 +4,13 @@ still passes exactly as the standard library reads it, and request ids stay uniq
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import json
 import os
 import threading
 import urllib.request
+import weakref
 from typing import Any
 
 import pytest
@@ -171,3 +173,25 @@ async def test_the_answer_is_on_the_wire_before_it_is_counted_and_logged(
     assert seen == [("/v1/things/a", 200, True)]
     metrics = await (await gw.get("/metrics")).text()  # and it was counted all the same
     assert 'gateway_requests_total{method="GET",route="get_thing",status_class="2xx"} 1.0' in metrics
+
+
+class _Node:
+    me: _Node | None = None
+
+
+def test_a_serving_process_still_collects_cycles_unprompted() -> None:
+    saved = gc.get_threshold()
+    try:
+        workers.settle_gc()
+        assert gc.get_freeze_count() > 0 and gc.get_threshold()[0] == workers.GC_YOUNG_OBJECTS
+        node = _Node()
+        node.me = node  # a cycle: reference counting alone never frees it
+        gone = weakref.ref(node)
+        del node
+        for _ in range(2 * workers.GC_YOUNG_OBJECTS):  # more cyclic garbage, as error tracebacks make
+            loop: list[Any] = []
+            loop.append(loop)
+        assert gone() is None  # the collector ran by itself and took it
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*saved)
