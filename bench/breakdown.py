@@ -14,13 +14,21 @@ wrk; the differences in CPU µs per request are the parts' costs:
 
 Rounds are interleaved and the median is printed, because a shared VM's CPU
 speed drifts by ±20% from minute to minute.
+
+``--instructions`` counts instead of timing: each variant runs once under
+valgrind's callgrind, and the instructions it executes per request are printed.
+That count hardly moves between runs (±1%), so it can tell a change of a few
+percent that CPU time on this VM cannot; it does not see cache misses or branch
+mispredictions, so compare it with the CPU figures, not instead of them.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -28,7 +36,7 @@ from typing import Any
 
 from bench import http, nginx
 from bench.procs import Procs, free_port, wait_http
-from bench.wrk import Load, run
+from bench.wrk import Load, Sample, run
 
 VARIANTS = ("aiohttp", "cache-hit", "no-upstream", "pass-through", "naive-proxy")
 
@@ -64,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--connections", type=int, default=64)
+    p.add_argument(
+        "--instructions", action="store_true", help="count instructions per request under callgrind (needs valgrind)"
+    )
     p.add_argument("--serve", nargs=4, metavar=("VARIANT", "ROUTES", "PORT", "PAGE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve:
@@ -81,49 +92,93 @@ def main(argv: list[str] | None = None) -> int:
             missing = http.write_routes(routes, env)
             if missing:
                 raise RuntimeError(f"the gateway does not take the bench's cached route: {missing}")
-            cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
-            load = Load(2, args.connections, args.seconds)
-            for _ in range(args.rounds):
-                for variant in VARIANTS:
-                    port = free_port()
-                    if variant == "aiohttp":
-                        argv_ = ["-m", "bench.ceiling", "static", "--page", str(page)]
-                    elif variant == "naive-proxy":
-                        argv_ = ["-m", "bench.ceiling", "proxy", "--page", str(page)]
-                        argv_ += ["--upstream", upstream + nginx.UPSTREAM_PATH]
-                    else:
-                        argv_ = ["-m", "bench.breakdown", "--serve", variant, str(routes), str(port), str(page)]
-                    if variant in ("aiohttp", "naive-proxy"):
-                        argv_ += ["--port", str(port)]
-                    proc = procs.start(variant, [sys.executable, *argv_], env)
-                    path = {"cache-hit": http.CACHE_PATH, "aiohttp": "/", "naive-proxy": "/"}.get(
-                        variant, http.PASS_PATH
-                    )
-                    url = f"http://127.0.0.1:{port}{path}"
-                    wait_http(url, proc=proc)
-                    run(url, Load(2, args.connections, 1))  # warm-up (and the cache fill)
-                    before = http.tree_cpu(proc.pid)
-                    sample = run(url, load)
-                    if sample.errors or not sample.requests:
-                        raise RuntimeError(f"{variant}: {sample.errors} errors in {sample.requests} requests")
-                    cpu[variant].append(1e6 * (http.tree_cpu(proc.pid) - before) / sample.requests)
-                    procs.stop(proc)
-            med = {v: statistics.median(xs) for v, xs in cpu.items()}
-            print(f"CPU µs per request, median of {args.rounds} rounds (wrk -t2 -c{args.connections}):")
-            for v in VARIANTS:
-                print(f"  {v:14s} {med[v]:7.1f}   ({', '.join(f'{x:.0f}' for x in cpu[v])})")
+            count = instructions if args.instructions else cpu_time
+            cost = count(procs, workdir, args, upstream, routes, page, env)
+            unit = "k instructions" if args.instructions else "CPU µs"
             parts = [
                 ("a cache hit's gateway work", "cache-hit", "aiohttp"),
                 ("pass-through without the exchange", "no-upstream", "aiohttp"),
                 ("the upstream exchange, in the gateway", "pass-through", "no-upstream"),
                 ("the same exchange, featureless", "naive-proxy", "aiohttp"),
             ]
-            print("so, roughly:")
+            print(f"so, roughly ({unit} per request):")
             for label, more, less in parts:
-                print(f"  {label:38s} {med[more] - med[less]:7.1f}  ({more} - {less})")
+                print(f"  {label:38s} {cost[more] - cost[less]:7.1f}  ({more} - {less})")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def start_variant(
+    procs: Procs, variant: str, upstream: str, routes: Path, page: Path, env: dict[str, str], wrap: list[str]
+) -> tuple[subprocess.Popen[bytes], str]:
+    """One variant's server, ``wrap`` (a valgrind command line, say) in front: (process, URL to load)."""
+    port = free_port()
+    if variant == "aiohttp":
+        argv = ["-m", "bench.ceiling", "static", "--page", str(page), "--port", str(port)]
+    elif variant == "naive-proxy":
+        argv = ["-m", "bench.ceiling", "proxy", "--page", str(page), "--port", str(port)]
+        argv += ["--upstream", upstream + nginx.UPSTREAM_PATH]
+    else:
+        argv = ["-m", "bench.breakdown", "--serve", variant, str(routes), str(port), str(page)]
+    proc = procs.start(variant, [*wrap, sys.executable, *argv], env)
+    path = {"cache-hit": http.CACHE_PATH, "aiohttp": "/", "naive-proxy": "/"}.get(variant, http.PASS_PATH)
+    url = f"http://127.0.0.1:{port}{path}"
+    wait_http(url, timeout=300 if wrap else 30, proc=proc)
+    return proc, url
+
+
+def _checked(variant: str, sample: Sample) -> Sample:
+    if sample.errors or not sample.requests:
+        raise RuntimeError(f"{variant}: {sample.errors} errors in {sample.requests} requests")
+    return sample
+
+
+def cpu_time(
+    procs: Procs, workdir: Path, args: argparse.Namespace, upstream: str, routes: Path, page: Path, env: dict[str, str]
+) -> dict[str, float]:
+    cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    load = Load(2, args.connections, args.seconds)
+    for _ in range(args.rounds):
+        for variant in VARIANTS:
+            proc, url = start_variant(procs, variant, upstream, routes, page, env, [])
+            run(url, Load(2, args.connections, 1))  # warm-up (and the cache fill)
+            before = http.tree_cpu(proc.pid)
+            sample = _checked(variant, run(url, load))
+            cpu[variant].append(1e6 * (http.tree_cpu(proc.pid) - before) / sample.requests)
+            procs.stop(proc)
+    med = {v: statistics.median(xs) for v, xs in cpu.items()}
+    print(f"CPU µs per request, median of {args.rounds} rounds (wrk -t2 -c{args.connections}):")
+    for v in VARIANTS:
+        print(f"  {v:14s} {med[v]:7.1f}   ({', '.join(f'{x:.0f}' for x in cpu[v])})")
+    return med
+
+
+def instructions(
+    procs: Procs, workdir: Path, args: argparse.Namespace, upstream: str, routes: Path, page: Path, env: dict[str, str]
+) -> dict[str, float]:
+    """Instructions per request under callgrind: counters zeroed after the warm-up, dumped after the load."""
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("--instructions needs valgrind (Debian: apt-get install valgrind)")
+    connections = min(args.connections, 8)  # under valgrind the server is ~50x slower: keep wrk's timeouts away
+    out: dict[str, float] = {}
+    print(f"thousands of instructions per request, under callgrind (wrk -t1 -c{connections}):")
+    for variant in VARIANTS:
+        stats = workdir / f"callgrind-{variant}.out"
+        wrap = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={stats}"]
+        proc, url = start_variant(procs, variant, upstream, routes, page, env, wrap)
+        run(url, Load(1, connections, 3))  # warm-up (and the cache fill)
+        subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
+        sample = _checked(variant, run(url, Load(1, connections, args.seconds)))
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
+        procs.stop(proc)
+        dump = stats.with_name(stats.name + ".1")  # the -d dump; the exit dump is the bare name
+        found = re.search(r"^(?:summary|totals):\s*(\d+)", dump.read_text(errors="replace"), re.MULTILINE)
+        if found is None:
+            raise RuntimeError(f"{variant}: no instruction count in {dump}")
+        out[variant] = int(found.group(1)) / sample.requests / 1000
+        print(f"  {variant:14s} {out[variant]:7.1f}   ({sample.requests} requests)")
+    return out
 
 
 if __name__ == "__main__":
