@@ -159,7 +159,6 @@ class Gateway:
 GATEWAY = web.AppKey("gateway", Gateway)
 REQUEST_ID = web.RequestKey("request_id", str)
 ROUTE = web.RequestKey("route", str)
-ERROR = web.RequestKey("error", GatewayError)
 
 
 def error_response(exc: GatewayError) -> web.Response:
@@ -204,7 +203,7 @@ async def _frame(request: web.Request, handler: Handler) -> web.StreamResponse:
     except GatewayError as exc:
         if exc.route is None:
             exc.route = request.get(ROUTE)
-        request[ERROR] = exc
+        record.error = exc.code
         resp = error_response(exc)
     except web.HTTPRequestEntityTooLarge:
         resp = error_response(PayloadTooLarge("the body is too large"))
@@ -241,7 +240,6 @@ def _log_access(
     request: web.Request, rid: str, route: str, status: int, elapsed: float, record: trace.RequestTrace
 ) -> None:
     """One JSON line per stable request.  No query string, headers or key values: they may carry secrets."""
-    failure = request.get(ERROR)
     fields = {
         "event": "request",
         "request_id": rid,
@@ -255,7 +253,7 @@ def _log_access(
         "duration_ms": round(elapsed * 1000, 3),
         "upstream_ms": round(record.upstream_seconds * 1000, 3),
         "cache": record.cache,
-        "error": failure.code if failure is not None else None,
+        "error": record.error,
     }
     fast = logs.access_lines()
     if fast is not None:  # gateway serve's own JSON logging: the same line without a LogRecord

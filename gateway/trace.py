@@ -23,6 +23,8 @@ class RequestTrace:
     upstream_seconds: float = 0.0
     #: the cache's verdict (hit, miss, stale, bypass, ...), set by the cache layer when there is one
     cache: str | None = None
+    #: the code of the gateway error the request was answered with, if any
+    error: str | None = None
 
 
 _CURRENT: ContextVar[RequestTrace | None] = ContextVar("routegate_request_trace", default=None)
