@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             missing = http.write_routes(routes, env)
             if missing:
                 raise RuntimeError(f"the gateway does not take the bench's cached route: {missing}")
-            count = instructions if args.instructions else cpu_time
-            cost = count(procs, workdir, args, upstream, routes, page, env)
+            setup = Setup(procs, workdir, upstream, routes, page, env)
+            cost = instructions(setup, args) if args.instructions else cpu_time(setup, args)
             unit = "k instructions" if args.instructions else "CPU µs"
             parts = [
                 ("a cache hit's gateway work", "cache-hit", "aiohttp"),
@@ -109,23 +110,33 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def start_variant(
-    procs: Procs, variant: str, upstream: str, routes: Path, page: Path, env: dict[str, str], wrap: list[str]
-) -> tuple[subprocess.Popen[bytes], str]:
-    """One variant's server, ``wrap`` (a valgrind command line, say) in front: (process, URL to load)."""
-    port = free_port()
-    if variant == "aiohttp":
-        argv = ["-m", "bench.ceiling", "static", "--page", str(page), "--port", str(port)]
-    elif variant == "naive-proxy":
-        argv = ["-m", "bench.ceiling", "proxy", "--page", str(page), "--port", str(port)]
-        argv += ["--upstream", upstream + nginx.UPSTREAM_PATH]
-    else:
-        argv = ["-m", "bench.breakdown", "--serve", variant, str(routes), str(port), str(page)]
-    proc = procs.start(variant, [*wrap, sys.executable, *argv], env)
-    path = {"cache-hit": http.CACHE_PATH, "aiohttp": "/", "naive-proxy": "/"}.get(variant, http.PASS_PATH)
-    url = f"http://127.0.0.1:{port}{path}"
-    wait_http(url, timeout=300 if wrap else 30, proc=proc)
-    return proc, url
+@dataclass(frozen=True)
+class Setup:
+    """What every variant is started with: the static upstream, the bench's routes and page."""
+
+    procs: Procs
+    workdir: Path
+    upstream: str
+    routes: Path
+    page: Path
+    env: dict[str, str]
+
+    def start(self, variant: str, wrap: list[str]) -> tuple[subprocess.Popen[bytes], str]:
+        """One variant's server, ``wrap`` (a valgrind command line, say) in front: (process, URL to load)."""
+        port = free_port()
+        page = str(self.page)
+        if variant == "aiohttp":
+            argv = ["-m", "bench.ceiling", "static", "--page", page, "--port", str(port)]
+        elif variant == "naive-proxy":
+            argv = ["-m", "bench.ceiling", "proxy", "--page", page, "--port", str(port)]
+            argv += ["--upstream", self.upstream + nginx.UPSTREAM_PATH]
+        else:
+            argv = ["-m", "bench.breakdown", "--serve", variant, str(self.routes), str(port), page]
+        proc = self.procs.start(variant, [*wrap, sys.executable, *argv], self.env)
+        path = {"cache-hit": http.CACHE_PATH, "aiohttp": "/", "naive-proxy": "/"}.get(variant, http.PASS_PATH)
+        url = f"http://127.0.0.1:{port}{path}"
+        wait_http(url, timeout=300 if wrap else 30, proc=proc)
+        return proc, url
 
 
 def _checked(variant: str, sample: Sample) -> Sample:
@@ -134,19 +145,17 @@ def _checked(variant: str, sample: Sample) -> Sample:
     return sample
 
 
-def cpu_time(
-    procs: Procs, workdir: Path, args: argparse.Namespace, upstream: str, routes: Path, page: Path, env: dict[str, str]
-) -> dict[str, float]:
+def cpu_time(setup: Setup, args: argparse.Namespace) -> dict[str, float]:
     cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
     load = Load(2, args.connections, args.seconds)
     for _ in range(args.rounds):
         for variant in VARIANTS:
-            proc, url = start_variant(procs, variant, upstream, routes, page, env, [])
+            proc, url = setup.start(variant, [])
             run(url, Load(2, args.connections, 1))  # warm-up (and the cache fill)
             before = http.tree_cpu(proc.pid)
             sample = _checked(variant, run(url, load))
             cpu[variant].append(1e6 * (http.tree_cpu(proc.pid) - before) / sample.requests)
-            procs.stop(proc)
+            setup.procs.stop(proc)
     med = {v: statistics.median(xs) for v, xs in cpu.items()}
     print(f"CPU µs per request, median of {args.rounds} rounds (wrk -t2 -c{args.connections}):")
     for v in VARIANTS:
@@ -154,9 +163,7 @@ def cpu_time(
     return med
 
 
-def instructions(
-    procs: Procs, workdir: Path, args: argparse.Namespace, upstream: str, routes: Path, page: Path, env: dict[str, str]
-) -> dict[str, float]:
+def instructions(setup: Setup, args: argparse.Namespace) -> dict[str, float]:
     """Instructions per request under callgrind: counters zeroed after the warm-up, dumped after the load."""
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("--instructions needs valgrind (Debian: apt-get install valgrind)")
@@ -164,14 +171,14 @@ def instructions(
     out: dict[str, float] = {}
     print(f"thousands of instructions per request, under callgrind (wrk -t1 -c{connections}):")
     for variant in VARIANTS:
-        stats = workdir / f"callgrind-{variant}.out"
+        stats = setup.workdir / f"callgrind-{variant}.out"
         wrap = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={stats}"]
-        proc, url = start_variant(procs, variant, upstream, routes, page, env, wrap)
+        proc, url = setup.start(variant, wrap)
         run(url, Load(1, connections, 3))  # warm-up (and the cache fill)
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
         sample = _checked(variant, run(url, Load(1, connections, args.seconds)))
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
-        procs.stop(proc)
+        setup.procs.stop(proc)
         dump = stats.with_name(stats.name + ".1")  # the -d dump; the exit dump is the bare name
         found = re.search(r"^(?:summary|totals):\s*(\d+)", dump.read_text(errors="replace"), re.MULTILINE)
         if found is None:
