@@ -203,17 +203,16 @@ async def _frame(request: web.Request, handler: Handler) -> web.StreamResponse:
     except GatewayError as exc:
         if exc.route is None:
             exc.route = request.get(ROUTE)
-        record.error = exc.code
-        resp = error_response(exc)
+        resp = _failed(record, exc)
     except web.HTTPRequestEntityTooLarge:
-        resp = error_response(PayloadTooLarge("the body is too large"))
+        resp = _failed(record, PayloadTooLarge("the body is too large"))
     except web.HTTPException as exc:
         err = GatewayError(exc.reason, code=exc.reason.lower().replace(" ", "_"))
         err.status = exc.status
-        resp = error_response(err)
+        resp = _failed(record, err)
     except Exception:
         log.exception("internal error handling %s %s (request %s)", request.method, request.path, rid)
-        resp = error_response(GatewayError("internal gateway error; see the gateway log", route=request.get(ROUTE)))
+        resp = _failed(record, GatewayError("internal gateway error; see the gateway log", route=request.get(ROUTE)))
     finally:
         trace.end(token)
     resp.headers["X-Request-ID"] = rid
@@ -224,6 +223,12 @@ async def _frame(request: web.Request, handler: Handler) -> web.StreamResponse:
         elapsed = time.perf_counter() - started
         asyncio.get_running_loop().call_soon(_account, request, rid, resp.status, elapsed, record)
     return resp
+
+
+def _failed(record: trace.RequestTrace, exc: GatewayError) -> web.Response:
+    """The JSON error answer, its code noted for the access line."""
+    record.error = exc.code
+    return error_response(exc)
 
 
 def _account(request: web.Request, rid: str, status: int, elapsed: float, record: trace.RequestTrace) -> None:

@@ -84,6 +84,22 @@ async def test_one_access_line_per_request_with_route_client_statuses_and_timing
     assert resp.status == 401 and line["client"] is None and line["error"] == "missing_api_key"
 
 
+async def test_an_internal_error_is_logged_with_its_code(
+    make_gateway: Any, sandbox_env: dict[str, str], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    gw = await make_gateway(ROUTES.read_text(), env=sandbox_env)
+
+    async def broken_handle(*args: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("gateway.proxy.Proxy.handle", broken_handle)
+    resp = await gw.get("/v1/posthog/projects/1/notebooks", headers={"X-Request-ID": "t-bug"})
+    assert resp.status == 500 and (await resp.json())["error"]["code"] == "internal_error"
+    line = _access(caplog, "t-bug")
+    assert line["status"] == 500 and line["error"] == "internal_error" and line["route"] == "posthog_notebooks"
+
+
 def test_the_json_formatter_redacts_secret_values() -> None:
     secret = 'phx_se"cret\\value'
     formatter = JsonFormatter(Redactor(lambda: [secret, "abc"]))  # too short to redact safely: left alone
