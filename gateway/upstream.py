@@ -51,11 +51,11 @@ class UpstreamClient:
     """
 
     def __init__(self, metrics: Metrics | None = None) -> None:
-        self._sessions: dict[tuple[str, str, int], aiohttp.ClientSession] = {}
+        self._sessions: dict[tuple[str, URL, int], aiohttp.ClientSession] = {}
         self.resilience = Resilience(metrics)
 
     def _session(self, upstream: Upstream) -> aiohttp.ClientSession:
-        key = (upstream.name, str(upstream.base_url), upstream.max_connections)
+        key = (upstream.name, upstream.base_url, upstream.max_connections)  # the URL, not str(): once per call
         session = self._sessions.get(key)
         if session is None or session.closed:
             connector = aiohttp.TCPConnector(
