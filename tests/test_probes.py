@@ -4,8 +4,6 @@ its background loop (interval, jitter, bounded concurrency) and ``gateway probe`
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,8 @@ from prometheus_client import CollectorRegistry
 from gateway.config import ConfigError, load_config, parse_config
 from gateway.sandbox.runner import Sandboxes
 from gateway.server import GATEWAY, Gateway, build_app
-from tests.conftest import ROOT, ROUTES
+from tests.conftest import ROUTES
+from tests.processes import run_cli
 
 FRESH = {"Cache-Control": "no-store"}
 
@@ -405,22 +404,6 @@ async def test_serve_runs_probes_in_the_background_and_a_reload_reprobes_at_once
 
 
 # --------------------------------------------------------------------------- gateway probe (cron / CI)
-
-
-async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        *args,
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def test_gateway_probe_exits_non_zero_listing_each_broken_route(
