@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import json
 import logging
@@ -153,7 +154,8 @@ def _install_uvloop() -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway import logs, workers
+    from gateway import logs, peers, workers
+    from gateway.peers import Peers
 
     if args.workers < 1 or (args.workers > 1 and args.port == 0):
         print("gateway serve: --workers must be at least 1, and needs a fixed --port (not 0)", file=sys.stderr)
@@ -185,11 +187,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if watch <= 0:
             print("gateway serve: --watch-interval must be longer than 0s (or off)", file=sys.stderr)
             return EXIT_USAGE
-    if args.workers > 1 and (code := workers.fork_workers(args.workers, metrics_dir)) is not None:
-        return code  # the supervisor, once every worker has exited; workers go on below
+    mates: Peers | None = None
+    if args.workers > 1:
+        mates = Peers(peers.make_directory())  # the supervisor's: where workers find each other
+        mates.remember(cfg)
+        code = workers.fork_workers(
+            args.workers,
+            [d for d in (metrics_dir, str(mates.directory)) if d],
+            on_exit=functools.partial(peers.forget, mates.directory),
+        )
+        if code is not None:
+            return code  # the supervisor, once every worker has exited; workers go on below
+        mates = Peers(mates.directory)  # this worker's own socket
+        cfg = mates.current_config(cfg)  # a replacement worker: what the others serve now
     _install_uvloop()
     app = build_app(cfg, watch=watch, probes=not args.no_probes)
     gateway = app[GATEWAY]
+    gateway.peers = mates
     formatter.redactor.source = lambda: logs.secret_values(gateway.runtime.config, gateway.credentials)
     if open_bind and cfg.access.clients and not args.allow_open:
         gateway.requires_client_keys = f"the gateway listens on {args.host} (a reload may not open it)"
@@ -208,7 +222,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app.on_startup.append(_on_startup)
     print(f"routegate {__version__} serving {len(cfg.routes)} routes on http://{args.host}:{args.port}", flush=True)
     try:
-        web.run_app(app, host=args.host, port=args.port, access_log=None, print=None, reuse_port=args.workers > 1)
+        web.run_app(
+            app,
+            host=args.host,
+            port=args.port,
+            path=str(mates.socket) if mates else None,  # admin calls relayed by the other workers
+            access_log=None,
+            print=None,
+            reuse_port=args.workers > 1,
+        )
     except OSError as exc:
         print(f"gateway serve: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_UNBINDABLE
@@ -273,7 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         metavar="N",
-        help="worker processes sharing the port (SO_REUSEPORT), e.g. one per core; /metrics sums them (default 1)",
+        help=(
+            "worker processes sharing the port (SO_REUSEPORT), e.g. one per core; /metrics sums them and "
+            "admin calls reach them all (default 1)"
+        ),
     )
     p.add_argument(
         "--allow-open",

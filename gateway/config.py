@@ -15,7 +15,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
@@ -461,6 +461,8 @@ class Config:
     access: AccessSpec = AccessSpec()
     cache: CacheSettings = CacheSettings()
     probes: ProbeSettings = ProbeSettings()
+    #: the text it was built from: with ``--workers``, a replacement worker falls back to it (gateway.peers)
+    source: str = field(default="", repr=False)
 
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -800,6 +802,7 @@ def parse_config(text: str, file: str = "routes.yaml", env: Mapping[str, str] | 
         access=access,
         cache=cache,
         probes=probes,
+        source=text,
     )
 
 

@@ -357,17 +357,25 @@ def _own_paths(config: Config) -> dict[str, dict[str, Any]]:
     string, integer = {"type": "string"}, {"type": "integer"}
     admin: dict[str, Any] = {
         "operationId": "gateway_admin_reload",
-        "summary": "Reload routes.yaml (admin key); an invalid file is a 422 and the old config keeps serving.",
+        "summary": (
+            "Reload routes.yaml (admin key), in every worker before answering; an invalid file is a 422 "
+            "and the old config keeps serving."
+        ),
         "tags": ["gateway"],
         "responses": {
             "200": {
                 "description": "Reloaded.",
                 "headers": rid,
-                "content": {"application/json": {"schema": obj(status=string, digest=string, routes=integer)}},
+                "content": {
+                    "application/json": {"schema": obj(status=string, digest=string, routes=integer, workers=integer)}
+                },
             },
             "401": _error_response("No valid admin key."),
             "403": _error_response("Admin endpoints are off: no admin.keys configured."),
             "422": _error_response("The file is invalid; every problem (file:line: key: message) in `details`."),
+            "500": _error_response(
+                "With --workers: another worker did not reload (`worker_failed`, each in `details`)."
+            ),
             "default": _error_response("Any other error, in the same envelope."),
         },
     }

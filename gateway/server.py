@@ -36,6 +36,7 @@ from gateway.health import RouteHealth
 from gateway.limits import Limits
 from gateway.metrics import NO_ROUTE, Metrics, status_class
 from gateway.openapi import DocumentCache
+from gateway.peers import PeerAnswer, Peers
 from gateway.probes import Prober
 from gateway.proxy import Proxy
 from gateway.routing import Router
@@ -104,6 +105,8 @@ class Gateway:
         self.openapi = DocumentCache()
         #: the response cache's backend (memory or Redis) outlives reloads that keep its settings
         self.caches = CacheBackends(self.credentials, self.metrics)
+        #: the other workers of ``gateway serve --workers N``, which admin calls are relayed to
+        self.peers: Peers | None = None
         self.runtime = self._build(config)
         self.metrics.reloads.labels("success").inc()
 
@@ -147,6 +150,8 @@ class Gateway:
             raise
         self.runtime = self._build(config)
         self.metrics.reloads.labels("success").inc()
+        if self.peers is not None:
+            self.peers.remember(config)  # what a replacement worker serves if the file breaks later
         self.prober.wake()  # confirm at once what the new config fixed (or broke)
         log.info("config reloaded from %s (%s, %d routes)", target, config.digest, len(config.routes))
         return config
@@ -353,11 +358,35 @@ async def _openapi(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/json", charset="utf-8")
 
 
+async def _relay(request: web.Request) -> list[PeerAnswer]:
+    """An admin call this worker has applied, applied by every other worker too (``--workers``)."""
+    peers = request.app[GATEWAY].peers
+    if peers is None or peers.relayed(request):
+        return []
+    answers = await peers.relay(request, await request.read())
+    failed = [a for a in answers if a.status != 200]
+    if failed:
+        raise GatewayError(
+            f"worker {peers.pid} applied it, but {len(failed)} other worker(s) did not; see details",
+            code="worker_failed",
+            details=[{"pid": a.pid, "status": a.status, "error": a.body.get("error")} for a in failed],
+        )
+    return answers
+
+
+def _by(who: str, request: web.Request) -> str:
+    peers = request.app[GATEWAY].peers
+    return f"admin key {who!r}" + (" (relayed by another worker)" if peers and peers.relayed(request) else "")
+
+
 async def _admin_cache_purge(request: web.Request) -> web.Response:
     runtime = request.app[GATEWAY].runtime
     who = runtime.access.require_admin(request)
     result = await purge_request(request, runtime.proxy.cache, runtime.config)
-    log.info("cache purge by admin key %r: %s", who, json.dumps(result))
+    log.info("cache purge by %s: %s", _by(who, request), json.dumps(result))
+    others = await _relay(request)
+    result["deleted"] += sum(int(a.body.get("deleted", 0)) for a in others)
+    result["workers"] = 1 + len(others)
     return web.json_response(result)
 
 
@@ -372,8 +401,11 @@ async def _admin_reload(request: web.Request) -> web.Response:
             code="invalid_config",
             details=[str(p) for p in exc.problems],
         ) from None
-    log.info("config reloaded by admin key %r", who)
-    return web.json_response({"status": "reloaded", "digest": cfg.digest, "routes": len(cfg.routes)})
+    log.info("config reloaded by %s", _by(who, request))
+    others = await _relay(request)
+    return web.json_response(
+        {"status": "reloaded", "digest": cfg.digest, "routes": len(cfg.routes), "workers": 1 + len(others)}
+    )
 
 
 def build_app(

@@ -27,6 +27,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -147,10 +148,11 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def fork_workers(count: int, made_dir: str | None) -> int | None:
+def fork_workers(count: int, made_dirs: list[str], on_exit: Callable[[int], None] | None = None) -> int | None:
     """Fork ``count`` workers.  In a worker: returns None (go on and serve).
 
-    In the supervisor: runs until every worker is gone and returns the exit code.
+    In the supervisor: runs until every worker is gone and returns the exit code, then
+    removes ``made_dirs``; ``on_exit(pid)`` is called as each worker is found dead.
     """
     children: dict[int, float] = {}
     stopping = False
@@ -197,6 +199,8 @@ def fork_workers(count: int, made_dir: str | None) -> int | None:
                 from prometheus_client import multiprocess
 
                 multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+            if on_exit is not None:
+                on_exit(pid)
             exit_code = os.waitstatus_to_exitcode(status)
             if stopping:
                 continue
@@ -220,5 +224,5 @@ def fork_workers(count: int, made_dir: str | None) -> int | None:
         if os.getpid() == supervisor:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            if made_dir is not None:
-                shutil.rmtree(made_dir, ignore_errors=True)
+            for made in made_dirs:
+                shutil.rmtree(made, ignore_errors=True)

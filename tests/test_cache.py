@@ -544,6 +544,7 @@ async def test_admin_purge_by_route_prefix_and_all(
         "route": "ph_nb",
         "prefix": None,
         "deleted": 1,
+        "workers": 1,
     }
     assert await states() == ["HIT", "MISS", "HIT", "HIT"]
     # a prefix matches whole segments: /projects/1 is not /projects/10

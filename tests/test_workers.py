@@ -74,6 +74,19 @@ async def _pids(base: str, n: int) -> Counter[int]:
     return seen
 
 
+async def _kill_one_worker(base: str, proc: asyncio.subprocess.Process) -> set[int]:
+    """SIGKILL a worker; the two workers once its replacement answers."""
+    victim = min(_children(proc.pid))
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while True:
+        workers = _children(proc.pid)
+        if len(workers) == 2 and victim not in workers and set(await _pids(base, 30)) == workers:
+            return workers
+        assert time.monotonic() < deadline, workers
+        await asyncio.sleep(0.2)
+
+
 async def _metric(base: str, name: str, **labels: str) -> float:
     async with aiohttp.ClientSession() as s, s.get(base + "/metrics") as r:
         text = await r.text()
@@ -149,15 +162,7 @@ async def test_sighup_reaches_every_worker_and_a_dead_worker_is_replaced(
             assert time.monotonic() < deadline, statuses
             await asyncio.sleep(0.2)
 
-        victim = min(_children(proc.pid))
-        os.kill(victim, signal.SIGKILL)
-        deadline = time.monotonic() + 15
-        while True:
-            workers = _children(proc.pid)
-            if len(workers) == 2 and victim not in workers and set(await _pids(base, 30)) == workers:
-                break
-            assert time.monotonic() < deadline, workers
-            await asyncio.sleep(0.2)
+        workers = await _kill_one_worker(base, proc)
 
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 15) == 0
@@ -191,3 +196,69 @@ async def test_a_port_the_workers_cannot_bind_stops_the_supervisor(sandbox_env: 
         )
     assert code == 3  # no restart loop: the same as a single process that cannot listen
     assert "cannot listen" in err
+
+
+OPS_KEY = "ak_ops_" + "o" * 24
+ADMIN = "\nadmin:\n  keys:\n    ops: {key: {env: OPS_KEY}}\n"
+
+
+async def _admin(base: str, path: str, **kw: Any) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {OPS_KEY}"}
+    async with aiohttp.ClientSession() as s, s.post(base + path, headers=headers, **kw) as r:
+        return r.status, await r.json()
+
+
+async def test_admin_reload_and_purge_reach_every_worker_before_they_answer(
+    sandboxes: Sandboxes, sandbox_env: dict[str, str], tmp_path: Path
+) -> None:
+    config = tmp_path / "routes.yaml"
+    original = ROUTES.read_text() + ADMIN
+    config.write_text(original)
+    env = {**sandbox_env, "ROUTEGATE_CACHE": "on", "OPS_KEY": OPS_KEY}
+    url = f"{PH}?limit=1"
+    async with supervisor(config, env, None) as (base, proc):
+        # both workers cache the first notebook's title
+        states = [(await _fresh_get_full(base + url))[1] for _ in range(40)]
+        assert states[-10:] == ["HIT"] * 10, states
+        nb = sandboxes.posthog_state.visible(1)[0]
+        before = nb.title
+        nb.title = "renamed upstream"
+        assert {(await _fresh_get_full(base + url))[2] for _ in range(10)} == {before}  # still cached
+
+        status, body = await _admin(base, "/admin/cache/purge", json={"route": "posthog_notebooks"})
+        assert status == 200 and body["workers"] == 2 and body["deleted"] == 2, body
+        # no worker still has the old title: each purged before the call was answered
+        assert {(await _fresh_get_full(base + url))[2] for _ in range(20)} == {"renamed upstream"}
+
+        renamed = "/v1/posthog/projects/1/notebooks-renamed?limit=1"
+        config.write_text(
+            original.replace(
+                "stable: GET /v1/posthog/projects/{project_id}/notebooks\n",
+                "stable: GET /v1/posthog/projects/{project_id}/notebooks-renamed\n",
+            )
+        )
+        status, body = await _admin(base, "/admin/reload")
+        assert status == 200 and body["workers"] == 2, body
+        results = await asyncio.gather(*(_fresh_get(base + renamed) for _ in range(20)))
+        assert [s for s, _ in results] == [200] * 20  # at once, on every worker: no waiting for a watcher
+
+        # a worker that dies after the file broke is replaced by one serving what the others serve
+        config.write_text("routes: [not, a, mapping\n")
+        status, body = await _admin(base, "/admin/reload")
+        assert status == 422 and body["error"]["code"] == "invalid_config"
+        await _kill_one_worker(base, proc)
+        results = await asyncio.gather(*(_fresh_get(base + renamed) for _ in range(20)))
+        assert [s for s, _ in results] == [200] * 20
+        # the dead worker's socket is gone: a purge reaches the two live workers and nothing waits
+        status, body = await _admin(base, "/admin/cache/purge?all=true")
+        assert status == 200 and body["workers"] == 2, body
+
+
+async def _fresh_get_full(url: str) -> tuple[int, str, str | None]:
+    """(status, X-Cache, the first item's title) of one request on a new connection."""
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s,
+        s.get(url) as r,
+    ):
+        body = await r.json()
+        return r.status, r.headers.get("X-Cache", ""), body["items"][0]["title"]
