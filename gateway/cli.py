@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -35,7 +36,7 @@ EXIT_BROKEN = 4
 EXIT_CODES = (
     "Exit codes: 0 ok; 1 invalid routes file (problems printed as file:line: key: message); "
     "2 usage error, including serve refusing a non-loopback --host without client keys; "
-    "3 serve cannot listen on the address (in use, or not on this host); "
+    "3 serve cannot listen on the address (in use, or not on this host), or on the workers' sockets in $TMPDIR; "
     "4 probe found at least one broken route."
 )
 
@@ -160,10 +161,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers < 1 or (args.workers > 1 and args.port == 0):
         print("gateway serve: --workers must be at least 1, and needs a fixed --port (not 0)", file=sys.stderr)
         return EXIT_USAGE
-    # multiprocess metrics must be chosen before prometheus_client is first imported (by the server)
-    metrics_dir = workers.use_multiprocess_metrics() if args.workers > 1 else None
-    from gateway.server import GATEWAY, build_app
-
     formatter = logs.setup(args.log_level)
     cfg = _load(args.config)
     if cfg is None:
@@ -188,9 +185,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print("gateway serve: --watch-interval must be longer than 0s (or off)", file=sys.stderr)
             return EXIT_USAGE
     mates: Peers | None = None
+    own_socket: socket.socket | None = None
     if args.workers > 1:
-        mates = Peers(peers.make_directory())  # the supervisor's: where workers find each other
+        try:
+            mates = Peers(peers.make_directory())  # the supervisor's: where workers find each other
+        except OSError as exc:
+            print(
+                f"gateway serve: cannot make the workers' sockets ({exc.strerror or exc}); "
+                "point TMPDIR at a short, writable directory",
+                file=sys.stderr,
+            )
+            return EXIT_UNBINDABLE
         mates.remember(cfg)
+    # multiprocess metrics must be chosen before prometheus_client is first imported (by the server);
+    # chosen only now, when nothing can fail before the supervisor takes charge of removing its directory
+    metrics_dir = workers.use_multiprocess_metrics() if args.workers > 1 else None
+    from gateway.server import GATEWAY, build_app
+
+    if mates is not None:
         code = workers.fork_workers(
             args.workers,
             [d for d in (metrics_dir, str(mates.directory)) if d],
@@ -198,7 +210,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         if code is not None:
             return code  # the supervisor, once every worker has exited; workers go on below
-        mates = Peers(mates.directory)  # this worker's own socket
+        mates = Peers(mates.directory)  # this worker's own socket: bound before the config is read
+        own_socket = mates.listen()
         cfg = mates.current_config(cfg)  # a replacement worker: what the others serve now
     _install_uvloop()
     app = build_app(cfg, watch=watch, probes=not args.no_probes)
@@ -226,7 +239,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             app,
             host=args.host,
             port=args.port,
-            path=str(mates.socket) if mates else None,  # admin calls relayed by the other workers
+            sock=own_socket,  # admin calls relayed by the other workers
             access_log=None,
             print=None,
             reuse_port=args.workers > 1,

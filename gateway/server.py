@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -358,13 +358,19 @@ async def _openapi(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/json", charset="utf-8")
 
 
-async def _relay(request: web.Request) -> list[PeerAnswer]:
-    """An admin call this worker has applied, applied by every other worker too (``--workers``)."""
+async def _relay(
+    request: web.Request, body: bytes, content_type: str | None, agree: Callable[[PeerAnswer], bool]
+) -> list[PeerAnswer]:
+    """An admin call this worker has applied, applied by every other worker too (``--workers``).
+
+    Raises a 500 ``worker_failed`` naming each worker that did not answer 200 or whose
+    answer does not ``agree`` with this worker's.
+    """
     peers = request.app[GATEWAY].peers
     if peers is None or peers.relayed(request):
         return []
-    answers = await peers.relay(request, await request.read())
-    failed = [a for a in answers if a.status != 200]
+    answers = await peers.relay(request, request[REQUEST_ID], body, content_type)
+    failed = [a for a in answers if a.status != 200 or not agree(a)]
     if failed:
         raise GatewayError(
             f"worker {peers.pid} applied it, but {len(failed)} other worker(s) did not; see details",
@@ -384,8 +390,13 @@ async def _admin_cache_purge(request: web.Request) -> web.Response:
     who = runtime.access.require_admin(request)
     result = await purge_request(request, runtime.proxy.cache, runtime.config)
     log.info("cache purge by %s: %s", _by(who, request), json.dumps(result))
-    others = await _relay(request)
-    result["deleted"] += sum(int(a.body.get("deleted", 0)) for a in others)
+    others = await _relay(
+        request,
+        await request.read(),
+        request.headers.get("Content-Type"),
+        lambda a: isinstance(a.body.get("deleted"), int),
+    )
+    result["deleted"] += sum(a.body["deleted"] for a in others)
     result["workers"] = 1 + len(others)
     return web.json_response(result)
 
@@ -393,8 +404,10 @@ async def _admin_cache_purge(request: web.Request) -> web.Response:
 async def _admin_reload(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     who = gw.runtime.access.require_admin(request)
+    # relayed by the worker that took the call: the text it accepted, not the file again
+    text = await request.text() if gw.peers is not None and gw.peers.relayed(request) else None
     try:
-        cfg = gw.reload()
+        cfg = gw.reload(text=text)
     except ConfigError as exc:
         raise Unprocessable(
             f"{len(exc.problems)} problem(s) in {gw.runtime.config.path}; still serving the previous config",
@@ -402,7 +415,9 @@ async def _admin_reload(request: web.Request) -> web.Response:
             details=[str(p) for p in exc.problems],
         ) from None
     log.info("config reloaded by %s", _by(who, request))
-    others = await _relay(request)
+    others = await _relay(
+        request, cfg.source.encode(), "application/yaml", lambda a: a.body.get("digest") == cfg.digest
+    )
     return web.json_response(
         {"status": "reloaded", "digest": cfg.digest, "routes": len(cfg.routes), "workers": 1 + len(others)}
     )

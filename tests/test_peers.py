@@ -1,9 +1,15 @@
-"""Relaying admin calls between workers (gateway.peers), in one process: failures and dead workers."""
+"""Relaying admin calls between workers (gateway.peers), in one process: failures and dead workers.
+
+The other workers are stand-ins on Unix sockets in ``tmp_path``; tests/test_workers.py
+runs the real thing (``gateway serve --workers 2``).
+"""
 
 from __future__ import annotations
 
 import os
 import socket
+import stat
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from gateway.config import parse_config
-from gateway.peers import Peers
+from gateway.peers import Peers, make_directory
 from gateway.server import GATEWAY
 from tests.conftest import ROUTES
 
@@ -20,15 +26,23 @@ ADMIN = "\nadmin:\n  keys:\n    ops: {key: {env: OPS_KEY}}\n"
 OPS = {"Authorization": f"Bearer {OPS_KEY}"}
 
 
-async def _worker(path: Path, status: int, seen: list[dict[str, Any]]) -> web.AppRunner:
+async def _worker(
+    path: Path, status: int, seen: list[dict[str, Any]], answer: dict[str, Any] | None = None
+) -> web.AppRunner:
     """A stand-in for another worker on its socket: notes what it was sent, answers ``status``."""
 
     async def admin(request: web.Request) -> web.Response:
         seen.append(
-            {"path": request.path_qs, "auth": request.headers.get("Authorization"), "body": await request.read()}
+            {
+                "path": request.path_qs,
+                "auth": request.headers.get("Authorization"),
+                "type": request.headers.get("Content-Type"),
+                "id": request.headers.get("X-Request-ID"),
+                "body": await request.read(),
+            }
         )
         if status == 200:
-            return web.json_response({"status": "purged", "deleted": 3})
+            return web.json_response(answer or {"status": "purged", "deleted": 3})
         return web.json_response({"error": {"code": "invalid_config", "message": "1 problem(s)"}}, status=status)
 
     app = web.Application()
@@ -42,9 +56,8 @@ async def _worker(path: Path, status: int, seen: list[dict[str, Any]]) -> web.Ap
 async def test_a_relayed_admin_call_carries_the_callers_key_and_body_and_sums_the_answers(
     make_gateway: Any, sandbox_env: dict[str, str], tmp_path: Path
 ) -> None:
-    gw = await make_gateway(
-        ROUTES.read_text() + ADMIN, env={**sandbox_env, "ROUTEGATE_CACHE": "on", "OPS_KEY": OPS_KEY}
-    )
+    env = {**sandbox_env, "ROUTEGATE_CACHE": "on", "OPS_KEY": OPS_KEY}
+    gw = await make_gateway(ROUTES.read_text() + ADMIN, env=env)
     gw.app[GATEWAY].peers = Peers(tmp_path)
     seen: list[dict[str, Any]] = []
     runner = await _worker(tmp_path / "999999.sock", 200, seen)
@@ -52,7 +65,9 @@ async def test_a_relayed_admin_call_carries_the_callers_key_and_body_and_sums_th
     with socket.socket(socket.AF_UNIX) as dead:
         dead.bind(str(tmp_path / "999998.sock"))
     try:
-        resp = await gw.post("/admin/cache/purge?route=posthog_notebooks", headers=OPS, data=b"")
+        resp = await gw.post(
+            "/admin/cache/purge?route=posthog_notebooks", headers={**OPS, "X-Request-ID": "purge-1"}, data=b""
+        )
         assert resp.status == 200
         assert await resp.json() == {
             "status": "purged",
@@ -62,7 +77,13 @@ async def test_a_relayed_admin_call_carries_the_callers_key_and_body_and_sums_th
             "workers": 2,
         }
         assert seen == [
-            {"path": "/admin/cache/purge?route=posthog_notebooks", "auth": OPS["Authorization"], "body": b""}
+            {
+                "path": "/admin/cache/purge?route=posthog_notebooks",
+                "auth": OPS["Authorization"],
+                "type": "application/octet-stream",  # the caller's, as sent
+                "id": "purge-1",  # the relayed call logs under the caller's request
+                "body": b"",
+            }
         ]
     finally:
         await runner.cleanup()
@@ -86,14 +107,58 @@ async def test_a_worker_that_fails_a_relayed_call_is_named_in_the_answer(
         await runner.cleanup()
 
 
+async def test_a_relayed_reload_carries_the_accepted_text_and_every_worker_must_agree_on_it(
+    make_gateway: Any, sandbox_env: dict[str, str], tmp_path: Path
+) -> None:
+    text = ROUTES.read_text() + ADMIN
+    gw = await make_gateway(text, env={**sandbox_env, "OPS_KEY": OPS_KEY})
+    gw.app[GATEWAY].peers = Peers(tmp_path)
+    seen: list[dict[str, Any]] = []
+    digest = gw.app[GATEWAY].runtime.config.digest
+    agreeing = await _worker(tmp_path / "999997.sock", 200, seen, {"status": "reloaded", "digest": digest})
+    other = await _worker(tmp_path / "999999.sock", 200, seen, {"status": "reloaded", "digest": "0" * 16})
+    try:
+        resp = await gw.post("/admin/reload", headers=OPS)
+        assert resp.status == 500
+        error = (await resp.json())["error"]
+        assert error["code"] == "worker_failed"
+        assert [d["pid"] for d in error["details"]] == [999999]  # the worker that applied something else
+        # each was sent the text this worker accepted, not asked to read the file again
+        assert [(s["body"].decode(), s["type"]) for s in seen] == [(text, "application/yaml")] * 2
+    finally:
+        await agreeing.cleanup()
+        await other.cleanup()
+
+
 def test_a_replacement_worker_serves_the_last_text_a_worker_accepted(
-    tmp_path: Path, sandbox_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, sandbox_env: dict[str, str]
 ) -> None:
     started = parse_config(ROUTES.read_text(), "routes.yaml", sandbox_env)
     later = parse_config(ROUTES.read_text() + "\n# edited\n", "routes.yaml", sandbox_env)
     peers = Peers(tmp_path)
-    assert peers.current_config(started) is started  # nothing kept yet
+    assert peers.current_config(started, sandbox_env) is started  # nothing kept yet
     peers.remember(later)
-    for name, value in sandbox_env.items():  # read from the process environment, as in a worker
-        monkeypatch.setenv(name, value)
-    assert peers.current_config(started).digest == later.digest
+    assert peers.current_config(started, sandbox_env).digest == later.digest
+    (tmp_path / "last-good.yaml").write_bytes(b"\xff\xfe not text")
+    assert peers.current_config(started, sandbox_env) is started
+
+
+def test_keeping_the_last_good_text_never_fails_a_reload(tmp_path: Path, sandbox_env: dict[str, str]) -> None:
+    config = parse_config(ROUTES.read_text(), "routes.yaml", sandbox_env)
+    Peers(tmp_path / "gone").remember(config)  # logged, not raised: the reload has already happened
+
+
+def test_the_sockets_directory_is_private_and_refused_when_its_paths_are_too_long(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = make_directory()
+    try:
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700 and list(directory.iterdir()) == []
+    finally:
+        directory.rmdir()
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    with pytest.raises(OSError, match="too long"):
+        make_directory()
+    assert list(deep.iterdir()) == []  # not left behind

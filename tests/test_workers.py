@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
+import stat
+import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -120,7 +123,11 @@ async def test_two_workers_share_the_port_and_metrics_sum_across_them(
         results = await asyncio.gather(*(_fresh_get(f"{base}{PH}?limit=2") for _ in range(n)))
         assert all(status == 200 and len(body["items"]) == 2 for status, body in results)
 
-        per_worker = _per_worker(metrics_dir, "gateway_requests_total", "posthog_notebooks")
+        # a request is counted just after its answer is written (gateway.server._account): wait for that
+        deadline = time.monotonic() + 5
+        while sum((per_worker := _per_worker(metrics_dir, "gateway_requests_total", "posthog_notebooks")).values()) < n:
+            assert time.monotonic() < deadline, per_worker
+            await asyncio.sleep(0.05)
         assert set(per_worker) == workers and all(v > 0 for v in per_worker.values())  # each served some
         assert sum(per_worker.values()) == n
         # whichever worker answers /metrics reports the sum, every time
@@ -199,6 +206,8 @@ async def test_a_port_the_workers_cannot_bind_stops_the_supervisor(sandbox_env: 
 
 
 OPS_KEY = "ak_ops_" + "o" * 24
+STABLE_NOTEBOOKS = "stable: GET /v1/posthog/projects/{project_id}/notebooks\n"
+STABLE_RENAMED = "stable: GET /v1/posthog/projects/{project_id}/notebooks-renamed\n"
 ADMIN = "\nadmin:\n  keys:\n    ops: {key: {env: OPS_KEY}}\n"
 
 
@@ -214,44 +223,67 @@ async def test_admin_reload_and_purge_reach_every_worker_before_they_answer(
     config = tmp_path / "routes.yaml"
     original = ROUTES.read_text() + ADMIN
     config.write_text(original)
-    env = {**sandbox_env, "ROUTEGATE_CACHE": "on", "OPS_KEY": OPS_KEY}
+    tmp = Path(tempfile.mkdtemp(prefix="rg-", dir="/tmp"))  # short: Unix socket paths are limited
+    env = {**sandbox_env, "ROUTEGATE_CACHE": "on", "OPS_KEY": OPS_KEY, "TMPDIR": str(tmp)}
     url = f"{PH}?limit=1"
-    async with supervisor(config, env, None) as (base, proc):
-        # both workers cache the first notebook's title
-        states = [(await _fresh_get_full(base + url))[1] for _ in range(40)]
-        assert states[-10:] == ["HIT"] * 10, states
-        nb = sandboxes.posthog_state.visible(1)[0]
-        before = nb.title
-        nb.title = "renamed upstream"
-        assert {(await _fresh_get_full(base + url))[2] for _ in range(10)} == {before}  # still cached
+    renamed = "/v1/posthog/projects/1/notebooks-renamed?limit=1"
+    try:
+        async with supervisor(config, env, None) as (base, proc):
+            # each worker has its socket, in a directory only the gateway's user may enter
+            (directory,) = {p.parent for p in tmp.glob("routegate-workers-*/*.sock")}
+            assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+            assert {int(p.stem) for p in directory.glob("*.sock")} == _children(proc.pid)
 
-        status, body = await _admin(base, "/admin/cache/purge", json={"route": "posthog_notebooks"})
-        assert status == 200 and body["workers"] == 2 and body["deleted"] == 2, body
-        # no worker still has the old title: each purged before the call was answered
-        assert {(await _fresh_get_full(base + url))[2] for _ in range(20)} == {"renamed upstream"}
+            # both workers cache the first notebook's title
+            states = [(await _fresh_get_full(base + url))[1] for _ in range(40)]
+            assert states[-10:] == ["HIT"] * 10, states
+            nb = sandboxes.posthog_state.visible(1)[0]
+            before = nb.title
+            nb.title = "renamed upstream"
+            assert {(await _fresh_get_full(base + url))[2] for _ in range(10)} == {before}  # still cached
 
-        renamed = "/v1/posthog/projects/1/notebooks-renamed?limit=1"
-        config.write_text(
-            original.replace(
-                "stable: GET /v1/posthog/projects/{project_id}/notebooks\n",
-                "stable: GET /v1/posthog/projects/{project_id}/notebooks-renamed\n",
-            )
-        )
-        status, body = await _admin(base, "/admin/reload")
-        assert status == 200 and body["workers"] == 2, body
-        results = await asyncio.gather(*(_fresh_get(base + renamed) for _ in range(20)))
-        assert [s for s, _ in results] == [200] * 20  # at once, on every worker: no waiting for a watcher
+            status, body = await _admin(base, "/admin/cache/purge", json={"route": "posthog_notebooks"})
+            assert status == 200 and body["workers"] == 2 and body["deleted"] == 2, body
+            # no worker still has the old title: each purged before the call was answered
+            assert {(await _fresh_get_full(base + url))[2] for _ in range(20)} == {"renamed upstream"}
 
-        # a worker that dies after the file broke is replaced by one serving what the others serve
-        config.write_text("routes: [not, a, mapping\n")
-        status, body = await _admin(base, "/admin/reload")
-        assert status == 422 and body["error"]["code"] == "invalid_config"
-        await _kill_one_worker(base, proc)
-        results = await asyncio.gather(*(_fresh_get(base + renamed) for _ in range(20)))
-        assert [s for s, _ in results] == [200] * 20
-        # the dead worker's socket is gone: a purge reaches the two live workers and nothing waits
-        status, body = await _admin(base, "/admin/cache/purge?all=true")
-        assert status == 200 and body["workers"] == 2, body
+            config.write_text(original.replace(STABLE_NOTEBOOKS, STABLE_RENAMED))
+            status, body = await _admin(base, "/admin/reload")
+            assert status == 200 and body["workers"] == 2, body
+            results = await asyncio.gather(*(_fresh_get(base + renamed) for _ in range(20)))
+            assert [s for s, _ in results] == [200] * 20  # at once, on every worker: no waiting for a watcher
+
+            # a worker that dies after the file broke is replaced by one serving what the others serve
+            config.write_text("routes: [not, a, mapping\n")
+            status, body = await _admin(base, "/admin/reload")
+            assert status == 422 and body["error"]["code"] == "invalid_config"
+            workers = await _kill_one_worker(base, proc)
+            results = await asyncio.gather(*(_fresh_get(base + renamed) for _ in range(20)))
+            assert [s for s, _ in results] == [200] * 20
+            # the dead worker's socket is gone, the replacement's is there
+            assert {int(p.stem) for p in directory.glob("*.sock")} == workers
+
+            # a relayed reload applies the text it carries (what the first worker accepted), not the
+            # file, and is not relayed again: only the worker it was sent to serves the old path now
+            one = min(workers)
+            async with (
+                aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(directory / f"{one}.sock"))) as s,
+                s.post(
+                    "http://worker/admin/reload",
+                    data=original,
+                    headers={"Authorization": f"Bearer {OPS_KEY}", "Content-Type": "application/yaml"},
+                ) as r,
+            ):
+                assert r.status == 200 and (await r.json())["workers"] == 1
+            by_path = await asyncio.gather(*(_fresh_get(f"{base}{PH}?limit=1") for _ in range(30)))
+            statuses = {s for s, _ in by_path}  # one worker on the relayed text, the other on the renamed path
+            assert 200 in statuses and len(statuses) == 2, statuses
+
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 15) == 0
+        assert list(tmp.iterdir()) == []  # the sockets' and the metrics' directories are removed
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 async def _fresh_get_full(url: str) -> tuple[int, str, str | None]:
