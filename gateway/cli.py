@@ -16,6 +16,7 @@ import ipaddress
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -197,9 +198,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             )
             return EXIT_UNBINDABLE
         mates.remember(cfg)
-    # multiprocess metrics must be chosen before prometheus_client is first imported (by the server);
-    # chosen only now, when nothing can fail before the supervisor takes charge of removing its directory
-    metrics_dir = workers.use_multiprocess_metrics() if args.workers > 1 else None
+    # multiprocess metrics must be chosen before prometheus_client is first imported (by the server),
+    # and are only now: after this the supervisor removes the directories it made, whatever happens
+    try:
+        metrics_dir = workers.use_multiprocess_metrics() if args.workers > 1 else None
+    except OSError as exc:
+        if mates is not None:
+            shutil.rmtree(mates.directory, ignore_errors=True)
+        print(f"gateway serve: {workers.MULTIPROC_ENV}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     from gateway.server import GATEWAY, build_app
 
     if mates is not None:
@@ -211,7 +218,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if code is not None:
             return code  # the supervisor, once every worker has exited; workers go on below
         mates = Peers(mates.directory)  # this worker's own socket: bound before the config is read
-        own_socket = mates.listen()
+        try:
+            own_socket = mates.listen()
+        except OSError as exc:
+            print(f"gateway serve: cannot listen on {mates.socket}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_UNBINDABLE  # stops every worker, as when the port cannot be bound
         cfg = mates.current_config(cfg)  # a replacement worker: what the others serve now
     _install_uvloop()
     app = build_app(cfg, watch=watch, probes=not args.no_probes)

@@ -142,14 +142,24 @@ class Peers:
                     os.unlink(tmp)
             log.warning("cannot keep the last good routes text in %s: %s", self.directory, exc)
 
+    def last_good(self) -> str | None:
+        """The last routes text a worker accepted (None if it cannot be read)."""
+        try:
+            return (self.directory / _LAST_GOOD).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
+
     def current_config(self, started_with: Config, env: Mapping[str, str] | None = None) -> Config:
         """What a (re)started worker serves: the last text a worker accepted, which the others serve."""
+        text = self.last_good()
         try:
-            text = (self.directory / _LAST_GOOD).read_text(encoding="utf-8")
-            return parse_config(text, started_with.path, env)
-        except (OSError, UnicodeDecodeError, ConfigError) as exc:
-            log.error("cannot read the last good routes text (%s); serving %s", exc, started_with.digest)
+            if text is not None:
+                return parse_config(text, started_with.path, env)
+        except ConfigError as exc:
+            log.error("the last good routes text no longer loads (%s); serving %s", exc, started_with.digest)
             return started_with
+        log.error("cannot read the last good routes text in %s; serving %s", self.directory, started_with.digest)
+        return started_with
 
 
 def forget(directory: Path, pid: int) -> None:

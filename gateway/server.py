@@ -30,7 +30,15 @@ from gateway.auth import Credentials
 from gateway.cache import CacheBackends
 from gateway.cache.admin import purge_request
 from gateway.config import Config, ConfigError, Problem, load_config, parse_config
-from gateway.errors import GatewayError, HeadersTooLarge, PayloadTooLarge, Unauthorized, Unprocessable, UriTooLong
+from gateway.errors import (
+    Conflict,
+    GatewayError,
+    HeadersTooLarge,
+    PayloadTooLarge,
+    Unauthorized,
+    Unprocessable,
+    UriTooLong,
+)
 from gateway.expiry import ExpiryCollector, expiries
 from gateway.health import RouteHealth
 from gateway.limits import Limits
@@ -404,8 +412,13 @@ async def _admin_cache_purge(request: web.Request) -> web.Response:
 async def _admin_reload(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     who = gw.runtime.access.require_admin(request)
-    # relayed by the worker that took the call: the text it accepted, not the file again
-    text = await request.text() if gw.peers is not None and gw.peers.relayed(request) else None
+    text = None
+    if gw.peers is not None and gw.peers.relayed(request):
+        # the text the worker that took the call accepted, not the file again; unless a newer one
+        # was accepted since (this call waited in the socket's backlog while the worker started)
+        text = await request.text()
+        if gw.peers.last_good() != text:
+            raise Conflict("a newer routes text was accepted since this reload was relayed", code="stale_relay")
     try:
         cfg = gw.reload(text=text)
     except ConfigError as exc:

@@ -6,6 +6,8 @@ runs the real thing (``gateway serve --workers 2``).
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import os
 import socket
 import stat
@@ -16,6 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from gateway import peers
 from gateway.config import parse_config
 from gateway.peers import Peers, make_directory
 from gateway.server import GATEWAY
@@ -27,11 +30,16 @@ OPS = {"Authorization": f"Bearer {OPS_KEY}"}
 
 
 async def _worker(
-    path: Path, status: int, seen: list[dict[str, Any]], answer: dict[str, Any] | None = None
+    path: Path | socket.socket,
+    status: int,
+    seen: list[dict[str, Any]],
+    answer: dict[str, Any] | None = None,
+    delay: float = 0.0,
 ) -> web.AppRunner:
     """A stand-in for another worker on its socket: notes what it was sent, answers ``status``."""
 
     async def admin(request: web.Request) -> web.Response:
+        await asyncio.sleep(delay)
         seen.append(
             {
                 "path": request.path_qs,
@@ -49,7 +57,8 @@ async def _worker(
     app.router.add_post("/admin/{what:.*}", admin)
     runner = web.AppRunner(app)
     await runner.setup()
-    await web.UnixSite(runner, str(path)).start()
+    site = web.SockSite(runner, path) if isinstance(path, socket.socket) else web.UnixSite(runner, str(path))
+    await site.start()
     return runner
 
 
@@ -128,6 +137,59 @@ async def test_a_relayed_reload_carries_the_accepted_text_and_every_worker_must_
     finally:
         await agreeing.cleanup()
         await other.cleanup()
+
+
+async def test_a_worker_still_starting_gets_the_call_once_it_serves(
+    make_gateway: Any, sandbox_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A worker binds its socket before it reads its config: a call sent meanwhile waits, it is not lost."""
+    gw = await make_gateway(
+        ROUTES.read_text() + ADMIN, env={**sandbox_env, "ROUTEGATE_CACHE": "on", "OPS_KEY": OPS_KEY}
+    )
+    gw.app[GATEWAY].peers = Peers(tmp_path)
+    starting = Peers(tmp_path, pid=999999).listen()  # bound, not served yet
+    call = asyncio.ensure_future(gw.post("/admin/cache/purge?all=true", headers=OPS))
+    await asyncio.sleep(0.3)
+    assert not call.done()
+    seen: list[dict[str, Any]] = []
+    runner = await _worker(starting, 200, seen)
+    try:
+        resp = await call
+        assert resp.status == 200 and (await resp.json())["workers"] == 2 and len(seen) == 1
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_worker_that_cannot_be_reached_or_is_too_slow_is_named(
+    make_gateway: Any, sandbox_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gw = await make_gateway(
+        ROUTES.read_text() + ADMIN, env={**sandbox_env, "ROUTEGATE_CACHE": "on", "OPS_KEY": OPS_KEY}
+    )
+    gw.app[GATEWAY].peers = Peers(tmp_path)
+    monkeypatch.setattr(peers, "RELAY_TIMEOUT", 0.3)
+    slow = await _worker(tmp_path / "999998.sock", 200, [], delay=2.0)
+    reachable = await _worker(tmp_path / "999999.sock", 200, [])
+    loop = asyncio.get_running_loop()
+    connect = loop.create_unix_connection
+
+    async def out_of_files(factory: Any, path: str, **kw: Any) -> Any:
+        if path.endswith("999999.sock"):
+            raise OSError(errno.EMFILE, "Too many open files")  # not a dead worker: must be reported
+        return await connect(factory, path, **kw)
+
+    monkeypatch.setattr(loop, "create_unix_connection", out_of_files)
+    try:
+        resp = await gw.post("/admin/cache/purge?all=true", headers=OPS)
+        assert resp.status == 500
+        details = (await resp.json())["error"]["details"]
+        assert [(d["pid"], d["status"], d["error"]["code"]) for d in details] == [
+            (999998, 504, "worker_timeout"),
+            (999999, 502, "worker_unreachable"),
+        ]
+    finally:
+        await slow.cleanup()
+        await reachable.cleanup()
 
 
 def test_a_replacement_worker_serves_the_last_text_a_worker_accepted(

@@ -263,27 +263,31 @@ async def test_admin_reload_and_purge_reach_every_worker_before_they_answer(
             # the dead worker's socket is gone, the replacement's is there
             assert {int(p.stem) for p in directory.glob("*.sock")} == workers
 
-            # a relayed reload applies the text it carries (what the first worker accepted), not the
-            # file, and is not relayed again: only the worker it was sent to serves the old path now
-            one = min(workers)
-            async with (
-                aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(directory / f"{one}.sock"))) as s,
-                s.post(
-                    "http://worker/admin/reload",
-                    data=original,
-                    headers={"Authorization": f"Bearer {OPS_KEY}", "Content-Type": "application/yaml"},
-                ) as r,
-            ):
-                assert r.status == 200 and (await r.json())["workers"] == 1
-            by_path = await asyncio.gather(*(_fresh_get(f"{base}{PH}?limit=1") for _ in range(30)))
-            statuses = {s for s, _ in by_path}  # one worker on the relayed text, the other on the renamed path
-            assert 200 in statuses and len(statuses) == 2, statuses
+            # a relayed reload applies the text it carries (the file is broken now), is not relayed
+            # again, and is refused if a newer text was accepted since it was sent
+            one = directory / f"{min(workers)}.sock"
+            assert await _relayed_reload(one, original) == (409, "stale_relay")
+            assert await _relayed_reload(one, (directory / "last-good.yaml").read_text()) == (200, 1)
 
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(proc.wait(), 15) == 0
         assert list(tmp.iterdir()) == []  # the sockets' and the metrics' directories are removed
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _relayed_reload(socket_path: Path, text: str) -> tuple[int, Any]:
+    """A reload as another worker relays it: (status, workers reached or the error code)."""
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(socket_path))) as s,
+        s.post(
+            "http://worker/admin/reload",
+            data=text,
+            headers={"Authorization": f"Bearer {OPS_KEY}", "Content-Type": "application/yaml"},
+        ) as r,
+    ):
+        body = await r.json()
+        return r.status, body["workers"] if r.status == 200 else body["error"]["code"]
 
 
 async def _fresh_get_full(url: str) -> tuple[int, str, str | None]:
