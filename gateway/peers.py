@@ -15,7 +15,8 @@ The directory also keeps the last routes text any worker accepted (at start or b
 reload).  A worker binds its socket first, then reads that text, then serves: a reload
 relayed before the bind is in the text it reads, one relayed after it waits in the
 socket's backlog.  So a worker that replaces a dead one serves what the others serve,
-not what the supervisor read at start, nor a file broken since.
+not what the supervisor read at start, nor a file broken since.  A relayed reload that
+waited there while a newer text was accepted is refused (409), not applied late.
 """
 
 from __future__ import annotations
