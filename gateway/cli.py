@@ -37,7 +37,7 @@ EXIT_BROKEN = 4
 EXIT_CODES = (
     "Exit codes: 0 ok; 1 invalid routes file (problems printed as file:line: key: message); "
     "2 usage error, including serve refusing a non-loopback --host without client keys; "
-    "3 serve cannot listen on the address (in use, or not on this host), or on the workers' sockets in $TMPDIR; "
+    "3 serve cannot listen on the address (in use, or not on this host), or make the workers' sockets; "
     "4 probe found at least one broken route."
 )
 
@@ -192,8 +192,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             mates = Peers(peers.make_directory())  # the supervisor's: where workers find each other
         except OSError as exc:
             print(
-                f"gateway serve: cannot make the workers' sockets ({exc.strerror or exc}); "
-                "point TMPDIR at a short, writable directory",
+                f"gateway serve: cannot make the workers' sockets ({exc.strerror or exc}); point "
+                "RUNTIME_DIRECTORY, XDG_RUNTIME_DIR or TMPDIR (the first set) at a short, writable directory",
                 file=sys.stderr,
             )
             return EXIT_UNBINDABLE

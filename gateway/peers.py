@@ -52,13 +52,27 @@ _GONE = (ConnectionRefusedError, FileNotFoundError)
 _LONGEST_PID = 9_999_999
 
 
+def runtime_parent() -> str | None:
+    """Where the sockets' directory goes: a runtime directory if there is one, else ``$TMPDIR``.
+
+    systemd's ``RuntimeDirectory=`` (``$RUNTIME_DIRECTORY``) or the user's ``$XDG_RUNTIME_DIR``
+    are never aged out; ``/tmp`` is (systemd-tmpfiles removes what has not changed for 10
+    days), and a removed socket would silently cut a long-idle worker off from admin calls.
+    """
+    for name in ("RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"):
+        first = os.environ.get(name, "").split(":")[0]  # RUNTIME_DIRECTORY may list several
+        if first and os.path.isdir(first) and os.access(first, os.W_OK | os.X_OK):
+            return first
+    return None  # tempfile's choice: $TMPDIR, else /tmp
+
+
 def make_directory() -> Path:
     """The supervisor's private directory for the workers' sockets (mode 0700).
 
     Raises OSError, having removed it again, when a worker's socket cannot be made there
-    (a ``TMPDIR`` too long for a Unix socket's path, say): better at start than in every worker.
+    (a path too long for a Unix socket, say): better at start than in every worker.
     """
-    directory = Path(tempfile.mkdtemp(prefix="routegate-workers-"))
+    directory = Path(tempfile.mkdtemp(prefix="routegate-workers-", dir=runtime_parent()))
     probe = Peers(directory, pid=_LONGEST_PID)
     try:
         probe.listen().close()

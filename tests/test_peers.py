@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import shutil
 import socket
 import stat
 import tempfile
@@ -213,6 +214,8 @@ def test_keeping_the_last_good_text_never_fails_a_reload(tmp_path: Path, sandbox
 def test_the_sockets_directory_is_private_and_refused_when_its_paths_are_too_long(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     directory = make_directory()
     try:
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700 and list(directory.iterdir()) == []
@@ -224,3 +227,19 @@ def test_the_sockets_directory_is_private_and_refused_when_its_paths_are_too_lon
     with pytest.raises(OSError, match="too long"):
         make_directory()
     assert list(deep.iterdir()) == []  # not left behind
+
+
+def test_the_sockets_directory_goes_to_a_runtime_directory_when_there_is_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not /tmp, which cleaners age out, when systemd or the session gives a runtime directory."""
+    short = Path(tempfile.mkdtemp(prefix="rg-", dir="/tmp"))
+    try:
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(short / "missing"))  # not there: skipped
+        monkeypatch.setenv("RUNTIME_DIRECTORY", f"{short}:/elsewhere")  # systemd lists several
+        assert make_directory().parent == short
+        monkeypatch.delenv("RUNTIME_DIRECTORY")
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(short))
+        assert make_directory().parent == short
+    finally:
+        shutil.rmtree(short)

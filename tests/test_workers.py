@@ -224,7 +224,8 @@ async def test_admin_reload_and_purge_reach_every_worker_before_they_answer(
     original = ROUTES.read_text() + ADMIN
     config.write_text(original)
     tmp = Path(tempfile.mkdtemp(prefix="rg-", dir="/tmp"))  # short: Unix socket paths are limited
-    env = {**sandbox_env, "ROUTEGATE_CACHE": "on", "OPS_KEY": OPS_KEY, "TMPDIR": str(tmp)}
+    env = {**sandbox_env, "ROUTEGATE_CACHE": "on", "OPS_KEY": OPS_KEY, "TMPDIR": str(tmp), "RUNTIME_DIRECTORY": ""}
+    env["XDG_RUNTIME_DIR"] = ""  # the sockets go to TMPDIR
     url = f"{PH}?limit=1"
     renamed = "/v1/posthog/projects/1/notebooks-renamed?limit=1"
     try:
