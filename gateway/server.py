@@ -366,6 +366,15 @@ async def _openapi(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/json", charset="utf-8")
 
 
+_RELAYED_NOTE = {False: "", True: " (relayed by another worker)"}
+
+
+def _relayed(request: web.Request) -> bool:
+    """True for an admin call another worker relayed here (applied here only, not relayed on)."""
+    peers = request.app[GATEWAY].peers
+    return peers is not None and peers.relayed(request)
+
+
 async def _relay(
     request: web.Request, body: bytes, content_type: str | None, agree: Callable[[PeerAnswer], bool]
 ) -> list[PeerAnswer]:
@@ -375,7 +384,7 @@ async def _relay(
     answer does not ``agree`` with this worker's.
     """
     peers = request.app[GATEWAY].peers
-    if peers is None or peers.relayed(request):
+    if peers is None:
         return []
     answers = await peers.relay(request, request[REQUEST_ID], body, content_type)
     failed = [a for a in answers if a.status != 200 or not agree(a)]
@@ -388,22 +397,16 @@ async def _relay(
     return answers
 
 
-def _by(who: str, request: web.Request) -> str:
-    peers = request.app[GATEWAY].peers
-    return f"admin key {who!r}" + (" (relayed by another worker)" if peers and peers.relayed(request) else "")
-
-
 async def _admin_cache_purge(request: web.Request) -> web.Response:
     runtime = request.app[GATEWAY].runtime
     who = runtime.access.require_admin(request)
+    relayed = _relayed(request)
     result = await purge_request(request, runtime.proxy.cache, runtime.config)
-    log.info("cache purge by %s: %s", _by(who, request), json.dumps(result))
-    others = await _relay(
-        request,
-        await request.read(),
-        request.headers.get("Content-Type"),
-        lambda a: isinstance(a.body.get("deleted"), int),
-    )
+    log.info("cache purge by admin key %r%s: %s", who, _RELAYED_NOTE[relayed], json.dumps(result))
+    others: list[PeerAnswer] = []
+    if not relayed:
+        body, ctype = await request.read(), request.headers.get("Content-Type")
+        others = await _relay(request, body, ctype, lambda a: isinstance(a.body.get("deleted"), int))
     result["deleted"] += sum(a.body["deleted"] for a in others)
     result["workers"] = 1 + len(others)
     return web.json_response(result)
@@ -412,12 +415,13 @@ async def _admin_cache_purge(request: web.Request) -> web.Response:
 async def _admin_reload(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     who = gw.runtime.access.require_admin(request)
+    relayed = _relayed(request)
     text = None
-    if gw.peers is not None and gw.peers.relayed(request):
+    if relayed:
         # the text the worker that took the call accepted, not the file again; unless a newer one
         # was accepted since (this call waited in the socket's backlog while the worker started)
         text = await request.text()
-        if gw.peers.last_good() != text:
+        if gw.peers is not None and gw.peers.last_good() != text:
             raise Conflict("a newer routes text was accepted since this reload was relayed", code="stale_relay")
     try:
         cfg = gw.reload(text=text)
@@ -427,10 +431,14 @@ async def _admin_reload(request: web.Request) -> web.Response:
             code="invalid_config",
             details=[str(p) for p in exc.problems],
         ) from None
-    log.info("config reloaded by %s", _by(who, request))
-    others = await _relay(
-        request, cfg.source.encode(), "application/yaml", lambda a: a.body.get("digest") == cfg.digest
-    )
+    log.info("config reloaded by admin key %r%s", who, _RELAYED_NOTE[relayed])
+    others: list[PeerAnswer] = []
+    if not relayed:
+
+        def agree(answer: PeerAnswer) -> bool:
+            return answer.body.get("digest") == cfg.digest  # every worker on the same text
+
+        others = await _relay(request, cfg.source.encode(), "application/yaml", agree)
     return web.json_response(
         {"status": "reloaded", "digest": cfg.digest, "routes": len(cfg.routes), "workers": 1 + len(others)}
     )
