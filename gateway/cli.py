@@ -188,6 +188,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     mates: Peers | None = None
     own_socket: socket.socket | None = None
     if args.workers > 1:
+        taken = workers.port_taken(args.host, args.port)
+        if taken is not None:
+            print(
+                f"gateway serve: cannot listen on {args.host}:{args.port}: {taken.strerror or taken}", file=sys.stderr
+            )
+            return EXIT_UNBINDABLE
         try:
             mates = Peers(peers.make_directory())  # the supervisor's: where workers find each other
         except OSError as exc:

@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -137,6 +138,28 @@ def scrape(own: CollectorRegistry) -> bytes:
 
     merged.register(_Extra())  # type: ignore[arg-type]
     return generate_latest(merged)
+
+
+def port_taken(host: str, port: int) -> OSError | None:
+    """Why ``host:port`` cannot be had alone (someone listens there), or None.
+
+    The workers bind with ``SO_REUSEPORT``, which would let them join any other process
+    of this user already listening on the port, and the kernel would split the traffic
+    between two gateways.  A plain bind (``SO_REUSEADDR`` only, as any server) finds the
+    port taken first, so ``--workers`` refuses it like a single process does.
+    """
+    try:
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return exc
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                return exc
+    return None
 
 
 def _die_with_parent() -> None:

@@ -184,6 +184,19 @@ def test_bad_worker_options_are_usage_errors(args: list[str], capsys: pytest.Cap
     assert "--workers" in capsys.readouterr().err
 
 
+async def test_a_second_gateway_with_workers_does_not_join_one_already_on_the_port(
+    sandboxes: Sandboxes, sandbox_env: dict[str, str], tmp_path: Path
+) -> None:
+    """SO_REUSEPORT would let it, and the kernel would split the traffic between the two."""
+    async with supervisor(ROUTES, sandbox_env, None) as (base, proc):
+        port = base.rsplit(":", 1)[1]
+        code, _, err = await run_cli(
+            "serve", str(ROUTES), "--port", port, "--workers", "2", "--no-probes", env=sandbox_env
+        )
+        assert code == 3 and "cannot listen" in err and "in use" in err
+        assert set(await _pids(base, 20)) == _children(proc.pid)  # only the first gateway's workers answer
+
+
 async def test_a_port_the_workers_cannot_bind_stops_the_supervisor(sandbox_env: dict[str, str]) -> None:
     with socket.socket() as taken:  # listening without SO_REUSEPORT: nobody else may bind it
         taken.bind(("127.0.0.1", 0))
