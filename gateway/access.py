@@ -52,6 +52,15 @@ class Access:
         """No client keys configured: anyone who can reach the socket may call."""
         return not self.spec.clients
 
+    def without_value(self) -> list[str]:
+        """Keys no request can match now (env var unset, file missing or empty), each with what to set."""
+        return [
+            f"{section}.keys.{key.name}: no value (set {key.secret.hint()}); requests with this key are refused"
+            for section, keys in (("clients", self.spec.clients), ("admin", self.spec.admins))
+            for key in keys
+            if self.credentials.resolve(key.secret) is None
+        ]
+
     def _identify(self, request: web.Request, keys: tuple[ClientKey, ...], what: str) -> ClientKey:
         given = presented_key(request)
         if given is None:

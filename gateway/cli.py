@@ -80,7 +80,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg is None:
         return EXIT_INVALID
+    from gateway.access import Access
+    from gateway.auth import Credentials
+
     print(f"{args.config}: OK ({len(cfg.upstreams)} upstreams, {len(cfg.routes)} routes, digest {cfg.digest})")
+    for problem in Access(cfg.access, Credentials()).without_value():  # valid, but with this environment
+        print(f"{args.config}: warning: {problem}", file=sys.stderr)
     return 0
 
 

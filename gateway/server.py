@@ -125,6 +125,9 @@ class Gateway:
         self.metrics.probes_configured.set(sum(1 for r in config.routes if r.probe is not None))
         self.client.resilience.register(config.upstreams.values())  # and every circuit breaker
         self.limits.configure(config)
+        access = Access(config.access, self.credentials)
+        for problem in access.without_value():  # a lockout must not be a mystery (a 401 says nothing more)
+            log.error("%s: %s", config.path, problem)
         return Runtime(
             config,
             Router(config.routes),
@@ -136,7 +139,7 @@ class Gateway:
                 health=self.health,
                 cache=self.caches.for_config(config),
             ),
-            Access(config.access, self.credentials),
+            access,
         )
 
     def reload(self, path: str | Path | None = None, *, text: str | None = None) -> Config:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gateway.sandbox.runner import Sandboxes
+from gateway.server import GATEWAY
 from tests.conftest import ROUTES
 
 ACCESS = """
@@ -122,3 +126,29 @@ async def test_status_page_needs_the_admin_key_once_clients_need_keys(
     basic_client = base64.b64encode(f"x:{KEYS['READER_KEY']}".encode()).decode()
     resp = await gw.get("/v1/posthog/projects/1/notebooks?limit=1", headers={"Authorization": f"Basic {basic_client}"})
     assert resp.status == 200  # Basic works for scripts too, the key being the password
+
+
+async def test_a_key_without_a_value_is_named_at_load_and_by_gateway_check(
+    make_gateway: Any, sandbox_env: dict[str, str], caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It can never match, so every call with it is a 401: the operator must learn why from the log."""
+    caplog.set_level(logging.ERROR, logger="gateway")
+    env = {**sandbox_env, **KEYS}
+    del env["ADMIN_KEY"]
+    gw = await make_gateway(ROUTES.read_text() + ACCESS, env=env)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("admin.keys.ops: no value (set ADMIN_KEY)" in m for m in errors), errors
+    assert not any("clients.keys.reader" in m for m in errors)  # the keys that have values are not named
+    resp = await gw.post("/admin/reload", headers={"X-API-Key": "anything"})
+    assert resp.status == 401 and "ADMIN_KEY" not in await resp.text()  # the caller is told nothing more
+
+    from gateway.cli import main
+
+    path = gw.app[GATEWAY].runtime.config.path
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in env.items():
+            mp.setenv(name, value)
+        mp.delenv("ADMIN_KEY", raising=False)
+        assert main(["check", path]) == 0  # the file is valid; this environment lacks a value
+    err = capsys.readouterr().err
+    assert f"{path}: warning: admin.keys.ops: no value (set ADMIN_KEY)" in err and "reader" not in err
