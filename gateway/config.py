@@ -789,8 +789,12 @@ def parse_config(text: str, file: str = "routes.yaml", env: Mapping[str, str] | 
     _check_probe_samples(root.get("routes"), routes)
     probes = _probe_settings(root.get("probes"))
     cache = _cache_settings(root.get("cache"))
+    # key grants name routes by glob: checked against every route in the file, so that a route with a
+    # mistake is reported once, where it is wrong, and not again by every grant that names it
+    routes_node = root.get("routes")
+    named = list(routes_node.value) if routes_node is not None and isinstance(routes_node.value, dict) else []
     # parsed before the problems check: a mistyped key must fail the load, never leave the gateway open
-    access = AccessSpec(_keys(root.get("clients"), routes), _keys(root.get("admin"), None))
+    access = AccessSpec(_keys(root.get("clients"), named), _keys(root.get("admin"), None))
     if ctx.problems:
         raise ConfigError(ctx.problems)
     return Config(
@@ -1119,6 +1123,7 @@ def _check_path_template(node: _Node, tpl: PathTemplate, stable: bool) -> None:
 
 def _route(name: str, node: _Node, _unused: Any, upstreams: dict[str, Upstream], root: _Node) -> Route | None:
     ctx = node.ctx
+    problems_before = len(ctx.problems)  # an earlier route's problem must not drop this one
     if not _NAME.match(name):
         node.error("route names use letters, digits, '_', '-' and '.' (they become metric labels)")
     if not node.keys(
@@ -1166,15 +1171,19 @@ def _route(name: str, node: _Node, _unused: Any, upstreams: dict[str, Upstream],
     params = _params(node.get("params"), stable_path)
     path_names = stable_path.names if stable_path else frozenset()
     known = path_names | {p.name for p in params}
-    pagination = _pagination(node.get("pagination"))
-    if pagination is not None:
+    pagination_node = node.get("pagination")
+    pagination = _pagination(pagination_node)
+    # a pagination section with a mistake is reported where it is wrong; the rest of the route is
+    # checked as the collection it was meant to be, not flagged again for having no pagination
+    paged = pagination if pagination is not None or pagination_node is None else _SOME_PAGINATION
+    if paged is not None:
         reserved = {"limit", "cursor", "all"} & {p.name for p in params}
         for r in sorted(reserved):
             node.error(f"param {r!r} is reserved for pagination on collections")
     fan = [p for p in params if p.fan_out]
     if len(fan) > 1:
         node.error("at most one param may fan out")
-    if fan and (pagination is None or pagination.style != "before"):
+    if fan and (pagination_node is None or (pagination is not None and pagination.style != "before")):
         node.error("fan_out merges streams by their 'before' field; it needs pagination style 'before'")
     targets: list[Target] = []
     if (tn := node.get("targets")) is not None:
@@ -1185,7 +1194,7 @@ def _route(name: str, node: _Node, _unused: Any, upstreams: dict[str, Upstream],
                 t = _target(tn.child(i), known, method or "GET")
                 if t is not None:
                     targets.append(t)
-    response = _response(node.get("response"), known, pagination)
+    response = _response(node.get("response"), known, paged)
     validate = None
     if (v := node.get("validate")) is not None and (vn := v.string()) is not None:
         from gateway.validators import VALIDATORS
@@ -1194,12 +1203,12 @@ def _route(name: str, node: _Node, _unused: Any, upstreams: dict[str, Upstream],
             v.error(f"unknown validator {vn!r}; known: {', '.join(sorted(VALIDATORS))}")
         validate = vn
     cache = _route_cache(node.get("cache"), method, root)
-    probe = _probe(node.get("probe"), method, stable_path, params, pagination)
+    probe = _probe(node.get("probe"), method, stable_path, params, paged)
     shape = _shape(node.get("shape"), response, targets)
     desc = ""
     if (d := node.get("description")) is not None:
         desc = d.string() or ""
-    if ctx.problems or method is None or stable_path is None or upstream_name is None:
+    if len(ctx.problems) > problems_before or method is None or stable_path is None or upstream_name is None:
         return None
     return Route(
         name=name,
@@ -1218,6 +1227,10 @@ def _route(name: str, node: _Node, _unused: Any, upstreams: dict[str, Upstream],
         probe=probe,
         shape=shape,
     )
+
+
+#: stands in for a route's pagination section that has a mistake, while the rest of the route is checked
+_SOME_PAGINATION = Pagination(style="offset", items_path=("results",))
 
 
 def _params(node: _Node | None, path: PathTemplate | None) -> tuple[ParamSpec, ...]:
@@ -1454,7 +1467,7 @@ def _response(node: _Node | None, known: frozenset[str], pagination: Pagination 
     return ResponseSpec(**kw)
 
 
-def _keys(node: _Node | None, routes: list[Route] | None) -> tuple[ClientKey, ...]:
+def _keys(node: _Node | None, routes: list[str] | None) -> tuple[ClientKey, ...]:
     """``clients:`` (with per-key routes/methods) or ``admin:`` (keys only)."""
     if node is None or not node.keys({"keys"}, {"keys"}):
         return ()
@@ -1477,9 +1490,8 @@ def _keys(node: _Node | None, routes: list[Route] | None) -> tuple[ClientKey, ..
                 rn.error("expected a list of route names (globs such as posthog_* allowed)")
             else:
                 globs = tuple(rn.value)
-                names = [r.name for r in routes or []]
                 for g in globs:
-                    if not fnmatch.filter(names, g):
+                    if not fnmatch.filter(routes or [], g):
                         rn.error(f"{g!r} matches no route")
         methods: frozenset[str] | None = None
         if (mn := kn.get("methods")) is not None:

@@ -138,3 +138,34 @@ def test_base_url_must_be_absolute_http_without_query() -> None:
     assert any("is not an absolute http(s) URL" in p for p in got)
     got = problems(GOOD.replace("${API_URL:-http://127.0.0.1:9}", "http://h/?api_key=1"))
     assert any("credentials never go in URLs" in p for p in got)
+
+
+def test_one_typo_is_one_problem_not_a_cascade() -> None:
+    """A mistake in one route's pagination used to also flag its `items` mapping, every later
+    route (dropped once any problem was seen) and each client-key grant naming them."""
+    env = {"POSTHOG_URL": "http://127.0.0.1:9", "OBSERVABLE_API_URL": "http://127.0.0.1:9"}
+    grants = (
+        "\nclients:\n  keys:\n"
+        '    editor: {key: {env: K}, routes: ["posthog_*"]}\n'
+        "    one: {key: {env: K}, routes: [posthog_notebooks]}\n"
+    )
+    text = ROUTES.read_text() + grants
+    assert "      page_size: 100\n" in text
+    found = problems(text.replace("      page_size: 100\n", "      page_sise: 100\n", 1), env)
+    assert len(found) == 1 and "routes.posthog_notebooks.pagination.page_sise: unknown key" in found[0], found
+    # mistakes in two routes: each reported, once
+    two = text.replace("    upstream: posthog\n", "    upstream: posthgo\n", 2)
+    found = problems(two, env)
+    assert len(found) == 2 and all("upstream: no upstream named 'posthgo'" in p for p in found), found
+
+
+def test_a_mistake_in_one_route_does_not_hide_the_problems_between_later_ones() -> None:
+    env = {"POSTHOG_URL": "http://127.0.0.1:9", "OBSERVABLE_API_URL": "http://127.0.0.1:9"}
+    text = ROUTES.read_text().replace(
+        "    description: The signed-in user's notebooks, newest-updated first.\n", "    descripton: typo\n", 1
+    )
+    activity = "    stable: GET /v1/posthog/projects/{project_id}/notebooks/{short_id}/activity\n"
+    assert "descripton" in text and activity in text
+    found = problems(text.replace(activity, activity.replace("/activity", "")), env)
+    assert len(found) == 2, found  # both at once, not the second only after the first is fixed
+    assert "descripton: unknown key" in found[0] and "shadows route 'posthog_notebook'" in found[1]
