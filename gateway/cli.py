@@ -255,7 +255,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(signal.SIGHUP, _reload)
 
     app.on_startup.append(_on_startup)
-    print(f"routegate {__version__} serving {len(cfg.routes)} routes on http://{args.host}:{args.port}", flush=True)
+    serving = f"routegate {__version__} serving {len(cfg.routes)} routes on http://{args.host}:{args.port}"
+    if args.workers > 1:
+        serving += f" (worker {os.getpid()} of {args.workers})"
     try:
         web.run_app(
             app,
@@ -263,7 +265,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port=args.port,
             sock=own_socket,  # admin calls relayed by the other workers
             access_log=None,
-            print=None,
+            print=lambda _aiohttp_banner: print(serving, flush=True),  # once listening, not before
             reuse_port=args.workers > 1,
         )
     except OSError as exc:

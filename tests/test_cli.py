@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -9,9 +10,10 @@ from pathlib import Path
 
 import aiohttp
 
+from gateway import __version__
 from gateway.sandbox.runner import Sandboxes
 from tests.conftest import ROOT, ROUTES
-from tests.processes import serve
+from tests.processes import free_port, serve
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -69,3 +71,30 @@ async def test_serve_on_a_real_socket(sandboxes: Sandboxes, sandbox_env: dict[st
         body = await resp.json()
         assert resp.status == 200
         assert len(body["items"]) == 12
+
+
+async def test_serve_says_it_is_serving_once_it_listens(sandbox_env: dict[str, str]) -> None:
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        str(ROUTES),
+        "--port",
+        str(port),
+        "--no-probes",
+        cwd=ROOT,
+        env={**os.environ, **sandbox_env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        assert line == f"routegate {__version__} serving 12 routes on http://127.0.0.1:{port}\n"
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/healthz") as r:
+            assert r.status == 200  # the line came after the bind: nothing to wait for
+    finally:
+        proc.terminate()
+        await proc.wait()

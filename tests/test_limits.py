@@ -171,6 +171,7 @@ def test_serve_refuses_a_non_loopback_address_without_client_keys(tmp_path: Path
     # interface here, so the bind fails (exit 3) without anything being opened
     out = _serve(str(ROUTES), "--host", "192.0.2.1", "--port", "1", "--allow-open")
     assert out.returncode == 3 and "cannot listen on 192.0.2.1:1" in out.stderr, out.stderr
+    assert "serving" not in out.stdout  # printed once listening, not before
     keyed = tmp_path / "keyed.yaml"
     keyed.write_text(ROUTES.read_text() + "clients:\n  keys:\n    a: {key: {env: SLOW_KEY}}\n")
     out = _serve(str(keyed), "--host", "192.0.2.1", "--port", "1", env=KEYS)
