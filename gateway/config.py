@@ -61,7 +61,8 @@ class LocatedList(list[Any]):
 
 
 class _Loader(yaml.SafeLoader):
-    duplicate_keys: list[tuple[int, str]]
+    #: (line, key, the mapping it repeats in)
+    duplicate_keys: list[tuple[int, str, LocatedDict]]
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LocatedDict:
@@ -74,10 +75,26 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LocatedDict:
         key = str(key) if not isinstance(key, str) else key
         line = key_node.start_mark.line + 1
         if key in out:
-            loader.duplicate_keys.append((line, key))
+            loader.duplicate_keys.append((line, key, out))
         out[key] = loader.construct_object(value_node, deep=True)
         out.key_lines[key] = line
     return out
+
+
+def _path_to(value: Any, target: LocatedDict, path: str) -> str | None:
+    """The key path (as problems name it: ``routes.x.targets[0]``) of the mapping ``target`` in ``value``."""
+    if value is target:
+        return path
+    if isinstance(value, dict):
+        items: Iterator[tuple[str, Any]] = ((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for sub, child in items:
+        if (found := _path_to(child, target, sub)) is not None:
+            return found
+    return None
 
 
 def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> LocatedList:
@@ -760,8 +777,10 @@ def parse_config(text: str, file: str = "routes.yaml", env: Mapping[str, str] | 
         raise ConfigError([Problem(file, 0, "(syntax)", str(exc))]) from exc
     finally:
         loader.dispose()
-    for line, key in loader.duplicate_keys:
-        ctx.add(line, key, f"duplicate key {key!r} (YAML would silently keep only the last one)")
+    for line, key, mapping in loader.duplicate_keys:
+        where = _path_to(doc, mapping, "")
+        full = f"{where}.{key}" if where else key
+        ctx.add(line, full, f"duplicate key {key!r} (YAML would silently keep only the last one)")
     if not isinstance(doc, LocatedDict):
         ctx.add(1, "(document)", f"expected a mapping with 'upstreams' and 'routes', got {_kind(doc)}")
         raise ConfigError(ctx.problems)

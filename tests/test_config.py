@@ -90,7 +90,15 @@ def test_syntax_error_names_the_line() -> None:
 
 def test_duplicate_keys_are_errors() -> None:
     got = problems(GOOD + "  things:\n    stable: GET /v1/x\n    upstream: api\n    targets: ['GET /x']\n")
-    assert any("routes.yaml:11: things: duplicate key 'things'" in p for p in got)
+    assert any("routes.yaml:11: routes.things: duplicate key 'things'" in p for p in got), got
+    # named by its whole key path, like every other problem, also inside lists
+    got = problems(GOOD.replace("    upstream: api\n", "    upstream: api\n    upstream: api\n"))
+    assert any("routes.yaml:10: routes.things.upstream: duplicate key 'upstream'" in p for p in got), got
+    listed = GOOD.replace(
+        'targets: ["GET /things/{id}"]', "targets:\n      - request: GET /things/{id}\n        request: GET /x"
+    )
+    got = problems(listed)
+    assert any("routes.things.targets[0].request: duplicate key 'request'" in p for p in got), got
 
 
 def test_missing_env_var_without_default() -> None:
