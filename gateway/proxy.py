@@ -205,9 +205,10 @@ class Proxy:
                 route=route.name,
             )
         except UpstreamError as exc:
-            self.metrics.upstream_seconds.labels(upstream.name, route.name).observe(time.perf_counter() - started)
-            trace.upstream(None, time.perf_counter() - started)
-            if exc.kind not in _NOT_SENT:
+            if exc.kind not in _NOT_SENT:  # refused before sending (breaker, budget, ...): no call to time or count
+                seconds = time.perf_counter() - started
+                self.metrics.upstream_seconds.labels(upstream.name, route.name).observe(seconds)
+                trace.upstream(None, seconds)
                 self.metrics.upstream_requests.labels(upstream.name, route.name, exc.kind).inc()
             self._record_error(upstream, route, exc)
             raise

@@ -9,11 +9,13 @@ asked for, never how fast something was.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
@@ -300,7 +302,10 @@ def _circuit(registry: CollectorRegistry) -> float | None:
     return registry.get_sample_value("gateway_upstream_circuit_state", {"upstream": "fake"})
 
 
-async def test_circuit_breaker_opens_half_opens_and_closes(make_gateway: Any, aiohttp_server: Any) -> None:
+async def test_circuit_breaker_opens_half_opens_and_closes(
+    make_gateway: Any, aiohttp_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.access")
     fake, _, url = await start_fake(aiohttp_server)
     gw, registry = await _gateway(make_gateway, _yaml(url, retries="attempts: 1", breaker="failures: 3, cooldown: 30s"))
     clock = Clock()
@@ -322,6 +327,15 @@ async def test_circuit_breaker_opens_half_opens_and_closes(make_gateway: Any, ai
         assert resp.headers["Retry-After"] == "30"
     assert (await gw.post("/v1/things/a", json={})).status == 503
     assert fake.count() == 3
+    # not upstream calls: neither timed nor logged as such
+    timed = {"upstream": "fake", "route": "get_thing"}
+    assert registry.get_sample_value("gateway_upstream_request_duration_seconds_count", timed) == 3
+    refused = [
+        r.fields  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.name == "gateway.access" and r.fields["error"] == "circuit_open"  # type: ignore[attr-defined]
+    ]
+    assert len(refused) == 3 and all(f["upstream_calls"] == 0 and f["upstream_status"] is None for f in refused)
     # cool-down over: one probe goes through; it fails, so the breaker opens again
     clock.now += 30
     assert (await gw.get("/v1/things/a")).status == 502
