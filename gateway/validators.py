@@ -19,6 +19,12 @@ Validator = Callable[[Any, Mapping[str, Any]], Any]
 _NODE_KEYS = {"id", "pinned", "value"}
 
 
+def _kind(v: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(v), "a number"
+    )
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -31,7 +37,9 @@ def observable_new_document(body: Any, params: Mapping[str, Any]) -> Any:
     reindex = bool(params.get("reindex"))
     nodes = body.get("nodes")
     if not isinstance(nodes, list):
-        problems.append("nodes: required, must be a list")
+        problems.append(
+            "nodes: required (a list)" if "nodes" not in body else f"nodes: must be a list, got {_kind(nodes)}"
+        )
         nodes = []
     allowed_top = {"nodes", "version", "title"}
     for key in sorted(set(body) - allowed_top):

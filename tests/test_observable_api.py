@@ -187,6 +187,12 @@ async def test_create_rejects_every_problem_with_422_and_forwards_nothing(
     for payload in ({"nodes": {}, "version": 1}, {"nodes": [{"id": 5}], "version": 3}, {"nodes": []}, [1]):
         resp = await gw.post("/v1/observable/notebooks", json=payload)
         assert resp.status == 422, payload
+    for payload, problem in (
+        ({"version": 1}, "nodes: required (a list)"),
+        ({"nodes": "x"}, "nodes: must be a list, got a string"),
+    ):
+        resp = await gw.post("/v1/observable/notebooks", json=payload)
+        assert problem in (await resp.json())["error"]["details"], payload  # present but wrong is not "required"
     assert sandboxes.observable_state.total_requests == 0
 
 
