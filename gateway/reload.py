@@ -54,7 +54,8 @@ class FileWatcher:
     ``apply`` validates and swaps (``Gateway.reload``); a ``ConfigError`` from it means
     the content was refused, and the same content is not tried again.  ``served``
     returns the digest being served, so a file already loaded by SIGHUP or the admin
-    endpoint is not loaded twice.
+    endpoint is not loaded twice, unless ``failing``: the last reload failed, and the
+    file now holds what is served again (an invalid save undone).
     """
 
     def __init__(
@@ -64,10 +65,12 @@ class FileWatcher:
         served: Callable[[], str],
         *,
         interval: float = 1.0,
+        failing: Callable[[], bool] = lambda: False,
     ) -> None:
         self.path = Path(path)
         self.apply = apply
         self.served = served
+        self.failing = failing
         self.interval = interval
         self._seen: Signature = _UNKNOWN  # the first poll compares the file with what is served
         self._refused: str | None = None
@@ -107,8 +110,10 @@ class FileWatcher:
             return False  # written to while we read: the next poll waits for it to settle again
         self._seen = sig
         new = digest(text)
-        if new == self.served() or new == self._refused:
+        if new == self._refused or (new == self.served() and not self.failing()):
             return False
+        # the file back to what is served after a refused save: reloaded, so that the failure
+        # (and the alert on it) is cleared by a success, not left standing over a good file
         log.info("routes file %s changed (%s); reloading", self.path, new)
         try:
             self.apply(text)
@@ -129,6 +134,7 @@ def watch_routes(gateway: Gateway, interval: float) -> Callable[[web.Application
             lambda text: gateway.reload(path, text=text),
             lambda: gateway.runtime.config.digest,
             interval=interval,
+            failing=lambda: gateway.reload_failing,
         )
         task = asyncio.create_task(watcher.run(), name="routegate-watch")
         log.info("watching %s for changes every %gs", path, interval)

@@ -115,6 +115,8 @@ class Gateway:
         self.caches = CacheBackends(self.credentials, self.metrics)
         #: the other workers of ``gateway serve --workers N``, which admin calls are relayed to
         self.peers: Peers | None = None
+        #: the last reload failed (the routes file on disk is not what is served)
+        self.reload_failing = False
         self.runtime = self._build(config)
         self.metrics.reloads.labels("success").inc()
 
@@ -155,11 +157,13 @@ class Gateway:
                     [Problem(str(target), 0, "clients.keys", f"no client keys, but {self.requires_client_keys}")]
                 )
         except ConfigError as exc:
+            self.reload_failing = True
             self.metrics.reloads.labels("failure").inc()
             self.metrics.config_failed.set_to_current_time()
             log.error("config reload failed, still serving %s: %s", self.runtime.config.digest, exc)
             raise
         self.runtime = self._build(config)
+        self.reload_failing = False
         self.metrics.reloads.labels("success").inc()
         if self.peers is not None:
             self.peers.remember(config)  # what a replacement worker serves if the file breaks later

@@ -206,6 +206,26 @@ async def test_watcher_loads_a_changed_file_and_refuses_a_partial_one(
     assert reloads(registry, "failure") == 1
 
 
+async def test_an_invalid_save_undone_clears_the_failure(start: Start, sandboxes: Sandboxes) -> None:
+    """The file back to what is served: a success is recorded, so RoutegateConfigReloadFailed resolves."""
+    a = generation("A")
+    _gw, path, registry = await start(a, watch=0.05)
+    path.write_text(broken(a))
+    await wait_for(lambda: _async(reloads(registry, "failure") == 1))
+    successes = reloads(registry, "success")
+    path.write_text(a)  # the operator puts the served file back
+    await wait_for(lambda: _async(reloads(registry, "success") == successes + 1))
+    failed = registry.get_sample_value("gateway_config_last_reload_failure_timestamp_seconds")
+    loaded = registry.get_sample_value("gateway_config_last_reload_success_timestamp_seconds")
+    assert failed is not None and loaded is not None and loaded >= failed
+    await asyncio.sleep(0.3)
+    assert reloads(registry, "success") == successes + 1  # once: the good file is not reloaded again and again
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
 async def test_watcher_waits_for_a_write_in_progress_to_settle(start: Start, sandboxes: Sandboxes) -> None:
     a, b = generation("A"), generation("B")
     gw, path, registry = await start(a)  # no background watcher: this one is driven step by step
