@@ -351,6 +351,11 @@ async def test_stale_copy_on_5xx(make_gateway: Any, sandbox_env: dict[str, str],
     resp = await gw.get(url)
     assert resp.status == 200 and resp.headers["X-Cache"] == "STALE" and "upstream_failed" in resp.headers["Warning"]
     assert await resp.json() == good
+    # a caller that accepts nothing this old gets the error, as with no-cache, not the old copy
+    resp = await gw.get(url, headers={"Cache-Control": "max-age=60"})
+    assert resp.status == 502 and (await resp.json())["error"]["code"] == "upstream_failed"
+    resp = await gw.get(url, headers={"Cache-Control": "max-age=120"})
+    assert resp.status == 200 and resp.headers["X-Cache"] == "STALE"
     # a list never fetched before: no copy, so the usual 502
     resp = await gw.get(f"{LIST}?limit=9")
     assert resp.status == 502 and (await resp.json())["error"]["route"] == "ph_list"

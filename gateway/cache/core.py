@@ -151,9 +151,15 @@ class ResponseCache:
             else:
                 filled = await self._coalesced_fill(key, route, policy.spec, seq, produce)
         except UpstreamError as exc:
-            if entry is not None and not wants.no_cache and exc.kind not in _NO_STALE_KINDS:
+            now = self.now()
+            if (
+                entry is not None
+                and not wants.no_cache
+                and exc.kind not in _NO_STALE_KINDS
+                and (wants.max_age is None or now - entry.stored_at <= wants.max_age)  # the caller's limit holds
+            ):
                 self._count(route, "stale")
-                return self._response(entry, "STALE", self.now(), failure=exc.code)
+                return self._response(entry, "STALE", now, failure=exc.code)
             raise
         except NotFound:
             if found is not None and found.entry is not None:  # gone upstream: not even a stale copy stays
