@@ -160,7 +160,12 @@ def render_page(
         prober = f"background probes every {config.probes.interval:g}s ± {config.probes.jitter:g}s"
     else:
         prober = "background probes are not running (run <code>gateway probe</code> from cron)"
-    title = "routegate: " + ("all routes up" if not counts["down"] else f"{counts['down']} route(s) down")
+    if counts["down"]:
+        title = f"routegate: {counts['down']} route(s) down"
+    elif counts["unknown"]:
+        title = f"routegate: {counts['up']} route(s) up, {counts['unknown']} not known yet"
+    else:
+        title = "routegate: all routes up"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1">

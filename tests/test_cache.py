@@ -558,6 +558,9 @@ async def test_admin_purge_by_route_prefix_and_all(
     assert await states() == ["HIT", "MISS", "MISS", "HIT"]
     resp = await gw.post("/admin/cache/purge", json={"prefix": "/v1/posthog/projects/1"}, headers=OPS)
     assert (await resp.json())["deleted"] == 3
+    registry = gw.app[GATEWAY].registry
+    purged = {"route": "(prefix)", "cause": "purge"}  # a prefix alone is not "(all)"
+    assert registry.get_sample_value("gateway_cache_invalidations_total", purged) == 2
     assert await states() == ["MISS", "MISS", "MISS", "HIT"]
     resp = await gw.post("/admin/cache/purge", json={"all": True}, headers=OPS)
     assert (await resp.json())["deleted"] == 4
@@ -576,9 +579,14 @@ async def test_purge_without_admin_keys_or_cache(make_gateway: Any, sandbox_env:
     )
     gw = await make_gateway(no_cache.replace("    cache: {ttl: 60s}\n", "") + CLIENTS, env={**sandbox_env, **KEYS})
     resp = await gw.post("/admin/cache/purge?all=true", headers=OPS)
-    assert resp.status == 409 and (await resp.json())["error"]["code"] == "cache_disabled"
+    err = (await resp.json())["error"]
+    assert resp.status == 409 and err["code"] == "cache_disabled" and "no route" in err["message"]
     resp = await gw.get(f"{LIST}?limit=1", headers=ALICE)
     assert resp.status == 200 and "X-Cache" not in resp.headers
+    # switched off (ROUTEGATE_CACHE=off in the shipped file) although routes have cache: sections
+    gw = await make_gateway(POSTHOG + "cache: {enabled: false}\n" + CLIENTS, env={**sandbox_env, **KEYS})
+    err = (await (await gw.post("/admin/cache/purge?all=true", headers=OPS)).json())["error"]
+    assert err["code"] == "cache_disabled" and "cache.enabled is false" in err["message"]
 
 
 def _problems(text: str) -> list[str]:

@@ -55,7 +55,12 @@ async def test_status_lists_every_route_with_state_reason_and_fallback(make_gate
     assert 'data-state="down"' in down and "shape_drift" in down
     assert html.escape("upstream response lost field 'short_id'") in down
     assert 'data-state="unknown"' in row(page, "posthog_notebook_create")
-    assert '<span class="state down">1 down</span>' in page
+    assert '<span class="state down">1 down</span>' in page and "<title>routegate: 1 route(s) down</title>" in page
+    # nothing down, but not everything known yet: the headline does not say "all routes up"
+    sandboxes.posthog_state.apply_switches({"faults": {"/api/projects/1/notebooks": None}})
+    assert (await gw.get("/v1/posthog/projects/1/notebooks", headers=FRESH)).status == 200
+    page = await (await gw.get("/status")).text()
+    assert re.search(r"<title>routegate: \d+ route\(s\) up, \d+ not known yet</title>", page), page[:300]
     # the credential table dates the Observable session from its I cookie
     assert re.search(r'data-upstream="observable" data-credential-state="up">.*cookie:I', page)
     assert "<link" not in page and "src=" not in page  # no external assets

@@ -40,7 +40,8 @@ async def purge_request(request: web.Request, cache: ResponseCache | None, confi
     args = await _arguments(request)
     route, prefix, everything = args.get("route"), args.get("prefix"), args.get("all")
     if cache is None:
-        raise Conflict("the response cache is off: no route in routes.yaml has a cache: section", code="cache_disabled")
+        why = "cache.enabled is false" if not config.cache.enabled else "no route in routes.yaml has a cache: section"
+        raise Conflict(f"the response cache is off: {why}", code="cache_disabled")
     if isinstance(everything, str):
         everything = everything.lower() in ("true", "1", "yes")
     if route is not None and (not isinstance(route, str) or route not in {r.name for r in config.routes}):

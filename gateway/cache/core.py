@@ -297,7 +297,8 @@ class ResponseCache:
         markers = purge_markers(route, prefix)
         await self.backend.invalidate(markers, self._keep_markers)
         deleted = await self.backend.purge(route, normalize_prefix(prefix) if prefix is not None else None)
-        self._metrics.cache_invalidations.labels(route or "(all)", "purge").inc()
+        label = route if route is not None else ("(prefix)" if prefix is not None else "(all)")
+        self._metrics.cache_invalidations.labels(label, "purge").inc()
         self._report_usage()
         return deleted
 
