@@ -115,6 +115,12 @@ def build(config: Config) -> dict[str, Any]:
             "bearerAuth": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <API key>"},
             "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
         }
+    if config.access.clients:  # /status then needs the admin key, which a browser sends as Basic auth
+        components["securitySchemes"]["basicAuth"] = {
+            "type": "http",
+            "scheme": "basic",
+            "description": "any user name, the admin key as password (the /status page in a browser)",
+        }
     doc: dict[str, Any] = {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -381,6 +387,11 @@ def _own_paths(config: Config) -> dict[str, dict[str, Any]]:
     }
     if config.access.clients or config.access.admins:
         admin["security"] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
+    status = plain("status", "A human status page: route health, probes, credential expiry.", "text/html", string)
+    if config.access.clients:  # open only on a gateway without client keys (loopback)
+        status["get"]["security"] = [{"bearerAuth": []}, {"apiKeyHeader": []}, {"basicAuth": []}]
+        status["get"]["responses"]["401"] = _error_response("Clients need keys here: this page needs the admin key.")
+        status["get"]["responses"]["403"] = _error_response("Admin endpoints are off: no admin.keys configured.")
     return {
         "/healthz": plain("healthz", "The process is alive.", "application/json", obj(status=string)),
         "/readyz": plain(
@@ -391,8 +402,6 @@ def _own_paths(config: Config) -> dict[str, dict[str, Any]]:
         ),
         "/metrics": plain("metrics", "Metrics in the Prometheus text format.", "text/plain", string),
         "/openapi.json": plain("openapi", "This document.", "application/json", {"type": "object"}),
-        "/status": plain(
-            "status", "A human status page: route health, probes, credential expiry.", "text/html", string
-        ),
+        "/status": status,
         "/admin/reload": {"post": admin},
     }

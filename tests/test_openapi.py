@@ -110,6 +110,10 @@ async def test_served_document_matches_the_cli_and_documents_keys(
     assert {"401", "403", "429"} <= set(listing)
     assert doc["paths"]["/healthz"]["get"]["security"] == []
     assert "security" in doc["paths"]["/admin/reload"]["post"]
+    status = doc["paths"]["/status"]["get"]  # the admin key once clients need keys (Basic for a browser)
+    assert {"basicAuth": []} in status["security"] and "401" in status["responses"]
+    assert doc["components"]["securitySchemes"]["basicAuth"]["scheme"] == "basic"
+    assert (await keyed.get("/status")).status == 401
     assert KEYS["READER_KEY"] not in await resp.text()
 
     # a reload changes the document with the config
