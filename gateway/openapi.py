@@ -385,8 +385,53 @@ def _own_paths(config: Config) -> dict[str, dict[str, Any]]:
             "default": _error_response("Any other error, in the same envelope."),
         },
     }
+    nullable = {"type": ["string", "null"]}
+    purge: dict[str, Any] = {
+        "operationId": "gateway_admin_cache_purge",
+        "summary": (
+            "Drop cached responses (admin key) by route, stable path prefix (whole segments), both, or all=true, "
+            "in every worker before answering; as query parameters or a JSON body."
+        ),
+        "tags": ["gateway"],
+        "parameters": [
+            {"name": "route", "in": "query", "schema": string, "description": "a route name"},
+            {"name": "prefix", "in": "query", "schema": string, "description": "a stable path, e.g. /v1/posthog"},
+            {"name": "all", "in": "query", "schema": {"type": "string", "enum": ["true", "false"]}},
+        ],
+        "requestBody": {
+            "required": False,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"route": string, "prefix": string, "all": {"type": "boolean"}},
+                        "additionalProperties": False,
+                    }
+                }
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "Purged.",
+                "headers": rid,
+                "content": {
+                    "application/json": {
+                        "schema": obj(status=string, route=nullable, prefix=nullable, deleted=integer, workers=integer)
+                    }
+                },
+            },
+            "400": _error_response("Nothing named to purge, an unknown route or argument, or a bad prefix."),
+            "401": _error_response("No valid admin key."),
+            "403": _error_response("Admin endpoints are off: no admin.keys configured."),
+            "409": _error_response("The response cache is off (`cache_disabled`)."),
+            "500": _error_response("With --workers: another worker did not purge (`worker_failed`)."),
+            "503": _error_response("The cache backend (Redis) is unreachable; nothing was purged.", retry=True),
+            "default": _error_response("Any other error, in the same envelope."),
+        },
+    }
     if config.access.clients or config.access.admins:
         admin["security"] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
+        purge["security"] = admin["security"]
     status = plain("status", "A human status page: route health, probes, credential expiry.", "text/html", string)
     if config.access.clients:  # open only on a gateway without client keys (loopback)
         status["get"]["security"] = [{"bearerAuth": []}, {"apiKeyHeader": []}, {"basicAuth": []}]
@@ -404,4 +449,5 @@ def _own_paths(config: Config) -> dict[str, dict[str, Any]]:
         "/openapi.json": plain("openapi", "This document.", "application/json", {"type": "object"}),
         "/status": status,
         "/admin/reload": {"post": admin},
+        "/admin/cache/purge": {"post": purge},
     }

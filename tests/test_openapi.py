@@ -192,3 +192,20 @@ async def test_real_answers_validate_against_the_documented_schemas(
         ), (url, resp.status)
     assert statuses[:7] == [200] * 7 and statuses[7:10] == [400, 404, 400]
     assert statuses[10:] == ([403] if keyed else [201, 422, 200])
+
+
+async def test_the_cache_purge_answers_validate_against_the_document(
+    make_gateway: Any, sandbox_env: dict[str, str]
+) -> None:
+    gw = await make_gateway(ROUTES.read_text() + KEYED, env={**sandbox_env, **KEYS, "ROUTEGATE_CACHE": "on"})
+    doc = await (await gw.get("/openapi.json")).json()
+    admin = {"X-API-Key": KEYS["ADMIN_KEY"]}
+    for query, body, status in (("?all=true", None, 200), ("", {"route": "posthog_notebooks"}, 200), ("", None, 400)):
+        resp = await gw.post("/admin/cache/purge" + query, headers=admin, json=body)
+        data = await resp.json()
+        assert resp.status == status, data
+        validator = _validator(doc, "/admin/cache/purge", "post", resp.status, "application/json")
+        assert [e.message for e in validator.iter_errors(data)] == [], data
+    assert (await gw.post("/admin/cache/purge?all=true")).status == 401  # documented, with its security
+    assert "401" in doc["paths"]["/admin/cache/purge"]["post"]["responses"]
+    assert doc["paths"]["/admin/cache/purge"]["post"]["security"] == [{"bearerAuth": []}, {"apiKeyHeader": []}]
