@@ -195,13 +195,33 @@ def _operation(route: Route, config: Config) -> dict[str, Any]:
                 "schema": {"type": "boolean", "default": False},
             },
         ]
+    cached = route.cache is not None and route.method == "GET"  # (when the cache is on: ROUTEGATE_CACHE)
+    if cached:
+        params.append(_CACHE_CONTROL)
     if params:
         op["parameters"] = params
     body = _request_body(route)
     if body is not None:
         op["requestBody"] = body
-    op["responses"] = {**_success(route), **_errors(route, config)}
+    success = _success(route)
+    if cached:
+        for response in success.values():
+            response["headers"].update(_CACHE_HEADERS)
+    op["responses"] = {**success, **_errors(route, config)}
     return op
+
+
+#: what the response cache reads from a caller and adds to its answers (gateway.cache)
+_CACHE_CONTROL: dict[str, Any] = {
+    "name": "Cache-Control",
+    "in": "header",
+    "description": "no-store: bypass the cache; no-cache: fetch and refresh; max-age=N: no copy older than N s.",
+    "schema": {"type": "string"},
+}
+_CACHE_HEADERS: dict[str, Any] = {
+    "X-Cache": {"description": "How the cache answered.", "schema": {"enum": ["HIT", "MISS", "STALE", "BYPASS"]}},
+    "Age": {"description": "Seconds since the upstream produced this answer.", "schema": {"type": "string"}},
+}
 
 
 def _query_param(spec: ParamSpec) -> dict[str, Any]:
