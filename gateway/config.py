@@ -638,16 +638,18 @@ class _Node:
         if not self.is_map():
             return False
         ok = True
+        suggested = set()
         for k in self.value:
             if k not in allowed:
                 hint = _closest(k, allowed)
+                suggested.add(hint)
                 self.child(k).error(
                     f"unknown key {k!r}"
                     + (f" (did you mean {hint!r}?)" if hint else "")
                     + f"; allowed: {', '.join(sorted(allowed))}"
                 )
                 ok = False
-        for k in sorted(required - set(self.value)):
+        for k in sorted(required - set(self.value) - suggested):  # a misspelt one is reported above, once
             self.error(f"missing required key {k!r}")
             ok = False
         return ok
@@ -878,7 +880,7 @@ def _cache_settings(node: _Node | None) -> CacheSettings:
 
 def _route_cache(node: _Node | None, method: str | None, root: _Node) -> RouteCache | None:
     """A route's ``cache:``: freshness for reads, what else to drop for writes; ``false`` is off."""
-    if node is None or node.value is False:
+    if node is None or node.value is False or method is None:  # no method: reported at `stable`, not here too
         return None
     reads = method in ("GET", "HEAD")
     if not node.keys({"ttl", "stale_if_error", "vary", "private"} if reads else {"invalidates"}):
@@ -1187,9 +1189,12 @@ def _route(name: str, node: _Node, _unused: Any, upstreams: dict[str, Upstream],
             auth = True
         else:
             a.error("expected 'required' or 'none'")
-    params = _params(node.get("params"), stable_path)
-    path_names = stable_path.names if stable_path else frozenset()
-    known = path_names | {p.name for p in params}
+    params_node = node.get("params")
+    params = _params(params_node, stable_path)
+    path_names = stable_path.names if stable_path else _names_in(node.get("stable"))
+    # a param with a mistake is reported there; the targets and mappings naming it are not wrong too
+    declared = set(params_node.value) if params_node is not None and isinstance(params_node.value, dict) else set()
+    known = path_names | {p.name for p in params} | declared
     pagination_node = node.get("pagination")
     pagination = _pagination(pagination_node)
     # a pagination section with a mistake is reported where it is wrong; the rest of the route is
@@ -1248,6 +1253,12 @@ def _route(name: str, node: _Node, _unused: Any, upstreams: dict[str, Upstream],
     )
 
 
+def _names_in(stable: _Node | None) -> frozenset[str]:
+    """The {names} of a ``stable:`` line that did not parse, so its targets are not flagged for using them."""
+    text = stable.value if stable is not None and isinstance(stable.value, str) else ""
+    return frozenset(re.findall(r"\{(\w+)\}", text))
+
+
 #: stands in for a route's pagination section that has a mistake, while the rest of the route is checked
 _SOME_PAGINATION = Pagination(style="offset", items_path=("results",))
 
@@ -1283,7 +1294,15 @@ def _params(node: _Node | None, path: PathTemplate | None) -> tuple[ParamSpec, .
             kw["required"] = b
         if (d := pn.get("default")) is not None:
             kw["default"] = d.value
-            if kw.get("enum") and str(d.value) not in kw["enum"]:
+            kind = kw.get("type", "string")
+            fits = {
+                "integer": isinstance(d.value, int) and not isinstance(d.value, bool),
+                "boolean": isinstance(d.value, bool),
+                "string": isinstance(d.value, str | int | float) and not isinstance(d.value, bool),
+            }[kind]
+            if not fits:
+                d.error(f"default {d.value!r} is not a {kind}, the param's type")
+            elif kw.get("enum") and str(d.value) not in kw["enum"]:
                 d.error(f"default {d.value!r} is not one of the enum values")
         if (ds := pn.get("description")) is not None:
             kw["description"] = ds.string() or ""
@@ -1463,6 +1482,8 @@ def _response(node: _Node | None, known: frozenset[str], pagination: Pagination 
         return ResponseSpec()
     kw: dict[str, Any] = {}
     if (n := node.get("item")) is not None:
+        if pagination is not None:  # it would be ignored, and the items served unmapped
+            n.error("'item' maps one entity; this route is a collection (it has pagination): use 'items'")
         kw["item"] = _mapping(n, known)
     if (n := node.get("items")) is not None:
         if pagination is None:
@@ -1565,7 +1586,12 @@ def _check_route_overlaps(ctx: _Ctx, routes: list[Route]) -> None:
         shape = tuple("{}" if seg.names else seg.raw for seg in r.path.segments)
         key = (r.method, shape)
         if key in seen:
-            ctx.add(r.line, r.name, f"{r.stable} shadows route {seen[key].name!r} ({seen[key].stable})")
+            other = seen[key]
+            ctx.add(
+                r.line,
+                f"routes.{r.name}.stable",
+                f"{r.stable} shadows route {other.name!r} ({other.stable}, line {other.line}); one of them must change",
+            )
         else:
             seen[key] = r
 
@@ -1581,7 +1607,7 @@ def _probe(
     pagination: Pagination | None,
 ) -> ProbeSpec | None:
     """``probe: true`` or ``probe: {params: {name: value | {from: ROUTE, field: F}}}``."""
-    if node is None or node.value is False:
+    if node is None or node.value is False or path is None:  # no path: reported at `stable`, not here too
         return None
     if method is not None and method != "GET":
         node.error(f"a probe sends a safe GET; this route answers {method}")

@@ -177,3 +177,53 @@ def test_a_mistake_in_one_route_does_not_hide_the_problems_between_later_ones() 
     found = problems(text.replace(activity, activity.replace("/activity", "")), env)
     assert len(found) == 2, found  # both at once, not the second only after the first is fixed
     assert "descripton: unknown key" in found[0] and "shadows route 'posthog_notebook'" in found[1]
+
+
+def test_more_mistakes_that_are_one_problem_each_and_silent_ones_that_are_not() -> None:
+    env = {"POSTHOG_URL": "http://127.0.0.1:9", "OBSERVABLE_API_URL": "http://127.0.0.1:9"}
+    text = ROUTES.read_text()
+
+    def one(old: str, new: str, expected: str) -> None:
+        assert old in text, old
+        found = problems(text.replace(old, new, 1), env)
+        assert len(found) == 1 and expected in found[0], found
+
+    # a misspelt param key: its name is still declared, so its targets and mappings are not flagged
+    one(
+        "        enum: [public, shared, private, trash]\n",
+        "        enm: [public, shared, private, trash]\n",
+        "routes.observable_notebooks.params.type.enm: unknown key 'enm'",
+    )
+    # an unknown method: its cache section is not judged by it
+    one(
+        "    stable: GET /v1/observable/notebooks\n",
+        "    stable: FETCH /v1/observable/notebooks\n",
+        "routes.observable_notebooks.stable",
+    )
+    # a path without its leading slash: the {names} in it are still known to the targets
+    one(
+        "    stable: GET /v1/posthog/projects/{project_id}/notebooks\n",
+        "    stable: GET v1/posthog/projects/{project_id}/notebooks\n",
+        "routes.posthog_notebooks.stable",
+    )
+    # a misspelt required key: one did-you-mean, not also "missing required key"
+    one(
+        "circuit_breaker: {failures: 5, cooldown: 30s}",
+        "circuit_breaker: {failure: 5, cooldown: 30s}",
+        "(did you mean 'failures'?)",
+    )
+    # silent before: `item` on a collection was ignored and the items served unmapped
+    one(
+        "    response:\n      items:\n        id: short_id\n",
+        "    response:\n      item:\n        id: short_id\n",
+        "'item' maps one entity; this route is a collection",
+    )
+    # silent before: a default that is not of the param's type
+    found = problems(GOOD.replace("    targets:", "    params: {n: {type: integer, default: false}}\n    targets:"))
+    assert found == ["routes.yaml:10: routes.things.params.n.default: default False is not a integer, the param's type"]
+    # two routes with one shape: named by the stable key, with the other route's line
+    found = problems(GOOD + "  other:\n    stable: GET /v1/things/{key}\n    upstream: api\n    targets: ['GET /x']\n")
+    assert found == [
+        "routes.yaml:11: routes.other.stable: GET /v1/things/{key} shadows route 'things' "
+        "(GET /v1/things/{id}, line 7); one of them must change"
+    ], found
