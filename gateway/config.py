@@ -1205,10 +1205,11 @@ def _route(name: str, node: _Node, _unused: Any, upstreams: dict[str, Upstream],
         for r in sorted(reserved):
             node.error(f"param {r!r} is reserved for pagination on collections")
     fan = [p for p in params if p.fan_out]
-    if len(fan) > 1:
-        node.error("at most one param may fan out")
+    if len(fan) > 1 and params_node is not None:
+        params_node.child(fan[1].name).child("fan_out").error("at most one param may fan out")
     if fan and (pagination_node is None or (pagination is not None and pagination.style != "before")):
-        node.error("fan_out merges streams by their 'before' field; it needs pagination style 'before'")
+        where = params_node.child(fan[0].name).child("fan_out") if params_node is not None else node
+        where.error("fan_out merges streams by their 'before' field; it needs pagination style 'before'")
     targets: list[Target] = []
     if (tn := node.get("targets")) is not None:
         if not isinstance(tn.value, list) or not tn.value:

@@ -127,7 +127,7 @@ def test_a_secret_written_inline_is_refused_without_echoing_it() -> None:
         ("    validate: no_such_check\n", "validate: unknown validator 'no_such_check'"),
         ("    response: {raw: true, item: {a: b}}\n", "response.raw: a raw response passes the body through"),
         ("    response: {headers: {X-V: {location: 'no-group'}}}\n", "the pattern needs one capture group"),
-        ("    params: {t: {fan_out: true}}\n", "fan_out merges streams"),
+        ("    params: {t: {fan_out: true}}\n", "routes.things.params.t.fan_out: fan_out merges streams"),
         ("    auth: sometimes\n", "auth: expected 'required' or 'none'"),
     ],
 )
