@@ -24,9 +24,12 @@ def free_port() -> int:
 
 @asynccontextmanager
 async def serve(
-    config: Path, env: dict[str, str], *args: str
+    config: Path, env: dict[str, str], *args: str, stdout: bool = False
 ) -> AsyncIterator[tuple[str, asyncio.subprocess.Process, list[str]]]:
-    """``gateway serve`` on a free port until the block ends; yields its URL, process and stderr lines."""
+    """``gateway serve`` on a free port until the block ends; yields its URL, process and stderr lines.
+
+    ``stdout``: keep the process's stdout readable (``proc.stdout``) rather than discarding it.
+    """
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -39,7 +42,7 @@ async def serve(
         *args,
         cwd=ROOT,
         env={**os.environ, **env},
-        stdout=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE if stdout else asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
     lines: list[str] = []
