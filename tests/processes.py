@@ -89,6 +89,11 @@ async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    except TimeoutError:  # a command that should have ended serves instead: stop it, fail the test
+        proc.terminate()  # gateway serve's workers follow their supervisor
+        await proc.wait()
+        raise AssertionError(f"python -m gateway {' '.join(args)} did not end within 60 s") from None
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
