@@ -381,6 +381,11 @@ def _own_paths(config: Config) -> dict[str, dict[str, Any]]:
         return {"type": "object", "required": list(props), "properties": props}
 
     string, integer = {"type": "string"}, {"type": "integer"}
+    #: what every admin-guarded endpoint may answer before it does anything
+    guarded = {
+        "401": _error_response("No valid admin key."),
+        "403": _error_response("Admin endpoints are off: no admin.keys configured."),
+    }
     admin: dict[str, Any] = {
         "operationId": "gateway_admin_reload",
         "summary": (
@@ -396,8 +401,7 @@ def _own_paths(config: Config) -> dict[str, dict[str, Any]]:
                     "application/json": {"schema": obj(status=string, digest=string, routes=integer, workers=integer)}
                 },
             },
-            "401": _error_response("No valid admin key."),
-            "403": _error_response("Admin endpoints are off: no admin.keys configured."),
+            **guarded,
             "422": _error_response("The file is invalid; every problem (file:line: key: message) in `details`."),
             "500": _error_response(
                 "With --workers: another worker did not reload (`worker_failed`, each in `details`)."
@@ -441,8 +445,7 @@ def _own_paths(config: Config) -> dict[str, dict[str, Any]]:
                 },
             },
             "400": _error_response("Nothing named to purge, an unknown route or argument, or a bad prefix."),
-            "401": _error_response("No valid admin key."),
-            "403": _error_response("Admin endpoints are off: no admin.keys configured."),
+            **guarded,
             "409": _error_response("The response cache is off (`cache_disabled`)."),
             "500": _error_response("With --workers: another worker did not purge (`worker_failed`)."),
             "503": _error_response("The cache backend (Redis) is unreachable; nothing was purged.", retry=True),
@@ -455,8 +458,7 @@ def _own_paths(config: Config) -> dict[str, dict[str, Any]]:
     status = plain("status", "A human status page: route health, probes, credential expiry.", "text/html", string)
     if config.access.clients:  # open only on a gateway without client keys (loopback)
         status["get"]["security"] = [{"bearerAuth": []}, {"apiKeyHeader": []}, {"basicAuth": []}]
-        status["get"]["responses"]["401"] = _error_response("Clients need keys here: this page needs the admin key.")
-        status["get"]["responses"]["403"] = _error_response("Admin endpoints are off: no admin.keys configured.")
+        status["get"]["responses"].update(guarded)
     return {
         "/healthz": plain("healthz", "The process is alive.", "application/json", obj(status=string)),
         "/readyz": plain(
