@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean deploy-config
+.PHONY: install demo test lint bench clean deploy-config docs
 
 # Debian's python3 has no ensurepip (so no `-m venv`) until python3-venv is installed
 $(STAMP): pyproject.toml
@@ -46,5 +46,9 @@ lint: $(STAMP)
 deploy-config: $(STAMP)
 	$(BIN)/python deploy/render_routes.py
 
+# the documentation site on http://127.0.0.1:8000 (tests/test_docs.py builds it with --strict)
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site

@@ -1,4 +1,4 @@
-"""``gateway``: serve, check, probe and inspect routes.yaml, run the sandbox upstreams or the demo.
+"""``routegate`` (alias ``gateway``): serve, check, probe and inspect routes.yaml, run the sandbox upstreams or the demo.
 
 Exit codes: 0 success; 1 the routes file is invalid (every problem printed as
 file:line: key: message); 2 wrong command-line usage, including ``serve`` refusing
@@ -34,12 +34,16 @@ EXIT_INVALID = 1
 EXIT_USAGE = 2
 EXIT_UNBINDABLE = 3
 EXIT_BROKEN = 4
-EXIT_CODES = (
-    "Exit codes: 0 ok; 1 invalid routes file (problems printed as file:line: key: message); "
-    "2 usage error, including serve refusing a non-loopback --host without client keys; "
-    "3 serve cannot listen on the address (in use, or not on this host), or make the workers' sockets; "
-    "4 probe found at least one broken route."
-)
+EXIT_CODES = """\
+Exit codes (every command):
+  0  ok
+  1  invalid routes file (problems printed as file:line: key: message)
+  2  usage error, including serve refusing a non-loopback --host without client keys
+  3  serve, sandbox or demo cannot listen on the address (in use, or not on this host),
+     or serve cannot make the workers' sockets
+  4  probe found at least one broken route
+
+Run `routegate COMMAND --help` for a command's options. `gateway` is the same command."""
 
 
 def _load(path: str) -> Config | None:
@@ -285,19 +289,28 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         "--posthog-port",
         str(args.posthog_port),
     ]
-    return sandbox_main(argv)
+    try:
+        return sandbox_main(argv)
+    except OSError as exc:
+        print(f"gateway sandbox: cannot listen on {args.host}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_UNBINDABLE
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
     _setup_logging(args.log_level)
-    return run_demo(args.config, args.host, args.port, args.observable_port, args.posthog_port)
+    try:
+        return run_demo(args.config, args.host, args.port, args.observable_port, args.posthog_port)
+    except OSError as exc:
+        print(f"gateway demo: cannot listen on {args.host}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_UNBINDABLE
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="gateway",
+        prog="routegate",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="routegate: a stable HTTP API in front of unstable ones, driven by routes.yaml.",
         epilog=EXIT_CODES,
     )
@@ -309,9 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
             "config_pos",
             nargs="?",
             metavar="ROUTES_YAML",
-            help=f"the routes file (default: $ROUTEGATE_CONFIG or {DEFAULT_CONFIG})",
+            help="the routes file (default: $ROUTEGATE_CONFIG, else routes.yaml)",
         )
-        p.add_argument("--config", "-c", default=None, help="the routes file (same as the positional argument)")
+        p.add_argument(
+            "--config", "-c", default=None, help="the routes file (same as the positional argument; default as above)"
+        )
 
     p = sub.add_parser(
         "serve",
@@ -322,7 +337,6 @@ def build_parser() -> argparse.ArgumentParser:
             "keeps serving. Without client keys only a loopback address is served unless --allow-open. "
             "Logs are JSON lines on stderr, one per request at level info."
         ),
-        epilog=EXIT_CODES,
     )
     config_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -340,12 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--allow-open",
         action="store_true",
-        help="serve a non-loopback address even though no client keys are configured",
+        help="serve a non-loopback address even though no client keys are configured (default: refuse)",
     )
     p.add_argument(
         "--no-probes",
         action="store_true",
-        help="do not run the routes' contract probes in the background (they run by default; see `probes:`)",
+        help="do not run the routes' contract probes in the background (default: they run; see `probes:`)",
     )
     p.add_argument(
         "--watch-interval",
@@ -371,11 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
             "OK, BROKEN (with the reason) or SKIPPED (no sample from the route it depends on). "
             "Exit 4 if any route is broken."
         ),
-        epilog=EXIT_CODES,
     )
     config_arg(p)
     p.add_argument(
-        "--route", action="append", metavar="NAME", help="probe only this route (and those it takes samples from)"
+        "--route", action="append", metavar="NAME", help="probe only this route (and those it takes samples from); repeatable (default: every route)"
     )
     p.set_defaults(func=cmd_probe)
 
@@ -385,7 +398,6 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Validate the routes file and print every problem as file:line: key: message. Exit 1 if it is invalid."
         ),
-        epilog=EXIT_CODES,
     )
     config_arg(p)
     p.set_defaults(func=cmd_check)
@@ -397,7 +409,6 @@ def build_parser() -> argparse.ArgumentParser:
             "Print the OpenAPI 3.1 document generated from the routes file (the server serves the same at "
             "GET /openapi.json). Exit 1 if the file is invalid."
         ),
-        epilog=EXIT_CODES,
     )
     config_arg(p)
     p.add_argument("--indent", type=int, default=2, help="JSON indentation (default 2)")
@@ -407,7 +418,6 @@ def build_parser() -> argparse.ArgumentParser:
         "routes",
         help="print the stable → upstream table",
         description="Print each stable route with its upstream and ordered targets. Exit 1 if the file is invalid.",
-        epilog=EXIT_CODES,
     )
     config_arg(p)
     p.set_defaults(func=cmd_routes)
@@ -420,9 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
             "and print the env vars that point the gateway at them."
         ),
     )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--observable-port", type=int, default=9001)
-    p.add_argument("--posthog-port", type=int, default=9002)
+    p.add_argument("--host", default="127.0.0.1", help="address both sandboxes bind (default 127.0.0.1)")
+    p.add_argument("--observable-port", type=int, default=9001, help="the Observable sandbox's port (default 9001)")
+    p.add_argument("--posthog-port", type=int, default=9002, help="the PostHog sandbox's port (default 9002)")
     p.set_defaults(func=cmd_sandbox)
 
     p = sub.add_parser(
@@ -431,11 +441,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start both sandbox upstreams and the gateway wired to them, then print example curl commands.",
     )
     config_arg(p)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--observable-port", type=int, default=9001)
-    p.add_argument("--posthog-port", type=int, default=9002)
-    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--host", default="127.0.0.1", help="address the gateway and sandboxes bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="the gateway's port (default 8080)")
+    p.add_argument("--observable-port", type=int, default=9001, help="the Observable sandbox's port (default 9001)")
+    p.add_argument("--posthog-port", type=int, default=9002, help="the PostHog sandbox's port (default 9002)")
+    p.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="the gateway's log level; info logs one line per request (default warning)",
+    )
     p.set_defaults(func=cmd_demo)
     return parser
 

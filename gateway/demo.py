@@ -51,9 +51,15 @@ async def _run(config_path: str, host: str, port: int, obs_port: int, ph_port: i
         print(exc)
         await sandboxes.close()
         return 1
-    runner = web.AppRunner(build_app(config, probes=True), access_log=None)  # /status fills within seconds
+    # probes fill /status within seconds; the file is watched so the runbook's edit reloads the demo
+    runner = web.AppRunner(build_app(config, probes=True, watch=1.0), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError:
+        await runner.cleanup()
+        await sandboxes.close()
+        raise
     base = f"http://{host}:{port}"
     nb = obs_state.by_kind("public")[0]
     ph = sandboxes.posthog_state
@@ -64,7 +70,11 @@ async def _run(config_path: str, host: str, port: int, obs_port: int, ph_port: i
     )
     for cmd in curl_examples(base, nb.id, short_id):
         print(f"  {cmd}")
-    print("\nCtrl-C stops everything.", flush=True)
+    print(
+        f"\n{config_path} is watched: save an edit (docs/runbook.md) and the demo reloads it, or keeps serving"
+        " the old routes and says why if the edit is invalid.\nCtrl-C stops everything.",
+        flush=True,
+    )
     try:
         await until_stopped()
     finally:

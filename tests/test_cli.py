@@ -58,7 +58,7 @@ def test_help_on_every_command() -> None:
     assert "Exit codes" in run("--help").stdout
     for cmd in ("serve", "check", "routes", "sandbox", "demo"):
         out = run(cmd, "--help")
-        assert out.returncode == 0 and "usage: gateway" in out.stdout, cmd
+        assert out.returncode == 0 and "usage: routegate" in out.stdout, cmd
     assert run("frobnicate").returncode == 2
 
 
@@ -79,3 +79,40 @@ async def test_serve_says_it_is_serving_once_it_listens(sandbox_env: dict[str, s
         assert proc.stdout is not None
         line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
         assert line == f"routegate {__version__} serving 12 routes on {base}\n"
+
+
+def test_the_routegate_command_and_its_gateway_alias_are_installed() -> None:
+    scripts = Path(sys.executable).parent
+    for name in ("routegate", "gateway"):
+        out = subprocess.run([str(scripts / name), "--version"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and out.stdout.startswith("routegate "), name
+
+
+def test_every_option_says_what_it_does_and_its_default() -> None:
+    for cmd in ("serve", "probe", "check", "openapi", "routes", "sandbox", "demo"):
+        text = run(cmd, "--help").stdout
+        options = text[text.index("options:") :]
+        entries = [e for e in options.split("\n  -")[1:] if not e.startswith("h, --help")]
+        assert entries, cmd
+        for entry in entries:
+            assert "default" in entry, f"{cmd}: -{entry.strip()}"
+        assert "Exit codes" not in text, "the exit codes are printed once, by routegate --help"
+
+
+def test_sandbox_and_demo_on_a_busy_port_say_so_in_one_line_and_exit_3() -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for args in (
+            ("sandbox", "--observable-port", str(port), "--posthog-port", "0"),
+            ("demo", "--port", str(port), "--observable-port", "0", "--posthog-port", "0"),
+        ):
+            out = run(*args)
+            assert out.returncode == 3, (args, out.stderr)
+            assert out.stdout == "", "nothing for `gateway sandbox > env; source env` to mistake for exports"
+            lines = out.stderr.strip().splitlines()
+            assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+            assert "cannot listen" in lines[0] and str(port) in lines[0], lines[0]

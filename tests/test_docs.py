@@ -1,0 +1,72 @@
+"""README.md and the docs/ site stay true: the site builds with ``mkdocs build --strict`` (a broken
+link or anchor fails), the README's links land, the configuration reference names every key
+routes.yaml accepts, the command-line page is the commands' own --help, and the backup script's
+documented options are the ones it has."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from gateway import clidoc
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+DOCS = ROOT / "docs"
+
+
+def test_the_readme_stays_a_first_screen() -> None:
+    assert len(README.encode()) <= 8 * 1024 + 512, "the reference belongs in docs/, the README is the first screen"
+    for command in ("make demo", "make test"):
+        assert command in README
+
+
+def test_every_relative_link_of_the_readme_exists() -> None:
+    targets = [t.split("#")[0] for t in re.findall(r"\]\(([^)]+)\)", README) if not t.startswith("http")]
+    assert targets
+    assert [t for t in targets if t and not (ROOT / t).exists()] == []
+
+
+def test_the_site_builds_strictly(tmp_path: Path) -> None:
+    mkdocs = Path(sys.executable).with_name("mkdocs")
+    out = subprocess.run(
+        [str(mkdocs), "build", "--strict", "-f", str(ROOT / "mkdocs.yml"), "-d", str(tmp_path / "site")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "site" / "configuration" / "index.html").exists()
+
+
+def test_every_docs_page_is_in_the_navigation() -> None:
+    nav = (ROOT / "mkdocs.yml").read_text()
+    pages = sorted(p.name for p in DOCS.glob("*.md"))
+    assert [p for p in pages if p not in nav] == []
+
+
+def test_the_configuration_reference_names_every_key_routes_yaml_accepts() -> None:
+    source = (ROOT / "gateway" / "config.py").read_text()
+    keys: set[str] = set()
+    for block in re.findall(r"\.keys\(\s*(\{[^}]*\})", source, re.DOTALL):
+        keys |= set(re.findall(r'"([a-z_]+)"', block))
+    assert {"base_url", "targets", "pagination", "stable"} <= keys
+    reference = (DOCS / "configuration.md").read_text()
+    missing = sorted(k for k in keys if not re.search(rf"(?<![\w-]){k}(?![\w-])", reference))
+    assert missing == [], f"document these routes.yaml keys in docs/configuration.md: {missing}"
+
+
+def test_the_command_line_page_is_generated_from_the_help() -> None:
+    page = (DOCS / "cli.md").read_text()
+    assert page == clidoc.render(), "docs/cli.md is stale: run `python -m gateway.clidoc > docs/cli.md`"
+
+
+def test_the_backup_options_table_matches_the_script() -> None:
+    script = ROOT / "examples" / "backup_notebooks.py"
+    out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, check=True).stdout
+    options = set(re.findall(r"(--[a-z][a-z-]+)", out)) - {"--help"}
+    documented = set(re.findall(r"^\| `(--[a-z-]+)", (DOCS / "backup.md").read_text(), re.MULTILINE))
+    assert documented == options
