@@ -1,4 +1,4 @@
-"""``routegate`` (alias ``gateway``): serve, check, probe and inspect routes.yaml, run the sandbox upstreams or the demo.
+"""``routegate`` (alias ``gateway``): serve, check, probe and inspect routes.yaml; sandboxes and demo.
 
 Exit codes: 0 success; 1 the routes file is invalid (every problem printed as
 file:line: key: message); 2 wrong command-line usage, including ``serve`` refusing
@@ -388,7 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config_arg(p)
     p.add_argument(
-        "--route", action="append", metavar="NAME", help="probe only this route (and those it takes samples from); repeatable (default: every route)"
+        "--route",
+        action="append",
+        metavar="NAME",
+        help="probe only this route (and those it takes samples from); repeatable (default: every route)",
     )
     p.set_defaults(func=cmd_probe)
 
