@@ -28,15 +28,28 @@ class Credentials:
         self._files: dict[str, tuple[int, int, str]] = {}
 
     def headers_for(self, upstream: Upstream, route: str) -> dict[str, str]:
-        spec = upstream.auth
-        if spec is None:
-            return {}
+        out, missing = self._headers(upstream.auth)
+        if missing:
+            raise CredentialsMissing(
+                f"upstream {upstream.name!r} has no credentials configured ({'; '.join(missing)})",
+                code="upstream_credentials_missing",
+                route=route,
+            )
+        return out
+
+    def missing(self, upstream: Upstream) -> list[str]:
+        """What to set for each credential of ``upstream`` that has no value now (``gateway check`` warns)."""
+        return self._headers(upstream.auth)[1]
+
+    def _headers(self, spec: AuthSpec | None) -> tuple[dict[str, str], list[str]]:
         out: dict[str, str] = {}
         missing: list[str] = []
+        if spec is None:
+            return out, missing
         if spec.bearer is not None:
             token = self.resolve(spec.bearer)
             if token is None:
-                missing.append(spec.bearer.hint() or "a bearer token")
+                missing.append(f"bearer token: set {spec.bearer.hint()}")
             else:
                 out["Authorization"] = f"Bearer {token}"
         cookies = []
@@ -54,13 +67,7 @@ class Credentials:
                 missing.append(f"header {name}: set {secret.hint()}")
             else:
                 out[name] = value
-        if missing:
-            raise CredentialsMissing(
-                f"upstream {upstream.name!r} has no credentials configured ({'; '.join(missing)})",
-                code="upstream_credentials_missing",
-                route=route,
-            )
-        return out
+        return out, missing
 
     def resolve(self, secret: Secret) -> str | None:
         for source in secret.sources:

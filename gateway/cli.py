@@ -88,8 +88,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     from gateway.auth import Credentials
 
     print(f"{args.config}: OK ({len(cfg.upstreams)} upstreams, {len(cfg.routes)} routes, digest {cfg.digest})")
-    for problem in Access(cfg.access, Credentials()).without_value():  # valid, but with this environment
+    creds = Credentials()
+    for problem in Access(cfg.access, creds).without_value():  # valid, but with this environment
         print(f"{args.config}: warning: {problem}", file=sys.stderr)
+    for upstream in cfg.upstreams.values():
+        users = [r.name for r in cfg.routes if r.upstream == upstream.name and r.auth]
+        missing = creds.missing(upstream) if users else []
+        if missing:
+            print(
+                f"{args.config}: warning: upstreams.{upstream.name}.auth: no value ({'; '.join(missing)}); "
+                f"{', '.join(users)} will answer 502 upstream_credentials_missing",
+                file=sys.stderr,
+            )
     return 0
 
 

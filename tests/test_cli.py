@@ -116,3 +116,23 @@ def test_sandbox_and_demo_on_a_busy_port_say_so_in_one_line_and_exit_3() -> None
             lines = out.stderr.strip().splitlines()
             assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
             assert "cannot listen" in lines[0] and str(port) in lines[0], lines[0]
+
+
+def test_check_warns_when_an_upstream_credential_has_no_value() -> None:
+    """Valid, but every call would be a 502: say so before the operator finds out from a script."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTHOG_", "OBSERVABLE_"))}
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway", "check", str(ROUTES)], capture_output=True, text=True, cwd=ROOT, env=env
+    )
+    assert out.returncode == 0 and "OK" in out.stdout
+    assert (
+        f"{ROUTES}: warning: upstreams.posthog.auth: no value (bearer token: set POSTHOG_API_KEY); "
+        "posthog_notebooks," in out.stderr
+    )
+    assert "will answer 502 upstream_credentials_missing" in out.stderr
+    assert "upstreams.observable.auth: no value (cookie I: set OBSERVABLE_SESSION or" in out.stderr
+    env.update(POSTHOG_API_KEY="phx_x", OBSERVABLE_SESSION="s", OBSERVABLE_TOKEN="t")
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway", "check", str(ROUTES)], capture_output=True, text=True, cwd=ROOT, env=env
+    )
+    assert out.returncode == 0 and "warning" not in out.stderr, out.stderr
