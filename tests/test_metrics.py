@@ -209,6 +209,7 @@ async def test_promtool_accepts_the_exposition(make_gateway: Any, sandboxes: San
     await gw.get("/v1/posthog/projects/1/notebooks?limit=3", headers=FRESH)
     await gw.get("/v1/observable/notebooks/0000000000000000", headers=FRESH)
     text = await scrape(gw)
+    assert "_created" not in text, "no _created series: nobody asked for them"
     proc = await asyncio.create_subprocess_exec(
         promtool,
         "check",
