@@ -484,8 +484,9 @@ class Config:
 
 # --------------------------------------------------------------------------- parsing helpers
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE = re.compile(r"^\s*(\d+)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {
     None: 1,
@@ -504,17 +505,19 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 def parse_duration(value: Any) -> float:
-    """``"5s"``, ``"250ms"``, ``"1h"`` or a number of seconds."""
+    """``"5s"``, ``"250ms"``, ``"1h30m"``; a bare number only for 0 (is ``60`` seconds or minutes?)."""
     if isinstance(value, bool):
-        raise ValueError("expected a duration such as 5s, 250ms or 1h")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
-    m = _DURATION.match(str(value))
-    if not m:
-        raise ValueError(f"{value!r} is not a duration such as 5s, 250ms or 1h")
-    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        raise ValueError("expected a duration such as 5s, 250ms or 1h30m")
+    text = str(value).strip().replace(" ", "")
+    if isinstance(value, int | float) or text.replace(".", "", 1).isdigit():
+        if float(text) == 0:
+            return 0.0
+        raise ValueError(f"{value!r} has no unit: write {text}s for seconds (or ms, m, h, d)")
+    if text.startswith("-"):
+        raise ValueError("a duration cannot be negative")
+    if not _DURATION.match(text):
+        raise ValueError(f"{value!r} is not a duration such as 5s, 250ms or 1h30m")
+    return sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
 
 
 def parse_size(value: Any) -> int:
@@ -888,10 +891,14 @@ def _route_cache(node: _Node | None, method: str | None, root: _Node) -> RouteCa
             node.error(f"{method} responses are never cached; a write route only lists what it 'invalidates'")
         return None
     kw: dict[str, Any] = {}
+    invalid = False
     for key in ("ttl", "stale_if_error"):
-        if (n := node.get(key)) is not None and (d := n.convert(parse_duration)) is not None:
-            kw[key] = d
-    if reads and not kw.get("ttl") and not kw.get("stale_if_error"):
+        if (n := node.get(key)) is not None:
+            if (d := n.convert(parse_duration)) is None:
+                invalid = True  # already reported at the key: one mistake, one problem
+            else:
+                kw[key] = d
+    if reads and not invalid and not kw.get("ttl") and not kw.get("stale_if_error"):
         node.error("give a ttl (and/or stale_if_error) longer than 0s, or write cache: false")
     if (vn := node.get("vary")) is not None:
         if not isinstance(vn.value, list) or not all(isinstance(h, str) and _HEADER_NAME.match(h) for h in vn.value):

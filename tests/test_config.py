@@ -227,3 +227,13 @@ def test_more_mistakes_that_are_one_problem_each_and_silent_ones_that_are_not() 
         "routes.yaml:11: routes.other.stable: GET /v1/things/{key} shadows route 'things' "
         "(GET /v1/things/{id}, line 7); one of them must change"
     ], found
+
+
+def test_durations_take_compound_units_and_a_bare_number_is_refused() -> None:
+    text = GOOD.replace("    targets:", "    cache: {ttl: 1h30m, stale_if_error: 1d12h}\n    targets:")
+    route = parse_config(text, "routes.yaml", {}).routes[0]
+    assert route.cache is not None and route.cache.ttl == 5400 and route.cache.stale_if_error == 129600
+    bare = GOOD.replace("    targets:", "    cache: {ttl: 60}\n    targets:")
+    assert problems(bare) == [
+        "routes.yaml:10: routes.things.cache.ttl: 60 has no unit: write 60s for seconds (or ms, m, h, d)"
+    ]
