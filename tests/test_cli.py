@@ -52,6 +52,8 @@ def test_routes_prints_the_table() -> None:
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("posthog_notebook_delete"))
     assert "DELETE /v1/posthog/projects/{project_id}/notebooks/{short_id}" in line
     assert "PATCH /api/projects/{project_id}/notebooks/{short_id}/" in line
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("observable_notebooks "))
+    assert line.endswith("GET /user/documents?types={type}"), "the target's query part is shown"
 
 
 def test_help_on_every_command() -> None:
