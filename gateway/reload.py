@@ -134,7 +134,7 @@ def watch_routes(gateway: Gateway, interval: float) -> Callable[[web.Application
             lambda text: gateway.reload(path, text=text),
             lambda: gateway.runtime.config.digest,
             interval=interval,
-            failing=lambda: gateway.reload_failing,
+            failing=lambda: gateway.refused is not None,
         )
         task = asyncio.create_task(watcher.run(), name="routegate-watch")
         log.info("watching %s for changes every %gs", path, interval)

@@ -115,8 +115,9 @@ class Gateway:
         self.caches = CacheBackends(self.credentials, self.metrics)
         #: the other workers of ``gateway serve --workers N``, which admin calls are relayed to
         self.peers: Peers | None = None
-        #: the last reload failed (the routes file on disk is not what is served)
-        self.reload_failing = False
+        #: when the last reload was refused, and why: the routes file on disk is not what is served
+        #: (shown on /status until a reload succeeds)
+        self.refused: tuple[float, ConfigError] | None = None
         self.runtime = self._build(config)
         self.metrics.reloads.labels("success").inc()
 
@@ -157,13 +158,13 @@ class Gateway:
                     [Problem(str(target), 0, "clients.keys", f"no client keys, but {self.requires_client_keys}")]
                 )
         except ConfigError as exc:
-            self.reload_failing = True
+            self.refused = (time.time(), exc)
             self.metrics.reloads.labels("failure").inc()
             self.metrics.config_failed.set_to_current_time()
             log.error("config reload failed, still serving %s: %s", self.runtime.config.digest, exc)
             raise
         self.runtime = self._build(config)
-        self.reload_failing = False
+        self.refused = None
         self.metrics.reloads.labels("success").inc()
         if self.peers is not None:
             self.peers.remember(config)  # what a replacement worker serves if the file breaks later
@@ -350,6 +351,7 @@ async def _status(request: web.Request) -> web.Response:
         expiries(gw.runtime.config, gw.credentials),
         prober_running=gw.probing,
         last_round=gw.prober.last_round,
+        refused=gw.refused,
     )
     return web.Response(text=page, content_type="text/html", charset="utf-8", headers=status.HEADERS)
 

@@ -17,13 +17,16 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from html import escape
 
-from gateway.config import Config, Route, Target
+from gateway.config import Config, ConfigError, Route, Target
 from gateway.expiry import CredentialExpiry
 from gateway.health import RouteHealth
 from gateway.probes import ProbeResult
 
 #: a credential expiring sooner than this is flagged (the alert warns at the same horizon)
 EXPIRY_WARNING = 2 * 86400
+#: problems of a refused reload shown on the page; the rest are counted
+REFUSED_SHOWN = 20
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:1.5rem;color:#1d232a;background:#fafbfc}
@@ -34,7 +37,9 @@ th{background:#f0f2f4;font-weight:600}code{font-size:.9em;overflow-wrap:anywhere
 td.reason{min-width:18rem;max-width:34rem}.small{font-size:.85em}
 .state{font-weight:700;border-radius:3px;padding:.05rem .4rem;color:#fff;white-space:nowrap}
 .up{background:#1f883d}.down{background:#cf222e}.unknown{background:#8c959f}.warn{background:#bf8700}
-.summary span{margin-right:1rem}.reason{color:#cf222e}.muted{color:#5b6570}
+.summary span{margin-right:1rem}.reason{color:#cf222e}.muted{color:#5b6570}.zero{background:#d0d7de;color:#1d232a}
+td.route code{white-space:nowrap}.refused{border:2px solid #cf222e;background:#fff;padding:.5rem .8rem}
+.refused pre{margin:.3rem 0 0;white-space:pre-wrap}
 """.strip()
 
 _JS = """
@@ -92,12 +97,16 @@ def _route_row(route: Route, health: RouteHealth, probe: ProbeResult | None) -> 
     if state.up is False:
         reason = f'<span class="reason"><code>{escape(state.code)}</code> {escape(state.reason)}</span>'
     elif state.up is None:
-        reason = '<span class="muted">no traffic or probe yet</span>'
+        reason = f'<span class="muted">{escape(_unknown_because(route, probe))}</span>'
     else:
         reason = ""
     evidence = f"{escape(state.source)} {_when(state.checked)}" if state.checked is not None else ""
     if route.probe is None:
-        probe_cell = '<span class="muted">no probe</span>'
+        probe_cell = (
+            '<span class="muted">never probed (write route)</span>'
+            if route.method in _WRITES
+            else ('<span class="muted">no probe</span>')
+        )
     elif probe is None:
         probe_cell = '<span class="muted">not run yet</span>'
     else:
@@ -106,7 +115,8 @@ def _route_row(route: Route, health: RouteHealth, probe: ProbeResult | None) -> 
             probe_cell += f' <span class="muted">{escape(probe.message)}</span>'
     row = (
         f'<tr data-route="{escape(route.name)}" data-state="{name}">'
-        f'<td><code>{escape(route.name)}</code><br><code class="small muted">{escape(route.stable)}</code></td>'
+        f'<td class="route"><code>{escape(route.name)}</code><br>'
+        f'<code class="small muted">{escape(route.stable)}</code></td>'
         f"<td>{escape(route.upstream)}: <code>{target}</code></td>"
         f'<td><span class="state {name}">{name.upper()}</span></td>'
         f"<td>{_when(state.since) if state.since is not None else ''}</td>"
@@ -117,6 +127,32 @@ def _route_row(route: Route, health: RouteHealth, probe: ProbeResult | None) -> 
         "</tr>"
     )
     return name, row
+
+
+def _unknown_because(route: Route, probe: ProbeResult | None) -> str:
+    """Why a route's state is not known: one wording, the probe column's ("skipped", "not run yet")."""
+    if route.method in _WRITES:
+        return "a write route: never probed (a probe must not change data); known once a write goes through"
+    if route.probe is None:
+        return "no probe configured; known once traffic goes through"
+    if probe is not None and probe.outcome == "skipped":
+        return f"probe skipped: {probe.message}"
+    return "probe not run yet, and no traffic"
+
+
+def _refused(refused: tuple[float, ConfigError] | None) -> str:
+    """The last reload refused since the config now served was loaded: what to fix, file:line first."""
+    if refused is None:
+        return ""
+    when, error = refused
+    problems = [str(p) for p in error.problems]
+    more = len(problems) - REFUSED_SHOWN
+    lines = "\n".join(problems[:REFUSED_SHOWN]) + (f"\n... and {more} more" if more > 0 else "")
+    return (
+        f'<div class="refused" id="refused"><span class="state down">reload refused</span> {_when(when)}: '
+        "the routes file has problems, so the config below keeps serving. Fix them and save again."
+        f"<pre>{escape(lines)}</pre></div>"
+    )
 
 
 def _credential_row(c: CredentialExpiry, now: float) -> str:
@@ -136,6 +172,11 @@ def _credential_row(c: CredentialExpiry, now: float) -> str:
     )
 
 
+def _badge(state: str, count: int) -> str:
+    """A count's badge, coloured only when there is something to count (no red "0 down")."""
+    return f'<span class="state {state if count else "zero"}">{count} {state}</span>'
+
+
 def render_page(
     config: Config,
     health: RouteHealth,
@@ -144,6 +185,7 @@ def render_page(
     *,
     prober_running: bool,
     last_round: float | None,
+    refused: tuple[float, ConfigError] | None = None,
     now: float | None = None,
 ) -> str:
     now = time.time() if now is None else now
@@ -175,9 +217,10 @@ def render_page(
 <h1>routegate status</h1>
 <p class="meta">config <code>{escape(config.path)}</code> (digest <code>{escape(config.digest)}</code>),
 rendered {_when(now)}; {prober}, last round {_when(last_round)}.</p>
-<p class="summary" id="summary"><span class="state up">{counts["up"]} up</span>
-<span class="state down">{counts["down"]} down</span>
-<span class="state unknown">{counts["unknown"]} unknown</span></p>
+{_refused(refused)}
+<p class="summary" id="summary">{_badge("up", counts["up"])}
+{_badge("down", counts["down"])}
+{_badge("unknown", counts["unknown"])}</p>
 <h2>Routes</h2>
 <table id="routes"><thead><tr><th>Route / stable</th><th>Upstream target now</th><th>State</th><th>Since</th>
 <th>Reason</th><th>Fallback in use</th><th>Last evidence</th><th>Last probe</th></tr></thead>

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import json
 import os
@@ -16,6 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
+from gateway.config import ConfigError
 from gateway.sandbox.observable import make_session_cookie
 from gateway.sandbox.runner import Sandboxes
 from gateway.server import GATEWAY, build_app
@@ -167,3 +169,32 @@ async def test_status_page_renders_in_a_real_browser(
     assert cred and cred.group(1) == "warn" and "renew soon" in cred.group(2)
     assert re.search(r">in (29|30) h<", cred.group(2)), cred.group(2)
     assert json.dumps(env["OBSERVABLE_SESSION"])[1:-1] not in dom
+
+
+async def test_status_shows_a_refused_reload_until_a_good_one(make_gateway: Any, tmp_path: Path) -> None:
+    gw = await make_gateway(ROUTES.read_text())
+    gateway = gw.app[GATEWAY]
+    path = Path(gateway.runtime.config.path)
+    good = path.read_text()
+    path.write_text(good.replace("style: offset", "style: offsett", 1))
+    with contextlib.suppress(ConfigError):
+        gateway.reload()
+    page = await (await gw.get("/status")).text()
+    refused = re.search(r'<div class="refused" id="refused">(.*?)</div>', page, re.S)
+    assert refused, "a refused reload is shown"
+    line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if "offsett" in text)
+    assert f"{path}:{line}: routes.posthog_notebooks.pagination.style:" in html.unescape(refused.group(1))
+    path.write_text(good)
+    gateway.reload()
+    assert 'id="refused"' not in await (await gw.get("/status")).text()
+
+
+async def test_status_badges_names_and_unknown_reasons_read_well(make_gateway: Any) -> None:
+    gw = await make_gateway()
+    page = await (await gw.get("/status")).text()
+    assert '<span class="state zero">0 down</span>' in page, "no red badge for nothing down"
+    assert ".route code{white-space:nowrap}" in page.replace("td.", "."), "route names are not broken mid-word"
+    write = row(page, "posthog_notebook_delete")
+    assert "a write route: never probed" in write and "never probed (write route)" in write
+    read = row(page, "posthog_notebook")
+    assert "probe not run yet, and no traffic" in read and "no traffic or probe yet" not in page
