@@ -36,11 +36,12 @@ def parse_params(route: Route, query: MultiMapping[str], path_params: Mapping[st
                 f"unknown query parameter {key!r}"
                 + (f"; this route takes: {', '.join(sorted(allowed))}" if allowed else "; this route takes none")
             )
-        elif len(query.getall(key)) > 1:
+        elif len(query.getall(key)) > 1 and not _is_list(route, key):
             problems.append(f"query parameter {key!r} is given more than once")
     out: dict[str, Any] = dict(path_params)
     for spec in route.params:
-        raw = query.get(spec.name)
+        # a list param comes comma-separated (`type=a,b`) or repeated (`type=a&type=b`, as generated clients send)
+        raw = ",".join(query.getall(spec.name)) if spec.fan_out and spec.name in query else query.get(spec.name)
         if raw is None:
             if spec.required:
                 problems.append(f"query parameter {spec.name!r} is required")
@@ -53,6 +54,11 @@ def parse_params(route: Route, query: MultiMapping[str], path_params: Mapping[st
     if problems:
         raise BadRequest("; ".join(problems), code="bad_query", route=route.name, details=problems)
     return out
+
+
+def _is_list(route: Route, name: str) -> bool:
+    spec = route.param(name)
+    return spec is not None and spec.fan_out
 
 
 def _convert(spec: ParamSpec, raw: str) -> Any:

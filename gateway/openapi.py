@@ -220,7 +220,7 @@ _CACHE_CONTROL: dict[str, Any] = {
 }
 _CACHE_HEADERS: dict[str, Any] = {
     "X-Cache": {"description": "How the cache answered.", "schema": {"enum": ["HIT", "MISS", "STALE", "BYPASS"]}},
-    "Age": {"description": "Seconds since the upstream produced this answer.", "schema": {"type": "string"}},
+    "Age": {"description": "Seconds since the upstream produced this answer.", "schema": {"type": "integer"}},
 }
 
 
@@ -274,8 +274,9 @@ def _success(route: Route) -> dict[str, Any]:
     response: dict[str, Any] = {"description": route.description or route.stable, "headers": headers}
     if spec.status == 204:
         return {status: response}
-    if spec.raw:
-        response["content"] = {"*/*": {"schema": {}}}
+    if spec.raw:  # the upstream's own body: its declared media type, when the route's shape names one
+        media = route.shape.content_type if route.shape is not None and route.shape.content_type else "*/*"
+        response["content"] = {media: {"schema": {}}}
     elif route.pagination is not None:
         item = _object(spec.items, route) if spec.items is not None else {}
         response["content"] = {
@@ -355,8 +356,14 @@ def _field_schema(expr: FieldExpr, route: Route) -> dict[str, Any]:
         if spec.default is None and not spec.required and not spec.fan_out:
             schema = {"anyOf": [schema, {"type": "null"}]}
         return schema
-    # an upstream field: any JSON value unless cast (null stays null either way)
-    return {"type": [_CASTS[expr.cast], "null"]} if expr.cast else {}
+    # an upstream field: cast, or typed by the route's `shape:` where it declares the field; else any JSON
+    if expr.cast:
+        return {"type": [_CASTS[expr.cast], "null"]}
+    declared = dict(route.shape.fields).get(expr.path) if route.shape is not None else None
+    if declared is None or "any" in declared:
+        return {}
+    kinds = sorted(declared | {"null"}) if expr.optional else sorted(declared)
+    return {"type": kinds[0] if len(kinds) == 1 else kinds}
 
 
 # --------------------------------------------------------------------------- the gateway's own endpoints

@@ -75,7 +75,11 @@ def test_parameters_bodies_and_envelopes_follow_routes_yaml() -> None:
     version = doc["paths"]["/v1/observable/notebooks/{id}/version"]["get"]["responses"]["200"]
     assert version["content"]["application/json"]["schema"]["properties"]["version"] == {"type": "integer"}
     module = doc["paths"]["/v1/observable/notebooks/{id}/module"]["get"]["responses"]["200"]
-    assert "X-Notebook-Version" in module["headers"] and "*/*" in module["content"]
+    assert "X-Notebook-Version" in module["headers"] and list(module["content"]) == ["application/javascript"]
+    assert nb["responses"]["200"]["headers"]["Age"]["schema"] == {"type": "integer"}
+    typed = item["properties"]  # typed from the route's shape: where the stable field comes from
+    assert typed["id"] == {"type": "string"} and typed["updated_at"] == {"type": "string"}
+    assert typed["version"] == {"type": "integer"} and typed["title"] == {"type": ["null", "string"]}
     create = doc["paths"]["/v1/observable/notebooks"]["post"]
     assert create["requestBody"]["content"]["application/json"]["schema"] == BODY_SCHEMAS["observable_new_document"]
     assert {"413", "415", "422"} <= set(create["responses"])
