@@ -183,6 +183,16 @@ async def test_gateway_delete_twice_and_restore(gw: TestClient[Any, Any], sandbo
     await _gw(gw, "GET", url, 200)
 
 
+async def test_gateway_delete_twice_under_the_old_model(
+    gw: TestClient[Any, Any], sandboxes: Sandboxes, http: aiohttp.ClientSession
+) -> None:
+    await _switch(http, sandboxes.posthog_url, {"old_deleted_404": True})
+    url = f"{STABLE}/{sandboxes.posthog_state.visible(1)[4].short_id}"
+    assert (await gw.delete(url)).status == 204
+    body = await _gw(gw, "DELETE", url, 404)  # what the sandbox's earlier model made of it
+    assert body["error"]["route"] == "posthog_notebook_delete"
+
+
 # -- Observable: modules -------------------------------------------------------------
 
 

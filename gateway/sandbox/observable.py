@@ -546,6 +546,7 @@ async def get_module(request: web.Request) -> web.StreamResponse:
     if int(match["version"]) != nb.version:
         return _not_found()
     # ?v=4 (notebook-kit's client) is an ES module; without `v` the legacy runtime-1 format
+    # (other `v` values are not modelled and answer the legacy format too)
     modern = state.old_modules or request.query.get("v") == "4"
     source = _module_source(nb) if modern else _legacy_module_source(nb)
     return web.Response(text=source, content_type="application/javascript", charset="utf-8")
