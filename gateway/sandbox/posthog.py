@@ -598,8 +598,8 @@ async def notebook(request: web.Request, project_id: int) -> web.StreamResponse:
         return web.Response(status=405)
     if request.method not in ("GET", "HEAD", "PATCH"):
         return _method_not_allowed(request, "GET, PATCH, DELETE, HEAD, OPTIONS")
-    # Updates skip the viewset's deleted=False filter (notebook.py get_queryset filters only
-    # list/retrieve), so a PATCH reaches a soft-deleted notebook; old_deleted_404 hides it.
+    # The viewset filters deleted=False for every action but updates (products/notebooks/backend/
+    # api/notebook.py), so a PATCH reaches a soft-deleted notebook; old_deleted_404 hides it.
     patch = request.method == "PATCH"
     nb = state.get(project_id, request.match_info["short_id"], deleted_too=patch and not state.old_deleted_404)
     if nb is None:
