@@ -68,12 +68,22 @@ BODY_SCHEMAS: Mapping[str, dict[str, Any]] = {
                         "id": {"type": "integer", "minimum": 0},
                         "pinned": {"type": "boolean"},
                         "value": {"type": "string"},
+                        "mode": {"type": "string", "description": "md, js, html..."},
+                        "name": {"type": ["string", "null"]},
+                        "data": {},
                     },
                 },
             },
             "version": {"type": "integer"},
             "title": {"type": "string"},
         },
+    },
+    "posthog_notebook_update": {
+        "type": "object",
+        "description": (
+            "Non-empty `content` needs the notebook's current `version` (else 422 here, 409 upstream when stale);"
+            " `version` without non-empty content is refused (PostHog would store it and roll the version back)."
+        ),
     },
 }
 

@@ -16,7 +16,9 @@ from gateway.errors import Unprocessable
 
 Validator = Callable[[Any, Mapping[str, Any]], Any]
 
-_NODE_KEYS = {"id", "pinned", "value"}
+# What modern Observable nodes carry besides id/value (notebook-kit's client, community exporters):
+# mode (md, js, html...), name, data and pinned.  Only these keys are forwarded.
+_NODE_KEYS = ("id", "value", "pinned", "mode", "name", "data")
 
 
 def _kind(v: Any) -> str:
@@ -53,8 +55,8 @@ def observable_new_document(body: Any, params: Mapping[str, Any]) -> Any:
         if not isinstance(node, dict):
             problems.append(f"{where}: must be an object")
             continue
-        for key in sorted(set(node) - _NODE_KEYS):
-            problems.append(f"{where}.{key}: unknown key (allowed: id, pinned, value)")
+        for key in sorted(set(node) - set(_NODE_KEYS)):
+            problems.append(f"{where}.{key}: unknown key (allowed: {', '.join(_NODE_KEYS)})")
         nid: Any = node.get("id")
         if "id" not in node:
             if not reindex:
@@ -72,7 +74,12 @@ def observable_new_document(body: Any, params: Mapping[str, Any]) -> Any:
         value = node.get("value", "")
         if not isinstance(value, str):
             problems.append(f"{where}.value: must be a string")
-        clean.append({"id": nid, "pinned": pinned, "value": value})
+        if "mode" in node and not isinstance(node["mode"], str):
+            problems.append(f"{where}.mode: must be a string such as md, js or html, got {_kind(node['mode'])}")
+        if node.get("name") is not None and not isinstance(node["name"], str):
+            problems.append(f"{where}.name: must be a string or null, got {_kind(node['name'])}")
+        extra = {k: node[k] for k in ("mode", "name", "data") if k in node}
+        clean.append({"id": nid, "pinned": pinned, "value": value, **extra})
     version: Any = body.get("version")
     if reindex:
         for i, node in enumerate(clean):
@@ -99,6 +106,32 @@ def observable_new_document(body: Any, params: Mapping[str, Any]) -> Any:
     return out
 
 
+def posthog_notebook_update(body: Any, params: Mapping[str, Any]) -> Any:
+    """PostHog's PATCH checks ``version`` only when ``content`` is non-empty, and otherwise
+    stores the ``version`` it is sent (NotebookSerializer.update): a title-only PATCH with a
+    stale version would roll the counter back.  So content needs a version, and a version
+    needs content; the body is forwarded unchanged."""
+    if not isinstance(body, dict):
+        raise Unprocessable("the body must be a JSON object", details=["body: expected an object"])
+    problems: list[str] = []
+    has_content = bool(body.get("content"))
+    if has_content and "version" not in body:
+        problems.append("version: required with non-empty content (the notebook's current version, from a GET)")
+    elif has_content and not _is_int(body["version"]):
+        problems.append(f"version: must be an integer, got {body['version']!r}")
+    elif "version" in body and not has_content:
+        problems.append(
+            "version: only allowed with non-empty content"
+            " (PostHog would store it as sent and roll the notebook's version back)"
+        )
+    if problems:
+        raise Unprocessable(
+            f"the notebook update is invalid: {len(problems)} problem(s)", code="invalid_update", details=problems
+        )
+    return body
+
+
 VALIDATORS: Mapping[str, Validator] = {
     "observable_new_document": observable_new_document,
+    "posthog_notebook_update": posthog_notebook_update,
 }

@@ -164,7 +164,7 @@ async def test_create_rejects_every_problem_with_422_and_forwards_nothing(
     gw: TestClient[Any, Any], sandboxes: Sandboxes
 ) -> None:
     bad = {
-        "nodes": [{"id": 0}, {"id": 0, "pinned": "yes"}, {"id": -1}, {"value": 3, "mode": "js"}, "x"],
+        "nodes": [{"id": 0}, {"id": 0, "pinned": "yes"}, {"id": -1}, {"value": 3, "cell": "js"}, "x"],
         "version": 2,
     }
     resp = await gw.post("/v1/observable/notebooks", json=bad)
@@ -177,7 +177,7 @@ async def test_create_rejects_every_problem_with_422_and_forwards_nothing(
         "nodes[1].pinned: must be true or false",
         "nodes[2].id: must be a non-negative integer",
         "nodes[3].id: required",
-        "nodes[3].mode: unknown key",
+        "nodes[3].cell: unknown key",
         "nodes[3].value: must be a string",
         "nodes[4]: must be an object",
         "version: must be greater than the number of nodes (5)",

@@ -284,8 +284,8 @@ async def test_module_redirects_to_current_version(client: Client, state: Observ
     resp = await client.get(f"/d/{nb.id}.js", allow_redirects=False)
     assert resp.status == 302
     assert resp.headers["Location"] == f"/d/{nb.id}@{nb.version}.js"
-    resp = await client.get(f"/d/{nb.id}.js")  # followed
-    assert resp.status == 200
+    resp = await client.get(f"/d/{nb.id}.js?v=4")  # followed, the query kept
+    assert resp.status == 200 and resp.url.query_string == "v=4"
     assert resp.headers["Content-Type"] == "application/javascript; charset=utf-8"
     text = await resp.text()
     assert nb.id in text and f"v{nb.version}" in text
@@ -334,7 +334,9 @@ VALID_NEW = {
         ({"nodes": [{"id": 1}, {"id": 1}], "version": 3}, "duplicated"),
         ({"nodes": [{"id": 1, "pinned": "yes"}], "version": 3}, "pinned must be a boolean"),
         ({"nodes": [{"id": 1, "value": 7}], "version": 3}, "value must be a string"),
-        ({"nodes": [{"id": 1, "mode": "js"}], "version": 3}, "unknown key 'mode'"),
+        ({"nodes": [{"id": 1, "cell": "js"}], "version": 3}, "unknown key 'cell'"),
+        ({"nodes": [{"id": 1, "mode": 3}], "version": 3}, "mode must be a string"),
+        ({"nodes": [{"id": 1, "name": 3}], "version": 3}, "name must be a string or null"),
         ({"nodes": [{"id": 1}]}, "version must be an integer"),
         ({"nodes": [{"id": 1}], "version": "3"}, "version must be an integer"),
         ({"nodes": [{"id": 1}], "version": True}, "version must be an integer"),
@@ -432,6 +434,9 @@ async def test_status_fault_over_http(client: Client, state: ObservableState) ->
     assert faults == {
         "latency_ms": 0.0,
         "legacy_routes": False,
+        "old_modules": False,
+        "old_node_rules": False,
+        "public_list_results": False,
         "faults": {"/user": {"status": 500}, "/user/documents": {"status": 404}},
     }
     await client.post("/_sandbox/faults", json={"faults": {"/user/documents": None}})

@@ -295,14 +295,15 @@ async def test_patch_content_needs_the_current_version(client: Client, state: Po
     for body in ({"content": CONTENT}, {"content": CONTENT, "version": nb.version + 1}):
         resp = await client.patch(url, json=body, headers=AUTH)
         assert resp.status == 409 and await resp.json() == conflict
+    before = nb.version
     resp = await client.patch(url, json={"content": CONTENT, "version": nb.version}, headers=AUTH)
     assert resp.status == 200
     body = await resp.json()
-    assert body["version"] == nb.version and body["content"] == CONTENT
+    assert body["version"] == before + 1 and body["content"] == CONTENT
     assert (await get_json(client, LIST + "?limit=1"))["results"][0]["short_id"] == nb.short_id
-    # same content again: accepted, but the version does not move
+    # same content again: non-empty content bumps the version whether it changed or not
     resp = await client.patch(url, json={"content": CONTENT, "version": body["version"]}, headers=AUTH)
-    assert (await resp.json())["version"] == body["version"]
+    assert (await resp.json())["version"] == before + 2
 
 
 async def test_patch_title_only_keeps_version(client: Client, state: PostHogState) -> None:
@@ -326,7 +327,8 @@ async def test_soft_delete(client: Client, state: PostHogState) -> None:
     assert page["count"] == 249
     assert short_id not in {i["short_id"] for i in page["results"]}
     resp = await client.patch(f"{LIST}{short_id}/", json={"deleted": False}, headers=AUTH)
-    assert resp.status == 404
+    assert resp.status == 200  # a PATCH reaches a soft-deleted notebook: this restores it
+    assert (await get_json(client, f"{LIST}{short_id}/"))["deleted"] is False
 
 
 async def test_seeded_deleted_notebooks_are_hidden(state: PostHogState) -> None:

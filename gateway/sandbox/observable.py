@@ -1,6 +1,10 @@
 """Observable API sandbox: an aiohttp app emulating api.observablehq.com closely enough
 for the gateway to be tested against it (cookie+Origin auth, before-paging, modules).
 
+Each modelled fact names its source (Observable's notebook-kit client, community clients);
+switches bring back the sandbox's earlier model (``old_modules``, ``old_node_rules``) or
+turn on an unverified reading (``public_list_results``) so tests cover both.
+
 Data is generated deterministically from a seed so tests can assert exact pages.
 """
 
@@ -26,6 +30,7 @@ from .control import SandboxState, build_app
 
 __all__ = [
     "DOCUMENT_TYPES",
+    "NODE_KEYS",
     "OBSERVABLE_STATE",
     "ORIGIN",
     "PAGE_SIZE",
@@ -161,6 +166,9 @@ class ObservableState(SandboxState):
         super().__init__()
         self.clock = clock
         self.legacy_routes = False
+        self.old_modules = False
+        self.old_node_rules = False
+        self.public_list_results = False
         if session_expiration_ms is None:
             session_expiration_ms = int(clock() * 1000) + _WEEK_MS
         self.session_cookie = make_session_cookie(session_expiration_ms)
@@ -318,9 +326,9 @@ class ObservableState(SandboxState):
                     "id": n["id"],
                     "value": n.get("value", ""),
                     "pinned": n.get("pinned", False),
-                    "mode": "js",
-                    "data": None,
-                    "name": None,
+                    "mode": n.get("mode", "js"),
+                    "data": n.get("data"),
+                    "name": n.get("name"),
                 }
                 for n in nodes
             ],
@@ -332,18 +340,22 @@ class ObservableState(SandboxState):
 
     def reset_switches(self) -> None:
         super().reset_switches()
-        self.legacy_routes = False
+        for name in _FLAGS:
+            setattr(self, name, False)
 
     def switches_json(self) -> dict[str, Any]:
         out = super().switches_json()
-        out["legacy_routes"] = self.legacy_routes
+        for name in _FLAGS:
+            out[name] = getattr(self, name)
         return out
 
     def _apply_extra_switches(self, body: Mapping[str, Any]) -> None:
-        legacy = body.get("legacy_routes", self.legacy_routes)
-        if not isinstance(legacy, bool):
-            raise ValueError("legacy_routes must be a boolean")
-        self.legacy_routes = legacy
+        flags = {name: body.get(name, getattr(self, name)) for name in _FLAGS}
+        for name, value in flags.items():
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be a boolean")
+        for name, value in flags.items():
+            setattr(self, name, value)
 
     def error_body(self, status: int, method: str = "GET") -> dict[str, Any]:
         code = {
@@ -357,6 +369,12 @@ class ObservableState(SandboxState):
         message = "Not found" if status == 404 else HTTPStatus(status).phrase
         return _errors(code, message)
 
+
+#: The boolean switches: legacy_routes (the old /user/public and /user/drafts answer),
+#: old_modules (every module is an ES module and the redirect drops the query: the sandbox's
+#: earlier model), old_node_rules (nodes may carry only id, value and pinned: ditto),
+#: public_list_results (/documents/@login answers {results} paged by `page`: unverified).
+_FLAGS = ("legacy_routes", "old_modules", "old_node_rules", "public_list_results")
 
 OBSERVABLE_STATE = web.AppKey("observable_state", ObservableState)
 
@@ -437,9 +455,20 @@ def _legacy(kind: str) -> Callable[[web.Request], Awaitable[web.Response]]:
 
 
 async def user_public_documents(request: web.Request) -> web.Response:
-    if request.match_info["login"] not in _state(request).users:
+    state = _state(request)
+    login = request.match_info["login"]
+    if login not in state.users:
         return _not_found()
-    return _page(request, request.match_info["login"], "public")
+    if not state.public_list_results:
+        return _page(request, login, "public")
+    # UNVERIFIED: one community export client reads this list as {results: [...]} paged by
+    # a 1-based `page`; nothing offline confirms it (see /work/shared/upstream-facts.md).
+    raw = request.query.get("page", "1")
+    if not raw.isdigit() or int(raw) < 1:
+        return _error(400, "INVALID_PARAMETER", f"Invalid page: {raw!r}")
+    start = (int(raw) - 1) * PAGE_SIZE
+    found = state.by_kind("public", login)[start : start + PAGE_SIZE]
+    return web.json_response({"results": [state.item_json(nb) for nb in found]})
 
 
 def _readable(request: web.Request, nb: Notebook) -> web.Response | None:
@@ -471,6 +500,18 @@ def _document(request: web.Request, state: ObservableState, nb: Notebook | None)
     return problem if problem is not None else web.json_response(state.document_json(nb))
 
 
+def _legacy_module_source(nb: Notebook) -> str:
+    """Runtime-1 format, what ``/d/{id}.js`` answers without ``?v=`` (notebook-download example)."""
+    cells = ",\n    ".join(f"{{inputs: [], value: (function(){{return {json.dumps(n['value'])};}})}}" for n in nb.nodes)
+    return (
+        "// Runtime version: 1\n"
+        f"// https://observablehq.com/d/{nb.id}@{nb.version}\n"
+        f"const m0 = {{\n  id: {json.dumps(f'{nb.id}@{nb.version}')},\n  variables: [\n    {cells}\n  ]\n}};\n"
+        "const notebook = {id: " + json.dumps(f"{nb.id}@{nb.version}") + ", modules: [m0]};\n"
+        "export default notebook;\n"
+    )
+
+
 def _module_source(nb: Notebook) -> str:
     cells = json.dumps([n["value"] for n in nb.nodes])
     return (
@@ -497,19 +538,35 @@ async def get_module(request: web.Request) -> web.StreamResponse:
     problem = _readable(request, nb)
     if problem is not None:
         return problem
+    state = _state(request)
     if match["version"] is None:
-        raise web.HTTPFound(f"/d/{nb.id}@{nb.version}.js")
+        # the redirect keeps the query string (notebook-kit's observable.ts asks /d/{id}.js?v=4)
+        query = "" if state.old_modules or not request.query_string else f"?{request.query_string}"
+        raise web.HTTPFound(f"/d/{nb.id}@{nb.version}.js{query}")
     if int(match["version"]) != nb.version:
         return _not_found()
-    return web.Response(text=_module_source(nb), content_type="application/javascript", charset="utf-8")
+    # ?v=4 (notebook-kit's client) is an ES module; without `v` the legacy runtime-1 format
+    # (other `v` values are not modelled and answer the legacy format too)
+    modern = state.old_modules or request.query.get("v") == "4"
+    source = _module_source(nb) if modern else _legacy_module_source(nb)
+    return web.Response(text=source, content_type="application/javascript", charset="utf-8")
 
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def validate_new_document(body: object) -> str | None:
-    """The first rule ``body`` breaks for ``POST /document/new``, or None if it is valid."""
+#: Node keys ``/document/new`` takes: the seed thread's id, value and pinned, plus what modern
+#: documents carry (notebook-kit's client and community exporters: mode, name, data).
+NODE_KEYS = ("id", "value", "pinned", "mode", "name", "data")
+_OLD_NODE_KEYS = ("id", "pinned", "value")
+
+
+def validate_new_document(body: object, *, old_node_rules: bool = False) -> str | None:
+    """The first rule ``body`` breaks for ``POST /document/new``, or None if it is valid.
+
+    ``old_node_rules`` is the sandbox's earlier model, which refused mode, name and data.
+    """
     if not isinstance(body, dict):
         return "body must be a JSON object"
     if "title" in body and not isinstance(body["title"], str):
@@ -521,7 +578,7 @@ def validate_new_document(body: object) -> str | None:
     for i, node in enumerate(nodes):
         if not isinstance(node, dict):
             return f"nodes[{i}] must be an object"
-        extra = sorted(set(node) - {"id", "pinned", "value"})
+        extra = sorted(set(node) - set(_OLD_NODE_KEYS if old_node_rules else NODE_KEYS))
         if extra:
             return f"nodes[{i}] has unknown key {extra[0]!r}"
         if "id" not in node:
@@ -536,6 +593,10 @@ def validate_new_document(body: object) -> str | None:
             return f"nodes[{i}].pinned must be a boolean"
         if "value" in node and not isinstance(node["value"], str):
             return f"nodes[{i}].value must be a string"
+        if "mode" in node and not isinstance(node["mode"], str):
+            return f"nodes[{i}].mode must be a string"
+        if node.get("name") is not None and not isinstance(node["name"], str):
+            return f"nodes[{i}].name must be a string or null"
     version = body.get("version")
     if not _is_int(version):
         return "version must be an integer"
@@ -555,7 +616,7 @@ async def new_document(request: web.Request) -> web.Response:
         body: object = await request.json()
     except ValueError:
         body = None
-    message = validate_new_document(body)
+    message = validate_new_document(body, old_node_rules=_state(request).old_node_rules)
     if message is not None:
         return _error(400, "INVALID_DOCUMENT", message)
     assert isinstance(body, dict)

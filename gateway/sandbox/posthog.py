@@ -1,5 +1,9 @@
 """PostHog notebooks API sandbox: an aiohttp app emulating /api/projects/:id/notebooks/
-(DRF-style errors, limit/offset paging with absolute links, versioned PATCH, throttling).
+(DRF-style errors, limit/offset paging with absolute links, versioned PATCH, key scopes, throttling).
+
+Each modelled fact names its source in PostHog/posthog; where the sandbox used to model a
+fact differently, a switch (``old_version_check``, ``old_deleted_404``) brings that old
+behaviour back so tests can cover a gateway against both.
 
 Data is generated deterministically from a seed so tests can assert exact pages.
 """
@@ -22,6 +26,7 @@ from aiohttp import web
 from .control import SandboxState, build_app
 
 __all__ = [
+    "ALL_SCOPES",
     "DEFAULT_LIMIT",
     "MAX_LIMIT",
     "POSTHOG_STATE",
@@ -34,6 +39,10 @@ __all__ = [
 ]
 
 SANDBOX_POSTHOG_KEY = "phx_sandbox_personal_api_key_0123456789"
+#: Personal API key scopes the notebook endpoints need (posthog/permissions.py APIScopePermission:
+#: GET/HEAD read the viewset's ``scope_object``, other methods write it; the ``activity`` action
+#: declares ``required_scopes=["activity_log:read"]`` in products/notebooks/backend/api/notebook.py).
+ALL_SCOPES = frozenset({"notebook:read", "notebook:write", "activity_log:read"})
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 
@@ -141,12 +150,18 @@ class PostHogState(SandboxState):
         other_project_notebook_count: int = 12,
         deleted_count: int = 3,
         api_keys: Iterable[str] | None = None,
+        scopes: Mapping[str, Iterable[str]] | None = None,
         rate_limit_per_minute: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__()
         self.clock = clock
         self.api_keys: set[str] = set(api_keys) if api_keys is not None else {SANDBOX_POSTHOG_KEY}
+        # a key not named here has every scope, so the demo key keeps working
+        self.base_scopes: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in (scopes or {}).items()}
+        self.key_scopes: dict[str, frozenset[str]] = {}  # the `key_scopes` switch, over base_scopes
+        self.old_version_check = False
+        self.old_deleted_404 = False
         self.rate_limit_per_minute = rate_limit_per_minute
         self._hits: dict[str, deque[float]] = {}
         self._rng = random.Random(seed)
@@ -234,10 +249,14 @@ class PostHogState(SandboxState):
         found = [nb for nb in self.projects[project_id].values() if not nb.deleted]
         return sorted(found, key=lambda nb: nb.last_modified_us, reverse=True)
 
-    def get(self, project_id: int, short_id: str) -> PostHogNotebook | None:
-        """A non-deleted notebook, or None."""
+    def get(self, project_id: int, short_id: str, *, deleted_too: bool = False) -> PostHogNotebook | None:
+        """A notebook (a deleted one only if ``deleted_too``), or None."""
         nb = self.projects[project_id].get(short_id)
-        return None if nb is None or nb.deleted else nb
+        return None if nb is None or (nb.deleted and not deleted_too) else nb
+
+    def scopes_of(self, key: str) -> frozenset[str]:
+        """The scopes of an accepted key: the switch's, else the constructor's, else all."""
+        return self.key_scopes.get(key, self.base_scopes.get(key, ALL_SCOPES))
 
     def item_json(self, nb: PostHogNotebook) -> dict[str, Any]:
         """A notebook as the list shows it (no content)."""
@@ -285,10 +304,21 @@ class PostHogState(SandboxState):
         return nb
 
     def update(self, nb: PostHogNotebook, changes: Mapping[str, Any]) -> None:
-        """Apply already-validated PATCH fields and record the activity."""
+        """Apply already-checked PATCH fields and record the activity.
+
+        Like ``NotebookSerializer.update``: non-empty ``content`` sets ``version`` to the
+        old one plus one; otherwise ``version`` is a plain writable field, stored as sent
+        (so a stale one rolls the counter back).  ``old_version_check`` restores the
+        sandbox's earlier model: read-only version, bumped only when content changes.
+        """
         now = self._now_us()
         recorded: list[dict[str, Any]] = []
-        for name in ("title", "content", "text_content", "deleted"):
+        changes = dict(changes)
+        if self.old_version_check:
+            changes.pop("version", None)
+        elif changes.get("content"):
+            changes["version"] = nb.version + 1
+        for name in ("title", "content", "text_content", "deleted", "version"):
             if name not in changes or getattr(nb, name) == changes[name]:
                 continue
             recorded.append(
@@ -302,7 +332,8 @@ class PostHogState(SandboxState):
             )
             setattr(nb, name, changes[name])
             if name == "content":
-                nb.version += 1
+                if self.old_version_check:
+                    nb.version += 1
                 if "text_content" not in changes:
                     nb.text_content = _text_of(nb.content)
         nb.last_modified_us = now
@@ -329,19 +360,43 @@ class PostHogState(SandboxState):
         super().reset_switches()
         self.rate_limit_per_minute = None
         self._hits.clear()
+        self.key_scopes = {}
+        self.old_version_check = False
+        self.old_deleted_404 = False
 
     def switches_json(self) -> dict[str, Any]:
         out = super().switches_json()
         out["rate_limit_per_minute"] = self.rate_limit_per_minute
+        out["key_scopes"] = {k: sorted(v) for k, v in sorted(self.key_scopes.items())}
+        out["old_version_check"] = self.old_version_check
+        out["old_deleted_404"] = self.old_deleted_404
         return out
 
     def _apply_extra_switches(self, body: Mapping[str, Any]) -> None:
         limit = body.get("rate_limit_per_minute", self.rate_limit_per_minute)
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)):
             raise ValueError("rate_limit_per_minute must be an integer or null")
+        key_scopes = dict(self.key_scopes)
+        raw_scopes = body.get("key_scopes", {})
+        if not isinstance(raw_scopes, Mapping):
+            raise ValueError("key_scopes must be an object: {key: [scope, ...] or null}")
+        for key, scopes in raw_scopes.items():
+            if scopes is None:
+                key_scopes.pop(key, None)
+            elif isinstance(scopes, list) and all(isinstance(x, str) for x in scopes):
+                key_scopes[key] = frozenset(scopes)
+            else:
+                raise ValueError("key_scopes values must be lists of scope names, or null")
+        flags = {name: body.get(name, getattr(self, name)) for name in ("old_version_check", "old_deleted_404")}
+        for name, value in flags.items():
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be a boolean")
         if limit != self.rate_limit_per_minute:
             self._hits.clear()
         self.rate_limit_per_minute = limit
+        self.key_scopes = key_scopes
+        self.old_version_check = flags["old_version_check"]
+        self.old_deleted_404 = flags["old_deleted_404"]
 
     def error_body(self, status: int, method: str = "GET") -> dict[str, Any]:
         if status == 400:
@@ -399,6 +454,13 @@ def _state(request: web.Request) -> PostHogState:
     return request.app[POSTHOG_STATE]
 
 
+def _required_scope(request: web.Request) -> str:
+    """The scope a personal API key needs for this request (see ALL_SCOPES)."""
+    if request.path.rstrip("/").endswith("/activity"):
+        return "activity_log:read"
+    return "notebook:read" if request.method in ("GET", "HEAD", "OPTIONS") else "notebook:write"
+
+
 def _guarded(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """Auth, then project lookup, then throttling, in DRF's order, before ``handler``."""
 
@@ -415,6 +477,10 @@ def _guarded(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamRe
         key = key.strip()
         if key not in state.api_keys:
             return _error(401, "authentication_error", "authentication_failed", "Invalid personal API key.")
+        scope = _required_scope(request)
+        if scope not in state.scopes_of(key):
+            # posthog/permissions.py APIScopePermission: a DRF PermissionDenied, after authentication
+            return _error(403, "authentication_error", "permission_denied", f"API key missing required scope '{scope}'")
         raw_pid = request.match_info["pid"]
         project_id = int(raw_pid) if raw_pid.isdigit() else -1
         if project_id not in state.projects:
@@ -532,17 +598,22 @@ async def notebook(request: web.Request, project_id: int) -> web.StreamResponse:
         return web.Response(status=405)
     if request.method not in ("GET", "HEAD", "PATCH"):
         return _method_not_allowed(request, "GET, PATCH, DELETE, HEAD, OPTIONS")
-    nb = state.get(project_id, request.match_info["short_id"])
+    # The viewset filters deleted=False for every action but updates (products/notebooks/backend/
+    # api/notebook.py), so a PATCH reaches a soft-deleted notebook; old_deleted_404 hides it.
+    patch = request.method == "PATCH"
+    nb = state.get(project_id, request.match_info["short_id"], deleted_too=patch and not state.old_deleted_404)
     if nb is None:
         return _not_found()
-    if request.method == "PATCH":
+    if patch:
         body = await _json_object(request)
         if isinstance(body, web.Response):
             return body
         problem = _check_fields(body)
         if problem is not None:
             return problem
-        if "content" in body and body.get("version") != nb.version:
+        # NotebookSerializer.update checks the version only `if validated_data.get("content")`
+        checked = "content" in body if state.old_version_check else bool(body.get("content"))
+        if checked and body.get("version") != nb.version:
             return _error(409, "server_error", "conflict", "Someone else edited the Notebook")
         state.update(nb, body)
         return web.json_response(state.detail_json(nb))
