@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import importlib
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 from typing import Any
+
+import pytest
+
+from gateway.config import load_config
+from gateway.openapi import build
+from tests.conftest import ROUTES
 
 
 async def test_a_list_param_may_be_repeated_as_generated_clients_send_it(gw: Any) -> None:
@@ -14,3 +27,57 @@ async def test_a_list_param_may_be_repeated_as_generated_clients_send_it(gw: Any
     # a scalar param given twice is still ambiguous, and still refused
     twice = await gw.get("/v1/observable/notebooks?limit=1&limit=2")
     assert twice.status == 400 and "given more than once" in (await twice.json())["error"]["message"]
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
+    """A client generated from the shipped routes' /openapi.json by openapi-python-client, as a team would."""
+    generator = Path(sys.executable).with_name("openapi-python-client")
+    out = tmp_path_factory.mktemp("client")
+    spec = out / "openapi.json"
+    spec.write_text(json.dumps(build(load_config(ROUTES, env={}))))
+    run = subprocess.run(
+        [str(generator), "generate", "--path", str(spec), "--meta", "none", "--output-path", str(out / "rg_client")],
+        capture_output=True,
+        text=True,
+        cwd=out,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    sys.path.insert(0, str(out))
+    try:
+        yield importlib.import_module("rg_client")
+    finally:
+        sys.path.remove(str(out))
+        for name in [m for m in sys.modules if m == "rg_client" or m.startswith("rg_client.")]:
+            del sys.modules[name]
+
+
+async def test_a_team_script_on_the_generated_client_lists_reads_and_updates(gw: Any, generated: ModuleType) -> None:
+    notebooks = importlib.import_module("rg_client.api.posthog.posthog_notebooks")
+    read = importlib.import_module("rg_client.api.posthog.posthog_notebook")
+    update = importlib.import_module("rg_client.api.posthog.posthog_notebook_update")
+    body_model = importlib.import_module("rg_client.models.posthog_notebook_update_body").PosthogNotebookUpdateBody
+    observable = importlib.import_module("rg_client.api.observable.observable_notebooks")
+    type_item = importlib.import_module("rg_client.models.observable_notebooks_type_item").ObservableNotebooksTypeItem
+    async with generated.Client(base_url=str(gw.make_url("")).rstrip("/")) as client:
+        # list every notebook, 5 per page, following next_cursor
+        seen: list[str] = []
+        cursor: Any = generated.types.UNSET
+        while True:
+            page = await notebooks.asyncio("1", client=client, limit=5, cursor=cursor)
+            assert page is not None and hasattr(page, "items"), page
+            seen += [item.id for item in page.items]
+            if not page.next_cursor:
+                break
+            cursor = page.next_cursor
+        everything = await (await gw.get("/v1/posthog/projects/1/notebooks?all=true")).json()
+        assert seen == [i["id"] for i in everything["items"]] and len(seen) > 5
+        # read one, then update its title
+        one = await read.asyncio("1", seen[0], client=client)
+        assert one is not None and one.id == seen[0]
+        changed = await update.asyncio("1", seen[0], client=client, body=body_model.from_dict({"title": "renamed"}))
+        assert changed is not None and changed.title == "renamed", changed
+        # a list parameter, sent as the generator sends it (type=public&type=shared)
+        both = await observable.asyncio(client=client, type_=[type_item("public"), type_item("shared")], all_=True)
+        assert both is not None and {item.type_ for item in both.items} == {"public", "shared"}
