@@ -33,7 +33,7 @@ body{font:14px/1.45 system-ui,sans-serif;margin:1.5rem;color:#1d232a;background:
 h1{font-size:1.35rem;margin:0 0 .2rem}h2{font-size:1.05rem;margin:1.6rem 0 .5rem}
 .meta{color:#5b6570;margin:0 0 1rem}table{border-collapse:collapse;width:100%;background:#fff}
 th,td{text-align:left;padding:.35rem .6rem;border-bottom:1px solid #e3e7eb;vertical-align:top}
-th{background:#f0f2f4;font-weight:600}code{font-size:.9em;overflow-wrap:anywhere}
+th{background:#f0f2f4;font-weight:600}code{font-size:.9em;overflow-wrap:break-word}
 td.reason{min-width:18rem;max-width:34rem}.small{font-size:.85em}
 .state{font-weight:700;border-radius:3px;padding:.05rem .4rem;color:#fff;white-space:nowrap}
 .up{background:#1f883d}.down{background:#cf222e}.unknown{background:#8c959f}.warn{background:#bf8700}
@@ -84,13 +84,18 @@ def _target_text(t: Target) -> str:
     return f"{t.method} {t.path.raw}" + (f"?{query}" if query else "")
 
 
+def _breakable(path: str) -> str:
+    """Escaped, with line-break chances after each ``/``, ``?`` and ``&`` (never inside a name)."""
+    return escape(path).replace("/", "/<wbr>").replace("?", "?<wbr>").replace("&amp;", "&amp;<wbr>")
+
+
 def _route_row(route: Route, health: RouteHealth, probe: ProbeResult | None) -> tuple[str, str]:
     state = health.get(route.name)
     name = "unknown" if state.up is None else ("up" if state.up else "down")
     index = min(state.target, len(route.targets) - 1)
-    target = escape(_target_text(route.targets[index]))
+    target = _breakable(_target_text(route.targets[index]))
     if index > 0:
-        primary = escape(_target_text(route.targets[0]))
+        primary = _breakable(_target_text(route.targets[0]))
         fallback = f'<span class="state warn">fallback #{index}</span> primary <code>{primary}</code> is gone'
     else:
         fallback = '<span class="muted">no</span>' if len(route.targets) > 1 else '<span class="muted">-</span>'
@@ -116,7 +121,7 @@ def _route_row(route: Route, health: RouteHealth, probe: ProbeResult | None) -> 
     row = (
         f'<tr data-route="{escape(route.name)}" data-state="{name}">'
         f'<td class="route"><code>{escape(route.name)}</code><br>'
-        f'<code class="small muted">{escape(route.stable)}</code></td>'
+        f'<code class="small muted">{_breakable(route.stable)}</code></td>'
         f"<td>{escape(route.upstream)}: <code>{target}</code></td>"
         f'<td><span class="state {name}">{name.upper()}</span></td>'
         f"<td>{_when(state.since) if state.since is not None else ''}</td>"
