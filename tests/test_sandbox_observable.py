@@ -432,6 +432,8 @@ async def test_status_fault_over_http(client: Client, state: ObservableState) ->
     assert faults == {
         "latency_ms": 0.0,
         "legacy_routes": False,
+        "session_expired": False,
+        "signed_out": "empty",
         "faults": {"/user": {"status": 500}, "/user/documents": {"status": 404}},
     }
     await client.post("/_sandbox/faults", json={"faults": {"/user/documents": None}})
