@@ -15,7 +15,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
@@ -146,11 +146,26 @@ class ExpirySpec:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionCheck:
+    """``auth.check``: a safe GET whose JSON answer holds ``expect`` only while signed in
+    (Observable answers a dead session with 200 ``null`` and empty lists; gateway.session)."""
+
+    path: str
+    #: the dotted field that must be present and non-null
+    expect: tuple[str, ...]
+    #: "bearer", "cookie:NAME" or "header:NAME": the credential the metric and errors name
+    credential: str
+    #: how long one answer stands for a burst of empty lists
+    memo: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
 class AuthSpec:
     bearer: Secret | None = None
     cookies: tuple[tuple[str, Secret], ...] = ()
     headers: tuple[tuple[str, Secret], ...] = ()
     expiry: ExpirySpec | None = None
+    check: SessionCheck | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1106,7 +1121,7 @@ def _request_budget(node: _Node | None) -> RequestBudget:
 def _auth(node: _Node | None) -> AuthSpec | None:
     if node is None or node.value is None:
         return None
-    if not node.keys({"bearer", "cookies", "headers", "expiry"}):
+    if not node.keys({"bearer", "cookies", "headers", "expiry", "check"}):
         return None
     bearer = _secret(b) if (b := node.get("bearer")) is not None else None
     cookies: list[tuple[str, Secret]] = []
@@ -1120,7 +1135,8 @@ def _auth(node: _Node | None) -> AuthSpec | None:
                 if sec is not None:
                     out.append((k, sec))
     expiry = _expiry(e, node) if (e := node.get("expiry")) is not None else None
-    return AuthSpec(bearer, tuple(cookies), tuple(headers), expiry)
+    spec = AuthSpec(bearer, tuple(cookies), tuple(headers), expiry)
+    return replace(spec, check=_session_check(c, spec)) if (c := node.get("check")) is not None else spec
 
 
 def _stable_line(node: _Node, text: str) -> tuple[str, str] | None:
@@ -1792,3 +1808,34 @@ def _expiry(node: _Node, auth: _Node) -> ExpirySpec | None:
         else:
             kw["unit"] = n.value
     return ExpirySpec(**kw)
+
+
+def _session_check(node: _Node, auth: AuthSpec) -> SessionCheck | None:
+    """``check: {request: GET /user, expect: login, memo: 5s}`` (see gateway.session)."""
+    if not node.keys({"request", "expect", "memo"}, {"request", "expect"}):
+        return None
+    request = node.child("request").string("a request such as 'GET /user'")
+    expect = node.child("expect").string("a dotted field of the answer such as 'login'")
+    method, _, path = (request or "").strip().partition(" ")
+    path = path.strip()
+    ok = request is not None and expect is not None
+    if request is not None and (method != "GET" or not path.startswith("/") or " " in path or "?" in path):
+        node.child("request").error(f"expected 'GET /path' (a safe GET on this upstream, no query), got {request!r}")
+        ok = False
+    if expect is not None and not all(expect.split(".")):
+        node.child("expect").error(f"expected a dotted field name such as 'login' or 'user.id', got {expect!r}")
+        ok = False
+    memo = 5.0
+    if (n := node.get("memo")) is not None and (d := n.convert(parse_duration)) is not None:
+        if not 0 < d <= 300:
+            n.error("the memo must be longer than 0s and at most 5m")
+        memo = d
+    names = ["bearer"] if auth.bearer else []
+    names += [f"cookie:{name}" for name, _ in auth.cookies] + [f"header:{name}" for name, _ in auth.headers]
+    credential = auth.expiry.credential if auth.expiry is not None else (names[0] if names else None)
+    if credential is None:
+        node.error("a session check needs a credential to check: this upstream's auth declares none")
+        return None
+    if not ok or expect is None:
+        return None
+    return SessionCheck(path, tuple(expect.split(".")), credential, memo)

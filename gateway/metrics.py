@@ -192,6 +192,14 @@ class Metrics:
             multiprocess_mode="livemax",
             registry=registry,
         )
+        self.credential_valid = Gauge(
+            "gateway_upstream_credential_valid",
+            "1 while the upstream's session check (auth.check) finds the credential signed in, 0 once it"
+            " finds it signed out; absent until checked.",
+            ["upstream", "credential"],
+            multiprocess_mode="livemostrecent",
+            registry=registry,
+        )
         self.config_failed = Gauge(
             "gateway_config_last_reload_failure_timestamp_seconds",
             "When a reload last failed (0: never); newer than the last success means the file on disk is invalid.",

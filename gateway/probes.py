@@ -30,6 +30,7 @@ from gateway.errors import GatewayError, UpstreamError
 from gateway.health import RouteHealth
 from gateway.metrics import Metrics
 from gateway.proxy import Proxy
+from gateway.session import SessionChecks
 
 log = logging.getLogger("gateway.probes")
 
@@ -61,12 +62,14 @@ class Prober:
         *,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        sessions: SessionChecks | None = None,
     ) -> None:
         self._current = current
         self._health = health
         self._metrics = metrics
         self._clock = clock
         self._rng = rng or random.Random()
+        self._sessions = sessions
         self._wake = asyncio.Event()
         #: the latest result per route name
         self.results: dict[str, ProbeResult] = {}
@@ -78,6 +81,7 @@ class Prober:
     async def run_round(self, only: Collection[str] | None = None) -> list[ProbeResult]:
         """Probe every route that has a probe (or those in ``only``, plus what they take samples from)."""
         config, proxy = self._current()
+        await self.check_sessions(config)  # first: an empty list probed below then reads a fresh verdict
         routes = {r.name: r for r in config.routes if r.probe is not None}
         wanted = set(routes) if only is None else _with_providers(routes, set(only))
         semaphore = asyncio.Semaphore(config.probes.concurrency)
@@ -175,6 +179,16 @@ class Prober:
         )
         return result
 
+    async def check_sessions(self, config: Config) -> None:
+        """The upstreams' session checks (gateway.session), bounded by the probe timeout."""
+        if self._sessions is None:
+            return
+        try:
+            async with asyncio.timeout(config.probes.timeout):
+                await self._sessions.check_all(config)
+        except TimeoutError:
+            log.warning("the session checks did not finish within %gs", config.probes.timeout)
+
     # ------------------------------------------------------------------ in the background
 
     def wake(self) -> None:
@@ -183,8 +197,10 @@ class Prober:
 
     async def run_forever(self) -> None:
         """Rounds until cancelled; the interval, jitter and on/off switch are re-read from each config."""
-        settings = self._current()[0].probes
+        config = self._current()[0]
+        settings = config.probes
         self._metrics.probe_interval.set(settings.interval if settings.enabled else 0)
+        await self.check_sessions(config)  # at start, before the jitter: a dead session shows at once
         await self._sleep(self._rng.uniform(0, settings.jitter))  # replicas started together spread out
         while True:
             self._wake.clear()

@@ -39,6 +39,7 @@ from gateway.mapping import ShapeDrift, apply_mapping, evaluate, parse_params, t
 from gateway.metrics import Metrics, status_class
 from gateway.pagination import Position, decode_cursor, encode_cursor, pages
 from gateway.routing import Match
+from gateway.session import SessionChecks, unless_signed_out
 from gateway.shape import check_body, check_fields, check_response
 from gateway.upstream import UpstreamClient, UpstreamResponse
 from gateway.validators import VALIDATORS
@@ -64,6 +65,7 @@ class Proxy:
         metrics: Metrics,
         health: RouteHealth | None = None,
         cache: ResponseCache | None = None,
+        sessions: SessionChecks | None = None,
     ) -> None:
         self.config = config
         self.client = client
@@ -73,6 +75,8 @@ class Proxy:
         self.health = health if health is not None else RouteHealth(metrics)
         #: the response cache (None when no route caches); its backend is the Gateway's
         self.cache = cache
+        #: the upstreams' session checks (gateway.session); the Gateway's, so they outlive reloads
+        self.sessions = sessions
 
     async def handle(self, request: web.Request, match: Match, request_id: str) -> web.StreamResponse:
         route = match.route
@@ -385,7 +389,9 @@ class Proxy:
             else:
                 streams = list(cursor_streams)
 
-        stable_pages = self._stable_pages(route, params, streams, position, None if everything else limit, request_id)
+        stable_pages = self._unless_signed_out(
+            route, self._stable_pages(route, params, streams, position, None if everything else limit, request_id)
+        )
         if as_ndjson and everything:
             done = functools.partial(self.health.up, route.name)
             return await ndjson.stream(request, stable_pages, route.name, request_id, done)
@@ -433,6 +439,25 @@ class Proxy:
             self._record_error(upstream, route, exc)
             raise
 
+    def _unless_signed_out(
+        self, route: Route, pages: AsyncGenerator[list[Any], None]
+    ) -> AsyncGenerator[list[Any], None]:
+        """An empty signed-in collection may be a dead session answering 200 ``[]``: the upstream's
+        ``auth.check`` decides (gateway.session) before the empty answer is served or cached."""
+        upstream = self.config.upstreams[route.upstream]
+        sessions = self.sessions
+        if sessions is None or not route.auth or upstream.auth is None or upstream.auth.check is None:
+            return pages
+
+        async def confirm() -> None:
+            try:
+                await sessions.confirm_empty(upstream, route.name)
+            except UpstreamError as exc:
+                self._record_error(upstream, route, exc)
+                raise
+
+        return unless_signed_out(pages, confirm)
+
     async def probe(
         self, route: Route, query: Mapping[str, str], path_params: Mapping[str, str], request_id: str
     ) -> web.Response:
@@ -451,7 +476,8 @@ class Proxy:
         fan = next((p for p in route.params if p.fan_out), None)
         streams: list[str | None] = list(params[fan.name]) if fan else [None]
         items: list[Any] = []
-        async for page in self._stable_pages(route, params, streams, Position(), limit, request_id):
+        pages = self._stable_pages(route, params, streams, Position(), limit, request_id)
+        async for page in self._unless_signed_out(route, pages):
             items.extend(page)
         self.health.up(route.name)
         return _json_page(items, None)

@@ -48,6 +48,7 @@ from gateway.peers import PeerAnswer, Peers
 from gateway.probes import Prober
 from gateway.proxy import Proxy
 from gateway.routing import Router
+from gateway.session import SessionChecks
 from gateway.upstream import UpstreamClient
 
 log = logging.getLogger("gateway")
@@ -102,7 +103,11 @@ class Gateway:
         self.credentials = Credentials(env)
         #: route health and probe results outlive reloads; credential expiry is read at each scrape
         self.health = RouteHealth(self.metrics)
-        self.prober = Prober(lambda: (self.runtime.config, self.runtime.proxy), self.health, self.metrics)
+        #: the upstreams' session checks (auth.check): memo and credential metric outlive reloads
+        self.sessions = SessionChecks(self.client, self.credentials, self.metrics)
+        self.prober = Prober(
+            lambda: (self.runtime.config, self.runtime.proxy), self.health, self.metrics, sessions=self.sessions
+        )
         #: whether the background prober runs (``build_app(probes=True)``, ``gateway serve``)
         self.probing = False
         self.registry.register(ExpiryCollector(lambda: self.runtime.config, self.credentials))
@@ -141,6 +146,7 @@ class Gateway:
                 self.metrics,
                 health=self.health,
                 cache=self.caches.for_config(config),
+                sessions=self.sessions,
             ),
             access,
         )

@@ -437,6 +437,8 @@ async def test_status_fault_over_http(client: Client, state: ObservableState) ->
         "old_modules": False,
         "old_node_rules": False,
         "public_list_results": False,
+        "session_expired": False,
+        "signed_out": "empty",
         "faults": {"/user": {"status": 500}, "/user/documents": {"status": 404}},
     }
     await client.post("/_sandbox/faults", json={"faults": {"/user/documents": None}})

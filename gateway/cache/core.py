@@ -73,6 +73,16 @@ def note_upstream(headers: MultiMapping[str]) -> None:
         notes.append(headers)
 
 
+#: noted by ``forbid_store``: the answer is served but not stored (compared by identity)
+_NO_STORE: MultiMapping[str] = CIMultiDict()
+
+
+def forbid_store() -> None:
+    """The answer being produced must not be stored (an empty list while the session is unknown:
+    gateway.session); a no-op outside a cache fill."""
+    note_upstream(_NO_STORE)
+
+
 def _consume(task: asyncio.Task[Entry]) -> None:
     """A fill whose every waiter went away still must not log 'exception never retrieved'."""
     if not task.cancelled():
@@ -250,6 +260,7 @@ class ResponseCache:
         lifetime = fresh + spec.stale_if_error
         storable = (
             seq is not None
+            and not any(n is _NO_STORE for n in notes)
             and entry.status == 200
             and lifetime > 0
             and (verdict.shareable or spec.private)

@@ -169,6 +169,10 @@ class ObservableState(SandboxState):
         self.old_modules = False
         self.old_node_rules = False
         self.public_list_results = False
+        #: the server ended the demo session (Observable expires sessions about weekly), cookies unchanged
+        self.session_expired = False
+        #: how a signed-out visitor is answered: "empty" as the real API does (200 null, 200 []), or "401"
+        self.signed_out = "empty"
         if session_expiration_ms is None:
             session_expiration_ms = int(clock() * 1000) + _WEEK_MS
         self.session_cookie = make_session_cookie(session_expiration_ms)
@@ -342,20 +346,28 @@ class ObservableState(SandboxState):
         super().reset_switches()
         for name in _FLAGS:
             setattr(self, name, False)
+        self.session_expired = False
+        self.signed_out = "empty"
 
     def switches_json(self) -> dict[str, Any]:
         out = super().switches_json()
         for name in _FLAGS:
             out[name] = getattr(self, name)
+        out["session_expired"] = self.session_expired
+        out["signed_out"] = self.signed_out
         return out
 
     def _apply_extra_switches(self, body: Mapping[str, Any]) -> None:
-        flags = {name: body.get(name, getattr(self, name)) for name in _FLAGS}
+        flags = {name: body.get(name, getattr(self, name)) for name in (*_FLAGS, "session_expired")}
         for name, value in flags.items():
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be a boolean")
+        signed_out = body.get("signed_out", self.signed_out)
+        if signed_out not in ("empty", "401"):
+            raise ValueError('signed_out must be "empty" (200 null / 200 []) or "401"')
         for name, value in flags.items():
             setattr(self, name, value)
+        self.signed_out = signed_out
 
     def error_body(self, status: int, method: str = "GET") -> dict[str, Any]:
         code = {
@@ -405,13 +417,37 @@ def _check_auth(request: web.Request) -> web.Response | None:
     payload = parse_session_cookie(session)
     if payload is None:
         return _error(401, "UNAUTHORIZED", "Not signed in")
-    if payload["expiration"] <= state.clock() * 1000:
+    if payload["expiration"] <= state.clock() * 1000 or state.session_expired:
         return _error(401, "SESSION_EXPIRED", "Session expired")
     if not hmac.compare_digest(session, state.session_cookie) or not hmac.compare_digest(token, state.token):
         return _error(401, "UNAUTHORIZED", "Not signed in")
     if request.headers.get("Origin") != ORIGIN:
         return _error(403, "FORBIDDEN", "Invalid origin")
     return None
+
+
+def _signed_out_list(request: web.Request, problem: web.Response) -> web.Response:
+    """A signed-in list for a visitor whose session the server ended.
+
+    The real API answers 200 with an empty list rather than refusing (upstream-facts.md,
+    "Signed-out requests", from Observable's notebook-kit client and community export
+    clients); the ``signed_out: "401"`` switch keeps the sandbox's older 401 instead.
+    """
+    state = _state(request)
+    if state.session_expired and state.signed_out == "empty":
+        return web.json_response([])
+    return problem
+
+
+async def current_user(request: web.Request) -> web.Response:
+    """``GET /user``: the signed-in user, else 200 ``null`` (not 401) for stale cookies or a missing
+    Origin, as the real API does (upstream-facts.md, "Signed-out requests"); ``signed_out: "401"``
+    answers the auth error instead."""
+    problem = _check_auth(request)
+    if problem is None:
+        user = _state(request).users[SANDBOX_LOGIN]
+        return web.json_response({**user, "avatar_url": None, "tier": "public"})
+    return web.json_response(None) if _state(request).signed_out == "empty" else problem
 
 
 def _parse_before(request: web.Request) -> tuple[int | None, web.Response | None]:
@@ -438,7 +474,7 @@ async def user_documents(request: web.Request) -> web.Response:
         return _error(400, "INVALID_PARAMETER", f"types must be one of {', '.join(DOCUMENT_TYPES)}")
     problem = _check_auth(request)
     if problem is not None:
-        return problem
+        return _signed_out_list(request, problem)
     return _page(request, SANDBOX_LOGIN, kind)
 
 
@@ -448,7 +484,7 @@ def _legacy(kind: str) -> Callable[[web.Request], Awaitable[web.Response]]:
             return _not_found()
         problem = _check_auth(request)
         if problem is not None:
-            return problem
+            return _signed_out_list(request, problem)
         return _page(request, SANDBOX_LOGIN, kind)
 
     return handler
@@ -629,6 +665,7 @@ def create_app(state: ObservableState | None = None) -> web.Application:
     """The Observable sandbox; its state is at ``app[OBSERVABLE_STATE]``."""
     app = build_app(state if state is not None else ObservableState(), OBSERVABLE_STATE)
     r = app.router
+    r.add_get("/user", current_user)
     r.add_get("/user/documents", user_documents)
     r.add_get("/user/public", _legacy("public"))
     r.add_get("/user/drafts", _legacy("private"))

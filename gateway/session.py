@@ -1,0 +1,187 @@
+"""Session checks: a dead session is an auth failure, never empty data.
+
+Observable answers a signed-out visitor with 200: ``GET /user`` is ``null`` and the
+signed-in lists are simply ``[]`` (/work/shared/upstream-facts.md), so without a check
+an expired cookie is served, and cached, as "you have no notebooks".  An upstream's
+``auth.check`` names a safe GET and a field its JSON answer holds only while signed in.
+
+The check runs when the prober starts, with every probe round, and whenever a signed-in
+collection comes back empty.  One answer stands for ``memo`` seconds per upstream and
+credential value (a renewed cookie is checked afresh), and concurrent callers share one
+request, so a burst of empty lists costs one check.
+
+Verdicts: ``live`` (the field is there), ``dead`` (a 200 without it, or 401/403) and
+``unknown`` (the check itself failed: transport error, timeout, another status, not
+JSON).  An empty collection is then a 502 ``upstream_auth_rejected`` (dead), or served
+but never cached (unknown).  ``gateway_upstream_credential_valid`` follows live (1) and
+dead (0); an unknown verdict leaves it as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from gateway import jsonio
+from gateway.auth import Credentials
+from gateway.cache import forbid_store
+from gateway.cache.policy import credential_id
+from gateway.config import Config, SessionCheck, Upstream
+from gateway.errors import BadGateway, UpstreamError
+from gateway.metrics import Metrics
+from gateway.upstream import UpstreamClient, UpstreamResponse
+
+log = logging.getLogger("gateway.session")
+
+Verdict = Literal["live", "dead", "unknown"]
+#: the route label of the check's own upstream calls (retries, budget): not a routes.yaml route
+CHECK_ROUTE = "(session_check)"
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    verdict: Verdict
+    #: why, for logs and error messages (never a credential value)
+    reason: str
+    #: ``clock()`` when it was decided
+    at: float
+
+
+class SessionChecks:
+    """Runs and remembers the upstreams' session checks; the Gateway's, so it outlives reloads."""
+
+    def __init__(
+        self,
+        client: UpstreamClient,
+        creds: Credentials,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._creds = creds
+        self._metrics = metrics
+        self._clock = clock
+        self._memo: dict[tuple[str, str], CheckResult] = {}
+        self._running: dict[tuple[str, str], asyncio.Task[CheckResult]] = {}
+
+    async def check(self, upstream: Upstream) -> CheckResult | None:
+        """The session's state (memoised); None when the upstream declares no check."""
+        spec = upstream.auth.check if upstream.auth is not None else None
+        if spec is None:
+            return None
+        try:
+            auth = self._creds.headers_for(upstream, CHECK_ROUTE)
+        except UpstreamError as exc:  # nothing configured: the requests themselves say so
+            return CheckResult("unknown", exc.message, self._clock())
+        key = (upstream.name, credential_id(auth))
+        memo = self._memo.get(key)
+        if memo is not None and self._clock() - memo.at < spec.memo:
+            return memo
+        task = self._running.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._run(upstream, spec, auth, key))
+            self._running[key] = task
+        return await asyncio.shield(task)  # a caller going away does not cancel it for the others
+
+    async def check_all(self, config: Config) -> dict[str, CheckResult]:
+        """Every declared check (at start and with each probe round)."""
+        ups = [u for u in config.upstreams.values() if u.auth is not None and u.auth.check is not None]
+        results = await asyncio.gather(*(self.check(u) for u in ups))
+        return {u.name: r for u, r in zip(ups, results, strict=True) if r is not None}
+
+    async def confirm_empty(self, upstream: Upstream, route: str) -> None:
+        """A signed-in collection came back empty: raise if the session is dead; if unknown, do not cache."""
+        result = await self.check(upstream)
+        if result is None or result.verdict == "live":
+            return
+        if result.verdict == "unknown":
+            forbid_store()
+            return
+        spec = upstream.auth.check if upstream.auth is not None else None
+        assert spec is not None
+        raise BadGateway(
+            f"upstream {upstream.name!r} answered an empty list, but its session check shows the gateway"
+            f" signed out ({result.reason}): credential {spec.credential} is no longer valid; renew it",
+            kind="credentials_rejected",
+            code="upstream_auth_rejected",
+            route=route,
+        )
+
+    async def _run(
+        self, upstream: Upstream, spec: SessionCheck, auth: dict[str, str], key: tuple[str, str]
+    ) -> CheckResult:
+        headers = {**dict(upstream.headers), "Accept": "application/json", **auth}
+        try:
+            resp = await self._client.send(
+                upstream, "GET", spec.path, [], headers, None, follow=False, route=CHECK_ROUTE
+            )
+            result = self._judge(spec, resp)
+        except UpstreamError as exc:
+            result = CheckResult("unknown", f"GET {spec.path} failed: {exc.message}", self._clock())
+        except Exception as exc:  # the check must never take a request or a probe round down with it
+            log.exception("the session check of upstream %s failed unexpectedly", upstream.name)
+            result = CheckResult("unknown", f"GET {spec.path} failed: {type(exc).__name__}", self._clock())
+        finally:
+            self._running.pop(key, None)
+        self._remember(upstream, spec, key, result)
+        return result
+
+    def _judge(self, spec: SessionCheck, resp: UpstreamResponse) -> CheckResult:
+        request = f"GET {spec.path}"
+        field = ".".join(spec.expect)
+        now = self._clock()
+        if resp.status in (401, 403):
+            return CheckResult("dead", f"{request} was answered {resp.status}", now)
+        if resp.status != 200:
+            return CheckResult("unknown", f"{request} was answered {resp.status}", now)
+        try:
+            data: Any = jsonio.loads(resp.body)
+        except (ValueError, UnicodeDecodeError):
+            return CheckResult("unknown", f"{request} did not answer JSON", now)
+        for part in spec.expect:
+            data = data.get(part) if isinstance(data, dict) else None
+        if data is None:
+            return CheckResult("dead", f"{request} answered 200 without {field!r}, as it does when signed out", now)
+        return CheckResult("live", f"{request} answered with {field!r}", now)
+
+    def _remember(self, upstream: Upstream, spec: SessionCheck, key: tuple[str, str], result: CheckResult) -> None:
+        for old in [k for k in self._memo if k[0] == upstream.name and k != key]:
+            del self._memo[old]  # a renewed credential: the old one's verdict is history
+        previous = self._memo.get(key)
+        self._memo[key] = result
+        if result.verdict != "unknown":
+            self._metrics.credential_valid.labels(upstream.name, spec.credential).set(result.verdict == "live")
+        changed = previous is None or previous.verdict != result.verdict
+        level = logging.WARNING if result.verdict != "live" else (logging.INFO if changed else logging.DEBUG)
+        log.log(
+            level,
+            "session check of upstream %s (%s): %s: %s",
+            upstream.name,
+            spec.credential,
+            result.verdict,
+            result.reason,
+        )
+
+
+async def unless_signed_out(
+    pages: AsyncGenerator[list[Any], None], confirm: Callable[[], Awaitable[None]]
+) -> AsyncGenerator[list[Any], None]:
+    """A collection's pages with empty ones held back; when not one item came, ``confirm()``
+    runs before the collection ends (it raises for a dead session, before anything is sent)."""
+    seen = False
+    try:
+        async for page in pages:
+            if page:
+                seen = True
+                yield page
+        if not seen:
+            await confirm()
+    finally:
+        with contextlib.suppress(Exception):
+            await pages.aclose()
