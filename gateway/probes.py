@@ -29,7 +29,7 @@ from gateway.config import Config, ProbeSample, Route
 from gateway.errors import GatewayError, UpstreamError
 from gateway.health import RouteHealth
 from gateway.metrics import Metrics
-from gateway.proxy import Proxy
+from gateway.proxy import SELF_PACING, Proxy
 
 log = logging.getLogger("gateway.probes")
 
@@ -132,11 +132,18 @@ class Prober:
         self, route: Route, path_params: dict[str, str], query: dict[str, str], config: Config, proxy: Proxy
     ) -> tuple[ProbeResult, Any]:
         timeout = config.probes.timeout
+        # the gateway's own pacing says nothing about the route: probes yield the budget to scripts
+        short = proxy.budget_short(route)
+        if short is not None:
+            return self._record(route, "skipped", "probe_budget_short", f"not probed: {short}", 0.0), None
         started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout):
                 resp = await proxy.probe(route, query, path_params, f"probe-{uuid.uuid4().hex[:16]}")
         except UpstreamError as exc:
+            if exc.kind in SELF_PACING:
+                message = f"not probed, the gateway is pacing itself: {exc.message}"
+                return self._record(route, "skipped", "probe_paced", message, time.perf_counter() - started), None
             return self._broken(route, exc.code, exc.message, started), None
         except GatewayError as exc:
             # the upstream refused the sample (a 404 for an id its own list just returned, a 400, ...)

@@ -49,7 +49,7 @@ _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: failures raised before any request left the gateway: not counted as upstream requests
 _NOT_SENT = frozenset({"credentials", "budget", "throttled", "circuit_open", "config"})
 #: the gateway holding itself back, not the route breaking
-_SELF_PACING = frozenset({"budget", "throttled", "circuit_open"})
+SELF_PACING = frozenset({"budget", "throttled", "circuit_open"})
 _RETRY_IN = re.compile(r"available in (\d+) seconds?")
 
 
@@ -228,7 +228,7 @@ class Proxy:
             return
         exc.recorded = True
         self.metrics.upstream_errors.labels(upstream.name, route.name, exc.kind).inc()
-        if exc.kind not in _SELF_PACING:
+        if exc.kind not in SELF_PACING:
             self.health.down(route.name, exc.code, exc.message)
 
     def _check_shape(self, upstream: Upstream, route: Route, resp: UpstreamResponse) -> None:
@@ -432,6 +432,17 @@ class Proxy:
         except ShapeDrift as exc:
             self._record_error(upstream, route, exc)
             raise
+
+    def budget_short(self, route: Route) -> str | None:
+        """Why a probe of ``route`` should not spend the upstream budget now (scripts come first), or None."""
+        upstream = self.config.upstreams[route.upstream]
+        if not upstream.budget.limits:
+            return None
+        try:
+            headers = self._headers(upstream, route, "", None)
+        except UpstreamError:
+            return None  # no credential: the probe reports that itself
+        return self.client.resilience.budget_short(upstream, headers)
 
     async def probe(
         self, route: Route, query: Mapping[str, str], path_params: Mapping[str, str], request_id: str
