@@ -72,6 +72,8 @@ class Prober:
         self.results: dict[str, ProbeResult] = {}
         #: wall-clock end of the last complete round (None: never)
         self.last_round: float | None = None
+        #: the latest ok answer per route: where dependent samples come from (gateway.verdict)
+        self._answers: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ one round
 
@@ -92,6 +94,8 @@ class Prober:
                 answers[route.name].cancel()
                 raise
             answers[route.name].set_result((result, answer))
+            if result.outcome == "ok":
+                self._answers[route.name] = answer
 
         async with asyncio.TaskGroup() as group:
             for name in sorted(wanted):
@@ -100,6 +104,7 @@ class Prober:
         self.last_round = self._clock()
         for name in [n for n in self.results if n not in routes]:
             del self.results[name]  # a reload removed the route or its probe
+            self._answers.pop(name, None)
             with contextlib.suppress(KeyError):
                 self._metrics.probe_last_success.remove(name)
         return results
@@ -181,6 +186,34 @@ class Prober:
             f": {code}: {message}" if message else "",
         )
         return result
+
+    async def sample_for(self, name: str, fresh: bool = False) -> tuple[dict[str, str], dict[str, str]] | None:
+        """The params a probe of route ``name`` sends: a known-existing entity (gateway.verdict).
+
+        Samples taken from other routes come from their latest ok probe answers; those missing
+        (or all of them, ``fresh``) are probed first.  None when the route has no probe or a
+        provider gave no sample.
+        """
+        config, _ = self._current()
+        route = next((r for r in config.routes if r.name == name), None)
+        if route is None or route.probe is None:
+            return None
+        wanted = route.probe.depends_on if fresh else route.probe.depends_on - set(self._answers)
+        if wanted:
+            await self.run_round(wanted)
+        out: tuple[dict[str, str], dict[str, str]] = ({}, {})
+        for target, pairs in zip(out, (route.probe.path_params, route.probe.query), strict=True):
+            for key, value in pairs:
+                if isinstance(value, ProbeSample):
+                    provider = self.results.get(value.route)
+                    if provider is None:
+                        return None
+                    sample, _why = _sample(provider, self._answers.get(value.route), value)
+                    if sample is None:
+                        return None
+                    value = sample
+                target[key] = value
+        return out
 
     # ------------------------------------------------------------------ in the background
 

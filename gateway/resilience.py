@@ -306,7 +306,8 @@ class Resilience:
         for count, per in upstream.budget.limits:
             used = sum(1 for t in sends.times if t > now - per)
             if count - used < max(1, math.ceil(count / 10)):
-                return f"the request budget for upstream {upstream.name!r} is short ({used} of {count}/{_per(per)} used)"
+                window = f"{count}/{_per(per)}"
+                return f"the request budget for upstream {upstream.name!r} is short ({used} of {window} used)"
         return None
 
     def _backoff(self, base: float, cap: float, attempt: int) -> float:

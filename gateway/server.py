@@ -49,6 +49,7 @@ from gateway.probes import Prober
 from gateway.proxy import Proxy
 from gateway.routing import Router
 from gateway.upstream import UpstreamClient
+from gateway.verdict import GoneCheck
 
 log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
@@ -103,6 +104,8 @@ class Gateway:
         #: route health and probe results outlive reloads; credential expiry is read at each scrape
         self.health = RouteHealth(self.metrics)
         self.prober = Prober(lambda: (self.runtime.config, self.runtime.proxy), self.health, self.metrics)
+        #: a 404 for an id is checked against the route's probe sample (gone entity or gone route?)
+        self.gone_check = GoneCheck(self.prober.sample_for)
         #: whether the background prober runs (``build_app(probes=True)``, ``gateway serve``)
         self.probing = False
         self.registry.register(ExpiryCollector(lambda: self.runtime.config, self.credentials))
@@ -140,6 +143,7 @@ class Gateway:
                 self.metrics,
                 health=self.health,
                 cache=self.caches.for_config(config),
+                gone_check=self.gone_check,
             ),
             access,
         )

@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
 from gateway.server import GATEWAY
-from tests.fake_upstream import Reply, start_fake
+from tests.fake_upstream import start_fake
 
 YAML = """
 upstreams:
