@@ -486,8 +486,6 @@ class Proxy:
     def budget_short(self, route: Route) -> str | None:
         """Why a probe of ``route`` should not spend the upstream budget now (scripts come first), or None."""
         upstream = self.config.upstreams[route.upstream]
-        if not upstream.budget.limits:
-            return None
         try:
             headers = self._headers(upstream, route, "", None)
         except UpstreamError:

@@ -305,7 +305,7 @@ class Resilience:
             return f"upstream {upstream.name!r} told the gateway to hold off for {sends.blocked_until - now:.0f}s"
         for count, per in upstream.budget.limits:
             used = sum(1 for t in sends.times if t > now - per)
-            if count - used < max(1, math.ceil(count / 10)):
+            if count - used <= max(1, math.ceil(count / 10)):
                 window = f"{count}/{_per(per)}"
                 return f"the request budget for upstream {upstream.name!r} is short ({used} of {window} used)"
         return None
