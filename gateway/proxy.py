@@ -262,9 +262,8 @@ class Proxy:
         if target.path.names & route.path.names:
             why = None
             if self.gone_check is not None:
-                why = await self.gone_check.route_gone(
-                    route.name, index, functools.partial(self._sample_status, upstream, route, target)
-                )
+                ask = functools.partial(self._sample_status, upstream, route, target)
+                why = await self.gone_check.route_gone(route.name, where, ask)
             if why is None:
                 detail = _redact(_upstream_message(resp.body), secrets_of(upstream.auth, self.creds))
                 return NotFound(detail or "not found upstream", route=route.name)

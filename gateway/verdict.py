@@ -4,8 +4,10 @@ for an entity known to exist: the route's probe sample (gateway.probes).
 If the sample is not found either, the upstream route itself is gone: the caller gets a 502
 ``upstream_route_gone`` and the route is marked down, rather than every script being told
 its entity does not exist.  Otherwise (the sample is found, or cannot be had) the 404 stands.
-One verdict per route and target is kept for ``every`` seconds, so a burst of 404s costs
-the upstream one extra request, and concurrent 404s share it.
+One verdict per route and target (its request line: a reload that edits the targets starts
+afresh) stands for ``every`` seconds, so a burst of 404s costs the upstream one extra request
+and concurrent 404s share it.  A sample may have been deleted since the last probe round:
+before calling a route gone, the providers are probed again for a fresh one.
 """
 
 from __future__ import annotations
@@ -32,11 +34,11 @@ class GoneCheck:
         self._samples = samples
         self._every = every
         self._clock = clock
-        self._verdicts: dict[tuple[str, int], tuple[float, str | None]] = {}
-        self._locks: dict[tuple[str, int], asyncio.Lock] = {}
+        self._verdicts: dict[tuple[str, str], tuple[float, str | None]] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
-    async def route_gone(self, route: str, target: int, ask: Ask) -> str | None:
-        """Why the route (not the entity) is gone, or None when the 404 may stand."""
+    async def route_gone(self, route: str, target: str, ask: Ask) -> str | None:
+        """Why ``target`` (``GET /path/{id}``) of the route, not the entity, is gone; None: the 404 stands."""
         key = (route, target)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:  # concurrent 404s wait for one check

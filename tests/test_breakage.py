@@ -5,6 +5,7 @@ the fallback counter."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from pathlib import Path
@@ -189,6 +190,33 @@ async def test_a_404_that_the_probe_sample_shares_is_the_route_gone(make_gateway
     assert _up(registry, "observable_notebook") == 0
     info = {"route": "observable_notebook", "code": "upstream_route_gone"}
     assert registry.get_sample_value("gateway_route_failure_info", info) == 1
+
+
+async def test_a_sample_deleted_since_the_last_probe_is_replaced_before_a_verdict(
+    make_gateway: Any, sandboxes: Sandboxes
+) -> None:
+    registry = CollectorRegistry()
+    gw = await make_gateway(registry=registry)
+    gateway = gw.server.app[GATEWAY]
+    obs = sandboxes.observable_state
+    await gateway.prober.run_round()
+    old_sample = obs.by_kind("public")[0]
+    del obs.notebooks[old_sample.id]  # deleted upstream after the round took it as the sample
+    err = await _error(await gw.get("/v1/observable/notebooks/0000000000000000"), 404)
+    assert err["code"] == "not_found" and err["route"] == "observable_notebook"
+    assert obs.count("GET", f"/document/{old_sample.id}") == 2  # the round, then the check: 404
+    assert obs.count("GET", f"/document/{obs.by_kind('public')[0].id}") == 1  # the fresh sample: found
+    assert _up(registry, "observable_notebook") == 1
+
+
+async def test_concurrent_404s_share_one_sample_check(make_gateway: Any, sandboxes: Sandboxes) -> None:
+    gw = await make_gateway()
+    obs = sandboxes.observable_state
+    sample = obs.by_kind("public")[0]
+    obs.apply_switches({"latency_ms": 50})
+    resps = await asyncio.gather(*(gw.get(f"/v1/observable/notebooks/{i:016x}") for i in range(6)))
+    assert [r.status for r in resps] == [404] * 6
+    assert obs.count("GET", f"/document/{sample.id}") == 1
 
 
 def _runbook_routes() -> str:
