@@ -291,6 +291,8 @@ async def test_fallback_on_hands_over_on_what_the_route_declares(
     assert [i["id"] for i in body["items"]] == ["a", "b"]
     assert registry.get_sample_value("gateway_fallback_total", {"route": "docs", "target": "1"}) == 1
     assert _up(registry, "docs") == 1
+    page = await (await gw.get("/status")).text()
+    assert "fallback #1" in page and "GET /new/docs" in page
 
 
 async def test_without_fallback_on_only_404_and_410_hand_over(make_gateway: Any, aiohttp_server: Any) -> None:
