@@ -412,6 +412,10 @@ class ProbeSettings:
     timeout: float = 30.0
 
 
+#: a route without ``fallback_on``: a gone upstream path hands over to the next target
+DEFAULT_FALLBACK_ON: frozenset[int | str] = frozenset({404, 410})
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     name: str
@@ -429,6 +433,8 @@ class Route:
     cache: RouteCache | None = None
     probe: ProbeSpec | None = None
     shape: ShapeSpec | None = None
+    #: what hands a request over to the next target: upstream statuses, and "shape" (gateway.fallback)
+    fallback_on: frozenset[int | str] = DEFAULT_FALLBACK_ON
 
     @property
     def stable(self) -> str:
@@ -1184,6 +1190,7 @@ def _route(name: str, node: _Node, _unused: Any, upstreams: dict[str, Upstream],
             "cache",
             "probe",
             "shape",
+            "fallback_on",
         },
         {"stable", "upstream", "targets"},
     ) and not isinstance(node.value, dict):
@@ -1253,6 +1260,7 @@ def _route(name: str, node: _Node, _unused: Any, upstreams: dict[str, Upstream],
     cache = _route_cache(node.get("cache"), method, root)
     probe = _probe(node.get("probe"), method, stable_path, params, paged)
     shape = _shape(node.get("shape"), response, targets)
+    fallback_on = _fallback_on(node.get("fallback_on"), len(targets), response, shape)
     desc = ""
     if (d := node.get("description")) is not None:
         desc = d.string() or ""
@@ -1274,6 +1282,7 @@ def _route(name: str, node: _Node, _unused: Any, upstreams: dict[str, Upstream],
         cache=cache,
         probe=probe,
         shape=shape,
+        fallback_on=fallback_on,
     )
 
 
@@ -1752,6 +1761,33 @@ def _shape(node: _Node | None, response: ResponseSpec, targets: list[Target]) ->
             fields.append((tuple(name.split(".")), frozenset(kinds)))
         kw["fields"] = tuple(fields)
     return ShapeSpec(**kw)
+
+
+def _fallback_on(
+    node: _Node | None, targets: int, response: ResponseSpec, shape: ShapeSpec | None
+) -> frozenset[int | str]:
+    """``fallback_on: [404, 410, 400, shape]``: what hands a request over to the next target."""
+    if node is None:
+        return DEFAULT_FALLBACK_ON
+    if not isinstance(node.value, list) or not node.value:
+        node.error("expected a non-empty list of upstream statuses (400-599) and/or 'shape'")
+        return frozenset()
+    out: set[int | str] = set()
+    for i, value in enumerate(node.value):
+        item = node.child(i)
+        if value == "shape":
+            if response.raw and shape is None:
+                item.error("a raw response is passed through unchecked; declare 'shape:' for 'shape' to mean anything")
+            out.add("shape")
+        elif isinstance(value, int) and not isinstance(value, bool) and 400 <= value <= 599:
+            if value in (401, 403, 429):
+                item.error(f"{value} is about the gateway's credential or pace, which another target shares")
+            out.add(value)
+        else:
+            item.error(f"expected an upstream status from 400 to 599 or 'shape', got {value!r}")
+    if targets == 1:
+        node.error("the route has one target: there is no next target to hand over to")
+    return frozenset(out)
 
 
 def _probe_settings(node: _Node | None) -> ProbeSettings:

@@ -97,7 +97,11 @@ _ERRORS: Mapping[int, str] = {
     415: "The body is not JSON.",
     422: "The body breaks the route's rules (every problem in `details`), or the upstream refused it.",
     429: "Over the key's rate limit or the gateway's concurrency cap; retry after `Retry-After` seconds.",
-    502: "The upstream failed, broke its contract (`shape_drift`) or rejected the gateway's credentials.",
+    502: (
+        "The upstream failed, broke its contract (`shape_drift`), no longer serves the route"
+        " (`upstream_route_gone`), refused a read the gateway built (`upstream_rejected`) or rejected"
+        " the gateway's credentials."
+    ),
     503: "The upstream is rate limiting or unavailable; `Retry-After` when known.",
     504: "The upstream did not answer in time.",
 }

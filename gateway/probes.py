@@ -29,7 +29,7 @@ from gateway.config import Config, ProbeSample, Route
 from gateway.errors import GatewayError, UpstreamError
 from gateway.health import RouteHealth
 from gateway.metrics import Metrics
-from gateway.proxy import Proxy
+from gateway.proxy import SELF_PACING, Proxy
 from gateway.session import SessionChecks
 
 log = logging.getLogger("gateway.probes")
@@ -75,6 +75,8 @@ class Prober:
         self.results: dict[str, ProbeResult] = {}
         #: wall-clock end of the last complete round (None: never)
         self.last_round: float | None = None
+        #: the latest ok answer per route: where dependent samples come from (gateway.verdict)
+        self._answers: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ one round
 
@@ -96,6 +98,8 @@ class Prober:
                 answers[route.name].cancel()
                 raise
             answers[route.name].set_result((result, answer))
+            if result.outcome == "ok":
+                self._answers[route.name] = answer
 
         async with asyncio.TaskGroup() as group:
             for name in sorted(wanted):
@@ -104,6 +108,7 @@ class Prober:
         self.last_round = self._clock()
         for name in [n for n in self.results if n not in routes]:
             del self.results[name]  # a reload removed the route or its probe
+            self._answers.pop(name, None)
             with contextlib.suppress(KeyError):
                 self._metrics.probe_last_success.remove(name)
         return results
@@ -136,11 +141,18 @@ class Prober:
         self, route: Route, path_params: dict[str, str], query: dict[str, str], config: Config, proxy: Proxy
     ) -> tuple[ProbeResult, Any]:
         timeout = config.probes.timeout
+        # the gateway's own pacing says nothing about the route: probes yield the budget to scripts
+        short = proxy.budget_short(route)
+        if short is not None:
+            return self._record(route, "skipped", "probe_budget_short", f"not probed: {short}", 0.0), None
         started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout):
                 resp = await proxy.probe(route, query, path_params, f"probe-{uuid.uuid4().hex[:16]}")
         except UpstreamError as exc:
+            if exc.kind in SELF_PACING:
+                message = f"not probed, the gateway is pacing itself: {exc.message}"
+                return self._record(route, "skipped", "probe_paced", message, time.perf_counter() - started), None
             return self._broken(route, exc.code, exc.message, started), None
         except GatewayError as exc:
             # the upstream refused the sample (a 404 for an id its own list just returned, a 400, ...)
@@ -188,6 +200,34 @@ class Prober:
                 await self._sessions.check_all(config)
         except TimeoutError:
             log.warning("the session checks did not finish within %gs", config.probes.timeout)
+
+    async def sample_for(self, name: str, fresh: bool = False) -> tuple[dict[str, str], dict[str, str]] | None:
+        """The params a probe of route ``name`` sends: a known-existing entity (gateway.verdict).
+
+        Samples taken from other routes come from their latest ok probe answers; those missing
+        (or all of them, ``fresh``) are probed first.  None when the route has no probe or a
+        provider gave no sample.
+        """
+        config, _ = self._current()
+        route = next((r for r in config.routes if r.name == name), None)
+        if route is None or route.probe is None:
+            return None
+        wanted = route.probe.depends_on if fresh else route.probe.depends_on - set(self._answers)
+        if wanted:
+            await self.run_round(wanted)
+        out: tuple[dict[str, str], dict[str, str]] = ({}, {})
+        for target, pairs in zip(out, (route.probe.path_params, route.probe.query), strict=True):
+            for key, value in pairs:
+                if isinstance(value, ProbeSample):
+                    provider = self.results.get(value.route)
+                    if provider is None:
+                        return None
+                    sample, _why = _sample(provider, self._answers.get(value.route), value)
+                    if sample is None:
+                        return None
+                    value = sample
+                target[key] = value
+        return out
 
     # ------------------------------------------------------------------ in the background
 

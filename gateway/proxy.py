@@ -2,8 +2,9 @@
 
 Order matters and is fixed: params and body are validated completely before any
 upstream is contacted (a bad request is never forwarded); targets are tried in
-order, a 404/410 handing over to the next (migrations); upstream statuses are
-mapped once, in ``_check_status``; the response is rebuilt from declared fields.
+order, what ``fallback_on`` names handing over to the next (migrations, gateway.fallback);
+upstream statuses are mapped once, in ``_not_there`` (404/410) and ``_check_status``;
+the response is rebuilt from declared fields.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiDict
 
-from gateway import jsonio, ndjson, trace
+from gateway import fallback, jsonio, ndjson, trace
 from gateway.auth import Credentials, secrets_of
 from gateway.cache import ResponseCache, note_upstream
 from gateway.config import Config, Route, Target, Upstream
 from gateway.errors import (
     BadGateway,
     BadRequest,
+    GatewayError,
     NotFound,
     PayloadTooLarge,
     RequestTimeout,
@@ -43,6 +45,7 @@ from gateway.session import SessionChecks, unless_signed_out
 from gateway.shape import check_body, check_fields, check_response
 from gateway.upstream import UpstreamClient, UpstreamResponse
 from gateway.validators import VALIDATORS
+from gateway.verdict import GoneCheck
 
 JSON_TYPE = "application/json"
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -50,7 +53,7 @@ _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: failures raised before any request left the gateway: not counted as upstream requests
 _NOT_SENT = frozenset({"credentials", "budget", "throttled", "circuit_open", "config"})
 #: the gateway holding itself back, not the route breaking
-_SELF_PACING = frozenset({"budget", "throttled", "circuit_open"})
+SELF_PACING = frozenset({"budget", "throttled", "circuit_open"})
 _RETRY_IN = re.compile(r"available in (\d+) seconds?")
 
 
@@ -66,6 +69,7 @@ class Proxy:
         health: RouteHealth | None = None,
         cache: ResponseCache | None = None,
         sessions: SessionChecks | None = None,
+        gone_check: GoneCheck | None = None,
     ) -> None:
         self.config = config
         self.client = client
@@ -77,6 +81,8 @@ class Proxy:
         self.cache = cache
         #: the upstreams' session checks (gateway.session); the Gateway's, so they outlive reloads
         self.sessions = sessions
+        #: tells a gone entity from a gone route on a 404 (None: such a 404 stays a 404)
+        self.gone_check = gone_check
 
     async def handle(self, request: web.Request, match: Match, request_id: str) -> web.StreamResponse:
         route = match.route
@@ -158,7 +164,7 @@ class Proxy:
         extra_query: list[tuple[str, str]],
         request_id: str,
     ) -> UpstreamResponse:
-        """Try each target in order; a 404/410 hands over to the next one."""
+        """Try each target in order; what the route's ``fallback_on`` names hands over to the next one."""
         upstream = self.config.upstreams[route.upstream]
         try:
             headers = self._headers(upstream, route, request_id, body)
@@ -168,8 +174,10 @@ class Proxy:
         last = len(route.targets) - 1
         for index, target in enumerate(route.targets):
             resp = await self._send(upstream, route, target, params, body, extra_query, headers)
-            if resp.status in (404, 410) and index < last:
+            if index < last and fallback.hands_over(route, resp):
                 continue
+            if resp.status in (404, 410):
+                raise await self._not_there(upstream, route, index, resp)
             self._check_status(upstream, route, target, resp)
             if route.shape is not None:
                 self._check_shape(upstream, route, resp)
@@ -232,7 +240,7 @@ class Proxy:
             return
         exc.recorded = True
         self.metrics.upstream_errors.labels(upstream.name, route.name, exc.kind).inc()
-        if exc.kind not in _SELF_PACING:
+        if exc.kind not in SELF_PACING:
             self.health.down(route.name, exc.code, exc.message)
 
     def _check_shape(self, upstream: Upstream, route: Route, resp: UpstreamResponse) -> None:
@@ -246,6 +254,48 @@ class Proxy:
             self._record_error(upstream, route, exc)
             raise
 
+    async def _not_there(self, upstream: Upstream, route: Route, index: int, resp: UpstreamResponse) -> GatewayError:
+        """A 404/410: the entity the client named is missing, or the upstream route is gone.
+
+        Only a target path carrying an id from the stable path can mean a missing entity, and
+        even then only if the route's probe sample (a known-existing entity) is found (gateway.verdict).
+        """
+        target = route.targets[index]
+        status = resp.status
+        where = f"{target.method} {target.path.raw}"
+        if target.path.names & route.path.names:
+            why = None
+            if self.gone_check is not None:
+                ask = functools.partial(self._sample_status, upstream, route, target)
+                why = await self.gone_check.route_gone(route.name, where, ask)
+            if why is None:
+                detail = _redact(_upstream_message(resp.body), secrets_of(upstream.auth, self.creds))
+                return NotFound(detail or "not found upstream", route=route.name)
+            message = f"upstream {upstream.name!r} {why}: {where} is gone"
+        else:
+            # nothing the client named is in the path: no entity can be missing, the route is
+            message = f"upstream {upstream.name!r} no longer serves {where} ({status})"
+        exc = BadGateway(
+            message + " - the upstream route may have moved; check routes.yaml",
+            kind="4xx",
+            code="upstream_route_gone",
+            route=route.name,
+        )
+        self._record_error(upstream, route, exc)
+        return exc
+
+    async def _sample_status(
+        self, upstream: Upstream, route: Route, target: Target, path_params: Mapping[str, str], query: Mapping[str, str]
+    ) -> int | None:
+        """What ``target`` answers for the probe's sample (None: no answer to judge by)."""
+        try:
+            params = parse_params(route, MultiDict(query), path_params)
+            headers = self._headers(upstream, route, f"sample-{time.monotonic_ns()}", None)
+            resp = await self._send(upstream, route, target, params, None, [], headers)
+        except GatewayError:
+            return None
+        return resp.status
+
     def _check_status(self, upstream: Upstream, route: Route, target: Target, resp: UpstreamResponse) -> None:
         status = resp.status
         if status < 300 or status == 304 or (resp.location is not None and 300 <= status < 400):
@@ -253,19 +303,7 @@ class Proxy:
         detail = _redact(_upstream_message(resp.body), secrets_of(upstream.auth, self.creds))
         name = upstream.name
         exc: Exception
-        if status in (404, 410):
-            if not target.path.names:
-                # a fixed upstream path that is gone is the route breaking, not a missing entity
-                exc = BadGateway(
-                    f"upstream {name!r} no longer serves {target.method} {target.path.raw} ({status})"
-                    " - the upstream route may have moved; check routes.yaml",
-                    kind="4xx",
-                    code="upstream_route_gone",
-                    route=route.name,
-                )
-            else:
-                raise NotFound(detail or "not found upstream", route=route.name)
-        elif status in (401, 403):
+        if status in (401, 403):
             exc = BadGateway(
                 f"upstream {name!r} rejected the gateway's credentials ({status})"
                 + (f": {detail}" if detail else "")
@@ -282,6 +320,17 @@ class Proxy:
                 code="upstream_rate_limited",
                 route=route.name,
                 headers={"Retry-After": retry} if retry else None,
+            )
+        elif status in (400, 422) and route.method in _SAFE_METHODS:
+            # every parameter of a read was built from validated input: the mapping no longer fits
+            exc = BadGateway(
+                f"upstream {name!r} rejected {target.method} {target.path.raw} ({status})"
+                + (f": {detail}" if detail else "")
+                + " - the gateway built every parameter from validated input, so the upstream API"
+                " changed; check routes.yaml",
+                kind="4xx",
+                code="upstream_rejected",
+                route=route.name,
             )
         elif status in (400, 409, 422):
             raise client_error_for(status)(
@@ -457,6 +506,15 @@ class Proxy:
                 raise
 
         return unless_signed_out(pages, confirm)
+
+    def budget_short(self, route: Route) -> str | None:
+        """Why a probe of ``route`` should not spend the upstream budget now (scripts come first), or None."""
+        upstream = self.config.upstreams[route.upstream]
+        try:
+            headers = self._headers(upstream, route, "", None)
+        except UpstreamError:
+            return None  # no credential: the probe reports that itself
+        return self.client.resilience.budget_short(upstream, headers)
 
     async def probe(
         self, route: Route, query: Mapping[str, str], path_params: Mapping[str, str], request_id: str

@@ -291,6 +291,25 @@ class Resilience:
             await self.sleep(delay)
             attempt += 1
 
+    def budget_short(self, upstream: Upstream, headers: Mapping[str, str]) -> str | None:
+        """Why a background call (a probe) should leave the credential's budget to scripts now, or None.
+
+        Short means a 429 hold-off is running, or fewer than a tenth (at least one) of a
+        window's slots are free: probes get what scripts leave, never the last slots.
+        """
+        sends = self._guard(upstream.name).sends.get(credential_id(upstream, headers))
+        if sends is None:
+            return None
+        now = self.clock()
+        if sends.blocked_until > now:
+            return f"upstream {upstream.name!r} told the gateway to hold off for {sends.blocked_until - now:.0f}s"
+        for count, per in upstream.budget.limits:
+            used = sum(1 for t in sends.times if t > now - per)
+            if count - used <= max(1, math.ceil(count / 10)):
+                window = f"{count}/{_per(per)}"
+                return f"the request budget for upstream {upstream.name!r} is short ({used} of {window} used)"
+        return None
+
     def _backoff(self, base: float, cap: float, attempt: int) -> float:
         """Full jitter: uniform in [0, min(cap, base·2^(attempt-1))]."""
         return self.rand() * min(cap, base * 2.0 ** (attempt - 1))

@@ -50,6 +50,7 @@ from gateway.proxy import Proxy
 from gateway.routing import Router
 from gateway.session import SessionChecks
 from gateway.upstream import UpstreamClient
+from gateway.verdict import GoneCheck
 
 log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
@@ -108,6 +109,8 @@ class Gateway:
         self.prober = Prober(
             lambda: (self.runtime.config, self.runtime.proxy), self.health, self.metrics, sessions=self.sessions
         )
+        #: a 404 for an id is checked against the route's probe sample (gone entity or gone route?)
+        self.gone_check = GoneCheck(self.prober.sample_for)
         #: whether the background prober runs (``build_app(probes=True)``, ``gateway serve``)
         self.probing = False
         self.registry.register(ExpiryCollector(lambda: self.runtime.config, self.credentials))
@@ -147,6 +150,7 @@ class Gateway:
                 health=self.health,
                 cache=self.caches.for_config(config),
                 sessions=self.sessions,
+                gone_check=self.gone_check,
             ),
             access,
         )

@@ -96,7 +96,10 @@ def _route_row(route: Route, health: RouteHealth, probe: ProbeResult | None) -> 
     target = _breakable(_target_text(route.targets[index]))
     if index > 0:
         primary = _breakable(_target_text(route.targets[0]))
-        fallback = f'<span class="state warn">fallback #{index}</span> primary <code>{primary}</code> is gone'
+        fallback = (
+            f'<span class="state warn">fallback #{index}</span> primary <code>{primary}</code>'
+            " handed over (gone, or what its fallback_on names)"
+        )
     else:
         fallback = '<span class="muted">no</span>' if len(route.targets) > 1 else '<span class="muted">-</span>'
     if state.up is False:

@@ -267,13 +267,14 @@ async def test_a_round_probes_every_route_with_samples_from_its_providers(
         obs.apply_switches({"faults": {"/document/": {"status": 404}}})
         results = {r.route: r for r in await gw.prober.run_round()}
         broken = results["observable_notebook"]
-        assert broken.outcome == "broken" and broken.code == "probe_not_found"
-        assert "answered 404" in broken.message
+        # its own sample (an entity the list just returned) is not found: the route is gone, not the entity
+        assert broken.outcome == "broken" and broken.code == "upstream_route_gone"
+        assert "answers 404 even for the probe's sample" in broken.message
         assert results["observable_user_notebooks"].outcome == "skipped"
         assert "whose probe is broken" in results["observable_user_notebooks"].message
         assert results["observable_notebooks"].outcome == "ok"
         assert gw.registry.get_sample_value("gateway_route_up", {"route": "observable_notebook"}) == 0
-        info = {"route": "observable_notebook", "code": "probe_not_found"}
+        info = {"route": "observable_notebook", "code": "upstream_route_gone"}
         assert gw.registry.get_sample_value("gateway_route_failure_info", info) == 1
         assert gw.health.get("observable_notebook").source == "probe"
 
