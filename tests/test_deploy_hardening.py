@@ -227,7 +227,9 @@ def test_filling_in_only_the_redis_password_gives_kubernetes_a_working_url(tmp_p
     assert done.returncode == 0, done.stderr
     import redis
 
-    kwargs = redis.connection.parse_url(done.url)
+    client = redis.Redis.from_url(done.url)  # what the gateway's redis client makes of it (no connection yet)
+    kwargs = client.connection_pool.connection_kwargs
+    client.close()
     assert kwargs["password"] == password and kwargs["host"] == "redis" and kwargs["port"] == 6379
     assert done.mode == 0o400
 
