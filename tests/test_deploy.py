@@ -117,7 +117,7 @@ def test_the_deployed_routes_file_is_rendered_from_routes_yaml_and_valid() -> No
     assert api(deployed) == api(mine)
     assert deployed.cache.backend == "redis"
     assert deployed.cache.redis_url is not None
-    assert [s.name for s in deployed.cache.redis_url.sources] == ["ROUTEGATE_REDIS_URL"]
+    assert [s.name for s in deployed.cache.redis_url.sources] == ["ROUTEGATE_REDIS_URL", "ROUTEGATE_REDIS_URL_FILE"]
     assert {k.name for k in deployed.access.clients} == {"backup-job", "scripts"}
     assert {k.name for k in deployed.access.admins} == {"ops"}
     backup = next(k for k in deployed.access.clients if k.name == "backup-job")
@@ -164,23 +164,27 @@ def test_env_example_and_compose_pass_every_variable_routes_yaml_reads() -> None
     assert "GRAFANA_ADMIN_PASSWORD" not in passed
     # and what compose interpolates and the manifests take from the routegate-secrets Secret
     interpolated = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", (DEPLOY / "docker-compose.yml").read_text()))
-    secret_keys = {
-        ref["key"] for doc in kustomize_by_hand() for ref in _secret_key_refs(doc) if ref["name"] == "routegate-secrets"
-    }
+    secret_keys = {key for doc in kustomize_by_hand() for key in secret_keys_used(doc)}
     assert "ROUTEGATE_REDIS_PASSWORD" in secret_keys & interpolated
     wanted = interpolated | secret_keys
     assert wanted <= listed, f"missing from deploy/.env.example: {sorted(wanted - listed)}"
 
 
-def _secret_key_refs(value: Any) -> Iterator[dict[str, str]]:
+def secret_keys_used(value: Any) -> Iterator[str]:
+    """Keys of the routegate-secrets Secret a manifest takes, by secretKeyRef or as secret volume files."""
     if isinstance(value, dict):
-        if "secretKeyRef" in value:
-            yield value["secretKeyRef"]
+        ref = value.get("secretKeyRef")
+        if isinstance(ref, dict) and ref.get("name") == "routegate-secrets":
+            yield ref["key"]
+        vol = value.get("secret")
+        if isinstance(vol, dict) and vol.get("secretName") == "routegate-secrets":
+            assert "items" in vol, "a secret volume without items mounts every key"
+            yield from (item["key"] for item in vol["items"])
         for v in value.values():
-            yield from _secret_key_refs(v)
+            yield from secret_keys_used(v)
     elif isinstance(value, list):
         for v in value:
-            yield from _secret_key_refs(v)
+            yield from secret_keys_used(v)
 
 
 # --------------------------------------------------------------------------- Dockerfile
@@ -321,10 +325,8 @@ def filled_env(**values: str | None) -> str:
     values = {**FILLED, **values}
     lines = []
     for line in (DEPLOY / ".env.example").read_text().splitlines():
-        name, eq, value = line.partition("=")
-        if eq and name == "ROUTEGATE_REDIS_URL" and name not in values:
-            line = f"{name}={value.replace('PASSWORD', str(values['ROUTEGATE_REDIS_PASSWORD']))}"
-        elif eq and name in values:
+        name, eq, _ = line.partition("=")
+        if eq and name in values:
             if values[name] is None:
                 continue
             line = f"{name}={values[name]}"
@@ -439,9 +441,12 @@ def kustomize_by_hand() -> list[dict[str, Any]]:
     assert kust["generatorOptions"]["disableNameSuffixHash"] is True
     for gen in kust["configMapGenerator"]:
         data = {}
-        for spec in gen["files"]:
+        for spec in gen.get("files", []):
             key, _, rel = spec.partition("=")
             data[key] = (K8S / rel).read_text()
+        for literal in gen.get("literals", []):
+            key, _, value = literal.partition("=")
+            data[key] = value
         docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": gen["name"]}, "data": data})
     for doc in docs:
         for group in kust.get("labels", []):
@@ -460,9 +465,11 @@ def test_k8s_manifests_validate_against_the_kubernetes_schemas(version: str) -> 
     assert kinds == sorted(
         [
             "ConfigMap",
+            "ConfigMap",
             "Deployment",
             "Deployment",
             "HorizontalPodAutoscaler",
+            "NetworkPolicy",
             "NetworkPolicy",
             "PodDisruptionBudget",
             "Service",
@@ -500,8 +507,10 @@ def test_k8s_base_runs_stateless_replicas_wired_together() -> None:
     assert ports == {"http": 8080}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    # secrets come from a Secret the operator creates, never from the manifests
-    assert c["envFrom"] == [{"secretRef": {"name": "routegate-secrets"}}]
+    # secrets come from a Secret the operator creates, never from the manifests (as files:
+    # tests/test_deploy_hardening.py); settings that are not secrets from a ConfigMap
+    assert c["envFrom"] == [{"configMapRef": {"name": "routegate-settings"}}]
+    assert by_kind(docs, "ConfigMap", "routegate-settings")["data"]["POSTHOG_PROJECT_ID"] == "1"
     assert not any(d["kind"] == "Secret" for d in docs)
     env = {e["name"]: e.get("value") for e in c["env"]}
     # routes.yaml comes from the ConfigMap, mounted as a directory so updates reach the file
@@ -528,10 +537,9 @@ def test_k8s_base_runs_stateless_replicas_wired_together() -> None:
     pdb = by_kind(docs, "PodDisruptionBudget", "routegate")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"], "a drain must be able to proceed"
-    # Redis: the Service the ROUTEGATE_REDIS_URL of deploy/.env.example names
-    redis_url = re.search(
-        r"^ROUTEGATE_REDIS_URL=redis://:PASSWORD@([^:/@]+):(\d+)", (DEPLOY / ".env.example").read_text(), re.MULTILINE
-    )
+    # Redis: the Service the URL the redis-url init container builds names
+    (init,) = spec["initContainers"]
+    redis_url = re.search(r"redis://:\" \+ .* \+ \"@([^:/@]+):(\d+)/0", init["args"][0])
     assert redis_url is not None
     redis_svc = by_kind(docs, "Service", redis_url.group(1))
     assert redis_svc["spec"]["ports"][0]["port"] == int(redis_url.group(2))
@@ -548,19 +556,27 @@ def redis_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
 def test_k8s_redis_wants_the_secret_password_and_admits_only_gateway_pods() -> None:
     docs = kustomize_by_hand()
     c = redis_container(docs)
+    # the password is a file from the Secret's one key, never an environment variable
     env = {e["name"]: e for e in c["env"]}
-    ref = env["REDISCLI_AUTH"]["valueFrom"]["secretKeyRef"]
-    assert ref == {"name": "routegate-secrets", "key": "ROUTEGATE_REDIS_PASSWORD"} and not ref.get("optional")
+    assert all("valueFrom" not in e for e in env.values())
+    pod = by_kind(docs, "Deployment", "redis")["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if "secret" in v)
+    assert volume["secret"]["items"] == [{"key": "ROUTEGATE_REDIS_PASSWORD", "path": "ROUTEGATE_REDIS_PASSWORD"}]
+    assert not volume["secret"].get("optional")
+    mount = next(m for m in c["volumeMounts"] if m["name"] == volume["name"])
+    assert env["REDIS_PASSWORD_FILE"]["value"] == f"{mount['mountPath']}/ROUTEGATE_REDIS_PASSWORD"
     assert c["command"] == ["sh", "-c"]
     (script,) = c["args"]
-    assert '--requirepass "$REDISCLI_AUTH"' in script and "--maxmemory-policy volatile-ttl" in script
-    assert c["readinessProbe"]["exec"]["command"] == ["sh", "-c", "redis-cli ping | grep -q PONG"]
+    assert '--requirepass "$pw"' in script and "--maxmemory-policy volatile-ttl" in script
+    probe = c["readinessProbe"]["exec"]["command"]
+    assert probe[:2] == ["sh", "-c"] and "redis-cli ping | grep -q PONG" in probe[2]
+    assert '"$REDIS_PASSWORD_FILE"' in probe[2]
     # the NetworkPolicy: Redis pods take connections from gateway pods, on the Redis port, and nothing else
     policy = by_kind(docs, "NetworkPolicy", "redis")["spec"]
     redis_pods = by_kind(docs, "Deployment", "redis")["spec"]["template"]["metadata"]["labels"]
     gateway_pods = by_kind(docs, "Deployment", "routegate")["spec"]["template"]["metadata"]["labels"]
     assert policy["podSelector"]["matchLabels"].items() <= redis_pods.items()
-    assert policy["policyTypes"] == ["Ingress"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"] and not policy.get("egress"), "Redis connects nowhere"
     (rule,) = policy["ingress"]
     (peer,) = rule["from"]
     assert set(peer) == {"podSelector"}, "same namespace, pods only: no namespaceSelector or ipBlock"
@@ -588,7 +604,10 @@ class ShippedRedis:
         c = redis_container(kustomize_by_hand())
         self.port = free_port()
         self.password = password
-        env = {"PATH": os.environ["PATH"], "REDISCLI_AUTH": password}
+        # the Secret's key as the pod mounts it: a file named by REDIS_PASSWORD_FILE
+        secret = workdir / "redis-password"
+        secret.write_text(password)
+        env = {"PATH": os.environ["PATH"], "REDIS_PASSWORD_FILE": str(secret)}
         args = [*c["command"], *c["args"], "redis", "--port", str(self.port), "--bind", "127.0.0.1", *extra]
         self.proc = subprocess.Popen(args, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
@@ -607,9 +626,11 @@ class ShippedRedis:
         finally:
             client.close()
 
-    def url(self, template: str) -> str:
-        """A URL written as deploy/.env.example says, pointed at this server."""
-        return template.replace("PASSWORD", self.password).replace("@redis:6379/", f"@127.0.0.1:{self.port}/")
+    def url(self, workdir: Path) -> str:
+        """The URL the gateway pod's redis-url init container builds from the password, pointed here."""
+        built = run_redis_url_init(workdir, ROUTEGATE_REDIS_PASSWORD=self.password)
+        assert built.returncode == 0, built.stderr
+        return built.url.replace("@redis:6379/", f"@127.0.0.1:{self.port}/")
 
     def info(self, section: str) -> dict[str, Any]:
         client = redis.Redis(port=self.port, password=self.password)
@@ -641,10 +662,57 @@ def shipped_redis(tmp_path: Path) -> Iterator[ShippedRedis]:
         server.stop()
 
 
-def env_example_redis_url() -> str:
-    m = re.search(r"^ROUTEGATE_REDIS_URL=(.+)$", (DEPLOY / ".env.example").read_text(), re.MULTILINE)
-    assert m is not None
-    return m.group(1)
+class InitResult:
+    """What the redis-url init container did: its exit status, its complaint, the URL it wrote."""
+
+    def __init__(self, returncode: int, stderr: str, url: str, mode: int | None) -> None:
+        self.returncode, self.stderr, self.url, self.mode = returncode, stderr, url, mode
+
+
+def run_redis_url_init(workdir: Path, **secret: str) -> InitResult:
+    """deploy/k8s/deployment.yaml's redis-url init container, its script run as is, with the
+    Secret's keys laid out as its volume mounts them (a key not given: no file, as ``optional``)."""
+    dep = by_kind(kustomize_by_hand(), "Deployment", "routegate")
+    (init,) = dep["spec"]["template"]["spec"]["initContainers"]
+    assert init["command"] == ["python", "-c"]
+    script, mounted, out = init["args"]
+    secrets_dir = workdir / "redis-secret"
+    secrets_dir.mkdir(exist_ok=True)
+    for name, value in secret.items():
+        (secrets_dir / name).write_text(value + "\n")  # kubectl keeps values as given; a newline is tolerated
+    target = workdir / "redis-url"
+    assert mounted.startswith("/run/secrets/") and out.startswith("/run/routegate/")
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(secrets_dir), str(target)], capture_output=True, text=True, timeout=30
+    )
+    written = target.read_text() if target.exists() else ""
+    mode = target.stat().st_mode & 0o777 if target.exists() else None
+    return InitResult(done.returncode, done.stderr, written, mode)
+
+
+def pod_secret_env(workdir: Path, values: dict[str, str], redis_url_file: Path) -> dict[str, str]:
+    """The gateway container's secret environment as deploy/k8s/deployment.yaml sets it: only
+    NAME_FILE paths, with the Secret's mounted keys written under ``workdir`` instead of /run/secrets."""
+    dep = by_kind(kustomize_by_hand(), "Deployment", "routegate")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    files: dict[str, Path] = {}  # the in-pod path of every mounted secret key -> its file here
+    for name, path in mounts.items():
+        secret = volumes[name].get("secret")
+        if secret is not None:
+            for item in secret["items"]:
+                files[f"{path}/{item['path']}"] = workdir / item["path"]
+                files[f"{path}/{item['path']}"].write_text(values.get(item["key"], ""))
+    redis_mount = mounts["redis-url"]
+    env: dict[str, str] = {}
+    for e in c["env"]:
+        if e["name"].endswith("_FILE"):
+            if e["value"].startswith(redis_mount + "/"):
+                env[e["name"]] = str(redis_url_file)
+            else:
+                env[e["name"]] = str(files[e["value"]])
+    return env
 
 
 def test_shipped_redis_refuses_to_start_with_an_empty_password(tmp_path: Path) -> None:
@@ -658,14 +726,21 @@ def test_shipped_redis_refuses_to_start_with_an_empty_password(tmp_path: Path) -
 
 
 async def test_gateway_caches_in_the_shipped_redis_only_with_its_password(
-    make_gateway: Any, sandbox_env: dict[str, str], sandboxes: Sandboxes, shipped_redis: ShippedRedis
+    make_gateway: Any, sandbox_env: dict[str, str], sandboxes: Sandboxes, shipped_redis: ShippedRedis, tmp_path: Path
 ) -> None:
-    """The rendered routes file, the URL as .env.example writes it, the Redis as redis.yaml runs it."""
+    """The gateway configured as its Kubernetes pod is: the rendered routes file, every secret a
+    file named by a NAME_FILE variable, the Redis URL the init container writes from the password
+    alone, and the Redis as redis.yaml runs it."""
     client_key = secrets.token_urlsafe(24)
-    env = {**sandbox_env, "ROUTEGATE_CLIENT_KEY": client_key}
-    gw = await make_gateway(
-        RENDERED.read_text(), env={**env, "ROUTEGATE_REDIS_URL": shipped_redis.url(env_example_redis_url())}
-    )
+    init = run_redis_url_init(tmp_path, ROUTEGATE_REDIS_PASSWORD=shipped_redis.password, ROUTEGATE_REDIS_URL="")
+    assert init.returncode == 0, init.stderr
+    url_file = tmp_path / "redis-url-here"
+    url_file.write_text(shipped_redis.url(tmp_path))
+    files = pod_secret_env(tmp_path, {**sandbox_env, "ROUTEGATE_CLIENT_KEY": client_key}, url_file)
+    settings = {k: sandbox_env[k] for k in ("OBSERVABLE_API_URL", "POSTHOG_URL")}  # routegate-settings' job
+    env = {**settings, **files}
+    assert not any(k in env for k in ("ROUTEGATE_CLIENT_KEY", "POSTHOG_API_KEY", "ROUTEGATE_REDIS_URL"))
+    gw = await make_gateway(RENDERED.read_text(), env=env)
     headers = {"X-API-Key": client_key}
     notebooks = "/v1/posthog/projects/1/notebooks"
     first = sandboxes.posthog_state.visible(1)[0].short_id
@@ -677,7 +752,7 @@ async def test_gateway_caches_in_the_shipped_redis_only_with_its_password(
     resp = await gw.patch(f"{notebooks}/{first}", json={"title": "Edited"}, headers=headers)
     assert resp.status == 200
     # what volatile-ttl relies on: the sequence never expires, every marker outlives every entry
-    store = aioredis.Redis.from_url(shipped_redis.url(env_example_redis_url()))
+    store = aioredis.Redis.from_url(url_file.read_text())
     try:
         keys = [k.decode() async for k in store.scan_iter(match="routegate:*")]
         ttl = {k: await store.pttl(k) for k in keys}
@@ -710,7 +785,7 @@ async def test_shipped_redis_under_memory_pressure_evicts_entries_not_markers_or
     try:
         server.wait_ready()
         errors: list[str] = []
-        backend = RedisBackend(server.url(env_example_redis_url()), "routegate", 2.0, 1.0, errors.append)
+        backend = RedisBackend(server.url(tmp_path), "routegate", 2.0, 1.0, errors.append)
         # markers as the cache writes them: kept for the longest entry lifetime plus a margin
         lifetime = 5 * 60 + 3600.0
         await backend.invalidate(["t:/v1/x/1", "s:/v1/x", "r:other"], keep_for=lifetime + 60)
@@ -720,7 +795,7 @@ async def test_shipped_redis_under_memory_pressure_evicts_entries_not_markers_or
             await backend.store(CacheKey("x", f"/v1/x/{i}", "d"), entry, lifetime - (i % 7) * 30)
         assert not errors, errors
         assert server.info("stats")["evicted_keys"] > 0, "the test must push Redis past maxmemory"
-        store = aioredis.Redis.from_url(server.url(env_example_redis_url()))
+        store = aioredis.Redis.from_url(server.url(tmp_path))
         try:
             assert await store.get("routegate:seq") == b"1"
             marks = await store.mget(["routegate:m:t:/v1/x/1", "routegate:m:s:/v1/x", "routegate:m:r:other"])
