@@ -12,3 +12,10 @@ need redis-server redis-server
 need prometheus prometheus       # the alerting end-to-end test scrapes the gateway with a real Prometheus
 need promtool prometheus         # promtool check metrics / test rules
 need chromium chromium           # the /status page is checked in a real headless browser
+
+# checkov (tests/test_deploy_hardening.py scans deploy/ and the rendered overlay) pins an older
+# `packaging` than pytest needs, so it gets a virtualenv of its own beside the project's
+if [ ! -x .venv-checkov/bin/checkov ]; then
+  "${PY:-python3}" -m venv .venv-checkov
+  .venv-checkov/bin/pip install -q "checkov>=3.2,<4"
+fi
