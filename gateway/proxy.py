@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 from multidict import MultiDict
@@ -37,7 +38,7 @@ from gateway.errors import (
 from gateway.health import RouteHealth
 from gateway.mapping import ShapeDrift, apply_mapping, evaluate, parse_params, target_request
 from gateway.metrics import Metrics, status_class
-from gateway.pagination import Position, decode_cursor, encode_cursor, pages
+from gateway.pagination import Answer, Position, decode_cursor, derive_key, encode_cursor, pages
 from gateway.routing import Match
 from gateway.shape import check_body, check_fields, check_response
 from gateway.upstream import UpstreamClient, UpstreamResponse
@@ -73,6 +74,8 @@ class Proxy:
         self.health = health if health is not None else RouteHealth(metrics)
         #: the response cache (None when no route caches); its backend is the Gateway's
         self.cache = cache
+        #: signs next_cursor (gateway.pagination.cursor); never logged
+        self.cursor_secret = _cursor_secret(config, creds)
 
     async def handle(self, request: web.Request, match: Match, request_id: str) -> web.StreamResponse:
         route = match.route
@@ -153,8 +156,13 @@ class Proxy:
         body: bytes | None,
         extra_query: list[tuple[str, str]],
         request_id: str,
+        at: str | None = None,
     ) -> UpstreamResponse:
-        """Try each target in order; a 404/410 hands over to the next one."""
+        """Try each target in order; a 404/410 hands over to the next one.
+
+        ``at`` (a ``next_url`` page) is a path and query below ``base_url`` to fetch instead
+        of the target's own; its path must be the target's, else the route is not followed.
+        """
         upstream = self.config.upstreams[route.upstream]
         try:
             headers = self._headers(upstream, route, request_id, body)
@@ -163,7 +171,7 @@ class Proxy:
             raise
         last = len(route.targets) - 1
         for index, target in enumerate(route.targets):
-            resp = await self._send(upstream, route, target, params, body, extra_query, headers)
+            resp = await self._send(upstream, route, target, params, body, extra_query, headers, at)
             if resp.status in (404, 410) and index < last:
                 continue
             self._check_status(upstream, route, target, resp)
@@ -185,8 +193,11 @@ class Proxy:
         body: bytes | None,
         extra_query: list[tuple[str, str]],
         headers: dict[str, str],
+        at: str | None = None,
     ) -> UpstreamResponse:
         path, query = target_request(target, params)
+        if at is not None:
+            path, query = _followed(upstream, route, path, at)
         payload = (
             target.body.const if target.body.mode == "const" else (body if target.body.mode == "passthrough" else None)
         )
@@ -371,10 +382,10 @@ class Proxy:
         position = Position()
         cursor = request.query.get("cursor")
         if cursor:
-            cursor_streams, position = decode_cursor(route, cursor)
+            cursor_streams, position = decode_cursor(route, cursor, self.cursor_secret)
+            # decode_cursor checked the streams against the route; a fan-out may still disagree
             if fan is None:
-                if cursor_streams != [""]:
-                    raise BadRequest("the cursor is not valid for this route", code="bad_cursor", route=route.name)
+                pass
             elif fan.name in request.query and set(cursor_streams) != set(streams):
                 raise BadRequest(
                     f"the cursor was issued for {fan.name}={','.join(cursor_streams)}; "
@@ -392,7 +403,7 @@ class Proxy:
         items: list[Any] = []
         async for page in stable_pages:
             items.extend(page)
-        next_cursor = None if everything else encode_cursor(route, streams, position)
+        next_cursor = None if everything else encode_cursor(route, streams, position, self.cursor_secret)
         self.health.up(route.name)
         if as_ndjson:
             return ndjson.page(items, next_cursor)
@@ -413,14 +424,15 @@ class Proxy:
         def params_of(stream: str | None) -> dict[str, Any]:
             return params if stream is None or fan is None else {**params, fan.name: stream}
 
-        async def fetch(stream: str | None, extra: list[tuple[str, str]]) -> Any:
-            return self._json(route, await self.call(route, params_of(stream), None, extra, request_id))
+        async def fetch(stream: str | None, extra: list[tuple[str, str]], at: str | None) -> Answer:
+            resp = await self.call(route, params_of(stream), None, extra, request_id, at)
+            return Answer(self._json(route, resp), resp.headers)
 
         upstream = self.config.upstreams[route.upstream]
         mapping = route.response.items
         try:
             # drift in a page (pagination.py: lost list, stalled paging) or in an item counts alike
-            async for page in pages(route, streams, position, limit, fetch, upstream.concurrency):
+            async for page in pages(route, streams, position, limit, fetch, upstream.concurrency, upstream.base_url):
                 out: list[Any] = []
                 for stream, item in page:
                     if route.shape is not None:
@@ -455,6 +467,27 @@ class Proxy:
             items.extend(page)
         self.health.up(route.name)
         return _json_page(items, None)
+
+
+def _cursor_secret(config: Config, creds: Credentials) -> bytes:
+    """The deployment's cursor key: ``server.cursor_key``, else derived (gateway.pagination.cursor)."""
+    spec = config.server.cursor_key
+    configured = creds.resolve(spec) if spec is not None else None
+    shared = [v for u in config.upstreams.values() for v in secrets_of(u.auth, creds)]
+    return derive_key(configured, shared, config.digest)
+
+
+def _followed(upstream: Upstream, route: Route, target_path: str, at: str) -> tuple[str, list[tuple[str, str]]]:
+    """A next link's path and query, once its path is checked to be the target's own."""
+    path, _, query = at.partition("?")
+    if path.rstrip("/") != target_path.rstrip("/"):
+        exc = ShapeDrift(
+            f"upstream {upstream.name!r} gave a next link off the route's target path; it is not followed",
+            code="pagination_bad_link",
+            route=route.name,
+        )
+        raise exc
+    return path, parse_qsl(query, keep_blank_values=True)
 
 
 async def _read_limited(request: web.Request, limit: int, timeout: float, route: str) -> bytes:
