@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import posthog_paging as paging
 from .control import SandboxState, build_app
 
 __all__ = [
@@ -145,6 +146,10 @@ class PostHogState(SandboxState):
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__()
+        #: paging switches (gateway.sandbox.posthog_paging)
+        self.activity_paging = "page"
+        self.list_paging = "offset"
+        self.list_link_header = False
         self.clock = clock
         self.api_keys: set[str] = set(api_keys) if api_keys is not None else {SANDBOX_POSTHOG_KEY}
         self.rate_limit_per_minute = rate_limit_per_minute
@@ -329,19 +334,35 @@ class PostHogState(SandboxState):
         super().reset_switches()
         self.rate_limit_per_minute = None
         self._hits.clear()
+        self.activity_paging = "page"
+        self.list_paging = "offset"
+        self.list_link_header = False
 
     def switches_json(self) -> dict[str, Any]:
         out = super().switches_json()
         out["rate_limit_per_minute"] = self.rate_limit_per_minute
+        out["activity_paging"] = self.activity_paging
+        out["list_paging"] = self.list_paging
+        out["list_link_header"] = self.list_link_header
         return out
 
     def _apply_extra_switches(self, body: Mapping[str, Any]) -> None:
         limit = body.get("rate_limit_per_minute", self.rate_limit_per_minute)
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)):
             raise ValueError("rate_limit_per_minute must be an integer or null")
+        activity = body.get("activity_paging", self.activity_paging)
+        if activity not in paging.ACTIVITY_PAGING:
+            raise ValueError(f"activity_paging must be one of {list(paging.ACTIVITY_PAGING)}")
+        listing = body.get("list_paging", self.list_paging)
+        if listing not in paging.LIST_PAGING:
+            raise ValueError(f"list_paging must be one of {list(paging.LIST_PAGING)}")
+        link = body.get("list_link_header", self.list_link_header)
+        if not isinstance(link, bool):
+            raise ValueError("list_link_header must be a boolean")
         if limit != self.rate_limit_per_minute:
             self._hits.clear()
         self.rate_limit_per_minute = limit
+        self.activity_paging, self.list_paging, self.list_link_header = activity, listing, link
 
     def error_body(self, status: int, method: str = "GET") -> dict[str, Any]:
         if status == 400:
@@ -484,6 +505,12 @@ async def notebooks(request: web.Request, project_id: int) -> web.StreamResponse
             return offset
         limit = min(limit, MAX_LIMIT)
         items = state.visible(project_id)
+        if state.list_paging == "cursor":
+            start = paging.decode_token(request.query.get("cursor", "")) if "cursor" in request.query else 0
+            if start is None:
+                return _invalid("Invalid cursor.", "cursor")
+            page = [state.item_json(nb) for nb in items[start : start + limit]]
+            return web.json_response({"results": page, "meta": paging.cursor_meta(start, limit, len(items))})
         url = request.url
         nxt = None
         if offset + limit < len(items):
@@ -497,12 +524,13 @@ async def notebooks(request: web.Request, project_id: int) -> web.StreamResponse
                 prev_url = prev_url.without_query_params("offset")
             prev = str(prev_url)
         return web.json_response(
-            {
+            headers=paging.link_header(nxt) if state.list_link_header else None,
+            data={
                 "count": len(items),
                 "next": nxt,
                 "previous": prev,
                 "results": [state.item_json(nb) for nb in items[offset : offset + limit]],
-            }
+            },
         )
     if request.method == "POST":
         body = await _json_object(request)
@@ -558,8 +586,11 @@ async def activity(request: web.Request, project_id: int) -> web.StreamResponse:
     nb = _state(request).get(project_id, request.match_info["short_id"])
     if nb is None:
         return _not_found()
-    results = list(reversed(nb.activity))
-    return web.json_response({"results": results, "next": None, "previous": None, "total_count": len(results)})
+    state = _state(request)
+    page = paging.activity_page(request, list(reversed(nb.activity)), state.activity_paging)
+    if page is None:
+        return _invalid("A valid integer is required.", "page")
+    return web.json_response(page)
 
 
 def create_app(state: PostHogState | None = None) -> web.Application:
