@@ -1431,6 +1431,8 @@ def _pagination(node: _Node | None) -> Pagination | None:
     ):
         if (n := node.get(key)) is not None and (v := n.string()) is not None:
             kw[attr] = v
+    if style in ("next_url", "cursor"):
+        kw.setdefault("size_param", "")  # the page size is sent only when the upstream takes one
     for key, attr in (
         ("total", "total_path"),
         ("next", "next_path"),
