@@ -395,6 +395,8 @@ class Proxy:
                 )
             else:
                 streams = list(cursor_streams)
+            if pag.style == "next_url":
+                _check_link_cursor(route, params, position)
 
         stable_pages = self._stable_pages(route, params, streams, position, None if everything else limit, request_id)
         if as_ndjson and everything:
@@ -475,6 +477,21 @@ def _cursor_secret(config: Config, creds: Credentials) -> bytes:
     configured = creds.resolve(spec) if spec is not None else None
     shared = [v for u in config.upstreams.values() for v in secrets_of(u.auth, creds)]
     return derive_key(configured, shared, config.digest)
+
+
+def _check_link_cursor(route: Route, params: Mapping[str, Any], position: Position) -> None:
+    """A ``next_url`` cursor's link must be below one of the route's own target paths: 400 before any call."""
+    state = position.pos.get("")
+    link = state.get("t") if isinstance(state, dict) else None
+    if link is None:
+        return
+    paths = {target_request(t, params)[0].rstrip("/") for t in route.targets}
+    if str(link).partition("?")[0].rstrip("/") not in paths:
+        raise BadRequest(
+            "the cursor is not valid for this route; pass next_cursor exactly as it was returned",
+            code="bad_cursor",
+            route=route.name,
+        )
 
 
 def _followed(upstream: Upstream, route: Route, target_path: str, at: str) -> tuple[str, list[tuple[str, str]]]:
