@@ -214,6 +214,11 @@ routes:
     upstream: fake
     pagination: {{style: cursor, items: data, token: next}}
     targets: ["GET /token"]
+  cycle_list:
+    stable: GET /v1/cycle
+    upstream: fake
+    pagination: {{style: next_url, items: data, next: links.next}}
+    targets: ["GET /cycle"]
   before_list:
     stable: GET /v1/before
     upstream: fake
@@ -247,7 +252,14 @@ def _fake_app(seen: list[str], link: dict[str, str]) -> web.Application:
         seen.append(str(request.rel_url))
         return web.json_response([{"t": "2026-01-03"}, {"t": "2026-01-02"}])
 
+    async def cycle(request: web.Request) -> web.Response:
+        seen.append(str(request.rel_url))
+        after = int(request.query.get("after", "0"))
+        nxt = f"/cycle?after={after % 2 + 1}"  # 0 -> 1 -> 2 -> 1 -> ...
+        return web.json_response({"data": [{"id": after}], "links": {"next": nxt}})
+
     app = web.Application()
+    app.router.add_get("/cycle", cycle)
     for path, handler in (("/offset", offset), ("/page", page), ("/link", linked), ("/token", token)):
         app.router.add_get(path, handler)
     app.router.add_get("/before", before)
@@ -362,3 +374,9 @@ def test_every_style_parses_with_its_keys() -> None:
     pag = cfg.routes[0].pagination
     assert pag is not None and pag.style == "page" and pag.first_page == 0
     assert pag.total_path == ("meta", "total") and pag.has_more_path == ("meta", "more")
+
+
+async def test_an_upstream_going_round_in_a_loop_is_stopped(make_gateway: Any, aiohttp_server: Any) -> None:
+    gw, seen, registry = await _fake_gateway(make_gateway, aiohttp_server, {"next": "/link"})
+    await _stalled(gw, "/v1/cycle?all=true", "cycle_list", registry, "pagination_stalled")
+    assert seen == ["/cycle", "/cycle?after=1", "/cycle?after=2", "/cycle?after=1"]

@@ -39,6 +39,8 @@ class Position:
     pos: dict[str, Any] = field(default_factory=dict)
     ended: set[str] = field(default_factory=set)
     marks: dict[str, str] = field(default_factory=dict)
+    #: first-item fingerprints of every page fetched in this request (not carried in the cursor)
+    heads: set[str] = field(default_factory=set)
 
     def done(self, streams: Sequence[str | None]) -> bool:
         return all(key(s) in self.ended for s in streams)
@@ -86,13 +88,15 @@ def stalled(route: str, why: str = "the next page repeated one already served") 
 
 
 def check_advanced(route: str, position: Position, first: Any, resumed: bool) -> None:
-    """A page that is not the walk's first must not start with the walk's first item, nor with
-    the first item of the page before it: that is an upstream ignoring the paging parameter."""
+    """A page that is not the walk's first must not start with the walk's first item, with the
+    first item of the page before it (the cursor carries both), nor with the first item of any
+    page fetched earlier in this request: that is an upstream ignoring the paging parameter or
+    going round in a loop."""
     if first is None:
         return
     fp = fingerprint(first)
     if not resumed:
         position.marks["f"] = fp
-        return
-    if fp in (position.marks.get("f"), position.marks.get("h")):
+    elif fp in position.heads or fp in (position.marks.get("f"), position.marks.get("h")):
         raise stalled(route, "the upstream answered a page already served; it may ignore the paging parameter")
+    position.heads.add(fp)
