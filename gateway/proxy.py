@@ -428,7 +428,7 @@ class Proxy:
 
         async def fetch(stream: str | None, extra: list[tuple[str, str]], at: str | None) -> Answer:
             resp = await self.call(route, params_of(stream), None, extra, request_id, at)
-            return Answer(self._json(route, resp), resp.headers)
+            return Answer(self._json(route, resp), resp.headers, resp.url)
 
         upstream = self.config.upstreams[route.upstream]
         mapping = route.response.items

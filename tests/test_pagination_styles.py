@@ -380,3 +380,29 @@ async def test_an_upstream_going_round_in_a_loop_is_stopped(make_gateway: Any, a
     gw, seen, registry = await _fake_gateway(make_gateway, aiohttp_server, {"next": "/link"})
     await _stalled(gw, "/v1/cycle?all=true", "cycle_list", registry, "pagination_stalled")
     assert seen == ["/cycle", "/cycle?after=1", "/cycle?after=2", "/cycle?after=1"]
+
+
+async def test_a_relative_next_link_resolves_against_the_page_it_came_from(
+    make_gateway: Any, aiohttp_server: Any
+) -> None:
+    gw, seen, registry = await _fake_gateway(make_gateway, aiohttp_server, {"next": "?after=1"})
+    # followed (not a bad link), and then recognised as pointing at itself
+    await _stalled(gw, "/v1/link?all=true", "link_list", registry, "pagination_stalled")
+    assert seen == ["/link", "/link?after=1"]
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ('<https://a.example/x?page=2>; rel="next"', "https://a.example/x?page=2"),
+        ('<https://a/x?p=1>; rel="prev", <https://a/x?p=3>; rel="next"', "https://a/x?p=3"),
+        ('<https://a/x?p=3>; title="n"; rel=next', "https://a/x?p=3"),
+        ('<https://a/x?p=3>; rel="prefetch next"', "https://a/x?p=3"),
+        ('<https://a/x?p=1>; rel="prev"', None),
+        ("", None),
+    ],
+)
+def test_link_header_parsing(header: str, expected: str | None) -> None:
+    from gateway.pagination.next_url import link_next
+
+    assert link_next(header) == expected

@@ -8,16 +8,20 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from yarl import URL
+
 from gateway.config import Pagination
 from gateway.mapping import ShapeDrift
 
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """One upstream page: its parsed body and its headers (``Link`` for ``next_url``)."""
+    """One upstream page: its parsed body, its headers (``Link`` for ``next_url``) and the URL
+    it came from (what a relative next link is resolved against)."""
 
     body: Any
     headers: Mapping[str, str] = field(default_factory=dict)
+    url: URL | None = None
 
 
 #: fetch(stream, extra upstream query, path+query after the origin or None) → the page

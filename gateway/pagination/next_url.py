@@ -47,15 +47,22 @@ class NextLinks:
     def advance(self, token: Any, answer: Answer, items: list[Any]) -> Any:
         if has_more(self.pag, answer.body) is False:
             return None
-        raw = dig(answer.body, self.pag.next_path) if self.pag.next_path else link_next(answer.headers.get("Link", ""))
+        raw = dig(answer.body, self.pag.next_path) if self.pag.next_path else self._header_link(answer)
         if not isinstance(raw, str) or not raw:
             return None
-        return self.after_origin(raw)
+        return self.after_origin(raw, answer.url or self.base)
 
-    def after_origin(self, raw: str) -> str:
-        """The link's path and query below ``base_url``; a 502 if it leaves the upstream's origin."""
+    @staticmethod
+    def _header_link(answer: Answer) -> str | None:
+        getall = getattr(answer.headers, "getall", None)
+        values = getall("Link", []) if getall is not None else [answer.headers.get("Link", "")]
+        return link_next(", ".join(values))
+
+    def after_origin(self, raw: str, current: URL) -> str:
+        """The link (resolved against the page it came from) as the path and query below
+        ``base_url``; a 502 if it leaves the upstream's origin or base path."""
         try:
-            url = self.base.join(URL(raw))
+            url = current.join(URL(raw))
             same = (url.scheme, url.host, url.explicit_port or url.port) == (
                 self.base.scheme,
                 self.base.host,
