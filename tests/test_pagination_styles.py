@@ -406,3 +406,49 @@ def test_link_header_parsing(header: str, expected: str | None) -> None:
     from gateway.pagination.next_url import link_next
 
     assert link_next(header) == expected
+
+
+HAS_MORE_YAML = """
+upstreams:
+  fake: {{base_url: "{url}", retries: {{attempts: 1}}}}
+routes:
+  flagged:
+    stable: GET /v1/flagged
+    upstream: fake
+    pagination: {pagination}
+    targets: ["GET /flagged"]
+"""
+
+
+@pytest.mark.parametrize(
+    "pagination",
+    [
+        "{style: before, items: data, field: t, has_more: meta.more}",
+        "{style: offset, items: data, has_more: meta.more}",
+        "{style: page, items: data, page_size: 2, has_more: meta.more}",
+        "{style: next_url, items: data, next: meta.next, has_more: meta.more}",
+        "{style: cursor, items: data, token: meta.next, has_more: meta.more}",
+    ],
+)
+async def test_has_more_false_ends_the_walk_in_every_style(
+    make_gateway: Any, aiohttp_server: Any, pagination: str
+) -> None:
+    calls: list[str] = []
+
+    async def flagged(request: web.Request) -> web.Response:
+        calls.append(str(request.rel_url))
+        # every other signal says "more": a full page, a next link, a token
+        meta = {"more": False, "next": "/flagged?n=2"}
+        return web.json_response({"data": [{"t": "2026-01-02"}, {"t": "2026-01-01"}], "next": "x", "meta": meta})
+
+    app = web.Application()
+    app.router.add_get("/flagged", flagged)
+    upstream = await aiohttp_server(app)
+    url = str(upstream.make_url("/")).rstrip("/")
+    gw = await make_gateway(HAS_MORE_YAML.format(url=url, pagination=pagination), env={})
+    resp = await gw.get("/v1/flagged", params={"all": "true"})
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert len(body["items"]) == 2 and len(calls) == 1
+    page = await (await gw.get("/v1/flagged", params={"limit": "2"})).json()
+    assert page["next_cursor"] is None

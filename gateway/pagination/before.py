@@ -1,7 +1,7 @@
 """``before``: the next page is asked with the last item's field (Observable's ``before=<update_time>``).
 
-Only an empty page ends a stream; the page size is unknown, so pages are fetched one
-after another.  Several streams (one per fan-out value, e.g. ``type``) are merged
+An empty page (or a declared ``has_more`` that is false) ends a stream; the page size
+is unknown, so pages are fetched one after another.  Several streams (one per fan-out value, e.g. ``type``) are merged
 newest-first and the position keeps one value per stream.  A page whose last value does
 not move strictly backwards means the upstream ignored ``before``: a 502, not a loop, on
 ``all=true`` and across ``next_cursor`` requests alike (the cursor carries the value).
@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway.config import Pagination
 from gateway.mapping import ShapeDrift
-from gateway.pagination.common import Fetch, Position, Tagged, items_of, key, stalled
+from gateway.pagination.common import Fetch, Position, Tagged, has_more, items_of, key, stalled
 
 
 def _field(pag: Pagination, item: Any, route: str) -> Any:
@@ -40,7 +40,10 @@ async def walk(
 
     async def refill(k: str) -> None:
         query = [(pag.before_param, str(fetched_to[k]))] if fetched_to[k] is not None else []
-        items = items_of(pag, (await fetch(keys[k], query, None)).body, route)
+        body = (await fetch(keys[k], query, None)).body
+        items = items_of(pag, body, route)
+        if has_more(pag, body) is False:
+            exhausted.add(k)  # this page is the stream's last (its items are still served)
         if not items:
             exhausted.add(k)
             return
