@@ -452,3 +452,22 @@ async def test_has_more_false_ends_the_walk_in_every_style(
     assert len(body["items"]) == 2 and len(calls) == 1
     page = await (await gw.get("/v1/flagged", params={"limit": "2"})).json()
     assert page["next_cursor"] is None
+
+
+async def test_an_upstream_capping_its_page_size_still_fills_the_stable_page(
+    make_gateway: Any, aiohttp_server: Any
+) -> None:
+    """Offset: asked for 5, the upstream gives at most 3; the gateway asks again to fill the page."""
+    data = [{"id": i} for i in range(11)]
+
+    async def capped(request: web.Request) -> web.Response:
+        offset, limit = int(request.query["offset"]), min(int(request.query["limit"]), 3)
+        more = offset + limit < len(data)
+        return web.json_response({"count": len(data), "next": "n" if more else None, "results": data[offset:][:limit]})
+
+    app = web.Application()
+    app.router.add_get("/flagged", capped)
+    upstream = await aiohttp_server(app)
+    url = str(upstream.make_url("/")).rstrip("/")
+    gw = await make_gateway(HAS_MORE_YAML.format(url=url, pagination="{style: offset}"), env={})
+    assert await _walk(gw, "/v1/flagged", 5) == data

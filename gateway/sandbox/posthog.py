@@ -587,6 +587,8 @@ async def activity(request: web.Request, project_id: int) -> web.StreamResponse:
     if nb is None:
         return _not_found()
     state = _state(request)
+    # PostHog: products/notebooks/backend/api/notebook.py activity() and
+    # posthog/models/activity_logging/activity_page.py: ?page= (from 1) &limit= (default 10)
     page = paging.activity_page(request, list(reversed(nb.activity)), state.activity_paging)
     if page is None:
         return _invalid("A valid integer is required.", "page")
