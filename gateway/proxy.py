@@ -384,16 +384,14 @@ class Proxy:
         if cursor:
             cursor_streams, position = decode_cursor(route, cursor, self.cursor_secret)
             # decode_cursor checked the streams against the route; a fan-out may still disagree
-            if fan is None:
-                pass
-            elif fan.name in request.query and set(cursor_streams) != set(streams):
+            if fan is not None and fan.name in request.query and set(cursor_streams) != set(streams):
                 raise BadRequest(
                     f"the cursor was issued for {fan.name}={','.join(cursor_streams)}; "
                     f"repeat that {fan.name} or leave it out",
                     code="bad_cursor",
                     route=route.name,
                 )
-            else:
+            if fan is not None:
                 streams = list(cursor_streams)
             if pag.style == "next_url":
                 _check_link_cursor(route, params, position)
