@@ -314,13 +314,24 @@ async def test_a_next_link_or_token_equal_to_the_current_one_stalls(make_gateway
 
 @pytest.mark.parametrize(
     "next_link",
-    ["http://127.0.0.2:1/link?after=1", "https://ORIGINHOST/link", "ORIGIN/elsewhere?after=1", "//evil.example/link"],
+    ["OTHER/link?after=1", "https://127.0.0.1:PORT/link", "ORIGIN/elsewhere?after=1", "//evil.example/link"],
 )
 async def test_a_next_link_off_the_upstream_or_its_path_is_a_502(
     make_gateway: Any, aiohttp_server: Any, next_link: str
 ) -> None:
-    link = {"next": next_link.replace("ORIGINHOST", "127.0.0.1")}
+    """Another port on the same host is another origin: it never sees a request, let alone the token."""
+    elsewhere: list[tuple[str, str | None]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        elsewhere.append((str(request.rel_url), request.headers.get("Authorization")))
+        return web.json_response({"data": [], "links": {}})
+
+    other_app = web.Application()
+    other_app.router.add_get("/{tail:.*}", record)
+    other = await aiohttp_server(other_app)
+    link = {"next": next_link.replace("OTHER", str(other.make_url("")).rstrip("/"))}
     gw, seen, registry = await _fake_gateway(make_gateway, aiohttp_server, link)
+    link["next"] = link["next"].replace("PORT", str(gw.server.port))
     for url in ("/v1/link?all=true", "/v1/link?limit=5"):
         resp = await gw.get(url)
         body = await resp.json()
@@ -329,6 +340,7 @@ async def test_a_next_link_off_the_upstream_or_its_path_is_a_502(
         assert TOKEN not in json.dumps(body)
     assert registry.get_sample_value("gateway_route_up", {"route": "link_list"}) == 0
     assert all(s == "/link" for s in seen)  # nothing else was fetched with the credentials
+    assert elsewhere == []
 
 
 # ------------------------------------------------------------------ gateway check
