@@ -288,7 +288,9 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class Pagination:
-    style: Literal["before", "offset"]
+    """How one upstream pages (gateway.pagination reads it; one strategy module per style)."""
+
+    style: Literal["before", "offset", "page", "next_url", "cursor"]
     items_path: tuple[str, ...]
     # before: the upstream param and the item field whose last value asks for the next page
     before_param: str = "before"
@@ -299,6 +301,18 @@ class Pagination:
     next_key: str = "next"
     count_key: str = "count"
     page_size: int = 100
+    # page: page number and size parameters, first page number, optional total in the body
+    page_param: str = "page"
+    size_param: str = "limit"
+    first_page: int = 1
+    total_path: tuple[str, ...] = ()
+    # next_url: the next link from a body field (next_path) or, when empty, the Link header
+    next_path: tuple[str, ...] = ()
+    # cursor: the token's body field and the query parameter it goes back in
+    token_path: tuple[str, ...] = ()
+    token_param: str = "cursor"
+    #: a body field that, when false, ends the walk (any style)
+    has_more_path: tuple[str, ...] = ()
     default_limit: int = 50
     max_limit: int = 200
     #: an all=true aggregation larger than this is refused (502) rather than held or looped on
@@ -487,6 +501,8 @@ class ServerSettings:
     header_timeout: float = 15.0
     #: a request body must arrive completely within this long, else 408
     body_timeout: float = 30.0
+    #: signs stable pagination cursors (gateway.pagination.cursor); derived when unset
+    cursor_key: Secret | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -945,8 +961,10 @@ def _route_cache(node: _Node | None, method: str | None, root: _Node) -> RouteCa
 def _server(node: _Node | None) -> ServerSettings:
     if node is None:
         return ServerSettings()
-    node.keys({"max_body_bytes", "max_concurrency", "client_timeouts"})
+    node.keys({"max_body_bytes", "max_concurrency", "client_timeouts", "cursor_key"})
     kw: dict[str, Any] = {}
+    if (n := node.get("cursor_key")) is not None:
+        kw["cursor_key"] = _secret(n)
     if (n := node.get("max_body_bytes")) is not None and (size := n.convert(parse_size)) is not None:
         kw["max_body_bytes"] = size
     if (n := node.get("max_concurrency")) is not None and (cap := n.integer(1, 1_000_000)) is not None:
@@ -1409,30 +1427,26 @@ def _plain(v: Any) -> Any:
 
 
 def _pagination(node: _Node | None) -> Pagination | None:
+    """The ``pagination:`` section; which keys each style takes is ``gateway.pagination.styles.STYLE_KEYS``."""
+    from gateway.pagination.styles import STYLE_KEYS, check_pagination
+
     if node is None:
         return None
-    if not node.keys(
-        {
-            "style",
-            "items",
-            "param",
-            "field",
-            "limit_param",
-            "offset_param",
-            "next",
-            "count",
-            "page_size",
-            "default_limit",
-            "max_limit",
-            "max_items",
-        },
-        {"style"},
-    ):
+    every = set().union(*STYLE_KEYS.values())
+    if not node.keys(every, {"style"}):
         return None
     style = node.value.get("style")
-    if style not in ("before", "offset"):
-        node.child("style").error("expected 'before' (cursor from the last item) or 'offset' (limit/offset)")
+    if style not in STYLE_KEYS:
+        node.child("style").error(
+            "expected 'before' (the last item's field), 'offset' (limit/offset), 'page' (page number),"
+            " 'next_url' (the upstream's next link) or 'cursor' (a token from the body)"
+        )
         return None
+    ok = True
+    for key in node.value:
+        if key not in STYLE_KEYS[style]:
+            node.child(key).error(f"not a key of style {style!r}; it takes: {', '.join(sorted(STYLE_KEYS[style]))}")
+            ok = False
     kw: dict[str, Any] = {"style": style}
     items_default = "" if style == "before" else "results"
     items = node.value.get("items", items_default)
@@ -1442,20 +1456,43 @@ def _pagination(node: _Node | None) -> Pagination | None:
         ("field", "field"),
         ("limit_param", "limit_param"),
         ("offset_param", "offset_param"),
-        ("next", "next_key"),
         ("count", "count_key"),
+        ("page_param", "page_param"),
+        ("size_param", "size_param"),
+        ("token_param", "token_param"),
     ):
         if (n := node.get(key)) is not None and (v := n.string()) is not None:
             kw[attr] = v
+    if style in ("next_url", "cursor"):
+        kw.setdefault("size_param", "")  # the page size is sent only when the upstream takes one
+    for key, attr in (
+        ("total", "total_path"),
+        ("next", "next_path"),
+        ("token", "token_path"),
+        ("has_more", "has_more_path"),
+    ):
+        if (n := node.get(key)) is not None and (v := n.string()) is not None:
+            if key == "next" and style == "offset":
+                kw["next_key"] = v
+            elif not all(v.split(".")):
+                n.error("expected a dotted field path such as 'meta.next_cursor'")
+                ok = False
+            else:
+                kw[attr] = tuple(v.split("."))
     for key in ("page_size", "default_limit", "max_limit"):
         if (n := node.get(key)) is not None and (iv := n.integer(1, 10000)) is not None:
             kw[key] = iv
     if (n := node.get("max_items")) is not None and (iv := n.integer(1)) is not None:
         kw["max_items"] = iv
+    if (n := node.get("first_page")) is not None and (iv := n.integer(0, 1)) is not None:
+        kw["first_page"] = iv
     p = Pagination(**kw)
     if p.default_limit > p.max_limit:
         node.error("default_limit cannot exceed max_limit")
-    return p
+    for key, message in check_pagination(p):
+        (node.get(key) or node).error(message)
+        ok = False
+    return p if ok else None
 
 
 def _field_expr(node: _Node, known: frozenset[str]) -> FieldExpr | None:

@@ -16,6 +16,7 @@ import re
 import time
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 from multidict import MultiDict
@@ -39,7 +40,7 @@ from gateway.errors import (
 from gateway.health import RouteHealth
 from gateway.mapping import ShapeDrift, apply_mapping, evaluate, parse_params, target_request
 from gateway.metrics import Metrics, status_class
-from gateway.pagination import Position, decode_cursor, encode_cursor, pages
+from gateway.pagination import Answer, Position, decode_cursor, derive_key, encode_cursor, pages
 from gateway.routing import Match
 from gateway.session import SessionChecks, unless_signed_out
 from gateway.shape import check_body, check_fields, check_response
@@ -83,6 +84,8 @@ class Proxy:
         self.sessions = sessions
         #: tells a gone entity from a gone route on a 404 (None: such a 404 stays a 404)
         self.gone_check = gone_check
+        #: signs next_cursor (gateway.pagination.cursor); never logged
+        self.cursor_secret = _cursor_secret(config, creds)
 
     async def handle(self, request: web.Request, match: Match, request_id: str) -> web.StreamResponse:
         route = match.route
@@ -163,8 +166,13 @@ class Proxy:
         body: bytes | None,
         extra_query: list[tuple[str, str]],
         request_id: str,
+        at: str | None = None,
     ) -> UpstreamResponse:
-        """Try each target in order; what the route's ``fallback_on`` names hands over to the next one."""
+        """Try each target in order; what the route's ``fallback_on`` names hands over to the next one.
+
+        ``at`` (a ``next_url`` page) is a path and query below ``base_url`` to fetch instead
+        of the target's own; its path must be the target's, else the route is not followed.
+        """
         upstream = self.config.upstreams[route.upstream]
         try:
             headers = self._headers(upstream, route, request_id, body)
@@ -173,7 +181,7 @@ class Proxy:
             raise
         last = len(route.targets) - 1
         for index, target in enumerate(route.targets):
-            resp = await self._send(upstream, route, target, params, body, extra_query, headers)
+            resp = await self._send(upstream, route, target, params, body, extra_query, headers, at)
             if index < last and fallback.hands_over(route, resp):
                 continue
             if resp.status in (404, 410):
@@ -197,8 +205,11 @@ class Proxy:
         body: bytes | None,
         extra_query: list[tuple[str, str]],
         headers: dict[str, str],
+        at: str | None = None,
     ) -> UpstreamResponse:
         path, query = target_request(target, params)
+        if at is not None:
+            path, query = _followed(upstream, route, path, at)
         payload = (
             target.body.const if target.body.mode == "const" else (body if target.body.mode == "passthrough" else None)
         )
@@ -424,19 +435,19 @@ class Proxy:
         position = Position()
         cursor = request.query.get("cursor")
         if cursor:
-            cursor_streams, position = decode_cursor(route, cursor)
-            if fan is None:
-                if cursor_streams != [""]:
-                    raise BadRequest("the cursor is not valid for this route", code="bad_cursor", route=route.name)
-            elif fan.name in request.query and set(cursor_streams) != set(streams):
+            cursor_streams, position = decode_cursor(route, cursor, self.cursor_secret)
+            # decode_cursor checked the streams against the route; a fan-out may still disagree
+            if fan is not None and fan.name in request.query and set(cursor_streams) != set(streams):
                 raise BadRequest(
                     f"the cursor was issued for {fan.name}={','.join(cursor_streams)}; "
                     f"repeat that {fan.name} or leave it out",
                     code="bad_cursor",
                     route=route.name,
                 )
-            else:
+            if fan is not None:
                 streams = list(cursor_streams)
+            if pag.style == "next_url":
+                _check_link_cursor(route, params, position)
 
         stable_pages = self._unless_signed_out(
             route, self._stable_pages(route, params, streams, position, None if everything else limit, request_id)
@@ -447,7 +458,7 @@ class Proxy:
         items: list[Any] = []
         async for page in stable_pages:
             items.extend(page)
-        next_cursor = None if everything else encode_cursor(route, streams, position)
+        next_cursor = None if everything else encode_cursor(route, streams, position, self.cursor_secret)
         self.health.up(route.name)
         if as_ndjson:
             return ndjson.page(items, next_cursor)
@@ -468,14 +479,15 @@ class Proxy:
         def params_of(stream: str | None) -> dict[str, Any]:
             return params if stream is None or fan is None else {**params, fan.name: stream}
 
-        async def fetch(stream: str | None, extra: list[tuple[str, str]]) -> Any:
-            return self._json(route, await self.call(route, params_of(stream), None, extra, request_id))
+        async def fetch(stream: str | None, extra: list[tuple[str, str]], at: str | None) -> Answer:
+            resp = await self.call(route, params_of(stream), None, extra, request_id, at)
+            return Answer(self._json(route, resp), resp.headers, resp.url)
 
         upstream = self.config.upstreams[route.upstream]
         mapping = route.response.items
         try:
             # drift in a page (pagination.py: lost list, stalled paging) or in an item counts alike
-            async for page in pages(route, streams, position, limit, fetch, upstream.concurrency):
+            async for page in pages(route, streams, position, limit, fetch, upstream.concurrency, upstream.base_url):
                 out: list[Any] = []
                 for stream, item in page:
                     if route.shape is not None:
@@ -539,6 +551,42 @@ class Proxy:
             items.extend(page)
         self.health.up(route.name)
         return _json_page(items, None)
+
+
+def _cursor_secret(config: Config, creds: Credentials) -> bytes:
+    """The deployment's cursor key: ``server.cursor_key``, else derived (gateway.pagination.cursor)."""
+    spec = config.server.cursor_key
+    configured = creds.resolve(spec) if spec is not None else None
+    shared = [v for u in config.upstreams.values() for v in secrets_of(u.auth, creds)]
+    return derive_key(configured, shared, config.digest)
+
+
+def _check_link_cursor(route: Route, params: Mapping[str, Any], position: Position) -> None:
+    """A ``next_url`` cursor's link must be below one of the route's own target paths: 400 before any call."""
+    state = position.pos.get("")
+    link = state.get("t") if isinstance(state, dict) else None
+    if link is None:
+        return
+    paths = {target_request(t, params)[0].rstrip("/") for t in route.targets}
+    if str(link).partition("?")[0].rstrip("/") not in paths:
+        raise BadRequest(
+            "the cursor is not valid for this route; pass next_cursor exactly as it was returned",
+            code="bad_cursor",
+            route=route.name,
+        )
+
+
+def _followed(upstream: Upstream, route: Route, target_path: str, at: str) -> tuple[str, list[tuple[str, str]]]:
+    """A next link's path and query, once its path is checked to be the target's own."""
+    path, _, query = at.partition("?")
+    if path.rstrip("/") != target_path.rstrip("/"):
+        exc = ShapeDrift(
+            f"upstream {upstream.name!r} gave a next link off the route's target path; it is not followed",
+            code="pagination_bad_link",
+            route=route.name,
+        )
+        raise exc
+    return path, parse_qsl(query, keep_blank_values=True)
 
 
 async def _read_limited(request: web.Request, limit: int, timeout: float, route: str) -> bytes:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from gateway import clidoc
+from gateway.pagination.styles import STYLE_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -57,6 +58,11 @@ def test_the_configuration_reference_names_every_key_routes_yaml_accepts() -> No
     reference = (DOCS / "configuration.md").read_text()
     missing = sorted(k for k in keys if not re.search(rf"(?<![\w-]){k}(?![\w-])", reference))
     assert missing == [], f"document these routes.yaml keys in docs/configuration.md: {missing}"
+    styles = (DOCS / "pagination.md").read_text()
+    for style, style_keys in STYLE_KEYS.items():
+        assert f"`{style}`" in styles, f"docs/pagination.md does not describe style {style}"
+        missing = sorted(k for k in style_keys if f"`{k}`" not in styles and f"{k}:" not in styles)
+        assert missing == [], f"document these keys of pagination style {style} in docs/pagination.md: {missing}"
 
 
 def test_the_command_line_page_is_generated_from_the_help() -> None:

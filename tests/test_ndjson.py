@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.config import parse_config
 from gateway.ndjson import wants_ndjson
-from gateway.pagination import Position, pages
+from gateway.pagination import Answer, Position, pages
 from gateway.sandbox.runner import Sandboxes
 from tests.conftest import ROUTES
 
@@ -138,12 +138,14 @@ async def test_fetching_runs_at_most_two_windows_ahead_of_a_stalled_reader() -> 
     route = next(r for r in cfg.routes if r.name == "posthog_notebooks")
     asked: list[int] = []
 
-    async def fetch(stream: str | None, extra: list[tuple[str, str]]) -> Any:
+    async def fetch(stream: str | None, extra: list[tuple[str, str]], at: str | None) -> Answer:
         offset = int(dict(extra)["offset"])
         asked.append(offset)
         await asyncio.sleep(0)
         n = 100 if offset < 10_000 else 0
-        return {"count": 10_000, "next": "more" if offset + n < 10_000 else None, "results": [{"o": offset}] * n}
+        return Answer(
+            {"count": 10_000, "next": "more" if offset + n < 10_000 else None, "results": [{"o": offset}] * n}
+        )
 
     it = pages(route, [None], Position(), None, fetch, 3)
     await anext(it)  # page one, and the reader stalls here

@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import posthog_paging as paging
 from .control import SandboxState, build_app
 
 __all__ = [
@@ -155,6 +156,10 @@ class PostHogState(SandboxState):
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__()
+        #: paging switches (gateway.sandbox.posthog_paging)
+        self.activity_paging = "page"
+        self.list_paging = "offset"
+        self.list_link_header = False
         self.clock = clock
         self.api_keys: set[str] = set(api_keys) if api_keys is not None else {SANDBOX_POSTHOG_KEY}
         # a key not named here has every scope, so the demo key keeps working
@@ -363,6 +368,9 @@ class PostHogState(SandboxState):
         self.key_scopes = {}
         self.old_version_check = False
         self.old_deleted_404 = False
+        self.activity_paging = "page"
+        self.list_paging = "offset"
+        self.list_link_header = False
 
     def switches_json(self) -> dict[str, Any]:
         out = super().switches_json()
@@ -370,6 +378,9 @@ class PostHogState(SandboxState):
         out["key_scopes"] = {k: sorted(v) for k, v in sorted(self.key_scopes.items())}
         out["old_version_check"] = self.old_version_check
         out["old_deleted_404"] = self.old_deleted_404
+        out["activity_paging"] = self.activity_paging
+        out["list_paging"] = self.list_paging
+        out["list_link_header"] = self.list_link_header
         return out
 
     def _apply_extra_switches(self, body: Mapping[str, Any]) -> None:
@@ -391,12 +402,22 @@ class PostHogState(SandboxState):
         for name, value in flags.items():
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be a boolean")
+        activity = body.get("activity_paging", self.activity_paging)
+        if activity not in paging.ACTIVITY_PAGING:
+            raise ValueError(f"activity_paging must be one of {list(paging.ACTIVITY_PAGING)}")
+        listing = body.get("list_paging", self.list_paging)
+        if listing not in paging.LIST_PAGING:
+            raise ValueError(f"list_paging must be one of {list(paging.LIST_PAGING)}")
+        link = body.get("list_link_header", self.list_link_header)
+        if not isinstance(link, bool):
+            raise ValueError("list_link_header must be a boolean")
         if limit != self.rate_limit_per_minute:
             self._hits.clear()
         self.rate_limit_per_minute = limit
         self.key_scopes = key_scopes
         self.old_version_check = flags["old_version_check"]
         self.old_deleted_404 = flags["old_deleted_404"]
+        self.activity_paging, self.list_paging, self.list_link_header = activity, listing, link
 
     def error_body(self, status: int, method: str = "GET") -> dict[str, Any]:
         if status == 400:
@@ -550,6 +571,12 @@ async def notebooks(request: web.Request, project_id: int) -> web.StreamResponse
             return offset
         limit = min(limit, MAX_LIMIT)
         items = state.visible(project_id)
+        if state.list_paging == "cursor":
+            start = paging.decode_token(request.query.get("cursor", "")) if "cursor" in request.query else 0
+            if start is None:
+                return _invalid("Invalid cursor.", "cursor")
+            page = [state.item_json(nb) for nb in items[start : start + limit]]
+            return web.json_response({"results": page, "meta": paging.cursor_meta(start, limit, len(items))})
         url = request.url
         nxt = None
         if offset + limit < len(items):
@@ -563,12 +590,13 @@ async def notebooks(request: web.Request, project_id: int) -> web.StreamResponse
                 prev_url = prev_url.without_query_params("offset")
             prev = str(prev_url)
         return web.json_response(
-            {
+            headers=paging.link_header(nxt) if state.list_link_header else None,
+            data={
                 "count": len(items),
                 "next": nxt,
                 "previous": prev,
                 "results": [state.item_json(nb) for nb in items[offset : offset + limit]],
-            }
+            },
         )
     if request.method == "POST":
         body = await _json_object(request)
@@ -629,8 +657,13 @@ async def activity(request: web.Request, project_id: int) -> web.StreamResponse:
     nb = _state(request).get(project_id, request.match_info["short_id"])
     if nb is None:
         return _not_found()
-    results = list(reversed(nb.activity))
-    return web.json_response({"results": results, "next": None, "previous": None, "total_count": len(results)})
+    state = _state(request)
+    # PostHog: products/notebooks/backend/api/notebook.py activity() and
+    # posthog/models/activity_logging/activity_page.py: ?page= (from 1) &limit= (default 10)
+    page = paging.activity_page(request, list(reversed(nb.activity)), state.activity_paging)
+    if page is None:
+        return _invalid("A valid integer is required.", "page")
+    return web.json_response(page)
 
 
 def create_app(state: PostHogState | None = None) -> web.Application:

@@ -1,0 +1,148 @@
+"""The stable ``next_cursor``: signed, and validated strictly before any upstream call.
+
+A cursor is ``base64url(JSON) "." base64url(HMAC-SHA256)``.  The JSON names its route,
+the streams it walks with one position each, the streams that ended, and fingerprints
+that let a later request notice a stalled upstream (``common.Position``).
+
+Why signed: a cursor is the one piece of client input that steers upstream calls
+(which streams, which next link).  With an HMAC no client can invent one, and the
+strict checks below still hold if the key leaks: the route, the streams against the
+fan-out ``enum`` and their count, and every value's type.  Anything else is a 400
+``bad_cursor`` and nothing is sent upstream.
+
+The key (``cursor_key``): ``server.cursor_key`` when configured (a secret, ``{env: ...}``),
+so every worker and replica given that secret agrees; otherwise derived from the
+upstream credentials the deployment already shares and the config digest, so it changes
+when either does (cursors issued before then answer 400 ``bad_cursor``: start again).
+The key is never logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from gateway.config import Route
+from gateway.errors import BadRequest
+from gateway.pagination.common import Position, key
+
+#: longer than any cursor the gateway issues (a few streams, a next link of a few hundred bytes)
+MAX_CURSOR_CHARS = 4096
+_MAX_TEXT = 2048
+_SIG_BYTES = 18
+_DOMAIN = b"routegate-cursor-v1"
+
+
+def derive_key(configured: str | None, shared_secrets: Iterable[str], config_digest: str) -> bytes:
+    """The deployment's signing key (see the module docstring for why these inputs)."""
+    if configured:
+        material = b"configured\0" + configured.encode()
+    else:
+        material = b"derived\0" + "\0".join(sorted(shared_secrets)).encode() + b"\0" + config_digest.encode()
+    return hmac.new(_DOMAIN, material, hashlib.sha256).digest()
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _sign(secret: bytes, body: str) -> str:
+    return _b64(hmac.new(secret, body.encode(), hashlib.sha256).digest()[:_SIG_BYTES])
+
+
+def encode_cursor(route: Route, streams: Sequence[str | None], position: Position, secret: bytes) -> str | None:
+    if position.done(streams):
+        return None
+    payload: dict[str, Any] = {
+        "r": route.name,
+        "p": {key(s): position.pos.get(key(s)) for s in streams},
+        "e": sorted(position.ended),
+    }
+    if position.marks:
+        payload["m"] = dict(sorted(position.marks.items()))
+    body = _b64(json.dumps(payload, separators=(",", ":")).encode())
+    return f"{body}.{_sign(secret, body)}"
+
+
+def decode_cursor(route: Route, text: str, secret: bytes) -> tuple[list[str], Position]:
+    """The streams the cursor was issued for, and their positions.  400 ``bad_cursor`` unless
+    it is one this deployment issued for this route, with values of the right kinds."""
+    try:
+        if len(text) > MAX_CURSOR_CHARS:
+            raise ValueError("length")
+        body, _, sig = text.partition(".")
+        if not hmac.compare_digest(sig.encode(), _sign(secret, body).encode()):
+            raise ValueError("signature")
+        data = json.loads(_unb64(body))
+        return _checked(route, data)
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise BadRequest(
+            "the cursor is not valid for this route; pass next_cursor exactly as it was returned",
+            code="bad_cursor",
+            route=route.name,
+        ) from None
+
+
+def _checked(route: Route, data: Any) -> tuple[list[str], Position]:
+    """Every field of a decoded cursor against what this route could have issued; ValueError if not."""
+    if not isinstance(data, dict) or set(data) - {"r", "p", "e", "m"} or data.get("r") != route.name:
+        raise ValueError("route")
+    pos, ended, marks = data["p"], data.get("e", []), data.get("m", {})
+    if not isinstance(pos, dict) or not isinstance(ended, list) or not isinstance(marks, dict):
+        raise ValueError("shape")
+    fan = next((p for p in route.params if p.fan_out), None)
+    if fan is None:
+        if list(pos) != [""]:
+            raise ValueError("streams")
+    else:
+        allowed = fan.enum
+        if not pos or len(pos) > (len(allowed) if allowed else 16):
+            raise ValueError("stream count")
+        for name in pos:
+            if (allowed is not None and name not in allowed) or not name or len(name) > 100:
+                raise ValueError("stream")
+    if not all(isinstance(e, str) and e in pos for e in ended) or len(set(ended)) != len(ended):
+        raise ValueError("ended")
+    if set(marks) - {"f", "h"} or not all(_is_mark(v) for v in marks.values()):
+        raise ValueError("marks")
+    assert route.pagination is not None
+    style = route.pagination.style
+    if not all(_value_ok(style, v) for v in pos.values()):
+        raise ValueError("position")
+    return list(pos), Position(dict(pos), set(ended), dict(marks))
+
+
+def _is_mark(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 16 and all(c in "0123456789abcdef" for c in value)
+
+
+def _is_count(value: Any, hi: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= hi
+
+
+def _value_ok(style: str, value: Any) -> bool:
+    if style == "before":
+        if isinstance(value, str):
+            return len(value) <= _MAX_TEXT
+        return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+    if style == "offset":
+        return value is None or _is_count(value, 10**12)
+    if not isinstance(value, dict) or set(value) != {"t", "s"} or not _is_count(value["s"], 100_000):
+        return False
+    tok = value["t"]
+    if tok is None:
+        return True
+    if style == "page":
+        return _is_count(tok, 10**9)
+    if not isinstance(tok, str) or not tok or len(tok) > _MAX_TEXT:
+        return False
+    return style != "next_url" or (tok.startswith("/") and not tok.startswith("//"))

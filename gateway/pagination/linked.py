@@ -1,0 +1,67 @@
+"""The walk shared by ``page``, ``next_url`` and ``cursor``: one upstream page after another.
+
+Each style is a small strategy saying what to send for a page token and which token
+comes next (None ends the walk).  Upstream page sizes are the upstream's; the stable
+page is assembled from as many upstream pages as ``limit`` takes, and the position is
+``{"t": token of the current upstream page, "s": items of it already served}``, so the
+next request resumes mid-page without losing or repeating an item.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from gateway.config import Pagination
+from gateway.pagination.common import Answer, Fetch, Position, Tagged, check_advanced, fingerprint, items_of, stalled
+
+
+class Strategy(Protocol):
+    def request(self, token: Any) -> tuple[list[tuple[str, str]], str | None]:
+        """The extra query, and the path+query after the origin to fetch instead of the target."""
+        ...
+
+    def advance(self, token: Any, answer: Answer, items: list[Any]) -> Any:
+        """The next page's token, or None when this page was the last."""
+        ...
+
+
+async def walk(
+    route: str,
+    pag: Pagination,
+    strategy: Strategy,
+    position: Position,
+    limit: int | None,
+    fetch: Fetch,
+) -> AsyncIterator[list[Tagged]]:
+    state = position.pos.get("") or {"t": None, "s": 0}
+    token, skip = state["t"], int(state["s"])
+    handed = 0
+    while limit is None or handed < limit:
+        query, path = strategy.request(token)
+        answer = await fetch(None, query, path)
+        items = items_of(pag, answer.body, route)
+        check_advanced(route, position, items[0] if items else None, token is not None)
+        nxt = strategy.advance(token, answer, items) if items else None
+        if nxt is not None and nxt == token:
+            raise stalled(route, "the next page token or link is the current one")
+        room = len(items) - skip if limit is None else min(len(items) - skip, limit - handed)
+        take = items[skip : skip + max(room, 0)]
+        handed += len(take)
+        out: list[Tagged] = [(None, it) for it in take]
+        if skip + len(take) < len(items):  # the stable page is full mid-way through this one
+            position.pos[""] = {"t": token, "s": skip + len(take)}
+            yield out
+            return
+        if items:
+            position.marks["h"] = fingerprint(items[0])
+        if nxt is None:
+            position.pos[""] = {"t": token, "s": skip + len(take)}
+            position.ended.add("")
+            if out:
+                yield out
+            return
+        token, skip = nxt, 0
+        position.pos[""] = {"t": token, "s": 0}
+        if out:
+            yield out
