@@ -558,7 +558,7 @@ def _cursor_secret(config: Config, creds: Credentials) -> bytes:
     spec = config.server.cursor_key
     configured = creds.resolve(spec) if spec is not None else None
     shared = [v for u in config.upstreams.values() for v in secrets_of(u.auth, creds)]
-    return derive_key(configured, shared, config.digest)
+    return derive_key(configured, shared)
 
 
 def _check_link_cursor(route: Route, params: Mapping[str, Any], position: Position) -> None:

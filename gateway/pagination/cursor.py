@@ -12,8 +12,10 @@ fan-out ``enum`` and their count, and every value's type.  Anything else is a 40
 
 The key (``cursor_key``): ``server.cursor_key`` when configured (a secret, ``{env: ...}``),
 so every worker and replica given that secret agrees; otherwise derived from the
-upstream credentials the deployment already shares and the config digest, so it changes
-when either does (cursors issued before then answer 400 ``bad_cursor``: start again).
+upstream credentials the deployment already shares, so it changes when they do (cursors
+issued before then answer 400 ``bad_cursor``: start the walk again).  A reload that only
+edits routes keeps the key: the runbook's fix mid-backup must not break the backup's walk;
+the strict checks refuse a cursor the edited route can no longer follow.
 The key is never logged.
 """
 
@@ -38,12 +40,12 @@ _SIG_BYTES = 18
 _DOMAIN = b"routegate-cursor-v1"
 
 
-def derive_key(configured: str | None, shared_secrets: Iterable[str], config_digest: str) -> bytes:
+def derive_key(configured: str | None, shared_secrets: Iterable[str]) -> bytes:
     """The deployment's signing key (see the module docstring for why these inputs)."""
     if configured:
         material = b"configured\0" + configured.encode()
     else:
-        material = b"derived\0" + "\0".join(sorted(shared_secrets)).encode() + b"\0" + config_digest.encode()
+        material = b"derived\0" + "\0".join(sorted(shared_secrets)).encode()
     return hmac.new(_DOMAIN, material, hashlib.sha256).digest()
 
 
