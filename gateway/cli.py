@@ -236,7 +236,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return EXIT_UNBINDABLE  # stops every worker, as when the port cannot be bound
         cfg = mates.current_config(cfg)  # a replacement worker: what the others serve now
     _install_uvloop()
-    app = build_app(cfg, watch=watch, probes=not args.no_probes)
+    app = build_app(cfg, watch=watch, probes=not args.no_probes, host=args.host)
     gateway = app[GATEWAY]
     gateway.peers = mates
     formatter.redactor.source = lambda: logs.secret_values(gateway.runtime.config, gateway.credentials)

@@ -466,6 +466,12 @@ class ServerSettings:
     header_timeout: float = 15.0
     #: a request body must arrive completely within this long, else 408
     body_timeout: float = 30.0
+    #: Host header names served besides loopback and the bound address (gateway.edge); "*" is any
+    allowed_hosts: tuple[str, ...] = ()
+    #: open client connections at once (None: half the open-file limit); then idle ones are closed
+    max_connections: int | None = None
+    #: open client connections from one IP address (unlimited when None)
+    max_connections_per_ip: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -917,8 +923,25 @@ def _route_cache(node: _Node | None, method: str | None, root: _Node) -> RouteCa
 def _server(node: _Node | None) -> ServerSettings:
     if node is None:
         return ServerSettings()
-    node.keys({"max_body_bytes", "max_concurrency", "client_timeouts"})
+    node.keys(
+        {
+            "max_body_bytes",
+            "max_concurrency",
+            "client_timeouts",
+            "allowed_hosts",
+            "max_connections",
+            "max_connections_per_ip",
+        }
+    )
     kw: dict[str, Any] = {}
+    if (n := node.get("allowed_hosts")) is not None:
+        if not isinstance(n.value, list) or not all(isinstance(h, str) and h.strip() for h in n.value):
+            n.error("expected a list of host names (a leading '*.' matches subdomains; '*' any host)")
+        else:
+            kw["allowed_hosts"] = tuple(h.strip().lower().rstrip(".") for h in n.value)
+    for key in ("max_connections", "max_connections_per_ip"):
+        if (n := node.get(key)) is not None and (cap := n.integer(1, 10_000_000)) is not None:
+            kw[key] = cap
     if (n := node.get("max_body_bytes")) is not None and (size := n.convert(parse_size)) is not None:
         kw["max_body_bytes"] = size
     if (n := node.get("max_concurrency")) is not None and (cap := n.integer(1, 1_000_000)) is not None:

@@ -29,7 +29,9 @@ from gateway.access import ANONYMOUS, CLIENT, Access
 from gateway.auth import Credentials
 from gateway.cache import CacheBackends
 from gateway.cache.admin import purge_request
+from gateway.cache.downstream import mark_private
 from gateway.config import Config, ConfigError, Problem, load_config, parse_config
+from gateway.edge import HostGuard
 from gateway.errors import (
     Conflict,
     GatewayError,
@@ -82,6 +84,8 @@ class Runtime:
     router: Router
     proxy: Proxy
     access: Access
+    #: the Host allow-list and the cross-origin write check (gateway.edge)
+    edge: HostGuard
 
 
 class Gateway:
@@ -93,7 +97,10 @@ class Gateway:
         *,
         registry: CollectorRegistry | None = None,
         env: Mapping[str, str] | None = None,
+        host: str | None = None,
     ) -> None:
+        #: the address served (``gateway serve --host``); None: a loopback test server
+        self.host = host
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.client = UpstreamClient(self.metrics)
@@ -142,6 +149,7 @@ class Gateway:
                 cache=self.caches.for_config(config),
             ),
             access,
+            HostGuard(config.server.allowed_hosts, self.host),
         )
 
     def reload(self, path: str | Path | None = None, *, text: str | None = None) -> Config:
@@ -219,6 +227,9 @@ async def _frame(request: web.Request, handler: Handler) -> web.StreamResponse:
     record, token = trace.begin()
     try:
         _check_sizes(request)
+        request.app[GATEWAY].runtime.edge.check(
+            request.method, request.headers.get("Host"), request.headers.get("Origin")
+        )
         resp = await handler(request)
     except GatewayError as exc:
         if exc.route is None:
@@ -313,6 +324,12 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
         return await runtime.proxy.handle(request, match, request[REQUEST_ID])
     finally:
         limits.leave()
+
+
+async def _downstream_headers(request: web.Request, resp: web.StreamResponse) -> None:
+    """Stable routes' answers (streams too, errors too) are never for a shared cache in front."""
+    if request.get(ROUTE) is not None:
+        mark_private(request, resp, keyed=not request.app[GATEWAY].runtime.access.open)
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -458,15 +475,18 @@ def build_app(
     env: Mapping[str, str] | None = None,
     watch: float | None = None,
     probes: bool = False,
+    host: str | None = None,
 ) -> web.Application:
     """The gateway app.  Raises ConfigError if ``config`` is a path to an invalid file.
 
     ``probes``: run the routes' contract probes in the background (``gateway serve`` does).
 
+    ``host``: the address ``gateway serve`` binds, which clients may name in ``Host``.
+
     ``watch``: poll the routes file every that many seconds and reload it when it changes.
     """
     cfg = config if isinstance(config, Config) else load_config(config, env=env)
-    gateway = Gateway(cfg, registry=registry, env=env)
+    gateway = Gateway(cfg, registry=registry, env=env, host=host)
     # the body limit is enforced per route by the proxy; aiohttp's own cap is the outer guard
     app = web.Application(
         middlewares=[_frame],
@@ -483,6 +503,7 @@ def build_app(
         },
     )
     app[GATEWAY] = gateway
+    app.on_response_prepare.append(_downstream_headers)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
