@@ -1,0 +1,158 @@
+"""What a web page (cross-site writes, DNS rebinding) and a socket flood can do to the gateway: nothing.
+
+Every test drives the gateway over real sockets on 127.0.0.1 (the aiohttp test server, or
+``gateway serve`` as a process) and checks what the caller sees and what reached the sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp.test_utils import TestClient
+
+from gateway.edge import HostGuard
+from gateway.sandbox.runner import Sandboxes
+from tests.conftest import ROUTES
+from tests.processes import serve
+
+CREATE = "/v1/posthog/projects/1/notebooks"
+LIST = "/v1/posthog/projects/1/notebooks?limit=1"
+
+
+def _with_server(extra: str) -> str:
+    """routes.yaml with lines added to its ``server:`` section."""
+    text = ROUTES.read_text()
+    assert text.count("\nserver:\n") == 1
+    return text.replace("\nserver:\n", "\nserver:\n" + extra, 1)
+
+
+# --------------------------------------------------------------------------- cross-site writes (issue 14.7)
+
+
+async def test_a_simple_cross_site_post_is_never_forwarded(gw: TestClient[Any, Any], sandboxes: Sandboxes) -> None:
+    """The CORS "simple" requests a page may send without a preflight: text/plain or form, empty or not."""
+    posts = sandboxes.posthog_state
+    before = posts.count("POST", "/api/projects/1/notebooks/")
+    resp = await gw.post(CREATE, data=b"", headers={"Content-Type": "text/plain"})
+    body = await resp.json()
+    assert resp.status == 400 and body["error"]["code"] == "missing_body", body
+    assert body["error"]["route"] == "posthog_notebook_create"
+    for ctype, data in (
+        ("text/plain", b'{"title": "pwned"}'),
+        ("application/x-www-form-urlencoded", b"title=pwned"),
+        ("multipart/form-data; boundary=x", b"--x--"),
+        ("text/plain", b" "),  # whitespace is still a body of the wrong type
+    ):
+        resp = await gw.post(CREATE, data=data, headers={"Content-Type": ctype})
+        body = await resp.json()
+        assert resp.status == 415 and body["error"]["code"] == "unsupported_media_type", (ctype, body)
+    resp = await gw.post(CREATE, data=b"", headers={"Content-Type": "application/json"})
+    assert resp.status == 400 and (await resp.json())["error"]["code"] == "missing_body"
+    assert posts.count("POST", "/api/projects/1/notebooks/") == before
+    resp = await gw.post(CREATE, json={"title": "from a script"})  # what a script sends still works
+    assert resp.status == 201, await resp.text()
+    assert (await resp.json())["title"] == "from a script"
+    assert posts.count("POST", "/api/projects/1/notebooks/") == before + 1
+
+
+async def test_a_write_from_another_origin_is_refused(gw: TestClient[Any, Any], sandboxes: Sandboxes) -> None:
+    """A body-less write (the soft-delete route sends a constant body) is stopped by its Origin."""
+    state = sandboxes.posthog_state
+    short_id = state.visible(1)[0].short_id
+    url = f"/v1/posthog/projects/1/notebooks/{short_id}"
+    patches = f"/api/projects/1/notebooks/{short_id}/"
+    for origin in ("http://evil.example", "null", f"http://localhost:{gw.port}", f"http://127.0.0.1:{gw.port + 1}"):
+        for method, kw in (("DELETE", {}), ("POST", {"json": {"title": "x"}})):
+            resp = await gw.request(method, url if method == "DELETE" else CREATE, headers={"Origin": origin}, **kw)
+            body = await resp.json()
+            assert resp.status == 403 and body["error"]["code"] == "cross_origin_write", (origin, body)
+    assert state.count("PATCH", patches) == 0
+    # a read from any page is answered (it cannot read the answer: no CORS headers), a same-origin write too
+    resp = await gw.get(LIST, headers={"Origin": "http://evil.example"})
+    assert resp.status == 200
+    resp = await gw.delete(url, headers={"Origin": f"http://127.0.0.1:{gw.port}"})
+    assert resp.status == 204
+    assert state.count("PATCH", patches) == 1
+
+
+async def test_no_cors_headers_are_sent(gw: TestClient[Any, Any]) -> None:
+    """A preflight gets no Access-Control-* grant, so a page can neither write JSON nor read answers."""
+    preflight = {
+        "Origin": "http://evil.example",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type",
+    }
+    resp = await gw.options(CREATE, headers=preflight)
+    assert resp.status >= 400
+    assert not [h for h in resp.headers if h.lower().startswith("access-control-")], dict(resp.headers)
+    resp = await gw.get(LIST, headers={"Origin": "http://evil.example"})
+    assert resp.status == 200
+    assert not [h for h in resp.headers if h.lower().startswith("access-control-")], dict(resp.headers)
+
+
+# --------------------------------------------------------------------------- DNS rebinding (issue 14.7)
+
+
+async def test_a_rebound_host_name_is_refused(gw: TestClient[Any, Any], sandboxes: Sandboxes) -> None:
+    before = sandboxes.posthog_state.total_requests
+    for host in ("evil.example", f"evil.example:{gw.port}", "127.0.0.1.evil.example", "localhost.evil.example"):
+        for path in (LIST, "/healthz", "/metrics", "/status"):
+            resp = await gw.get(path, headers={"Host": host})
+            body = await resp.json()
+            assert resp.status == 421 and body["error"]["code"] == "host_not_allowed", (host, path, body)
+            assert "server.allowed_hosts" in body["error"]["message"]
+    assert sandboxes.posthog_state.total_requests == before
+    for host in (f"127.0.0.1:{gw.port}", "localhost", f"LOCALHOST.:{gw.port}", f"[::1]:{gw.port}", "127.0.0.2"):
+        resp = await gw.get(LIST, headers={"Host": host})
+        assert resp.status == 200, (host, await resp.text())
+
+
+async def test_allowed_hosts_names_the_ingress_hosts(make_gateway: Any, sandboxes: Sandboxes) -> None:
+    gw = await make_gateway(_with_server('  allowed_hosts: [gateway.example.com, "*.corp.example"]\n'))
+    for host in ("gateway.example.com", "Gateway.Example.com:443", "api.corp.example", "localhost"):
+        resp = await gw.get(LIST, headers={"Host": host})
+        assert resp.status == 200, (host, await resp.text())
+    for host in ("corp.example", "example.com", "evil.example"):
+        resp = await gw.get(LIST, headers={"Host": host})
+        assert resp.status == 421, host
+    everyone = await make_gateway(_with_server('  allowed_hosts: ["*"]\n'))
+    assert (await everyone.get(LIST, headers={"Host": "anything.example"})).status == 200
+
+
+async def test_a_bad_allowed_hosts_is_a_config_problem(tmp_path: Path) -> None:
+    from gateway.config import ConfigError, load_config
+
+    path = tmp_path / "routes.yaml"
+    path.write_text(_with_server("  allowed_hosts: gateway.example.com\n"))
+    try:
+        load_config(path, env={})
+    except ConfigError as exc:
+        assert any("server.allowed_hosts" in str(p) and "list of host names" in str(p) for p in exc.problems), exc
+    else:
+        raise AssertionError("a string for allowed_hosts was accepted")
+
+
+def test_ip_literal_hosts_follow_the_bound_address() -> None:
+    """An IP literal cannot be rebound: on 0.0.0.0 any is served (probes and scrapes use the pod IP)."""
+    wildcard = HostGuard((), "0.0.0.0")
+    assert wildcard.allows("10.1.2.3:8080") and wildcard.allows("[fd00::1]:8080")
+    assert not wildcard.allows("routegate.default.svc:8080")
+    pinned = HostGuard((), "10.0.0.5")
+    assert pinned.allows("10.0.0.5:8080") and pinned.allows("127.0.0.1") and not pinned.allows("10.0.0.6")
+    named = HostGuard(("routegate",), "gw.internal")
+    assert named.allows("gw.internal:8080") and named.allows("routegate:8080") and not named.allows("other")
+
+
+async def test_gateway_serve_checks_the_host(sandbox_env: dict[str, str]) -> None:
+    """The real process: its own bound address passes, a rebinding name does not."""
+    async with serve(ROUTES, sandbox_env, "--host", "127.0.0.1", "--no-probes") as (base, _proc, _lines):
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/healthz") as resp:
+                assert resp.status == 200
+            async with session.get(f"{base}/healthz", headers={"Host": "rebound.example"}) as resp:
+                assert resp.status == 421
+                assert (await resp.json())["error"]["code"] == "host_not_allowed"
