@@ -6,8 +6,6 @@ Every test drives the gateway over real sockets on 127.0.0.1 (the aiohttp test s
 
 from __future__ import annotations
 
-import asyncio
-import resource
 from pathlib import Path
 from typing import Any
 
@@ -149,10 +147,10 @@ def test_ip_literal_hosts_follow_the_bound_address() -> None:
 
 async def test_gateway_serve_checks_the_host(sandbox_env: dict[str, str]) -> None:
     """The real process: its own bound address passes, a rebinding name does not."""
-    async with serve(ROUTES, sandbox_env, "--host", "127.0.0.1", "--no-probes") as (base, _proc, _lines):
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"{base}/healthz") as resp:
-                assert resp.status == 200
-            async with session.get(f"{base}/healthz", headers={"Host": "rebound.example"}) as resp:
-                assert resp.status == 421
-                assert (await resp.json())["error"]["code"] == "host_not_allowed"
+    served = serve(ROUTES, sandbox_env, "--host", "127.0.0.1", "--no-probes")
+    async with served as (base, _proc, _lines), aiohttp.ClientSession() as session:
+        async with session.get(f"{base}/healthz") as resp:
+            assert resp.status == 200
+        async with session.get(f"{base}/healthz", headers={"Host": "rebound.example"}) as resp:
+            assert resp.status == 421
+            assert (await resp.json())["error"]["code"] == "host_not_allowed"
