@@ -218,6 +218,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             shutil.rmtree(mates.directory, ignore_errors=True)
         print(f"gateway serve: {workers.MULTIPROC_ENV}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    from gateway import connections
     from gateway.server import GATEWAY, build_app
 
     if mates is not None:
@@ -259,14 +260,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         serving += f" (worker {os.getpid()} of {args.workers})"
     try:
-        web.run_app(
+        connections.run(  # web.run_app, with the connection caps (gateway.connections)
             app,
+            gateway.runtime.config.server,
             host=args.host,
             port=args.port,
             sock=own_socket,  # admin calls relayed by the other workers
-            access_log=None,
-            print=lambda _aiohttp_banner: print(serving, flush=True),  # once listening, not before
+            listening=lambda: print(serving, flush=True),  # once listening, not before
             reuse_port=args.workers > 1,
+            registry=gateway.registry,
         )
     except OSError as exc:
         print(f"gateway serve: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)

@@ -6,6 +6,13 @@ Every test drives the gateway over real sockets on 127.0.0.1 (the aiohttp test s
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +21,8 @@ from aiohttp.test_utils import TestClient
 
 from gateway.edge import HostGuard
 from gateway.sandbox.runner import Sandboxes
-from tests.conftest import ROUTES
-from tests.processes import serve
+from tests.conftest import ROOT, ROUTES
+from tests.processes import free_port, serve
 
 CREATE = "/v1/posthog/projects/1/notebooks"
 LIST = "/v1/posthog/projects/1/notebooks?limit=1"
@@ -154,3 +161,152 @@ async def test_gateway_serve_checks_the_host(sandbox_env: dict[str, str]) -> Non
         async with session.get(f"{base}/healthz", headers={"Host": "rebound.example"}) as resp:
             assert resp.status == 421
             assert (await resp.json())["error"]["code"] == "host_not_allowed"
+
+
+# --------------------------------------------------------------------------- connection exhaustion (issue 14.8)
+
+#: a child with a 1,024 open-file hard limit and a lower soft one, which gateway serve raises
+_LIMITED = (
+    "import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 1024)); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'gateway', *sys.argv[1:]])"
+)
+
+
+@asynccontextmanager
+async def _serve_limited(config: Path, env: dict[str, str]) -> AsyncIterator[tuple[str, int, list[str]]]:
+    """``gateway serve`` under a 1,024-descriptor limit: (base URL, pid, stderr lines so far)."""
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _LIMITED,
+        "serve",
+        str(config),
+        "--port",
+        str(port),
+        "--no-probes",
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    lines: list[str] = []
+
+    async def pump() -> None:
+        assert proc.stderr is not None
+        async for raw in proc.stderr:
+            lines.append(raw.decode())
+
+    reader = asyncio.create_task(pump())
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                async with aiohttp.ClientSession() as session, session.get(f"{base}/healthz") as resp:
+                    if resp.status == 200:
+                        break
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("gateway did not start: " + "".join(lines))
+        yield base, proc.pid, lines
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        await proc.wait()
+        await reader
+
+
+async def _idle_sockets(port: int, count: int) -> list[asyncio.StreamWriter]:
+    writers = []
+    for _ in range(count):
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writers.append(writer)
+    return writers
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+async def test_idle_sockets_cannot_lock_the_gateway_out(sandbox_env: dict[str, str]) -> None:
+    """The issue's case: 1,024 descriptors, 1,500 idle sockets; the gateway still answers at once, and says so."""
+    async with _serve_limited(ROUTES, sandbox_env) as (base, pid, lines):
+        limits = Path(f"/proc/{pid}/limits").read_text()
+        soft, hard = next(line.split()[3:5] for line in limits.splitlines() if line.startswith("Max open files"))
+        assert (soft, hard) == ("1024", "1024"), limits  # the soft limit (256) was raised to the hard one
+        port = int(base.rsplit(":", 1)[1])
+        idle = await _idle_sockets(port, 1500)
+        try:
+            started = time.monotonic()
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"{base}/healthz", timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                    assert resp.status == 200
+                assert time.monotonic() - started < 3
+                async with session.get(f"{base}/metrics") as resp:
+                    metrics = await resp.text()
+            evicted = _metric(metrics, 'gateway_connections_closed_total{reason="idle_evicted"}')
+            assert evicted >= 1500 - 512, metrics  # the default cap: half the 1,024 descriptors
+            for _ in range(50):
+                if any("connection cap reached" in line for line in lines):
+                    break
+                await asyncio.sleep(0.05)
+            reports = [line for line in lines if "connection cap reached" in line]
+            assert len(reports) == 1, reports  # one line for ~1,000 closes: rate-limited
+            assert "idle evicted" in reports[0] and "server.max_connections 512" in reports[0]
+        finally:
+            for writer in idle:
+                writer.close()
+
+
+async def test_one_address_cannot_take_every_connection(sandbox_env: dict[str, str], tmp_path: Path) -> None:
+    config = tmp_path / "routes.yaml"
+    config.write_text(_with_server("  max_connections: 50\n  max_connections_per_ip: 5\n"))
+    async with serve(config, sandbox_env, "--no-probes") as (base, _proc, lines):
+        port = int(base.rsplit(":", 1)[1])
+        idle = await _idle_sockets(port, 5)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            answer = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 503"), answer
+            assert b"Retry-After: 1" in head
+            assert json.loads(body)["error"]["code"] == "too_many_connections"
+        finally:
+            for w in idle:
+                w.close()
+        await asyncio.sleep(0.2)
+        async with aiohttp.ClientSession() as session, session.get(f"{base}/healthz") as resp:
+            assert resp.status == 200  # the address's connections closed: it is served again
+        for _ in range(50):
+            if any("connection cap reached" in line for line in lines):
+                break
+            await asyncio.sleep(0.05)
+        assert any("over max connections per ip" in line for line in lines), lines
+
+
+async def test_busy_connections_are_not_evicted(sandbox_env: dict[str, str], tmp_path: Path) -> None:
+    """At the cap with every connection mid-request, a newcomer is refused; no request is cut off."""
+    config = tmp_path / "routes.yaml"
+    config.write_text(_with_server("  max_connections: 3\n"))
+    async with serve(config, sandbox_env, "--no-probes") as (base, _proc, _lines):
+        port = int(base.rsplit(":", 1)[1])
+        busy = await _idle_sockets(port, 3)
+        try:
+            for w in busy:  # a body that never comes: each connection has a request in progress
+                w.write(
+                    b"POST /v1/posthog/projects/1/notebooks HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+                )
+                await w.drain()
+            await asyncio.sleep(0.3)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            answer = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 503"), answer
+            assert b"all 3 connections are busy" in answer
+        finally:
+            for w in busy:
+                w.close()
