@@ -217,6 +217,14 @@ def _check_sizes(request: web.Request) -> None:
             raise HeadersTooLarge(f"a request header is longer than {MAX_HEADER_BYTES} bytes")
 
 
+def _tcp_host(request: web.Request) -> str | None:
+    """The Host header of a TCP request; None over the workers' Unix sockets, which no browser reaches."""
+    transport = request.transport
+    if transport is None or not isinstance(transport.get_extra_info("peername"), tuple):
+        return None
+    return request.headers.get("Host")
+
+
 @web.middleware
 async def _frame(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, JSON errors, stable-side metrics and the access log, for every request."""
@@ -227,9 +235,7 @@ async def _frame(request: web.Request, handler: Handler) -> web.StreamResponse:
     record, token = trace.begin()
     try:
         _check_sizes(request)
-        request.app[GATEWAY].runtime.edge.check(
-            request.method, request.headers.get("Host"), request.headers.get("Origin")
-        )
+        request.app[GATEWAY].runtime.edge.check(request.method, _tcp_host(request), request.headers.get("Origin"))
         resp = await handler(request)
     except GatewayError as exc:
         if exc.route is None:
