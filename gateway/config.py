@@ -414,6 +414,8 @@ class Route:
     cache: RouteCache | None = None
     probe: ProbeSpec | None = None
     shape: ShapeSpec | None = None
+    #: answers say ``Cache-Control: no-store`` rather than ``private`` (gateway.cache.downstream)
+    no_store: bool = False
 
     @property
     def stable(self) -> str:
@@ -1184,6 +1186,7 @@ def _route(name: str, node: _Node, _unused: Any, upstreams: dict[str, Upstream],
             "cache",
             "probe",
             "shape",
+            "no_store",
         },
         {"stable", "upstream", "targets"},
     ) and not isinstance(node.value, dict):
@@ -1274,6 +1277,7 @@ def _route(name: str, node: _Node, _unused: Any, upstreams: dict[str, Upstream],
         cache=cache,
         probe=probe,
         shape=shape,
+        no_store=bool((n := node.get("no_store")) is not None and n.boolean()),
     )
 
 

@@ -29,7 +29,7 @@ from gateway.access import ANONYMOUS, CLIENT, Access
 from gateway.auth import Credentials
 from gateway.cache import CacheBackends
 from gateway.cache.admin import purge_request
-from gateway.cache.downstream import mark_private
+from gateway.cache.downstream import NO_STORE, mark_private
 from gateway.config import Config, ConfigError, Problem, load_config, parse_config
 from gateway.edge import HostGuard
 from gateway.errors import (
@@ -321,6 +321,8 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     runtime = gw.runtime  # pinned for the whole request
     match = runtime.router.match(request.method, request.raw_path)
     request[ROUTE] = match.route.name
+    if match.route.no_store:
+        request[NO_STORE] = True
     key = runtime.access.identify(request)  # 401 without a valid key
     request[CLIENT] = key.name if key is not None else ANONYMOUS  # logged even when refused below
     runtime.access.authorize(key, match.route, request.method)  # 403 outside the key's grants

@@ -165,3 +165,20 @@ async def test_every_stable_answer_is_private(gw: TestClient[Any, Any], keyed: T
     assert resp.headers["X-Cache"] == "HIT"
     resp = await gw.get("/healthz")  # the gateway's own endpoints keep their own headers
     assert "Cache-Control" not in resp.headers
+
+
+async def test_a_route_can_say_no_store(make_gateway: Any, sandboxes: Sandboxes) -> None:
+    """``no_store: true``: not even the caller's browser keeps the answer (errors included)."""
+    text = ROUTES.read_text()
+    assert text.count("\n  posthog_notebook:\n") == 1
+    gw = await make_gateway(text.replace("\n  posthog_notebook:\n", "\n  posthog_notebook:\n    no_store: true\n"))
+    short_id = sandboxes.posthog_state.visible(1)[0].short_id
+    resp = await gw.get(f"/v1/posthog/projects/1/notebooks/{short_id}")
+    assert resp.status == 200 and resp.headers["Cache-Control"] == "no-store"
+    resp = await gw.get("/v1/posthog/projects/1/notebooks/nonexistent")
+    assert resp.status == 404 and resp.headers["Cache-Control"] == "no-store"
+    resp = await gw.get(LIST)  # the other routes stay private
+    assert resp.headers["Cache-Control"] == "private"
+    bad = text.replace("\n  posthog_notebook:\n", "\n  posthog_notebook:\n    no_store: yes please\n")
+    with pytest.raises(Exception, match="no_store: expected true or false"):
+        await make_gateway(bad)
