@@ -51,7 +51,8 @@ async def _run(config_path: str, host: str, port: int, obs_port: int, ph_port: i
         print(exc)
         await sandboxes.close()
         return 1
-    runner = web.AppRunner(build_app(config, probes=True), access_log=None)  # /status fills within seconds
+    app = build_app(config, probes=True, host=host)  # host: the Host the demo is reached by
+    runner = web.AppRunner(app, access_log=None)  # /status fills within seconds
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     base = f"http://{host}:{port}"
