@@ -242,7 +242,7 @@ async def test_idle_sockets_cannot_lock_the_gateway_out(sandbox_env: dict[str, s
             async with aiohttp.ClientSession() as session:
                 async with session.get(f"{base}/healthz", timeout=aiohttp.ClientTimeout(total=5)) as resp:
                     assert resp.status == 200
-                assert time.monotonic() - started < 3
+                assert time.monotonic() - started < 4  # not the 15 s of the issue
                 async with session.get(f"{base}/metrics") as resp:
                     metrics = await resp.text()
             evicted = _metric(metrics, 'gateway_connections_closed_total{reason="idle_evicted"}')
