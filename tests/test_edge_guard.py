@@ -310,3 +310,11 @@ async def test_busy_connections_are_not_evicted(sandbox_env: dict[str, str], tmp
         finally:
             for w in busy:
                 w.close()
+
+
+async def test_the_openapi_document_names_the_new_answers(gw: TestClient[Any, Any]) -> None:
+    doc = await (await gw.get("/openapi.json")).json()
+    create = doc["paths"]["/v1/posthog/projects/{project_id}/notebooks"]["post"]["responses"]
+    assert {"400", "403", "415", "421"} <= set(create)  # 403: a write from another origin, keys or not
+    listing = doc["paths"]["/v1/posthog/projects/{project_id}/notebooks"]["get"]["responses"]
+    assert "421" in listing and "403" not in listing  # an open gateway refuses no read by key
