@@ -125,12 +125,13 @@ class ConnectionGuard:
         peer = transport.get_extra_info("peername")
         ip = str(peer[0]) if isinstance(peer, tuple) and peer else "unix"
         if self.max_per_ip is not None and self.per_ip[ip] >= self.max_per_ip:
-            self._refuse(transport, "over_max_connections_per_ip", f"{ip} has {self.per_ip[ip]} connections open")
+            why = f"{ip} has {self.per_ip[ip]} connections open"
+            self._refuse(handler, transport, "over_max_connections_per_ip", why)
             return
         if len(self.open) >= self.max_connections:
             victim = next((h for h in self.open if not _busy(h)), None)
             if victim is None:
-                self._refuse(transport, "over_max_connections", f"all {len(self.open)} connections are busy")
+                self._refuse(handler, transport, "over_max_connections", f"all {len(self.open)} connections are busy")
                 return
             evicted = self.connection_lost(victim)
             if evicted is not None:
@@ -148,15 +149,15 @@ class ConnectionGuard:
                 del self.per_ip[ip]
         return entry
 
-    def _refuse(self, transport: asyncio.Transport, reason: str, why: str) -> None:
-        """A 503 the client can read, then close: nothing it sent is read (or reaches the app)."""
+    def _refuse(self, handler: RequestHandler, transport: asyncio.Transport, reason: str, why: str) -> None:
+        """A 503 the client can read, then close; what it sends meanwhile is read and dropped, never handled."""
         self._note(reason)
+        handler.close()  # aiohttp's handler discards every byte from now on
         with contextlib.suppress(Exception):  # a transport already gone needs no answer
-            transport.pause_reading()
             transport.write(_refusal(f"the gateway has too many connections ({why}); retry shortly"))
             if transport.can_write_eof():
                 transport.write_eof()
-        # closing now, with the client's request unread, would reset the connection and lose the 503
+        # closing at once, with the client's request unread, would reset the connection and lose the 503
         asyncio.get_running_loop().call_later(LINGER, transport.close)
 
     def _note(self, reason: str) -> None:

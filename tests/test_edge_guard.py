@@ -259,21 +259,30 @@ async def test_idle_sockets_cannot_lock_the_gateway_out(sandbox_env: dict[str, s
                 writer.close()
 
 
-async def test_one_address_cannot_take_every_connection(sandbox_env: dict[str, str], tmp_path: Path) -> None:
+async def test_one_address_cannot_take_every_connection(
+    sandbox_env: dict[str, str], sandboxes: Sandboxes, tmp_path: Path
+) -> None:
+    """The sixth connection from one address gets a 503, and its request is never handled."""
     config = tmp_path / "routes.yaml"
     config.write_text(_with_server("  max_connections: 50\n  max_connections_per_ip: 5\n"))
     async with serve(config, sandbox_env, "--no-probes") as (base, _proc, lines):
         port = int(base.rsplit(":", 1)[1])
         idle = await _idle_sockets(port, 5)
         try:
+            creates = sandboxes.posthog_state.count("POST", "/api/projects/1/notebooks/")
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            writer.write(
+                b"POST /v1/posthog/projects/1/notebooks HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b'Content-Type: application/json\r\nContent-Length: 11\r\n\r\n{"title":1}'
+            )
             answer = await asyncio.wait_for(reader.read(), 5)
             writer.close()
             head, _, body = answer.partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 503"), answer
             assert b"Retry-After: 1" in head
             assert json.loads(body)["error"]["code"] == "too_many_connections"
+            await asyncio.sleep(0.3)
+            assert sandboxes.posthog_state.count("POST", "/api/projects/1/notebooks/") == creates
         finally:
             for w in idle:
                 w.close()
