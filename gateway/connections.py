@@ -128,6 +128,7 @@ class ConnectionGuard:
             why = f"{ip} has {self.per_ip[ip]} connections open"
             self._refuse(handler, transport, "over_max_connections_per_ip", why)
             return
+        evicted = None
         if len(self.open) >= self.max_connections:
             victim = next((h for h in self.open if not _busy(h)), None)
             if victim is None:
@@ -136,9 +137,10 @@ class ConnectionGuard:
             evicted = self.connection_lost(victim)
             if evicted is not None:
                 evicted[1].close()  # no request on it: a client may reconnect, as after a keep-alive timeout
-            self._note("idle_evicted")
         self.open[handler] = (ip, transport)
         self.per_ip[ip] += 1
+        if evicted is not None:
+            self._note("idle_evicted")  # after the newcomer is counted: the report shows the cap full
 
     def connection_lost(self, handler: RequestHandler) -> tuple[str, asyncio.Transport] | None:
         entry = self.open.pop(handler, None)

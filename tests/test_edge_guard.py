@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 import time
@@ -17,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 from aiohttp.test_utils import TestClient
+from prometheus_client import CollectorRegistry
 
 from gateway.edge import HostGuard
 from gateway.sandbox.runner import Sandboxes
@@ -327,3 +330,46 @@ async def test_the_openapi_document_names_the_new_answers(gw: TestClient[Any, An
     assert {"400", "403", "415", "421"} <= set(create)  # 403: a write from another origin, keys or not
     listing = doc["paths"]["/v1/posthog/projects/{project_id}/notebooks"]["get"]["responses"]
     assert "421" in listing and "403" not in listing  # an open gateway refuses no read by key
+
+
+async def test_cap_reports_are_rate_limited_not_silenced(caplog: Any) -> None:
+    """One line per LOG_EVERY seconds, each with the counts since the last (a fake clock moves time)."""
+    from gateway import connections
+
+    now = [1000.0]
+    registry = CollectorRegistry()
+    guard = connections.ConnectionGuard(2, None, registry, clock=lambda: now[0])
+
+    async def ok(_request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/", ok)
+    runner = connections._GuardedRunner(app, guard)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    caplog.set_level(logging.WARNING, "gateway.connections")
+    sockets: list[asyncio.StreamWriter] = []
+
+    def reports() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "connection cap reached" in r.getMessage()]
+
+    try:
+        sockets += await _idle_sockets(port, 5)  # 3 evictions: the first is reported at once
+        await asyncio.sleep(0.2)
+        now[0] += 1
+        sockets += await _idle_sockets(port, 4)  # 4 more inside the window: no line
+        await asyncio.sleep(0.2)
+        assert len(reports()) == 1 and "2 open): closed 1 idle evicted" in reports()[0], reports()
+        now[0] += connections.LOG_EVERY
+        sockets += await _idle_sockets(port, 1)  # past the window: the 2 + 4 + 1 since are reported
+        await asyncio.sleep(0.2)
+        assert len(reports()) == 2 and "closed 7 idle evicted" in reports()[1], reports()
+        assert registry.get_sample_value("gateway_connections_closed_total", {"reason": "idle_evicted"}) == 8
+        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/") as resp:
+            assert await resp.text() == "ok"  # still served
+    finally:
+        for w in sockets:
+            w.close()
+        await runner.cleanup()
