@@ -237,6 +237,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             shutil.rmtree(mates.directory, ignore_errors=True)
         print(f"gateway serve: {workers.MULTIPROC_ENV}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    from gateway import connections
     from gateway.server import GATEWAY, build_app
 
     if mates is not None:
@@ -255,7 +256,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return EXIT_UNBINDABLE  # stops every worker, as when the port cannot be bound
         cfg = mates.current_config(cfg)  # a replacement worker: what the others serve now
     _install_uvloop()
-    app = build_app(cfg, watch=watch, probes=not args.no_probes)
+    app = build_app(cfg, watch=watch, probes=not args.no_probes, host=args.host)
     gateway = app[GATEWAY]
     gateway.peers = mates
     formatter.redactor.source = lambda: logs.secret_values(gateway.runtime.config, gateway.credentials)
@@ -278,14 +279,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         serving += f" (worker {os.getpid()} of {args.workers})"
     try:
-        web.run_app(
+        connections.run(  # web.run_app, with the connection caps (gateway.connections)
             app,
+            gateway.runtime.config.server,
             host=args.host,
             port=args.port,
             sock=own_socket,  # admin calls relayed by the other workers
-            access_log=None,
-            print=lambda _aiohttp_banner: print(serving, flush=True),  # once listening, not before
+            listening=lambda: print(serving, flush=True),  # once listening, not before
             reuse_port=args.workers > 1,
+            registry=gateway.registry,
         )
     except OSError as exc:
         print(f"gateway serve: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)

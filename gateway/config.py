@@ -449,6 +449,8 @@ class Route:
     shape: ShapeSpec | None = None
     #: what hands a request over to the next target: upstream statuses, and "shape" (gateway.fallback)
     fallback_on: frozenset[int | str] = DEFAULT_FALLBACK_ON
+    #: answers say ``Cache-Control: no-store`` rather than ``private`` (gateway.cache.downstream)
+    no_store: bool = False
 
     @property
     def stable(self) -> str:
@@ -503,6 +505,12 @@ class ServerSettings:
     body_timeout: float = 30.0
     #: signs stable pagination cursors (gateway.pagination.cursor); derived when unset
     cursor_key: Secret | None = None
+    #: Host header names served besides loopback and the bound address (gateway.edge); "*" is any
+    allowed_hosts: tuple[str, ...] = ()
+    #: open client connections at once (None: half the open-file limit); then idle ones are closed
+    max_connections: int | None = None
+    #: open client connections from one IP address (unlimited when None)
+    max_connections_per_ip: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -961,10 +969,28 @@ def _route_cache(node: _Node | None, method: str | None, root: _Node) -> RouteCa
 def _server(node: _Node | None) -> ServerSettings:
     if node is None:
         return ServerSettings()
-    node.keys({"max_body_bytes", "max_concurrency", "client_timeouts", "cursor_key"})
+    node.keys(
+        {
+            "max_body_bytes",
+            "max_concurrency",
+            "client_timeouts",
+            "cursor_key",
+            "allowed_hosts",
+            "max_connections",
+            "max_connections_per_ip",
+        }
+    )
     kw: dict[str, Any] = {}
     if (n := node.get("cursor_key")) is not None:
         kw["cursor_key"] = _secret(n)
+    if (n := node.get("allowed_hosts")) is not None:
+        if not isinstance(n.value, list) or not all(isinstance(h, str) and h.strip() for h in n.value):
+            n.error("expected a list of host names (a leading '*.' matches subdomains; '*' any host)")
+        else:
+            kw["allowed_hosts"] = tuple(h.strip().lower().rstrip(".") for h in n.value)
+    for key in ("max_connections", "max_connections_per_ip"):
+        if (n := node.get(key)) is not None and (cap := n.integer(1, 10_000_000)) is not None:
+            kw[key] = cap
     if (n := node.get("max_body_bytes")) is not None and (size := n.convert(parse_size)) is not None:
         kw["max_body_bytes"] = size
     if (n := node.get("max_concurrency")) is not None and (cap := n.integer(1, 1_000_000)) is not None:
@@ -1209,6 +1235,7 @@ def _route(name: str, node: _Node, _unused: Any, upstreams: dict[str, Upstream],
             "probe",
             "shape",
             "fallback_on",
+            "no_store",
         },
         {"stable", "upstream", "targets"},
     ) and not isinstance(node.value, dict):
@@ -1301,6 +1328,7 @@ def _route(name: str, node: _Node, _unused: Any, upstreams: dict[str, Upstream],
         probe=probe,
         shape=shape,
         fallback_on=fallback_on,
+        no_store=bool((n := node.get("no_store")) is not None and n.boolean()),
     )
 
 

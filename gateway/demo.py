@@ -51,8 +51,10 @@ async def _run(config_path: str, host: str, port: int, obs_port: int, ph_port: i
         print(exc)
         await sandboxes.close()
         return 1
-    # probes fill /status within seconds; the file is watched so the runbook's edit reloads the demo
-    runner = web.AppRunner(build_app(config, probes=True, watch=1.0), access_log=None)
+    # probes fill /status within seconds; the file is watched so the runbook's edit reloads the demo;
+    # host: the Host the demo is reached by
+    app = build_app(config, probes=True, watch=1.0, host=host)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

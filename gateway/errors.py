@@ -13,6 +13,7 @@ json, the config) are mapped into this tree where they are caught, never later::
     │   ├── NotFound             404
     │   ├── MethodNotAllowed     405 (carries Allow)
     │   ├── RequestTimeout       408 (the body did not arrive in time)
+    │   ├── MisdirectedRequest   421 (a Host this gateway does not serve)
     │   ├── Conflict             409
     │   ├── PayloadTooLarge      413
     │   ├── UnsupportedMediaType 415
@@ -89,6 +90,11 @@ class MethodNotAllowed(ClientError):
 class RequestTimeout(ClientError):
     status = 408
     default_code = "request_timeout"
+
+
+class MisdirectedRequest(ClientError):
+    status = 421
+    default_code = "host_not_allowed"
 
 
 class Conflict(ClientError):

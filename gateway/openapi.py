@@ -88,13 +88,14 @@ BODY_SCHEMAS: Mapping[str, dict[str, Any]] = {
 }
 
 _ERRORS: Mapping[int, str] = {
-    400: "Bad input: an unknown or invalid query parameter, path parameter, cursor or JSON body.",
+    400: "Bad input: an unknown or invalid query parameter, path parameter, cursor or JSON body, or no body.",
     401: "No valid API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`.",
-    403: "The API key may not call this route or method.",
+    403: "The API key may not call this route or method, or a web page of another origin sent the write.",
     404: "Not found upstream, or no such stable route.",
     409: "The upstream reports a conflict (e.g. a stale `version`).",
     413: "The body is larger than `server.max_body_bytes`.",
     415: "The body is not JSON.",
+    421: "The `Host` is not one this gateway serves (see `server.allowed_hosts`).",
     422: "The body breaks the route's rules (every problem in `details`), or the upstream refused it.",
     429: "Over the key's rate limit or the gateway's concurrency cap; retry after `Retry-After` seconds.",
     502: (
@@ -102,7 +103,7 @@ _ERRORS: Mapping[int, str] = {
         " (`upstream_route_gone`), refused a read the gateway built (`upstream_rejected`) or rejected"
         " the gateway's credentials."
     ),
-    503: "The upstream is rate limiting or unavailable; `Retry-After` when known.",
+    503: "The upstream is unavailable or rate limiting, or too many connections; `Retry-After` when known.",
     504: "The upstream did not answer in time.",
 }
 
@@ -316,9 +317,11 @@ def _success(route: Route) -> dict[str, Any]:
 
 
 def _errors(route: Route, config: Config) -> dict[str, Any]:
-    statuses = [400, 404, 422, 502, 503, 504]
+    statuses = [400, 404, 421, 422, 502, 503, 504]
     if config.access.clients:
         statuses += [401, 403]
+    elif route.method not in ("GET", "HEAD"):
+        statuses.append(403)  # a write from a web page of another origin (gateway.edge)
     if route.method in _BODY_METHODS:
         statuses += [409, 413, 415]
     if config.server.max_concurrency is not None or any(k.rate_limit for k in config.access.clients):

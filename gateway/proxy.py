@@ -130,14 +130,21 @@ class Proxy:
         if request.content_length is not None and request.content_length > limit:
             raise PayloadTooLarge(f"the body is larger than {limit} bytes", route=route.name)
         raw = await _read_limited(request, limit, self.config.server.body_timeout, route.name)
+        ctype = request.content_type
+        if raw and ctype != JSON_TYPE and not ctype.endswith("+json"):
+            # a text/plain or form POST is what any web page may send cross-site: never forwarded
+            raise UnsupportedMediaType(
+                f"send the body as {JSON_TYPE}, not {ctype or 'an unspecified type'}", route=route.name
+            )
         if not raw.strip():
+            if _needs_body(route):
+                raise BadRequest(
+                    f"{route.method} {route.path.raw} needs a JSON body (Content-Type: {JSON_TYPE})",
+                    code="missing_body",
+                    route=route.name,
+                )
             parsed: Any = None
         else:
-            ctype = request.content_type
-            if ctype != JSON_TYPE and not ctype.endswith("+json"):
-                raise UnsupportedMediaType(
-                    f"send the body as {JSON_TYPE}, not {ctype or 'an unspecified type'}", route=route.name
-                )
             try:
                 parsed = jsonio.loads(raw)
             except (ValueError, UnicodeDecodeError) as exc:
@@ -587,6 +594,11 @@ def _followed(upstream: Upstream, route: Route, target_path: str, at: str) -> tu
         )
         raise exc
     return path, parse_qsl(query, keep_blank_values=True)
+
+
+def _needs_body(route: Route) -> bool:
+    """A write whose request body goes upstream: sent empty, it would create or change something blank."""
+    return route.method in _BODY_METHODS and any(t.body.mode == "passthrough" for t in route.targets)
 
 
 async def _read_limited(request: web.Request, limit: int, timeout: float, route: str) -> bytes:

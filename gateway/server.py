@@ -29,7 +29,9 @@ from gateway.access import ANONYMOUS, CLIENT, Access
 from gateway.auth import Credentials
 from gateway.cache import CacheBackends
 from gateway.cache.admin import purge_request
+from gateway.cache.downstream import NO_STORE, mark_private
 from gateway.config import Config, ConfigError, Problem, load_config, parse_config
+from gateway.edge import HostGuard
 from gateway.errors import (
     Conflict,
     GatewayError,
@@ -84,6 +86,8 @@ class Runtime:
     router: Router
     proxy: Proxy
     access: Access
+    #: the Host allow-list and the cross-origin write check (gateway.edge)
+    edge: HostGuard
 
 
 class Gateway:
@@ -95,7 +99,10 @@ class Gateway:
         *,
         registry: CollectorRegistry | None = None,
         env: Mapping[str, str] | None = None,
+        host: str | None = None,
     ) -> None:
+        #: the address served (``gateway serve --host``); None: a loopback test server
+        self.host = host
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.client = UpstreamClient(self.metrics)
@@ -153,6 +160,7 @@ class Gateway:
                 gone_check=self.gone_check,
             ),
             access,
+            HostGuard(config.server.allowed_hosts, self.host),
         )
 
     def reload(self, path: str | Path | None = None, *, text: str | None = None) -> Config:
@@ -220,6 +228,14 @@ def _check_sizes(request: web.Request) -> None:
             raise HeadersTooLarge(f"a request header is longer than {MAX_HEADER_BYTES} bytes")
 
 
+def _tcp_host(request: web.Request) -> str | None:
+    """The Host header of a TCP request; None over the workers' Unix sockets, which no browser reaches."""
+    transport = request.transport
+    if transport is None or not isinstance(transport.get_extra_info("peername"), tuple):
+        return None
+    return request.headers.get("Host")
+
+
 @web.middleware
 async def _frame(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, JSON errors, stable-side metrics and the access log, for every request."""
@@ -230,6 +246,7 @@ async def _frame(request: web.Request, handler: Handler) -> web.StreamResponse:
     record, token = trace.begin()
     try:
         _check_sizes(request)
+        request.app[GATEWAY].runtime.edge.check(request.method, _tcp_host(request), request.headers.get("Origin"))
         resp = await handler(request)
     except GatewayError as exc:
         if exc.route is None:
@@ -315,6 +332,8 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     runtime = gw.runtime  # pinned for the whole request
     match = runtime.router.match(request.method, request.raw_path)
     request[ROUTE] = match.route.name
+    if match.route.no_store:
+        request[NO_STORE] = True
     key = runtime.access.identify(request)  # 401 without a valid key
     request[CLIENT] = key.name if key is not None else ANONYMOUS  # logged even when refused below
     runtime.access.authorize(key, match.route, request.method)  # 403 outside the key's grants
@@ -324,6 +343,12 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
         return await runtime.proxy.handle(request, match, request[REQUEST_ID])
     finally:
         limits.leave()
+
+
+async def _downstream_headers(request: web.Request, resp: web.StreamResponse) -> None:
+    """Stable routes' answers (streams too, errors too) are never for a shared cache in front."""
+    if request.get(ROUTE) is not None:
+        mark_private(request, resp, keyed=not request.app[GATEWAY].runtime.access.open)
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -470,15 +495,18 @@ def build_app(
     env: Mapping[str, str] | None = None,
     watch: float | None = None,
     probes: bool = False,
+    host: str | None = None,
 ) -> web.Application:
     """The gateway app.  Raises ConfigError if ``config`` is a path to an invalid file.
 
     ``probes``: run the routes' contract probes in the background (``gateway serve`` does).
 
+    ``host``: the address ``gateway serve`` binds, which clients may name in ``Host``.
+
     ``watch``: poll the routes file every that many seconds and reload it when it changes.
     """
     cfg = config if isinstance(config, Config) else load_config(config, env=env)
-    gateway = Gateway(cfg, registry=registry, env=env)
+    gateway = Gateway(cfg, registry=registry, env=env, host=host)
     # the body limit is enforced per route by the proxy; aiohttp's own cap is the outer guard
     app = web.Application(
         middlewares=[_frame],
@@ -495,6 +523,7 @@ def build_app(
         },
     )
     app[GATEWAY] = gateway
+    app.on_response_prepare.append(_downstream_headers)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)

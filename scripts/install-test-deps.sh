@@ -12,6 +12,7 @@ need redis-server redis-server
 need prometheus prometheus       # the alerting end-to-end test scrapes the gateway with a real Prometheus
 need promtool prometheus         # promtool check metrics / test rules
 need chromium chromium           # the /status page is checked in a real headless browser
+need nginx nginx                 # a real proxy_cache in front of the gateway (tests/test_shared_cache_front.py)
 
 # checkov (tests/test_deploy_hardening.py scans deploy/ and the rendered overlay) pins an older
 # `packaging` than pytest needs, so it gets a virtualenv of its own beside the project's

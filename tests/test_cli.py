@@ -128,8 +128,8 @@ def test_check_warns_when_an_upstream_credential_has_no_value() -> None:
     )
     assert out.returncode == 0 and "OK" in out.stdout
     assert (
-        f"{ROUTES}: warning: upstreams.posthog.auth: no value (bearer token: set POSTHOG_API_KEY or POSTHOG_API_KEY_FILE); "
-        "posthog_notebooks," in out.stderr
+        f"{ROUTES}: warning: upstreams.posthog.auth: no value "
+        "(bearer token: set POSTHOG_API_KEY or POSTHOG_API_KEY_FILE); posthog_notebooks," in out.stderr
     )
     assert "will answer 502 upstream_credentials_missing" in out.stderr
     assert "upstreams.observable.auth: no value (cookie I: set OBSERVABLE_SESSION or" in out.stderr

@@ -81,7 +81,7 @@ async def raw(gw: TestClient[Any, Any], data: bytes, timeout: float = 5.0) -> Ra
 
 
 def request(line: str, *headers: str, body: bytes = b"") -> bytes:
-    head = "\r\n".join([line, "Host: gateway.test", "Connection: close", *headers])
+    head = "\r\n".join([line, "Host: localhost", "Connection: close", *headers])
     return head.encode("latin-1") + b"\r\n\r\n" + body
 
 
@@ -142,7 +142,7 @@ async def test_path_escapes_never_leave_the_template(
     # CONNECT and a raw CR in the request line are refused outright
     resp = await raw(gw, request(f"CONNECT {evil_host} HTTP/1.1"))
     assert 400 <= resp.status < 500
-    resp = await raw(gw, b"GET /v1/observable/notebooks/a\rHost: x HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+    resp = await raw(gw, b"GET /v1/observable/notebooks/a\rHost: x HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert resp.status == 400
     # userinfo-looking ids stay one encoded segment on the configured host
     resp = await gw.get(f"/v1/observable/notebooks/@{evil_host}")
@@ -344,7 +344,7 @@ async def test_slowloris_headers_are_cut_off(fake_gw: tuple[TestClient[Any, Any]
     gw, fake, _ = fake_gw
     reader, writer = await asyncio.open_connection(gw.host, gw.port)
     started = time.monotonic()
-    payload = b"GET /v1/things/a HTTP/1.1\r\nHost: gateway.test\r\nX-Slow: " + b"z" * 200
+    payload = b"GET /v1/things/a HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + b"z" * 200
     closed_after: float | None = None
     try:
         for byte in payload:

@@ -1,0 +1,35 @@
+"""What the gateway tells caches in front of it (nginx, Varnish, a CDN, a browser).
+
+The gateway's own cache keys every answer by client key and upstream credential.  A
+shared cache in front keys by URL only, and it does not know that ``X-API-Key`` names
+a caller (the rule that shared caches leave ``Authorization`` requests alone covers
+only that header, and nginx does not follow it either).  So every answer of a stable
+route, error answers included, is marked ``Cache-Control: private`` (``no-store`` for
+writes, and for reads of a route with ``no_store: true``): a shared cache must not store
+it, whoever asked.  ``Vary`` names the headers that carry client keys, for caches that
+store private answers (a browser's).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+#: the request headers a client key arrives in (gateway.access.presented_key)
+KEY_HEADERS = ("Authorization", "X-API-Key")
+_READS = frozenset({"GET", "HEAD"})
+#: set by the server for a route whose answers no cache may keep (``no_store: true`` in routes.yaml)
+NO_STORE = web.RequestKey("no_store", bool)
+
+
+def mark_private(request: web.Request, resp: web.StreamResponse, *, keyed: bool) -> None:
+    """Set ``Cache-Control`` and ``Vary`` on a stable route's answer, just before its headers go out."""
+    current = resp.headers.get("Cache-Control", "").lower()
+    if "no-store" not in current:
+        private = request.method in _READS and not request.get(NO_STORE, False)
+        resp.headers["Cache-Control"] = "private" if private else "no-store"
+    if keyed:
+        have = {v.strip().lower() for v in resp.headers.get("Vary", "").split(",") if v.strip()}
+        if "*" not in have:
+            missing = [h for h in KEY_HEADERS if h.lower() not in have]
+            if missing:
+                resp.headers["Vary"] = ", ".join([*filter(None, [resp.headers.get("Vary", "").strip()]), *missing])
