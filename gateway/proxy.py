@@ -20,12 +20,13 @@ from aiohttp import web
 from multidict import MultiDict
 
 from gateway import jsonio, ndjson, trace
-from gateway.auth import Credentials, secrets_of
+from gateway.auth import Credentials
 from gateway.cache import ResponseCache, note_upstream
 from gateway.config import Config, Route, Target, Upstream
 from gateway.errors import (
     BadGateway,
     BadRequest,
+    GatewayError,
     NotFound,
     PayloadTooLarge,
     RequestTimeout,
@@ -38,6 +39,7 @@ from gateway.health import RouteHealth
 from gateway.mapping import ShapeDrift, apply_mapping, evaluate, parse_params, target_request
 from gateway.metrics import Metrics, status_class
 from gateway.pagination import Position, decode_cursor, encode_cursor, pages
+from gateway.redact import Redactor, secret_values
 from gateway.routing import Match
 from gateway.shape import check_body, check_fields, check_response
 from gateway.upstream import UpstreamClient, UpstreamResponse
@@ -64,6 +66,7 @@ class Proxy:
         metrics: Metrics,
         health: RouteHealth | None = None,
         cache: ResponseCache | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         self.config = config
         self.client = client
@@ -73,8 +76,25 @@ class Proxy:
         self.health = health if health is not None else RouteHealth(metrics)
         #: the response cache (None when no route caches); its backend is the Gateway's
         self.cache = cache
+        #: hides every configured secret in upstream-derived error text (the Gateway's, shared with the logs)
+        self.redact = redactor if redactor is not None else Redactor(lambda: secret_values(config, creds))
 
     async def handle(self, request: web.Request, match: Match, request_id: str) -> web.StreamResponse:
+        """Serve one stable request; every error leaving here has its message redacted."""
+        try:
+            return await self._handle(request, match, request_id)
+        except GatewayError as exc:
+            self._scrub(exc)
+            raise
+
+    def _scrub(self, exc: GatewayError) -> None:
+        """The one place error text is redacted: before a client, /status, a probe result or a log sees it."""
+        exc.message = self.redact(exc.message, fresh=True)
+        exc.args = (exc.message,)
+        if exc.details is not None:
+            exc.details = _scrub_details(exc.details, self.redact)
+
+    async def _handle(self, request: web.Request, match: Match, request_id: str) -> web.StreamResponse:
         route = match.route
         cache = self.cache
         # streamed, so never cached: not holding the collection is the point (gateway.ndjson)
@@ -127,6 +147,8 @@ class Proxy:
                 )
             try:
                 parsed = jsonio.loads(raw)
+            except jsonio.TooDeep as exc:
+                raise BadRequest(f"the body is {exc}", code="json_too_deep", route=route.name) from None
             except (ValueError, UnicodeDecodeError) as exc:
                 where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
                 raise BadRequest(
@@ -227,6 +249,7 @@ class Proxy:
         if exc.recorded:
             return
         exc.recorded = True
+        self._scrub(exc)  # the route's down reason is shown on /status
         self.metrics.upstream_errors.labels(upstream.name, route.name, exc.kind).inc()
         if exc.kind not in _SELF_PACING:
             self.health.down(route.name, exc.code, exc.message)
@@ -246,7 +269,7 @@ class Proxy:
         status = resp.status
         if status < 300 or status == 304 or (resp.location is not None and 300 <= status < 400):
             return
-        detail = _redact(_upstream_message(resp.body), secrets_of(upstream.auth, self.creds))
+        detail = self.redact(_upstream_message(resp.body), fresh=True)
         name = upstream.name
         exc: Exception
         if status in (404, 410):
@@ -314,11 +337,13 @@ class Proxy:
     # ------------------------------------------------------------------ response side
 
     def _json(self, route: Route, resp: UpstreamResponse) -> Any:
+        """The upstream body parsed; anything that is not JSON (NaN, too deep, cut off) is a counted 502."""
         try:
             return jsonio.loads(resp.body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError) as err:
+            why = f" ({err})" if isinstance(err, jsonio.TooDeep) or "is not JSON" in str(err) else ""
             exc = ShapeDrift(
-                f"upstream {route.upstream!r} returned malformed JSON", code="upstream_bad_json", route=route.name
+                f"upstream {route.upstream!r} returned malformed JSON{why}", code="upstream_bad_json", route=route.name
             )
             self._record_error(self.config.upstreams[route.upstream], route, exc)
             raise exc from None
@@ -503,12 +528,15 @@ def _json_page(items: list[Any], next_cursor: str | None) -> web.Response:
     )
 
 
-def _redact(text: str, secrets: list[str]) -> str:
-    """Upstream error text goes to clients, logs and /status: an echoed credential must not."""
-    for value in sorted(secrets, key=len, reverse=True):
-        if len(value) >= 4:
-            text = text.replace(value, "[redacted]")
-    return text
+def _scrub_details(details: Any, redact: Redactor) -> Any:
+    """Error details (lists of problem strings, dicts of them) with every string redacted."""
+    if isinstance(details, str):
+        return redact(details)
+    if isinstance(details, list):
+        return [_scrub_details(d, redact) for d in details]
+    if isinstance(details, dict):
+        return {k: _scrub_details(v, redact) for k, v in details.items()}
+    return details
 
 
 def _upstream_message(body: bytes) -> str:

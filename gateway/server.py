@@ -47,6 +47,7 @@ from gateway.openapi import DocumentCache
 from gateway.peers import PeerAnswer, Peers
 from gateway.probes import Prober
 from gateway.proxy import Proxy
+from gateway.redact import Redactor, secret_values
 from gateway.routing import Router
 from gateway.upstream import UpstreamClient
 
@@ -100,6 +101,8 @@ class Gateway:
         #: where ${VAR}s and secrets are read (os.environ unless a test gives its own)
         self.env = env
         self.credentials = Credentials(env)
+        #: the one redactor for upstream-derived error text (``gateway serve`` gives its logs the same secrets)
+        self.redactor = Redactor(lambda: secret_values(self.runtime.config, self.credentials))
         #: route health and probe results outlive reloads; credential expiry is read at each scrape
         self.health = RouteHealth(self.metrics)
         self.prober = Prober(lambda: (self.runtime.config, self.runtime.proxy), self.health, self.metrics)
@@ -140,6 +143,7 @@ class Gateway:
                 self.metrics,
                 health=self.health,
                 cache=self.caches.for_config(config),
+                redactor=self.redactor,
             ),
             access,
         )
