@@ -20,11 +20,13 @@ import asyncio
 import base64
 import binascii
 import json
+import math
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway import jsonio
 from gateway.config import Pagination, Route
 from gateway.errors import BadRequest
 from gateway.mapping import ShapeDrift
@@ -66,13 +68,16 @@ def decode_cursor(route: Route, text: str) -> tuple[list[str], Position]:
     """The streams the cursor was issued for, and their positions.  400 if it is not ours."""
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        data = json.loads(raw)
+        data = jsonio.loads(raw)  # TooDeep (a ValueError), never a RecursionError
         if not isinstance(data, dict) or data.get("r") != route.name:
             raise ValueError("route")
         pos = data["p"]
         ended = data.get("e", [])
-        if not isinstance(pos, dict) or not isinstance(ended, list):
+        if not isinstance(pos, dict) or not isinstance(ended, list) or not all(isinstance(e, str) for e in ended):
             raise ValueError("shape")
+        offset = route.pagination is not None and route.pagination.style == "offset"
+        if not all(_position_ok(v, offset) for v in pos.values()):
+            raise ValueError("position")
     except (ValueError, KeyError, TypeError, binascii.Error):
         raise BadRequest(
             "the cursor is not valid for this route; pass next_cursor exactly as it was returned",
@@ -80,6 +85,17 @@ def decode_cursor(route: Route, text: str) -> tuple[list[str], Position]:
             route=route.name,
         ) from None
     return [str(k) for k in pos], Position({str(k): v for k, v in pos.items()}, {str(e) for e in ended})
+
+
+def _position_ok(value: Any, offset: bool) -> bool:
+    """What ``encode_cursor`` writes: an offset is a count, a ``before`` value a scalar (an upstream field)."""
+    if value is None:
+        return True
+    if isinstance(value, bool):
+        return False
+    if offset:
+        return isinstance(value, int) and value >= 0
+    return isinstance(value, str | int) or (isinstance(value, float) and math.isfinite(value))
 
 
 def _items(pag: Pagination, body: Any, route: str) -> list[Any]:
