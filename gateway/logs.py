@@ -23,6 +23,7 @@ from gateway.redact import secret_values as secret_values
 
 LEVELS = ("debug", "info", "warning", "error")
 
+
 class JsonFormatter(logging.Formatter):
     """``{"ts", "level", "logger", "message" | the record's ``fields``, "exc"?}`` per record."""
 

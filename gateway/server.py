@@ -24,7 +24,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from gateway import jsonio, logs, status, trace, workers
+from gateway import httpedge, jsonio, logs, status, trace, workers
 from gateway.access import ANONYMOUS, CLIENT, Access
 from gateway.auth import Credentials
 from gateway.cache import CacheBackends
@@ -222,6 +222,7 @@ async def _frame(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     record, token = trace.begin()
     try:
+        httpedge.check_request_line(request)
         _check_sizes(request)
         resp = await handler(request)
     except GatewayError as exc:
@@ -484,6 +485,8 @@ def build_app(
             "max_line_size": _PARSER_LIMIT,
             "max_field_size": _PARSER_LIMIT,
             "max_headers": 1024,
+            # what the parser rejects is one info line (rate-limited), never a traceback
+            "logger": httpedge.RejectLog(),
         },
     )
     app[GATEWAY] = gateway
