@@ -59,7 +59,11 @@ def dumps(data: Any) -> bytes:
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(limit + 2 * MAX_DEPTH + 64)  # one event-loop thread: nothing else runs meanwhile
     try:
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        try:
+            return text.encode()
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800" is valid JSON text): keep it escaped
+            return json.dumps(data, separators=(",", ":")).encode()
     except RecursionError:
         raise TooDeep() from None
     finally:

@@ -11,8 +11,10 @@ body is hidden in the log line about it too.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterable
+from urllib.parse import quote
 
 from gateway.auth import Credentials, secrets_of
 from gateway.config import Config
@@ -36,29 +38,40 @@ def secret_values(config: Config, credentials: Credentials) -> list[str]:
 
 
 class Redactor:
-    """Replaces known secret values (raw and JSON-escaped) in text."""
+    """Replaces known secret values in text: raw, JSON-escaped or percent-encoded, in any letter case.
+
+    Any case, because what an upstream echoes may come back lowercased (a content type
+    is compared lowercased, a host name is); percent-encoded, because it may come back
+    inside a URL.  The common case, no secret in the text, costs one ``lower()`` and a
+    substring test per value: this runs on every access-log line.
+    """
 
     def __init__(self, source: Callable[[], Iterable[str]] | None = None, clock: Callable[[], float] = time.monotonic):
         self.source = source
         self.clock = clock
-        self._values: list[str] = []
+        self._lowered: list[str] = []
+        self._pattern: re.Pattern[str] | None = None
         self._stamp = float("-inf")
 
     def values(self, fresh: bool = False) -> list[str]:
-        """The values to hide, longest first; re-resolved every ``REFRESH_SECONDS`` or when ``fresh``."""
+        """The forms to hide (lowercased), longest first; re-resolved every ``REFRESH_SECONDS`` or when ``fresh``."""
         now = self.clock()
         if self.source is not None and (fresh or now - self._stamp >= REFRESH_SECONDS):
             found: set[str] = set()
             for v in self.source():
                 if len(v) >= MIN_SECRET_LENGTH:
-                    found |= {v, json.dumps(v)[1:-1]}
-            self._values = sorted(found, key=len, reverse=True)  # longest first: no partial leftovers
+                    found |= {v.lower(), json.dumps(v)[1:-1].lower(), quote(v, safe="").lower()}
+            self._lowered = sorted(found, key=len, reverse=True)  # longest first: no partial leftovers
+            self._pattern = re.compile("|".join(map(re.escape, self._lowered)), re.IGNORECASE) if found else None
             self._stamp = now
-        return self._values
+        return self._lowered
 
     def __call__(self, text: str, fresh: bool = False) -> str:
         """``fresh``: resolve the secrets now (error paths: a secret renewed a second ago is hidden too)."""
-        for v in self.values(fresh):
-            if v in text:
-                text = text.replace(v, REDACTED)
+        lowered = self.values(fresh)
+        if self._pattern is None:
+            return text
+        low = text.lower()
+        if any(v in low for v in lowered):
+            text = self._pattern.sub(REDACTED, text)
         return text
