@@ -103,6 +103,8 @@ class Gateway:
         self.credentials = Credentials(env)
         #: the one redactor for upstream-derived error text (``gateway serve`` gives its logs the same secrets)
         self.redactor = Redactor(lambda: secret_values(self.runtime.config, self.credentials))
+        #: requests the HTTP parser refuses: logged briefly and rate-limited (stands in for aiohttp.server)
+        self.rejects = httpedge.RejectLog()
         #: route health and probe results outlive reloads; credential expiry is read at each scrape
         self.health = RouteHealth(self.metrics)
         self.prober = Prober(lambda: (self.runtime.config, self.runtime.proxy), self.health, self.metrics)
@@ -486,7 +488,7 @@ def build_app(
             "max_field_size": _PARSER_LIMIT,
             "max_headers": 1024,
             # what the parser rejects is one info line (rate-limited), never a traceback
-            "logger": httpedge.RejectLog(),
+            "logger": gateway.rejects,
         },
     )
     app[GATEWAY] = gateway
@@ -506,6 +508,7 @@ def build_app(
     app.router.add_route("*", "/{tail:.*}", _dispatch)
 
     async def _close(_app: web.Application) -> None:
+        gateway.rejects.flush()  # the count of rejects not yet summarized
         await gateway.close()
 
     app.on_cleanup.append(_close)
