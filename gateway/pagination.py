@@ -164,6 +164,7 @@ async def _before(
     buffers: dict[str, list[Any]] = {k: [] for k in keys}
     fetched_to = {k: position.pos.get(k) for k in keys}
     exhausted = {k for k in keys if k in position.ended}
+    from_cursor = {k for k in keys if fetched_to[k] is not None}  # positions a client handed back
 
     async def refill(k: str) -> None:
         query = [(pag.before_param, str(fetched_to[k]))] if fetched_to[k] is not None else []
@@ -176,7 +177,14 @@ async def _before(
         try:
             advanced = previous is None or last < previous
         except TypeError:
+            if k in from_cursor:  # a forged cursor's position is not the upstream field's type
+                raise BadRequest(
+                    "the cursor is not valid for this route; pass next_cursor exactly as it was returned",
+                    code="bad_cursor",
+                    route=route,
+                ) from None
             advanced = False
+        from_cursor.discard(k)
         if not advanced:
             raise _stalled(route)  # an upstream ignoring `before` would otherwise loop forever
         buffers[k].extend(items)

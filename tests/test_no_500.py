@@ -423,3 +423,23 @@ async def test_sweep_no_route_answers_500(gw: TestClient[Any, Any], sandboxes: S
     assert 'status="5xx"' not in "".join(
         ln for ln in metrics.splitlines() if ln.startswith("gateway_requests_total") and 'route="(none)"' in ln
     )
+
+
+async def test_a_forged_position_of_the_wrong_type_is_the_clients_400_not_the_routes_502(
+    fake_gw: tuple[TestClient[Any, Any], FakeUpstream],
+) -> None:
+    gw, fake = fake_gw
+    fake.script("/feed", Reply(200, body=b'[{"t": "2024-01-02"}, {"t": "2024-01-01"}]'))
+    resp = await gw.get("/v1/feed", params={"cursor": _cursor({"r": "feed", "p": {"": 5}})})
+    got = await resp.json()
+    assert resp.status == 400 and got["error"]["code"] == "bad_cursor", got
+    assert await _metric(gw, "gateway_upstream_errors_total", route="feed") == 0
+    assert 'data-state="down"' not in await _route_state(gw, "feed")
+    # an upstream whose own paging field changes type mid-way is still the route breaking
+    fake.script(
+        "/feed",
+        Reply(200, body=b'[{"t": "2024-01-02"}, {"t": "2024-01-01"}]'),
+        Reply(200, body=b'[{"t": 3}, {"t": 2}]'),
+    )
+    resp = await gw.get("/v1/feed", params={"all": "true"})
+    assert resp.status == 502 and (await resp.json())["error"]["code"] == "pagination_stalled"
