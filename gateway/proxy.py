@@ -465,7 +465,17 @@ class Proxy:
 
         The same upstream calls, status mapping, shape checks and field mapping as live
         traffic (never the response cache); a collection answers its first ``limit`` items.
+        Errors are redacted as live traffic's are: probe results are shown on /status.
         """
+        try:
+            return await self._probe(route, query, path_params, request_id)
+        except GatewayError as exc:
+            self._scrub(exc)
+            raise
+
+    async def _probe(
+        self, route: Route, query: Mapping[str, str], path_params: Mapping[str, str], request_id: str
+    ) -> web.Response:
         params = parse_params(route, MultiDict(query), path_params)
         if route.pagination is None:
             out = self._respond(route, await self.call(route, params, None, [], request_id), params)

@@ -443,3 +443,17 @@ async def test_a_forged_position_of_the_wrong_type_is_the_clients_400_not_the_ro
     )
     resp = await gw.get("/v1/feed", params={"all": "true"})
     assert resp.status == 502 and (await resp.json())["error"]["code"] == "pagination_stalled"
+
+
+async def test_probe_results_on_status_are_redacted_too(make_gateway: Any, aiohttp_server: Any) -> None:
+    yaml_text = ROUTES_YAML.replace(
+        'targets: ["GET /things/{{name}}"]\n  get_item:',
+        'targets: ["GET /things/{{name}}"]\n    probe: {{params: {{name: a}}}}\n  get_item:',
+    )
+    assert "probe:" in yaml_text
+    gw = await _echo_gateway(make_gateway, aiohttp_server, yaml_text, ENV)
+    assert gw.app is not None
+    results = await gw.app[GATEWAY].prober.run_round()
+    assert [r.outcome for r in results] == ["broken"] and "[redacted]" in results[0].message
+    page = await (await gw.get("/status")).text()
+    assert SESSION not in page and TOKEN not in page and SESSION.lower() not in page.lower()
