@@ -55,7 +55,7 @@ async def test_rejects_are_brief_rate_limited_info_lines(
     gw: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    assert gw.app is not None
+    assert gw.app is not None and gw.port is not None
     rejects = gw.app[GATEWAY].rejects
     rejects.window = 0.5  # the summary comes at the end of each window
     statuses = await _send_bad(gw.host, gw.port, 300)
