@@ -29,6 +29,10 @@ from __future__ import annotations
 
 from typing import Any
 
+#: longest message and most ``details`` entries an error body carries (a hostile query must not make it big)
+MAX_MESSAGE = 2000
+MAX_DETAILS = 50
+
 
 class GatewayError(Exception):
     status = 500
@@ -51,9 +55,14 @@ class GatewayError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
-        err: dict[str, Any] = {"code": self.code, "message": self.message, "route": self.route}
+        """The JSON error body; message and details are capped so no input can make it large."""
+        message = self.message if len(self.message) <= MAX_MESSAGE else self.message[:MAX_MESSAGE] + "..."
+        err: dict[str, Any] = {"code": self.code, "message": message, "route": self.route}
         if self.details is not None:
-            err["details"] = self.details
+            details = self.details
+            if isinstance(details, list) and len(details) > MAX_DETAILS:
+                details = [*details[:MAX_DETAILS], f"... and {len(details) - MAX_DETAILS} more"]
+            err["details"] = details
         return {"error": err}
 
 

@@ -2,33 +2,72 @@
 
 Every upstream body is parsed and most stable responses serialized, so JSON is a
 large share of a request's CPU; orjson does it several times faster.  It refuses a
-few things the standard library accepts (``NaN``, integers beyond 64 bits, lone
-surrogates, non-string keys), so on its error the standard library gets the same
-input: what is accepted, and the value it parses to, stay exactly as before.
+few things the standard library accepts (integers beyond 64 bits, lone surrogates,
+non-string keys), so on its error the standard library gets the same input.
+
+What is never JSON is refused by both paths alike: ``NaN``/``Infinity`` (RFC 8259 has
+no such numbers; an upstream sending them is broken) and nesting deeper than orjson's
+1024 levels (``TooDeep``, never a ``RecursionError``: a hostile body must not be a 500).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import orjson
 
+#: nesting orjson parses; deeper is refused (the standard library would hit Python's recursion limit)
+MAX_DEPTH = 1024
+
+
+class TooDeep(ValueError):
+    """JSON nested deeper than ``MAX_DEPTH`` levels."""
+
+    def __init__(self) -> None:
+        super().__init__(f"JSON nested deeper than {MAX_DEPTH} levels")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
 
 def loads(data: bytes | bytearray | str) -> Any:
-    """Raises ValueError (``json.JSONDecodeError``) or UnicodeDecodeError like ``json.loads``."""
+    """Raises ValueError (``json.JSONDecodeError``, ``TooDeep``) or UnicodeDecodeError like ``json.loads``."""
     try:
         return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return json.loads(data)
+    except orjson.JSONDecodeError as exc:
+        if "depth" in str(exc):
+            raise TooDeep() from None
+    try:
+        return json.loads(data, parse_constant=_no_constant)
+    except RecursionError:
+        raise TooDeep() from None
 
 
 def dumps(data: Any) -> bytes:
-    """Compact UTF-8 JSON (no ASCII escaping), as ``json.dumps(separators=(",", ":"), ensure_ascii=False)``."""
+    """Compact UTF-8 JSON (no ASCII escaping), as ``json.dumps(separators=(",", ":"), ensure_ascii=False)``.
+
+    Anything ``loads`` returned can be written: orjson stops at 255 levels, so deeper
+    values go to the standard library with room for ``MAX_DEPTH`` more frames.
+    """
     try:
         return orjson.dumps(data)
-    except TypeError:  # orjson.JSONEncodeError: a big integer, a non-string key, ...
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    except TypeError:  # orjson.JSONEncodeError: a big integer, a non-string key, deep nesting, ...
+        pass
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit + 2 * MAX_DEPTH + 64)  # one event-loop thread: nothing else runs meanwhile
+    try:
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        try:
+            return text.encode()
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800" is valid JSON text): keep it escaped
+            return json.dumps(data, separators=(",", ":")).encode()
+    except RecursionError:
+        raise TooDeep() from None
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 def dumps_text(data: Any) -> str:

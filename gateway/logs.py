@@ -2,69 +2,26 @@
 
 Log shippers parse JSON lines without a grok pattern, and a field that is always
 there (``request_id``, ``route``) can be queried.  The gateway never logs headers or
-secret values on purpose; the redaction here is the second line of defence for the
-message nobody thought about (an exception text that quotes a header, say).
+secret values on purpose; the redaction here (``gateway.redact``, the same redactor that
+cleans upstream error text) is the second line of defence for the message nobody
+thought about (an exception text that quotes a header, say).
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import json
 import logging
 import time
-from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from gateway import jsonio
-from gateway.auth import Credentials, secrets_of
-from gateway.config import Config
+from gateway.redact import REDACTED as REDACTED
+from gateway.redact import Redactor
+from gateway.redact import secret_values as secret_values
 
-REDACTED = "[REDACTED]"
-#: values shorter than this are not redacted: they would blank out ordinary words
-MIN_SECRET_LENGTH = 6
-#: how long a resolved secret list is reused (secrets in files may be renewed meanwhile)
-REFRESH_SECONDS = 5.0
 LEVELS = ("debug", "info", "warning", "error")
-
-
-def secret_values(config: Config, credentials: Credentials) -> list[str]:
-    """Every secret the config refers to, as currently resolved: upstream credentials, client and admin keys."""
-    values: list[str] = []
-    for upstream in config.upstreams.values():
-        values += secrets_of(upstream.auth, credentials)
-    for key in (*config.access.clients, *config.access.admins):
-        if (v := credentials.resolve(key.secret)) is not None:
-            values.append(v)
-    return values
-
-
-class Redactor:
-    """Replaces known secret values (raw and JSON-escaped) in text."""
-
-    def __init__(self, source: Callable[[], Iterable[str]] | None = None, clock: Callable[[], float] = time.monotonic):
-        self.source = source
-        self.clock = clock
-        self._values: list[str] = []
-        self._stamp = float("-inf")
-
-    def values(self) -> list[str]:
-        now = self.clock()
-        if self.source is not None and now - self._stamp >= REFRESH_SECONDS:
-            found: set[str] = set()
-            for v in self.source():
-                if len(v) >= MIN_SECRET_LENGTH:
-                    found |= {v, json.dumps(v)[1:-1]}
-            self._values = sorted(found, key=len, reverse=True)  # longest first: no partial leftovers
-            self._stamp = now
-        return self._values
-
-    def __call__(self, text: str) -> str:
-        for v in self.values():
-            if v in text:
-                text = text.replace(v, REDACTED)
-        return text
 
 
 class JsonFormatter(logging.Formatter):

@@ -41,6 +41,7 @@ from gateway.health import RouteHealth
 from gateway.mapping import ShapeDrift, apply_mapping, evaluate, parse_params, target_request
 from gateway.metrics import Metrics, status_class
 from gateway.pagination import Answer, Position, decode_cursor, derive_key, encode_cursor, pages
+from gateway.redact import Redactor, secret_values
 from gateway.routing import Match
 from gateway.session import SessionChecks, unless_signed_out
 from gateway.shape import check_body, check_fields, check_response
@@ -71,6 +72,7 @@ class Proxy:
         cache: ResponseCache | None = None,
         sessions: SessionChecks | None = None,
         gone_check: GoneCheck | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         self.config = config
         self.client = client
@@ -86,8 +88,25 @@ class Proxy:
         self.gone_check = gone_check
         #: signs next_cursor (gateway.pagination.cursor); never logged
         self.cursor_secret = _cursor_secret(config, creds)
+        #: hides every configured secret in upstream-derived error text (the Gateway's, shared with the logs)
+        self.redact = redactor if redactor is not None else Redactor(lambda: secret_values(config, creds))
 
     async def handle(self, request: web.Request, match: Match, request_id: str) -> web.StreamResponse:
+        """Serve one stable request; every error leaving here has its message redacted."""
+        try:
+            return await self._handle(request, match, request_id)
+        except GatewayError as exc:
+            self._scrub(exc)
+            raise
+
+    def _scrub(self, exc: GatewayError) -> None:
+        """The one place error text is redacted: before a client, /status, a probe result or a log sees it."""
+        exc.message = self.redact(exc.message, fresh=True)
+        exc.args = (exc.message,)
+        if exc.details is not None:
+            exc.details = _scrub_details(exc.details, self.redact)
+
+    async def _handle(self, request: web.Request, match: Match, request_id: str) -> web.StreamResponse:
         route = match.route
         cache = self.cache
         # streamed, so never cached: not holding the collection is the point (gateway.ndjson)
@@ -147,6 +166,8 @@ class Proxy:
         else:
             try:
                 parsed = jsonio.loads(raw)
+            except jsonio.TooDeep as exc:
+                raise BadRequest(f"the body is {exc}", code="json_too_deep", route=route.name) from None
             except (ValueError, UnicodeDecodeError) as exc:
                 where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
                 raise BadRequest(
@@ -257,6 +278,7 @@ class Proxy:
         if exc.recorded:
             return
         exc.recorded = True
+        self._scrub(exc)  # the route's down reason is shown on /status
         self.metrics.upstream_errors.labels(upstream.name, route.name, exc.kind).inc()
         if exc.kind not in SELF_PACING:
             self.health.down(route.name, exc.code, exc.message)
@@ -287,7 +309,7 @@ class Proxy:
                 ask = functools.partial(self._sample_status, upstream, route, target)
                 why = await self.gone_check.route_gone(route.name, where, ask)
             if why is None:
-                detail = _redact(_upstream_message(resp.body), secrets_of(upstream.auth, self.creds))
+                detail = self.redact(_upstream_message(resp.body), fresh=True)
                 return NotFound(detail or "not found upstream", route=route.name)
             message = f"upstream {upstream.name!r} {why}: {where} is gone"
         else:
@@ -318,7 +340,7 @@ class Proxy:
         status = resp.status
         if status < 300 or status == 304 or (resp.location is not None and 300 <= status < 400):
             return
-        detail = _redact(_upstream_message(resp.body), secrets_of(upstream.auth, self.creds))
+        detail = self.redact(_upstream_message(resp.body), fresh=True)
         name = upstream.name
         exc: Exception
         if status in (401, 403):
@@ -385,11 +407,13 @@ class Proxy:
     # ------------------------------------------------------------------ response side
 
     def _json(self, route: Route, resp: UpstreamResponse) -> Any:
+        """The upstream body parsed; anything that is not JSON (NaN, too deep, cut off) is a counted 502."""
         try:
             return jsonio.loads(resp.body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError) as err:
+            why = f" ({err})" if isinstance(err, jsonio.TooDeep) or "is not JSON" in str(err) else ""
             exc = ShapeDrift(
-                f"upstream {route.upstream!r} returned malformed JSON", code="upstream_bad_json", route=route.name
+                f"upstream {route.upstream!r} returned malformed JSON{why}", code="upstream_bad_json", route=route.name
             )
             self._record_error(self.config.upstreams[route.upstream], route, exc)
             raise exc from None
@@ -542,7 +566,17 @@ class Proxy:
 
         The same upstream calls, status mapping, shape checks and field mapping as live
         traffic (never the response cache); a collection answers its first ``limit`` items.
+        Errors are redacted as live traffic's are: probe results are shown on /status.
         """
+        try:
+            return await self._probe(route, query, path_params, request_id)
+        except GatewayError as exc:
+            self._scrub(exc)
+            raise
+
+    async def _probe(
+        self, route: Route, query: Mapping[str, str], path_params: Mapping[str, str], request_id: str
+    ) -> web.Response:
         params = parse_params(route, MultiDict(query), path_params)
         if route.pagination is None:
             out = self._respond(route, await self.call(route, params, None, [], request_id), params)
@@ -647,12 +681,15 @@ def _json_page(items: list[Any], next_cursor: str | None) -> web.Response:
     )
 
 
-def _redact(text: str, secrets: list[str]) -> str:
-    """Upstream error text goes to clients, logs and /status: an echoed credential must not."""
-    for value in sorted(secrets, key=len, reverse=True):
-        if len(value) >= 4:
-            text = text.replace(value, "[redacted]")
-    return text
+def _scrub_details(details: Any, redact: Redactor) -> Any:
+    """Error details (lists of problem strings, dicts of them) with every string redacted."""
+    if isinstance(details, str):
+        return redact(details)
+    if isinstance(details, list):
+        return [_scrub_details(d, redact) for d in details]
+    if isinstance(details, dict):
+        return {k: _scrub_details(v, redact) for k, v in details.items()}
+    return details
 
 
 def _upstream_message(body: bytes) -> str:

@@ -24,7 +24,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from gateway import jsonio, logs, status, trace, workers
+from gateway import httpedge, jsonio, logs, status, trace, workers
 from gateway.access import ANONYMOUS, CLIENT, Access
 from gateway.auth import Credentials
 from gateway.cache import CacheBackends
@@ -49,6 +49,7 @@ from gateway.openapi import DocumentCache
 from gateway.peers import PeerAnswer, Peers
 from gateway.probes import Prober
 from gateway.proxy import Proxy
+from gateway.redact import Redactor, secret_values
 from gateway.routing import Router
 from gateway.session import SessionChecks
 from gateway.upstream import UpstreamClient
@@ -109,6 +110,10 @@ class Gateway:
         #: where ${VAR}s and secrets are read (os.environ unless a test gives its own)
         self.env = env
         self.credentials = Credentials(env)
+        #: the one redactor for upstream-derived error text (``gateway serve`` gives its logs the same secrets)
+        self.redactor = Redactor(lambda: secret_values(self.runtime.config, self.credentials))
+        #: requests the HTTP parser refuses: logged briefly and rate-limited (stands in for aiohttp.server)
+        self.rejects = httpedge.RejectLog()
         #: route health and probe results outlive reloads; credential expiry is read at each scrape
         self.health = RouteHealth(self.metrics)
         #: the upstreams' session checks (auth.check): memo and credential metric outlive reloads
@@ -158,6 +163,7 @@ class Gateway:
                 cache=self.caches.for_config(config),
                 sessions=self.sessions,
                 gone_check=self.gone_check,
+                redactor=self.redactor,
             ),
             access,
             HostGuard(config.server.allowed_hosts, self.host),
@@ -245,6 +251,7 @@ async def _frame(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     record, token = trace.begin()
     try:
+        httpedge.check_request_line(request)
         _check_sizes(request)
         request.app[GATEWAY].runtime.edge.check(request.method, _tcp_host(request), request.headers.get("Origin"))
         resp = await handler(request)
@@ -520,6 +527,8 @@ def build_app(
             "max_line_size": _PARSER_LIMIT,
             "max_field_size": _PARSER_LIMIT,
             "max_headers": 1024,
+            # what the parser rejects is one info line (rate-limited), never a traceback
+            "logger": gateway.rejects,
         },
     )
     app[GATEWAY] = gateway
@@ -540,6 +549,7 @@ def build_app(
     app.router.add_route("*", "/{tail:.*}", _dispatch)
 
     async def _close(_app: web.Application) -> None:
+        gateway.rejects.flush()  # the count of rejects not yet summarized
         await gateway.close()
 
     app.on_cleanup.append(_close)

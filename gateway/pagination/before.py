@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from gateway.config import Pagination
+from gateway.errors import BadRequest
 from gateway.mapping import ShapeDrift
 from gateway.pagination.common import Fetch, Position, Tagged, has_more, items_of, key, stalled
 
@@ -37,6 +38,9 @@ async def walk(
     buffers: dict[str, list[Any]] = {k: [] for k in keys}
     fetched_to = {k: position.pos.get(k) for k in keys}
     exhausted = {k for k in keys if k in position.ended}
+    #: streams still at the value a client's cursor gave: a value the upstream's cannot be compared
+    #: with is the cursor's fault (400), not the route breaking
+    from_cursor = {k for k in keys if fetched_to[k] is not None}
 
     async def refill(k: str) -> None:
         query = [(pag.before_param, str(fetched_to[k]))] if fetched_to[k] is not None else []
@@ -52,7 +56,14 @@ async def walk(
         try:
             advanced = previous is None or last < previous
         except TypeError:
+            if k in from_cursor:
+                raise BadRequest(
+                    "the cursor is not valid for this route; pass next_cursor exactly as it was returned",
+                    code="bad_cursor",
+                    route=route,
+                ) from None
             advanced = False
+        from_cursor.discard(k)
         if not advanced:
             raise stalled(route, f"the page did not move past {pag.before_param}; it may ignore it")
         buffers[k].extend(items)

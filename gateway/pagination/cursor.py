@@ -26,9 +26,11 @@ import binascii
 import hashlib
 import hmac
 import json
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from gateway import jsonio
 from gateway.config import Route
 from gateway.errors import BadRequest
 from gateway.pagination.common import Position, key
@@ -84,7 +86,7 @@ def decode_cursor(route: Route, text: str, secret: bytes) -> tuple[list[str], Po
         body, _, sig = text.partition(".")
         if not hmac.compare_digest(sig.encode(), _sign(secret, body).encode()):
             raise ValueError("signature")
-        data = json.loads(_unb64(body))
+        data = jsonio.loads(_unb64(body))  # no NaN or Infinity, no nesting past jsonio's bound
         return _checked(route, data)
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
         raise BadRequest(
@@ -135,7 +137,9 @@ def _value_ok(style: str, value: Any) -> bool:
     if style == "before":
         if isinstance(value, str):
             return len(value) <= _MAX_TEXT
-        return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+        return value is None or (
+            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        )
     if style == "offset":
         return value is None or _is_count(value, 10**12)
     if not isinstance(value, dict) or set(value) != {"t", "s"} or not _is_count(value["s"], 100_000):
