@@ -16,11 +16,29 @@ import orjson
 
 
 def loads(data: bytes | bytearray | str) -> Any:
-    """Raises ValueError (``json.JSONDecodeError``) or UnicodeDecodeError like ``json.loads``."""
+    """Raises ValueError (``json.JSONDecodeError``) or UnicodeDecodeError like ``json.loads``.
+
+    The error raised holds no copy of the input: ``json.JSONDecodeError.doc`` (and the
+    traceback's frames) would keep the whole decoded text, three times a large body, alive
+    for as long as anything holds the error.
+    """
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
+        pass  # outside the handler: the error raised below must not chain to orjson's (its doc)
+    try:
         return json.loads(data)
+    except json.JSONDecodeError as exc:
+        where = (exc.msg, exc.pos, exc.lineno, exc.colno)
+    raise _slim_error(*where)
+
+
+def _slim_error(msg: str, pos: int, lineno: int, colno: int) -> json.JSONDecodeError:
+    """A ``JSONDecodeError`` with the same message and position and an empty ``doc``."""
+    err = json.JSONDecodeError.__new__(json.JSONDecodeError)
+    ValueError.__init__(err, f"{msg}: line {lineno} column {colno} (char {pos})")
+    err.msg, err.doc, err.pos, err.lineno, err.colno = msg, "", pos, lineno, colno
+    return err
 
 
 def dumps(data: Any) -> bytes:

@@ -309,7 +309,10 @@ class Proxy:
             )
         assert isinstance(exc, UpstreamError)
         self._record_error(upstream, route, exc)
-        raise exc
+        try:
+            raise exc
+        finally:
+            del exc  # the traceback holds this frame: a local naming the error would make a cycle keeping resp
 
     # ------------------------------------------------------------------ response side
 
@@ -317,11 +320,15 @@ class Proxy:
         try:
             return jsonio.loads(resp.body)
         except (ValueError, UnicodeDecodeError):
-            exc = ShapeDrift(
-                f"upstream {route.upstream!r} returned malformed JSON", code="upstream_bad_json", route=route.name
-            )
-            self._record_error(self.config.upstreams[route.upstream], route, exc)
-            raise exc from None
+            pass  # raised outside the handler: no chained error holding (a copy of) the body
+        exc = ShapeDrift(
+            f"upstream {route.upstream!r} returned malformed JSON", code="upstream_bad_json", route=route.name
+        )
+        self._record_error(self.config.upstreams[route.upstream], route, exc)
+        try:
+            raise exc
+        finally:
+            del exc  # no cycle error -> traceback -> this frame -> error (it would keep resp until a full gc)
 
     def _respond(self, route: Route, resp: UpstreamResponse, params: Mapping[str, Any]) -> web.StreamResponse:
         out = self._rebuild(route, resp, params)

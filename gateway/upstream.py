@@ -235,6 +235,8 @@ async def _read_bounded(resp: aiohttp.ClientResponse, upstream: Upstream, route:
     async for chunk in resp.content.iter_chunked(1 << 16):
         size += len(chunk)
         if size > limit:
+            chunks.clear()  # the traceback keeps this frame as long as the error lives
+            del chunk
             raise _too_large(upstream, route)
         chunks.append(chunk)
     return b"".join(chunks)

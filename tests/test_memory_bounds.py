@@ -1,0 +1,230 @@
+"""Memory under hostile upstreams: a failed answer frees its body at once, and the bytes
+buffered across requests in flight are capped.
+
+The upstream here is a raw socket (``asyncio.start_server``) so that it can send exactly
+what a broken or hostile server sends: bodies without an end, bodies far over the limit,
+tens of megabytes of malformed JSON.  Leaks are measured with the cycle collector off
+(``gateway serve`` raises its threshold, so in production cyclic garbage lives long): what
+reference counting alone does not free after a request is what a busy process keeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import tracemalloc
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tests.processes import serve
+
+MiB = 1 << 20
+
+#: one chunk of a hostile body, built once (a body is sent as many views of it, not built per request)
+_CHUNK = b"[" + b"x" * (MiB - 1)
+
+
+class Answer:
+    """What the raw upstream sends for one path: a status, a body size and its framing."""
+
+    def __init__(self, status: int, size: int, *, chunked: bool = False, fill: bytes = _CHUNK, delay: float = 0.0):
+        self.status, self.size, self.chunked, self.fill, self.delay = status, size, chunked, fill, delay
+
+
+class RawUpstream:
+    """An HTTP/1.1 server on a raw socket, answering each path from ``answers`` (200 ``{}`` otherwise)."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, Answer] = {}
+        self.requests = 0
+        self.server: asyncio.Server | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 2)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.requests += 1
+                path = head.split(b" ", 2)[1].decode().partition("?")[0]
+                await self._answer(writer, self.answers.get(path))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def _answer(self, writer: asyncio.StreamWriter, answer: Answer | None) -> None:
+        if answer is None:
+            writer.write(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n{"ok": true}')
+            await writer.drain()
+            return
+        if answer.delay:
+            await asyncio.sleep(answer.delay)
+        framing = b"Transfer-Encoding: chunked" if answer.chunked else b"Content-Length: %d" % answer.size
+        writer.write(b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\n%s\r\n\r\n" % (answer.status, framing))
+        left = answer.size
+        view = memoryview(answer.fill)
+        while left > 0:
+            part = view[: min(left, len(view))]
+            if answer.chunked:
+                writer.write(b"%x\r\n" % len(part))
+                writer.write(part)
+                writer.write(b"\r\n")
+            else:
+                writer.write(part)
+            left -= len(part)
+            await writer.drain()
+        if answer.chunked:
+            writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[RawUpstream]:
+    up = RawUpstream()
+    await up.start()
+    try:
+        yield up
+    finally:
+        await up.close()
+
+
+YAML = """
+server:
+  max_body_bytes: 1KiB
+{server_extra}
+cache:
+  enabled: true
+  backend: memory
+upstreams:
+  raw:
+    base_url: {url}
+    timeouts: {{connect: 1s, read: 2s, total: 5s}}
+    retries: {{attempts: 1}}
+    max_response_bytes: {max_response}
+routes:
+  get_thing:
+    stable: GET /v1/things/{{name}}
+    upstream: raw
+    targets: ["GET /things/{{name}}"]
+  cached_thing:
+    stable: GET /v1/cached/{{name}}
+    upstream: raw
+    cache: {{ttl: 60s}}
+    targets: ["GET /things/{{name}}"]
+  raw_thing:
+    stable: GET /v1/raw/{{name}}
+    upstream: raw
+    targets: ["GET /things/{{name}}"]
+    response: {{raw: true}}
+"""
+
+
+def config(url: str, *, max_response: str = "40MiB", server_extra: str = "") -> str:
+    return YAML.format(url=url, max_response=max_response, server_extra=server_extra)
+
+
+@contextlib.contextmanager
+def gc_off() -> Iterator[None]:
+    was = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+async def traced_after(action: Callable[[], Any]) -> int:
+    """Bytes still traced (tracemalloc) after ``action`` than before it, with no cycle collection."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        await action()
+        await asyncio.sleep(0.05)  # connection callbacks, the fill task's done callback
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+# --------------------------------------------------------------------------- point 1: no cycles keep a body
+
+
+@pytest.mark.parametrize(
+    ("path", "answer", "status", "code"),
+    [
+        ("/v1/things/flood", Answer(200, 60 * MiB, chunked=True), 502, "upstream_too_large"),
+        ("/v1/cached/flood", Answer(200, 60 * MiB, chunked=True), 502, "upstream_too_large"),
+        ("/v1/things/bad", Answer(200, 30 * MiB), 502, "upstream_bad_json"),
+        ("/v1/cached/bad", Answer(200, 30 * MiB), 502, "upstream_bad_json"),
+        ("/v1/things/fail", Answer(500, 30 * MiB), 502, "upstream_failed"),
+        ("/v1/cached/fail", Answer(503, 30 * MiB, chunked=True), 502, "upstream_failed"),
+    ],
+)
+async def test_a_failed_answer_leaves_nothing_behind(
+    make_gateway: Any, upstream: RawUpstream, path: str, answer: Answer, status: int, code: str
+) -> None:
+    gw: TestClient[Any, Any] = await make_gateway(config(upstream.url), env={})
+    upstream.answers["/things/" + path.rsplit("/", 1)[1]] = answer
+
+    async def once() -> None:
+        resp = await gw.get(path)
+        body = await resp.json()
+        assert resp.status == status, body
+        assert body["error"]["code"] == code and body["error"]["route"] in ("get_thing", "cached_thing")
+        del resp
+
+    with gc_off():
+        await once()  # warm: lazily built state (sessions, pools, metric children) is not a leak
+        left = await traced_after(once)
+    assert left < 8 * MiB, f"{left / MiB:.1f} MiB kept after one failed answer"
+
+
+def vm_rss(pid: int) -> int:
+    """Resident set size of a process, in bytes (/proc/PID/status VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+async def test_rss_stays_flat_over_repeated_hostile_answers(upstream: RawUpstream, tmp_path: Path) -> None:
+    """A real ``gateway serve`` (gc threshold raised and start-up frozen) answering one hostile upstream."""
+    upstream.answers["/things/bad"] = Answer(200, 30 * MiB)
+    upstream.answers["/things/flood"] = Answer(200, 60 * MiB, chunked=True)
+    upstream.answers["/things/fail"] = Answer(503, 30 * MiB)
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(config(upstream.url))
+    paths = ["/v1/cached/bad", "/v1/things/bad", "/v1/cached/flood", "/v1/things/fail"]
+    async with serve(routes, {}) as (base, proc, _), aiohttp.ClientSession() as session:
+
+        async def round_of_failures() -> None:
+            for path in paths:
+                async with session.get(base + path) as resp:
+                    assert resp.status == 502, await resp.text()
+
+        await round_of_failures()  # warm: the allocator's arenas and the first pools
+        await round_of_failures()
+        settled = vm_rss(proc.pid)
+        for _ in range(3):
+            await round_of_failures()
+        grown = vm_rss(proc.pid) - settled
+    # a leak keeps 30-90 MiB per answer: 12 answers would be hundreds of MiB
+    assert grown < 48 * MiB, f"RSS grew {grown / MiB:.0f} MiB over 12 hostile answers"
