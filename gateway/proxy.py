@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiDict
 
-from gateway import jsonio, ndjson, trace
+from gateway import buffers, jsonio, ndjson, trace
 from gateway.auth import Credentials, secrets_of
 from gateway.cache import ResponseCache, note_upstream
 from gateway.config import Config, Route, Target, Upstream
@@ -49,7 +49,7 @@ _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: failures raised before any request left the gateway: not counted as upstream requests
 _NOT_SENT = frozenset({"credentials", "budget", "throttled", "circuit_open", "config"})
 #: the gateway holding itself back, not the route breaking
-_SELF_PACING = frozenset({"budget", "throttled", "circuit_open"})
+_SELF_PACING = frozenset({"budget", "throttled", "circuit_open", buffers.KIND})
 _RETRY_IN = re.compile(r"available in (\d+) seconds?")
 
 
@@ -75,6 +75,11 @@ class Proxy:
         self.cache = cache
 
     async def handle(self, request: web.Request, match: Match, request_id: str) -> web.StreamResponse:
+        # upstream answers this request buffers count against server.max_buffered_bytes until it ends
+        with buffers.request_scope(self.client.buffers):
+            return await self._handle(request, match, request_id)
+
+    async def _handle(self, request: web.Request, match: Match, request_id: str) -> web.StreamResponse:
         route = match.route
         cache = self.cache
         # streamed, so never cached: not holding the collection is the point (gateway.ndjson)
@@ -448,6 +453,12 @@ class Proxy:
         The same upstream calls, status mapping, shape checks and field mapping as live
         traffic (never the response cache); a collection answers its first ``limit`` items.
         """
+        with buffers.request_scope(self.client.buffers):
+            return await self._probe(route, query, path_params, request_id)
+
+    async def _probe(
+        self, route: Route, query: Mapping[str, str], path_params: Mapping[str, str], request_id: str
+    ) -> web.Response:
         params = parse_params(route, MultiDict(query), path_params)
         if route.pagination is None:
             out = self._respond(route, await self.call(route, params, None, [], request_id), params)

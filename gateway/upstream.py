@@ -20,9 +20,10 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from gateway import __version__
+from gateway import __version__, buffers
+from gateway.buffers import BufferBudget, Ledger
 from gateway.config import Upstream
-from gateway.errors import BadGateway, GatewayTimeout
+from gateway.errors import BadGateway, GatewayTimeout, UpstreamError
 from gateway.metrics import Metrics
 from gateway.resilience import Resilience
 
@@ -53,6 +54,8 @@ class UpstreamClient:
     def __init__(self, metrics: Metrics | None = None) -> None:
         self._sessions: dict[tuple[str, URL, int], aiohttp.ClientSession] = {}
         self.resilience = Resilience(metrics)
+        #: the cap on answer bytes buffered across requests in flight (``server.max_buffered_bytes``)
+        self.buffers = BufferBudget()
 
     def _session(self, upstream: Upstream) -> aiohttp.ClientSession:
         key = (upstream.name, upstream.base_url, upstream.max_connections)  # the URL, not str(): once per call
@@ -172,12 +175,18 @@ class UpstreamClient:
         data: bytes | io.BytesIO | None = body if body is not None else (b"" if method in _BODY_METHODS else None)
         if body is not None and len(body) > _LARGE_BODY:
             data = io.BytesIO(body)  # aiohttp streams a file-like body instead of warning about bytes
+        # counted against the request's share of the buffer cap; a call outside any request
+        # (none on the serving path) is counted only while it reads
+        ledger = buffers.current()
+        own = None
+        if ledger is None:
+            ledger = own = Ledger(self.buffers)
         # one try; retrying (or not: a POST that may have arrived is never re-sent) is resilience's call
         try:
             async with self._session(upstream).request(
                 method, url, headers=headers, data=data, allow_redirects=False, timeout=timeout
             ) as resp:
-                payload = await _read_bounded(resp, upstream, route)
+                payload = await _read_bounded(resp, upstream, route, ledger)
                 return UpstreamResponse(resp.status, resp.headers, payload, url, None, 0.0)
         except aiohttp.ServerDisconnectedError:
             raise BadGateway(
@@ -214,6 +223,9 @@ class UpstreamClient:
                 code="upstream_failed",
                 route=route,
             ) from None
+        finally:
+            if own is not None:
+                own.close()
 
 
 @functools.lru_cache(maxsize=64)
@@ -221,14 +233,19 @@ def _timeout(total: float, connect: float, read: float) -> aiohttp.ClientTimeout
     return aiohttp.ClientTimeout(total=total, connect=connect, sock_read=read)
 
 
-async def _read_bounded(resp: aiohttp.ClientResponse, upstream: Upstream, route: str) -> bytes:
-    """The whole body, refusing more than ``max_response_bytes`` (checked before and while reading)."""
+async def _read_bounded(resp: aiohttp.ClientResponse, upstream: Upstream, route: str, ledger: Ledger) -> bytes:
+    """The whole body, refusing more than ``max_response_bytes`` (checked before and while reading).
+
+    Every byte is taken from ``ledger`` before it is held: past the process-wide cap the
+    read stops with a 503 (``gateway.buffers``).
+    """
     limit = upstream.max_response_bytes
     length = resp.content_length
     if length is not None:
         if length > limit:
             raise _too_large(upstream, route)
         if "Content-Encoding" not in resp.headers:
+            ledger.take(length, upstream.name, route)
             return await resp.read()  # the declared length is the most that can arrive
     chunks: list[bytes] = []
     size = 0
@@ -238,6 +255,12 @@ async def _read_bounded(resp: aiohttp.ClientResponse, upstream: Upstream, route:
             chunks.clear()  # the traceback keeps this frame as long as the error lives
             del chunk
             raise _too_large(upstream, route)
+        try:
+            ledger.take(len(chunk), upstream.name, route)
+        except UpstreamError:
+            chunks.clear()
+            del chunk
+            raise
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -22,7 +23,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.processes import serve
+from gateway.server import GATEWAY
+from tests.processes import run_cli, serve
 
 MiB = 1 << 20
 
@@ -33,8 +35,10 @@ _CHUNK = b"[" + b"x" * (MiB - 1)
 class Answer:
     """What the raw upstream sends for one path: a status, a body size and its framing."""
 
-    def __init__(self, status: int, size: int, *, chunked: bool = False, fill: bytes = _CHUNK, delay: float = 0.0):
-        self.status, self.size, self.chunked, self.fill, self.delay = status, size, chunked, fill, delay
+    def __init__(self, status: int, size: int, *, chunked: bool = False, fill: bytes = _CHUNK, pause: float = 0.0):
+        self.status, self.size, self.chunked, self.fill = status, size, chunked, fill
+        #: a pause after the first MiB of the body: the answers of concurrent requests overlap
+        self.pause = pause
 
 
 class RawUpstream:
@@ -64,7 +68,7 @@ class RawUpstream:
                 self.requests += 1
                 path = head.split(b" ", 2)[1].decode().partition("?")[0]
                 await self._answer(writer, self.answers.get(path))
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
         finally:
             writer.close()
@@ -74,22 +78,23 @@ class RawUpstream:
             writer.write(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n{"ok": true}')
             await writer.drain()
             return
-        if answer.delay:
-            await asyncio.sleep(answer.delay)
         framing = b"Transfer-Encoding: chunked" if answer.chunked else b"Content-Length: %d" % answer.size
         writer.write(b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\n%s\r\n\r\n" % (answer.status, framing))
-        left = answer.size
+        sent = 0
         view = memoryview(answer.fill)
-        while left > 0:
-            part = view[: min(left, len(view))]
+        while sent < answer.size:
+            at = sent % len(view)  # the fill repeats: a body of any size from one buffer
+            part = view[at : at + min(answer.size - sent, len(view) - at, MiB)]
             if answer.chunked:
                 writer.write(b"%x\r\n" % len(part))
                 writer.write(part)
                 writer.write(b"\r\n")
             else:
                 writer.write(part)
-            left -= len(part)
             await writer.drain()
+            if answer.pause and sent == 0:
+                await asyncio.sleep(answer.pause)
+            sent += len(part)
         if answer.chunked:
             writer.write(b"0\r\n\r\n")
         await writer.drain()
@@ -228,3 +233,90 @@ async def test_rss_stays_flat_over_repeated_hostile_answers(upstream: RawUpstrea
         grown = vm_rss(proc.pid) - settled
     # a leak keeps 30-90 MiB per answer: 12 answers would be hundreds of MiB
     assert grown < 48 * MiB, f"RSS grew {grown / MiB:.0f} MiB over 12 hostile answers"
+
+
+# --------------------------------------------------------------------------- point 2: a cap across requests
+
+#: a valid JSON answer of 3 MiB (one string): fill of 1 MiB views, quoted at both ends
+_JSON_3MIB = b'"' + b"y" * (3 * MiB - 2) + b'"'
+CAPPED = "  max_buffered_bytes: 8MiB"
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_concurrent_large_answers_are_capped_with_503(
+    make_gateway: Any, upstream: RawUpstream, chunked: bool
+) -> None:
+    gw: TestClient[Any, Any] = await make_gateway(
+        config(upstream.url, max_response="4MiB", server_extra=CAPPED), env={}
+    )
+    upstream.answers["/things/big"] = Answer(200, len(_JSON_3MIB), chunked=chunked, fill=_JSON_3MIB, pause=0.3)
+    budget = gw.app[GATEWAY].client.buffers
+
+    async def one() -> tuple[int, dict[str, str], bytes]:
+        async with gw.session.get(gw.make_url("/v1/things/big")) as resp:
+            return resp.status, dict(resp.headers), await resp.read()
+
+    tracemalloc.start()
+    try:
+        results = await asyncio.gather(*(one() for _ in range(16)))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    served = [r for r in results if r[0] == 200]
+    refused = [r for r in results if r[0] == 503]
+    assert len(served) + len(refused) == 16, [r[0] for r in results]
+    assert served and refused
+    assert all(body == _JSON_3MIB for _, _, body in served)
+    for _, headers, body in refused:
+        assert headers["Retry-After"] == "1"
+        error = json.loads(body)["error"]
+        assert error["code"] == "upstream_buffer_full" and error["route"] == "get_thing"
+        assert "max_buffered_bytes" in error["message"]
+    assert budget.peak <= 8 * MiB
+    # uncapped, this process (gateway, upstream and client together) peaked at 100 MiB; capped at 46
+    assert peak < 64 * MiB, f"peak {peak / MiB:.0f} MiB"
+    # every byte was given back: the next request is served, and the route was never marked down
+    status, _, body = await one()
+    assert status == 200 and body == _JSON_3MIB
+    assert budget.used == 0
+    metrics = await (await gw.get("/metrics")).text()
+    assert 'gateway_route_up{route="get_thing"} 1.0' in metrics
+
+
+async def test_a_cached_route_refused_for_the_cap_serves_its_stale_copy(
+    make_gateway: Any, upstream: RawUpstream
+) -> None:
+    gw: TestClient[Any, Any] = await make_gateway(
+        config(upstream.url, max_response="4MiB", server_extra=CAPPED).replace(
+            "cache: {ttl: 60s}", "cache: {ttl: 0s, stale_if_error: 1h}"
+        ),
+        env={},
+    )
+    upstream.answers["/things/big"] = Answer(200, len(_JSON_3MIB), fill=_JSON_3MIB, pause=0.3)
+    first = await gw.get("/v1/cached/big")
+    assert first.status == 200 and first.headers["X-Cache"] == "MISS"
+    await first.read()
+    busy = [asyncio.ensure_future(gw.get("/v1/things/big")) for _ in range(2)]  # 6 of the 8 MiB
+    await asyncio.sleep(0.15)
+    print("USED", gw.app[GATEWAY].client.buffers.used, upstream.requests)
+    stale = await gw.get("/v1/cached/big")
+    assert stale.status == 200 and stale.headers["X-Cache"] == "STALE"
+    assert "upstream_buffer_full" in stale.headers["Warning"]
+    assert await stale.read() == _JSON_3MIB
+    assert {(await b).status for b in busy} == {200}
+
+
+async def test_gateway_check_validates_the_cap(tmp_path: Path) -> None:
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(config("http://127.0.0.1:9", max_response="32MiB", server_extra="  max_buffered_bytes: 16MiB"))
+    code, _, err = await run_cli("check", str(routes), env={})
+    assert code == 1
+    assert "upstreams.raw.max_response_bytes: upstream 'raw' allows answers of 33554432 bytes" in err
+    assert "server.max_buffered_bytes (16777216)" in err
+    routes.write_text(config("http://127.0.0.1:9", server_extra="  max_buffered_bytes: lots"))
+    code, _, err = await run_cli("check", str(routes), env={})
+    assert code == 1 and "server.max_buffered_bytes" in err
+    # the defaults fit: 16 MiB per answer, 64 MiB across requests
+    routes.write_text(config("http://127.0.0.1:9", max_response="16MiB"))
+    code, out, err = await run_cli("check", str(routes), env={})
+    assert code == 0 and "OK" in out, err
