@@ -75,11 +75,6 @@ class Proxy:
         self.cache = cache
 
     async def handle(self, request: web.Request, match: Match, request_id: str) -> web.StreamResponse:
-        # upstream answers this request buffers count against server.max_buffered_bytes until it ends
-        with buffers.request_scope(self.client.buffers):
-            return await self._handle(request, match, request_id)
-
-    async def _handle(self, request: web.Request, match: Match, request_id: str) -> web.StreamResponse:
         route = match.route
         cache = self.cache
         # streamed, so never cached: not holding the collection is the point (gateway.ndjson)
@@ -355,7 +350,7 @@ class Proxy:
             if spec.raw:
                 ctype = resp.headers.get("Content-Type", "application/octet-stream")
                 headers["Content-Type"] = ctype
-                return web.Response(status=status, body=resp.body, headers=headers)
+                return _holding(_Relayed(status=status, body=resp.body, headers=headers), resp)
             if spec.item is not None:
                 src = self._json(route, resp) if resp.location is None else {}
                 if route.shape is not None and resp.location is None:
@@ -369,6 +364,10 @@ class Proxy:
         except ShapeDrift as exc:
             self._record_error(self.config.upstreams[route.upstream], route, exc)
             raise
+        if data is resp.body:
+            return _holding(
+                _Relayed(status=status, body=data, content_type=JSON_TYPE, charset="utf-8", headers=headers), resp
+            )
         return web.Response(status=status, body=data, content_type=JSON_TYPE, charset="utf-8", headers=headers)
 
     async def _collection(
@@ -453,12 +452,6 @@ class Proxy:
         The same upstream calls, status mapping, shape checks and field mapping as live
         traffic (never the response cache); a collection answers its first ``limit`` items.
         """
-        with buffers.request_scope(self.client.buffers):
-            return await self._probe(route, query, path_params, request_id)
-
-    async def _probe(
-        self, route: Route, query: Mapping[str, str], path_params: Mapping[str, str], request_id: str
-    ) -> web.Response:
         params = parse_params(route, MultiDict(query), path_params)
         if route.pagination is None:
             out = self._respond(route, await self.call(route, params, None, [], request_id), params)
@@ -489,6 +482,31 @@ async def _read_limited(request: web.Request, limit: int, timeout: float, route:
     except TimeoutError:
         raise RequestTimeout(f"the request body did not arrive within {timeout:g}s", route=route) from None
     return b"".join(chunks)
+
+
+#: the upstream answer whose body a response sends as it is
+_ANSWER = web.ResponseKey("routegate_upstream_answer", UpstreamResponse)
+
+
+class _Relayed(web.Response):
+    """A response sending an upstream answer's body as it is.
+
+    The answer (and so its count in server.max_buffered_bytes) lives until the body is
+    written, then both are dropped: aiohttp keeps a keep-alive connection's last response
+    until that connection's next request, which would hold the body long after it was sent.
+    """
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        try:
+            await super().write_eof(data)
+        finally:
+            self.pop(_ANSWER, None)
+            self._body = None
+
+
+def _holding(out: web.Response, answer: UpstreamResponse) -> web.Response:
+    out[_ANSWER] = answer
+    return out
 
 
 def _limit(raw: str | None, default: int, maximum: int, route: str) -> int:

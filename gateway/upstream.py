@@ -20,8 +20,8 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from gateway import __version__, buffers
-from gateway.buffers import BufferBudget, Ledger
+from gateway import __version__
+from gateway.buffers import BufferBudget, Reservation
 from gateway.config import Upstream
 from gateway.errors import BadGateway, GatewayTimeout, UpstreamError
 from gateway.metrics import Metrics
@@ -33,7 +33,7 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _LARGE_BODY = 1 << 20
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)  # weakref: its body's bytes are counted until it is freed
 class UpstreamResponse:
     status: int
     headers: CIMultiDictProxy[str]
@@ -175,19 +175,16 @@ class UpstreamClient:
         data: bytes | io.BytesIO | None = body if body is not None else (b"" if method in _BODY_METHODS else None)
         if body is not None and len(body) > _LARGE_BODY:
             data = io.BytesIO(body)  # aiohttp streams a file-like body instead of warning about bytes
-        # counted against the request's share of the buffer cap; a call outside any request
-        # (none on the serving path) is counted only while it reads
-        ledger = buffers.current()
-        own = None
-        if ledger is None:
-            ledger = own = Ledger(self.buffers)
+        held = Reservation(self.buffers)  # the body's bytes, counted against server.max_buffered_bytes
         # one try; retrying (or not: a POST that may have arrived is never re-sent) is resilience's call
         try:
             async with self._session(upstream).request(
                 method, url, headers=headers, data=data, allow_redirects=False, timeout=timeout
             ) as resp:
-                payload = await _read_bounded(resp, upstream, route, ledger)
-                return UpstreamResponse(resp.status, resp.headers, payload, url, None, 0.0)
+                payload = await _read_bounded(resp, upstream, route, held)
+                answer = UpstreamResponse(resp.status, resp.headers, payload, url, None, 0.0)
+                held.hand_to(answer)
+                return answer
         except aiohttp.ServerDisconnectedError:
             raise BadGateway(
                 f"upstream {upstream.name!r} closed the connection without answering",
@@ -224,8 +221,7 @@ class UpstreamClient:
                 route=route,
             ) from None
         finally:
-            if own is not None:
-                own.close()
+            held.close()  # a failed read gives its bytes back at once (its chunks are dropped)
 
 
 @functools.lru_cache(maxsize=64)
@@ -233,10 +229,10 @@ def _timeout(total: float, connect: float, read: float) -> aiohttp.ClientTimeout
     return aiohttp.ClientTimeout(total=total, connect=connect, sock_read=read)
 
 
-async def _read_bounded(resp: aiohttp.ClientResponse, upstream: Upstream, route: str, ledger: Ledger) -> bytes:
+async def _read_bounded(resp: aiohttp.ClientResponse, upstream: Upstream, route: str, held: Reservation) -> bytes:
     """The whole body, refusing more than ``max_response_bytes`` (checked before and while reading).
 
-    Every byte is taken from ``ledger`` before it is held: past the process-wide cap the
+    Every byte is counted in ``held`` before it is kept: past the process-wide cap the
     read stops with a 503 (``gateway.buffers``).
     """
     limit = upstream.max_response_bytes
@@ -245,7 +241,7 @@ async def _read_bounded(resp: aiohttp.ClientResponse, upstream: Upstream, route:
         if length > limit:
             raise _too_large(upstream, route)
         if "Content-Encoding" not in resp.headers:
-            ledger.take(length, upstream.name, route)
+            held.take(length, upstream.name, route)
             return await resp.read()  # the declared length is the most that can arrive
     chunks: list[bytes] = []
     size = 0
@@ -256,7 +252,7 @@ async def _read_bounded(resp: aiohttp.ClientResponse, upstream: Upstream, route:
             del chunk
             raise _too_large(upstream, route)
         try:
-            ledger.take(len(chunk), upstream.name, route)
+            held.take(len(chunk), upstream.name, route)
         except UpstreamError:
             chunks.clear()
             del chunk

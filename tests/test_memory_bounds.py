@@ -320,3 +320,24 @@ async def test_gateway_check_validates_the_cap(tmp_path: Path) -> None:
     routes.write_text(config("http://127.0.0.1:9", max_response="16MiB"))
     code, out, err = await run_cli("check", str(routes), env={})
     assert code == 0 and "OK" in out, err
+
+
+@pytest.mark.parametrize("path", ["/v1/things/big", "/v1/raw/big"])
+async def test_idle_keep_alive_connections_hold_no_answer(make_gateway: Any, upstream: RawUpstream, path: str) -> None:
+    """aiohttp keeps each connection's last response until its next request: the body is dropped once sent."""
+    gw: TestClient[Any, Any] = await make_gateway(
+        config(upstream.url, max_response="4MiB", server_extra=CAPPED), env={}
+    )
+    upstream.answers["/things/big"] = Answer(200, len(_JSON_3MIB), fill=_JSON_3MIB)
+    budget = gw.app[GATEWAY].client.buffers
+    sessions = [aiohttp.ClientSession() for _ in range(5)]  # 5 idle keep-alive connections, 15 MiB sent
+    try:
+        for session in sessions:
+            async with session.get(gw.make_url(path)) as resp:
+                assert resp.status == 200, await resp.text()
+                assert await resp.read() == _JSON_3MIB
+        await asyncio.sleep(0.05)
+        assert budget.used == 0
+    finally:
+        for session in sessions:
+            await session.close()
