@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiDict
 
-from gateway import buffers, jsonio, ndjson, trace
+from gateway import buffers, jsonio, ndjson, relay, trace
 from gateway.auth import Credentials, secrets_of
 from gateway.cache import ResponseCache, note_upstream
 from gateway.config import Config, Route, Target, Upstream
@@ -93,7 +93,7 @@ class Proxy:
         if streamed:
             return await self._collection(request, route, params, request_id, as_ndjson=True)
         if cache is None or route.method in _SAFE_METHODS:
-            return await self._produce(request, route, params, request_id, body)
+            return await self._produce(request, route, params, request_id, body, relay=True)
         try:
             return await self._produce(request, route, params, request_id, body)
         finally:
@@ -101,12 +101,49 @@ class Proxy:
             await cache.invalidate_write(route, match.path_params)
 
     async def _produce(
-        self, request: web.Request, route: Route, params: dict[str, Any], request_id: str, body: bytes | None = None
+        self,
+        request: web.Request,
+        route: Route,
+        params: dict[str, Any],
+        request_id: str,
+        body: bytes | None = None,
+        *,
+        relay: bool = False,
     ) -> web.StreamResponse:
+        """``relay``: a raw GET answer may be streamed to the caller (never for a cache fill: it stores it whole)."""
         if route.pagination is not None:
             return await self._collection(request, route, params, request_id)
-        resp = await self.call(route, params, body, [], request_id)
+        stream = relay and route.response.raw and request.method == "GET"
+        resp = await self.call(route, params, body, [], request_id, stream=stream)
+        if resp.stream is not None:
+            return await self._relay(request, route, resp, params, request_id)
         return self._respond(route, resp, params)
+
+    async def _relay(
+        self, request: web.Request, route: Route, resp: UpstreamResponse, params: Mapping[str, Any], request_id: str
+    ) -> web.StreamResponse:
+        """A raw answer written as it arrives (gateway.relay): one chunk held, not the whole body."""
+        assert resp.stream is not None
+        upstream = self.config.upstreams[route.upstream]
+        try:
+            status, headers = self._head(route, resp, params)
+            headers["Content-Type"] = resp.headers.get("Content-Type", "application/octet-stream")
+            headers["X-Request-ID"] = request_id  # the response is on the wire before the middleware sees it
+            out, failure = await relay.relay(request, resp.stream, status, headers, upstream, route.name)
+        except UpstreamError as exc:
+            self._record_error(upstream, route, exc)
+            raise
+        finally:
+            resp.stream.release()
+        if failure is not None:
+            self._record_error(upstream, route, failure)
+            record = trace.current()
+            if record is not None:
+                record.error = failure.code  # the access line says why the body was cut
+            del failure
+        else:
+            self.health.up(route.name)
+        return out
 
     # ------------------------------------------------------------------ request side
 
@@ -153,8 +190,13 @@ class Proxy:
         body: bytes | None,
         extra_query: list[tuple[str, str]],
         request_id: str,
+        *,
+        stream: bool = False,
     ) -> UpstreamResponse:
-        """Try each target in order; a 404/410 hands over to the next one."""
+        """Try each target in order; a 404/410 hands over to the next one.
+
+        ``stream``: a 2xx answer comes back unread (``resp.stream``), for the caller to relay and release.
+        """
         upstream = self.config.upstreams[route.upstream]
         try:
             headers = self._headers(upstream, route, request_id, body)
@@ -163,12 +205,17 @@ class Proxy:
             raise
         last = len(route.targets) - 1
         for index, target in enumerate(route.targets):
-            resp = await self._send(upstream, route, target, params, body, extra_query, headers)
+            resp = await self._send(upstream, route, target, params, body, extra_query, headers, stream)
             if resp.status in (404, 410) and index < last:
                 continue
             self._check_status(upstream, route, target, resp)
             if route.shape is not None:
-                self._check_shape(upstream, route, resp)
+                try:
+                    self._check_shape(upstream, route, resp)
+                except ShapeDrift:
+                    if resp.stream is not None:
+                        resp.stream.release()
+                    raise
             if index > 0:
                 self.metrics.fallbacks.labels(route.name, str(index)).inc()
             self.health.answered_by(route.name, index)
@@ -185,6 +232,7 @@ class Proxy:
         body: bytes | None,
         extra_query: list[tuple[str, str]],
         headers: dict[str, str],
+        stream: bool = False,
     ) -> UpstreamResponse:
         path, query = target_request(target, params)
         payload = (
@@ -203,6 +251,7 @@ class Proxy:
                 payload,
                 follow=target.redirect == "follow",
                 route=route.name,
+                stream=stream,
             )
         except UpstreamError as exc:
             if exc.kind not in _NOT_SENT:  # refused before sending (breaker, budget, ...): no call to time or count
@@ -335,16 +384,22 @@ class Proxy:
         self.health.up(route.name)  # only a complete, well-shaped answer proves the route works
         return out
 
-    def _rebuild(self, route: Route, resp: UpstreamResponse, params: Mapping[str, Any]) -> web.StreamResponse:
+    def _head(self, route: Route, resp: UpstreamResponse, params: Mapping[str, Any]) -> tuple[int, dict[str, str]]:
+        """The stable status and the declared response headers."""
         spec = route.response
         location = resp.location or resp.url
         headers: dict[str, str] = {}
+        for name, expr in spec.headers:
+            value = evaluate(expr, {}, params, location, route.name, name)
+            if value is not None:
+                headers[name] = str(value)
+        return spec.status or (resp.status if resp.status < 300 else 200), headers
+
+    def _rebuild(self, route: Route, resp: UpstreamResponse, params: Mapping[str, Any]) -> web.StreamResponse:
+        spec = route.response
+        location = resp.location or resp.url
         try:
-            for name, expr in spec.headers:
-                value = evaluate(expr, {}, params, location, route.name, name)
-                if value is not None:
-                    headers[name] = str(value)
-            status = spec.status or (resp.status if resp.status < 300 else 200)
+            status, headers = self._head(route, resp, params)
             if status == 204 or resp.status == 304:
                 return web.Response(status=status if resp.status != 304 else 304, headers=headers)
             if spec.raw:

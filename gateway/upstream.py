@@ -42,6 +42,8 @@ class UpstreamResponse:
     #: the absolute redirect target when a 3xx was reported rather than followed
     location: URL | None
     elapsed: float
+    #: a 2xx asked for with ``stream=True``: the body is not read, the caller relays and releases it
+    stream: aiohttp.ClientResponse | None = None
 
 
 class UpstreamClient:
@@ -95,13 +97,18 @@ class UpstreamClient:
         *,
         follow: bool,
         route: str,
+        stream: bool = False,
     ) -> UpstreamResponse:
-        """One logical upstream call, following same-origin redirects if asked."""
+        """One logical upstream call, following same-origin redirects if asked.
+
+        ``stream``: a 2xx answer comes back unread (``UpstreamResponse.stream``); every other
+        answer is read as usual.
+        """
         url = _join(upstream.base_url, path, query)
         seen: set[str] = set()  # filled on the first redirect: most calls never need it
         started = time.perf_counter()
         for _hop in range(upstream.max_redirects + 1):
-            once = functools.partial(self._once, upstream, method, url, headers, body, route)
+            once = functools.partial(self._once, upstream, method, url, headers, body, route, stream)
             resp = await self.resilience.run(upstream, method, route, headers, once)
             if resp.status not in (301, 302, 303, 307, 308):
                 resp.elapsed = time.perf_counter() - started
@@ -162,6 +169,7 @@ class UpstreamClient:
         headers: dict[str, str],
         body: bytes | None,
         route: str,
+        stream: bool = False,
     ) -> UpstreamResponse:
         t = upstream.timeouts
         if any("\r" in v or "\n" in v for v in headers.values()):
@@ -178,13 +186,21 @@ class UpstreamClient:
         held = Reservation(self.buffers)  # the body's bytes, counted against server.max_buffered_bytes
         # one try; retrying (or not: a POST that may have arrived is never re-sent) is resilience's call
         try:
-            async with self._session(upstream).request(
+            resp = await self._session(upstream).request(
                 method, url, headers=headers, data=data, allow_redirects=False, timeout=timeout
-            ) as resp:
+            )
+            relayed = False
+            try:
+                if stream and 200 <= resp.status < 300 and resp.status != 204:
+                    relayed = True
+                    return UpstreamResponse(resp.status, resp.headers, b"", url, None, 0.0, stream=resp)
                 payload = await _read_bounded(resp, upstream, route, held)
                 answer = UpstreamResponse(resp.status, resp.headers, payload, url, None, 0.0)
                 held.hand_to(answer)
                 return answer
+            finally:
+                if not relayed:
+                    resp.release()
         except aiohttp.ServerDisconnectedError:
             raise BadGateway(
                 f"upstream {upstream.name!r} closed the connection without answering",

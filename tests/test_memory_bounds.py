@@ -35,8 +35,12 @@ _CHUNK = b"[" + b"x" * (MiB - 1)
 class Answer:
     """What the raw upstream sends for one path: a status, a body size and its framing."""
 
-    def __init__(self, status: int, size: int, *, chunked: bool = False, fill: bytes = _CHUNK, pause: float = 0.0):
+    def __init__(
+        self, status: int, size: int, *, chunked: bool = False, fill: bytes = _CHUNK, pause: float = 0.0, cut: int = 0
+    ) -> None:
         self.status, self.size, self.chunked, self.fill = status, size, chunked, fill
+        #: close the connection after this many body bytes (0: send them all)
+        self.cut = cut
         #: a pause after the first MiB of the body: the answers of concurrent requests overlap
         self.pause = pause
 
@@ -95,6 +99,8 @@ class RawUpstream:
             if answer.pause and sent == 0:
                 await asyncio.sleep(answer.pause)
             sent += len(part)
+            if answer.cut and sent >= answer.cut:
+                raise ConnectionResetError("cut on purpose")
         if answer.chunked:
             writer.write(b"0\r\n\r\n")
         await writer.drain()
@@ -136,6 +142,12 @@ routes:
   raw_thing:
     stable: GET /v1/raw/{{name}}
     upstream: raw
+    targets: ["GET /things/{{name}}"]
+    response: {{raw: true}}
+  cached_raw:
+    stable: GET /v1/cached-raw/{{name}}
+    upstream: raw
+    cache: {{ttl: 60s}}
     targets: ["GET /things/{{name}}"]
     response: {{raw: true}}
 """
@@ -341,3 +353,62 @@ async def test_idle_keep_alive_connections_hold_no_answer(make_gateway: Any, ups
     finally:
         for session in sessions:
             await session.close()
+
+
+# --------------------------------------------------------------------------- raw routes: relayed, not buffered
+
+
+async def test_raw_answers_are_relayed_not_buffered(make_gateway: Any, upstream: RawUpstream) -> None:
+    gw: TestClient[Any, Any] = await make_gateway(
+        config(upstream.url, max_response="4MiB", server_extra=CAPPED), env={}
+    )
+    upstream.answers["/things/big"] = Answer(200, len(_JSON_3MIB), fill=_JSON_3MIB, pause=0.2)
+    budget = gw.app[GATEWAY].client.buffers
+
+    async def one(path: str) -> tuple[int, int, str]:
+        async with gw.session.get(gw.make_url(path)) as resp:
+            size = 0
+            async for chunk in resp.content.iter_chunked(1 << 16):
+                size += len(chunk)
+            return resp.status, size, resp.headers.get("X-Request-ID", "")
+
+    tracemalloc.start()
+    try:
+        results = await asyncio.gather(*(one("/v1/raw/big") for _ in range(6)))  # 18 MiB through an 8 MiB cap
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert all(status == 200 and size == len(_JSON_3MIB) and len(rid) == 32 for status, size, rid in results)
+    assert budget.peak == 0  # nothing was held whole
+    assert peak < 16 * MiB, f"peak {peak / MiB:.0f} MiB"  # buffered, six answers would be 18 MiB and more
+    # a raw route that caches stores the answer whole: it is buffered, so the cap applies
+    cached = await gw.get("/v1/cached-raw/big")
+    assert cached.status == 200 and await cached.read() == _JSON_3MIB
+    assert budget.peak == len(_JSON_3MIB)
+
+
+async def test_a_relayed_answer_cut_short_cuts_the_callers_body(make_gateway: Any, upstream: RawUpstream) -> None:
+    gw: TestClient[Any, Any] = await make_gateway(
+        config(upstream.url, max_response="4MiB", server_extra=CAPPED), env={}
+    )
+    upstream.answers["/things/cut"] = Answer(200, 3 * MiB, cut=MiB)  # promises 3 MiB, sends 1
+    upstream.answers["/things/flood"] = Answer(200, 6 * MiB, chunked=True)  # over the 4 MiB limit, no length
+    upstream.answers["/things/declared"] = Answer(200, 6 * MiB)  # over the limit, declared
+    for path in ("/v1/raw/cut", "/v1/raw/flood"):
+        async with aiohttp.ClientSession() as session, session.get(gw.make_url(path)) as resp:
+            assert resp.status == 200  # the status went out with the first byte
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()  # never mistaken for a whole body
+    resp = await gw.get("/v1/raw/declared")  # refused before a byte was sent: a clear 502
+    body = await resp.json()
+    assert (
+        resp.status == 502 and body["error"]["code"] == "upstream_too_large" and body["error"]["route"] == "raw_thing"
+    )
+    metrics = await (await gw.get("/metrics")).text()
+    assert 'gateway_upstream_errors_total{kind="reset",route="raw_thing",upstream="raw"} 1.0' in metrics
+    assert 'gateway_upstream_errors_total{kind="too_large",route="raw_thing",upstream="raw"} 2.0' in metrics
+    assert 'gateway_route_up{route="raw_thing"} 0.0' in metrics
+    assert (await gw.get("/healthz")).status == 200
+    upstream.answers["/things/fine"] = Answer(200, len(_JSON_3MIB), fill=_JSON_3MIB)
+    resp = await gw.get("/v1/raw/fine")
+    assert resp.status == 200 and await resp.read() == _JSON_3MIB
