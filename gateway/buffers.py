@@ -13,6 +13,7 @@ sheds load instead of being OOM-killed with every request in flight.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 
 from gateway.errors import ServiceUnavailable
 
@@ -25,12 +26,14 @@ RETRY_AFTER = "1"
 class BufferBudget:
     """Bytes of upstream answers held by the process, against ``limit``."""
 
-    def __init__(self, limit: int | None = None) -> None:
+    def __init__(self, limit: int | None = None, report: Callable[[int], None] | None = None) -> None:
         #: None: no cap (only ``max_response_bytes`` per answer)
         self.limit = limit
         self.used = 0
         #: the most ever held at once
         self.peak = 0
+        #: told the new total at each change (the gateway_upstream_buffered_bytes gauge)
+        self._report = report
 
     def take(self, size: int, upstream: str, route: str) -> None:
         """Count ``size`` more bytes, or raise 503 (nothing counted) if the cap would be passed."""
@@ -45,9 +48,13 @@ class BufferBudget:
             )
         self.used += size
         self.peak = max(self.peak, self.used)
+        if self._report is not None:
+            self._report(self.used)
 
     def give_back(self, size: int) -> None:
         self.used -= size
+        if self._report is not None:
+            self._report(self.used)
 
 
 class Reservation:

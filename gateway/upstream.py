@@ -57,7 +57,7 @@ class UpstreamClient:
         self._sessions: dict[tuple[str, URL, int], aiohttp.ClientSession] = {}
         self.resilience = Resilience(metrics)
         #: the cap on answer bytes buffered across requests in flight (``server.max_buffered_bytes``)
-        self.buffers = BufferBudget()
+        self.buffers = BufferBudget(report=metrics.buffered_bytes.set if metrics is not None else None)
 
     def _session(self, upstream: Upstream) -> aiohttp.ClientSession:
         key = (upstream.name, upstream.base_url, upstream.max_connections)  # the URL, not str(): once per call

@@ -212,6 +212,7 @@ async def test_a_failed_answer_leaves_nothing_behind(
         await once()  # warm: lazily built state (sessions, pools, metric children) is not a leak
         left = await traced_after(once)
     assert left < 8 * MiB, f"{left / MiB:.1f} MiB kept after one failed answer"
+    assert gw.app[GATEWAY].client.buffers.used == 0  # and its bytes are back in the cap
 
 
 def vm_rss(pid: int, field: str = "VmRSS") -> int:
@@ -293,6 +294,8 @@ async def test_concurrent_large_answers_are_capped_with_503(
     assert budget.used == 0
     metrics = await (await gw.get("/metrics")).text()
     assert 'gateway_route_up{route="get_thing"} 1.0' in metrics
+    assert "gateway_upstream_buffered_bytes 0.0" in metrics
+    assert 'gateway_upstream_errors_total{kind="buffer_full",route="get_thing",upstream="raw"}' in metrics
 
 
 async def test_a_cached_route_refused_for_the_cap_serves_its_stale_copy(
