@@ -40,7 +40,7 @@ from gateway.metrics import Metrics, status_class
 from gateway.pagination import Position, decode_cursor, encode_cursor, pages
 from gateway.routing import Match
 from gateway.shape import check_body, check_fields, check_response
-from gateway.upstream import UpstreamClient, UpstreamResponse
+from gateway.upstream import UpstreamClient, UpstreamResponse, release
 from gateway.validators import VALIDATORS
 
 JSON_TYPE = "application/json"
@@ -134,7 +134,7 @@ class Proxy:
             self._record_error(upstream, route, exc)
             raise
         finally:
-            resp.stream.release()
+            await release(resp.stream)
         if failure is not None:
             self._record_error(upstream, route, failure)
             record = trace.current()
@@ -214,7 +214,7 @@ class Proxy:
                     self._check_shape(upstream, route, resp)
                 except ShapeDrift:
                     if resp.stream is not None:
-                        resp.stream.release()
+                        await release(resp.stream)
                     raise
             if index > 0:
                 self.metrics.fallbacks.labels(route.name, str(index)).inc()

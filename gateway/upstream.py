@@ -200,7 +200,7 @@ class UpstreamClient:
                 return answer
             finally:
                 if not relayed:
-                    resp.release()
+                    await release(resp)
         except aiohttp.ServerDisconnectedError:
             raise BadGateway(
                 f"upstream {upstream.name!r} closed the connection without answering",
@@ -238,6 +238,12 @@ class UpstreamClient:
             ) from None
         finally:
             held.close()  # a failed read gives its bytes back at once (its chunks are dropped)
+
+
+async def release(resp: aiohttp.ClientResponse) -> None:
+    """What leaving ``async with session.request(...)`` does: the connection goes back (or closes, if unread)."""
+    resp.release()
+    await resp.wait_for_close()
 
 
 @functools.lru_cache(maxsize=64)
