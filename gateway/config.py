@@ -511,6 +511,9 @@ class ServerSettings:
     max_connections: int | None = None
     #: open client connections from one IP address (unlimited when None)
     max_connections_per_ip: int | None = None
+    #: upstream answer bytes buffered by all requests in flight at once; past it a 503 with
+    #: Retry-After (gateway.buffers); at least every upstream's max_response_bytes
+    max_buffered_bytes: int = 64 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -848,6 +851,7 @@ def parse_config(text: str, file: str = "routes.yaml", env: Mapping[str, str] | 
             up = _upstream(name, un)
             if up is not None:
                 upstreams[name] = up
+    _check_buffer_cap(root, server, upstreams)
     routes: list[Route] = []
     if (node := root.get("routes")) is not None and node.is_map():
         for name, rn in node.items():
@@ -966,6 +970,23 @@ def _route_cache(node: _Node | None, method: str | None, root: _Node) -> RouteCa
     return RouteCache(**kw)
 
 
+def _check_buffer_cap(root: _Node, server: ServerSettings, upstreams: Mapping[str, Upstream]) -> None:
+    """An answer larger than the cap on all buffered answers could never be served."""
+    for name, up in upstreams.items():
+        if up.max_response_bytes > server.max_buffered_bytes:
+            ups = root.get("upstreams")
+            un = ups.get(name) if ups is not None else None
+            at = un.get("max_response_bytes") if un is not None else None
+            if at is None:
+                at = root.get("server")
+            if at is None:
+                at = root
+            at.error(
+                f"upstream {name!r} allows answers of {up.max_response_bytes} bytes, more than "
+                f"server.max_buffered_bytes ({server.max_buffered_bytes}): lower one or raise the other"
+            )
+
+
 def _server(node: _Node | None) -> ServerSettings:
     if node is None:
         return ServerSettings()
@@ -978,6 +999,7 @@ def _server(node: _Node | None) -> ServerSettings:
             "allowed_hosts",
             "max_connections",
             "max_connections_per_ip",
+            "max_buffered_bytes",
         }
     )
     kw: dict[str, Any] = {}
@@ -993,6 +1015,8 @@ def _server(node: _Node | None) -> ServerSettings:
             kw[key] = cap
     if (n := node.get("max_body_bytes")) is not None and (size := n.convert(parse_size)) is not None:
         kw["max_body_bytes"] = size
+    if (n := node.get("max_buffered_bytes")) is not None and (size := n.convert(parse_size)) is not None:
+        kw["max_buffered_bytes"] = size
     if (n := node.get("max_concurrency")) is not None and (cap := n.integer(1, 1_000_000)) is not None:
         kw["max_concurrency"] = cap
     if (t := node.get("client_timeouts")) is not None and t.keys({"headers", "body"}):
@@ -1098,7 +1122,7 @@ def _upstream(name: str, node: _Node) -> Upstream | None:
         v = n.integer(lo, hi) if n is not None else None
         return default if v is None else v
 
-    max_resp = 64 << 20
+    max_resp = 16 << 20  # the largest answer of the shipped routes is far smaller; see docs/security-memory.md
     if (mr := node.get("max_response_bytes")) is not None:
         got = mr.convert(parse_size)
         max_resp = got if got is not None else max_resp

@@ -29,21 +29,52 @@ class TooDeep(ValueError):
         super().__init__(f"JSON nested deeper than {MAX_DEPTH} levels")
 
 
+class _NotJson(ValueError):
+    """NaN, Infinity or -Infinity: Python's json reads them, RFC 8259 does not."""
+
+
 def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+    raise _NotJson(f"{name} is not JSON")
 
 
 def loads(data: bytes | bytearray | str) -> Any:
-    """Raises ValueError (``json.JSONDecodeError``, ``TooDeep``) or UnicodeDecodeError like ``json.loads``."""
+    """Raises ValueError (``json.JSONDecodeError``, ``TooDeep``) or UnicodeDecodeError like ``json.loads``.
+
+    The error raised holds no copy of the input: ``json.JSONDecodeError.doc`` (and the
+    traceback's frames) would keep the whole decoded text, three times a large body, alive
+    for as long as anything holds the error.  So every error is raised outside the handler
+    that caught the parser's own.
+    """
+    deep = False
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        if "depth" in str(exc):
-            raise TooDeep() from None
+        deep = "depth" in str(exc)
+    if deep:
+        raise TooDeep()
+    where: tuple[str, int, int, int] | None = None
+    constant = ""
     try:
         return json.loads(data, parse_constant=_no_constant)
     except RecursionError:
-        raise TooDeep() from None
+        deep = True
+    except json.JSONDecodeError as exc:
+        where = (exc.msg, exc.pos, exc.lineno, exc.colno)
+    except _NotJson as exc:
+        constant = str(exc)
+    if deep:
+        raise TooDeep()
+    if where is None:
+        raise ValueError(constant)
+    raise _slim_error(*where)
+
+
+def _slim_error(msg: str, pos: int, lineno: int, colno: int) -> json.JSONDecodeError:
+    """A ``JSONDecodeError`` with the same message and position and an empty ``doc``."""
+    err = json.JSONDecodeError.__new__(json.JSONDecodeError)
+    ValueError.__init__(err, f"{msg}: line {lineno} column {colno} (char {pos})")
+    err.msg, err.doc, err.pos, err.lineno, err.colno = msg, "", pos, lineno, colno
+    return err
 
 
 def dumps(data: Any) -> bytes:

@@ -114,6 +114,12 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=registry,
         )
+        self.buffered_bytes = Gauge(
+            "gateway_upstream_buffered_bytes",
+            "Upstream answer bytes held in memory (the fullest worker's); capped by server.max_buffered_bytes.",
+            multiprocess_mode="livemax",
+            registry=registry,
+        )
         self.cache_bytes = Gauge(
             "gateway_cache_bytes",
             "Bytes held by the in-process (memory) cache backend; bounded by cache.max_bytes.",

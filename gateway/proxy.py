@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 from multidict import MultiDict
 
-from gateway import fallback, jsonio, ndjson, trace
+from gateway import buffers, fallback, jsonio, ndjson, relay, trace
 from gateway.auth import Credentials, secrets_of
 from gateway.cache import ResponseCache, note_upstream
 from gateway.config import Config, Route, Target, Upstream
@@ -45,7 +45,7 @@ from gateway.redact import Redactor, secret_values
 from gateway.routing import Match
 from gateway.session import SessionChecks, unless_signed_out
 from gateway.shape import check_body, check_fields, check_response
-from gateway.upstream import UpstreamClient, UpstreamResponse
+from gateway.upstream import UpstreamClient, UpstreamResponse, release
 from gateway.validators import VALIDATORS
 from gateway.verdict import GoneCheck
 
@@ -55,7 +55,7 @@ _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: failures raised before any request left the gateway: not counted as upstream requests
 _NOT_SENT = frozenset({"credentials", "budget", "throttled", "circuit_open", "config"})
 #: the gateway holding itself back, not the route breaking
-SELF_PACING = frozenset({"budget", "throttled", "circuit_open"})
+SELF_PACING = frozenset({"budget", "throttled", "circuit_open", buffers.KIND})
 _RETRY_IN = re.compile(r"available in (\d+) seconds?")
 
 
@@ -125,7 +125,7 @@ class Proxy:
         if streamed:
             return await self._collection(request, route, params, request_id, as_ndjson=True)
         if cache is None or route.method in _SAFE_METHODS:
-            return await self._produce(request, route, params, request_id, body)
+            return await self._produce(request, route, params, request_id, body, relay=True)
         try:
             return await self._produce(request, route, params, request_id, body)
         finally:
@@ -133,12 +133,49 @@ class Proxy:
             await cache.invalidate_write(route, match.path_params)
 
     async def _produce(
-        self, request: web.Request, route: Route, params: dict[str, Any], request_id: str, body: bytes | None = None
+        self,
+        request: web.Request,
+        route: Route,
+        params: dict[str, Any],
+        request_id: str,
+        body: bytes | None = None,
+        *,
+        relay: bool = False,
     ) -> web.StreamResponse:
+        """``relay``: a raw GET answer may be streamed to the caller (never for a cache fill: it stores it whole)."""
         if route.pagination is not None:
             return await self._collection(request, route, params, request_id)
-        resp = await self.call(route, params, body, [], request_id)
+        stream = relay and route.response.raw and request.method == "GET"
+        resp = await self.call(route, params, body, [], request_id, stream=stream)
+        if resp.stream is not None:
+            return await self._relay(request, route, resp, params, request_id)
         return self._respond(route, resp, params)
+
+    async def _relay(
+        self, request: web.Request, route: Route, resp: UpstreamResponse, params: Mapping[str, Any], request_id: str
+    ) -> web.StreamResponse:
+        """A raw answer written as it arrives (gateway.relay): one chunk held, not the whole body."""
+        assert resp.stream is not None
+        upstream = self.config.upstreams[route.upstream]
+        try:
+            status, headers = self._head(route, resp, params)
+            headers["Content-Type"] = resp.headers.get("Content-Type", "application/octet-stream")
+            headers["X-Request-ID"] = request_id  # the response is on the wire before the middleware sees it
+            out, failure = await relay.relay(request, resp.stream, status, headers, upstream, route.name)
+        except UpstreamError as exc:
+            self._record_error(upstream, route, exc)
+            raise
+        finally:
+            await release(resp.stream)
+        if failure is not None:
+            self._record_error(upstream, route, failure)
+            record = trace.current()
+            if record is not None:
+                record.error = failure.code  # the access line says why the body was cut
+            del failure
+        else:
+            self.health.up(route.name)
+        return out
 
     # ------------------------------------------------------------------ request side
 
@@ -195,11 +232,14 @@ class Proxy:
         extra_query: list[tuple[str, str]],
         request_id: str,
         at: str | None = None,
+        *,
+        stream: bool = False,
     ) -> UpstreamResponse:
         """Try each target in order; what the route's ``fallback_on`` names hands over to the next one.
 
         ``at`` (a ``next_url`` page) is a path and query below ``base_url`` to fetch instead
         of the target's own; its path must be the target's, else the route is not followed.
+        ``stream``: a 2xx answer comes back unread (``resp.stream``), for the caller to relay and release.
         """
         upstream = self.config.upstreams[route.upstream]
         try:
@@ -209,14 +249,19 @@ class Proxy:
             raise
         last = len(route.targets) - 1
         for index, target in enumerate(route.targets):
-            resp = await self._send(upstream, route, target, params, body, extra_query, headers, at)
+            resp = await self._send(upstream, route, target, params, body, extra_query, headers, at, stream)
             if index < last and fallback.hands_over(route, resp):
                 continue
             if resp.status in (404, 410):
                 raise await self._not_there(upstream, route, index, resp)
             self._check_status(upstream, route, target, resp)
             if route.shape is not None:
-                self._check_shape(upstream, route, resp)
+                try:
+                    self._check_shape(upstream, route, resp)
+                except ShapeDrift:
+                    if resp.stream is not None:
+                        await release(resp.stream)
+                    raise
             if index > 0:
                 self.metrics.fallbacks.labels(route.name, str(index)).inc()
             self.health.answered_by(route.name, index)
@@ -234,6 +279,7 @@ class Proxy:
         extra_query: list[tuple[str, str]],
         headers: dict[str, str],
         at: str | None = None,
+        stream: bool = False,
     ) -> UpstreamResponse:
         path, query = target_request(target, params)
         if at is not None:
@@ -254,6 +300,7 @@ class Proxy:
                 payload,
                 follow=target.redirect == "follow",
                 route=route.name,
+                stream=stream,
             )
         except UpstreamError as exc:
             if exc.kind not in _NOT_SENT:  # refused before sending (breaker, budget, ...): no call to time or count
@@ -402,7 +449,10 @@ class Proxy:
             )
         assert isinstance(exc, UpstreamError)
         self._record_error(upstream, route, exc)
-        raise exc
+        try:
+            raise exc
+        finally:
+            del exc  # the traceback holds this frame: a local naming the error would make a cycle keeping resp
 
     # ------------------------------------------------------------------ response side
 
@@ -411,34 +461,45 @@ class Proxy:
         try:
             return jsonio.loads(resp.body)
         except (ValueError, UnicodeDecodeError) as err:
+            # the reason only where it helps (too deep, NaN); raised outside the handler: no chained
+            # error holding (a copy of) the body
             why = f" ({err})" if isinstance(err, jsonio.TooDeep) or "is not JSON" in str(err) else ""
-            exc = ShapeDrift(
-                f"upstream {route.upstream!r} returned malformed JSON{why}", code="upstream_bad_json", route=route.name
-            )
-            self._record_error(self.config.upstreams[route.upstream], route, exc)
-            raise exc from None
+        exc = ShapeDrift(
+            f"upstream {route.upstream!r} returned malformed JSON{why}", code="upstream_bad_json", route=route.name
+        )
+        self._record_error(self.config.upstreams[route.upstream], route, exc)
+        try:
+            raise exc
+        finally:
+            del exc  # no cycle error -> traceback -> this frame -> error (it would keep resp until a full gc)
 
     def _respond(self, route: Route, resp: UpstreamResponse, params: Mapping[str, Any]) -> web.StreamResponse:
         out = self._rebuild(route, resp, params)
         self.health.up(route.name)  # only a complete, well-shaped answer proves the route works
         return out
 
-    def _rebuild(self, route: Route, resp: UpstreamResponse, params: Mapping[str, Any]) -> web.StreamResponse:
+    def _head(self, route: Route, resp: UpstreamResponse, params: Mapping[str, Any]) -> tuple[int, dict[str, str]]:
+        """The stable status and the declared response headers."""
         spec = route.response
         location = resp.location or resp.url
         headers: dict[str, str] = {}
+        for name, expr in spec.headers:
+            value = evaluate(expr, {}, params, location, route.name, name)
+            if value is not None:
+                headers[name] = str(value)
+        return spec.status or (resp.status if resp.status < 300 else 200), headers
+
+    def _rebuild(self, route: Route, resp: UpstreamResponse, params: Mapping[str, Any]) -> web.StreamResponse:
+        spec = route.response
+        location = resp.location or resp.url
         try:
-            for name, expr in spec.headers:
-                value = evaluate(expr, {}, params, location, route.name, name)
-                if value is not None:
-                    headers[name] = str(value)
-            status = spec.status or (resp.status if resp.status < 300 else 200)
+            status, headers = self._head(route, resp, params)
             if status == 204 or resp.status == 304:
                 return web.Response(status=status if resp.status != 304 else 304, headers=headers)
             if spec.raw:
                 ctype = resp.headers.get("Content-Type", "application/octet-stream")
                 headers["Content-Type"] = ctype
-                return web.Response(status=status, body=resp.body, headers=headers)
+                return _holding(_Relayed(status=status, body=resp.body, headers=headers), resp)
             if spec.item is not None:
                 src = self._json(route, resp) if resp.location is None else {}
                 if route.shape is not None and resp.location is None:
@@ -452,6 +513,10 @@ class Proxy:
         except ShapeDrift as exc:
             self._record_error(self.config.upstreams[route.upstream], route, exc)
             raise
+        if data is resp.body:
+            return _holding(
+                _Relayed(status=status, body=data, content_type=JSON_TYPE, charset="utf-8", headers=headers), resp
+            )
         return web.Response(status=status, body=data, content_type=JSON_TYPE, charset="utf-8", headers=headers)
 
     async def _collection(
@@ -649,6 +714,31 @@ async def _read_limited(request: web.Request, limit: int, timeout: float, route:
     except TimeoutError:
         raise RequestTimeout(f"the request body did not arrive within {timeout:g}s", route=route) from None
     return b"".join(chunks)
+
+
+#: the upstream answer whose body a response sends as it is
+_ANSWER = web.ResponseKey("routegate_upstream_answer", UpstreamResponse)
+
+
+class _Relayed(web.Response):
+    """A response sending an upstream answer's body as it is.
+
+    The answer (and so its count in server.max_buffered_bytes) lives until the body is
+    written, then both are dropped: aiohttp keeps a keep-alive connection's last response
+    until that connection's next request, which would hold the body long after it was sent.
+    """
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        try:
+            await super().write_eof(data)
+        finally:
+            self.pop(_ANSWER, None)
+            self._body = None
+
+
+def _holding(out: web.Response, answer: UpstreamResponse) -> web.Response:
+    out[_ANSWER] = answer
+    return out
 
 
 def _limit(raw: str | None, default: int, maximum: int, route: str) -> int:

@@ -284,7 +284,10 @@ class Resilience:
                 or not guard.retry_allowed(now, policy.budget)
             ):
                 if failure is not None:
-                    raise failure
+                    try:
+                        raise failure
+                    finally:
+                        del failure  # no cycle through this frame keeping the error (and what it holds)
                 return resp
             if self.metrics is not None:
                 self.metrics.upstream_retries.labels(upstream.name, route, reason).inc()

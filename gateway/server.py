@@ -147,6 +147,7 @@ class Gateway:
         self.health.track(r.name for r in config.routes)  # NaN until known; a removed route's series go
         self.metrics.probes_configured.set(sum(1 for r in config.routes if r.probe is not None))
         self.client.resilience.register(config.upstreams.values())  # and every circuit breaker
+        self.client.buffers.limit = config.server.max_buffered_bytes
         self.limits.configure(config)
         access = Access(config.access, self.credentials)
         for problem in access.without_value():  # a lockout must not be a mystery (a 401 says nothing more)

@@ -21,8 +21,9 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from gateway import __version__
+from gateway.buffers import BufferBudget, Reservation
 from gateway.config import Upstream
-from gateway.errors import BadGateway, GatewayTimeout
+from gateway.errors import BadGateway, GatewayTimeout, UpstreamError
 from gateway.metrics import Metrics
 from gateway.resilience import Resilience
 
@@ -32,7 +33,7 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _LARGE_BODY = 1 << 20
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)  # weakref: its body's bytes are counted until it is freed
 class UpstreamResponse:
     status: int
     headers: CIMultiDictProxy[str]
@@ -41,6 +42,8 @@ class UpstreamResponse:
     #: the absolute redirect target when a 3xx was reported rather than followed
     location: URL | None
     elapsed: float
+    #: a 2xx asked for with ``stream=True``: the body is not read, the caller relays and releases it
+    stream: aiohttp.ClientResponse | None = None
 
 
 class UpstreamClient:
@@ -53,6 +56,8 @@ class UpstreamClient:
     def __init__(self, metrics: Metrics | None = None) -> None:
         self._sessions: dict[tuple[str, URL, int], aiohttp.ClientSession] = {}
         self.resilience = Resilience(metrics)
+        #: the cap on answer bytes buffered across requests in flight (``server.max_buffered_bytes``)
+        self.buffers = BufferBudget(report=metrics.buffered_bytes.set if metrics is not None else None)
 
     def _session(self, upstream: Upstream) -> aiohttp.ClientSession:
         key = (upstream.name, upstream.base_url, upstream.max_connections)  # the URL, not str(): once per call
@@ -92,13 +97,18 @@ class UpstreamClient:
         *,
         follow: bool,
         route: str,
+        stream: bool = False,
     ) -> UpstreamResponse:
-        """One logical upstream call, following same-origin redirects if asked."""
+        """One logical upstream call, following same-origin redirects if asked.
+
+        ``stream``: a 2xx answer comes back unread (``UpstreamResponse.stream``); every other
+        answer is read as usual.
+        """
         url = _join(upstream.base_url, path, query)
         seen: set[str] = set()  # filled on the first redirect: most calls never need it
         started = time.perf_counter()
         for _hop in range(upstream.max_redirects + 1):
-            once = functools.partial(self._once, upstream, method, url, headers, body, route)
+            once = functools.partial(self._once, upstream, method, url, headers, body, route, stream)
             resp = await self.resilience.run(upstream, method, route, headers, once)
             if resp.status not in (301, 302, 303, 307, 308):
                 resp.elapsed = time.perf_counter() - started
@@ -159,6 +169,7 @@ class UpstreamClient:
         headers: dict[str, str],
         body: bytes | None,
         route: str,
+        stream: bool = False,
     ) -> UpstreamResponse:
         t = upstream.timeouts
         if any("\r" in v or "\n" in v for v in headers.values()):
@@ -172,13 +183,24 @@ class UpstreamClient:
         data: bytes | io.BytesIO | None = body if body is not None else (b"" if method in _BODY_METHODS else None)
         if body is not None and len(body) > _LARGE_BODY:
             data = io.BytesIO(body)  # aiohttp streams a file-like body instead of warning about bytes
+        held = Reservation(self.buffers)  # the body's bytes, counted against server.max_buffered_bytes
         # one try; retrying (or not: a POST that may have arrived is never re-sent) is resilience's call
         try:
-            async with self._session(upstream).request(
+            resp = await self._session(upstream).request(
                 method, url, headers=headers, data=data, allow_redirects=False, timeout=timeout
-            ) as resp:
-                payload = await _read_bounded(resp, upstream, route)
-                return UpstreamResponse(resp.status, resp.headers, payload, url, None, 0.0)
+            )
+            relayed = False
+            try:
+                if stream and 200 <= resp.status < 300 and resp.status != 204:
+                    relayed = True
+                    return UpstreamResponse(resp.status, resp.headers, b"", url, None, 0.0, stream=resp)
+                payload = await _read_bounded(resp, upstream, route, held)
+                answer = UpstreamResponse(resp.status, resp.headers, payload, url, None, 0.0)
+                held.hand_to(answer)
+                return answer
+            finally:
+                if not relayed:
+                    await release(resp)
         except aiohttp.ServerDisconnectedError:
             raise BadGateway(
                 f"upstream {upstream.name!r} closed the connection without answering",
@@ -214,6 +236,14 @@ class UpstreamClient:
                 code="upstream_failed",
                 route=route,
             ) from None
+        finally:
+            held.close()  # a failed read gives its bytes back at once (its chunks are dropped)
+
+
+async def release(resp: aiohttp.ClientResponse) -> None:
+    """What leaving ``async with session.request(...)`` does: the connection goes back (or closes, if unread)."""
+    resp.release()
+    await resp.wait_for_close()
 
 
 @functools.lru_cache(maxsize=64)
@@ -221,21 +251,34 @@ def _timeout(total: float, connect: float, read: float) -> aiohttp.ClientTimeout
     return aiohttp.ClientTimeout(total=total, connect=connect, sock_read=read)
 
 
-async def _read_bounded(resp: aiohttp.ClientResponse, upstream: Upstream, route: str) -> bytes:
-    """The whole body, refusing more than ``max_response_bytes`` (checked before and while reading)."""
+async def _read_bounded(resp: aiohttp.ClientResponse, upstream: Upstream, route: str, held: Reservation) -> bytes:
+    """The whole body, refusing more than ``max_response_bytes`` (checked before and while reading).
+
+    Every byte is counted in ``held`` before it is kept: past the process-wide cap the
+    read stops with a 503 (``gateway.buffers``).
+    """
     limit = upstream.max_response_bytes
     length = resp.content_length
     if length is not None:
         if length > limit:
             raise _too_large(upstream, route)
         if "Content-Encoding" not in resp.headers:
+            held.take(length, upstream.name, route)
             return await resp.read()  # the declared length is the most that can arrive
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_chunked(1 << 16):
         size += len(chunk)
         if size > limit:
+            chunks.clear()  # the traceback keeps this frame as long as the error lives
+            del chunk
             raise _too_large(upstream, route)
+        try:
+            held.take(len(chunk), upstream.name, route)
+        except UpstreamError:
+            chunks.clear()
+            del chunk
+            raise
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -231,20 +232,25 @@ class ResponseCache:
     async def _coalesced_fill(
         self, key: CacheKey, route: Route, spec: RouteCache, seq: int | None, produce: Produce
     ) -> Entry:
-        running = self._inflight.get(key.text)
-        if running is not None:
+        # No local may name the task while its failure propagates: the error's traceback holds this
+        # frame, and task -> error -> traceback -> frame -> task is a cycle that keeps the failed
+        # fill's frames (the upstream body among them) until a full collection.
+        task = self._inflight.get(key.text)
+        if task is not None:
             self._metrics.cache_coalesced.labels(route.name).inc()
-            return await asyncio.shield(running)
-        task = asyncio.ensure_future(self._run_fill(key, spec, seq, produce))
-        self._inflight[key.text] = task
+        else:
+            task = asyncio.ensure_future(self._run_fill(key, spec, seq, produce))
+            self._inflight[key.text] = task
+            task.add_done_callback(functools.partial(self._fill_done, key.text))
+        try:
+            return await asyncio.shield(task)
+        finally:
+            del task
 
-        def done(t: asyncio.Task[Entry]) -> None:
-            if self._inflight.get(key.text) is t:
-                del self._inflight[key.text]
-            _consume(t)
-
-        task.add_done_callback(done)
-        return await asyncio.shield(task)
+    def _fill_done(self, text: str, task: asyncio.Task[Entry]) -> None:
+        if self._inflight.get(text) is task:
+            del self._inflight[text]
+        _consume(task)
 
     async def _run_fill(self, key: CacheKey, spec: RouteCache, seq: int | None, produce: Produce) -> Entry:
         notes: list[MultiMapping[str]] = []
