@@ -76,3 +76,12 @@ def test_the_backup_options_table_matches_the_script() -> None:
     options = set(re.findall(r"(--[a-z][a-z-]+)", out)) - {"--help"}
     documented = set(re.findall(r"^\| `(--[a-z-]+)", (DOCS / "backup.md").read_text(), re.MULTILINE))
     assert documented == options
+
+
+def test_every_error_code_the_gateway_answers_is_documented() -> None:
+    source = "\n".join(p.read_text() for p in (ROOT / "gateway").rglob("*.py") if "sandbox" not in p.parts)
+    codes = set(re.findall(r"\b(?:default_)?code\s*=\s*\"([a-z_]+)\"", source))
+    codes |= set(re.findall(r'"code":\s*"([a-z_]+)"', source))
+    assert {"bad_cursor", "upstream_route_gone", "host_not_allowed"} <= codes
+    documented = set(re.findall(r"`([a-z_]+)`", (DOCS / "errors.md").read_text()))
+    assert sorted(codes - documented) == [], "document these error codes in docs/errors.md"
