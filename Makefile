@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/gateway demo
+	$(BIN)/routegate demo
 
 test: $(STAMP)
 	scripts/install-test-deps.sh

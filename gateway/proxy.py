@@ -605,10 +605,11 @@ class Proxy:
         sessions = self.sessions
         if sessions is None or not route.auth or upstream.auth is None or upstream.auth.check is None:
             return pages
+        fetched_at = sessions.now()  # before the first page is asked for: only a later check vouches
 
         async def confirm() -> None:
             try:
-                await sessions.confirm_empty(upstream, route.name)
+                await sessions.confirm_empty(upstream, route.name, fetched_at)
             except UpstreamError as exc:
                 self._record_error(upstream, route, exc)
                 raise

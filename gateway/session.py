@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ class CheckResult:
     verdict: Verdict
     #: why, for logs and error messages (never a credential value)
     reason: str
-    #: ``clock()`` when it was decided
+    #: ``clock()`` when the check was sent: it says nothing of the session after that
     at: float
 
 
@@ -68,10 +69,18 @@ class SessionChecks:
         self._metrics = metrics
         self._clock = clock
         self._memo: dict[tuple[str, str], CheckResult] = {}
-        self._running: dict[tuple[str, str], asyncio.Task[CheckResult]] = {}
+        #: the check in flight per credential, and when it was sent
+        self._running: dict[tuple[str, str], tuple[float, asyncio.Task[CheckResult]]] = {}
 
-    async def check(self, upstream: Upstream) -> CheckResult | None:
-        """The session's state (memoised); None when the upstream declares no check."""
+    def now(self) -> float:
+        return self._clock()
+
+    async def check(self, upstream: Upstream, newer_than: float | None = None) -> CheckResult | None:
+        """The session's state (memoised); None when the upstream declares no check.
+
+        ``newer_than``: only a check sent at or after that moment answers (an empty list fetched
+        then must not be vouched for by a check from before it: the session may have died between).
+        """
         spec = upstream.auth.check if upstream.auth is not None else None
         if spec is None:
             return None
@@ -80,14 +89,20 @@ class SessionChecks:
         except UpstreamError as exc:  # nothing configured: the requests themselves say so
             return CheckResult("unknown", exc.message, self._clock())
         key = (upstream.name, credential_id(auth))
+        floor = -math.inf if newer_than is None else newer_than
         memo = self._memo.get(key)
-        if memo is not None and self._clock() - memo.at < spec.memo:
+        # a dead session stays dead for the memo; only "live" needs a check sent after the fetch
+        if memo is not None and self._clock() - memo.at < spec.memo and (memo.at >= floor or memo.verdict == "dead"):
             return memo
-        task = self._running.get(key)
-        if task is None:
-            task = asyncio.ensure_future(self._run(upstream, spec, auth, key))
-            self._running[key] = task
-        return await asyncio.shield(task)  # a caller going away does not cancel it for the others
+        while True:
+            running = self._running.get(key)
+            if running is None:
+                sent = self._clock()
+                running = (sent, asyncio.ensure_future(self._run(upstream, spec, auth, key, sent)))
+                self._running[key] = running
+            result = await asyncio.shield(running[1])  # a caller going away does not cancel it for the others
+            if running[0] >= floor or result.verdict == "dead":
+                return result
 
     async def check_all(self, config: Config) -> dict[str, CheckResult]:
         """Every declared check (at start and with each probe round)."""
@@ -95,9 +110,10 @@ class SessionChecks:
         results = await asyncio.gather(*(self.check(u) for u in ups))
         return {u.name: r for u, r in zip(ups, results, strict=True) if r is not None}
 
-    async def confirm_empty(self, upstream: Upstream, route: str) -> None:
-        """A signed-in collection came back empty: raise if the session is dead; if unknown, do not cache."""
-        result = await self.check(upstream)
+    async def confirm_empty(self, upstream: Upstream, route: str, fetched_at: float | None = None) -> None:
+        """A signed-in collection fetched from ``fetched_at`` on came back empty: raise if the session
+        is dead; if unknown, do not cache.  Only a check sent after the fetch began vouches for it."""
+        result = await self.check(upstream, newer_than=fetched_at)
         if result is None or result.verdict == "live":
             return
         if result.verdict == "unknown":
@@ -114,28 +130,27 @@ class SessionChecks:
         )
 
     async def _run(
-        self, upstream: Upstream, spec: SessionCheck, auth: dict[str, str], key: tuple[str, str]
+        self, upstream: Upstream, spec: SessionCheck, auth: dict[str, str], key: tuple[str, str], sent: float
     ) -> CheckResult:
         headers = {**dict(upstream.headers), "Accept": "application/json", **auth}
         try:
             resp = await self._client.send(
                 upstream, "GET", spec.path, [], headers, None, follow=False, route=CHECK_ROUTE
             )
-            result = self._judge(spec, resp)
+            result = self._judge(spec, resp, sent)
         except UpstreamError as exc:
-            result = CheckResult("unknown", f"GET {spec.path} failed: {exc.message}", self._clock())
+            result = CheckResult("unknown", f"GET {spec.path} failed: {exc.message}", sent)
         except Exception as exc:  # the check must never take a request or a probe round down with it
             log.exception("the session check of upstream %s failed unexpectedly", upstream.name)
-            result = CheckResult("unknown", f"GET {spec.path} failed: {type(exc).__name__}", self._clock())
+            result = CheckResult("unknown", f"GET {spec.path} failed: {type(exc).__name__}", sent)
         finally:
             self._running.pop(key, None)
         self._remember(upstream, spec, key, result)
         return result
 
-    def _judge(self, spec: SessionCheck, resp: UpstreamResponse) -> CheckResult:
+    def _judge(self, spec: SessionCheck, resp: UpstreamResponse, now: float) -> CheckResult:
         request = f"GET {spec.path}"
         field = ".".join(spec.expect)
-        now = self._clock()
         if resp.status in (401, 403):
             return CheckResult("dead", f"{request} was answered {resp.status}", now)
         if resp.status != 200:

@@ -299,3 +299,20 @@ async def test_the_check_runs_at_start_even_with_probes_switched_off(
     assert client.app[GATEWAY].prober.last_round is None  # no probe round ran: the start check did it
     text = await (await client.get("/metrics")).text()
     assert 'gateway_upstream_credential_valid{credential="cookie:I",upstream="observable"} 0.0' in text
+
+
+async def test_a_live_verdict_from_before_an_empty_list_does_not_vouch_for_it(
+    make_gateway: GatewayFactory, sandboxes: Sandboxes
+) -> None:
+    """Found by hand on the demo: a check that found the session alive a moment before it died let
+    the next empty list through as data (and, with the cache on, into the cache)."""
+    gw = await make_gateway(with_memo("5m"))
+    obs = sandboxes.observable_state
+    empty_trash(obs)
+    assert (await gw.get(f"{LIST}?type=trash")).status == 200  # a live session, checked: memo for 5 minutes
+    assert obs.count("GET", "/user") == 1
+    expire(obs)
+    await assert_auth_rejected(await gw.get(f"{LIST}?type=trash"))  # a fresh check, not the memo
+    assert obs.count("GET", "/user") == 2
+    await assert_auth_rejected(await gw.get(f"{LIST}?type=trash"))  # a dead verdict stands for its memo
+    assert obs.count("GET", "/user") == 2
