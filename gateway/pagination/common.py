@@ -69,6 +69,18 @@ def items_of(pag: Pagination, body: Any, route: str) -> list[Any]:
     return value
 
 
+def require(body: Any, path: Sequence[str], route: str) -> None:
+    """A declared paging field must be in the answer (null is fine: the last page).  Missing, the
+    upstream changed how it pages, and reading it as "no next page" would end a list short."""
+    parent = dig(body, path[:-1])
+    if isinstance(body, dict) and not (isinstance(parent, dict) and path[-1] in parent):
+        raise ShapeDrift(
+            f"upstream page has no {'.'.join(path)!r}: it no longer pages as pagination: declares",
+            code="shape_drift",
+            route=route,
+        )
+
+
 def has_more(pag: Pagination, body: Any) -> bool | None:
     """The declared ``has_more`` flag: False ends the walk; None when not declared or absent."""
     if not pag.has_more_path:

@@ -17,7 +17,7 @@ from yarl import URL
 
 from gateway.config import Pagination
 from gateway.mapping import ShapeDrift
-from gateway.pagination.common import Answer, dig, has_more
+from gateway.pagination.common import Answer, dig, has_more, require
 
 _LINK = re.compile(r"<([^>]*)>([^,<]*)")
 _REL = re.compile(r""";\s*rel\s*=\s*(?:"([^"]*)"|([^\s;,]+))""", re.IGNORECASE)
@@ -45,6 +45,8 @@ class NextLinks:
         return ([(self.pag.size_param, str(self.pag.page_size))] if self.pag.size_param else []), None
 
     def advance(self, token: Any, answer: Answer, items: list[Any]) -> Any:
+        if self.pag.next_path:
+            require(answer.body, self.pag.next_path, self.route)
         if has_more(self.pag, answer.body) is False:
             return None
         raw = dig(answer.body, self.pag.next_path) if self.pag.next_path else self._header_link(answer)

@@ -13,7 +13,17 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from gateway.config import Pagination
-from gateway.pagination.common import Fetch, Position, Tagged, check_advanced, fingerprint, has_more, items_of
+from gateway.pagination.common import (
+    Fetch,
+    Position,
+    Tagged,
+    check_advanced,
+    dig,
+    fingerprint,
+    has_more,
+    items_of,
+    require,
+)
 
 Page = tuple[list[Any], bool, int | None]
 
@@ -27,13 +37,16 @@ async def walk(
     concurrency: int,
 ) -> AsyncIterator[list[Tagged]]:
     start = int(position.pos.get("", 0) or 0)
+    # dotted, like `items`: an envelope ({"data": {"next": ..., "results": [...]}}) is one edit away
+    next_path, count_path = tuple(pag.next_key.split(".")), tuple(pag.count_key.split("."))
     size = limit if limit is not None else pag.page_size
 
     async def get(offset: int, n: int) -> Page:
         body = (await fetch(None, [(pag.limit_param, str(n)), (pag.offset_param, str(offset))], None)).body
         items = items_of(pag, body, route)
-        more = isinstance(body, dict) and bool(body.get(pag.next_key)) and has_more(pag, body) is not False
-        count = body.get(pag.count_key) if isinstance(body, dict) else None
+        require(body, next_path, route)
+        more = bool(dig(body, next_path)) and has_more(pag, body) is not False
+        count = dig(body, count_path)
         return items, more, count if isinstance(count, int) else None
 
     def served(offset: int, items: list[Any]) -> list[Tagged]:
