@@ -207,6 +207,15 @@ def bench(
             name = f"aiohttp_ceiling_{mode.replace('-', '_')}_w{n}"
             cases.append(Case(name, url, _expect_page(url, page), proc.pid))
 
+    # the Python alternative a team would write: FastAPI on uvicorn forwarding with one httpx client
+    for n in worker_counts:
+        port = free_port()
+        argv = [sys.executable, "-m", "bench.fastapi_proxy", "--port", str(port), "--workers", str(n)]
+        proc = procs.start(f"fastapi-proxy-{n}", [*argv, "--upstream", direct])
+        url = f"http://127.0.0.1:{port}/"
+        wait_http(url, proc=proc)
+        cases.append(Case(f"fastapi_httpx_proxy_w{n}", url, _expect_page(url, page), proc.pid))
+
     env = {"BENCH_UPSTREAM_URL": upstream}
     routes = workdir / "routes.yaml"
     cache_missing = write_routes(routes, env)
@@ -227,6 +236,7 @@ def bench(
         *(f"nginx_proxy_pass_w{n}" for n in worker_counts),
         # what aiohttp's own server and client add at one connection: the latency target's floor here
         *(f"aiohttp_ceiling_proxy_w{n}" for n in worker_counts),
+        *(f"fastapi_httpx_proxy_w{n}" for n in worker_counts),
         *(f"gateway_pass_w{n}" for n in worker_counts),
     ]
     lat_names += [f"gateway_cache_w{n}" for n in worker_counts if cache_missing is None]

@@ -36,10 +36,14 @@ def ratios(http: dict[str, Any]) -> dict[str, float]:
                 out[f"{kind}_gateway_over_aiohttp_ceiling_w{n}"] = round(g / c, 3)
             if c and r:
                 out[f"{kind}_aiohttp_ceiling_over_nginx_w{n}"] = round(c / r, 3)
+        g, f = _rps(http, f"gateway_pass_w{n}"), _rps(http, f"fastapi_httpx_proxy_w{n}")
+        if g and f:
+            out[f"pass_gateway_over_fastapi_httpx_w{n}"] = round(g / f, 3)
         d50 = _p50(http, "direct_c1")
         for key, case in (
             ("added_p50_ms_c1", "gateway_pass"),
             ("aiohttp_ceiling_added_p50_ms_c1", "aiohttp_ceiling_proxy"),
+            ("fastapi_httpx_added_p50_ms_c1", "fastapi_httpx_proxy"),
         ):
             p50 = _p50(http, f"{case}_w{n}_c1")
             if p50 is not None and d50 is not None:
@@ -57,10 +61,18 @@ def evaluate(results: dict[str, Any]) -> dict[str, Any]:
     agg = results.get("aggregation", {})
     mem = results.get("memory", {})
     flat = mem.get("ndjson_growth")
+    floor = r.get("aiohttp_ceiling_added_p50_ms_c1_w2")
+    added = r.get("added_p50_ms_c1_w2")
+    # issue 15's targets, against aiohttp's own floors measured in this run; nginx stays as the anchor
     return {
-        "passthrough_vs_nginx_w2": _target(r.get("pass_gateway_over_nginx_w2"), ">=", 0.5, "x"),
-        "cache_hit_vs_nginx_w2": _target(r.get("cache_gateway_over_nginx_w2"), ">=", 0.75, "x", cache_note),
-        "added_latency_p50_c1_w2": _target(r.get("added_p50_ms_c1_w2"), "<=", 0.3, " ms"),
+        "cache_hit_vs_aiohttp_static_w2": _target(
+            r.get("cache_gateway_over_aiohttp_ceiling_w2"), ">=", 0.7, "x", cache_note
+        ),
+        "passthrough_vs_aiohttp_proxy_w2": _target(r.get("pass_gateway_over_aiohttp_ceiling_w2"), ">=", 0.75, "x"),
+        "added_p50_c1_w2_over_aiohttp_proxy": _target(
+            None if added is None or floor is None else added - floor, "<=", 0.05, " ms"
+        ),
+        "passthrough_vs_fastapi_httpx_w2": _target(r.get("pass_gateway_over_fastapi_httpx_w2"), ">=", 1.0, "x"),
         "aggregation_vs_floor": _target(agg.get("gateway_over_floor"), "<=", 1.5, "x"),
         "ndjson_memory_growth_10k_to_100k": _target(flat, "<=", 1.2, "x"),
     }
