@@ -17,8 +17,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway import jsonio, server, workers
-from gateway.sandbox.runner import Sandboxes
 from gateway.server import GATEWAY, new_request_id
+from sandbox.runner import Sandboxes
 from tests.fake_upstream import Reply, start_fake
 from tests.test_cache import _gw
 from tests.test_hostile import FAKE_YAML

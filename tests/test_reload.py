@@ -18,8 +18,8 @@ from prometheus_client import CollectorRegistry
 
 from gateway.config import ConfigError
 from gateway.reload import FileWatcher, digest
-from gateway.sandbox.runner import Sandboxes
 from gateway.server import GATEWAY, build_app
+from sandbox.runner import Sandboxes
 from tests.conftest import ROUTES
 
 ADMIN = {"X-API-Key": "ak_" + "a" * 30}

@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 from prometheus_client.mmap_dict import MmapedDict
 
-from gateway.sandbox.runner import Sandboxes
+from sandbox.runner import Sandboxes
 from tests.conftest import ROUTES
 from tests.processes import run_cli, serve
 
