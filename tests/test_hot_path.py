@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway import jsonio, server, workers
+from gateway import jsonio, workers
 from gateway.server import GATEWAY, new_request_id
+from gateway.server import middleware as server
 from sandbox.runner import Sandboxes
 from tests.fake_upstream import Reply, start_fake
 from tests.test_cache import _gw

@@ -13,7 +13,9 @@ import pytest
 from tests.conftest import ROOT
 
 #: a Python that behaves as an install of the gateway alone: ``import sandbox`` fails as it does there
-WITHOUT_SANDBOX = "import sys; sys.modules['sandbox'] = None; from gateway.cli import main; sys.exit(main(sys.argv[1:]))"
+WITHOUT_SANDBOX = (
+    "import sys; sys.modules['sandbox'] = None; from gateway.cli import main; sys.exit(main(sys.argv[1:]))"
+)
 
 
 @pytest.mark.parametrize("command", ["sandbox", "demo"])
