@@ -38,6 +38,7 @@ from gateway.errors import (
 )
 from gateway.health import RouteHealth
 from gateway.mapping import ShapeDrift, apply_mapping, evaluate, parse_params, target_request
+from gateway.methods import SAFE as _SAFE_METHODS
 from gateway.metrics import Metrics, status_class
 from gateway.pagination import Answer, Position, decode_cursor, derive_key, encode_cursor, pages
 from gateway.redact import Redactor, secret_values
@@ -50,7 +51,6 @@ from gateway.verdict import GoneCheck
 
 JSON_TYPE = "application/json"
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: failures raised before any request left the gateway: not counted as upstream requests
 _NOT_SENT = frozenset({"credentials", "budget", "throttled", "circuit_open", "config"})
 #: the gateway holding itself back, not the route breaking

@@ -13,13 +13,13 @@ atomically (write a temp file, then rename) avoids even that.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 from gateway.config import ConfigError
+from gateway.digest import digest
 
 log = logging.getLogger("gateway.reload")
 
@@ -34,11 +34,6 @@ def signature(path: Path) -> Signature:
     except OSError:
         return None
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def digest(text: str) -> str:
-    """The same digest ``Config.digest`` carries, so the watcher knows what is being served."""
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class FileWatcher:

@@ -36,6 +36,7 @@ from gateway import retry_after
 from gateway.config import BreakerPolicy, Upstream
 from gateway.credential_id import credential_fingerprint
 from gateway.errors import ServiceUnavailable, UpstreamError
+from gateway.methods import IDEMPOTENT
 from gateway.metrics import Metrics
 
 
@@ -53,7 +54,6 @@ class Answer(Protocol):
 #: the answer type ``Resilience.run`` hands back as it was given (no import of gateway.upstream: no cycle)
 A = TypeVar("A", bound=Answer)
 
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 #: upstream statuses worth a second try (idempotent methods only)
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 #: error kinds raised before any byte of the request was written: safe to retry for any method

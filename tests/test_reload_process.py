@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.reload import digest
+from gateway.digest import digest
 from sandbox.runner import Sandboxes
 from tests.processes import serve
 from tests.test_reload import broken, generation

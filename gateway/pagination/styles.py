@@ -24,6 +24,7 @@ class Paging(Protocol):
     @property
     def size_param(self) -> str: ...
 
+
 _COMMON = frozenset({"style", "items", "has_more", "page_size", "default_limit", "max_limit", "max_items"})
 
 #: style → the keys it accepts (a key of another style is an error, not silently ignored)

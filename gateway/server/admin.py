@@ -93,5 +93,3 @@ async def reload(request: web.Request) -> web.Response:
     return web.json_response(
         {"status": "reloaded", "digest": cfg.digest, "routes": len(cfg.routes), "workers": 1 + len(others)}
     )
-
-

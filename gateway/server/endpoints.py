@@ -73,5 +73,3 @@ async def openapi(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     body = gw.openapi.get(gw.runtime.config)
     return web.Response(body=body, content_type="application/json", charset="utf-8")
-
-

@@ -169,5 +169,3 @@ class _AsJson:
 
     def __str__(self) -> str:
         return json.dumps(self.value)
-
-

@@ -35,5 +35,3 @@ async def downstream_headers(request: web.Request, resp: web.StreamResponse) -> 
     """Stable routes' answers (streams too, errors too) are never for a shared cache in front."""
     if request.get(ROUTE) is not None:
         mark_private(request, resp, keyed=not request.app[GATEWAY].runtime.access.open)
-
-

@@ -164,5 +164,3 @@ class Gateway:
 GATEWAY = web.AppKey("gateway", Gateway)
 REQUEST_ID = web.RequestKey("request_id", str)
 ROUTE = web.RequestKey("route", str)
-
-
