@@ -1475,8 +1475,8 @@ def _plain(v: Any) -> Any:
 
 
 def _pagination(node: _Node | None) -> Pagination | None:
-    """The ``pagination:`` section; which keys each style takes is ``gateway.pagination.styles.STYLE_KEYS``."""
-    from gateway.pagination.styles import STYLE_KEYS, check_pagination
+    """The ``pagination:`` section; which keys each style takes is ``gateway.pagination_styles.STYLE_KEYS``."""
+    from gateway.pagination_styles import STYLE_KEYS, check_pagination
 
     if node is None:
         return None

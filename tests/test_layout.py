@@ -80,9 +80,12 @@ def _graph(packages: list[str]) -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {m: set() for m in modules}
     for name in packages:
         for src, dst in _imports(ROOT / name):
-            # a package's own __init__ is run by importing any of its modules: not an edge of design
-            if dst in modules and dst != src and not src.startswith(dst + "."):
-                graph[src].add(dst)
+            # importing gateway.pagination.cursor runs gateway/pagination/__init__.py first: an edge to
+            # each enclosing package too, but not from a module inside it (its own package's face)
+            parts = dst.split(".")
+            for target in (".".join(parts[:i]) for i in range(1, len(parts) + 1)):
+                if target in modules and target != src and not src.startswith(target + "."):
+                    graph[src].add(target)
     return graph
 
 

@@ -1,6 +1,8 @@
 """Which ``pagination:`` keys each style takes, and the checks ``gateway check`` runs on them.
 
-Kept apart from the strategies so that config parsing needs no runtime code.
+Kept apart from the strategies, outside the gateway.pagination package (whose ``__init__``
+imports the strategies and the config), so that config parsing needs no runtime code and no
+import runs in a circle.
 """
 
 from __future__ import annotations
