@@ -6,11 +6,16 @@ import ast
 import os
 import subprocess
 import sys
+import time
+from email.utils import formatdate
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import ROOT
+from tests.fake_upstream import Reply, start_fake
+from tests.test_resilience import _gateway, _yaml
 
 #: a Python that behaves as an install of the gateway alone: ``import sandbox`` fails as it does there
 WITHOUT_SANDBOX = (
@@ -142,3 +147,24 @@ def test_every_module_imports() -> None:
     script = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)\n"
     out = subprocess.run([sys.executable, "-c", script, *modules], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+async def test_one_reading_of_retry_after_for_retries_and_for_the_client(
+    make_gateway: Any, aiohttp_server: Any
+) -> None:
+    """A date or PostHog's fractional detail reach the client of a 429 as whole seconds, read once."""
+    fake, _, url = await start_fake(aiohttp_server)
+    gw, _ = await _gateway(make_gateway, _yaml(url))
+    in_two_minutes = formatdate(time.time() + 120, usegmt=True)
+    fake.script("/things/dated", Reply(429, headers={"Retry-After": in_two_minutes}))
+    resp = await gw.get("/v1/things/dated")
+    assert resp.status == 503 and (await resp.json())["error"]["code"] == "upstream_rate_limited"
+    assert 115 <= int(resp.headers["Retry-After"]) <= 121, "a date is relayed as seconds: clocks differ"
+    assert fake.count("/things/dated") == 1  # beyond max_wait (3s): not waited out, as the header says
+    detail = b'{"detail": "Request was throttled. Expected available in 99.5 seconds."}'
+    fake.script("/things/detail", Reply(429, detail, {"Content-Type": "application/json"}))
+    # another credential: the first is held off for the two minutes its 429 asked for
+    gw, _ = await _gateway(make_gateway, _yaml(url), env={"FAKE_KEY": "another-fake-key"})
+    resp = await gw.get("/v1/things/detail")
+    assert resp.status == 503 and resp.headers["Retry-After"] == "100"
+    assert fake.count("/things/detail") == 1  # the same 99.5s kept resilience from retrying
