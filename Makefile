@@ -36,7 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway tests examples deploy bench
+	$(BIN)/ruff check gateway sandbox tests examples deploy bench
 	$(BIN)/mypy
 	$(BIN)/mypy --strict examples/backup_notebooks.py deploy/render_routes.py
 	$(BIN)/mypy --strict bench

@@ -19,7 +19,7 @@ import aiohttp
 
 from bench.collection import PATH, start_gateway, start_upstream
 from bench.procs import Procs
-from gateway.sandbox.posthog import SANDBOX_POSTHOG_KEY
+from sandbox.posthog import SANDBOX_POSTHOG_KEY
 
 ITEMS = 10_000
 PAGE = 100

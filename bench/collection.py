@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bench import procs as bench_procs
 from bench.procs import Procs, free_port, wait_http
-from gateway.sandbox.posthog import SANDBOX_POSTHOG_KEY
+from sandbox.posthog import SANDBOX_POSTHOG_KEY
 
 PATH = "/v1/posthog/projects/{project}/notebooks"
 

@@ -1,6 +1,6 @@
 """``python -m bench.posthog_upstream``: the PostHog sandbox with a large project, for the benches.
 
-The real sandbox (``gateway.sandbox.posthog``) with ``--count`` notebooks in project 1,
+The real sandbox (``sandbox.posthog``) with ``--count`` notebooks in project 1,
 ``--second-count`` in project 2, and ``--latency-ms`` before every answer.  ``visible()`` is memoized because the
 benches never write: the sandbox re-sorts the whole project on every page, which at
 100,000 notebooks would make the *upstream* the thing measured.
@@ -15,9 +15,9 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.sandbox import posthog
-from gateway.sandbox.posthog import PostHogState
-from gateway.sandbox.runner import until_stopped
+from sandbox import posthog
+from sandbox.posthog import PostHogState
+from sandbox.runner import until_stopped
 
 
 class BenchState(PostHogState):

@@ -82,12 +82,6 @@ class Access:
             )
         return found
 
-    def client_for(self, request: web.Request, route: Route) -> str:
-        """The calling client's name; 401 without a valid key, 403 outside its grants."""
-        key = self.identify(request)
-        self.authorize(key, route, request.method)
-        return key.name if key is not None else ANONYMOUS
-
     def identify(self, request: web.Request) -> ClientKey | None:
         """The presented client key (None on an open gateway); 401 without a valid one."""
         if self.open:

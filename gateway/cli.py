@@ -38,7 +38,8 @@ EXIT_CODES = """\
 Exit codes (every command):
   0  ok
   1  invalid routes file (problems printed as file:line: key: message)
-  2  usage error, including serve refusing a non-loopback --host without client keys
+  2  usage error, including serve refusing a non-loopback --host without client keys,
+     and sandbox or demo where the sandbox package is not installed
   3  serve, sandbox or demo cannot listen on the address (in use, or not on this host),
      or serve cannot make the workers' sockets
   4  probe found at least one broken route
@@ -295,8 +296,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the sandbox upstreams are a development package, not in the production image or wheel
+NO_SANDBOX = (
+    "the sandbox upstreams are not installed here (the `sandbox` package comes with a development\n"
+    "install: `pip install -e .` or `make install` in a routegate checkout; the image has none)"
+)
+
+
+def _without_sandbox(command: str, exc: ModuleNotFoundError) -> int:
+    """A clear usage error for ``gateway sandbox``/``demo`` where only the gateway is installed."""
+    if exc.name is None or exc.name.split(".")[0] != "sandbox":
+        raise exc
+    print(f"gateway {command}: {NO_SANDBOX}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    from gateway.sandbox.runner import main as sandbox_main
+    try:
+        from sandbox.runner import main as sandbox_main
+    except ModuleNotFoundError as exc:
+        return _without_sandbox("sandbox", exc)
 
     argv = [
         "--host",
@@ -314,7 +333,10 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gateway.demo import run_demo
+    try:
+        from gateway.demo import run_demo
+    except ModuleNotFoundError as exc:
+        return _without_sandbox("demo", exc)
 
     _setup_logging(args.log_level)
     try:

@@ -10,7 +10,6 @@ edit, and a failed load raises ``ConfigError`` without touching the running conf
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import os
 import re
@@ -22,6 +21,9 @@ from typing import Any, Literal
 
 import yaml
 from yarl import URL
+
+from gateway.digest import digest
+from gateway.methods import METHODS
 
 # --------------------------------------------------------------------------- problems
 
@@ -109,8 +111,6 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _constr
 
 # --------------------------------------------------------------------------- config objects
 
-HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-METHODS: frozenset[str] = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -799,10 +799,6 @@ def _interpolate(ctx: _Ctx, value: Any, path: str, line: int) -> Any:
     return value
 
 
-def _env_names(raw: str) -> list[str]:
-    return [m.group(1) for m in _ENV_REF.finditer(raw)]
-
-
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
     """Read and validate a routes file.  Raises ``ConfigError`` listing every problem."""
     p = Path(path)
@@ -855,7 +851,7 @@ def parse_config(text: str, file: str = "routes.yaml", env: Mapping[str, str] | 
     routes: list[Route] = []
     if (node := root.get("routes")) is not None and node.is_map():
         for name, rn in node.items():
-            r = _route(name, rn, node.value.get("upstreams", None), upstreams, root)
+            r = _route(name, rn, upstreams, root)
             if r is not None:
                 routes.append(r)
     _check_route_overlaps(ctx, routes)
@@ -872,7 +868,7 @@ def parse_config(text: str, file: str = "routes.yaml", env: Mapping[str, str] | 
         raise ConfigError(ctx.problems)
     return Config(
         path=file,
-        digest=hashlib.sha256(text.encode()).hexdigest()[:16],
+        digest=digest(text),
         server=server,
         upstreams=MappingProxyType(upstreams),
         routes=tuple(routes),
@@ -1239,7 +1235,7 @@ def _check_path_template(node: _Node, tpl: PathTemplate, stable: bool) -> None:
             node.error("paths cannot contain '.' or '..' segments")
 
 
-def _route(name: str, node: _Node, _unused: Any, upstreams: dict[str, Upstream], root: _Node) -> Route | None:
+def _route(name: str, node: _Node, upstreams: dict[str, Upstream], root: _Node) -> Route | None:
     ctx = node.ctx
     problems_before = len(ctx.problems)  # an earlier route's problem must not drop this one
     if not _NAME.match(name):
@@ -1479,8 +1475,8 @@ def _plain(v: Any) -> Any:
 
 
 def _pagination(node: _Node | None) -> Pagination | None:
-    """The ``pagination:`` section; which keys each style takes is ``gateway.pagination.styles.STYLE_KEYS``."""
-    from gateway.pagination.styles import STYLE_KEYS, check_pagination
+    """The ``pagination:`` section; which keys each style takes is ``gateway.pagination_styles.STYLE_KEYS``."""
+    from gateway.pagination_styles import STYLE_KEYS, check_pagination
 
     if node is None:
         return None

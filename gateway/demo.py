@@ -13,8 +13,8 @@ import time
 from aiohttp import web
 
 from gateway.config import ConfigError, load_config
-from gateway.sandbox import observable, posthog
-from gateway.sandbox.runner import gateway_env, start_sandboxes, until_stopped
+from sandbox import observable, posthog
+from sandbox.runner import gateway_env, start_sandboxes, until_stopped
 
 _WEEK_MS = 7 * 24 * 3600 * 1000
 

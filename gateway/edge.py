@@ -23,12 +23,12 @@ import ipaddress
 from urllib.parse import urlsplit
 
 from gateway.errors import Forbidden, MisdirectedRequest
+from gateway.methods import SAFE as _SAFE
 
 #: host names that always mean this machine
 LOOPBACK_NAMES = frozenset({"localhost"})
 #: bind addresses that listen on every interface
 WILDCARD_BINDS = frozenset({"", "0.0.0.0", "::", "[::]"})
-_SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def host_name(authority: str) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import re
 import time
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
@@ -21,7 +20,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 from multidict import MultiDict
 
-from gateway import buffers, fallback, jsonio, ndjson, relay, trace
+from gateway import buffers, fallback, jsonio, ndjson, relay, retry_after, trace
 from gateway.auth import Credentials, secrets_of
 from gateway.cache import ResponseCache, note_upstream
 from gateway.config import Config, Route, Target, Upstream
@@ -39,6 +38,7 @@ from gateway.errors import (
 )
 from gateway.health import RouteHealth
 from gateway.mapping import ShapeDrift, apply_mapping, evaluate, parse_params, target_request
+from gateway.methods import SAFE as _SAFE_METHODS
 from gateway.metrics import Metrics, status_class
 from gateway.pagination import Answer, Position, decode_cursor, derive_key, encode_cursor, pages
 from gateway.redact import Redactor, secret_values
@@ -51,12 +51,10 @@ from gateway.verdict import GoneCheck
 
 JSON_TYPE = "application/json"
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: failures raised before any request left the gateway: not counted as upstream requests
 _NOT_SENT = frozenset({"credentials", "budget", "throttled", "circuit_open", "config"})
 #: the gateway holding itself back, not the route breaking
 SELF_PACING = frozenset({"budget", "throttled", "circuit_open", buffers.KIND})
-_RETRY_IN = re.compile(r"available in (\d+) seconds?")
 
 
 class Proxy:
@@ -400,7 +398,7 @@ class Proxy:
                 route=route.name,
             )
         elif status == 429:
-            retry = resp.headers.get("Retry-After") or _retry_from(detail)
+            retry = retry_after.header_value(resp.headers, resp.body)
             exc = ServiceUnavailable(
                 f"upstream {name!r} is rate limiting the gateway" + (f": {detail}" if detail else ""),
                 kind="throttled",
@@ -800,7 +798,3 @@ def _upstream_message(body: bytes) -> str:
                 return msg[:500]
     return ""
 
-
-def _retry_from(detail: str) -> str | None:
-    m = _RETRY_IN.search(detail)
-    return m.group(1) if m else None

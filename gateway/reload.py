@@ -13,20 +13,13 @@ atomically (write a temp file, then rename) avoids even that.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-from aiohttp import web
 
 from gateway.config import ConfigError
-
-if TYPE_CHECKING:
-    from gateway.server import Gateway
+from gateway.digest import digest
 
 log = logging.getLogger("gateway.reload")
 
@@ -41,11 +34,6 @@ def signature(path: Path) -> Signature:
     except OSError:
         return None
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def digest(text: str) -> str:
-    """The same digest ``Config.digest`` carries, so the watcher knows what is being served."""
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class FileWatcher:
@@ -122,25 +110,3 @@ class FileWatcher:
             return False
         self._refused = None
         return True
-
-
-def watch_routes(gateway: Gateway, interval: float) -> Callable[[web.Application], AsyncIterator[None]]:
-    """An aiohttp ``cleanup_ctx`` that watches the served routes file while the app runs."""
-
-    async def ctx(_app: web.Application) -> AsyncIterator[None]:
-        path = gateway.runtime.config.path
-        watcher = FileWatcher(
-            path,
-            lambda text: gateway.reload(path, text=text),
-            lambda: gateway.runtime.config.digest,
-            interval=interval,
-            failing=lambda: gateway.refused is not None,
-        )
-        task = asyncio.create_task(watcher.run(), name="routegate-watch")
-        log.info("watching %s for changes every %gs", path, interval)
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    return ctx

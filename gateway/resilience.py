@@ -25,25 +25,35 @@ told apart by a salted hash: secret values are never stored here.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
-import os
 import random
-import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING
+from typing import Protocol, TypeVar
 
+from gateway import retry_after
 from gateway.config import BreakerPolicy, Upstream
+from gateway.credential_id import credential_fingerprint
 from gateway.errors import ServiceUnavailable, UpstreamError
+from gateway.methods import IDEMPOTENT
 from gateway.metrics import Metrics
 
-if TYPE_CHECKING:
-    from gateway.upstream import UpstreamResponse
 
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+class Answer(Protocol):
+    """What resilience reads of an upstream answer (gateway.upstream.UpstreamResponse is one)."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def body(self) -> bytes: ...
+
+
+#: the answer type ``Resilience.run`` hands back as it was given (no import of gateway.upstream: no cycle)
+A = TypeVar("A", bound=Answer)
+
 #: upstream statuses worth a second try (idempotent methods only)
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 #: error kinds raised before any byte of the request was written: safe to retry for any method
@@ -55,37 +65,14 @@ RETRY_WINDOW = 10.0
 RETRY_FLOOR = 10
 
 CLOSED, HALF_OPEN, OPEN = 0, 1, 2
-_AVAILABLE_IN = re.compile(rb"available in (\d+(?:\.\d+)?) seconds?")
-_SALT = os.urandom(16)
-
-
-def retry_after(headers: Mapping[str, str], body: bytes) -> float | None:
-    """Seconds the upstream asked us to wait: ``Retry-After`` (seconds or date) or PostHog's detail."""
-    raw = headers.get("Retry-After", "").strip()
-    if raw:
-        try:
-            seconds = float(raw)
-        except ValueError:
-            try:
-                seconds = parsedate_to_datetime(raw).timestamp() - time.time()
-            except (TypeError, ValueError, IndexError):
-                seconds = math.nan
-        if math.isfinite(seconds):
-            return max(0.0, seconds)
-    m = _AVAILABLE_IN.search(body[:4096])
-    return float(m.group(1)) if m else None
 
 
 def credential_id(upstream: Upstream, headers: Mapping[str, str]) -> str:
-    """Which credential a call uses, as a salted hash (the value itself is never kept)."""
+    """Which credential a call uses, as its fingerprint (the value itself is never kept)."""
     if upstream.auth is None:
         return ""
-    h = hashlib.blake2b(key=_SALT, digest_size=12)
-    for name in ("Authorization", "Cookie", *(n for n, _ in upstream.auth.headers)):
-        value = headers.get(name)
-        if value:
-            h.update(name.encode() + b"\0" + value.encode() + b"\0")
-    return h.hexdigest()
+    names = ("Authorization", "Cookie", *(n for n, _ in upstream.auth.headers))
+    return credential_fingerprint({name: headers[name] for name in names if headers.get(name)})
 
 
 class Breaker:
@@ -238,8 +225,8 @@ class Resilience:
         method: str,
         route: str,
         headers: Mapping[str, str],
-        send: Callable[[], Awaitable[UpstreamResponse]],
-    ) -> UpstreamResponse:
+        send: Callable[[], Awaitable[A]],
+    ) -> A:
         """One exchange with retries, the breaker and pacing; the last answer or error wins."""
         guard = self._guard(upstream.name)
         policy = upstream.retries
@@ -265,7 +252,7 @@ class Resilience:
                 guard.breaker.record(upstream.breaker, token, resp.status < 500)
                 if resp.status not in RETRY_STATUSES:
                     return resp
-                after = retry_after(resp.headers, resp.body)
+                after = retry_after.seconds(resp.headers, resp.body)
                 if resp.status == 429 and after is not None:
                     self._block(guard, cred, after)
                 if not idempotent:

@@ -10,8 +10,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
-from gateway.sandbox.runner import Sandboxes, gateway_env, start_sandboxes
 from gateway.server import build_app
+from sandbox.runner import Sandboxes, gateway_env, start_sandboxes
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUTES = ROOT / "routes.yaml"

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from gateway.sandbox.runner import Sandboxes
 from gateway.server import GATEWAY
+from sandbox.runner import Sandboxes
 from tests.conftest import ROUTES
 
 ACCESS = """

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.sandbox.runner import Sandboxes
+from sandbox.runner import Sandboxes
 from tests.conftest import ROOT, need_binary
 
 PROMETHEUS = ROOT / "deploy" / "prometheus"

@@ -19,10 +19,10 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from gateway.sandbox.observable import ObservableState
-from gateway.sandbox.posthog import PostHogState
-from gateway.sandbox.runner import Sandboxes, gateway_env, start_sandboxes
 from gateway.server import GATEWAY, build_app
+from sandbox.observable import ObservableState
+from sandbox.posthog import PostHogState
+from sandbox.runner import Sandboxes, gateway_env, start_sandboxes
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "examples" / "backup_notebooks.py"

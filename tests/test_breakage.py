@@ -16,8 +16,8 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
 from gateway.config import ConfigError, parse_config
-from gateway.sandbox.runner import Sandboxes
 from gateway.server import GATEWAY
+from sandbox.runner import Sandboxes
 from tests.conftest import ROUTES
 from tests.fake_upstream import Reply, start_fake
 from tests.processes import run_cli

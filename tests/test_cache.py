@@ -15,8 +15,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
 from gateway.config import ConfigError, parse_config
-from gateway.sandbox.runner import Sandboxes
 from gateway.server import GATEWAY
+from sandbox.runner import Sandboxes
 from tests.conftest import ROUTES
 
 POSTHOG = """

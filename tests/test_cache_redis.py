@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from gateway.sandbox.runner import Sandboxes
+from sandbox.runner import Sandboxes
 from tests.processes import free_port
 from tests.test_cache import ALICE, BOB, CLIENTS, KEYS, LIST, OPS, POSTHOG
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 
 from gateway import __version__
-from gateway.sandbox.runner import Sandboxes
+from sandbox.runner import Sandboxes
 from tests.conftest import ROOT, ROUTES
 from tests.processes import serve
 

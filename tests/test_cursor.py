@@ -11,8 +11,8 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from gateway.pagination.cursor import _sign
-from gateway.sandbox.runner import Sandboxes
 from gateway.server import GATEWAY
+from sandbox.runner import Sandboxes
 from tests.conftest import ROUTES
 from tests.test_pagination_styles import STYLES_YAML
 

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import redis
 import redis.asyncio as aioredis
+import setuptools
 import yaml
 from prometheus_client import CollectorRegistry
 
@@ -34,7 +36,7 @@ from gateway.cache.policy import CacheKey
 from gateway.cache.redis_store import RedisBackend
 from gateway.cache.store import Entry
 from gateway.config import load_config, parse_config
-from gateway.sandbox.runner import Sandboxes
+from sandbox.runner import Sandboxes
 from tests.conftest import need_binary
 from tests.processes import free_port
 
@@ -292,6 +294,28 @@ def test_build_context_has_what_the_dockerfile_copies_and_no_secrets(tmp_path: P
     for needed in ["pyproject.toml", "README.md", "gateway/server.py", "deploy/k8s/config/routes.yaml"]:
         assert in_build_context(needed), needed
     assert not in_build_context("deploy/k8s/deployment.yaml")
+
+
+def test_the_image_is_built_without_the_sandbox(tmp_path: Path) -> None:
+    """The distribution has two packages; the wheel the image installs must hold only the gateway."""
+    assert (ROOT / "sandbox" / "runner.py").exists()
+    assert not in_build_context("sandbox/runner.py"), ".dockerignore must keep sandbox/ out of the context"
+    ins = dockerfile_instructions()
+    build = ins[: max(i for i, (w, _) in enumerate(ins) if w == "FROM")]
+    sources = [s for w, a in build if w == "COPY" and "--from" not in a for s in a.split()[:-1]]
+    # what the build stage holds when it runs `pip wheel`: what it copies, as the context has it
+    for src in sources:
+        for f in [ROOT / src] if (ROOT / src).is_file() else (ROOT / src).rglob("*"):
+            rel = f.relative_to(ROOT).as_posix()
+            if f.is_file() and in_build_context(rel):
+                (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(f, tmp_path / rel)
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = setuptools.find_packages(str(tmp_path), include=include["include"])
+    assert "gateway" in packages and "gateway.cache" in packages
+    assert not [p for p in packages if p.split(".")[0] == "sandbox"], packages
+    # while a checkout's own install (make install, the demo) has both
+    assert "sandbox" in setuptools.find_packages(str(ROOT), include=include["include"])
 
 
 # --------------------------------------------------------------------------- docker compose

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from gateway import clidoc
-from gateway.pagination.styles import STYLE_KEYS
+from gateway.pagination_styles import STYLE_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

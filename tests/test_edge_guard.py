@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
 from gateway.edge import HostGuard
-from gateway.sandbox.runner import Sandboxes
+from sandbox.runner import Sandboxes
 from tests.conftest import ROOT, ROUTES
 from tests.processes import free_port, serve
 

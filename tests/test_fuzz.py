@@ -28,7 +28,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from gateway.sandbox.runner import Sandboxes
+from sandbox.runner import Sandboxes
 
 EXAMPLES = 20
 

@@ -9,7 +9,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
-from gateway.sandbox.runner import Sandboxes
+from sandbox.runner import Sandboxes
 from tests.processes import free_port
 
 FALLBACK_YAML = """

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.sandbox.runner import Sandboxes
+from sandbox.runner import Sandboxes
 from tests.fake_upstream import CUT, FLOOD, HANG, RESET, FakeUpstream, Reply, start_fake
 
 FAKE_YAML = """

@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway import jsonio, server, workers
-from gateway.sandbox.runner import Sandboxes
+from gateway import jsonio, workers
 from gateway.server import GATEWAY, new_request_id
+from gateway.server import middleware as server
+from sandbox.runner import Sandboxes
 from tests.fake_upstream import Reply, start_fake
 from tests.test_cache import _gw
 from tests.test_hostile import FAKE_YAML

@@ -13,8 +13,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway.config import ConfigError, parse_config
-from gateway.sandbox.runner import Sandboxes
 from gateway.server import GATEWAY
+from sandbox.runner import Sandboxes
 from tests.conftest import ROOT, ROUTES
 
 KEYS = {"SLOW_KEY": "sk_" + "s" * 30, "FAST_KEY": "fk_" + "f" * 30, "ADMIN_KEY": "ak_" + "a" * 30}

@@ -17,8 +17,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.httpedge import REJECT_BURST, RejectLog
-from gateway.sandbox.runner import Sandboxes
 from gateway.server import GATEWAY
+from sandbox.runner import Sandboxes
 from tests.conftest import ROUTES
 from tests.processes import serve
 

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from gateway.logs import REDACTED, JsonFormatter, Redactor
-from gateway.sandbox.runner import Sandboxes
+from sandbox.runner import Sandboxes
 from tests.conftest import ROUTES
 from tests.test_cli import run
 from tests.test_reload import broken, without

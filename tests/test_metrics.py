@@ -16,9 +16,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.sandbox.observable import make_session_cookie
-from gateway.sandbox.runner import Sandboxes
 from gateway.server import GATEWAY
+from sandbox.observable import make_session_cookie
+from sandbox.runner import Sandboxes
 from tests.conftest import ROUTES, need_binary
 
 #: stable calls in these tests must reach the upstream, never the response cache

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 from gateway.config import parse_config
 from gateway.ndjson import wants_ndjson
 from gateway.pagination import Answer, Position, pages
-from gateway.sandbox.runner import Sandboxes
+from sandbox.runner import Sandboxes
 from tests.conftest import ROUTES
 
 PH = "/v1/posthog/projects/1/notebooks"

@@ -19,8 +19,8 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
 from gateway.pagination.cursor import _sign
-from gateway.sandbox.runner import Sandboxes
 from gateway.server import GATEWAY
+from sandbox.runner import Sandboxes
 from tests.fake_upstream import FakeUpstream, Reply, start_fake
 from tests.test_hostile import assert_json_error, raw, request
 

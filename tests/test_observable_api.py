@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from gateway.sandbox.runner import Sandboxes
+from sandbox.runner import Sandboxes
 
 ITEM_KEYS = {"id", "slug", "title", "type", "version", "likes", "updated_at"}
 

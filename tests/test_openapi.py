@@ -12,9 +12,9 @@ from openapi_spec_validator import validate
 
 from gateway.config import load_config
 from gateway.openapi import BODY_SCHEMAS, build
-from gateway.sandbox.runner import Sandboxes
 from gateway.server import GATEWAY
 from gateway.validators import VALIDATORS
+from sandbox.runner import Sandboxes
 from tests.conftest import ROUTES
 from tests.test_cli import run
 

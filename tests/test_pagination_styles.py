@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
 from gateway.config import ConfigError, parse_config
-from gateway.sandbox.runner import Sandboxes
+from sandbox.runner import Sandboxes
 
 ND = {"Accept": "application/x-ndjson"}
 LIST = "/api/projects/1/notebooks/"

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from gateway.sandbox.runner import Sandboxes
+from sandbox.runner import Sandboxes
 
 BASE = "/v1/posthog/projects/1/notebooks"
 

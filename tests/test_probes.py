@@ -14,8 +14,8 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
 from gateway.config import ConfigError, load_config, parse_config
-from gateway.sandbox.runner import Sandboxes
 from gateway.server import GATEWAY, Gateway, build_app
+from sandbox.runner import Sandboxes
 from tests.conftest import ROUTES
 from tests.processes import run_cli
 

@@ -20,8 +20,8 @@ import yaml
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
-from gateway.sandbox.runner import Sandboxes
 from gateway.server import GATEWAY, build_app
+from sandbox.runner import Sandboxes
 from tests.conftest import ROOT, ROUTES, need_binary
 from tests.processes import free_port
 

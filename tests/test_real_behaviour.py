@@ -11,9 +11,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.sandbox.observable import PAGE_SIZE, SANDBOX_LOGIN, SANDBOX_OTHER_LOGIN, ObservableState
-from gateway.sandbox.posthog import ALL_SCOPES, SANDBOX_POSTHOG_KEY, PostHogState
-from gateway.sandbox.runner import Sandboxes, start_sandboxes
+from sandbox.observable import PAGE_SIZE, SANDBOX_LOGIN, SANDBOX_OTHER_LOGIN, ObservableState
+from sandbox.posthog import ALL_SCOPES, SANDBOX_POSTHOG_KEY, PostHogState
+from sandbox.runner import Sandboxes, start_sandboxes
 
 PH = "/api/projects/1/notebooks/"
 STABLE = "/v1/posthog/projects/1/notebooks"

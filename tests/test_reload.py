@@ -17,9 +17,10 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
 from gateway.config import ConfigError
-from gateway.reload import FileWatcher, digest
-from gateway.sandbox.runner import Sandboxes
+from gateway.digest import digest
+from gateway.reload import FileWatcher
 from gateway.server import GATEWAY, build_app
+from sandbox.runner import Sandboxes
 from tests.conftest import ROUTES
 
 ADMIN = {"X-API-Key": "ak_" + "a" * 30}

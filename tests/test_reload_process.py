@@ -10,8 +10,8 @@ from typing import Any
 
 import aiohttp
 
-from gateway.reload import digest
-from gateway.sandbox.runner import Sandboxes
+from gateway.digest import digest
+from sandbox.runner import Sandboxes
 from tests.processes import serve
 from tests.test_reload import broken, generation
 

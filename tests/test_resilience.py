@@ -20,9 +20,9 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
 from gateway.config import parse_config
-from gateway.sandbox.posthog import PostHogState
-from gateway.sandbox.runner import Sandboxes, gateway_env, start_sandboxes
 from gateway.server import GATEWAY, build_app
+from sandbox.posthog import PostHogState
+from sandbox.runner import Sandboxes, gateway_env, start_sandboxes
 from tests.fake_upstream import CUT, HANG, RESET, Reply, start_fake
 
 ROUTES = Path(__file__).resolve().parent.parent / "routes.yaml"

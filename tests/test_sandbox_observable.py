@@ -16,8 +16,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from gateway.sandbox.control import Fault
-from gateway.sandbox.observable import (
+from sandbox.control import Fault
+from sandbox.observable import (
     OBSERVABLE_STATE,
     ORIGIN,
     PAGE_SIZE,
@@ -29,7 +29,7 @@ from gateway.sandbox.observable import (
     make_session_cookie,
     parse_session_cookie,
 )
-from gateway.sandbox.runner import export_lines, start_sandboxes
+from sandbox.runner import export_lines, start_sandboxes
 
 Client = TestClient[Any, Any]
 TIME_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -524,7 +524,7 @@ async def test_runner_main_prints_exports_and_stops_on_sigterm() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "gateway.sandbox.runner",
+        "sandbox.runner",
         stdout=asyncio.subprocess.PIPE,
     )
     try:

@@ -12,8 +12,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from gateway.sandbox.control import Fault
-from gateway.sandbox.posthog import (
+from sandbox.control import Fault
+from sandbox.posthog import (
     MAX_LIMIT,
     POSTHOG_STATE,
     SANDBOX_POSTHOG_KEY,

@@ -22,10 +22,10 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
-from gateway.sandbox.observable import ObservableState
-from gateway.sandbox.posthog import PostHogState
-from gateway.sandbox.runner import Sandboxes, start_sandboxes
 from gateway.server import build_app
+from sandbox.observable import ObservableState
+from sandbox.posthog import PostHogState
+from sandbox.runner import Sandboxes, start_sandboxes
 
 ROUTES = Path(__file__).resolve().parent.parent / "routes.yaml"
 

@@ -17,9 +17,9 @@ from prometheus_client import CollectorRegistry
 from pytest_aiohttp import AiohttpClient
 
 from gateway.config import ConfigError, SessionCheck, load_config, parse_config
-from gateway.sandbox.observable import ORIGIN, SANDBOX_LOGIN, ObservableState, create_app
-from gateway.sandbox.runner import Sandboxes
 from gateway.server import GATEWAY, Gateway, build_app
+from sandbox.observable import ORIGIN, SANDBOX_LOGIN, ObservableState, create_app
+from sandbox.runner import Sandboxes
 from tests.conftest import ROUTES, GatewayFactory
 from tests.processes import run_cli
 

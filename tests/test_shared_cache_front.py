@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.sandbox.runner import Sandboxes
+from sandbox.runner import Sandboxes
 from tests.conftest import ROUTES, need_binary
 from tests.processes import free_port
 

@@ -18,9 +18,9 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
 from gateway.config import ConfigError
-from gateway.sandbox.observable import make_session_cookie
-from gateway.sandbox.runner import Sandboxes
 from gateway.server import GATEWAY, build_app
+from sandbox.observable import make_session_cookie
+from sandbox.runner import Sandboxes
 from tests.conftest import ROUTES, need_binary
 
 FRESH = {"Cache-Control": "no-store"}

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.methods import READS as _READS
+
 #: the request headers a client key arrives in (gateway.access.presented_key)
 KEY_HEADERS = ("Authorization", "X-API-Key")
-_READS = frozenset({"GET", "HEAD"})
 #: set by the server for a route whose answers no cache may keep (``no_store: true`` in routes.yaml)
 NO_STORE = web.RequestKey("no_store", bool)
 

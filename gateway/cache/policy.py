@@ -27,6 +27,7 @@ from urllib.parse import quote
 from multidict import MultiMapping
 
 from gateway.config import Route, RouteCache, Upstream
+from gateway.credential_id import credential_fingerprint
 
 #: the client identity when no client keys are configured (mirrors gateway.access.ANONYMOUS)
 NO_CREDENTIAL = "-"
@@ -147,15 +148,7 @@ def credential_id(auth_headers: Mapping[str, str]) -> str:
     """A one-way identity of the upstream credential: equal for equal secrets, never the secret."""
     if not auth_headers:
         return NO_CREDENTIAL
-    return _credential_digest(tuple(sorted(auth_headers.items())))
-
-
-@functools.lru_cache(maxsize=256)
-def _credential_digest(items: tuple[tuple[str, str], ...]) -> str:
-    h = hashlib.sha256(b"routegate-credential\x00")
-    for name, value in items:
-        h.update(f"{name.lower()}\x00{value}\x00".encode())
-    return h.hexdigest()[:32]
+    return credential_fingerprint(auth_headers)
 
 
 def fingerprint(route: Route, upstream: Upstream) -> str:

@@ -1,6 +1,6 @@
 """Sandbox upstreams: local emulations of the Observable and PostHog APIs.
 
-The runner is deliberately not re-exported, so ``python -m gateway.sandbox.runner``
+The runner is deliberately not re-exported, so ``python -m sandbox.runner``
 does not import itself twice.
 """
 

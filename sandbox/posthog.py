@@ -156,7 +156,7 @@ class PostHogState(SandboxState):
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__()
-        #: paging switches (gateway.sandbox.posthog_paging)
+        #: paging switches (sandbox.posthog_paging)
         self.activity_paging = "page"
         self.list_paging = "offset"
         self.list_link_header = False

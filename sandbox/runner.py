@@ -1,6 +1,6 @@
 """Run both sandboxes on real sockets: in-process for tests, or as a standalone process.
 
-``python -m gateway.sandbox.runner --observable-port 9001 --posthog-port 9002`` prints
+``python -m sandbox.runner --observable-port 9001 --posthog-port 9002`` prints
 ``export`` lines with the URLs and demo credentials, so a shell (or another test
 process) can point the gateway at the sandboxes.
 """
@@ -121,7 +121,7 @@ async def _run(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run both sandboxes until SIGINT/SIGTERM."""
-    parser = argparse.ArgumentParser(prog="python -m gateway.sandbox.runner", description="Run the upstream sandboxes.")
+    parser = argparse.ArgumentParser(prog="python -m sandbox.runner", description="Run the upstream sandboxes.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--observable-port", type=int, default=0)
     parser.add_argument("--posthog-port", type=int, default=0)
