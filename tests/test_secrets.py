@@ -27,6 +27,8 @@ from gateway.sandbox.posthog import PostHogState
 from gateway.sandbox.runner import Sandboxes, start_sandboxes
 from gateway.server import build_app
 
+pytestmark = pytest.mark.hostile
+
 ROUTES = Path(__file__).resolve().parent.parent / "routes.yaml"
 
 BEARER = "phx_TESTSECRET_bearer_5c1e9a7b3d"
