@@ -27,6 +27,7 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.config import Config, ConfigError, Target, load_config, parse_duration
+from gateway.sandbox.switches import help_epilog as sandbox_switches_epilog
 
 DEFAULT_CONFIG = os.environ.get("ROUTEGATE_CONFIG", "routes.yaml")
 DEFAULT_LOG_LEVEL = os.environ.get("ROUTEGATE_LOG_LEVEL", "info").lower()
@@ -449,6 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Run local emulations of the Observable and PostHog APIs "
             "and print the env vars that point the gateway at them."
         ),
+        epilog=sandbox_switches_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--host", default="127.0.0.1", help="address both sandboxes bind (default 127.0.0.1)")
     p.add_argument("--observable-port", type=int, default=9001, help="the Observable sandbox's port (default 9001)")

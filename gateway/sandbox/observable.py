@@ -151,6 +151,8 @@ class Notebook:
 class ObservableState(SandboxState):
     """All sandbox data plus the valid demo credentials and the Observable-only switch."""
 
+    service = "observable"
+
     def __init__(
         self,
         seed: int = 0,
