@@ -339,6 +339,8 @@ class ResponseSpec:
     raw: bool = False
     status: int | None = None
     headers: tuple[tuple[str, FieldExpr], ...] = ()
+    #: ``item`` renames its fields and passes every other upstream field through (gateway.mapping)
+    keep_other_fields: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -1600,7 +1602,7 @@ def _mapping(node: _Node, known: frozenset[str]) -> tuple[tuple[str, FieldExpr],
 def _response(node: _Node | None, known: frozenset[str], pagination: Pagination | None) -> ResponseSpec:
     if node is None:
         return ResponseSpec()
-    if not node.keys({"item", "items", "raw", "status", "headers"}):
+    if not node.keys({"item", "items", "raw", "status", "headers", "keep_other_fields"}):
         return ResponseSpec()
     kw: dict[str, Any] = {}
     if (n := node.get("item")) is not None:
@@ -1626,6 +1628,13 @@ def _response(node: _Node | None, known: frozenset[str], pagination: Pagination 
             if fe is not None:
                 hs.append((hk, fe))
         kw["headers"] = tuple(hs)
+    if (n := node.get("keep_other_fields")) is not None and (b := n.boolean()):
+        from gateway.mapping import KeepOtherFields
+
+        if "item" not in kw:
+            n.error("keep_other_fields passes the rest of a single document through; it needs 'item'")
+        else:
+            kw["item"], kw["keep_other_fields"] = KeepOtherFields(kw["item"]), True
     return ResponseSpec(**kw)
 
 

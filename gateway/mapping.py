@@ -144,6 +144,20 @@ def target_request(target: Target, params: Mapping[str, Any]) -> tuple[str, list
     return path, query
 
 
+class KeepOtherFields(tuple[tuple[str, FieldExpr], ...]):
+    """An ``item`` mapping with ``keep_other_fields: true``: the mapped fields get their stable
+    names and every other upstream field is passed through, so a whole document (a backup's
+    input) loses nothing while its common fields are named like the lists'.  A tuple, so code
+    that only reads the mapped fields (OpenAPI, shape checks) sees them as before."""
+
+    __slots__ = ()
+
+
+def _renamed(mapping: tuple[tuple[str, FieldExpr], ...]) -> frozenset[str]:
+    """Upstream top-level fields a mapping takes whole (``updated_at: update_time`` renames update_time)."""
+    return frozenset(e.path[0] for _, e in mapping if e.source == "field" and len(e.path) == 1)
+
+
 class ShapeDrift(BadGateway):
     """A 200 whose JSON lost a field the stable API promises."""
 
@@ -163,7 +177,12 @@ def apply_mapping(
             code="shape_drift",
             route=route,
         )
-    return {key: evaluate(expr, obj, params, location, route, key) for key, expr in mapping}
+    out = {key: evaluate(expr, obj, params, location, route, key) for key, expr in mapping}
+    if isinstance(mapping, KeepOtherFields):
+        renamed = _renamed(mapping)
+        rest = {k: v for k, v in obj.items() if k not in renamed and k not in out}
+        return {**rest, **out}
+    return out
 
 
 _MISSING = object()
