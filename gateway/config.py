@@ -1124,7 +1124,7 @@ def _upstream(name: str, node: _Node) -> Upstream | None:
         v = n.integer(lo, hi) if n is not None else None
         return default if v is None else v
 
-    max_resp = 16 << 20  # the largest answer of the shipped routes is far smaller; see docs/security-memory.md
+    max_resp = 16 << 20  # the largest answer of the shipped routes is far smaller; see docs/security.md
     if (mr := node.get("max_response_bytes")) is not None:
         got = mr.convert(parse_size)
         max_resp = got if got is not None else max_resp
