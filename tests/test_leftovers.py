@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +16,12 @@ from aiohttp.test_utils import TestClient
 
 from gateway.config import ConfigError, load_config
 from gateway.openapi import build as build_openapi
-from gateway.sandbox.runner import Sandboxes
+from gateway.sandbox.observable import ObservableState
+from gateway.sandbox.posthog import PostHogState
+from gateway.sandbox.runner import Sandboxes, gateway_env, start_sandboxes
 from gateway.sandbox.switches import SWITCHES, names_for
 from tests.conftest import ROOT, ROUTES
+from tests.processes import serve
 
 
 async def _get_switches(url: str) -> dict[str, Any]:
@@ -115,3 +121,98 @@ def test_keep_other_fields_needs_item(tmp_path: Path) -> None:
     path.write_text(text)
     with pytest.raises(ConfigError, match="keep_other_fields passes the rest of a single document through"):
         load_config(path, env={})
+
+
+# -- 5: a representative hostile mix leaves no traceback and no secret in the gateway's log ------
+
+T_TOKEN = "TESTSECRET_leftovers_T_3b7e1d9c"
+BEARER = "phx_TESTSECRET_leftovers_bearer_6a2f8c"
+
+
+async def _raw(base: str, payload: bytes) -> bytes:
+    """Send raw bytes (what no HTTP client would) and read what comes back."""
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(payload)
+    await writer.drain()
+    try:
+        data = await asyncio.wait_for(reader.read(65536), 10)
+    finally:
+        writer.close()
+    return data
+
+
+@pytest.mark.hostile
+async def test_hostile_mix_logs_no_traceback_and_no_secret() -> None:
+    """Hostile clients and upstreams against a real `gateway serve` at debug level: its whole stderr
+    has no traceback and none of the configured secrets, and no answer is a 500."""
+    obs = ObservableState()
+    obs.token = T_TOKEN
+    async with await start_sandboxes(observable_state=obs, posthog_state=PostHogState(api_keys={BEARER})) as sb:
+        env = gateway_env(sb)
+        secrets = [T_TOKEN, BEARER, env["OBSERVABLE_SESSION"]]
+        statuses: list[int] = []
+        async with serve(ROUTES, env, "--log-level", "debug") as (base, _proc, lines):
+            async with aiohttp.ClientSession(base) as s:
+
+                async def hit(method: str, path: str, **kw: Any) -> None:
+                    async with s.request(method, path, **kw) as r:
+                        await r.read()
+                        statuses.append(r.status)
+
+                # hostile clients: bad cursors, unknown and repeated params, deep and NaN JSON, huge bodies
+                await hit("GET", "/v1/observable/notebooks?cursor=" + "A" * 5000)
+                await hit("GET", "/v1/observable/notebooks?cursor=eyJ4IjpOYU59")
+                await hit("GET", "/v1/observable/notebooks?" + "&".join(f"p{i}=1" for i in range(300)))
+                await hit("GET", "/v1/observable/notebooks?limit=abc&limit=2")
+                await hit(
+                    "POST",
+                    "/v1/observable/notebooks",
+                    data=b"[" * 5000 + b"]" * 5000,
+                    headers={"Content-Type": "application/json"},
+                )
+                await hit(
+                    "POST", "/v1/observable/notebooks", data=b'{"x": NaN}', headers={"Content-Type": "application/json"}
+                )
+                await hit(
+                    "POST",
+                    "/v1/observable/notebooks",
+                    data=io.BytesIO(b"x" * (2 << 20)),
+                    headers={"Content-Type": "application/json"},
+                )
+                # hostile upstreams: 500s with bodies, cut connections, dropped fields, revoked credentials
+                for prefix, fault in (
+                    ("/document/", {"status": 500}),
+                    ("/user/", {"reset": True}),
+                    ("/documents/", {"drop_field": "update_time"}),
+                ):
+                    obs.apply_switches({"faults": {prefix: fault}})
+                nb = next(n for n in obs.notebooks.values() if n.type == "public")
+                await hit("GET", f"/v1/observable/notebooks/{nb.id}")
+                await hit("GET", "/v1/observable/notebooks?limit=3")
+                await hit("GET", "/v1/observable/users/demo/notebooks?all=true")
+                sb.posthog_state.apply_switches({"key_scopes": {BEARER: []}})
+                await hit("GET", "/v1/posthog/projects/1/notebooks")
+                obs.apply_switches({"faults": {"/document/": None}, "session_expired": True})
+                await hit("GET", f"/v1/observable/notebooks/{nb.id}/module")
+            # bytes no HTTP client sends
+            answers = [
+                await _raw(base, b"GET / HTTP/0.9\r\n\r\n"),
+                await _raw(base, b"GET http://evil.example/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+                await _raw(base, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64),
+                await _raw(base, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header\x00: x\r\n\r\n"),
+            ]
+        first_lines = [a.split(b"\r\n")[0] for a in answers]
+        assert all(a == b"" or (a.startswith(b"HTTP/") and b" 500 " not in a) for a in first_lines), answers
+        assert 500 not in statuses, statuses
+        assert {400, 413, 502}.issubset(statuses), statuses
+        log = "".join(lines)
+        # the run was logged: an access line per request and the parser's rejections
+        assert sum('"logger":"gateway.access"' in line for line in lines) >= len(statuses) + 2
+        assert log.count("the HTTP parser rejected a request") >= 2
+        assert "Traceback" not in log
+        for line in lines:
+            if line.startswith("{"):
+                assert "exc" not in json.loads(line), line
+        for secret in secrets:
+            assert secret not in log
