@@ -38,7 +38,8 @@ SWITCHES: tuple[Switch, ...] = (
     ),
     Switch(
         "legacy_routes", _OBS, "boolean (default false)",
-        "Observable's old list routes (/user/public, /user/drafts) answer again",
+        "a list that moved: per-kind routes /user/public, /user/shared, /user/private, /user/trash "
+        "(and /user/drafts, private's older name) answer like /user/documents?types=KIND",
         '{"legacy_routes": true}',
     ),
     Switch(
