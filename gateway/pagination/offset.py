@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from gateway.config import Pagination
+from gateway.mapping import ShapeDrift
 from gateway.pagination.common import Fetch, Position, Tagged, check_advanced, fingerprint, has_more, items_of
 
 Page = tuple[list[Any], bool, int | None]
@@ -32,6 +33,10 @@ async def walk(
     async def get(offset: int, n: int) -> Page:
         body = (await fetch(None, [(pag.limit_param, str(n)), (pag.offset_param, str(offset))], None)).body
         items = items_of(pag, body, route)
+        if isinstance(body, dict) and pag.next_key not in body and not pag.has_more_path:
+            # not "the last page": an upstream that changed its paging would otherwise truncate every list
+            why = f"upstream page has no {pag.next_key!r} field (its pagination changed?)"
+            raise ShapeDrift(why, code="shape_drift", route=route)
         more = isinstance(body, dict) and bool(body.get(pag.next_key)) and has_more(pag, body) is not False
         count = body.get(pag.count_key) if isinstance(body, dict) else None
         return items, more, count if isinstance(count, int) else None
