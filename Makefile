@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean deploy-config docs
+.PHONY: install demo test hostile lint bench clean deploy-config docs
 
 # Debian's python3 has no ensurepip (so no `-m venv`) until python3-venv is installed
 $(STAMP): pyproject.toml
@@ -28,6 +28,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	scripts/install-test-deps.sh
 	$(BIN)/pytest -q
+
+# the hostile-upstream and hostile-client suite alone (it is part of `make test` too)
+hostile: $(STAMP)
+	$(BIN)/pytest -q -m hostile
 
 # not part of `make test`: installs wrk + nginx (Debian), ~10 minutes, writes bench/results.json
 bench: $(STAMP)

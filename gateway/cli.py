@@ -346,6 +346,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return EXIT_UNBINDABLE
 
 
+def _sandbox_switches() -> str | None:
+    """The sandbox's switch table for ``gateway sandbox --help``, where the sandbox is installed."""
+    try:
+        from sandbox.switches import help_epilog
+    except ImportError:
+        return None
+    return help_epilog()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="routegate",
@@ -471,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Run local emulations of the Observable and PostHog APIs "
             "and print the env vars that point the gateway at them."
         ),
+        epilog=_sandbox_switches(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--host", default="127.0.0.1", help="address both sandboxes bind (default 127.0.0.1)")
     p.add_argument("--observable-port", type=int, default=9001, help="the Observable sandbox's port (default 9001)")

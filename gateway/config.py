@@ -332,6 +332,15 @@ class FieldExpr:
     optional: bool = False
 
 
+class KeepOtherFields(tuple[tuple[str, FieldExpr], ...]):
+    """An ``item`` mapping with ``keep_other_fields: true``: the mapped fields get their stable
+    names and every other upstream field is passed through, so a whole document (a backup's
+    input) loses nothing while its common fields are named like the lists'.  A tuple, so code
+    that only reads the mapped fields (OpenAPI, shape checks) sees them as before."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True, slots=True)
 class ResponseSpec:
     item: tuple[tuple[str, FieldExpr], ...] | None = None
@@ -339,6 +348,8 @@ class ResponseSpec:
     raw: bool = False
     status: int | None = None
     headers: tuple[tuple[str, FieldExpr], ...] = ()
+    #: ``item`` renames its fields and passes every other upstream field through (gateway.mapping)
+    keep_other_fields: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -1118,7 +1129,7 @@ def _upstream(name: str, node: _Node) -> Upstream | None:
         v = n.integer(lo, hi) if n is not None else None
         return default if v is None else v
 
-    max_resp = 16 << 20  # the largest answer of the shipped routes is far smaller; see docs/security-memory.md
+    max_resp = 16 << 20  # the largest answer of the shipped routes is far smaller; see docs/security.md
     if (mr := node.get("max_response_bytes")) is not None:
         got = mr.convert(parse_size)
         max_resp = got if got is not None else max_resp
@@ -1596,7 +1607,7 @@ def _mapping(node: _Node, known: frozenset[str]) -> tuple[tuple[str, FieldExpr],
 def _response(node: _Node | None, known: frozenset[str], pagination: Pagination | None) -> ResponseSpec:
     if node is None:
         return ResponseSpec()
-    if not node.keys({"item", "items", "raw", "status", "headers"}):
+    if not node.keys({"item", "items", "raw", "status", "headers", "keep_other_fields"}):
         return ResponseSpec()
     kw: dict[str, Any] = {}
     if (n := node.get("item")) is not None:
@@ -1622,6 +1633,11 @@ def _response(node: _Node | None, known: frozenset[str], pagination: Pagination 
             if fe is not None:
                 hs.append((hk, fe))
         kw["headers"] = tuple(hs)
+    if (n := node.get("keep_other_fields")) is not None and (b := n.boolean()):
+        if "item" not in kw:
+            n.error("keep_other_fields passes the rest of a single document through; it needs 'item'")
+        else:
+            kw["item"], kw["keep_other_fields"] = KeepOtherFields(kw["item"]), True
     return ResponseSpec(**kw)
 
 

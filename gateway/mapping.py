@@ -15,7 +15,7 @@ from urllib.parse import quote
 from multidict import MultiMapping
 from yarl import URL
 
-from gateway.config import FieldExpr, ParamSpec, Route, Target, Template
+from gateway.config import FieldExpr, KeepOtherFields, ParamSpec, Route, Target, Template
 from gateway.errors import BadGateway, BadRequest
 
 #: query params every collection route understands on top of its own
@@ -144,6 +144,11 @@ def target_request(target: Target, params: Mapping[str, Any]) -> tuple[str, list
     return path, query
 
 
+def _renamed(mapping: tuple[tuple[str, FieldExpr], ...]) -> frozenset[str]:
+    """Upstream top-level fields a mapping takes whole (``updated_at: update_time`` renames update_time)."""
+    return frozenset(e.path[0] for _, e in mapping if e.source == "field" and len(e.path) == 1)
+
+
 class ShapeDrift(BadGateway):
     """A 200 whose JSON lost a field the stable API promises."""
 
@@ -163,7 +168,12 @@ def apply_mapping(
             code="shape_drift",
             route=route,
         )
-    return {key: evaluate(expr, obj, params, location, route, key) for key, expr in mapping}
+    out = {key: evaluate(expr, obj, params, location, route, key) for key, expr in mapping}
+    if isinstance(mapping, KeepOtherFields):
+        renamed = _renamed(mapping)
+        rest = {k: v for k, v in obj.items() if k not in renamed and k not in out}
+        return {**rest, **out}
+    return out
 
 
 _MISSING = object()

@@ -312,6 +312,8 @@ def _success(route: Route) -> dict[str, Any]:
         }
     else:
         schema = _object(spec.item, route) if spec.item is not None else {}
+        if spec.keep_other_fields:  # the upstream's other fields pass through as they are
+            schema["additionalProperties"] = True
         response["content"] = {"application/json": {"schema": schema}}
     return {status: response}
 

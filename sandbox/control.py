@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from .switches import names_for
+
 __all__ = [
     "CONTROL_PREFIX",
     "SANDBOX_STATE",
@@ -82,6 +84,9 @@ class Fault:
 class SandboxState:
     """Counters, request log and fault switches common to both sandboxes."""
 
+    #: which sandbox this is: the switches it accepts are sandbox.switches' rows for it
+    service = ""
+
     def __init__(self) -> None:
         self.requests: Counter[tuple[str, str]] = Counter()
         self.log: list[dict[str, Any]] = []
@@ -134,7 +139,7 @@ class SandboxState:
 
         Top-level keys replace; ``faults`` merges by prefix, a null value removing it.
         """
-        known = set(self.switches_json())
+        known = names_for(self.service) if self.service else set(self.switches_json())
         unknown = set(body) - known
         if unknown:
             raise ValueError(f"unknown switches: {sorted(unknown)}")

@@ -151,6 +151,8 @@ class Notebook:
 class ObservableState(SandboxState):
     """All sandbox data plus the valid demo credentials and the Observable-only switch."""
 
+    service = "observable"
+
     def __init__(
         self,
         seed: int = 0,
@@ -382,7 +384,8 @@ class ObservableState(SandboxState):
         return _errors(code, message)
 
 
-#: The boolean switches: legacy_routes (the old /user/public and /user/drafts answer),
+#: The boolean switches: legacy_routes (the per-kind /user/{public,shared,private,trash} and
+#: /user/drafts answer, as a list that moved would),
 #: old_modules (every module is an ES module and the redirect drops the query: the sandbox's
 #: earlier model), old_node_rules (nodes may carry only id, value and pinned: ditto),
 #: public_list_results (/documents/@login answers {results} paged by `page`: unverified).
@@ -667,7 +670,10 @@ def create_app(state: ObservableState | None = None) -> web.Application:
     r = app.router
     r.add_get("/user", current_user)
     r.add_get("/user/documents", user_documents)
-    r.add_get("/user/public", _legacy("public"))
+    # legacy_routes: the per-kind list routes (invented: they model a list moving between paths);
+    # /user/drafts is private's older name
+    for kind in DOCUMENT_TYPES:
+        r.add_get(f"/user/{kind}", _legacy(kind))
     r.add_get("/user/drafts", _legacy("private"))
     r.add_get("/documents/@{login}", user_public_documents)
     r.add_post("/document/new", new_document)

@@ -143,6 +143,8 @@ class PostHogNotebook:
 class PostHogState(SandboxState):
     """All sandbox data, the accepted keys and the PostHog-only rate-limit switch."""
 
+    service = "posthog"
+
     def __init__(
         self,
         seed: int = 0,

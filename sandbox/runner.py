@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from . import observable, posthog
+from .switches import help_epilog
 
 __all__ = ["Sandboxes", "export_lines", "gateway_env", "main", "start_sandboxes", "until_stopped"]
 
@@ -121,7 +122,12 @@ async def _run(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run both sandboxes until SIGINT/SIGTERM."""
-    parser = argparse.ArgumentParser(prog="python -m sandbox.runner", description="Run the upstream sandboxes.")
+    parser = argparse.ArgumentParser(
+        prog="python -m sandbox.runner",
+        description="Run the upstream sandboxes.",
+        epilog=help_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--observable-port", type=int, default=0)
     parser.add_argument("--posthog-port", type=int, default=0)

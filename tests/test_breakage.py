@@ -231,13 +231,15 @@ async def test_a_404_from_a_collections_last_target_is_the_route_gone(make_gatew
     """The runbook as a new user tried it: ``?type=private`` was a 404 not_found while /status said UP."""
     registry = CollectorRegistry()
     gw = await make_gateway(_runbook_routes(), registry=registry)
-    sandboxes.observable_state.apply_switches({"faults": {"/user/documents": {"status": 404}}, "legacy_routes": True})
+    # /user/private 404s too: the last target is gone for type=private (the sandbox serves it now)
+    faults = {"/user/documents": {"status": 404}, "/user/private": {"status": 404}}
+    sandboxes.observable_state.apply_switches({"faults": faults, "legacy_routes": True})
     resp = await gw.get("/v1/observable/notebooks?type=public&limit=2")
     assert resp.status == 200 and len((await resp.json())["items"]) == 2
     fallback = {"route": "observable_notebooks", "target": "1"}
     assert registry.get_sample_value("gateway_fallback_total", fallback) == 1
     assert _up(registry, "observable_notebooks") == 1
-    err = await _error(await gw.get("/v1/observable/notebooks?type=private"), 502)  # /user/private: no such route
+    err = await _error(await gw.get("/v1/observable/notebooks?type=private"), 502)  # /user/private: 404
     assert err["code"] == "upstream_route_gone" and err["route"] == "observable_notebooks"
     assert "GET /user/{type} (404)" in err["message"]
     assert _up(registry, "observable_notebooks") == 0

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
@@ -26,6 +27,8 @@ from gateway.edge import HostGuard
 from sandbox.runner import Sandboxes
 from tests.conftest import ROOT, ROUTES
 from tests.processes import free_port, serve
+
+pytestmark = pytest.mark.hostile
 
 CREATE = "/v1/posthog/projects/1/notebooks"
 LIST = "/v1/posthog/projects/1/notebooks?limit=1"

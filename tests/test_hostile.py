@@ -22,6 +22,8 @@ from aiohttp.test_utils import TestClient
 from sandbox.runner import Sandboxes
 from tests.fake_upstream import CUT, FLOOD, HANG, RESET, FakeUpstream, Reply, start_fake
 
+pytestmark = pytest.mark.hostile
+
 FAKE_YAML = """
 server:
   max_body_bytes: 1KiB

@@ -22,6 +22,8 @@ from sandbox.runner import Sandboxes
 from tests.conftest import ROUTES
 from tests.processes import serve
 
+pytestmark = pytest.mark.hostile
+
 #: things a parser refuses: a bad header line, a bad version, TLS on the plain port, a NUL, a bad method
 BAD = [
     b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",

@@ -26,6 +26,8 @@ from aiohttp.test_utils import TestClient
 from gateway.server import GATEWAY
 from tests.processes import run_cli, serve
 
+pytestmark = pytest.mark.hostile
+
 MiB = 1 << 20
 
 #: one chunk of a hostile body, built once (a body is sent as many views of it, not built per request)

@@ -24,6 +24,8 @@ from sandbox.runner import Sandboxes
 from tests.fake_upstream import FakeUpstream, Reply, start_fake
 from tests.test_hostile import assert_json_error, raw, request
 
+pytestmark = pytest.mark.hostile
+
 ROUTES_YAML = """
 upstreams:
   fake:

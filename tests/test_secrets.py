@@ -27,6 +27,8 @@ from sandbox.observable import ObservableState
 from sandbox.posthog import PostHogState
 from sandbox.runner import Sandboxes, start_sandboxes
 
+pytestmark = pytest.mark.hostile
+
 ROUTES = Path(__file__).resolve().parent.parent / "routes.yaml"
 
 BEARER = "phx_TESTSECRET_bearer_5c1e9a7b3d"

@@ -23,6 +23,8 @@ from sandbox.runner import Sandboxes
 from tests.conftest import ROUTES, need_binary
 from tests.processes import free_port
 
+pytestmark = pytest.mark.hostile
+
 KEYS = {"ALICE_KEY": "ak_" + "a" * 30, "BOB_KEY": "bk_" + "b" * 30}
 CLIENTS = """
 clients:

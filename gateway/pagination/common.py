@@ -75,7 +75,7 @@ def require(body: Any, path: Sequence[str], route: str) -> None:
     parent = dig(body, path[:-1])
     if isinstance(body, dict) and not (isinstance(parent, dict) and path[-1] in parent):
         raise ShapeDrift(
-            f"upstream page has no {'.'.join(path)!r}: it no longer pages as pagination: declares",
+            f"upstream page has no {'.'.join(path)!r} field (its pagination changed?)",
             code="shape_drift",
             route=route,
         )
