@@ -47,6 +47,8 @@ class Router:
     def __init__(self, routes: tuple[Route, ...]) -> None:
         self.routes = routes
         self._root = _Node()
+        #: all-literal paths, whole: the walk would reach them first anyway, this is one lookup instead
+        self._static: dict[tuple[str, ...], dict[str, Route]] = {}
         for r in routes:
             node = self._root
             params: list[tuple[int, str]] = []
@@ -60,6 +62,8 @@ class Router:
                     node = node.literals.setdefault(seg.raw, _Node())
             # the first declared wins a tie; config's overlap check refuses a file that has one
             node.methods.setdefault(r.method, (r, tuple(params)))
+            if not params:
+                self._static.setdefault(tuple(s.raw for s in r.path.segments), {}).setdefault(r.method, r)
 
     def match(self, method: str, raw_path: str) -> Match:
         """Find the route, or raise NotFound / MethodNotAllowed (with ``Allow``) / BadRequest."""
@@ -82,6 +86,10 @@ class Router:
         except UnicodeDecodeError:
             raise BadRequest("the path is not valid percent-encoded UTF-8", code="bad_path") from None
         lookup = "GET" if method == "HEAD" else method
+        counter[0] += 1
+        static = self._static.get(tuple(segments))
+        if static is not None and lookup in static:
+            return Match(static[lookup], {})
         allowed: set[str] = set()
         found = _walk(self._root, segments, 0, lookup, allowed, counter)
         if found is not None:
