@@ -47,6 +47,7 @@ from gateway.limits import Limits
 from gateway.metrics import NO_ROUTE, Metrics, status_class
 from gateway.openapi import DocumentCache
 from gateway.peers import PeerAnswer, Peers
+from gateway.probe_lease import Leases, instance_id
 from gateway.probes import Prober
 from gateway.proxy import Proxy
 from gateway.redact import Redactor, secret_values
@@ -119,7 +120,11 @@ class Gateway:
         #: the upstreams' session checks (auth.check): memo and credential metric outlive reloads
         self.sessions = SessionChecks(self.client, self.credentials, self.metrics)
         self.prober = Prober(
-            lambda: (self.runtime.config, self.runtime.proxy), self.health, self.metrics, sessions=self.sessions
+            lambda: (self.runtime.config, self.runtime.proxy),
+            self.health,
+            self.metrics,
+            sessions=self.sessions,
+            leases=Leases(self.credentials, instance_id()),  # probes once per deployment (cache's Redis)
         )
         #: a 404 for an id is checked against the route's probe sample (gone entity or gone route?)
         self.gone_check = GoneCheck(self.prober.sample_for)
@@ -395,6 +400,7 @@ async def _status(request: web.Request) -> web.Response:
         prober_running=gw.probing,
         last_round=gw.prober.last_round,
         refused=gw.refused,
+        probed_by=(gw.prober.ran_by, gw.prober.instance),
     )
     return web.Response(text=page, content_type="text/html", charset="utf-8", headers=status.HEADERS)
 
