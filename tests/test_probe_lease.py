@@ -1,0 +1,153 @@
+"""Probes run once per deployment: real ``gateway serve`` processes share a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import redis.asyncio as aioredis
+
+from gateway.sandbox.runner import Sandboxes
+from tests.processes import free_port, serve
+from tests.test_cache_redis import RedisServer, redis_server  # noqa: F401  (the fixture)
+
+INTERVAL = 1.0
+CONFIG = """
+probes: {interval: 1s, jitter: 0s, timeout: 2s}
+cache:
+  backend: redis
+  redis: {url: {env: ROUTEGATE_REDIS_URL}, prefix: rglease, timeout: 250ms, retry_after: 200ms}
+upstreams:
+  posthog:
+    base_url: ${POSTHOG_URL}
+    auth: {bearer: {env: POSTHOG_API_KEY}}
+routes:
+  ph_list:
+    stable: GET /v1/posthog/projects/{project_id}/notebooks
+    upstream: posthog
+    pagination: {style: offset, page_size: 100}
+    targets: ["GET /api/projects/{project_id}/notebooks/"]
+    probe: {params: {project_id: "1"}}
+    response:
+      items: {id: short_id, title: title}
+"""
+PROBED = "/api/projects/1/notebooks/"
+
+
+def _instance(pid: int) -> str:
+    return f"{socket.gethostname()}-{pid}"
+
+
+def _config(tmp_path: Path) -> Path:
+    path = tmp_path / "routes.yaml"
+    path.write_text(CONFIG)
+    return path
+
+
+async def _holder(url: str) -> str | None:
+    store = aioredis.Redis.from_url(url)
+    try:
+        raw = await store.get("rglease:probes:lease")
+        return None if raw is None else raw.decode()
+    finally:
+        await store.aclose()
+
+
+async def _wait_for(what: str, check: Callable[[], Awaitable[bool]], timeout: float) -> float:
+    """Poll the async ``check()`` until it is true; returns how long that took."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if await check():
+            return time.monotonic() - started
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not within {timeout}s: {what}")
+
+
+async def _page(base: str, path: str) -> str:
+    async with aiohttp.ClientSession() as session, session.get(base + path) as resp:
+        assert resp.status == 200
+        return await resp.text()
+
+
+async def test_only_the_holder_probes_and_every_instance_shows_its_results(
+    tmp_path: Path,
+    sandboxes: Sandboxes,
+    sandbox_env: dict[str, str],
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    env = {**sandbox_env, "ROUTEGATE_REDIS_URL": redis_server.url}
+    config = _config(tmp_path)
+    state = sandboxes.posthog_state
+    async with serve(config, env) as (one, p1, _), serve(config, env) as (two, p2, _):
+        await _wait_for("an instance holds the lease", lambda: _held(redis_server.url), 5)
+        holder = await _holder(redis_server.url)
+        assert holder in {_instance(p1.pid), _instance(p2.pid)}
+        await _wait_for("both pages name the holder", lambda: _both_show(one, two, holder), 5)
+        before = state.count("GET", PROBED)
+        await asyncio.sleep(3 * INTERVAL)
+        probes = state.count("GET", PROBED) - before
+        assert 2 <= probes <= 4, probes  # one instance probing each second; two would send ~6
+        for base in (one, two):
+            page = await _page(base, "/status")
+            assert f"by instance <code>{holder}</code>" in page
+            assert '<tr data-route="ph_list" data-state="up">' in page
+            metrics = await _page(base, "/metrics")
+            assert 'gateway_route_up{route="ph_list"} 1.0' in metrics  # the holder's result, on every instance
+
+
+async def _both_show(one: str, two: str, holder: str | None) -> bool:
+    pages = [await _page(one, "/status"), await _page(two, "/status")]
+    return all(f"by instance <code>{holder}</code>" in p for p in pages)
+
+
+async def test_another_instance_takes_over_within_one_interval_when_the_holder_dies(
+    tmp_path: Path,
+    sandboxes: Sandboxes,
+    sandbox_env: dict[str, str],
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    env = {**sandbox_env, "ROUTEGATE_REDIS_URL": redis_server.url}
+    config = _config(tmp_path)
+    async with serve(config, env) as (one, p1, _), serve(config, env) as (two, p2, _):
+        await _wait_for("an instance holds the lease", lambda: _held(redis_server.url), 5)
+        holder = await _holder(redis_server.url)
+        procs = {_instance(p1.pid): (p1, one), _instance(p2.pid): (p2, two)}
+        assert holder in procs
+        dead, _ = procs.pop(holder)
+        ((heir, (_, heir_url)),) = procs.items()
+        await _wait_for("the heir follows the holder", lambda: _shows(heir_url, holder), 5)
+        dead.send_signal(signal.SIGKILL)  # no goodbye: its lease has to expire
+        await dead.wait()
+        took = await _wait_for("the heir holds the lease", lambda: _is_holder(redis_server.url, heir), 5)
+        assert took < INTERVAL, took
+        await _wait_for("the heir probes and says so", lambda: _shows(heir_url, heir), 2 * INTERVAL)
+        page = await _page(heir_url, "/status")
+        assert "by instance" in page and "this instance" in page
+
+
+async def _shows(base: str, instance: str | None) -> bool:
+    return f"by instance <code>{instance}</code>" in await _page(base, "/status")
+
+
+async def _held(url: str) -> bool:
+    return await _holder(url) is not None
+
+
+async def _is_holder(url: str, instance: str) -> bool:
+    return await _holder(url) == instance
+
+
+async def test_without_redis_each_instance_probes_for_itself(
+    tmp_path: Path, sandboxes: Sandboxes, sandbox_env: dict[str, str]
+) -> None:
+    env = {**sandbox_env, "ROUTEGATE_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}  # nobody listens
+    async with serve(_config(tmp_path), env) as (base, proc, lines):
+        me = _instance(proc.pid)
+        await _wait_for("it probes for itself", lambda: _shows(base, me), 5)
+        assert 'gateway_route_up{route="ph_list"} 1.0' in await _page(base, "/metrics")
+        assert any("Redis is not answering" in line for line in lines), lines
