@@ -189,8 +189,8 @@ def _probed_by(probed_by: tuple[str | None, str] | None) -> str:
     ran, me = probed_by or (None, "")
     if ran is None:
         return ""
-    who = "this instance" if ran == me else f"another instance (this is <code>{escape(me)}</code>)"
-    return f' <span id="probed-by">by instance <code>{escape(ran)}</code>, {who}</span>'
+    who = "this instance" if ran == me else f"another instance; this is <code>{escape(me)}</code>"
+    return f' <span id="probed-by">by instance <code>{escape(ran)}</code> ({who})</span>'
 
 
 def render_page(

@@ -50,10 +50,10 @@ def _config(tmp_path: Path) -> Path:
 
 
 async def _holder(url: str) -> str | None:
-    store = aioredis.Redis.from_url(url)
+    store = aioredis.Redis.from_url(url, decode_responses=True)
     try:
         raw = await store.get("rglease:probes:lease")
-        return None if raw is None else raw.decode()
+        return None if raw is None else str(raw)
     finally:
         await store.aclose()
 
@@ -92,9 +92,12 @@ async def test_only_the_holder_probes_and_every_instance_shows_its_results(
         await asyncio.sleep(3 * INTERVAL)
         probes = state.count("GET", PROBED) - before
         assert 2 <= probes <= 4, probes  # one instance probing each second; two would send ~6
+        pids = {one: p1.pid, two: p2.pid}
         for base in (one, two):
             page = await _page(base, "/status")
-            assert f"by instance <code>{holder}</code>" in page
+            me = _instance(pids[base])
+            who = "this instance" if me == holder else f"another instance; this is <code>{me}</code>"
+            assert f"by instance <code>{holder}</code> ({who})" in page
             assert '<tr data-route="ph_list" data-state="up">' in page
             metrics = await _page(base, "/metrics")
             assert 'gateway_route_up{route="ph_list"} 1.0' in metrics  # the holder's result, on every instance
