@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from gateway.sandbox.runner import Sandboxes
 from tests.processes import free_port, serve
 from tests.test_cache_redis import RedisServer, redis_server  # noqa: F401  (the fixture)
+from tests.test_workers import _children
 
 INTERVAL = 1.0
 CONFIG = """
@@ -154,3 +155,36 @@ async def test_without_redis_each_instance_probes_for_itself(
         await _wait_for("it probes for itself", lambda: _shows(base, me), 5)
         assert 'gateway_route_up{route="ph_list"} 1.0' in await _page(base, "/metrics")
         assert any("Redis is not answering" in line for line in lines), lines
+
+
+async def test_every_worker_shows_the_holders_results(
+    tmp_path: Path,
+    sandboxes: Sandboxes,
+    sandbox_env: dict[str, str],
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    env = {**sandbox_env, "ROUTEGATE_REDIS_URL": redis_server.url}
+    args = ("--workers", "2", "--watch-interval", "off")
+    async with serve(_config(tmp_path), env, *args) as (base, proc, _):
+        deadline = time.monotonic() + 20
+        while len(workers := _children(proc.pid)) < 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        await _wait_for("a worker holds the lease", lambda: _held(redis_server.url), 5)
+        holder = await _holder(redis_server.url)
+        assert holder in {_instance(pid) for pid in workers}
+        (follower,) = {_instance(pid) for pid in workers} - {holder}
+        wanted = {
+            f"by instance <code>{holder}</code> ({who})"
+            for who in ("this instance", f"another instance; this is <code>{follower}</code>")
+        }
+
+        async def both_workers_say_so() -> bool:
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+                for _ in range(10):  # new connections: SO_REUSEPORT spreads them over both workers
+                    async with s.get(base + "/status") as resp:
+                        page = await resp.text()
+                    wanted.difference_update({w for w in wanted if w in page})
+            return not wanted
+
+        await _wait_for("both workers name the holder", both_workers_say_so, 10)
