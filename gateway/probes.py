@@ -301,6 +301,7 @@ class Prober:
         try:
             fresh = [ProbeResult(**item) for item in shared["results"]]
             by, last_round = str(shared["by"]), shared["last_round"]
+            fresh = [r for r in fresh if isinstance(r.at, int | float) and r.outcome in ("ok", "broken", "skipped")]
         except (KeyError, TypeError):
             return  # written by another version: ignore
         for result in fresh:

@@ -232,3 +232,37 @@ async def test_a_follower_shows_a_broken_result_it_did_not_probe_itself(
     assert "by instance <code>elsewhere-1</code> (another instance; this is <code>" in page
     await asyncio.sleep(2 * INTERVAL)
     assert sandboxes.posthog_state.count("GET", PROBED) == 0  # a follower sends no probe of its own
+
+
+async def test_while_redis_does_not_answer_a_follower_probes_for_itself(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    sandboxes: Sandboxes,
+    sandbox_env: dict[str, str],
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    store = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await store.set("rglease:probes:lease", "elsewhere-1", px=60_000)
+    finally:
+        await store.aclose()
+    env = {**sandbox_env, "ROUTEGATE_REDIS_URL": redis_server.url}
+    app = build_app(_config(tmp_path), registry=CollectorRegistry(), env=env, probes=True)
+    client = await aiohttp_client(app)
+    await asyncio.sleep(INTERVAL)
+    assert sandboxes.posthog_state.count("GET", PROBED) == 0  # following elsewhere-1 (no results yet)
+    redis_server.pause()
+    try:
+
+        async def probing_here() -> bool:
+            page = await (await client.get("/status")).text()
+            return "(this instance)" in page
+
+        await _wait_for("it probes for itself", probing_here, 5)
+        assert sandboxes.posthog_state.count("GET", PROBED) >= 1
+    finally:
+        redis_server.resume()
+    await asyncio.sleep(INTERVAL)  # Redis answers again: elsewhere-1 still holds the lease
+    before = sandboxes.posthog_state.count("GET", PROBED)
+    await asyncio.sleep(2 * INTERVAL)
+    assert sandboxes.posthog_state.count("GET", PROBED) == before
