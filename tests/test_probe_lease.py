@@ -266,3 +266,17 @@ async def test_while_redis_does_not_answer_a_follower_probes_for_itself(
     before = sandboxes.posthog_state.count("GET", PROBED)
     await asyncio.sleep(2 * INTERVAL)
     assert sandboxes.posthog_state.count("GET", PROBED) == before
+
+
+async def test_a_holder_that_stops_hands_the_lease_over_at_once(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    sandboxes: Sandboxes,
+    sandbox_env: dict[str, str],
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    env = {**sandbox_env, "ROUTEGATE_REDIS_URL": redis_server.url}
+    client = await aiohttp_client(build_app(_config(tmp_path), registry=CollectorRegistry(), env=env, probes=True))
+    await _wait_for("it holds the lease", lambda: _held(redis_server.url), 5)
+    await client.close()  # the app's cleanup, as on SIGTERM
+    assert await _holder(redis_server.url) is None
