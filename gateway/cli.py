@@ -187,6 +187,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers < 1 or (args.workers > 1 and args.port == 0):
         print("gateway serve: --workers must be at least 1, and needs a fixed --port (not 0)", file=sys.stderr)
         return EXIT_USAGE
+    if not args.worker_timeout >= 2 * workers.HEARTBEAT_EVERY:  # also refuses nan
+        print("gateway serve: --worker-timeout must be at least 2 (seconds: two heartbeats)", file=sys.stderr)
+        return EXIT_USAGE
     formatter = logs.setup(args.log_level)
     cfg = _load(args.config)
     if cfg is None:
@@ -246,6 +249,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             args.workers,
             [d for d in (metrics_dir, str(mates.directory)) if d],
             on_exit=functools.partial(peers.forget, mates.directory),
+            hung_after=args.worker_timeout,
         )
         if code is not None:
             return code  # the supervisor, once every worker has exited; workers go on below
@@ -267,6 +271,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def _on_startup(app: web.Application) -> None:
         workers.settle_gc()  # the app is built: what exists now lives as long as the process
         loop = asyncio.get_running_loop()
+        workers.start_heartbeat(loop)  # with --workers: the supervisor replaces a worker whose loop hangs
 
         def _reload() -> None:
             # an invalid file is logged and counted; the old config keeps serving
@@ -397,6 +402,16 @@ def build_parser() -> argparse.ArgumentParser:
         help=(
             "worker processes sharing the port (SO_REUSEPORT), e.g. one per core; /metrics sums them and "
             "admin calls reach them all (default 1)"
+        ),
+    )
+    p.add_argument(
+        "--worker-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help=(
+            "with --workers: a worker whose event loop sends no heartbeat for this long is hung, "
+            "killed (SIGKILL) and replaced (default 10)"
         ),
     )
     p.add_argument(

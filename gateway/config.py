@@ -112,7 +112,6 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _constr
 # --------------------------------------------------------------------------- config objects
 
 
-
 @dataclass(frozen=True, slots=True)
 class SecretSource:
     """Where one secret may come from: an env var, or a file (optionally one JSON key in it)."""

@@ -9,13 +9,16 @@ sample could not be had is *skipped*, not broken: its provider's result says why
 
 The ``Prober`` runs one round on demand (``gateway probe``) or forever in the
 background (``gateway serve``): every ``interval`` ± ``jitter``, at most
-``concurrency`` probes at once, and at once again after a reload.
+``concurrency`` probes at once, and at once again after a reload.  With the cache's
+Redis configured, only the holder of the probe lease (gateway.probe_lease) runs the
+rounds; every other instance takes its results from Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -29,6 +32,7 @@ from gateway.config import Config, ProbeSample, Route
 from gateway.errors import GatewayError, UpstreamError
 from gateway.health import RouteHealth
 from gateway.metrics import Metrics
+from gateway.probe_lease import Leases, ProbeLease, instance_id, lease_tick
 from gateway.proxy import SELF_PACING, Proxy
 from gateway.session import SessionChecks
 
@@ -63,6 +67,7 @@ class Prober:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         sessions: SessionChecks | None = None,
+        leases: Leases | None = None,
     ) -> None:
         self._current = current
         self._health = health
@@ -77,6 +82,10 @@ class Prober:
         self.last_round: float | None = None
         #: the latest ok answer per route: where dependent samples come from (gateway.verdict)
         self._answers: dict[str, Any] = {}
+        #: who probes: the lease (None: this instance, alone) and who ran the round in ``results``
+        self._leases = leases
+        self.instance = leases.instance if leases is not None else instance_id()
+        self.ran_by: str | None = None
 
     # ------------------------------------------------------------------ one round
 
@@ -242,20 +251,73 @@ class Prober:
         self._metrics.probe_interval.set(settings.interval if settings.enabled else 0)
         await self.check_sessions(config)  # at start, before the jitter: a dead session shows at once
         await self._sleep(self._rng.uniform(0, settings.jitter))  # replicas started together spread out
-        while True:
-            self._wake.clear()
-            settings = self._current()[0].probes
-            if settings.enabled:
-                self._metrics.probe_interval.set(settings.interval)
-                try:
-                    await self.run_round()
-                except Exception:
-                    log.exception("a probe round failed")
+        try:
+            while True:
+                self._wake.clear()
+                config = self._current()[0]
+                settings = config.probes
+                lease = await self._lease(config)
+                if settings.enabled and lease is not None and lease.role == "follower":
+                    self._metrics.probe_interval.set(settings.interval)
+                    self._follow(await lease.shared())
+                    await self._sleep(lease_tick(settings.interval))
+                    continue
+                if settings.enabled:
+                    self._metrics.probe_interval.set(settings.interval)
+                    try:
+                        await self.run_round()
+                    except Exception:
+                        log.exception("a probe round failed")
+                    else:
+                        self.ran_by = self.instance
+                        self._metrics.probe_round.set(self.last_round or self._clock())
+                        if lease is not None:
+                            await lease.publish(self._shareable(), settings.interval)
                 else:
-                    self._metrics.probe_round.set(self.last_round or self._clock())
-            else:
-                self._metrics.probe_interval.set(0)
-            await self._sleep(settings.interval + self._rng.uniform(-settings.jitter, settings.jitter))
+                    self._metrics.probe_interval.set(0)
+                await self._sleep(settings.interval + self._rng.uniform(-settings.jitter, settings.jitter))
+        finally:
+            if self._leases is not None:
+                await self._leases.close()
+
+    async def _lease(self, config: Config) -> ProbeLease | None:
+        if self._leases is None:
+            return None
+        lease = await self._leases.for_config(config)
+        if lease is not None and lease.role == "local":
+            await lease.step(config.probes.interval)  # the first round waits for the first election
+            lease.start(lambda: self._current()[0].probes.interval)
+        return lease
+
+    def _shareable(self) -> dict[str, Any]:
+        results = [dataclasses.asdict(r) for r in self.results.values()]
+        return {"by": self.instance, "last_round": self.last_round, "results": results}
+
+    def _follow(self, shared: Mapping[str, Any] | None) -> None:
+        """The holder's results, as if this instance had probed: status, health and metrics."""
+        if not shared:
+            return
+        routes = {r.name for r in self._current()[0].routes if r.probe is not None}
+        try:
+            fresh = [ProbeResult(**item) for item in shared["results"]]
+            by, last_round = str(shared["by"]), shared["last_round"]
+            fresh = [r for r in fresh if isinstance(r.at, int | float) and r.outcome in ("ok", "broken", "skipped")]
+        except (KeyError, TypeError):
+            return  # written by another version: ignore
+        for result in fresh:
+            known = self.results.get(result.route)
+            if result.route not in routes or (known is not None and known.at >= result.at):
+                continue
+            self.results[result.route] = result
+            if result.outcome == "ok":
+                self._health.up(result.route, source="probe")
+                self._metrics.probe_last_success.labels(result.route).set(result.at)
+            elif result.outcome == "broken":
+                self._health.down(result.route, result.code, result.message, source="probe")
+        if isinstance(last_round, int | float) and last_round != self.last_round:
+            self.last_round = float(last_round)
+            self._metrics.probe_round.set(last_round)
+        self.ran_by = by
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

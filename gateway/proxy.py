@@ -797,4 +797,3 @@ def _upstream_message(body: bytes) -> str:
             if isinstance(msg, str):
                 return msg[:500]
     return ""
-

@@ -185,6 +185,14 @@ def _badge(state: str, count: int) -> str:
     return f'<span class="state {state if count else "zero"}">{count} {state}</span>'
 
 
+def _probed_by(probed_by: tuple[str | None, str] | None) -> str:
+    ran, me = probed_by or (None, "")
+    if ran is None:
+        return ""
+    who = "this instance" if ran == me else f"another instance; this is <code>{escape(me)}</code>"
+    return f' <span id="probed-by">by instance <code>{escape(ran)}</code> ({who})</span>'
+
+
 def render_page(
     config: Config,
     health: RouteHealth,
@@ -195,7 +203,9 @@ def render_page(
     last_round: float | None,
     refused: tuple[float, ConfigError] | None = None,
     now: float | None = None,
+    probed_by: tuple[str | None, str] | None = None,
 ) -> str:
+    """``probed_by``: (who ran the last round, this instance): with a probe lease, another instance may have."""
     now = time.time() if now is None else now
     counts = {"up": 0, "down": 0, "unknown": 0}
     rows = []
@@ -224,7 +234,7 @@ def render_page(
 <body>
 <h1>routegate status</h1>
 <p class="meta">config <code>{escape(config.path)}</code> (digest <code>{escape(config.digest)}</code>),
-rendered {_when(now)}; {prober}, last round {_when(last_round)}.</p>
+rendered {_when(now)}; {prober}, last round {_when(last_round)}{_probed_by(probed_by)}.</p>
 {_refused(refused)}
 <p class="summary" id="summary">{_badge("up", counts["up"])}
 {_badge("down", counts["down"])}

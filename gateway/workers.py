@@ -5,7 +5,10 @@ interpreter.  Each worker binds its own listening socket with ``SO_REUSEPORT`` a
 the kernel spreads new connections across them (no shared accept lock, no socket
 handed around).  The supervisor (the process you started) only forks, forwards
 signals (SIGHUP: every worker reloads; SIGTERM/SIGINT: every worker drains and
-exits) and restarts a worker that died.
+exits) and restarts a worker that died, or that hung: each worker's event loop
+writes a heartbeat byte to its own pipe every second, and a worker silent for
+``--worker-timeout`` seconds (stopped, deadlocked, stuck in a CPU loop) is killed
+with SIGKILL and replaced.
 
 Metrics stay correct across workers with prometheus-client's multiprocess mode:
 each worker writes its values to memory-mapped files in ``PROMETHEUS_MULTIPROC_DIR``
@@ -17,11 +20,13 @@ must be set before ``prometheus_client`` is first imported, which is why
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import gc
 import logging
 import os
+import select
 import shutil
 import signal
 import socket
@@ -29,6 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -45,6 +51,11 @@ _CRASH_LOOP = 5
 #: exit codes of a worker that no restart can fix (3: the port cannot be bound): stop everything.
 #: The config and options were checked by the supervisor before it forked.
 FATAL_CODES = frozenset({3})
+#: how often a worker's event loop beats, and how long a new worker may take to beat first
+HEARTBEAT_EVERY = 1.0
+_FIRST_BEAT_WITHIN = 30.0
+#: ``gateway serve --worker-timeout``'s default: a worker silent this long is hung
+HUNG_AFTER = 10.0
 
 
 _pid = os.getpid()
@@ -162,6 +173,44 @@ def port_taken(host: str, port: int) -> OSError | None:
     return None
 
 
+#: in a worker: the write end of its heartbeat pipe (None: not a worker of a supervisor)
+_heartbeat_fd: int | None = None
+
+
+def start_heartbeat(loop: asyncio.AbstractEventLoop) -> None:
+    """Beat from the event loop itself, so a loop that stops running stops the beats."""
+    fd = _heartbeat_fd
+    if fd is None:
+        return
+
+    def beat() -> None:
+        with contextlib.suppress(OSError):  # a full pipe (the supervisor is busy) or a gone supervisor
+            os.write(fd, b".")
+        loop.call_later(HEARTBEAT_EVERY, beat)
+
+    beat()
+
+
+@dataclass(slots=True)
+class _Child:
+    started: float
+    #: the read end of its heartbeat pipe, and when it last beat (None: not yet)
+    fd: int
+    beat: float | None = None
+    killed: bool = False
+
+
+def _hung(child: _Child, now: float, hung_after: float) -> float | None:
+    """How long a child has been silent, if that is too long."""
+    if child.killed:
+        return None
+    if child.beat is None:
+        silent = now - child.started
+        return silent if silent > max(hung_after, _FIRST_BEAT_WITHIN) else None
+    silent = now - child.beat
+    return silent if silent > hung_after else None
+
+
 def _die_with_parent() -> None:
     """Linux: SIGTERM this worker if the supervisor dies (even by SIGKILL), so none is orphaned."""
     if not sys.platform.startswith("linux"):
@@ -171,18 +220,26 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def fork_workers(count: int, made_dirs: list[str], on_exit: Callable[[int], None] | None = None) -> int | None:
+def fork_workers(
+    count: int,
+    made_dirs: list[str],
+    on_exit: Callable[[int], None] | None = None,
+    hung_after: float = HUNG_AFTER,
+) -> int | None:
     """Fork ``count`` workers.  In a worker: returns None (go on and serve).
 
     In the supervisor: runs until every worker is gone and returns the exit code, then
-    removes ``made_dirs``; ``on_exit(pid)`` is called as each worker is found dead.
+    removes ``made_dirs``; ``on_exit(pid)`` is called as each worker is found dead.  A
+    worker whose heartbeats stop for ``hung_after`` seconds is killed (and so replaced).
     """
-    children: dict[int, float] = {}
+    children: dict[int, _Child] = {}
     stopping = False
     quick_deaths = 0
     code = 0
 
     def spawn() -> bool:
+        global _heartbeat_fd
+        read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -191,8 +248,14 @@ def fork_workers(count: int, made_dirs: list[str], on_exit: Callable[[int], None
             _die_with_parent()
             if os.getppid() != supervisor:  # the supervisor died before prctl: do not serve alone
                 os._exit(0)
+            for fd in [read_end, *(c.fd for c in children.values())]:
+                os.close(fd)  # the supervisor's ends
+            os.set_blocking(write_end, False)
+            _heartbeat_fd = write_end
             return True
-        children[pid] = time.monotonic()
+        os.close(write_end)
+        os.set_blocking(read_end, False)
+        children[pid] = _Child(time.monotonic(), read_end)
         return False
 
     def forward(signum: int, _frame: FrameType | None) -> None:
@@ -203,6 +266,25 @@ def fork_workers(count: int, made_dirs: list[str], on_exit: Callable[[int], None
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM if signum != signal.SIGHUP else signal.SIGHUP)
 
+    def listen(timeout: float) -> None:
+        """Wait up to ``timeout`` for heartbeats; kill the workers silent too long."""
+        fds = {c.fd: c for c in children.values()}
+        with contextlib.suppress(InterruptedError):
+            ready, _, _ = select.select(list(fds), [], [], timeout)
+            now = time.monotonic()
+            for fd in ready:
+                with contextlib.suppress(BlockingIOError):
+                    if os.read(fd, 4096):
+                        fds[fd].beat = now
+        now = time.monotonic()
+        for pid, child in children.items():
+            silent = _hung(child, now, hung_after)
+            if silent is not None:
+                log.error("worker %d sent no heartbeat for %.1fs: hung; killing it (SIGKILL)", pid, silent)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                child.killed = True
+
     supervisor = os.getpid()
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
@@ -212,12 +294,16 @@ def fork_workers(count: int, made_dirs: list[str], on_exit: Callable[[int], None
         log.info("supervisor %d: %d workers %s", supervisor, count, sorted(children))
         while children:
             try:
-                pid, status = os.wait()
+                pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 break
-            started = children.pop(pid, None)
-            if started is None:
+            if pid == 0:
+                listen(0.25)  # also how soon a dead worker is noticed
                 continue
+            child = children.pop(pid, None)
+            if child is None:
+                continue
+            os.close(child.fd)
             if multiprocess_enabled():
                 from prometheus_client import multiprocess
 
@@ -232,13 +318,14 @@ def fork_workers(count: int, made_dirs: list[str], on_exit: Callable[[int], None
                 code = exit_code
                 forward(signal.SIGTERM, None)
                 continue
-            quick_deaths = quick_deaths + 1 if time.monotonic() - started < _QUICK_DEATH else 0
+            quick_deaths = quick_deaths + 1 if time.monotonic() - child.started < _QUICK_DEATH else 0
             if quick_deaths >= _CRASH_LOOP:
                 log.error("workers keep dying right after they start; stopping")
                 code = 1
                 forward(signal.SIGTERM, None)
                 continue
-            log.error("worker %d exited with %d; starting another", pid, exit_code)
+            why = "was killed as hung" if child.killed else f"exited with {exit_code}"
+            log.error("worker %d %s; starting another", pid, why)
             time.sleep(min(0.2 * quick_deaths, 1.0))
             if spawn():
                 return None
@@ -249,3 +336,6 @@ def fork_workers(count: int, made_dirs: list[str], on_exit: Callable[[int], None
                 signal.signal(sig, handler)
             for made in made_dirs:
                 shutil.rmtree(made, ignore_errors=True)
+            for child in children.values():
+                with contextlib.suppress(OSError):
+                    os.close(child.fd)

@@ -27,6 +27,7 @@ from gateway.limits import Limits
 from gateway.metrics import Metrics
 from gateway.openapi import DocumentCache
 from gateway.peers import Peers
+from gateway.probe_lease import Leases, instance_id
 from gateway.probes import Prober
 from gateway.proxy import Proxy
 from gateway.redact import Redactor, secret_values
@@ -78,7 +79,11 @@ class Gateway:
         #: the upstreams' session checks (auth.check): memo and credential metric outlive reloads
         self.sessions = SessionChecks(self.client, self.credentials, self.metrics)
         self.prober = Prober(
-            lambda: (self.runtime.config, self.runtime.proxy), self.health, self.metrics, sessions=self.sessions
+            lambda: (self.runtime.config, self.runtime.proxy),
+            self.health,
+            self.metrics,
+            sessions=self.sessions,
+            leases=Leases(self.credentials, instance_id()),  # probes once per deployment (cache's Redis)
         )
         #: a 404 for an id is checked against the route's probe sample (gone entity or gone route?)
         self.gone_check = GoneCheck(self.prober.sample_for)
