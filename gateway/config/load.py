@@ -17,7 +17,10 @@ from gateway.config.node import _Ctx, _interpolate, _kind, _Node
 from gateway.config.sections_access import _check_probe_samples, _check_route_overlaps, _keys, _probe_settings
 from gateway.config.sections_route import _route
 from gateway.config.sections_server import _cache_settings, _check_buffer_cap, _server, _upstream
-from gateway.config.yamlload import LocatedDict, _Loader, _path_to
+from gateway.config.yamlload import LocatedDict, _Loader, _path_to, syntax_message
+
+#: the top-level sections (besides ``x-`` blocks, which only hold anchors)
+TOP_KEYS = {"version", "server", "upstreams", "routes", "clients", "admin", "cache", "probes"}
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
@@ -37,14 +40,9 @@ def parse_config(text: str, file: str = "routes.yaml", env: Mapping[str, str] | 
     loader.duplicate_keys = []
     try:
         doc = loader.get_single_data()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 0
-        raise ConfigError(
-            [Problem(file, line, "(syntax)", f"{exc.problem or exc}" + (f" {exc.context}" if exc.context else ""))]
-        ) from exc
     except yaml.YAMLError as exc:
-        raise ConfigError([Problem(file, 0, "(syntax)", str(exc))]) from exc
+        line, message = syntax_message(exc)
+        raise ConfigError([Problem(file, line, "(syntax)", message)]) from exc
     finally:
         loader.dispose()
     for line, key, mapping in loader.duplicate_keys:
@@ -54,11 +52,12 @@ def parse_config(text: str, file: str = "routes.yaml", env: Mapping[str, str] | 
     if not isinstance(doc, LocatedDict):
         ctx.add(1, "(document)", f"expected a mapping with 'upstreams' and 'routes', got {_kind(doc)}")
         raise ConfigError(ctx.problems)
+    # ``x-`` blocks hold anchors for merge keys (``x-defaults: &d {...}`` then ``<<: *d``): not config
+    for key in [k for k in doc if k.startswith("x-")]:
+        del doc[key]
     doc = _interpolate(ctx, doc, "", 1)
     root = _Node(ctx, doc, "", 1)
-    root.keys(
-        {"version", "server", "upstreams", "routes", "clients", "admin", "cache", "probes"}, {"upstreams", "routes"}
-    )
+    root.keys(TOP_KEYS, {"upstreams", "routes"})
     if (v := root.get("version")) is not None and v.value != 1:
         v.error(f"unsupported version {v.value!r}; this gateway reads version 1")
     server = _server(root.get("server"))

@@ -18,6 +18,8 @@ class _Ctx:
         self.file = file
         self.env = env
         self.problems: list[Problem] = []
+        #: mappings and lists already expanded: an anchor used twice is one object, and ``$${`` must unescape once
+        self.expanded: set[int] = set()
 
     def add(self, line: int, key: str, message: str) -> None:
         # one problem per key: a follow-on error (an unset ${VAR} is then not a URL) is noise
@@ -149,6 +151,10 @@ def _closest(word: str, choices: set[str]) -> str | None:
 
 def _interpolate(ctx: _Ctx, value: Any, path: str, line: int) -> Any:
     """Expand ``${VAR}`` and ``${VAR:-default}`` in every string; ``$${`` escapes."""
+    if isinstance(value, LocatedDict | LocatedList):
+        if id(value) in ctx.expanded:
+            return value
+        ctx.expanded.add(id(value))
     if isinstance(value, LocatedDict):
         for k in list(value):
             value[k] = _interpolate(ctx, value[k], f"{path}.{k}" if path else k, value.key_lines[k])

@@ -26,16 +26,23 @@ class _Loader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LocatedDict:
+    # a merge key (``<<: *defaults``) puts the merged pairs first; the mapping's own keys then override
+    # them, which is the point of a merge and no duplicate (a key written twice by hand still is one)
+    own = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
     loader.flatten_mapping(node)
+    merged = len(node.value) - own
     out = LocatedDict()
     out.line = node.start_mark.line + 1
     out.key_lines = {}
-    for key_node, value_node in node.value:
+    written: set[str] = set()
+    for i, (key_node, value_node) in enumerate(node.value):
         key = loader.construct_object(key_node, deep=True)
         key = str(key) if not isinstance(key, str) else key
         line = key_node.start_mark.line + 1
-        if key in out:
-            loader.duplicate_keys.append((line, key, out))
+        if i >= merged:
+            if key in written:
+                loader.duplicate_keys.append((line, key, out))
+            written.add(key)
         out[key] = loader.construct_object(value_node, deep=True)
         out.key_lines[key] = line
     return out
@@ -66,3 +73,28 @@ def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> LocatedList
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+
+def syntax_message(exc: yaml.YAMLError) -> tuple[int, str]:
+    """(line, message) for a YAML syntax error: where it is (line and column) and, for the usual slips, a hint."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return 0, str(exc)
+    mark = exc.problem_mark or exc.context_mark
+    text = f"{exc.problem or exc}" + (f" {exc.context}" if exc.context else "")
+    if mark is None:
+        return 0, text
+    text += f" (line {mark.line + 1}, column {mark.column + 1})"
+    for needle, hint in _HINTS:
+        if needle in text:
+            text += f"; hint: {hint}"
+            break
+    return mark.line + 1, text
+
+
+_HINTS = (
+    ("'\\t'", "indent with spaces, not tabs"),
+    ("mapping values are not allowed", "a value holding ': ' must be quoted, or a key is indented too far"),
+    ("expected <block end>", "this line's indentation does not match the lines around it"),
+    ("found undefined alias", "define the anchor (&name) before the alias (*name) uses it"),
+    ("found unhashable key", "a key cannot be a mapping or list; quote it if it starts with { or ["),
+)
