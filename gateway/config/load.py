@@ -14,13 +14,15 @@ from gateway.config.errors import ConfigError, Problem
 from gateway.config.model import AccessSpec, Config, Route
 from gateway.config.model_upstream import Upstream
 from gateway.config.node import _Ctx, _interpolate, _kind, _Node
+from gateway.config.schema import fields_of, required_of
 from gateway.config.sections_access import _check_probe_samples, _check_route_overlaps, _keys, _probe_settings
 from gateway.config.sections_route import _route
 from gateway.config.sections_server import _cache_settings, _check_buffer_cap, _server, _upstream
+from gateway.config.spec_route import DocumentSpec
 from gateway.config.yamlload import LocatedDict, _Loader, _path_to, syntax_message
 
 #: the top-level sections (besides ``x-`` blocks, which only hold anchors)
-TOP_KEYS = {"version", "server", "upstreams", "routes", "clients", "admin", "cache", "probes"}
+TOP_KEYS = fields_of(DocumentSpec)
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
@@ -57,7 +59,7 @@ def parse_config(text: str, file: str = "routes.yaml", env: Mapping[str, str] | 
         del doc[key]
     doc = _interpolate(ctx, doc, "", 1)
     root = _Node(ctx, doc, "", 1)
-    root.keys(TOP_KEYS, {"upstreams", "routes"})
+    root.keys(TOP_KEYS, required_of(DocumentSpec))
     if (v := root.get("version")) is not None and v.value != 1:
         v.error(f"unsupported version {v.value!r}; this gateway reads version 1")
     server = _server(root.get("server"))

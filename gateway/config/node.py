@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from gateway.config.errors import Problem
@@ -64,7 +65,7 @@ class _Node:
             return False
         return True
 
-    def keys(self, allowed: set[str], required: set[str] = frozenset()) -> bool:  # type: ignore[assignment]
+    def keys(self, allowed: AbstractSet[str], required: AbstractSet[str] = frozenset()) -> bool:
         """Reject unknown keys (with a did-you-mean) and report missing required ones."""
         if not self.is_map():
             return False
@@ -142,7 +143,7 @@ def _kind(v: Any) -> str:
     return f"{v!r}"
 
 
-def _closest(word: str, choices: set[str]) -> str | None:
+def _closest(word: str, choices: AbstractSet[str]) -> str | None:
     import difflib
 
     hits = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)

@@ -23,21 +23,24 @@ from gateway.config.model import (
 )
 from gateway.config.model_upstream import METHODS
 from gateway.config.node import _closest, _Ctx, _kind, _Node
+from gateway.config.schema import fields_of, required_of, validate
 from gateway.config.sections_server import _secret
+from gateway.config.spec_route import AdminKeySpec, ClientKeySpec, ClientsSpec, ProbeFromSpec, RateLimitSpec
+from gateway.config.spec_route import ProbeSpec as ProbeSpecModel
+from gateway.config.spec_route import ShapeSpec as ShapeSpecModel
+from gateway.config.spec_upstream import ProbesSpec
 from gateway.config.values import _NAME, parse_duration, parse_rate
 
 
 def _keys(node: _Node | None, routes: list[str] | None) -> tuple[ClientKey, ...]:
     """``clients:`` (with per-key routes/methods) or ``admin:`` (keys only)."""
-    if node is None or not node.keys({"keys"}, {"keys"}):
+    if node is None or not node.keys(fields_of(ClientsSpec), required_of(ClientsSpec)):
         return ()
     keys_node = node.child("keys")
     if not keys_node.is_map("a mapping of key name → {key: {env: VAR}, ...}"):
         return ()
     out: list[ClientKey] = []
-    allowed = (
-        {"key", "routes", "methods", "rate_limit", "description"} if routes is not None else {"key", "description"}
-    )
+    allowed = fields_of(ClientKeySpec) if routes is not None else fields_of(AdminKeySpec)
     for name, kn in keys_node.items():
         if not _NAME.match(name):
             kn.error("key names use letters, digits, '_', '-' and '.'")
@@ -79,7 +82,7 @@ def _client_rate(value: Any) -> tuple[int, float]:
 def _rate_limit(node: _Node) -> RateLimit | None:
     """``10/s``, ``600/1m`` (bursts of the full count) or ``{requests: 600, per: 1m, burst: 20}``."""
     if isinstance(node.value, dict):
-        if not node.keys({"requests", "per", "burst"}, {"requests", "per"}):
+        if not node.keys(fields_of(RateLimitSpec), required_of(RateLimitSpec)):
             return None
         count = node.child("requests").integer(1)
         per = node.child("per").convert(parse_duration)
@@ -131,7 +134,7 @@ def _probe(
         return None
     values: dict[str, tuple[str | ProbeSample, _Node]] = {}
     if node.value is not True:
-        if not node.keys({"params", "description"}):
+        if not node.keys(fields_of(ProbeSpecModel)):
             return None
         if (pn := node.get("params")) is not None and pn.is_map("a mapping of param name → sample value"):
             for name, vn in pn.items():
@@ -156,7 +159,7 @@ def _probe(
 def _probe_value(node: _Node) -> str | ProbeSample | None:
     v = node.value
     if isinstance(v, dict):
-        if not node.keys({"from", "field"}, {"from", "field"}):
+        if not node.keys(fields_of(ProbeFromSpec), required_of(ProbeFromSpec)):
             return None
         route = node.child("from").string("a route name")
         field = node.child("field").string("a field name of that route's answer")
@@ -219,7 +222,7 @@ def _check_probe_samples(routes_node: _Node | None, routes: list[Route]) -> None
 
 def _shape(node: _Node | None, response: ResponseSpec, targets: list[Target]) -> ShapeSpec | None:
     """``shape: {status: 200, content_type: application/json, fields: {id: string, version: integer}}``."""
-    if node is None or not node.keys({"status", "content_type", "fields"}):
+    if node is None or not node.keys(fields_of(ShapeSpecModel)):
         return None
     kw: dict[str, Any] = {}
     if (n := node.get("status")) is not None:
@@ -276,20 +279,5 @@ def _fallback_on(
 
 def _probe_settings(node: _Node | None) -> ProbeSettings:
     """The root ``probes:`` section: how often and how many at once the background prober runs."""
-    if node is None or not node.keys({"enabled", "interval", "jitter", "concurrency", "timeout"}):
-        return ProbeSettings()
-    kw: dict[str, Any] = {}
-    if (n := node.get("enabled")) is not None and (b := n.boolean()) is not None:
-        kw["enabled"] = b
-    for key in ("interval", "jitter", "timeout"):
-        if (n := node.get(key)) is not None and (d := n.convert(parse_duration)) is not None:
-            if key != "jitter" and d <= 0:
-                n.error(f"the {key} must be longer than 0s")
-            else:
-                kw[key] = d
-    if (n := node.get("concurrency")) is not None and (c := n.integer(1, 64)) is not None:
-        kw["concurrency"] = c
-    settings = ProbeSettings(**kw)
-    if settings.jitter >= settings.interval:
-        node.error(f"jitter ({settings.jitter:g}s) must be shorter than the interval ({settings.interval:g}s)")
-    return settings
+    spec = validate(node, ProbesSpec) if node is not None else None
+    return ProbeSettings(**spec.model_dump()) if spec is not None else ProbeSettings()

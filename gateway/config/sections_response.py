@@ -8,6 +8,9 @@ from typing import Any
 from gateway.config.model import FieldExpr, Pagination, ResponseSpec
 from gateway.config.node import _kind, _Node
 from gateway.config.pagination_keys import STYLE_KEYS, check_pagination
+from gateway.config.schema import fields_of
+from gateway.config.spec_route import FieldSpec
+from gateway.config.spec_route import ResponseSpec as ResponseSpecModel
 from gateway.config.values import _HEADER_NAME
 
 
@@ -93,7 +96,7 @@ def _field_expr(node: _Node, known: frozenset[str]) -> FieldExpr | None:
     if not isinstance(v, dict):
         node.error(f"expected a field name or a mapping ({{field|param|const|location: ...}}), got {_kind(v)}")
         return None
-    if not node.keys({"field", "param", "const", "location", "type", "optional"}):
+    if not node.keys(fields_of(FieldSpec)):
         return None
     sources = [k for k in ("field", "param", "const", "location") if k in v]
     if len(sources) != 1:
@@ -139,7 +142,7 @@ def _mapping(node: _Node, known: frozenset[str]) -> tuple[tuple[str, FieldExpr],
 def _response(node: _Node | None, known: frozenset[str], pagination: Pagination | None) -> ResponseSpec:
     if node is None:
         return ResponseSpec()
-    if not node.keys({"item", "items", "raw", "status", "headers"}):
+    if not node.keys(fields_of(ResponseSpecModel)):
         return ResponseSpec()
     kw: dict[str, Any] = {}
     if (n := node.get("item")) is not None:

@@ -10,9 +10,12 @@ from gateway.config.model import BodySpec, Pagination, ParamSpec, PathTemplate, 
 from gateway.config.model_upstream import METHODS, Upstream
 from gateway.config.names import VALIDATOR_NAMES
 from gateway.config.node import _closest, _kind, _Node
+from gateway.config.schema import fields_of, required_of
 from gateway.config.sections_access import _fallback_on, _probe, _shape
 from gateway.config.sections_response import _pagination, _plain, _response
 from gateway.config.sections_server import _route_cache
+from gateway.config.spec_route import ParamSpec as ParamSpecModel
+from gateway.config.spec_route import RouteSpec, TargetSpec
 from gateway.config.values import _NAME, _PARAM, parse_path, parse_template
 
 
@@ -47,25 +50,7 @@ def _route(name: str, node: _Node, _unused: Any, upstreams: dict[str, Upstream],
     problems_before = len(ctx.problems)  # an earlier route's problem must not drop this one
     if not _NAME.match(name):
         node.error("route names use letters, digits, '_', '-' and '.' (they become metric labels)")
-    if not node.keys(
-        {
-            "stable",
-            "upstream",
-            "auth",
-            "params",
-            "targets",
-            "pagination",
-            "response",
-            "validate",
-            "description",
-            "cache",
-            "probe",
-            "shape",
-            "fallback_on",
-            "no_store",
-        },
-        {"stable", "upstream", "targets"},
-    ) and not isinstance(node.value, dict):
+    if not node.keys(fields_of(RouteSpec), required_of(RouteSpec)) and not isinstance(node.value, dict):
         return None
     method = path_raw = None
     if (s := node.get("stable")) is not None and (text := s.string("'METHOD /path'")) is not None:
@@ -179,7 +164,7 @@ def _params(node: _Node | None, path: PathTemplate | None) -> tuple[ParamSpec, .
         if pn.value is None:
             out.append(ParamSpec(name))
             continue
-        if not pn.keys({"type", "default", "required", "enum", "fan_out", "description"}):
+        if not pn.keys(fields_of(ParamSpecModel)):
             continue
         kw: dict[str, Any] = {"name": name}
         if (t := pn.get("type")) is not None:
@@ -220,7 +205,7 @@ def _target(node: _Node, known: frozenset[str], stable_method: str) -> Target | 
         request_node, spec = node, None
         request = raw
     elif isinstance(raw, dict):
-        if not node.keys({"request", "query", "body", "redirect"}, {"request"}):
+        if not node.keys(fields_of(TargetSpec), required_of(TargetSpec)):
             return None
         request_node = node.child("request")
         request = request_node.string("'METHOD /path'") or ""

@@ -22,12 +22,29 @@ from gateway.config.model_upstream import (
     Upstream,
 )
 from gateway.config.node import _closest, _kind, _Node
-from gateway.config.values import _HEADER_NAME, _NAME, parse_duration, parse_rate, parse_ratio, parse_size
+from gateway.config.schema import fields_of, required_of, validate
+from gateway.config.spec_route import RouteCacheSpec
+from gateway.config.spec_types import SecretSourceSpec
+from gateway.config.spec_upstream import AuthSpec as AuthSectionSpec
+from gateway.config.spec_upstream import (
+    BreakerSpec,
+    CacheSpec,
+    ClientTimeoutsSpec,
+    RedisSpec,
+    RequestBudgetSpec,
+    RetriesSpec,
+    ServerSpec,
+    SessionCheckSpec,
+    TimeoutsSpec,
+    UpstreamSpec,
+)
+from gateway.config.spec_upstream import ExpirySpec as ExpirySectionSpec
+from gateway.config.values import _HEADER_NAME, _NAME, parse_duration, parse_size
 
 
 def _cache_settings(node: _Node | None) -> CacheSettings:
     """The root ``cache:`` section; the memory backend when it is absent."""
-    if node is None or not node.keys({"enabled", "backend", "max_bytes", "max_entry_bytes", "redis"}):
+    if node is None or not node.keys(fields_of(CacheSpec)):
         return CacheSettings()
     kw: dict[str, Any] = {}
     if (en := node.get("enabled")) is not None:
@@ -58,7 +75,7 @@ def _cache_settings(node: _Node | None) -> CacheSettings:
     if rn is not None:
         if backend != "redis":
             rn.error("'redis' settings are only read with backend: redis")
-        elif rn.keys({"url", "prefix", "timeout", "retry_after"}, {"url"}):
+        elif rn.keys(fields_of(RedisSpec), required_of(RedisSpec)):
             kw["redis_url"] = _secret(rn.child("url"))
             if (pn := rn.get("prefix")) is not None and (prefix := pn.string()) is not None:
                 if not _NAME.match(prefix):
@@ -77,7 +94,7 @@ def _route_cache(node: _Node | None, method: str | None, root: _Node) -> RouteCa
     if node is None or node.value is False or method is None:  # no method: reported at `stable`, not here too
         return None
     reads = method in ("GET", "HEAD")
-    if not node.keys({"ttl", "stale_if_error", "vary", "private"} if reads else {"invalidates"}):
+    if not node.keys(fields_of(RouteCacheSpec) - {"invalidates"} if reads else {"invalidates"}):
         if not reads and isinstance(node.value, dict) and set(node.value) & {"ttl", "stale_if_error"}:
             node.error(f"{method} responses are never cached; a write route only lists what it 'invalidates'")
         return None
@@ -132,18 +149,7 @@ def _check_buffer_cap(root: _Node, server: ServerSettings, upstreams: Mapping[st
 def _server(node: _Node | None) -> ServerSettings:
     if node is None:
         return ServerSettings()
-    node.keys(
-        {
-            "max_body_bytes",
-            "max_concurrency",
-            "client_timeouts",
-            "cursor_key",
-            "allowed_hosts",
-            "max_connections",
-            "max_connections_per_ip",
-            "max_buffered_bytes",
-        }
-    )
+    node.keys(fields_of(ServerSpec))
     kw: dict[str, Any] = {}
     if (n := node.get("cursor_key")) is not None:
         kw["cursor_key"] = _secret(n)
@@ -161,13 +167,8 @@ def _server(node: _Node | None) -> ServerSettings:
         kw["max_buffered_bytes"] = size
     if (n := node.get("max_concurrency")) is not None and (cap := n.integer(1, 1_000_000)) is not None:
         kw["max_concurrency"] = cap
-    if (t := node.get("client_timeouts")) is not None and t.keys({"headers", "body"}):
-        for key, tn in t.items():
-            if (d := tn.convert(parse_duration)) is not None:
-                if d <= 0:
-                    tn.error("must be longer than 0s")
-                else:
-                    kw["header_timeout" if key == "headers" else "body_timeout"] = d
+    if (t := node.get("client_timeouts")) is not None and (ct := validate(t, ClientTimeoutsSpec)) is not None:
+        kw["header_timeout"], kw["body_timeout"] = ct.headers, ct.body
     return ServerSettings(**kw)
 
 
@@ -181,7 +182,7 @@ def _secret(node: _Node) -> Secret | None:
     nodes = [node.child(i) for i in range(len(items))] if items is not None else [node]
     sources: list[SecretSource] = []
     for sn in nodes:
-        if not sn.keys({"env", "file", "file_env", "json_key"}):
+        if not sn.keys(fields_of(SecretSourceSpec)):
             continue
         given = [k for k in ("env", "file", "file_env") if k in sn.value]
         if len(given) != 1:
@@ -210,23 +211,7 @@ def _secret(node: _Node) -> Secret | None:
 def _upstream(name: str, node: _Node) -> Upstream | None:
     if not _NAME.match(name):
         node.error("upstream names use letters, digits, '_', '-' and '.'")
-    node.keys(
-        {
-            "base_url",
-            "timeouts",
-            "headers",
-            "auth",
-            "max_connections",
-            "concurrency",
-            "max_response_bytes",
-            "max_redirects",
-            "description",
-            "retries",
-            "circuit_breaker",
-            "request_budget",
-        },
-        {"base_url"},
-    )
+    node.keys(fields_of(UpstreamSpec), required_of(UpstreamSpec))
     base_url: URL | None = None
     if (b := node.get("base_url")) is not None and (s := b.string("a URL")) is not None:
         try:
@@ -241,12 +226,8 @@ def _upstream(name: str, node: _Node) -> Upstream | None:
                 b.error("base_url cannot carry a query or fragment (credentials never go in URLs)")
                 base_url = None
     timeouts = Timeouts()
-    if (t := node.get("timeouts")) is not None and t.keys({"connect", "read", "total"}):
-        kw = {}
-        for k, tn in t.items():
-            if (d := tn.convert(parse_duration)) is not None:
-                kw[k] = d
-        timeouts = Timeouts(**kw)
+    if (t := node.get("timeouts")) is not None and (ts := validate(t, TimeoutsSpec)) is not None:
+        timeouts = Timeouts(**ts.model_dump())
     headers: list[tuple[str, str]] = []
     if (h := node.get("headers")) is not None and h.is_map():
         for hk, hn in h.items():
@@ -290,54 +271,24 @@ def _upstream(name: str, node: _Node) -> Upstream | None:
 
 
 def _retries(node: _Node | None) -> RetryPolicy:
-    if node is None or not node.keys({"attempts", "backoff", "max_backoff", "max_wait", "budget"}):
-        return RetryPolicy()
-    kw: dict[str, Any] = {}
-    if (n := node.get("attempts")) is not None and (v := n.integer(1, 10)) is not None:
-        kw["attempts"] = v
-    for key in ("backoff", "max_backoff", "max_wait"):
-        if (n := node.get(key)) is not None and (d := n.convert(parse_duration)) is not None:
-            kw[key] = d
-    if (n := node.get("budget")) is not None and (r := n.convert(parse_ratio)) is not None:
-        kw["budget"] = r
-    return RetryPolicy(**kw)
+    spec = validate(node, RetriesSpec) if node is not None else None
+    return RetryPolicy(**spec.model_dump()) if spec is not None else RetryPolicy()
 
 
 def _breaker(node: _Node | None) -> BreakerPolicy:
-    if node is None or not node.keys({"failures", "cooldown"}, {"failures"}):
-        return BreakerPolicy()
-    kw: dict[str, Any] = {}
-    if (v := node.child("failures").integer(0, 1000)) is not None:
-        kw["failures"] = v
-    if (n := node.get("cooldown")) is not None and (d := n.convert(parse_duration)) is not None:
-        if d <= 0:
-            n.error("the cool-down must be longer than 0s")
-        else:
-            kw["cooldown"] = d
-    return BreakerPolicy(**kw)
+    spec = validate(node, BreakerSpec) if node is not None else None
+    return BreakerPolicy(**spec.model_dump()) if spec is not None else BreakerPolicy()
 
 
 def _request_budget(node: _Node | None) -> RequestBudget:
-    if node is None or not node.keys({"limits", "max_wait"}, {"limits"}):
-        return RequestBudget()
-    limits: list[tuple[int, float]] = []
-    ln = node.child("limits")
-    if not isinstance(ln.value, list) or not ln.value:
-        ln.error("expected a list of budgets such as [480/1m, 4800/1h]")
-    else:
-        for i in range(len(ln.value)):
-            if (lim := ln.child(i).convert(parse_rate)) is not None:
-                limits.append(lim)
-    kw: dict[str, Any] = {"limits": tuple(limits)}
-    if (n := node.get("max_wait")) is not None and (d := n.convert(parse_duration)) is not None:
-        kw["max_wait"] = d
-    return RequestBudget(**kw)
+    spec = validate(node, RequestBudgetSpec) if node is not None else None
+    return RequestBudget(tuple(spec.limits), spec.max_wait) if spec is not None else RequestBudget()
 
 
 def _auth(node: _Node | None) -> AuthSpec | None:
     if node is None or node.value is None:
         return None
-    if not node.keys({"bearer", "cookies", "headers", "expiry", "check"}):
+    if not node.keys(fields_of(AuthSectionSpec)):
         return None
     bearer = _secret(b) if (b := node.get("bearer")) is not None else None
     cookies: list[tuple[str, Secret]] = []
@@ -357,7 +308,7 @@ def _auth(node: _Node | None) -> AuthSpec | None:
 
 def _expiry(node: _Node, auth: _Node) -> ExpirySpec | None:
     """``expiry: {cookie: I, segment: 0, field: expiration, unit: ms}`` (or ``bearer: true``, ``header: X``)."""
-    if not node.keys({"cookie", "header", "bearer", "segment", "field", "unit"}, {"field"}):
+    if not node.keys(fields_of(ExpirySectionSpec), required_of(ExpirySectionSpec)):
         return None
     given = [k for k in ("cookie", "header", "bearer") if k in node.value]
     if len(given) != 1:
@@ -392,7 +343,7 @@ def _expiry(node: _Node, auth: _Node) -> ExpirySpec | None:
 
 def _session_check(node: _Node, auth: AuthSpec) -> SessionCheck | None:
     """``check: {request: GET /user, expect: login, memo: 5s}`` (see gateway.session)."""
-    if not node.keys({"request", "expect", "memo"}, {"request", "expect"}):
+    if not node.keys(fields_of(SessionCheckSpec), required_of(SessionCheckSpec)):
         return None
     request = node.child("request").string("a request such as 'GET /user'")
     expect = node.child("expect").string("a dotted field of the answer such as 'login'")
