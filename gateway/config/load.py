@@ -19,7 +19,7 @@ from gateway.config.sections_access import _check_probe_samples, _check_route_ov
 from gateway.config.sections_route import _route
 from gateway.config.sections_server import _cache_settings, _check_buffer_cap, _server, _upstream
 from gateway.config.spec_route import DocumentSpec
-from gateway.config.yamlload import LocatedDict, _Loader, _path_to, syntax_message
+from gateway.config.yamlload import LocatedDict, _path_to, read_yaml, syntax_message
 
 #: the top-level sections (besides ``x-`` blocks, which only hold anchors)
 TOP_KEYS = fields_of(DocumentSpec)
@@ -38,16 +38,12 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
 def parse_config(text: str, file: str = "routes.yaml", env: Mapping[str, str] | None = None) -> Config:
     env = os.environ if env is None else env
     ctx = _Ctx(file, env)
-    loader = _Loader(text)
-    loader.duplicate_keys = []
     try:
-        doc = loader.get_single_data()
+        doc, duplicate_keys = read_yaml(text)
     except yaml.YAMLError as exc:
         line, message = syntax_message(exc)
         raise ConfigError([Problem(file, line, "(syntax)", message)]) from exc
-    finally:
-        loader.dispose()
-    for line, key, mapping in loader.duplicate_keys:
+    for line, key, mapping in duplicate_keys:
         where = _path_to(doc, mapping, "")
         full = f"{where}.{key}" if where else key
         ctx.add(line, full, f"duplicate key {key!r} (YAML would silently keep only the last one)")

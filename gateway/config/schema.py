@@ -148,7 +148,8 @@ def _message(err: Any, value: Any, model: type[BaseModel], loc: tuple[Any, ...])
         )
     if kind == "value_error":
         return str(ctx.get("error", err["msg"]))
-    got = f", got {_kind(value)}" if value is not None or kind != "missing" else ""
+    # a string is named by its kind only: it may be a secret, interpolated from the environment
+    got = ", got a string" if isinstance(value, str) else f", got {_kind(value)}"
     if kind in ("int_type", "int_parsing", "int_from_float"):
         return f"expected an integer{got}"
     if kind in ("bool_type", "bool_parsing"):
