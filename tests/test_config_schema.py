@@ -182,3 +182,29 @@ def test_three_thousand_routes_load_and_a_mistake_among_them_keeps_its_line() ->
         f"routes.yaml:{line}: routes.r2999.stable: GET /v1/r2998/{{id}} shadows route 'r2998'"
         f" (GET /v1/r2998/{{id}}, line {line - 6}); one of them must change"
     ]
+
+
+def test_the_server_section_is_model_parsed_and_its_secret_still_by_hand() -> None:
+    text = BASE + (
+        "server: {max_concurency: 3, allowed_hosts: x, max_connections: 0, cursor_key: hunter2, max_body_bytes: 5x}\n"
+    )
+    got = problems(text)
+    assert sorted(got) == [
+        "routes.yaml:9: server.allowed_hosts: expected a list of host names"
+        " (a leading '*.' matches subdomains; '*' any host)",
+        "routes.yaml:9: server.cursor_key: expected {env: VAR}, {file: PATH} or {file_env: VAR};"
+        " secrets are never written in routes.yaml",
+        "routes.yaml:9: server.max_body_bytes: '5x' is not a size such as 1MiB or 64kb",
+        "routes.yaml:9: server.max_concurency: unknown key 'max_concurency' (did you mean 'max_concurrency'?);"
+        " allowed: allowed_hosts, client_timeouts, cursor_key, max_body_bytes, max_buffered_bytes,"
+        " max_concurrency, max_connections, max_connections_per_ip",
+        "routes.yaml:9: server.max_connections: must be at least 1, got 0",
+    ]
+    assert all("hunter2" not in p for p in got)
+    cfg = parse_config(
+        BASE + "server: {max_body_bytes: 2MiB, allowed_hosts: [A.example., '*'], cursor_key: {env: K}}\n",
+        "routes.yaml",
+        {"K": "k"},
+    )
+    assert (cfg.server.max_body_bytes, cfg.server.allowed_hosts) == (2 << 20, ("a.example", "*"))
+    assert cfg.server.cursor_key is not None and cfg.server.max_buffered_bytes == 64 << 20

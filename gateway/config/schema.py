@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Set as AbstractSet
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -65,10 +66,13 @@ def _relax(node: Any) -> None:
         node["anyOf"] = [plain, _INTERPOLATED]
 
 
-def validate(node: _Node, model: type[M]) -> M | None:
-    """Parse one section with its model; every error becomes a problem at its own key and line."""
+def validate(node: _Node, model: type[M], hand: AbstractSet[str] = frozenset()) -> M | None:
+    """Parse one section with its model; every error becomes a problem at its own key and line.
+
+    ``hand`` names keys a hand-written parser reads instead (secrets, whose messages never echo a value)."""
+    value = {k: v for k, v in node.value.items() if k not in hand} if isinstance(node.value, dict) else node.value
     try:
-        return model.model_validate(node.value)
+        return model.model_validate(value)
     except ValidationError as exc:
         report(node, model, exc)
         return None

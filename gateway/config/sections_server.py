@@ -29,7 +29,6 @@ from gateway.config.spec_upstream import AuthSpec as AuthSectionSpec
 from gateway.config.spec_upstream import (
     BreakerSpec,
     CacheSpec,
-    ClientTimeoutsSpec,
     RedisSpec,
     RequestBudgetSpec,
     RetriesSpec,
@@ -149,25 +148,18 @@ def _check_buffer_cap(root: _Node, server: ServerSettings, upstreams: Mapping[st
 def _server(node: _Node | None) -> ServerSettings:
     if node is None:
         return ServerSettings()
-    node.keys(fields_of(ServerSpec))
     kw: dict[str, Any] = {}
-    if (n := node.get("cursor_key")) is not None:
-        kw["cursor_key"] = _secret(n)
-    if (n := node.get("allowed_hosts")) is not None:
-        if not isinstance(n.value, list) or not all(isinstance(h, str) and h.strip() for h in n.value):
-            n.error("expected a list of host names (a leading '*.' matches subdomains; '*' any host)")
-        else:
-            kw["allowed_hosts"] = tuple(h.strip().lower().rstrip(".") for h in n.value)
-    for key in ("max_connections", "max_connections_per_ip"):
-        if (n := node.get(key)) is not None and (cap := n.integer(1, 10_000_000)) is not None:
-            kw[key] = cap
-    if (n := node.get("max_body_bytes")) is not None and (size := n.convert(parse_size)) is not None:
-        kw["max_body_bytes"] = size
-    if (n := node.get("max_buffered_bytes")) is not None and (size := n.convert(parse_size)) is not None:
-        kw["max_buffered_bytes"] = size
-    if (n := node.get("max_concurrency")) is not None and (cap := n.integer(1, 1_000_000)) is not None:
-        kw["max_concurrency"] = cap
-    if (t := node.get("client_timeouts")) is not None and (ct := validate(t, ClientTimeoutsSpec)) is not None:
+    if isinstance(node.value, dict) and (n := node.get("cursor_key")) is not None:
+        kw["cursor_key"] = _secret(n)  # by hand: a secret's mistakes never echo what was written
+    spec = validate(node, ServerSpec, hand={"cursor_key"})
+    if spec is None:
+        return ServerSettings(**kw)
+    for key in ("max_body_bytes", "max_concurrency", "max_connections", "max_connections_per_ip", "max_buffered_bytes"):
+        if (value := getattr(spec, key)) is not None:
+            kw[key] = value
+    if spec.allowed_hosts is not None:
+        kw["allowed_hosts"] = tuple(h.strip().lower().rstrip(".") for h in spec.allowed_hosts)
+    if (ct := spec.client_timeouts) is not None:
         kw["header_timeout"], kw["body_timeout"] = ct.headers, ct.body
     return ServerSettings(**kw)
 

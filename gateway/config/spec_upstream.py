@@ -182,6 +182,13 @@ class ServerSpec(Section):
     max_buffered_bytes: Size | None = None
     """Upstream answer bytes held by all requests at once; past it a 503 (default 64MiB)."""
 
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _host_names(cls, value: object) -> object:
+        if not isinstance(value, list) or not all(isinstance(h, str) and h.strip() for h in value):
+            raise ValueError("expected a list of host names (a leading '*.' matches subdomains; '*' any host)")
+        return value
+
 
 class RedisSpec(Section):
     """The shared cache store of ``backend: redis``."""
