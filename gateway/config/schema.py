@@ -18,6 +18,8 @@ from gateway.config.spec_route import DocumentSpec
 
 M = TypeVar("M", bound=BaseModel)
 
+_UNKNOWN = object()
+
 #: a ``${VAR}`` string stands for any scalar: the editor cannot know the environment
 _INTERPOLATED = {"type": "string", "pattern": r"\$\{"}
 
@@ -96,7 +98,9 @@ def report(node: _Node, model: type[BaseModel], exc: ValidationError) -> None:
             where, message = _at(node, loc[:-1]), f"missing required key {loc[-1]!r}"
         else:
             where = _at(node, loc)
-            message = _message(err, where.value if where.path == _path(node, loc) else None, model, loc)
+            # a union's branch (``cursor_key.SecretSourceSpec``) is no place in the document: its value is unknown
+            value = where.value if where.path == _path(node, loc) else _UNKNOWN
+            message = _message(err, value, model, loc)
         where.error(message)
 
 
@@ -153,7 +157,7 @@ def _message(err: Any, value: Any, model: type[BaseModel], loc: tuple[Any, ...])
     if kind == "value_error":
         return str(ctx.get("error", err["msg"]))
     # a string is named by its kind only: it may be a secret, interpolated from the environment
-    got = ", got a string" if isinstance(value, str) else f", got {_kind(value)}"
+    got = "" if value is _UNKNOWN else ", got a string" if isinstance(value, str) else f", got {_kind(value)}"
     if kind in ("int_type", "int_parsing", "int_from_float"):
         return f"expected an integer{got}"
     if kind in ("bool_type", "bool_parsing"):
