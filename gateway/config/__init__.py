@@ -6,10 +6,14 @@ compiles a pattern.  Loading never stops at the first mistake: every problem is
 collected with its file, line and key path, so an operator fixes them all in one
 edit, and a failed load raises ``ConfigError`` without touching the running config.
 
-The package: ``model`` (the frozen objects runtime code imports, re-exported here),
-``yamlload`` (YAML with lines), ``node`` (walking the document), ``sections_*`` and
-``schema`` (the section parsers), ``load`` (the whole file and its cross-route checks).
-Config imports no runtime code: names both sides use live in ``names``.
+The package: ``model``/``model_upstream`` (the frozen objects runtime code imports,
+re-exported here), ``yamlload`` (YAML with lines, merge keys, syntax hints), ``node``
+(walking the document, ``${VAR}``), ``spec_*`` (the pydantic models of each section: they
+parse the simple sections, give the others their keys, and are the JSON Schema and the
+reference), ``schema`` (pydantic errors as problems; ``gateway schema``), ``refdoc``,
+``sections_*`` (the hand-written parsers of what spans keys and sections), ``load`` (the
+whole file and its cross-route checks). Config imports no runtime code: names both
+sides use live in ``names`` and ``pagination_keys``.
 """
 
 from __future__ import annotations
