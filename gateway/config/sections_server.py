@@ -21,7 +21,7 @@ from gateway.config.model_upstream import (
     Timeouts,
     Upstream,
 )
-from gateway.config.node import _closest, _kind, _Node
+from gateway.config.node import _closest, _Node
 from gateway.config.schema import fields_of, required_of, validate
 from gateway.config.spec_route import RouteCacheSpec
 from gateway.config.spec_types import SecretSourceSpec
@@ -43,31 +43,17 @@ from gateway.config.values import _HEADER_NAME, _NAME, parse_duration, parse_siz
 
 def _cache_settings(node: _Node | None) -> CacheSettings:
     """The root ``cache:`` section; the memory backend when it is absent."""
-    if node is None or not node.keys(fields_of(CacheSpec)):
+    if node is None:
+        return CacheSettings()
+    spec = validate(node, CacheSpec, hand={"redis"})  # redis: a secret, and checks that span keys
+    if not isinstance(node.value, dict):
         return CacheSettings()
     kw: dict[str, Any] = {}
-    if (en := node.get("enabled")) is not None:
-        # usually ${ROUTEGATE_CACHE:-off}, so a string after interpolation
-        flag = str(en.value).lower() if not isinstance(en.value, bool) else en.value
-        if flag in (True, "true", "on", "yes", "1"):
-            kw["enabled"] = True
-        elif flag in (False, "false", "off", "no", "0"):
-            kw["enabled"] = False
-        else:
-            en.error(f"expected on or off, got {_kind(en.value)}")
+    if spec is not None:
+        kw = {"enabled": spec.enabled, "backend": spec.backend, "max_bytes": spec.max_bytes}
+        # one entry can never exceed the whole cache
+        kw["max_entry_bytes"] = min(spec.max_entry_bytes, spec.max_bytes)
     backend = node.value.get("backend", "memory")
-    if backend not in ("memory", "redis"):
-        node.child("backend").error("expected 'memory' (this process) or 'redis' (shared by every replica)")
-        backend = "memory"
-    kw["backend"] = backend
-    for key in ("max_bytes", "max_entry_bytes"):
-        if (n := node.get(key)) is not None and (size := n.convert(parse_size)) is not None:
-            if size < 1:
-                n.error("must be at least 1 byte")
-            kw[key] = size
-    settings = CacheSettings(**kw)
-    if settings.max_entry_bytes > settings.max_bytes:
-        kw["max_entry_bytes"] = settings.max_bytes  # one entry can never exceed the whole cache
     rn = node.get("redis")
     if backend == "redis" and rn is None:
         node.error("backend 'redis' needs redis: {url: {env: VAR}}")

@@ -7,12 +7,13 @@ are parsed by hand (``sections_*``), which take their key lists from here.
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationInfo, WithJsonSchema, field_validator, model_validator
 
-from gateway.config.model import ProbeSettings
+from gateway.config.model import CacheSettings, ProbeSettings
 from gateway.config.model_upstream import BreakerPolicy, RequestBudget, RetryPolicy, Timeouts
+from gateway.config.node import _kind
 from gateway.config.spec_types import Duration, Rate, Ratio, SecretRef, Section, Size
 
 
@@ -190,6 +191,23 @@ class ServerSpec(Section):
         return value
 
 
+def _on_off(value: object) -> bool:
+    flag = value if isinstance(value, bool) else str(value).lower()
+    if flag in (True, "true", "on", "yes", "1"):
+        return True
+    if flag in (False, "false", "off", "no", "0"):
+        return False
+    raise ValueError(f"expected on or off, got {_kind(value)}")
+
+
+#: ``true``/``false``, or ``on``/``off`` (``yes``/``no``, ``1``/``0``): what ``${ROUTEGATE_CACHE}`` holds
+OnOff = Annotated[
+    bool,
+    BeforeValidator(_on_off),
+    WithJsonSchema({"anyOf": [{"type": "boolean"}, {"enum": ["on", "off", "true", "false", "yes", "no", "1", "0"]}]}),
+]
+
+
 class RedisSpec(Section):
     """The shared cache store of ``backend: redis``."""
 
@@ -206,16 +224,30 @@ class RedisSpec(Section):
 class CacheSpec(Section):
     """The response cache (cache.md); routes opt in with their own ``cache:``."""
 
-    enabled: bool | Literal["on", "off", "true", "false", "yes", "no", "1", "0"] | None = None
+    enabled: OnOff = CacheSettings().enabled
     """On by default; usually ``${ROUTEGATE_CACHE:-on}``."""
-    backend: Literal["memory", "redis"] | None = None
-    """``memory`` (this process, the default) or ``redis`` (shared by every replica)."""
-    max_bytes: Size | None = None
-    """The whole cache (default 64MiB)."""
-    max_entry_bytes: Size | None = None
-    """One answer; a larger one is not cached (default 8MiB)."""
+    backend: Literal["memory", "redis"] = CacheSettings().backend
+    """``memory`` (this process) or ``redis`` (shared by every replica)."""
+    max_bytes: Size = CacheSettings().max_bytes
+    """The whole cache."""
+    max_entry_bytes: Size = CacheSettings().max_entry_bytes
+    """One answer; a larger one is served but not cached (at most ``max_bytes``)."""
     redis: RedisSpec | None = None
     """With ``backend: redis``: where."""
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _backend(cls, value: object) -> object:
+        if value not in ("memory", "redis"):
+            raise ValueError("expected 'memory' (this process) or 'redis' (shared by every replica)")
+        return value
+
+    @field_validator("max_bytes", "max_entry_bytes")
+    @classmethod
+    def _one_byte(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1 byte")
+        return value
 
 
 class ProbesSpec(Section):
