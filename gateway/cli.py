@@ -153,6 +153,13 @@ def cmd_openapi(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from gateway.config.schema import render
+
+    sys.stdout.write(render())
+    return 0
+
+
 def cmd_routes(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg is None:
@@ -479,6 +486,18 @@ def build_parser() -> argparse.ArgumentParser:
     config_arg(p)
     p.add_argument("--indent", type=int, default=2, help="JSON indentation (default 2)")
     p.set_defaults(func=cmd_openapi)
+
+    p = sub.add_parser(
+        "schema",
+        help="print the JSON Schema of routes.yaml (for editors)",
+        description=(
+            "Print the JSON Schema of routes.yaml, generated from the config models. The repository ships it as "
+            "routes.schema.json, which routes.yaml names in its first line (# yaml-language-server: $schema=...) "
+            "so that editors validate and complete the file. `gateway check` still has the last word: it also "
+            "checks what spans sections (route names, params, overlaps)."
+        ),
+    )
+    p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser(
         "routes",

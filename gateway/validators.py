@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from gateway.config.names import VALIDATOR_NAMES
 from gateway.errors import Unprocessable
 
 Validator = Callable[[Any, Mapping[str, Any]], Any]
@@ -135,3 +136,9 @@ VALIDATORS: Mapping[str, Validator] = {
     "observable_new_document": observable_new_document,
     "posthog_notebook_update": posthog_notebook_update,
 }
+
+# config checks ``validate:`` names against its own list (it imports no runtime code): keep both in step
+if set(VALIDATORS) != VALIDATOR_NAMES:  # pragma: no cover - a developer's mistake, caught by any import
+    raise ImportError(
+        f"gateway.config.names.VALIDATOR_NAMES {sorted(VALIDATOR_NAMES)} != validators {sorted(VALIDATORS)}"
+    )

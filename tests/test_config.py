@@ -237,3 +237,62 @@ def test_durations_take_compound_units_and_a_bare_number_is_refused() -> None:
     assert problems(bare) == [
         "routes.yaml:10: routes.things.cache.ttl: 60 has no unit: write 60s for seconds (or ms, m, h, d)"
     ]
+
+
+def test_merge_keys_and_x_anchor_blocks_are_accepted() -> None:
+    text = """\
+x-defaults: &defaults
+  timeouts: {connect: 2s}
+  retries: {attempts: 1}
+x-route: &route
+  upstream: api
+upstreams:
+  api:
+    <<: *defaults
+    base_url: http://127.0.0.1:9
+  other:
+    <<: *defaults
+    base_url: http://127.0.0.1:8
+    retries: {attempts: 3}
+routes:
+  things:
+    <<: *route
+    stable: GET /v1/things
+    targets: ["GET /things"]
+"""
+    cfg = parse_config(text, "routes.yaml", {})
+    assert cfg.upstreams["api"].timeouts.connect == 2.0
+    assert cfg.upstreams["api"].retries.attempts == 1
+    assert cfg.upstreams["other"].retries.attempts == 3  # the mapping's own key overrides the merged one
+    assert cfg.routes[0].upstream == "api"
+    # a merged key is checked like a written one, on the line where it was written
+    got = problems(text.replace("  retries: {attempts: 1}", "  retires: {attempts: 1}"))
+    assert any(
+        p.startswith("routes.yaml:3: upstreams.api.retires: unknown key 'retires' (did you mean 'retries'?)")
+        for p in got
+    ), got
+    # a key written twice by hand beside a merge still is a duplicate
+    got = problems(text.replace("    retries: {attempts: 3}", "    retries: {attempts: 3}\n    retries: {attempts: 4}"))
+    assert any("upstreams.other.retries: duplicate key 'retries'" in p for p in got), got
+    # only x- blocks are free-form: another unknown top-level key is still a mistake
+    assert any("unknown key 'defaults'" in p for p in problems(text.replace("x-route:", "defaults:")))
+
+
+def test_an_anchor_used_twice_unescapes_dollars_once() -> None:
+    headers = "    headers: &h {X-Tag: '$${literal}'}\n"
+    text = GOOD.replace("    auth:\n", headers + "    auth:\n")
+    text = text.replace("routes:\n", "  again:\n    base_url: http://127.0.0.1:8\n    headers: *h\nroutes:\n")
+    cfg = parse_config(text, "routes.yaml", {})
+    assert dict(cfg.upstreams["api"].headers)["X-Tag"] == "${literal}"
+    assert dict(cfg.upstreams["again"].headers)["X-Tag"] == "${literal}"
+
+
+def test_a_syntax_error_names_line_column_and_a_hint() -> None:
+    got = problems("upstreams:\n\tapi: {}\nroutes: {}\n")
+    assert got == [
+        "routes.yaml:2: (syntax): found character '\\t' that cannot start any token while scanning for the next token"
+        " (line 2, column 1); hint: indent with spaces, not tabs"
+    ]
+    got = problems("upstreams:\n  api:\n    base_url: http://x\nroutes:\n  a:\n    stable: GET /a: b\n")
+    assert got[0].startswith("routes.yaml:6: (syntax): mapping values are not allowed here")
+    assert "(line 6, column" in got[0] and "must be quoted" in got[0]

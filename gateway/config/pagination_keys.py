@@ -1,31 +1,15 @@
 """Which ``pagination:`` keys each style takes, and the checks ``gateway check`` runs on them.
 
-Kept apart from the strategies, outside the gateway.pagination package (whose ``__init__``
-imports the strategies and the config), so that config parsing needs no runtime code and no
-import runs in a circle.
+Lives in config: config imports no runtime code, and the strategies in gateway.pagination read it here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import TYPE_CHECKING
 
-
-class Paging(Protocol):
-    """What the checks read of a parsed ``pagination:`` (gateway.config.Pagination; config imports this
-    module, so it is not imported back)."""
-
-    @property
-    def style(self) -> str: ...
-    @property
-    def token_path(self) -> object: ...
-    @property
-    def token_param(self) -> str: ...
-    @property
-    def page_param(self) -> str: ...
-    @property
-    def size_param(self) -> str: ...
-
+if TYPE_CHECKING:
+    from gateway.config.model import Pagination
 
 _COMMON = frozenset({"style", "items", "has_more", "page_size", "default_limit", "max_limit", "max_items"})
 
@@ -39,7 +23,7 @@ STYLE_KEYS: dict[str, frozenset[str]] = {
 }
 
 
-def check_pagination(p: Paging) -> Iterator[tuple[str, str]]:
+def check_pagination(p: Pagination) -> Iterator[tuple[str, str]]:
     """(key, problem) for a combination the single keys cannot reject on their own."""
     if p.style == "cursor" and not p.token_path:
         yield "style", "style 'cursor' needs 'token': the body field holding the next token (e.g. meta.next_cursor)"

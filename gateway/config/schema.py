@@ -1,0 +1,175 @@
+"""The routes.yaml models at work: the JSON Schema editors read, and pydantic errors as ``file:line: key`` problems.
+
+``gateway schema`` prints :func:`render`; the committed ``routes.schema.json`` is its output, which
+the shipped routes.yaml names in its ``# yaml-language-server: $schema=`` line.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Set as AbstractSet
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from gateway.config.node import _closest, _kind, _Node
+from gateway.config.spec_route import DocumentSpec
+
+M = TypeVar("M", bound=BaseModel)
+
+_UNKNOWN = object()
+
+#: a ``${VAR}`` string stands for any scalar: the editor cannot know the environment
+_INTERPOLATED = {"type": "string", "pattern": r"\$\{"}
+
+
+@functools.cache
+def fields_of(model: type[BaseModel]) -> frozenset[str]:
+    """The keys a section takes, as written in routes.yaml (aliases such as ``from``)."""
+    return frozenset(f.alias or name for name, f in model.model_fields.items())
+
+
+@functools.cache
+def required_of(model: type[BaseModel]) -> frozenset[str]:
+    return frozenset(f.alias or name for name, f in model.model_fields.items() if f.is_required())
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of routes.yaml (draft 2020-12), for editors' validation and completion."""
+    schema = DocumentSpec.model_json_schema(by_alias=True)
+    _relax(schema)
+    schema["patternProperties"] = {"^x-": {"description": "YAML anchors for merge keys (<<: *name); not read."}}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+def render() -> str:
+    return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
+def _relax(node: Any) -> None:
+    """An absent key is written by leaving it out, not as ``null``; a scalar may be a ``${VAR}``."""
+    if isinstance(node, list):
+        for item in node:
+            _relax(item)
+        return
+    if not isinstance(node, dict):
+        return
+    for value in node.values():
+        _relax(value)
+    for prop in (node.get("properties") or {}).values():
+        if prop.get("default", 0) is None and "anyOf" in prop:
+            prop.pop("default")
+            prop["anyOf"] = [s for s in prop["anyOf"] if s != {"type": "null"}]
+            if len(prop["anyOf"]) == 1:
+                prop.update(prop.pop("anyOf")[0])
+    if node.get("type") in ("integer", "number", "boolean"):
+        plain = {k: node.pop(k) for k in list(node) if k not in ("description", "title", "default")}
+        node["anyOf"] = [plain, _INTERPOLATED]
+
+
+def validate(node: _Node, model: type[M], hand: AbstractSet[str] = frozenset()) -> M | None:
+    """Parse one section with its model; every error becomes a problem at its own key and line.
+
+    ``hand`` names keys a hand-written parser reads instead (secrets, whose messages never echo a value)."""
+    value = {k: v for k, v in node.value.items() if k not in hand} if isinstance(node.value, dict) else node.value
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        report(node, model, exc)
+        return None
+
+
+def report(node: _Node, model: type[BaseModel], exc: ValidationError) -> None:
+    """Map pydantic's errors to the gateway's wording; inputs are never included (they may be secrets)."""
+    errors = exc.errors(include_input=False, include_url=False)
+    hinted: dict[tuple[Any, ...], set[str]] = {}
+    for err in errors:  # a misspelt key is reported once, as unknown, and not also as missing
+        if err["type"] == "extra_forbidden":
+            parent, key = err["loc"][:-1], str(err["loc"][-1])
+            hint = _closest(key, _allowed(model, parent))
+            hinted.setdefault(parent, set()).add(hint or "")
+    for err in errors:
+        loc = err["loc"]
+        kind = err["type"]
+        if kind == "missing":
+            if str(loc[-1]) in hinted.get(loc[:-1], set()):
+                continue
+            where, message = _at(node, loc[:-1]), f"missing required key {loc[-1]!r}"
+        else:
+            where = _at(node, loc)
+            # a union's branch (``cursor_key.SecretSourceSpec``) is no place in the document: its value is unknown
+            value = where.value if where.path == _path(node, loc) else _UNKNOWN
+            message = _message(err, value, model, loc)
+        where.error(message)
+
+
+def _path(node: _Node, loc: tuple[Any, ...]) -> str:
+    path = node.path
+    for part in loc:
+        path = f"{path}[{part}]" if isinstance(part, int) else (f"{path}.{part}" if path else str(part))
+    return path
+
+
+def _at(node: _Node, loc: tuple[Any, ...]) -> _Node:
+    """The deepest node of ``loc`` that exists in the document (a union's branch names are skipped)."""
+    for part in loc:
+        if _has(node.value, part):
+            node = node.child(part)
+    return node
+
+
+def _has(value: Any, part: Any) -> bool:
+    if isinstance(value, dict):
+        return isinstance(part, str) and part in value
+    return isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value)
+
+
+def _allowed(model: type[BaseModel], loc: tuple[Any, ...]) -> frozenset[str]:
+    sub: Any = model
+    for part in loc:
+        field = sub.model_fields.get(part) if isinstance(sub, type) and issubclass(sub, BaseModel) else None
+        if field is None:
+            return frozenset()
+        sub = _model_in(field.annotation)
+    return fields_of(sub) if isinstance(sub, type) and issubclass(sub, BaseModel) else frozenset()
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        if (found := _model_in(arg)) is not None:
+            return found
+    return None
+
+
+def _message(err: Any, value: Any, model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    kind, ctx = err["type"], err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        allowed = _allowed(model, loc[:-1])
+        hint = _closest(str(loc[-1]), allowed)
+        return (
+            f"unknown key {loc[-1]!r}"
+            + (f" (did you mean {hint!r}?)" if hint else "")
+            + f"; allowed: {', '.join(sorted(allowed))}"
+        )
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    # a string is named by its kind only: it may be a secret, interpolated from the environment
+    got = "" if value is _UNKNOWN else ", got a string" if isinstance(value, str) else f", got {_kind(value)}"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"expected an integer{got}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"expected true or false{got}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"expected a mapping{got}"
+    if kind in ("list_type", "too_short"):
+        return f"expected a non-empty list{got}"
+    if kind in ("string_type",):
+        return f"expected a string{got}"
+    if kind == "greater_than_equal":
+        return f"must be at least {ctx['ge']}, got {value}"
+    if kind == "less_than_equal":
+        return f"must be at most {ctx['le']}, got {value}"
+    return str(err["msg"])

@@ -1,0 +1,283 @@
+"""Section parsers for ``clients:``/``admin:`` keys, probes, shapes, and the cross-route checks."""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any
+
+from gateway.config.model import (
+    DEFAULT_FALLBACK_ON,
+    SHAPE_TYPES,
+    ClientKey,
+    Pagination,
+    ParamSpec,
+    PathTemplate,
+    ProbeSample,
+    ProbeSettings,
+    ProbeSpec,
+    RateLimit,
+    ResponseSpec,
+    Route,
+    ShapeSpec,
+    Target,
+)
+from gateway.config.model_upstream import METHODS
+from gateway.config.node import _closest, _Ctx, _kind, _Node
+from gateway.config.schema import fields_of, required_of, validate
+from gateway.config.sections_server import _secret
+from gateway.config.spec_route import AdminKeySpec, ClientKeySpec, ClientsSpec, ProbeFromSpec, RateLimitSpec
+from gateway.config.spec_route import ProbeSpec as ProbeSpecModel
+from gateway.config.spec_route import ShapeSpec as ShapeSpecModel
+from gateway.config.spec_upstream import ProbesSpec
+from gateway.config.values import _NAME, parse_duration, parse_rate
+
+
+def _keys(node: _Node | None, routes: list[str] | None) -> tuple[ClientKey, ...]:
+    """``clients:`` (with per-key routes/methods) or ``admin:`` (keys only)."""
+    if node is None or not node.keys(fields_of(ClientsSpec), required_of(ClientsSpec)):
+        return ()
+    keys_node = node.child("keys")
+    if not keys_node.is_map("a mapping of key name → {key: {env: VAR}, ...}"):
+        return ()
+    out: list[ClientKey] = []
+    allowed = fields_of(ClientKeySpec) if routes is not None else fields_of(AdminKeySpec)
+    for name, kn in keys_node.items():
+        if not _NAME.match(name):
+            kn.error("key names use letters, digits, '_', '-' and '.'")
+        if not kn.keys(allowed, {"key"}):
+            continue
+        secret = _secret(kn.child("key"))
+        globs: tuple[str, ...] = ()
+        if (rn := kn.get("routes")) is not None:
+            if not isinstance(rn.value, list) or not all(isinstance(g, str) for g in rn.value):
+                rn.error("expected a list of route names (globs such as posthog_* allowed)")
+            else:
+                globs = tuple(rn.value)
+                for g in globs:
+                    if not fnmatch.filter(routes or [], g):
+                        rn.error(f"{g!r} matches no route")
+        methods: frozenset[str] | None = None
+        if (mn := kn.get("methods")) is not None:
+            if not isinstance(mn.value, list) or not all(str(m).upper() in METHODS for m in mn.value):
+                mn.error(f"expected a list of HTTP methods ({', '.join(sorted(METHODS))})")
+            else:
+                methods = frozenset(str(m).upper() for m in mn.value)
+                if "GET" in methods:
+                    methods |= {"HEAD"}
+        limit = _rate_limit(rl) if (rl := kn.get("rate_limit")) is not None else None
+        if secret is not None:
+            out.append(ClientKey(name, secret, globs, methods, limit))
+    return tuple(out)
+
+
+def _client_rate(value: Any) -> tuple[int, float]:
+    try:
+        return parse_rate(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not a rate such as 10/s or 600/1m (or write {{requests: 600, per: 1m, burst: 20}})"
+        ) from None
+
+
+def _rate_limit(node: _Node) -> RateLimit | None:
+    """``10/s``, ``600/1m`` (bursts of the full count) or ``{requests: 600, per: 1m, burst: 20}``."""
+    if isinstance(node.value, dict):
+        if not node.keys(fields_of(RateLimitSpec), required_of(RateLimitSpec)):
+            return None
+        count = node.child("requests").integer(1)
+        per = node.child("per").convert(parse_duration)
+        burst = node.child("burst").integer(1) if "burst" in node.value else count
+        if per is not None and per <= 0:
+            node.child("per").error("the window must be longer than 0s")
+            return None
+        if count is None or per is None or burst is None:
+            return None
+        text = f"{count}/{node.value['per']}"
+    else:
+        parsed = node.convert(_client_rate)
+        if parsed is None:
+            return None
+        count, per = parsed
+        burst, text = count, str(node.value)
+    return RateLimit(rate=count / per, burst=burst, text=text)
+
+
+def _check_route_overlaps(ctx: _Ctx, routes: list[Route]) -> None:
+    """Two routes answering the same method and path shape would shadow each other."""
+    seen: dict[tuple[str, tuple[str, ...]], Route] = {}
+    for r in routes:
+        shape = tuple("{}" if seg.names else seg.raw for seg in r.path.segments)
+        key = (r.method, shape)
+        if key in seen:
+            other = seen[key]
+            ctx.add(
+                r.line,
+                f"routes.{r.name}.stable",
+                f"{r.stable} shadows route {other.name!r} ({other.stable}, line {other.line}); one of them must change",
+            )
+        else:
+            seen[key] = r
+
+
+def _probe(
+    node: _Node | None,
+    method: str | None,
+    path: PathTemplate | None,
+    params: tuple[ParamSpec, ...],
+    pagination: Pagination | None,
+) -> ProbeSpec | None:
+    """``probe: true`` or ``probe: {params: {name: value | {from: ROUTE, field: F}}}``."""
+    if node is None or node.value is False or path is None:  # no path: reported at `stable`, not here too
+        return None
+    if method is not None and method != "GET":
+        node.error(f"a probe sends a safe GET; this route answers {method}")
+        return None
+    values: dict[str, tuple[str | ProbeSample, _Node]] = {}
+    if node.value is not True:
+        if not node.keys(fields_of(ProbeSpecModel)):
+            return None
+        if (pn := node.get("params")) is not None and pn.is_map("a mapping of param name → sample value"):
+            for name, vn in pn.items():
+                value = _probe_value(vn)
+                if value is not None:
+                    values[name] = (value, vn)
+    path_names = path.names if path is not None else frozenset()
+    query_names = {p.name for p in params} | ({"limit"} if pagination is not None else set())
+    for name in sorted(path_names - set(values)):
+        node.error(f"the probe needs a sample value for path param {name!r} (under 'params')")
+    for name, (_, vn) in values.items():
+        if name not in path_names and name not in query_names:
+            allowed = ", ".join(sorted(path_names | query_names)) or "none"
+            vn.error(f"{name!r} is neither a path param nor a query param of this route; allowed: {allowed}")
+    path_params = tuple((k, v) for k, (v, _) in values.items() if k in path_names)
+    query = [(k, v) for k, (v, _) in values.items() if k not in path_names]
+    if pagination is not None and "limit" not in values:
+        query.append(("limit", "1"))  # one item is enough to check a collection's shape
+    return ProbeSpec(path_params, tuple(query), node.line)
+
+
+def _probe_value(node: _Node) -> str | ProbeSample | None:
+    v = node.value
+    if isinstance(v, dict):
+        if not node.keys(fields_of(ProbeFromSpec), required_of(ProbeFromSpec)):
+            return None
+        route = node.child("from").string("a route name")
+        field = node.child("field").string("a field name of that route's answer")
+        if route is None or field is None:
+            return None
+        return ProbeSample(route, tuple(field.split(".")), node.line)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str | int | float):
+        return str(v)
+    node.error(f"expected a sample value or {{from: ROUTE, field: FIELD}}, got {_kind(v)}")
+    return None
+
+
+def _check_probe_samples(routes_node: _Node | None, routes: list[Route]) -> None:
+    """``from:`` must name another probed route, and samples may not go round in a circle."""
+    if routes_node is None or routes_node.ctx.problems:
+        return
+    ctx = routes_node.ctx
+    by_name = {r.name: r for r in routes}
+    for r in routes:
+        if r.probe is None:
+            continue
+        for name, value in (*r.probe.path_params, *r.probe.query):
+            if not isinstance(value, ProbeSample):
+                continue
+            key = f"routes.{r.name}.probe.params.{name}.from"
+            other = by_name.get(value.route)
+            if other is None:
+                hint = _closest(value.route, set(by_name) - {r.name})
+                suggestion = f" (did you mean {hint!r}?)" if hint else ""
+                ctx.add(value.line, key, f"no route named {value.route!r}{suggestion}")
+            elif other.probe is None:
+                ctx.add(value.line, key, f"route {value.route!r} has no probe to take a sample from")
+            elif other.name == r.name:
+                ctx.add(value.line, key, "a probe cannot take a sample from itself")
+    if ctx.problems:
+        return
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+
+    def visit(name: str, trail: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = [*trail[trail.index(name) :], name]
+            route = by_name[name]
+            line = route.probe.line if route.probe else route.line
+            ctx.add(line, f"routes.{name}.probe", f"probe samples go round in a circle: {' → '.join(cycle)}")
+            return
+        state[name] = 1
+        probe = by_name[name].probe
+        for dep in sorted(probe.depends_on if probe else ()):
+            visit(dep, [*trail, name])
+        state[name] = 2
+
+    for r in routes:
+        if r.probe is not None:
+            visit(r.name, [])
+
+
+def _shape(node: _Node | None, response: ResponseSpec, targets: list[Target]) -> ShapeSpec | None:
+    """``shape: {status: 200, content_type: application/json, fields: {id: string, version: integer}}``."""
+    if node is None or not node.keys(fields_of(ShapeSpecModel)):
+        return None
+    kw: dict[str, Any] = {}
+    if (n := node.get("status")) is not None:
+        kw["status"] = n.integer(100, 599)
+    if (n := node.get("content_type")) is not None and (ct := n.string("a media type")) is not None:
+        if "/" not in ct or ";" in ct:
+            n.error(f"expected a media type such as application/json (no parameters), got {ct!r}")
+        else:
+            kw["content_type"] = ct.strip().lower()
+    if (fn := node.get("fields")) is not None and fn.is_map("a mapping of field → JSON type"):
+        if response.raw:
+            fn.error("a raw response is passed through unparsed; its fields cannot be checked")
+        elif any(t.redirect == "report" for t in targets):
+            fn.error("this route answers from a redirect's Location; there is no body whose fields to check")
+        fields: list[tuple[tuple[str, ...], frozenset[str]]] = []
+        for name, tn in fn.items():
+            raw = tn.value
+            kinds = [str(k).strip() for k in raw] if isinstance(raw, list) else str(raw).split("|")
+            bad = [k for k in kinds if k not in SHAPE_TYPES]
+            if isinstance(raw, bool) or raw is None or bad or not kinds:
+                tn.error(f"expected one of {', '.join(sorted(SHAPE_TYPES))} (or several joined with '|')")
+                continue
+            fields.append((tuple(name.split(".")), frozenset(kinds)))
+        kw["fields"] = tuple(fields)
+    return ShapeSpec(**kw)
+
+
+def _fallback_on(
+    node: _Node | None, targets: int, response: ResponseSpec, shape: ShapeSpec | None
+) -> frozenset[int | str]:
+    """``fallback_on: [404, 410, 400, shape]``: what hands a request over to the next target."""
+    if node is None:
+        return DEFAULT_FALLBACK_ON
+    if not isinstance(node.value, list) or not node.value:
+        node.error("expected a non-empty list of upstream statuses (400-599) and/or 'shape'")
+        return frozenset()
+    out: set[int | str] = set()
+    for i, value in enumerate(node.value):
+        item = node.child(i)
+        if value == "shape":
+            if response.raw and shape is None:
+                item.error("a raw response is passed through unchecked; declare 'shape:' for 'shape' to mean anything")
+            out.add("shape")
+        elif isinstance(value, int) and not isinstance(value, bool) and 400 <= value <= 599:
+            if value in (401, 403, 429):
+                item.error(f"{value} is about the gateway's credential or pace, which another target shares")
+            out.add(value)
+        else:
+            item.error(f"expected an upstream status from 400 to 599 or 'shape', got {value!r}")
+    if targets == 1:
+        node.error("the route has one target: there is no next target to hand over to")
+    return frozenset(out)
+
+
+def _probe_settings(node: _Node | None) -> ProbeSettings:
+    """The root ``probes:`` section: how often and how many at once the background prober runs."""
+    spec = validate(node, ProbesSpec) if node is not None else None
+    return ProbeSettings(**spec.model_dump()) if spec is not None else ProbeSettings()

@@ -1,0 +1,176 @@
+"""Section parsers for a route's pagination and response mapping."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from gateway.config.model import FieldExpr, KeepOtherFields, Pagination, ResponseSpec
+from gateway.config.node import _kind, _Node
+from gateway.config.pagination_keys import STYLE_KEYS, check_pagination
+from gateway.config.schema import fields_of
+from gateway.config.spec_route import FieldSpec
+from gateway.config.spec_route import ResponseSpec as ResponseSpecModel
+from gateway.config.values import _HEADER_NAME
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    return v
+
+
+def _pagination(node: _Node | None) -> Pagination | None:
+    """The ``pagination:`` section; which keys each style takes is ``STYLE_KEYS``."""
+    if node is None:
+        return None
+    every = set().union(*STYLE_KEYS.values())
+    if not node.keys(every, {"style"}):
+        return None
+    style = node.value.get("style")
+    if style not in STYLE_KEYS:
+        node.child("style").error(
+            "expected 'before' (the last item's field), 'offset' (limit/offset), 'page' (page number),"
+            " 'next_url' (the upstream's next link) or 'cursor' (a token from the body)"
+        )
+        return None
+    ok = True
+    for key in node.value:
+        if key not in STYLE_KEYS[style]:
+            node.child(key).error(f"not a key of style {style!r}; it takes: {', '.join(sorted(STYLE_KEYS[style]))}")
+            ok = False
+    kw: dict[str, Any] = {"style": style}
+    items_default = "" if style == "before" else "results"
+    items = node.value.get("items", items_default)
+    kw["items_path"] = tuple(x for x in str(items).split(".") if x)
+    for key, attr in (
+        ("param", "before_param"),
+        ("field", "field"),
+        ("limit_param", "limit_param"),
+        ("offset_param", "offset_param"),
+        ("count", "count_key"),
+        ("page_param", "page_param"),
+        ("size_param", "size_param"),
+        ("token_param", "token_param"),
+    ):
+        if (n := node.get(key)) is not None and (v := n.string()) is not None:
+            kw[attr] = v
+    if style in ("next_url", "cursor"):
+        kw.setdefault("size_param", "")  # the page size is sent only when the upstream takes one
+    for key, attr in (
+        ("total", "total_path"),
+        ("next", "next_path"),
+        ("token", "token_path"),
+        ("has_more", "has_more_path"),
+    ):
+        if (n := node.get(key)) is not None and (v := n.string()) is not None:
+            if key == "next" and style == "offset":
+                kw["next_key"] = v
+            elif not all(v.split(".")):
+                n.error("expected a dotted field path such as 'meta.next_cursor'")
+                ok = False
+            else:
+                kw[attr] = tuple(v.split("."))
+    for key in ("page_size", "default_limit", "max_limit"):
+        if (n := node.get(key)) is not None and (iv := n.integer(1, 10000)) is not None:
+            kw[key] = iv
+    if (n := node.get("max_items")) is not None and (iv := n.integer(1)) is not None:
+        kw["max_items"] = iv
+    if (n := node.get("first_page")) is not None and (iv := n.integer(0, 1)) is not None:
+        kw["first_page"] = iv
+    p = Pagination(**kw)
+    if p.default_limit > p.max_limit:
+        node.error("default_limit cannot exceed max_limit")
+    for key, message in check_pagination(p):
+        (node.get(key) or node).error(message)
+        ok = False
+    return p if ok else None
+
+
+def _field_expr(node: _Node, known: frozenset[str]) -> FieldExpr | None:
+    v = node.value
+    if isinstance(v, str):
+        return FieldExpr("field", path=tuple(v.split(".")))
+    if not isinstance(v, dict):
+        node.error(f"expected a field name or a mapping ({{field|param|const|location: ...}}), got {_kind(v)}")
+        return None
+    if not node.keys(fields_of(FieldSpec)):
+        return None
+    sources = [k for k in ("field", "param", "const", "location") if k in v]
+    if len(sources) != 1:
+        node.error("give exactly one of field, param, const or location")
+        return None
+    cast = v.get("type")
+    if cast is not None and cast not in ("int", "str", "float", "bool"):
+        node.child("type").error("expected int, str, float or bool")
+        cast = None
+    optional = bool(v.get("optional", False))
+    src = sources[0]
+    if src == "field":
+        return FieldExpr("field", path=tuple(str(v["field"]).split(".")), cast=cast, optional=optional)
+    if src == "param":
+        name = str(v["param"])
+        if name not in known:
+            node.child("param").error(f"{name!r} is neither a path nor a declared param")
+        return FieldExpr("param", name=name, cast=cast, optional=optional)
+    if src == "const":
+        return FieldExpr("const", value=_plain(v["const"]), cast=cast)
+    try:
+        pattern = re.compile(str(v["location"]))
+    except re.error as exc:
+        node.child("location").error(f"bad regular expression: {exc}")
+        return None
+    if pattern.groups < 1:
+        node.child("location").error("the pattern needs one capture group for the value")
+        return None
+    return FieldExpr("location", pattern=pattern, cast=cast, optional=optional)
+
+
+def _mapping(node: _Node, known: frozenset[str]) -> tuple[tuple[str, FieldExpr], ...] | None:
+    if not node.is_map("a mapping of stable field → upstream field"):
+        return None
+    out = []
+    for k, fn in node.items():
+        fe = _field_expr(fn, known)
+        if fe is not None:
+            out.append((k, fe))
+    return tuple(out)
+
+
+def _response(node: _Node | None, known: frozenset[str], pagination: Pagination | None) -> ResponseSpec:
+    if node is None:
+        return ResponseSpec()
+    if not node.keys(fields_of(ResponseSpecModel)):
+        return ResponseSpec()
+    kw: dict[str, Any] = {}
+    if (n := node.get("item")) is not None:
+        if pagination is not None:  # it would be ignored, and the items served unmapped
+            n.error("'item' maps one entity; this route is a collection (it has pagination): use 'items'")
+        kw["item"] = _mapping(n, known)
+    if (n := node.get("items")) is not None:
+        if pagination is None:
+            n.error("'items' maps collection items; this route has no pagination (use 'item')")
+        kw["items"] = _mapping(n, known)
+    if (n := node.get("raw")) is not None and (b := n.boolean()) is not None:
+        kw["raw"] = b
+        if b and ("item" in node.value or "items" in node.value):
+            n.error("a raw response passes the body through; it cannot also map fields")
+    if (n := node.get("status")) is not None:
+        kw["status"] = n.integer(100, 599)
+    if (n := node.get("headers")) is not None and n.is_map():
+        hs = []
+        for hk, hn in n.items():
+            if not _HEADER_NAME.match(hk):
+                hn.error(f"{hk!r} is not a valid header name")
+            fe = _field_expr(hn, known)
+            if fe is not None:
+                hs.append((hk, fe))
+        kw["headers"] = tuple(hs)
+    if (n := node.get("keep_other_fields")) is not None and n.boolean():
+        if "item" not in kw:
+            n.error("keep_other_fields passes the rest of a single document through; it needs 'item'")
+        else:
+            kw["item"], kw["keep_other_fields"] = KeepOtherFields(kw["item"]), True
+    return ResponseSpec(**kw)

@@ -1,0 +1,256 @@
+"""Section parser for one ``routes:`` entry: stable line, params, targets."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Literal
+
+from gateway.config.model import BodySpec, Pagination, ParamSpec, PathTemplate, Route, Target, Template
+from gateway.config.model_upstream import METHODS, Upstream
+from gateway.config.names import VALIDATOR_NAMES
+from gateway.config.node import _closest, _kind, _Node
+from gateway.config.schema import fields_of, required_of
+from gateway.config.sections_access import _fallback_on, _probe, _shape
+from gateway.config.sections_response import _pagination, _plain, _response
+from gateway.config.sections_server import _route_cache
+from gateway.config.spec_route import ParamSpec as ParamSpecModel
+from gateway.config.spec_route import RouteSpec, TargetSpec
+from gateway.config.values import _NAME, _PARAM, parse_path, parse_template
+
+
+def _stable_line(node: _Node, text: str) -> tuple[str, str] | None:
+    parts = text.split()
+    if len(parts) != 2:
+        node.error(f"expected 'METHOD /path', got {text!r}")
+        return None
+    method, path = parts[0].upper(), parts[1]
+    if method not in METHODS:
+        node.error(f"unknown HTTP method {parts[0]!r}; use one of {', '.join(sorted(METHODS))}")
+        return None
+    if not path.startswith("/"):
+        node.error(f"the path must start with '/', got {path!r}")
+        return None
+    return method, path
+
+
+def _check_path_template(node: _Node, tpl: PathTemplate, stable: bool) -> None:
+    for seg in tpl.segments:
+        text = seg.raw
+        if "{" in _PARAM.sub("", text) or "}" in _PARAM.sub("", text):
+            node.error(f"malformed placeholder in path segment {text!r}")
+        if stable and seg.names and not seg.is_single_param:
+            node.error(f"a stable path segment must be all literal or one {{param}}, got {text!r}")
+        if text in (".", ".."):
+            node.error("paths cannot contain '.' or '..' segments")
+
+
+def _route(name: str, node: _Node, upstreams: dict[str, Upstream], root: _Node) -> Route | None:
+    ctx = node.ctx
+    problems_before = len(ctx.problems)  # an earlier route's problem must not drop this one
+    if not _NAME.match(name):
+        node.error("route names use letters, digits, '_', '-' and '.' (they become metric labels)")
+    if not node.keys(fields_of(RouteSpec), required_of(RouteSpec)) and not isinstance(node.value, dict):
+        return None
+    method = path_raw = None
+    if (s := node.get("stable")) is not None and (text := s.string("'METHOD /path'")) is not None:
+        parsed = _stable_line(s, text)
+        if parsed:
+            method, path_raw = parsed
+    stable_path = parse_path(path_raw) if path_raw else None
+    if stable_path is not None and s is not None:
+        _check_path_template(s, stable_path, stable=True)
+    upstream_name = None
+    if (u := node.get("upstream")) is not None and (un := u.string()) is not None:
+        all_declared = root.get("upstreams")
+        declared = set(all_declared.value) if all_declared and isinstance(all_declared.value, dict) else set()
+        if un not in declared:
+            hint = _closest(un, declared)
+            u.error(f"no upstream named {un!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
+        upstream_name = un
+    auth = True
+    if (a := node.get("auth")) is not None:
+        if a.value in ("none", False):
+            auth = False
+        elif a.value in ("required", True):
+            auth = True
+        else:
+            a.error("expected 'required' or 'none'")
+    params_node = node.get("params")
+    params = _params(params_node, stable_path)
+    path_names = stable_path.names if stable_path else _names_in(node.get("stable"))
+    # a param with a mistake is reported there; the targets and mappings naming it are not wrong too
+    declared = set(params_node.value) if params_node is not None and isinstance(params_node.value, dict) else set()
+    known = path_names | {p.name for p in params} | declared
+    pagination_node = node.get("pagination")
+    pagination = _pagination(pagination_node)
+    # a pagination section with a mistake is reported where it is wrong; the rest of the route is
+    # checked as the collection it was meant to be, not flagged again for having no pagination
+    paged = pagination if pagination is not None or pagination_node is None else _SOME_PAGINATION
+    if paged is not None:
+        reserved = {"limit", "cursor", "all"} & {p.name for p in params}
+        for r in sorted(reserved):
+            node.error(f"param {r!r} is reserved for pagination on collections")
+    fan = [p for p in params if p.fan_out]
+    if len(fan) > 1 and params_node is not None:
+        params_node.child(fan[1].name).child("fan_out").error("at most one param may fan out")
+    if fan and (pagination_node is None or (pagination is not None and pagination.style != "before")):
+        where = params_node.child(fan[0].name).child("fan_out") if params_node is not None else node
+        where.error("fan_out merges streams by their 'before' field; it needs pagination style 'before'")
+    targets: list[Target] = []
+    if (tn := node.get("targets")) is not None:
+        if not isinstance(tn.value, list) or not tn.value:
+            tn.error("expected a non-empty list of upstream targets")
+        else:
+            for i in range(len(tn.value)):
+                t = _target(tn.child(i), known, method or "GET")
+                if t is not None:
+                    targets.append(t)
+    response = _response(node.get("response"), known, paged)
+    validate = None
+    if (v := node.get("validate")) is not None and (vn := v.string()) is not None:
+        if vn not in VALIDATOR_NAMES:
+            v.error(f"unknown validator {vn!r}; known: {', '.join(sorted(VALIDATOR_NAMES))}")
+        validate = vn
+    cache = _route_cache(node.get("cache"), method, root)
+    probe = _probe(node.get("probe"), method, stable_path, params, paged)
+    shape = _shape(node.get("shape"), response, targets)
+    fallback_on = _fallback_on(node.get("fallback_on"), len(targets), response, shape)
+    desc = ""
+    if (d := node.get("description")) is not None:
+        desc = d.string() or ""
+    if len(ctx.problems) > problems_before or method is None or stable_path is None or upstream_name is None:
+        return None
+    return Route(
+        name=name,
+        method=method,
+        path=stable_path,
+        upstream=upstream_name,
+        auth=auth,
+        params=params,
+        targets=tuple(targets),
+        pagination=pagination,
+        response=response,
+        validate=validate,
+        description=desc,
+        line=node.line,
+        cache=cache,
+        probe=probe,
+        shape=shape,
+        fallback_on=fallback_on,
+        no_store=bool((n := node.get("no_store")) is not None and n.boolean()),
+    )
+
+
+def _names_in(stable: _Node | None) -> frozenset[str]:
+    """The {names} of a ``stable:`` line that did not parse, so its targets are not flagged for using them."""
+    text = stable.value if stable is not None and isinstance(stable.value, str) else ""
+    return frozenset(re.findall(r"\{(\w+)\}", text))
+
+
+#: stands in for a route's pagination section that has a mistake, while the rest of the route is checked
+_SOME_PAGINATION = Pagination(style="offset", items_path=("results",))
+
+
+def _params(node: _Node | None, path: PathTemplate | None) -> tuple[ParamSpec, ...]:
+    if node is None or not node.is_map():
+        return ()
+    out: list[ParamSpec] = []
+    path_names = path.names if path else frozenset()
+    for name, pn in node.items():
+        if name in path_names:
+            pn.error(f"{name!r} is a path parameter already")
+            continue
+        if pn.value is None:
+            out.append(ParamSpec(name))
+            continue
+        if not pn.keys(fields_of(ParamSpecModel)):
+            continue
+        kw: dict[str, Any] = {"name": name}
+        if (t := pn.get("type")) is not None:
+            if t.value not in ("string", "integer", "boolean"):
+                t.error("expected string, integer or boolean")
+            else:
+                kw["type"] = t.value
+        if (e := pn.get("enum")) is not None:
+            if not isinstance(e.value, list) or not e.value:
+                e.error("expected a non-empty list of allowed values")
+            else:
+                kw["enum"] = tuple(str(x) for x in e.value)
+        if (f := pn.get("fan_out")) is not None and (b := f.boolean()) is not None:
+            kw["fan_out"] = b
+        if (r := pn.get("required")) is not None and (b := r.boolean()) is not None:
+            kw["required"] = b
+        if (d := pn.get("default")) is not None:
+            kw["default"] = d.value
+            kind = kw.get("type", "string")
+            fits = {
+                "integer": isinstance(d.value, int) and not isinstance(d.value, bool),
+                "boolean": isinstance(d.value, bool),
+                "string": isinstance(d.value, str | int | float) and not isinstance(d.value, bool),
+            }[kind]
+            if not fits:
+                d.error(f"default {d.value!r} is not a {kind}, the param's type")
+            elif kw.get("enum") and str(d.value) not in kw["enum"]:
+                d.error(f"default {d.value!r} is not one of the enum values")
+        if (ds := pn.get("description")) is not None:
+            kw["description"] = ds.string() or ""
+        out.append(ParamSpec(**kw))
+    return tuple(out)
+
+
+def _target(node: _Node, known: frozenset[str], stable_method: str) -> Target | None:
+    raw = node.value
+    if isinstance(raw, str):
+        request_node, spec = node, None
+        request = raw
+    elif isinstance(raw, dict):
+        if not node.keys(fields_of(TargetSpec), required_of(TargetSpec)):
+            return None
+        request_node = node.child("request")
+        request = request_node.string("'METHOD /path'") or ""
+        spec = node
+    else:
+        node.error(f"expected 'METHOD /path' or a mapping with 'request', got {_kind(raw)}")
+        return None
+    path_part, _, query_part = request.partition("?")
+    parsed = _stable_line(request_node, path_part)
+    if parsed is None:
+        return None
+    method, path_raw = parsed
+    path = parse_path(path_raw)
+    _check_path_template(request_node, path, stable=False)
+    query: list[tuple[str, Template]] = []
+    if query_part:
+        for pair in query_part.split("&"):
+            k, _, v = pair.partition("=")
+            query.append((k, parse_template(v)))
+    redirect: Literal["follow", "report"] = "follow"
+    body = BodySpec(
+        "passthrough" if method in ("POST", "PUT", "PATCH") and stable_method in ("POST", "PUT", "PATCH") else "none"
+    )
+    if spec is not None:
+        if (q := spec.get("query")) is not None and q.is_map():
+            for k, qn in q.items():
+                if (qv := qn.string()) is not None:
+                    query.append((k, parse_template(qv)))
+        if (r := spec.get("redirect")) is not None:
+            if r.value not in ("follow", "report"):
+                r.error("expected 'follow' (fetch the final target) or 'report' (answer from Location)")
+            else:
+                redirect = r.value
+        if (b := spec.get("body")) is not None:
+            if b.value == "passthrough":
+                body = BodySpec("passthrough")
+            elif b.value == "none":
+                body = BodySpec("none")
+            elif isinstance(b.value, dict) and set(b.value) == {"const"}:
+                body = BodySpec("const", json.dumps(_plain(b.value["const"]), separators=(",", ":")).encode())
+            else:
+                b.error("expected 'passthrough', 'none' or {const: <JSON value>}")
+    for _, tpl in query:
+        for name in sorted(tpl.names - known):
+            request_node.error(f"query template uses {{{name}}}, which is neither a path nor a declared param")
+    for name in sorted(path.names - known):
+        request_node.error(f"path uses {{{name}}}, which is neither a path nor a declared param")
+    return Target(method, path, tuple(query), body, redirect, node.line)

@@ -1,0 +1,71 @@
+"""Value types of the routes.yaml models (pydantic v2): each parses like ``gateway check`` and documents itself.
+
+A duration, size, share or rate is parsed by the same function the hand-written parsers use, so
+its error message is the same; its JSON Schema tells an editor what to write.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+
+from gateway.config.values import parse_duration, parse_rate, parse_ratio, parse_size
+
+_DURATION_SCHEMA = {
+    "anyOf": [{"type": "string", "pattern": r"^\s*(\d+(\.\d+)?\s*(ms|s|m|h|d)\s*)+$"}, {"const": 0}],
+    "examples": ["250ms", "5s", "1h30m"],
+}
+_SIZE_SCHEMA = {
+    "anyOf": [
+        {"type": "integer", "minimum": 0},
+        {"type": "string", "pattern": r"^\s*\d+\s*([bB]|[kKmMgG][iI]?[bB])?\s*$"},
+    ],
+    "examples": ["1MiB", "512kb", 65536],
+}
+
+#: ``5s``, ``250ms``, ``1h30m``; a bare number only for 0
+Duration = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema(_DURATION_SCHEMA)]
+#: bytes, or ``512kb``, ``1MiB``
+Size = Annotated[int, BeforeValidator(parse_size), WithJsonSchema(_SIZE_SCHEMA)]
+#: ``20%`` or ``0.2``
+Ratio = Annotated[
+    float,
+    BeforeValidator(parse_ratio),
+    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, {"type": "string", "pattern": "%$"}]}),
+]
+#: ``480/1m``, ``4800/1h``, ``10/s``
+Rate = Annotated[
+    tuple[int, float],
+    BeforeValidator(parse_rate),
+    WithJsonSchema({"type": "string", "pattern": r"^\s*\d+\s*/", "examples": ["480/1m", "10/s"]}),
+]
+HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+class Section(BaseModel):
+    """A routes.yaml mapping: unknown keys are mistakes, and a string is never read as a number."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True)
+
+
+class SecretSourceSpec(Section):
+    """Where a secret comes from; exactly one of ``env``, ``file`` or ``file_env``. Secrets are never inline."""
+
+    env: str | None = None
+    """An environment variable holding the secret."""
+    file: str | None = None
+    """A file holding the secret (a mounted Kubernetes/Docker secret)."""
+    file_env: str | None = None
+    """An environment variable naming the file that holds the secret."""
+    json_key: str | None = None
+    """With ``file``/``file_env``: the file is JSON and the secret is this key of it."""
+
+
+#: one source, or a list of alternatives tried in order at request time
+SecretRef = Annotated[
+    SecretSourceSpec | list[SecretSourceSpec],
+    Field(description="A secret: {env: VAR}, {file: PATH} or {file_env: VAR}, or a list of them tried in order."),
+]
+#: a value the hand-written parser reads (documented and typed for editors only)
+Free = Any

@@ -1,0 +1,278 @@
+"""The routes.yaml models of ``server:``, ``cache:``, ``probes:`` and ``upstreams:`` (pydantic v2).
+
+The field docstrings are the configuration reference (docs/configuration.md) and the editor hints
+(routes.schema.json). Sections whose checks pydantic expresses are parsed by these models; the others
+are parsed by hand (``sections_*``), which take their key lists from here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Self
+
+from pydantic import BeforeValidator, Field, ValidationInfo, WithJsonSchema, field_validator, model_validator
+
+from gateway.config.model import CacheSettings, ProbeSettings
+from gateway.config.model_upstream import BreakerPolicy, RequestBudget, RetryPolicy, Timeouts
+from gateway.config.node import _kind
+from gateway.config.spec_types import Duration, Rate, Ratio, SecretRef, Section, Size
+
+
+class TimeoutsSpec(Section):
+    """How long one upstream exchange may take."""
+
+    connect: Duration = Timeouts().connect
+    """Opening the connection (TCP and TLS)."""
+    read: Duration = Timeouts().read
+    """Between two reads of the answer."""
+    total: Duration = Timeouts().total
+    """The whole exchange, the body included."""
+
+
+class RetriesSpec(Section):
+    """Retries of one upstream call: idempotent methods, or any method before it was sent (resilience.md)."""
+
+    attempts: int = Field(RetryPolicy().attempts, ge=1, le=10)
+    """Tries per call, the first included (1 = never retry)."""
+    backoff: Duration = RetryPolicy().backoff
+    """The first backoff; it doubles per retry, capped at ``max_backoff``, with full jitter."""
+    max_backoff: Duration = RetryPolicy().max_backoff
+    """The longest backoff between two tries."""
+    max_wait: Duration = RetryPolicy().max_wait
+    """The longest Retry-After (or PostHog's "available in N seconds") the gateway waits out."""
+    budget: Ratio = RetryPolicy().budget
+    """Retries may add at most this share of calls over a 10 s window (10 are always allowed)."""
+
+
+class BreakerSpec(Section):
+    """A circuit breaker: open after ``failures`` consecutive failed exchanges, try again after ``cooldown``."""
+
+    failures: int = Field(ge=0, le=1000)
+    """Consecutive failures that open the breaker; 0 = no breaker (the default)."""
+    cooldown: Duration = BreakerPolicy().cooldown
+    """How long the breaker stays open before one call may test the upstream."""
+
+    @field_validator("cooldown")
+    @classmethod
+    def _cooldown(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("the cool-down must be longer than 0s")
+        return value
+
+
+class RequestBudgetSpec(Section):
+    """Outbound requests allowed per credential, every window enforced (PostHog's published limits)."""
+
+    limits: list[Rate]
+    """Budgets such as ``[480/1m, 4800/1h]``."""
+    max_wait: Duration = RequestBudget().max_wait
+    """The longest a call queues for a slot; a longer wait is a 503 with Retry-After."""
+
+    @field_validator("limits", mode="before")
+    @classmethod
+    def _a_list(cls, value: object) -> object:
+        if not isinstance(value, list) or not value:
+            raise ValueError("expected a list of budgets such as [480/1m, 4800/1h]")
+        return value
+
+
+class ExpirySpec(Section):
+    """Where the credential's expiry is read, so that an expired session is a clear 503, never a silent 401."""
+
+    cookie: str | None = None
+    """The cookie (declared under ``auth.cookies``) that carries the expiry."""
+    header: str | None = None
+    """The header (declared under ``auth.headers``) that carries the expiry."""
+    bearer: bool | None = None
+    """``true``: the bearer token carries the expiry."""
+    segment: int | None = Field(None, ge=0, le=10)
+    """Which ``.``-separated segment of the credential is the (base64 JSON) payload; default 0."""
+    field: str
+    """The payload's field holding the expiry time."""
+    unit: Literal["s", "ms"] | None = None
+    """``s`` (seconds since the epoch, the default) or ``ms``."""
+
+
+class SessionCheckSpec(Section):
+    """Is the session alive? A safe GET whose answer names the user (session-check.md)."""
+
+    request: str
+    """``GET /path`` on this upstream, no query."""
+    expect: str
+    """A dotted field of the answer that a live session fills, such as ``login``."""
+    memo: Duration | None = None
+    """How long one answer stands (default 5s, at most 5m)."""
+
+
+class AuthSpec(Section):
+    """The credentials the gateway adds to every call of this upstream; never written inline."""
+
+    bearer: SecretRef | None = None
+    """Sent as ``Authorization: Bearer …``."""
+    cookies: dict[str, SecretRef] | None = None
+    """Cookie name → secret."""
+    headers: dict[str, SecretRef] | None = None
+    """Header name → secret."""
+    expiry: ExpirySpec | None = None
+    """Where the credential's expiry is read."""
+    check: SessionCheckSpec | None = None
+    """How ``/status`` and the prober tell a live session from an expired one."""
+
+
+class UpstreamSpec(Section):
+    """One upstream API: where it is, how it is called, and the credentials it takes."""
+
+    base_url: str = Field(json_schema_extra={"format": "uri"})
+    """The absolute http(s) URL every target path is appended to; no query (credentials never go in URLs)."""
+    description: str | None = None
+    """For people: shown in ``gateway routes``."""
+    timeouts: TimeoutsSpec | None = None
+    """How long one exchange may take."""
+    headers: dict[str, str] | None = None
+    """Static, non-secret headers sent with every call (such as ``Origin``)."""
+    auth: AuthSpec | None = None
+    """Credentials: secrets from the environment or files, never inline."""
+    max_connections: int | None = Field(None, ge=1)
+    """Pooled keep-alive connections (default 100)."""
+    concurrency: int | None = Field(None, ge=1, le=64)
+    """Pages an ``all=true`` aggregation fetches at once (offset style; default 4)."""
+    max_response_bytes: Size | None = None
+    """A larger upstream answer is a 502 (default 16MiB; at most ``server.max_buffered_bytes``)."""
+    max_redirects: int | None = Field(None, ge=0, le=20)
+    """Redirects followed per call (default 5)."""
+    retries: RetriesSpec | None = None
+    """Retries of failed calls."""
+    circuit_breaker: BreakerSpec | None = None
+    """Stop calling an upstream that keeps failing (default: no breaker)."""
+    request_budget: RequestBudgetSpec | None = None
+    """Outbound rate limits per credential (default: none)."""
+
+
+class ClientTimeoutsSpec(Section):
+    """How long a client may take to send its request."""
+
+    headers: Duration = 15.0
+    """The request line and headers; a slower client is cut off."""
+    body: Duration = 30.0
+    """The body; a late body is a 408."""
+
+    @field_validator("headers", "body")
+    @classmethod
+    def _longer_than_0(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be longer than 0s")
+        return value
+
+
+class ServerSpec(Section):
+    """The gateway's own HTTP server: limits on what clients send and how many at once (security-*.md)."""
+
+    max_body_bytes: Size | None = None
+    """A larger request body is a 413 (default 1MiB)."""
+    max_concurrency: int | None = Field(None, ge=1, le=1_000_000)
+    """Stable requests served at once; more get 429 + Retry-After (default: no cap)."""
+    client_timeouts: ClientTimeoutsSpec | None = None
+    """Slow clients."""
+    cursor_key: SecretRef | None = None
+    """Signs ``next_cursor`` (default: derived from the upstream credentials and the config digest)."""
+    allowed_hosts: list[str] | None = None
+    """Host names answered besides IPs and loopback; a leading ``*.`` matches subdomains, ``*`` any host."""
+    max_connections: int | None = Field(None, ge=1, le=10_000_000)
+    """Open client connections (default: half the open-file limit); idle ones are closed first."""
+    max_connections_per_ip: int | None = Field(None, ge=1, le=10_000_000)
+    """Open client connections from one address (default: no cap)."""
+    max_buffered_bytes: Size | None = None
+    """Upstream answer bytes held by all requests at once; past it a 503 (default 64MiB)."""
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _host_names(cls, value: object) -> object:
+        if not isinstance(value, list) or not all(isinstance(h, str) and h.strip() for h in value):
+            raise ValueError("expected a list of host names (a leading '*.' matches subdomains; '*' any host)")
+        return value
+
+
+def _on_off(value: object) -> bool:
+    flag = value if isinstance(value, bool) else str(value).lower()
+    if flag in (True, "true", "on", "yes", "1"):
+        return True
+    if flag in (False, "false", "off", "no", "0"):
+        return False
+    raise ValueError(f"expected on or off, got {_kind(value)}")
+
+
+#: ``true``/``false``, or ``on``/``off`` (``yes``/``no``, ``1``/``0``): what ``${ROUTEGATE_CACHE}`` holds
+OnOff = Annotated[
+    bool,
+    BeforeValidator(_on_off),
+    WithJsonSchema({"anyOf": [{"type": "boolean"}, {"enum": ["on", "off", "true", "false", "yes", "no", "1", "0"]}]}),
+]
+
+
+class RedisSpec(Section):
+    """The shared cache store of ``backend: redis``."""
+
+    url: SecretRef
+    """The Redis URL (it may hold a password, so it is a secret)."""
+    prefix: str | None = None
+    """Prefix of every key (default ``routegate``)."""
+    timeout: Duration | None = None
+    """One Redis command; a slower one is a cache miss (default 250ms)."""
+    retry_after: Duration | None = None
+    """After a Redis failure, how long the cache is bypassed (default 1s)."""
+
+
+class CacheSpec(Section):
+    """The response cache (cache.md); routes opt in with their own ``cache:``."""
+
+    enabled: OnOff = CacheSettings().enabled
+    """On by default; usually ``${ROUTEGATE_CACHE:-on}``."""
+    backend: Literal["memory", "redis"] = CacheSettings().backend
+    """``memory`` (this process) or ``redis`` (shared by every replica)."""
+    max_bytes: Size = CacheSettings().max_bytes
+    """The whole cache."""
+    max_entry_bytes: Size = CacheSettings().max_entry_bytes
+    """One answer; a larger one is served but not cached (at most ``max_bytes``)."""
+    redis: RedisSpec | None = None
+    """With ``backend: redis``: where."""
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _backend(cls, value: object) -> object:
+        if value not in ("memory", "redis"):
+            raise ValueError("expected 'memory' (this process) or 'redis' (shared by every replica)")
+        return value
+
+    @field_validator("max_bytes", "max_entry_bytes")
+    @classmethod
+    def _one_byte(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1 byte")
+        return value
+
+
+class ProbesSpec(Section):
+    """The background prober: every probed route is called once per ``interval`` (± ``jitter``)."""
+
+    enabled: bool = ProbeSettings().enabled
+    """Off: routes are probed only by ``gateway probe``."""
+    interval: Duration = ProbeSettings().interval
+    """How often each route is probed."""
+    jitter: Duration = ProbeSettings().jitter
+    """A random shift of each round, shorter than ``interval``."""
+    concurrency: int = Field(ProbeSettings().concurrency, ge=1, le=64)
+    """Probes running at once."""
+    timeout: Duration = ProbeSettings().timeout
+    """A probe taking longer is broken (``probe_timeout``)."""
+
+    @field_validator("interval", "timeout")
+    @classmethod
+    def _longer_than_0(cls, value: float, info: ValidationInfo) -> float:
+        if value <= 0:
+            raise ValueError(f"the {info.field_name} must be longer than 0s")
+        return value
+
+    @model_validator(mode="after")
+    def _jitter(self) -> Self:
+        if self.jitter >= self.interval:
+            raise ValueError(f"jitter ({self.jitter:g}s) must be shorter than the interval ({self.interval:g}s)")
+        return self
