@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 from gateway.config import BreakerPolicy, Upstream
 from gateway.errors import ServiceUnavailable, UpstreamError
 from gateway.metrics import Metrics
+from gateway.shared import SharedState, local_share
 
 if TYPE_CHECKING:
     from gateway.upstream import UpstreamResponse
@@ -80,12 +81,17 @@ def credential_id(upstream: Upstream, headers: Mapping[str, str]) -> str:
     """Which credential a call uses, as a salted hash (the value itself is never kept)."""
     if upstream.auth is None:
         return ""
-    h = hashlib.blake2b(key=_SALT, digest_size=12)
+    return hashlib.blake2b(_credential_material(upstream, headers), key=_SALT, digest_size=12).hexdigest()
+
+
+def _credential_material(upstream: Upstream, headers: Mapping[str, str]) -> bytes:
+    assert upstream.auth is not None
+    parts = []
     for name in ("Authorization", "Cookie", *(n for n, _ in upstream.auth.headers)):
         value = headers.get(name)
         if value:
-            h.update(name.encode() + b"\0" + value.encode() + b"\0")
-    return h.hexdigest()
+            parts.append(name.encode() + b"\0" + value.encode() + b"\0")
+    return b"".join(parts)
 
 
 class Breaker:
@@ -115,6 +121,9 @@ class Breaker:
                 self._set(CLOSED)  # the breaker was switched off by a reload
             return None
         if self.state == CLOSED:
+            shared = self.owner.shared
+            if shared is not None and (remaining := shared.breaker_open(self.upstream)) > 0:
+                raise self._reject(remaining, route)  # another process opened it: honour that here
             return None
         if self.state == OPEN:
             remaining = self.opened_at + policy.cooldown - self.owner.clock()
@@ -133,8 +142,10 @@ class Breaker:
             if ok:
                 self.failures = 0
                 self._set(CLOSED)
+                if self.owner.shared is not None:
+                    self.owner.shared.publish_breaker(self.upstream, None)
             else:
-                self._open()
+                self._open(policy)
             return
         if self.state != CLOSED or policy.failures == 0:
             return
@@ -143,16 +154,18 @@ class Breaker:
             return
         self.failures += 1
         if self.failures >= policy.failures:
-            self._open()
+            self._open(policy)
 
     def release(self, token: object | None) -> None:
         """A probe that ended without an outcome (paced out, cancelled): let the next call probe."""
         if token is not None and token is self.probe:
             self.probe = None
 
-    def _open(self) -> None:
+    def _open(self, policy: BreakerPolicy) -> None:
         self.opened_at = self.owner.clock()
         self._set(OPEN)
+        if self.owner.shared is not None:
+            self.owner.shared.publish_breaker(self.upstream, policy.cooldown)  # every process fails fast too
 
     def _reject(self, remaining: float, route: str) -> ServiceUnavailable:
         wait = max(1, math.ceil(remaining))
@@ -215,6 +228,8 @@ class Resilience:
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self.rand: Callable[[], float] = random.random
         self._guards: dict[str, _Guard] = {}
+        #: budgets, hold-offs and breakers shared through Redis (None: this process only)
+        self.shared: SharedState | None = None
 
     def register(self, upstreams: Iterable[Upstream]) -> None:
         """Export every upstream's breaker state from the start."""
@@ -244,6 +259,7 @@ class Resilience:
         guard = self._guard(upstream.name)
         policy = upstream.retries
         cred = credential_id(upstream, headers)
+        scred = self._shared_credential(upstream, headers)
         idempotent = method in IDEMPOTENT
         started = self.clock()
         guard.note_call(started)
@@ -251,7 +267,7 @@ class Resilience:
         while True:
             token = guard.breaker.admit(upstream.breaker, route)
             try:
-                await self._pace(guard, upstream, cred, route)
+                await self._pace(guard, upstream, cred, route, scred)
                 resp = await send()
             except UpstreamError as exc:
                 if exc.kind in ("circuit_open", "budget", "throttled"):
@@ -268,6 +284,8 @@ class Resilience:
                 after = retry_after(resp.headers, resp.body)
                 if resp.status == 429 and after is not None:
                     self._block(guard, cred, after)
+                    if scred is not None and self.shared is not None:
+                        self.shared.publish_hold(upstream.name, scred, after)  # binds every process
                 if not idempotent:
                     return resp
                 failure, reason = None, str(resp.status)
@@ -321,31 +339,60 @@ class Resilience:
         sends = guard.sends.setdefault(cred, _Sends())
         sends.blocked_until = max(sends.blocked_until, self.clock() + seconds)
 
-    async def _pace(self, guard: _Guard, upstream: Upstream, cred: str, route: str) -> None:
-        """Wait for a send slot of this credential, or raise 503 with Retry-After if it is too far."""
+    def _shared_credential(self, upstream: Upstream, headers: Mapping[str, str]) -> str | None:
+        """The credential's id in Redis (a hash salted by Redis's salt); None when nothing is shared."""
+        shared = self.shared
+        if shared is None or not shared.configured:
+            return None
+        if upstream.auth is None:
+            return "-"
+        return shared.credential(_credential_material(upstream, headers))
+
+    async def _pace(self, guard: _Guard, upstream: Upstream, cred: str, route: str, scred: str | None = None) -> None:
+        """Wait for a send slot of this credential, or raise 503 with Retry-After if it is too far.
+
+        With shared state the slot is taken in Redis; while Redis is down, in this process's
+        share of the budget (divided by the live process count last seen).
+        """
         budget = upstream.budget
+        shared = self.shared if self.shared is not None and self.shared.configured else None
+        held = shared.held(upstream.name, scred) if shared is not None and scred is not None else 0.0
         sends = guard.sends.get(cred)
         if sends is None:
-            if not budget.limits:
+            if not budget.limits and held <= 0:
                 return
             sends = guard.sends[cred] = _Sends()
         now = self.clock()
-        at = max(now, sends.blocked_until)
+        blocked = max(sends.blocked_until, now + held)
+        at = max(now, blocked)
         if at - now > upstream.retries.max_wait:
             raise self._paced_out(upstream, route, at - now, "upstream_rate_limited")
         if budget.limits:
-            times = sends.times
-            longest = max(per for _, per in budget.limits)
-            while times and times[0] <= now - longest:
-                times.popleft()
-            if times:
-                at = max(at, times[-1])  # first come, first served
-            for count, per in budget.limits:
-                if len(times) >= count:
-                    at = max(at, times[-count] + per)
-            if at - now > max(budget.max_wait, sends.blocked_until - now):
-                raise self._paced_out(upstream, route, at - now, "upstream_budget_exhausted")
-            times.append(at)
+            slot = None
+            if shared is not None and scred is not None and shared.active:
+                slot = await shared.reserve(
+                    upstream.name, scred, budget.limits, max(budget.max_wait, blocked - now), at - now
+                )
+            if slot is not None:
+                taken, wait = slot
+                if not taken:
+                    raise self._paced_out(upstream, route, wait, "upstream_budget_exhausted")
+                now = self.clock()
+                at = now + wait
+            else:
+                limits = local_share(budget.limits, shared.instances) if shared is not None else budget.limits
+                times = sends.times
+                longest = max(per for _, per in limits)
+                while times and times[0] <= now - longest:
+                    times.popleft()
+                if times:
+                    at = max(at, times[-1])  # first come, first served
+                for count, per in limits:
+                    if len(times) >= count:
+                        at = max(at, times[-count] + per)
+                if at - now > max(budget.max_wait, blocked - now):
+                    raise self._paced_out(upstream, route, at - now, "upstream_budget_exhausted")
+                times.append(at)
         wait = at - now
         if wait > 0:
             if self.metrics is not None:

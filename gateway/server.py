@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -52,6 +53,7 @@ from gateway.proxy import Proxy
 from gateway.redact import Redactor, secret_values
 from gateway.routing import Router
 from gateway.session import SessionChecks
+from gateway.shared import SharedState
 from gateway.upstream import UpstreamClient
 from gateway.verdict import GoneCheck
 
@@ -128,6 +130,9 @@ class Gateway:
         self.registry.register(ExpiryCollector(lambda: self.runtime.config, self.credentials))
         #: rate-limit buckets and the in-flight count outlive reloads
         self.limits = Limits(self.metrics)
+        #: budgets, client limits, hold-offs and breakers shared through the cache's Redis
+        self.shared = SharedState(self._shared_changed)
+        self.client.resilience.shared = self.limits.shared = self.shared
         #: set when serving a non-loopback address: a reload may not drop every client key
         self.requires_client_keys: str | None = None
         self.openapi = DocumentCache()
@@ -149,6 +154,7 @@ class Gateway:
         self.client.resilience.register(config.upstreams.values())  # and every circuit breaker
         self.client.buffers.limit = config.server.max_buffered_bytes
         self.limits.configure(config)
+        self.shared.configure(config, self.credentials.resolve)
         access = Access(config.access, self.credentials)
         for problem in access.without_value():  # a lockout must not be a mystery (a 401 says nothing more)
             log.error("%s: %s", config.path, problem)
@@ -197,7 +203,12 @@ class Gateway:
         log.info("config reloaded from %s (%s, %d routes)", target, config.digest, len(config.routes))
         return config
 
+    def _shared_changed(self, up: bool, instances: int) -> None:
+        self.metrics.shared_up.set((1.0 if up else 0.0) if self.shared.configured else math.nan)
+        self.metrics.shared_instances.set(instances)
+
     async def close(self) -> None:
+        await self.shared.close()
         await self.client.close()
         await self.caches.close()
 
@@ -346,7 +357,7 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     request[CLIENT] = key.name if key is not None else ANONYMOUS  # logged even when refused below
     runtime.access.authorize(key, match.route, request.method)  # 403 outside the key's grants
     limits = gw.limits
-    limits.enter(request[CLIENT], match.route.name)  # 429 before anything is forwarded
+    await limits.admit(request[CLIENT], match.route.name)  # 429 before anything is forwarded
     try:
         return await runtime.proxy.handle(request, match, request[REQUEST_ID])
     finally:
@@ -410,6 +421,11 @@ async def _background_probes(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     gw.prober.stopped()
+
+
+async def _start_shared(app: web.Application) -> None:
+    """The shared-state heartbeat runs for as long as the app does (``Gateway.close`` stops it)."""
+    await app[GATEWAY].shared.start()
 
 
 async def _openapi(request: web.Request) -> web.Response:
@@ -548,6 +564,7 @@ def build_app(
 
         app.cleanup_ctx.append(watch_routes(gateway, watch))
     app.router.add_route("*", "/{tail:.*}", _dispatch)
+    app.on_startup.append(_start_shared)
 
     async def _close(_app: web.Application) -> None:
         gateway.rejects.flush()  # the count of rejects not yet summarized
