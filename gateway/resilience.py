@@ -32,7 +32,7 @@ import random
 import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
 
@@ -182,11 +182,17 @@ class Breaker:
 class _Sends:
     """One credential's send log (reserved slots may lie in the near future) and upstream block."""
 
-    __slots__ = ("blocked_until", "times")
+    __slots__ = ("blocked_until", "epoch", "grace_until", "seed", "shared_at", "times")
 
-    def __init__(self) -> None:
+    def __init__(self, epoch: int = 0) -> None:
         self.times: deque[float] = deque()
         self.blocked_until = 0.0
+        #: shared pacing: the SharedState epoch last seen, the last slot taken in Redis, until when
+        #: the local share still binds after sharing resumed, and whether local sends await writing
+        self.epoch = epoch
+        self.shared_at = -math.inf
+        self.grace_until = 0.0
+        self.seed = False
 
 
 class _Guard:
@@ -361,43 +367,66 @@ class Resilience:
         if sends is None:
             if not budget.limits and held <= 0:
                 return
-            sends = guard.sends[cred] = _Sends()
+            sends = guard.sends[cred] = _Sends(shared.epoch if shared is not None else 0)
         now = self.clock()
         blocked = max(sends.blocked_until, now + held)
         at = max(now, blocked)
         if at - now > upstream.retries.max_wait:
             raise self._paced_out(upstream, route, at - now, "upstream_rate_limited")
         if budget.limits:
-            slot = None
-            if shared is not None and scred is not None and shared.active:
-                slot = await shared.reserve(
-                    upstream.name, scred, budget.limits, max(budget.max_wait, blocked - now), at - now
-                )
-            if slot is not None:
-                taken, wait = slot
-                if not taken:
-                    raise self._paced_out(upstream, route, wait, "upstream_budget_exhausted")
-                now = self.clock()
-                at = now + wait
-            else:
-                limits = local_share(budget.limits, shared.instances) if shared is not None else budget.limits
-                times = sends.times
-                longest = max(per for _, per in limits)
-                while times and times[0] <= now - longest:
-                    times.popleft()
-                if times:
-                    at = max(at, times[-1])  # first come, first served
-                for count, per in limits:
-                    if len(times) >= count:
-                        at = max(at, times[-count] + per)
-                if at - now > max(budget.max_wait, blocked - now):
-                    raise self._paced_out(upstream, route, at - now, "upstream_budget_exhausted")
-                times.append(at)
+            now, at = await self._slot(sends, upstream, route, shared, scred, now, at, blocked)
         wait = at - now
         if wait > 0:
             if self.metrics is not None:
                 self.metrics.paced.labels(upstream.name, "waited").inc()
             await self.sleep(wait)
+
+    async def _slot(
+        self,
+        sends: _Sends,
+        upstream: Upstream,
+        route: str,
+        shared: SharedState | None,
+        scred: str | None,
+        now: float,
+        at: float,
+        blocked: float,
+    ) -> tuple[float, float]:
+        """(now, send time) of a budget slot: taken in Redis, or in this process's share of the budget.
+
+        Across a change the windows are handed over (``handover``): nothing sent just before
+        Redis went away or came back is forgotten, so the combined calls stay under the budget.
+        """
+        budget = upstream.budget
+        limit = max(budget.max_wait, blocked - now)
+        longest = max(per for _, per in budget.limits)
+        times = sends.times
+        while times and times[0] <= now - longest:
+            times.popleft()
+        for _ in range(2):  # a second round if Redis fails during this very call
+            if shared is not None:
+                handover(sends, shared, budget.limits, now)
+            remote = shared is not None and scred is not None and shared.active
+            if not remote or now < sends.grace_until:
+                share = local_share(budget.limits, shared.instances) if shared is not None else budget.limits
+                at = _local_slot(sends.times, share, at)
+                if at - now > limit:
+                    raise self._paced_out(upstream, route, at - now, "upstream_budget_exhausted")
+            if not remote:
+                break
+            assert shared is not None and scred is not None
+            seeds = [t - now for t in sends.times if t > sends.shared_at] if sends.seed else []
+            slot = await shared.reserve(upstream.name, scred, budget.limits, limit, at - now, seeds)
+            if slot is not None:
+                taken, wait = slot
+                if not taken:
+                    raise self._paced_out(upstream, route, wait, "upstream_budget_exhausted")
+                now = self.clock()
+                at = sends.shared_at = now + wait
+                sends.seed = False
+                break
+        sends.times.append(at)
+        return now, at
 
     def _paced_out(self, upstream: Upstream, route: str, wait: float, code: str) -> ServiceUnavailable:
         if self.metrics is not None:
@@ -413,6 +442,36 @@ class Resilience:
         return ServiceUnavailable(
             f"{message}; retry in {seconds}s", kind=kind, code=code, route=route, headers={"Retry-After": str(seconds)}
         )
+
+
+def _local_slot(times: deque[float], limits: Iterable[tuple[int, float]], at: float) -> float:
+    """The earliest send time the log allows under ``limits``, first come first served."""
+    if times:
+        at = max(at, times[-1])
+    for count, per in limits:
+        if len(times) >= count:
+            at = max(at, times[-count] + per)
+    return at
+
+
+def handover(sends: _Sends, shared: SharedState, limits: Sequence[tuple[int, float]], now: float) -> None:
+    """Sharing stopped or resumed since this credential's last call: carry its windows over.
+
+    Stopped: the shared window may be full, so the local share of the shortest window
+    counts as used as of the last shared slot.  Resumed: the sends made meanwhile are
+    written to Redis first, and the local share still binds for that window (the other
+    processes may not have written theirs yet).
+    """
+    if sends.epoch == shared.epoch:
+        return
+    sends.epoch = shared.epoch
+    count, per = min(local_share(limits, shared.instances), key=lambda limit: limit[1])
+    if shared.active:
+        sends.grace_until = now + per + 1.0
+        sends.seed = True
+    elif sends.shared_at > now - per:
+        used = sum(1 for t in sends.times if t > now - per)
+        sends.times = deque(sorted([*sends.times, *[sends.shared_at] * max(0, count - used)]))
 
 
 def _per(seconds: float) -> str:

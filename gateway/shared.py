@@ -69,13 +69,16 @@ return out
 """
 )
 
-#: a sliding-window slot: KEYS[1] the send log; ARGV: longest window ms, max wait ms,
-#: member, earliest start (ms from now), then (count, window ms) pairs. -> {taken, wait ms}
+#: a sliding-window slot: KEYS[1] the send log; ARGV: longest window ms, max wait ms, member,
+#: earliest start (ms from now), the number of seeds, the seeds (sends made while Redis was
+#: down, ms from now), then (count, window ms) pairs. -> {taken, wait ms}
 _RESERVE = (
     _NOW
     + """
 local key = KEYS[1]
 local longest = tonumber(ARGV[1])
+local seeds = tonumber(ARGV[5])
+for i = 1, seeds do redis.call('ZADD', key, now + tonumber(ARGV[5 + i]), ARGV[3] .. ':s' .. i) end
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now - longest)
 local n = redis.call('ZCARD', key)
 local at = now + tonumber(ARGV[4])
@@ -83,7 +86,7 @@ if n > 0 then
   local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
   at = math.max(at, tonumber(last[2]))
 end
-for i = 5, #ARGV, 2 do
+for i = 6 + seeds, #ARGV, 2 do
   local count = tonumber(ARGV[i])
   if n >= count then
     local e = redis.call('ZRANGE', key, n - count, n - count, 'WITHSCORES')
@@ -139,6 +142,8 @@ class SharedState:
         self.retry_after = 1.0
         #: Redis answered the last operation (and the salt is known)
         self.up = False
+        #: changes each time sharing stops or resumes (pacing hands its windows over then)
+        self.epoch = 0
         #: live processes, as last counted in Redis (1 until the first heartbeat)
         self.instances = 1
         #: when Redis last answered (wall clock), for /status
@@ -226,6 +231,7 @@ class SharedState:
                     "shared state: redis failed (%s); local shares of every budget and limit for now",
                     type(exc).__name__,
                 )
+                self.epoch += 1
             self.up = False
             self._down_until = time.monotonic() + self.retry_after
             self._report()
@@ -250,6 +256,7 @@ class SharedState:
         self.instances = max(1, int(n))
         self.last_ok = time.time()
         if not self.up:
+            self.epoch += 1
             log.info("shared state: redis answers; budgets and limits are shared by %d processes", self.instances)
         self.up = True
         self._report()
@@ -322,15 +329,27 @@ class SharedState:
     # --- budgets and client limits -------------------------------------------------------
 
     async def reserve(
-        self, upstream: str, cred: str, limits: Sequence[tuple[int, float]], max_wait: float, earliest: float
+        self,
+        upstream: str,
+        cred: str,
+        limits: Sequence[tuple[int, float]],
+        max_wait: float,
+        earliest: float,
+        seeds: Sequence[float] = (),
     ) -> tuple[bool, float] | None:
-        """A send slot in the shared window: (taken, seconds to wait), or None if Redis is down."""
+        """A send slot in the shared window: (taken, seconds to wait), or None if Redis is down.
+
+        ``seeds``: this process's sends while Redis was down (seconds from now, negative),
+        written first so the window counts them.
+        """
         self._seq += 1
         args: list[object] = [
             int(max(per for _, per in limits) * 1000),
             int(max_wait * 1000),
             f"{self.id}:{self._seq}",
             int(earliest * 1000),
+            len(seeds),
+            *(int(t * 1000) for t in seeds),
         ]
         for count, per in limits:
             args += [count, int(per * 1000)]
