@@ -25,6 +25,7 @@ told apart by a salted hash: secret values are never stored here.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
 import math
 import os
@@ -416,7 +417,12 @@ class Resilience:
                 break
             assert shared is not None and scred is not None
             seeds = [t - now for t in sends.times if t > sends.shared_at] if sends.seed else []
-            slot = await shared.reserve(upstream.name, scred, budget.limits, limit, at - now, seeds)
+            held = at
+            bisect.insort(sends.times, held)  # the local slot is held while Redis is asked (others run meanwhile)
+            try:
+                slot = await shared.reserve(upstream.name, scred, budget.limits, limit, at - now, seeds)
+            finally:
+                sends.times.remove(held)
             if slot is not None:
                 taken, wait = slot
                 if not taken:
@@ -425,7 +431,7 @@ class Resilience:
                 at = sends.shared_at = now + wait
                 sends.seed = False
                 break
-        sends.times.append(at)
+        bisect.insort(sends.times, at)
         return now, at
 
     def _paced_out(self, upstream: Upstream, route: str, wait: float, code: str) -> ServiceUnavailable:
@@ -458,9 +464,9 @@ def handover(sends: _Sends, shared: SharedState, limits: Sequence[tuple[int, flo
     """Sharing stopped or resumed since this credential's last call: carry its windows over.
 
     Stopped: the shared window may be full, so the local share of the shortest window
-    counts as used as of the last shared slot.  Resumed: the sends made meanwhile are
-    written to Redis first, and the local share still binds for that window (the other
-    processes may not have written theirs yet).
+    counts as used as of when Redis last answered (or this credential's last slot, if later).
+    Resumed: the sends made meanwhile are written to Redis first, and the local share still
+    binds for that window (the other processes may not have written theirs yet).
     """
     if sends.epoch == shared.epoch:
         return
@@ -469,9 +475,9 @@ def handover(sends: _Sends, shared: SharedState, limits: Sequence[tuple[int, flo
     if shared.active:
         sends.grace_until = now + per + 1.0
         sends.seed = True
-    elif sends.shared_at > now - per:
+    elif (last := max(shared.answered, sends.shared_at)) > now - per:
         used = sum(1 for t in sends.times if t > now - per)
-        sends.times = deque(sorted([*sends.times, *[sends.shared_at] * max(0, count - used)]))
+        sends.times = deque(sorted([*sends.times, *[last] * max(0, count - used)]))
 
 
 def _per(seconds: float) -> str:

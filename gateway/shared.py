@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import time
 import uuid
@@ -153,7 +154,10 @@ class SharedState:
         self._salt: bytes | None = None
         self._holds: dict[str, float] = {}
         self._breakers: dict[str, float] = {}
+        #: when Redis last answered (monotonic): slots taken before may fill the window
+        self.answered = -math.inf
         self._down_until = 0.0
+        self._resumed = -math.inf
         self._seq = 0
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -223,7 +227,9 @@ class SharedState:
             raise ConnectionError("shared state unavailable")
         try:
             async with asyncio.timeout(self.timeout * 2):
-                return await self._scripts[name](keys=list(keys), args=list(args))
+                result = await self._scripts[name](keys=list(keys), args=list(args))
+            self.answered = time.monotonic()
+            return result
         except Exception as exc:
             if self.up:
                 # the type only: a connection error's text can carry the host, never log the URL
@@ -253,7 +259,13 @@ class SharedState:
         self._salt = salt if isinstance(salt, bytes) else str(salt).encode()
         self._holds = _mirror(holds, int(now_ms), mono)
         self._breakers = _mirror(breakers, int(now_ms), mono)
-        self.instances = max(1, int(n))
+        if not self.up:
+            self._resumed = mono
+        if mono - self._resumed < HEARTBEAT_TTL_MS / 1000:
+            # a restarted Redis has not heard every heartbeat yet: never count fewer than before
+            self.instances = max(self.instances, int(n))
+        else:
+            self.instances = max(1, int(n))
         self.last_ok = time.time()
         if not self.up:
             self.epoch += 1
