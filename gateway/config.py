@@ -363,7 +363,8 @@ class CacheSettings:
 
     #: off: the per-route settings are checked but nothing is cached (no X-Cache, no invalidation)
     enabled: bool = True
-    backend: Literal["memory", "redis"] = "memory"
+    #: auto: redis when its URL resolves (ROUTEGATE_REDIS_URL set), else memory
+    backend: Literal["memory", "redis", "auto"] = "memory"
     #: memory: total bytes of stored responses (keys, headers and bodies), LRU beyond it
     max_bytes: int = 64 << 20
     #: a response larger than this is served but not stored
@@ -898,8 +899,10 @@ def _cache_settings(node: _Node | None) -> CacheSettings:
         else:
             en.error(f"expected on or off, got {_kind(en.value)}")
     backend = node.value.get("backend", "memory")
-    if backend not in ("memory", "redis"):
-        node.child("backend").error("expected 'memory' (this process) or 'redis' (shared by every replica)")
+    if backend not in ("memory", "redis", "auto"):
+        node.child("backend").error(
+            "expected 'memory' (this process), 'redis' (shared by every replica) or 'auto' (redis when its URL is set)"
+        )
         backend = "memory"
     kw["backend"] = backend
     for key in ("max_bytes", "max_entry_bytes"):
@@ -911,10 +914,10 @@ def _cache_settings(node: _Node | None) -> CacheSettings:
     if settings.max_entry_bytes > settings.max_bytes:
         kw["max_entry_bytes"] = settings.max_bytes  # one entry can never exceed the whole cache
     rn = node.get("redis")
-    if backend == "redis" and rn is None:
-        node.error("backend 'redis' needs redis: {url: {env: VAR}}")
+    if backend in ("redis", "auto") and rn is None:
+        node.error(f"backend '{backend}' needs redis: {{url: {{env: VAR}}}}")
     if rn is not None:
-        if backend != "redis":
+        if backend == "memory":
             rn.error("'redis' settings are only read with backend: redis")
         elif rn.keys({"url", "prefix", "timeout", "retry_after"}, {"url"}):
             kw["redis_url"] = _secret(rn.child("url"))

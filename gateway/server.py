@@ -406,6 +406,7 @@ async def _status(request: web.Request) -> web.Response:
         prober_running=gw.probing,
         last_round=gw.prober.last_round,
         refused=gw.refused,
+        shared=gw.shared.describe(),
     )
     return web.Response(text=page, content_type="text/html", charset="utf-8", headers=status.HEADERS)
 

@@ -171,9 +171,9 @@ class SharedState:
         return self._redis is not None and self.up and time.monotonic() >= self._down_until
 
     def configure(self, config: Config, resolve: Callable[[Any], str | None]) -> None:
-        """Share through the cache's Redis (``cache.backend: redis``) when its URL resolves."""
+        """Share through the cache's Redis (``cache.backend: redis`` or ``auto``) when its URL resolves."""
         s = config.cache
-        url = resolve(s.redis_url) if s.backend == "redis" and s.redis_url is not None else None
+        url = resolve(s.redis_url) if s.backend != "memory" and s.redis_url is not None else None
         if url == self.url and (s.redis_prefix, s.redis_timeout) == (self.prefix, self.timeout):
             return
         old = self._redis
@@ -297,6 +297,20 @@ class SharedState:
         for task in list(self._tasks):
             with contextlib.suppress(Exception):
                 await task
+
+    def describe(self) -> tuple[str, str]:
+        """(state, text) for /status: shared, fallback (local shares) or local (no Redis configured)."""
+        if not self.configured:
+            return "local", "no Redis configured: budgets, client limits, hold-offs and breakers are this process's own"
+        if self.active:
+            return "shared", (
+                f"budgets, client limits, 429 hold-offs and breakers are shared through Redis "
+                f"by {self.instances} live process(es)"
+            )
+        return "fallback", (
+            f"Redis is unreachable: each process keeps 1/{self.instances} of every budget and client limit "
+            f"({self.instances} live process(es) when last seen); sharing resumes when Redis answers"
+        )
 
     # --- credentials, hold-offs and breakers ---------------------------------------------
 

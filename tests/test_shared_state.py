@@ -222,3 +222,25 @@ async def test_a_client_rate_limit_is_one_bucket_across_instances(
     statuses = [(await gw.get("/v1/things/a", headers=SLOW)).status for gw in (one, two) * 4]
     assert statuses == [200] * 4 + [429] * 4  # 4 per hour in all, not 4 per instance
     assert len(fake.hits) == 4
+
+
+async def test_status_and_metrics_say_whether_state_is_shared(
+    aiohttp_server: Any, make_gateway: Any, redis_server: RedisServer
+) -> None:
+    _fake, _server, url = await start_fake(aiohttp_server)
+    one, _two_gw = await _two(make_gateway, _yaml(url), _env(redis_server))
+    deadline = time.monotonic() + 3
+    while "by 2 live process(es)" not in (page := await (await one.get("/status")).text()):
+        assert time.monotonic() < deadline, page  # the second instance's heartbeat is counted
+        await asyncio.sleep(0.1)
+    assert 'data-shared-state="shared"' in page and "by 2 live process(es)" in page
+    metrics = await (await one.get("/metrics")).text()
+    assert "gateway_shared_state_up 1.0" in metrics and "gateway_shared_instances 2.0" in metrics
+    await asyncio.to_thread(redis_server.stop)
+    deadline = time.monotonic() + 3
+    while 'data-shared-state="fallback"' not in (page := await (await one.get("/status")).text()):
+        assert time.monotonic() < deadline, page
+        await asyncio.sleep(0.1)
+    assert "1/2 of every budget" in page
+    assert "gateway_shared_state_up 0.0" in await (await one.get("/metrics")).text()
+    assert redis_server.url not in page  # the URL (it may carry a password) is never shown
