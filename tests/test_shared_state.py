@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from gateway.server import GATEWAY
@@ -244,3 +245,25 @@ async def test_status_and_metrics_say_whether_state_is_shared(
     assert "1/2 of every budget" in page
     assert "gateway_shared_state_up 0.0" in await (await one.get("/metrics")).text()
     assert redis_server.url not in page  # the URL (it may carry a password) is never shown
+
+
+async def test_setting_routegate_redis_url_is_all_the_shipped_routes_yaml_needs(
+    make_gateway: Any, sandbox_env: dict[str, str], redis_server: RedisServer
+) -> None:
+    alone = await make_gateway(env=sandbox_env)  # the shipped routes.yaml, no Redis
+    assert not alone.app[GATEWAY].shared.configured
+    assert "gateway_shared_state_up NaN" in await (await alone.get("/metrics")).text()
+    gw = await make_gateway(env={**sandbox_env, "ROUTEGATE_CACHE": "on", "ROUTEGATE_REDIS_URL": redis_server.url})
+    deadline = time.monotonic() + 5
+    while not gw.app[GATEWAY].shared.active:
+        assert time.monotonic() < deadline, "the shipped routes.yaml does not share through ROUTEGATE_REDIS_URL"
+        await asyncio.sleep(0.05)
+    resp = await gw.get("/v1/observable/notebooks?limit=2")
+    assert resp.status == 200, await resp.text()
+    store = aioredis.Redis.from_url(redis_server.url)
+    try:
+        keys = [k async for k in store.scan_iter(match="routegate:*")]
+    finally:
+        await store.aclose()
+    assert any(k.startswith(b"routegate:e:") for k in keys), keys  # the cache is in Redis too
+    assert b"routegate:s:instances" in keys
