@@ -290,13 +290,14 @@ class SharedState:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._redis is not None:
-            with contextlib.suppress(Exception):
-                await self._redis.zrem(self._key("instances"), self.id)  # leave the live count at once
-            await self._redis.aclose()
-        for task in list(self._tasks):
+        for task in list(self._tasks):  # hold-offs and breakers still being written
             with contextlib.suppress(Exception):
                 await task
+        if self._redis is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self.timeout * 2):
+                    await self._redis.zrem(self._key("instances"), self.id)  # leave the live count at once
+            await self._redis.aclose()
 
     def describe(self) -> tuple[str, str]:
         """(state, text) for /status: shared, fallback (local shares) or local (no Redis configured)."""
