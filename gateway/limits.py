@@ -17,6 +17,7 @@ from collections.abc import Callable
 from gateway.config import Config, RateLimit
 from gateway.errors import TooManyRequests
 from gateway.metrics import Metrics
+from gateway.shared import SharedState
 
 
 class TokenBucket:
@@ -50,6 +51,10 @@ class Limits:
         self.in_flight = 0
         self._limits: dict[str, RateLimit] = {}
         self._buckets: dict[str, TokenBucket] = {}
+        #: buckets shared through Redis (None: this process only); ``_fallback`` holds the
+        #: local shares used while Redis is down
+        self.shared: SharedState | None = None
+        self._fallback: dict[str, TokenBucket] = {}
 
     def configure(self, config: Config) -> None:
         """Adopt a (re)loaded config; buckets of keys whose limit is unchanged keep their state."""
@@ -60,9 +65,35 @@ class Limits:
             for name, bucket in self._buckets.items()
             if self._limits.get(name) == bucket.limit  # a changed limit starts a full bucket
         }
+        self._fallback = {}
 
-    def enter(self, client: str, route: str) -> None:
-        """Take one in-flight slot for the request (``leave`` gives it back), or raise 429 (nothing is forwarded)."""
+    async def admit(self, client: str, route: str) -> None:
+        """``enter``, with the client's rate limit taken from the bucket every process shares.
+
+        No Redis round trip for a client without a limit; while Redis is down the key gets
+        a local bucket of its share (rate and burst divided by the live process count).
+        """
+        shared = self.shared
+        limit = self._limits.get(client)
+        if limit is None or shared is None or not shared.configured:
+            self.enter(client, route)
+            return
+        self._capacity(route)
+        wait = await shared.take(client, limit.rate, limit.burst) if shared.active else None
+        if wait is None:
+            n = max(1, shared.instances)
+            bucket = self._fallback.get(client)
+            if bucket is None or bucket.limit.rate != limit.rate / n:
+                share = RateLimit(limit.rate / n, max(1, limit.burst // n), limit.text)
+                bucket = self._fallback[client] = TokenBucket(share, self.clock())
+            wait = bucket.take(self.clock())
+        if wait > 0.0:
+            raise self._rate_limited(client, limit, route, wait)
+        self._capacity(route)  # others may have entered while Redis answered
+        self.in_flight += 1
+        self.metrics.in_flight.set(self.in_flight)
+
+    def _capacity(self, route: str) -> None:
         cap = self.max_in_flight
         if cap is not None and self.in_flight >= cap:
             self.metrics.limited.labels("concurrency").inc()
@@ -72,6 +103,20 @@ class Limits:
                 route=route,
                 headers={"Retry-After": "1"},
             )
+
+    def _rate_limited(self, client: str, limit: RateLimit, route: str, wait: float) -> TooManyRequests:
+        self.metrics.limited.labels("rate_limit").inc()
+        retry = max(1, math.ceil(wait))
+        return TooManyRequests(
+            f"key {client!r} is over its rate limit of {limit.text}; retry in {retry} s",
+            code="rate_limited",
+            route=route,
+            headers={"Retry-After": str(retry)},
+        )
+
+    def enter(self, client: str, route: str) -> None:
+        """Take one in-flight slot for the request (``leave`` gives it back), or raise 429 (nothing is forwarded)."""
+        self._capacity(route)
         limit = self._limits.get(client)
         if limit is not None:
             now = self.clock()
@@ -80,14 +125,7 @@ class Limits:
                 bucket = self._buckets[client] = TokenBucket(limit, now)
             wait = bucket.take(now)
             if wait > 0.0:
-                self.metrics.limited.labels("rate_limit").inc()
-                retry = max(1, math.ceil(wait))
-                raise TooManyRequests(
-                    f"key {client!r} is over its rate limit of {limit.text}; retry in {retry} s",
-                    code="rate_limited",
-                    route=route,
-                    headers={"Retry-After": str(retry)},
-                )
+                raise self._rate_limited(client, limit, route, wait)
         self.in_flight += 1
         self.metrics.in_flight.set(self.in_flight)
 

@@ -70,6 +70,22 @@ class Metrics:
             ["upstream", "route", "reason"],
             registry=registry,
         )
+        self.shared_up = Gauge(
+            "gateway_shared_state_up",
+            "1 while budgets, limits, hold-offs and breakers are shared through Redis; 0 while this process "
+            "falls back to its local share (NaN: no Redis configured, nothing is shared).",
+            multiprocess_mode="livemin",
+            registry=registry,
+        )
+        self.shared_up.set(float("nan"))
+        self.shared_instances = Gauge(
+            "gateway_shared_instances",
+            "Gateway processes (workers of every replica) with a fresh heartbeat in Redis, as last seen; "
+            "the local fallback divides each budget and limit by it.",
+            multiprocess_mode="livemax",
+            registry=registry,
+        )
+        self.shared_instances.set(1)
         self.circuit_state = Gauge(
             "gateway_upstream_circuit_state",
             "The upstream's circuit breaker: 0 closed, 1 half-open (probing), 2 open (failing fast).",

@@ -25,11 +25,12 @@ told apart by a salted hash: secret values are never stored here.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 from gateway import retry_after
@@ -38,6 +39,7 @@ from gateway.credential_id import credential_fingerprint
 from gateway.errors import ServiceUnavailable, UpstreamError
 from gateway.methods import IDEMPOTENT
 from gateway.metrics import Metrics
+from gateway.shared import SharedState, local_share
 
 
 class Answer(Protocol):
@@ -75,6 +77,17 @@ def credential_id(upstream: Upstream, headers: Mapping[str, str]) -> str:
     return credential_fingerprint({name: headers[name] for name in names if headers.get(name)})
 
 
+def _credential_material(upstream: Upstream, headers: Mapping[str, str]) -> bytes:
+    """What tells credentials apart, for the id shared through Redis (salted there: gateway.shared)."""
+    assert upstream.auth is not None
+    parts = []
+    for name in ("Authorization", "Cookie", *(n for n, _ in upstream.auth.headers)):
+        value = headers.get(name)
+        if value:
+            parts.append(name.encode() + b"\0" + value.encode() + b"\0")
+    return b"".join(parts)
+
+
 class Breaker:
     """Closed → (N consecutive failures) → open → (cool-down) → half-open: one probe decides."""
 
@@ -102,6 +115,9 @@ class Breaker:
                 self._set(CLOSED)  # the breaker was switched off by a reload
             return None
         if self.state == CLOSED:
+            shared = self.owner.shared
+            if shared is not None and (remaining := shared.breaker_open(self.upstream)) > 0:
+                raise self._reject(remaining, route)  # another process opened it: honour that here
             return None
         if self.state == OPEN:
             remaining = self.opened_at + policy.cooldown - self.owner.clock()
@@ -120,8 +136,10 @@ class Breaker:
             if ok:
                 self.failures = 0
                 self._set(CLOSED)
+                if self.owner.shared is not None:
+                    self.owner.shared.publish_breaker(self.upstream, None)
             else:
-                self._open()
+                self._open(policy)
             return
         if self.state != CLOSED or policy.failures == 0:
             return
@@ -130,16 +148,18 @@ class Breaker:
             return
         self.failures += 1
         if self.failures >= policy.failures:
-            self._open()
+            self._open(policy)
 
     def release(self, token: object | None) -> None:
         """A probe that ended without an outcome (paced out, cancelled): let the next call probe."""
         if token is not None and token is self.probe:
             self.probe = None
 
-    def _open(self) -> None:
+    def _open(self, policy: BreakerPolicy) -> None:
         self.opened_at = self.owner.clock()
         self._set(OPEN)
+        if self.owner.shared is not None:
+            self.owner.shared.publish_breaker(self.upstream, policy.cooldown)  # every process fails fast too
 
     def _reject(self, remaining: float, route: str) -> ServiceUnavailable:
         wait = max(1, math.ceil(remaining))
@@ -156,11 +176,17 @@ class Breaker:
 class _Sends:
     """One credential's send log (reserved slots may lie in the near future) and upstream block."""
 
-    __slots__ = ("blocked_until", "times")
+    __slots__ = ("blocked_until", "epoch", "grace_until", "seed", "shared_at", "times")
 
-    def __init__(self) -> None:
+    def __init__(self, epoch: int = 0) -> None:
         self.times: deque[float] = deque()
         self.blocked_until = 0.0
+        #: shared pacing: the SharedState epoch last seen, the last slot taken in Redis, until when
+        #: the local share still binds after sharing resumed, and whether local sends await writing
+        self.epoch = epoch
+        self.shared_at = -math.inf
+        self.grace_until = 0.0
+        self.seed = False
 
 
 class _Guard:
@@ -202,6 +228,8 @@ class Resilience:
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self.rand: Callable[[], float] = random.random
         self._guards: dict[str, _Guard] = {}
+        #: budgets, hold-offs and breakers shared through Redis (None: this process only)
+        self.shared: SharedState | None = None
 
     def register(self, upstreams: Iterable[Upstream]) -> None:
         """Export every upstream's breaker state from the start."""
@@ -231,6 +259,7 @@ class Resilience:
         guard = self._guard(upstream.name)
         policy = upstream.retries
         cred = credential_id(upstream, headers)
+        scred = self._shared_credential(upstream, headers)
         idempotent = method in IDEMPOTENT
         started = self.clock()
         guard.note_call(started)
@@ -238,7 +267,7 @@ class Resilience:
         while True:
             token = guard.breaker.admit(upstream.breaker, route)
             try:
-                await self._pace(guard, upstream, cred, route)
+                await self._pace(guard, upstream, cred, route, scred)
                 resp = await send()
             except UpstreamError as exc:
                 if exc.kind in ("circuit_open", "budget", "throttled"):
@@ -255,6 +284,8 @@ class Resilience:
                 after = retry_after.seconds(resp.headers, resp.body)
                 if resp.status == 429 and after is not None:
                     self._block(guard, cred, after)
+                    if scred is not None and self.shared is not None:
+                        self.shared.publish_hold(upstream.name, scred, after)  # binds every process
                 if not idempotent:
                     return resp
                 failure, reason = None, str(resp.status)
@@ -308,36 +339,93 @@ class Resilience:
         sends = guard.sends.setdefault(cred, _Sends())
         sends.blocked_until = max(sends.blocked_until, self.clock() + seconds)
 
-    async def _pace(self, guard: _Guard, upstream: Upstream, cred: str, route: str) -> None:
-        """Wait for a send slot of this credential, or raise 503 with Retry-After if it is too far."""
+    def _shared_credential(self, upstream: Upstream, headers: Mapping[str, str]) -> str | None:
+        """The credential's id in Redis (a hash salted by Redis's salt); None when nothing is shared."""
+        shared = self.shared
+        if shared is None or not shared.configured:
+            return None
+        if upstream.auth is None:
+            return "-"
+        return shared.credential(_credential_material(upstream, headers))
+
+    async def _pace(self, guard: _Guard, upstream: Upstream, cred: str, route: str, scred: str | None = None) -> None:
+        """Wait for a send slot of this credential, or raise 503 with Retry-After if it is too far.
+
+        With shared state the slot is taken in Redis; while Redis is down, in this process's
+        share of the budget (divided by the live process count last seen).
+        """
         budget = upstream.budget
+        shared = self.shared if self.shared is not None and self.shared.configured else None
+        held = shared.held(upstream.name, scred) if shared is not None and scred is not None else 0.0
         sends = guard.sends.get(cred)
         if sends is None:
-            if not budget.limits:
+            if not budget.limits and held <= 0:
                 return
-            sends = guard.sends[cred] = _Sends()
+            sends = guard.sends[cred] = _Sends(shared.epoch if shared is not None else 0)
         now = self.clock()
-        at = max(now, sends.blocked_until)
+        blocked = max(sends.blocked_until, now + held)
+        at = max(now, blocked)
         if at - now > upstream.retries.max_wait:
             raise self._paced_out(upstream, route, at - now, "upstream_rate_limited")
         if budget.limits:
-            times = sends.times
-            longest = max(per for _, per in budget.limits)
-            while times and times[0] <= now - longest:
-                times.popleft()
-            if times:
-                at = max(at, times[-1])  # first come, first served
-            for count, per in budget.limits:
-                if len(times) >= count:
-                    at = max(at, times[-count] + per)
-            if at - now > max(budget.max_wait, sends.blocked_until - now):
-                raise self._paced_out(upstream, route, at - now, "upstream_budget_exhausted")
-            times.append(at)
+            now, at = await self._slot(sends, upstream, route, shared, scred, now, at, blocked)
         wait = at - now
         if wait > 0:
             if self.metrics is not None:
                 self.metrics.paced.labels(upstream.name, "waited").inc()
             await self.sleep(wait)
+
+    async def _slot(
+        self,
+        sends: _Sends,
+        upstream: Upstream,
+        route: str,
+        shared: SharedState | None,
+        scred: str | None,
+        now: float,
+        at: float,
+        blocked: float,
+    ) -> tuple[float, float]:
+        """(now, send time) of a budget slot: taken in Redis, or in this process's share of the budget.
+
+        Across a change the windows are handed over (``handover``): nothing sent just before
+        Redis went away or came back is forgotten, so the combined calls stay under the budget.
+        """
+        budget = upstream.budget
+        limit = max(budget.max_wait, blocked - now)
+        longest = max(per for _, per in budget.limits)
+        times = sends.times
+        while times and times[0] <= now - longest:
+            times.popleft()
+        for _ in range(2):  # a second round if Redis fails during this very call
+            if shared is not None:
+                handover(sends, shared, budget.limits, now)
+            remote = shared is not None and scred is not None and shared.active
+            if not remote or now < sends.grace_until:
+                share = local_share(budget.limits, shared.instances) if shared is not None else budget.limits
+                at = _local_slot(sends.times, share, at)
+                if at - now > limit:
+                    raise self._paced_out(upstream, route, at - now, "upstream_budget_exhausted")
+            if not remote:
+                break
+            assert shared is not None and scred is not None
+            seeds = [t - now for t in sends.times if t > sends.shared_at] if sends.seed else []
+            held = at
+            bisect.insort(sends.times, held)  # the local slot is held while Redis is asked (others run meanwhile)
+            try:
+                slot = await shared.reserve(upstream.name, scred, budget.limits, limit, at - now, seeds)
+            finally:
+                sends.times.remove(held)
+            if slot is not None:
+                taken, wait = slot
+                if not taken:
+                    raise self._paced_out(upstream, route, wait, "upstream_budget_exhausted")
+                now = self.clock()
+                at = sends.shared_at = now + wait
+                sends.seed = False
+                break
+        bisect.insort(sends.times, at)
+        return now, at
 
     def _paced_out(self, upstream: Upstream, route: str, wait: float, code: str) -> ServiceUnavailable:
         if self.metrics is not None:
@@ -353,6 +441,36 @@ class Resilience:
         return ServiceUnavailable(
             f"{message}; retry in {seconds}s", kind=kind, code=code, route=route, headers={"Retry-After": str(seconds)}
         )
+
+
+def _local_slot(times: deque[float], limits: Iterable[tuple[int, float]], at: float) -> float:
+    """The earliest send time the log allows under ``limits``, first come first served."""
+    if times:
+        at = max(at, times[-1])
+    for count, per in limits:
+        if len(times) >= count:
+            at = max(at, times[-count] + per)
+    return at
+
+
+def handover(sends: _Sends, shared: SharedState, limits: Sequence[tuple[int, float]], now: float) -> None:
+    """Sharing stopped or resumed since this credential's last call: carry its windows over.
+
+    Stopped: the shared window may be full, so the local share of the shortest window
+    counts as used as of when Redis last answered (or this credential's last slot, if later).
+    Resumed: the sends made meanwhile are written to Redis first, and the local share still
+    binds for that window (the other processes may not have written theirs yet).
+    """
+    if sends.epoch == shared.epoch:
+        return
+    sends.epoch = shared.epoch
+    count, per = min(local_share(limits, shared.instances), key=lambda limit: limit[1])
+    if shared.active:
+        sends.grace_until = now + per + 1.0
+        sends.seed = True
+    elif (last := max(shared.answered, sends.shared_at)) > now - per:
+        used = sum(1 for t in sends.times if t > now - per)
+        sends.times = deque(sorted([*sends.times, *[last] * max(0, count - used)]))
 
 
 def _per(seconds: float) -> str:

@@ -180,6 +180,17 @@ def _credential_row(c: CredentialExpiry, now: float) -> str:
     )
 
 
+def _shared(shared: tuple[str, str] | None) -> str:
+    if shared is None:
+        return ""
+    state, text = shared
+    css = {"shared": "up", "fallback": "down"}.get(state, "unknown")
+    return (
+        f'<p class="meta" id="shared" data-shared-state="{escape(state)}">'
+        f'<span class="state {css}">{escape(state)}</span> {escape(text)}</p>'
+    )
+
+
 def _badge(state: str, count: int) -> str:
     """A count's badge, coloured only when there is something to count (no red "0 down")."""
     return f'<span class="state {state if count else "zero"}">{count} {state}</span>'
@@ -204,8 +215,10 @@ def render_page(
     refused: tuple[float, ConfigError] | None = None,
     now: float | None = None,
     probed_by: tuple[str | None, str] | None = None,
+    shared: tuple[str, str] | None = None,
 ) -> str:
-    """``probed_by``: (who ran the last round, this instance): with a probe lease, another instance may have."""
+    """``probed_by``: (who ran the last round, this instance): with a probe lease, another instance may have.
+    ``shared``: (state, text) of the budgets and limits shared through Redis."""
     now = time.time() if now is None else now
     counts = {"up": 0, "down": 0, "unknown": 0}
     rows = []
@@ -235,6 +248,7 @@ def render_page(
 <h1>routegate status</h1>
 <p class="meta">config <code>{escape(config.path)}</code> (digest <code>{escape(config.digest)}</code>),
 rendered {_when(now)}; {prober}, last round {_when(last_round)}{_probed_by(probed_by)}.</p>
+{_shared(shared)}
 {_refused(refused)}
 <p class="summary" id="summary">{_badge("up", counts["up"])}
 {_badge("down", counts["down"])}

@@ -218,7 +218,8 @@ def test_the_cache_section_is_model_parsed_with_its_on_off_switch() -> None:
     assert (cfg.cache.enabled, cfg.cache.max_bytes, cfg.cache.max_entry_bytes) == (True, 1 << 20, 1 << 20)
     got = problems(BASE + "cache: {enabled: maybe, backend: disk, max_bytes: 0}\n")
     assert sorted(got) == [
-        "routes.yaml:9: cache.backend: expected 'memory' (this process) or 'redis' (shared by every replica)",
+        "routes.yaml:9: cache.backend: expected 'memory' (this process), 'redis' (shared by every replica)"
+        " or 'auto' (redis when its URL is set)",
         "routes.yaml:9: cache.enabled: expected on or off, got 'maybe'",
         "routes.yaml:9: cache.max_bytes: must be at least 1 byte",
     ]

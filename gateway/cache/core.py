@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
@@ -348,6 +348,9 @@ class CacheBackends:
         return ResponseCache(config, backend, self)
 
     def _backend(self, s: CacheSettings) -> Backend:
+        if s.backend == "auto":  # redis when its URL is set (ROUTEGATE_REDIS_URL), else this process's memory
+            found = self.credentials.resolve(s.redis_url) if s.redis_url is not None else None
+            s = replace(s, backend="redis" if found else "memory")
         if s.backend == "redis":
             url = self.credentials.resolve(s.redis_url) if s.redis_url is not None else None
             ident: tuple[object, ...] = ("redis", url, s.redis_prefix, s.redis_timeout, s.redis_retry_after)

@@ -160,7 +160,8 @@ class CacheSettings:
 
     #: off: the per-route settings are checked but nothing is cached (no X-Cache, no invalidation)
     enabled: bool = True
-    backend: Literal["memory", "redis"] = "memory"
+    #: auto: redis when its URL resolves (ROUTEGATE_REDIS_URL set), else memory
+    backend: Literal["memory", "redis", "auto"] = "memory"
     #: memory: total bytes of stored responses (keys, headers and bodies), LRU beyond it
     max_bytes: int = 64 << 20
     #: a response larger than this is served but not stored

@@ -55,10 +55,10 @@ def _cache_settings(node: _Node | None) -> CacheSettings:
         kw["max_entry_bytes"] = min(spec.max_entry_bytes, spec.max_bytes)
     backend = node.value.get("backend", "memory")
     rn = node.get("redis")
-    if backend == "redis" and rn is None:
-        node.error("backend 'redis' needs redis: {url: {env: VAR}}")
+    if backend in ("redis", "auto") and rn is None:
+        node.error(f"backend '{backend}' needs redis: {{url: {{env: VAR}}}}")
     if rn is not None:
-        if backend != "redis":
+        if backend == "memory":
             rn.error("'redis' settings are only read with backend: redis")
         elif rn.keys(fields_of(RedisSpec), required_of(RedisSpec)):
             kw["redis_url"] = _secret(rn.child("url"))

@@ -226,20 +226,25 @@ class CacheSpec(Section):
 
     enabled: OnOff = CacheSettings().enabled
     """On by default; usually ``${ROUTEGATE_CACHE:-on}``."""
-    backend: Literal["memory", "redis"] = CacheSettings().backend
-    """``memory`` (this process) or ``redis`` (shared by every replica)."""
+    backend: Literal["memory", "redis", "auto"] = CacheSettings().backend
+    """``memory`` (this process), ``redis`` (shared by every replica) or ``auto`` (redis when its URL
+    resolves, e.g. ``ROUTEGATE_REDIS_URL`` is set; else memory). Redis also shares budgets, limits,
+    hold-offs, breakers and probe results (scale-out.md)."""
     max_bytes: Size = CacheSettings().max_bytes
     """The whole cache."""
     max_entry_bytes: Size = CacheSettings().max_entry_bytes
     """One answer; a larger one is served but not cached (at most ``max_bytes``)."""
     redis: RedisSpec | None = None
-    """With ``backend: redis``: where."""
+    """With ``backend: redis`` or ``auto``: where."""
 
     @field_validator("backend", mode="before")
     @classmethod
     def _backend(cls, value: object) -> object:
-        if value not in ("memory", "redis"):
-            raise ValueError("expected 'memory' (this process) or 'redis' (shared by every replica)")
+        if value not in ("memory", "redis", "auto"):
+            raise ValueError(
+                "expected 'memory' (this process), 'redis' (shared by every replica)"
+                " or 'auto' (redis when its URL is set)"
+            )
         return value
 
     @field_validator("max_bytes", "max_entry_bytes")

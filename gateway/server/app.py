@@ -70,6 +70,11 @@ def build_app(
         app.cleanup_ctx.append(watch_routes(gateway, watch))
     app.router.add_route("*", "/{tail:.*}", stable.dispatch)
 
+    async def _start_shared(_app: web.Application) -> None:
+        await gateway.shared.start()  # the shared-state heartbeat, for as long as the app runs
+
+    app.on_startup.append(_start_shared)
+
     async def _close(_app: web.Application) -> None:
         gateway.rejects.flush()  # the count of rejects not yet summarized
         await gateway.close()

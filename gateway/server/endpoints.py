@@ -52,6 +52,7 @@ async def status_page(request: web.Request) -> web.Response:
         prober_running=gw.probing,
         last_round=gw.prober.last_round,
         refused=gw.refused,
+        shared=gw.shared.describe(),
         probed_by=(gw.prober.ran_by, gw.prober.instance),
     )
     return web.Response(text=page, content_type="text/html", charset="utf-8", headers=status.HEADERS)

@@ -24,7 +24,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     request[CLIENT] = key.name if key is not None else ANONYMOUS  # logged even when refused below
     runtime.access.authorize(key, match.route, request.method)  # 403 outside the key's grants
     limits = gw.limits
-    limits.enter(request[CLIENT], match.route.name)  # 429 before anything is forwarded
+    await limits.admit(request[CLIENT], match.route.name)  # 429 before anything is forwarded
     try:
         return await runtime.proxy.handle(request, match, request[REQUEST_ID])
     finally:

@@ -7,6 +7,7 @@ changes the config under an in-flight request.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from gateway.proxy import Proxy
 from gateway.redact import Redactor, secret_values
 from gateway.routing import Router
 from gateway.session import SessionChecks
+from gateway.shared import SharedState
 from gateway.upstream import UpstreamClient
 from gateway.verdict import GoneCheck
 
@@ -92,6 +94,9 @@ class Gateway:
         self.registry.register(ExpiryCollector(lambda: self.runtime.config, self.credentials))
         #: rate-limit buckets and the in-flight count outlive reloads
         self.limits = Limits(self.metrics)
+        #: budgets, client limits, hold-offs and breakers shared through the cache's Redis
+        self.shared = SharedState(self._shared_changed)
+        self.client.resilience.shared = self.limits.shared = self.shared
         #: set when serving a non-loopback address: a reload may not drop every client key
         self.requires_client_keys: str | None = None
         self.openapi = DocumentCache()
@@ -113,6 +118,7 @@ class Gateway:
         self.client.resilience.register(config.upstreams.values())  # and every circuit breaker
         self.client.buffers.limit = config.server.max_buffered_bytes
         self.limits.configure(config)
+        self.shared.configure(config, self.credentials.resolve)
         access = Access(config.access, self.credentials)
         for problem in access.without_value():  # a lockout must not be a mystery (a 401 says nothing more)
             log.error("%s: %s", config.path, problem)
@@ -161,7 +167,12 @@ class Gateway:
         log.info("config reloaded from %s (%s, %d routes)", target, config.digest, len(config.routes))
         return config
 
+    def _shared_changed(self, up: bool, instances: int) -> None:
+        self.metrics.shared_up.set((1.0 if up else 0.0) if self.shared.configured else math.nan)
+        self.metrics.shared_instances.set(instances)
+
     async def close(self) -> None:
+        await self.shared.close()
         await self.client.close()
         await self.caches.close()
 
