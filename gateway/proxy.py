@@ -41,6 +41,7 @@ from gateway.health import RouteHealth
 from gateway.mapping import ShapeDrift, apply_mapping, evaluate, parse_params, target_request
 from gateway.metrics import Metrics, status_class
 from gateway.pagination import Answer, Position, decode_cursor, derive_key, encode_cursor, pages
+from gateway.pipeline import Pipeline, Stage, build, conventions
 from gateway.redact import Redactor, secret_values
 from gateway.routing import Match
 from gateway.session import SessionChecks, unless_signed_out
@@ -57,6 +58,11 @@ _NOT_SENT = frozenset({"credentials", "budget", "throttled", "circuit_open", "co
 #: the gateway holding itself back, not the route breaking
 SELF_PACING = frozenset({"budget", "throttled", "circuit_open", buffers.KIND})
 _RETRY_IN = re.compile(r"available in (\d+) seconds?")
+#: the stages around the proxy core, outermost first; each exists only on routes it applies to
+STAGES: tuple[tuple[str, Stage], ...] = (
+    ("validator", conventions.validator),
+    ("compress", conventions.compress),
+)
 
 
 class Proxy:
@@ -90,11 +96,13 @@ class Proxy:
         self.cursor_secret = _cursor_secret(config, creds)
         #: hides every configured secret in upstream-derived error text (the Gateway's, shared with the logs)
         self.redact = redactor if redactor is not None else Redactor(lambda: secret_values(config, creds))
+        #: each route's handler, composed once here (gateway.pipeline), not decided per request
+        self.pipelines: dict[str, Pipeline] = {r.name: build(r, self._handle, STAGES) for r in config.routes}
 
     async def handle(self, request: web.Request, match: Match, request_id: str) -> web.StreamResponse:
         """Serve one stable request; every error leaving here has its message redacted."""
         try:
-            return await self._handle(request, match, request_id)
+            return await self.pipelines[match.route.name].run(request, match, request_id)
         except GatewayError as exc:
             self._scrub(exc)
             raise

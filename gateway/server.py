@@ -47,6 +47,7 @@ from gateway.limits import Limits
 from gateway.metrics import NO_ROUTE, Metrics, status_class
 from gateway.openapi import DocumentCache
 from gateway.peers import PeerAnswer, Peers
+from gateway.pipeline.conventions import compress_large
 from gateway.probes import Prober
 from gateway.proxy import Proxy
 from gateway.redact import Redactor, secret_values
@@ -375,7 +376,9 @@ async def _metrics(request: web.Request) -> web.Response:
     registry = request.app[GATEWAY].registry
     # gateway serve --workers N: every worker's values, whichever worker answers
     body = workers.scrape(registry) if workers.multiprocess_enabled() else generate_latest(registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    resp = web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    compress_large(resp)  # as Accept-Encoding allows (gateway.pipeline.conventions)
+    return resp
 
 
 async def _status(request: web.Request) -> web.Response:
@@ -415,7 +418,9 @@ async def _background_probes(app: web.Application) -> AsyncIterator[None]:
 async def _openapi(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     body = gw.openapi.get(gw.runtime.config)
-    return web.Response(body=body, content_type="application/json", charset="utf-8")
+    resp = web.Response(body=body, content_type="application/json", charset="utf-8")
+    compress_large(resp)
+    return resp
 
 
 _RELAYED_NOTE = {False: "", True: " (relayed by another worker)"}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import functools
 import logging
 import time
@@ -44,6 +45,7 @@ from gateway.cache.store import Backend, CacheUnavailable, Entry, Found, MemoryB
 from gateway.config import CacheSettings, Config, Route, RouteCache
 from gateway.errors import GatewayError, NotFound, UpstreamError
 from gateway.metrics import Metrics
+from gateway.pipeline.conventions import etag_of
 from gateway.routing import Match
 
 log = logging.getLogger("gateway.cache")
@@ -170,7 +172,10 @@ class ResponseCache:
                 and (wants.max_age is None or now - entry.stored_at <= wants.max_age)  # the caller's limit holds
             ):
                 self._count(route, "stale")
-                return self._response(entry, "STALE", now, failure=exc.code)
+                record = trace.current()
+                if record is not None:
+                    record.error = exc.code  # the access line says why the stale copy stood in
+                return self._response(entry, "STALE", now)  # X-Cache: STALE says it (no obsolete Warning)
             raise
         except NotFound:
             if found is not None and found.entry is not None:  # gone upstream: not even a stale copy stays
@@ -278,12 +283,12 @@ class ResponseCache:
             self._report_usage()
         return entry
 
-    def _response(self, entry: Entry, state: str, now: float, failure: str | None = None) -> web.Response:
+    def _response(self, entry: Entry, state: str, now: float) -> web.Response:
+        """The stored answer; ``Date`` is when it was stored, ``Age`` how long ago (RFC 9111 4.2.3)."""
         headers = CIMultiDict(entry.headers)
         headers["X-Cache"] = state
         headers["Age"] = str(int(max(0.0, now - entry.stored_at)))
-        if failure is not None:
-            headers["Warning"] = f'110 routegate "Response is Stale", 111 routegate "Revalidation Failed: {failure}"'
+        headers["Date"] = _http_date(int(entry.stored_at))
         return web.Response(status=entry.status, body=entry.body, headers=headers)
 
     def _count(self, route: Route, result: str) -> None:
@@ -320,11 +325,19 @@ class ResponseCache:
         return deleted
 
 
+@functools.lru_cache(maxsize=256)
+def _http_date(at: int) -> str:
+    """An IMF-fixdate; entries are stored a second apart or more, so hits reuse the text."""
+    return email.utils.formatdate(at, usegmt=True)
+
+
 def _entry_of(resp: web.StreamResponse, now: float, fresh: float, stale: float, seq: int) -> Entry:
     if not isinstance(resp, web.Response) or not isinstance(resp.body, bytes | bytearray | None):
         raise TypeError("a caching route must produce a web.Response with a bytes body")
     headers = tuple((k, v) for k, v in resp.headers.items() if k.lower() not in _NOT_STORED)
     body = bytes(resp.body or b"")
+    if resp.status == 200 and "ETag" not in resp.headers:
+        headers = (*headers, ("ETag", etag_of(body)))  # hashed once per fill, not once per hit
     return Entry(resp.status, headers, body, now, now + fresh, now + fresh + stale, seq)
 
 
