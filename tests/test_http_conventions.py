@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import email.utils
 import gzip
+import json
 from typing import Any
 
 from aiohttp import ClientSession
 
 from gateway.sandbox.runner import Sandboxes
+from tests.test_backup import Stack, stack  # noqa: F401  (the fixture: a gateway on a real socket)
 from tests.test_cache import KEYS, LIST, POSTHOG, _gw
 
 PLAIN = """
@@ -108,3 +110,35 @@ async def test_metrics_and_openapi_are_compressed_when_asked(make_gateway: Any, 
             plain = await gw.get(path, headers=IDENTITY)
             assert "Content-Encoding" not in plain.headers
             assert text.split(b"\n")[0] == (await plain.read()).split(b"\n")[0]
+
+
+async def test_backup_script_revalidates_with_the_etag_it_stored(stack: Stack) -> None:  # noqa: F811
+    run = await stack.backup("--observable-types", "", "--posthog-project", "1")
+    assert run.code == 0, run.stderr
+    visible = stack.ph.visible(1)
+    index_path = stack.out / "index.json"
+    index = json.loads(index_path.read_text())
+    entries = {k: v for k, v in index["notebooks"].items() if k.startswith("posthog/1/")}
+    assert len(entries) == len(visible) and all(e["etag"].startswith('W/"') for e in entries.values())
+    # the listing now disagrees with every entry: each document is asked for again, conditionally
+    for entry in entries.values():
+        entry["updated_at"] = "2000-01-01T00:00:00Z"
+    index_path.write_text(json.dumps(index))
+    files = {k: (stack.out / e["file"]).stat().st_mtime_ns for k, e in entries.items()}
+    stack.ph.reset_counters()
+    run = await stack.backup("--observable-types", "", "--posthog-project", "1")
+    assert run.code == 0, run.stderr
+    assert stack.posthog_fetches() == len(visible)  # asked (Cache-Control: no-cache) ...
+    assert f"fetched 0, unchanged {len(visible)}" in run.stderr  # ... and answered 304: no body, no rewrite
+    assert {k: (stack.out / e["file"]).stat().st_mtime_ns for k, e in entries.items()} == files
+    after = json.loads(index_path.read_text())["notebooks"]
+    assert all(after[k]["updated_at"] != "2000-01-01T00:00:00Z" for k in entries)
+    # a document that did change is fetched whole, and its new ETag stored
+    edited = visible[3]
+    stack.ph.update(edited, {"title": "Renamed for the ETag test"})
+    run = await stack.backup("--observable-types", "", "--posthog-project", "1")
+    assert run.code == 0, run.stderr
+    key = f"posthog/1/{edited.short_id}"
+    saved = json.loads((stack.out / entries[key]["file"]).read_text())
+    assert saved["title"] == "Renamed for the ETag test"
+    assert json.loads(index_path.read_text())["notebooks"][key]["etag"] != entries[key]["etag"]
