@@ -41,7 +41,7 @@ from gateway.health import RouteHealth
 from gateway.mapping import ShapeDrift, apply_mapping, evaluate, parse_params, target_request
 from gateway.metrics import Metrics, status_class
 from gateway.pagination import Answer, Position, decode_cursor, derive_key, encode_cursor, pages
-from gateway.pipeline import Pipeline, Stage, build, conventions
+from gateway.pipeline import Exchange, Pipeline, Stage, build, conventions, stages
 from gateway.redact import Redactor, secret_values
 from gateway.routing import Match
 from gateway.session import SessionChecks, unless_signed_out
@@ -97,12 +97,12 @@ class Proxy:
         #: hides every configured secret in upstream-derived error text (the Gateway's, shared with the logs)
         self.redact = redactor if redactor is not None else Redactor(lambda: secret_values(config, creds))
         #: each route's handler, composed once here (gateway.pipeline), not decided per request
-        self.pipelines: dict[str, Pipeline] = {r.name: build(r, self._handle, STAGES) for r in config.routes}
+        self.pipelines: dict[str, Pipeline] = {r.name: self._build(r) for r in config.routes}
 
     async def handle(self, request: web.Request, match: Match, request_id: str) -> web.StreamResponse:
         """Serve one stable request; every error leaving here has its message redacted."""
         try:
-            return await self.pipelines[match.route.name].run(request, match, request_id)
+            return await self.pipelines[match.route.name].run(Exchange(request, match, request_id))
         except GatewayError as exc:
             self._scrub(exc)
             raise
@@ -114,33 +114,11 @@ class Proxy:
         if exc.details is not None:
             exc.details = _scrub_details(exc.details, self.redact)
 
-    async def _handle(self, request: web.Request, match: Match, request_id: str) -> web.StreamResponse:
-        route = match.route
-        cache = self.cache
-        # streamed, so never cached: not holding the collection is the point (gateway.ndjson)
-        streamed = route.pagination is not None and ndjson.wants_ndjson(request.headers.get("Accept", ""))
-        if cache is not None and not streamed and route.method in _SAFE_METHODS and cache.caches(route):
+    def _build(self, route: Route) -> Pipeline:
+        name, core = stages.core(self, route)
+        return build(route, core, [*STAGES, *stages.stages_of(self)], core_name=name)
 
-            async def fill() -> web.StreamResponse:
-                # parsed only when the cache cannot answer: an entry exists only for a query that
-                # parsed, and its key covers the whole normalized query
-                params = parse_params(route, request.query, match.path_params)
-                return await self._produce(request, route, params, request_id)
-
-            return await cache.serve(request, match, fill)
-        params = parse_params(route, request.query, match.path_params)
-        body = await self._read_body(request, route, params) if route.method in _BODY_METHODS else None
-        if streamed:
-            return await self._collection(request, route, params, request_id, as_ndjson=True)
-        if cache is None or route.method in _SAFE_METHODS:
-            return await self._produce(request, route, params, request_id, body, relay=True)
-        try:
-            return await self._produce(request, route, params, request_id, body)
-        finally:
-            # sent (or maybe sent) upstream: whatever came back, cached reads of it are suspect now
-            await cache.invalidate_write(route, match.path_params)
-
-    async def _produce(
+    async def single(
         self,
         request: web.Request,
         route: Route,
@@ -150,9 +128,8 @@ class Proxy:
         *,
         relay: bool = False,
     ) -> web.StreamResponse:
-        """``relay``: a raw GET answer may be streamed to the caller (never for a cache fill: it stores it whole)."""
-        if route.pagination is not None:
-            return await self._collection(request, route, params, request_id)
+        """One entity's answer. ``relay``: a raw GET answer may be streamed to the caller (never for a
+        cache fill: it stores it whole)."""
         stream = relay and route.response.raw and request.method == "GET"
         resp = await self.call(route, params, body, [], request_id, stream=stream)
         if resp.stream is not None:
@@ -187,7 +164,7 @@ class Proxy:
 
     # ------------------------------------------------------------------ request side
 
-    async def _read_body(self, request: web.Request, route: Route, params: dict[str, Any]) -> bytes | None:
+    async def read_body(self, request: web.Request, route: Route, params: dict[str, Any]) -> bytes | None:
         if route.method not in _BODY_METHODS:
             return None
         limit = self.config.server.max_body_bytes
@@ -527,7 +504,7 @@ class Proxy:
             )
         return web.Response(status=status, body=data, content_type=JSON_TYPE, charset="utf-8", headers=headers)
 
-    async def _collection(
+    async def collection(
         self, request: web.Request, route: Route, params: dict[str, Any], request_id: str, as_ndjson: bool = False
     ) -> web.StreamResponse:
         pag = route.pagination

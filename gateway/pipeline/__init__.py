@@ -8,15 +8,32 @@ feature runs none of its code.  ``Pipeline.stages`` names what was composed, out
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
 from gateway.config import Route
 from gateway.routing import Match
 
+
+@dataclass(slots=True)
+class Exchange:
+    """One stable request as it passes the stages: what earlier stages worked out, said explicitly."""
+
+    request: web.Request
+    match: Match
+    request_id: str
+    #: the route's parameters, once the ``params`` stage parsed them
+    params: dict[str, Any] = field(default_factory=dict)
+    #: the validated JSON body of a write (``body`` stage), re-encoded
+    body: bytes | None = None
+    #: a raw GET answer may be streamed to the caller (False while a cache fill stores the answer whole)
+    relay: bool = True
+
+
 #: one stable request in, its answer out
-Handler = Callable[[web.Request, Match, str], Awaitable[web.StreamResponse]]
+Handler = Callable[[Exchange], Awaitable[web.StreamResponse]]
 #: given a route and the next handler: the wrapping handler, or None where the stage does not apply
 Stage = Callable[[Route, Handler], Handler | None]
 

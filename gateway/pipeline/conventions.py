@@ -13,8 +13,7 @@ import hashlib
 from aiohttp import web
 
 from gateway.config import Route
-from gateway.pipeline import Handler
-from gateway.routing import Match
+from gateway.pipeline import Exchange, Handler
 
 #: answers smaller than this are sent as they are: compressing them saves less than it costs
 COMPRESS_MIN_BYTES = 1024
@@ -41,14 +40,14 @@ def validator(route: Route, inner: Handler) -> Handler | None:
     if route.method != "GET":
         return None
 
-    async def validated(request: web.Request, match: Match, request_id: str) -> web.StreamResponse:
-        resp = await inner(request, match, request_id)
+    async def validated(ex: Exchange) -> web.StreamResponse:
+        resp = await inner(ex)
         if resp.status != 200 or not isinstance(resp, web.Response) or not isinstance(resp.body, bytes):
             return resp  # errors, streams and relayed bodies carry no validator
         etag = resp.headers.get("ETag")
         if etag is None:
             etag = resp.headers["ETag"] = etag_of(resp.body)  # a cached entry stored its own
-        asked = request.headers.get("If-None-Match")
+        asked = ex.request.headers.get("If-None-Match")
         if asked is None or not matches(asked, etag):
             return resp
         kept = {name: resp.headers[name] for name in _KEPT_ON_304 if name in resp.headers}
@@ -77,9 +76,9 @@ def compress(route: Route, inner: Handler) -> Handler | None:
     if route.pagination is None:
         return None
 
-    async def compressed(request: web.Request, match: Match, request_id: str) -> web.StreamResponse:
-        resp = await inner(request, match, request_id)
-        if resp.status == 200 and wants_all(request):
+    async def compressed(ex: Exchange) -> web.StreamResponse:
+        resp = await inner(ex)
+        if resp.status == 200 and wants_all(ex.request):
             compress_large(resp)
         return resp
 
