@@ -23,7 +23,7 @@ from multidict import MultiDict
 
 from gateway import buffers, fallback, jsonio, ndjson, relay, trace
 from gateway.auth import Credentials, secrets_of
-from gateway.cache import ResponseCache, note_upstream
+from gateway.cache import Notes, ResponseCache, forbid_store
 from gateway.config import Config, Route, Target, Upstream
 from gateway.errors import (
     BadGateway,
@@ -127,11 +127,12 @@ class Proxy:
         body: bytes | None = None,
         *,
         relay: bool = False,
+        notes: Notes | None = None,
     ) -> web.StreamResponse:
         """One entity's answer. ``relay``: a raw GET answer may be streamed to the caller (never for a
         cache fill: it stores it whole)."""
         stream = relay and route.response.raw and request.method == "GET"
-        resp = await self.call(route, params, body, [], request_id, stream=stream)
+        resp = await self.call(route, params, body, [], request_id, stream=stream, notes=notes)
         if resp.stream is not None:
             return await self._relay(request, route, resp, params, request_id)
         return self._respond(route, resp, params)
@@ -219,6 +220,7 @@ class Proxy:
         at: str | None = None,
         *,
         stream: bool = False,
+        notes: Notes | None = None,
     ) -> UpstreamResponse:
         """Try each target in order; what the route's ``fallback_on`` names hands over to the next one.
 
@@ -250,7 +252,8 @@ class Proxy:
             if index > 0:
                 self.metrics.fallbacks.labels(route.name, str(index)).inc()
             self.health.answered_by(route.name, index)
-            note_upstream(resp.headers)  # Cache-Control/Expires, when a cache fill is listening
+            if notes is not None:
+                notes.append(resp.headers)  # Cache-Control/Expires, for the cache fill asking
             return resp
         raise AssertionError("routes have at least one target")
 
@@ -505,7 +508,13 @@ class Proxy:
         return web.Response(status=status, body=data, content_type=JSON_TYPE, charset="utf-8", headers=headers)
 
     async def collection(
-        self, request: web.Request, route: Route, params: dict[str, Any], request_id: str, as_ndjson: bool = False
+        self,
+        request: web.Request,
+        route: Route,
+        params: dict[str, Any],
+        request_id: str,
+        as_ndjson: bool = False,
+        notes: Notes | None = None,
     ) -> web.StreamResponse:
         pag = route.pagination
         assert pag is not None
@@ -531,7 +540,9 @@ class Proxy:
                 _check_link_cursor(route, params, position)
 
         stable_pages = self._unless_signed_out(
-            route, self._stable_pages(route, params, streams, position, None if everything else limit, request_id)
+            route,
+            self._stable_pages(route, params, streams, position, None if everything else limit, request_id, notes),
+            notes,
         )
         if as_ndjson and everything:
             done = functools.partial(self.health.up, route.name)
@@ -553,6 +564,7 @@ class Proxy:
         position: Position,
         limit: int | None,
         request_id: str,
+        notes: Notes | None = None,
     ) -> AsyncGenerator[list[Any], None]:
         """A collection's items page by page: fetched, checked against ``shape``, mapped."""
         fan = next((p for p in route.params if p.fan_out), None)
@@ -561,7 +573,7 @@ class Proxy:
             return params if stream is None or fan is None else {**params, fan.name: stream}
 
         async def fetch(stream: str | None, extra: list[tuple[str, str]], at: str | None) -> Answer:
-            resp = await self.call(route, params_of(stream), None, extra, request_id, at)
+            resp = await self.call(route, params_of(stream), None, extra, request_id, at, notes=notes)
             return Answer(self._json(route, resp), resp.headers, resp.url)
 
         upstream = self.config.upstreams[route.upstream]
@@ -582,7 +594,7 @@ class Proxy:
             raise
 
     def _unless_signed_out(
-        self, route: Route, pages: AsyncGenerator[list[Any], None]
+        self, route: Route, pages: AsyncGenerator[list[Any], None], notes: Notes | None = None
     ) -> AsyncGenerator[list[Any], None]:
         """An empty signed-in collection may be a dead session answering 200 ``[]``: the upstream's
         ``auth.check`` decides (gateway.session) before the empty answer is served or cached."""
@@ -593,7 +605,8 @@ class Proxy:
 
         async def confirm() -> None:
             try:
-                await sessions.confirm_empty(upstream, route.name)
+                if not await sessions.confirm_empty(upstream, route.name):
+                    forbid_store(notes)  # the session is unknown: serve the empty answer, do not keep it
             except UpstreamError as exc:
                 self._record_error(upstream, route, exc)
                 raise

@@ -18,7 +18,6 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -50,10 +49,10 @@ from gateway.routing import Match
 
 log = logging.getLogger("gateway.cache")
 
-Produce = Callable[[], Awaitable[web.StreamResponse]]
-
-#: upstream response headers of the fill running in this context (read for Cache-Control/Expires)
-_UPSTREAM_HEADERS: ContextVar[list[MultiMapping[str]] | None] = ContextVar("routegate_upstream_headers", default=None)
+#: the upstream response headers a fill saw (read for Cache-Control/Expires), handed to it explicitly
+Notes = list[MultiMapping[str]]
+#: produces the answer a fill stores; the proxy adds each upstream answer's headers to the notes
+Produce = Callable[[Notes], Awaitable[web.StreamResponse]]
 
 #: failures where the last good copy stands in; a rejected or missing credential is not one of them
 _NO_STALE_KINDS = frozenset({"credentials", "credentials_rejected"})
@@ -69,21 +68,15 @@ _REMEMBERED_KEY_BYTES = 512
 _MARKER_MARGIN = 60.0
 
 
-def note_upstream(headers: MultiMapping[str]) -> None:
-    """Called by the proxy for each upstream response; a no-op outside a cache fill."""
-    notes = _UPSTREAM_HEADERS.get()
-    if notes is not None:
-        notes.append(headers)
-
-
 #: noted by ``forbid_store``: the answer is served but not stored (compared by identity)
 _NO_STORE: MultiMapping[str] = CIMultiDict()
 
 
-def forbid_store() -> None:
+def forbid_store(notes: Notes | None) -> None:
     """The answer being produced must not be stored (an empty list while the session is unknown:
-    gateway.session); a no-op outside a cache fill."""
-    note_upstream(_NO_STORE)
+    gateway.session); a no-op outside a cache fill (``notes`` None)."""
+    if notes is not None:
+        notes.append(_NO_STORE)
 
 
 def _consume(task: asyncio.Task[Entry]) -> None:
@@ -133,11 +126,11 @@ class ResponseCache:
         identity = self._identity(request, route)
         if identity is None:
             # no identity to key on (or no credential: the proxy reports that) - never share
-            return await produce()
+            return await produce([])
         key = self._key(request, match, policy, *identity)
         wants = client_directives(request.headers)
         if wants.no_store:
-            resp = await produce()
+            resp = await produce([])
             self._count(route, "bypass")
             resp.headers["X-Cache"] = "BYPASS"
             resp.headers["Age"] = "0"
@@ -258,12 +251,8 @@ class ResponseCache:
         _consume(task)
 
     async def _run_fill(self, key: CacheKey, spec: RouteCache, seq: int | None, produce: Produce) -> Entry:
-        notes: list[MultiMapping[str]] = []
-        token = _UPSTREAM_HEADERS.set(notes)
-        try:
-            resp = await produce()
-        finally:
-            _UPSTREAM_HEADERS.reset(token)
+        notes: Notes = []
+        resp = await produce(notes)
         now = self.now()
         verdict = upstream_verdict(notes, now)
         fresh = spec.ttl if verdict.max_fresh is None else min(spec.ttl, verdict.max_fresh)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from multidict import MultiMapping
 
 from gateway.config import Route
 from gateway.routing import Match
@@ -30,6 +31,8 @@ class Exchange:
     body: bytes | None = None
     #: a raw GET answer may be streamed to the caller (False while a cache fill stores the answer whole)
     relay: bool = True
+    #: while a cache fill runs: the upstream answers' headers (Cache-Control/Expires) and store vetoes
+    notes: list[MultiMapping[str]] | None = None
 
 
 #: one stable request in, its answer out

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from gateway import ndjson
+from gateway.cache import Notes
 from gateway.config import Route
 from gateway.mapping import parse_params
 from gateway.pipeline import Exchange, Handler, Stage
@@ -40,8 +41,8 @@ def cache(proxy: Proxy) -> Stage:
             if _streamed(route, ex.request):
                 return await inner(ex)
 
-            async def fill() -> web.StreamResponse:
-                ex.relay = False
+            async def fill(notes: Notes) -> web.StreamResponse:
+                ex.relay, ex.notes = False, notes
                 return await inner(ex)
 
             return await store.serve(ex.request, ex.match, fill)
@@ -102,12 +103,12 @@ def core(proxy: Proxy, route: Route) -> tuple[str, Handler]:
 
         async def collection(ex: Exchange) -> web.StreamResponse:
             as_ndjson = _streamed(route, ex.request)
-            return await proxy.collection(ex.request, route, ex.params, ex.request_id, as_ndjson=as_ndjson)
+            return await proxy.collection(ex.request, route, ex.params, ex.request_id, as_ndjson, ex.notes)
 
         return "collection", collection
 
     async def call(ex: Exchange) -> web.StreamResponse:
-        return await proxy.single(ex.request, route, ex.params, ex.request_id, ex.body, relay=ex.relay)
+        return await proxy.single(ex.request, route, ex.params, ex.request_id, ex.body, relay=ex.relay, notes=ex.notes)
 
     return "call", call
 
