@@ -99,10 +99,13 @@ class Proxy:
         #: each route's handler, composed once here (gateway.pipeline), not decided per request
         self.pipelines: dict[str, Pipeline] = {r.name: self._build(r) for r in config.routes}
 
-    async def handle(self, request: web.Request, match: Match, request_id: str) -> web.StreamResponse:
-        """Serve one stable request; every error leaving here has its message redacted."""
+    async def handle(
+        self, request: web.Request, match: Match, request_id: str, client: str | None = None
+    ) -> web.StreamResponse:
+        """Serve one stable request for ``client`` (a key name; None: its answers are not shared through
+        the cache); every error leaving here has its message redacted."""
         try:
-            return await self.pipelines[match.route.name].run(Exchange(request, match, request_id))
+            return await self.pipelines[match.route.name].run(Exchange(request, match, request_id, client))
         except GatewayError as exc:
             self._scrub(exc)
             raise

@@ -349,7 +349,7 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     limits = gw.limits
     limits.enter(request[CLIENT], match.route.name)  # 429 before anything is forwarded
     try:
-        return await runtime.proxy.handle(request, match, request[REQUEST_ID])
+        return await runtime.proxy.handle(request, match, request[REQUEST_ID], request[CLIENT])
     finally:
         limits.leave()
 

@@ -24,7 +24,6 @@ from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
 from gateway import trace
-from gateway.access import CLIENT
 from gateway.auth import Credentials
 from gateway.cache.policy import (
     NO_CREDENTIAL,
@@ -119,11 +118,16 @@ class ResponseCache:
 
     # ------------------------------------------------------------------ reads
 
-    async def serve(self, request: web.Request, match: Match, produce: Produce) -> web.StreamResponse:
-        """Answer a GET/HEAD of a caching route: HIT, MISS, STALE or BYPASS, always with ``Age``."""
+    async def serve(
+        self, request: web.Request, match: Match, client: str | None, produce: Produce
+    ) -> web.StreamResponse:
+        """Answer a GET/HEAD of a caching route: HIT, MISS, STALE or BYPASS, always with ``Age``.
+
+        ``client``: the calling client key's name, which answers are shared under (None: not shared).
+        """
         route = match.route
         policy = self._policies[route.name]
-        identity = self._identity(request, route)
+        identity = self._identity(client, route)
         if identity is None:
             # no identity to key on (or no credential: the proxy reports that) - never share
             return await produce([])
@@ -179,9 +183,8 @@ class ResponseCache:
         self._count(route, state.lower())
         return self._response(filled, state, self.now())
 
-    def _identity(self, request: web.Request, route: Route) -> tuple[str, str] | None:
+    def _identity(self, client: str | None, route: Route) -> tuple[str, str] | None:
         """(client key name, credential id) a cached answer is shared under; None: do not share."""
-        client = request.get(CLIENT)
         if client is None:
             return None
         if not route.auth:

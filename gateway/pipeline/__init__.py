@@ -25,6 +25,8 @@ class Exchange:
     request: web.Request
     match: Match
     request_id: str
+    #: the calling client key's name (``anonymous`` on an open gateway); None: unknown, nothing is shared
+    client: str | None = None
     #: the route's parameters, once the ``params`` stage parsed them
     params: dict[str, Any] = field(default_factory=dict)
     #: the validated JSON body of a write (``body`` stage), re-encoded

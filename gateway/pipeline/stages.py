@@ -45,7 +45,7 @@ def cache(proxy: Proxy) -> Stage:
                 ex.relay, ex.notes = False, notes
                 return await inner(ex)
 
-            return await store.serve(ex.request, ex.match, fill)
+            return await store.serve(ex.request, ex.match, ex.client, fill)
 
         return cached
 
