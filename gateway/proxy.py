@@ -9,9 +9,7 @@ the response is rebuilt from declared fields.
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import json
 import re
 import time
 from collections.abc import AsyncGenerator, Mapping
@@ -30,10 +28,7 @@ from gateway.errors import (
     BadRequest,
     GatewayError,
     NotFound,
-    PayloadTooLarge,
-    RequestTimeout,
     ServiceUnavailable,
-    UnsupportedMediaType,
     UpstreamError,
     client_error_for,
 )
@@ -47,7 +42,6 @@ from gateway.routing import Match
 from gateway.session import SessionChecks, unless_signed_out
 from gateway.shape import check_body, check_fields, check_response
 from gateway.upstream import UpstreamClient, UpstreamResponse, release
-from gateway.validators import VALIDATORS
 from gateway.verdict import GoneCheck
 
 JSON_TYPE = "application/json"
@@ -167,41 +161,6 @@ class Proxy:
         return out
 
     # ------------------------------------------------------------------ request side
-
-    async def read_body(self, request: web.Request, route: Route, params: dict[str, Any]) -> bytes | None:
-        if route.method not in _BODY_METHODS:
-            return None
-        limit = self.config.server.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise PayloadTooLarge(f"the body is larger than {limit} bytes", route=route.name)
-        raw = await _read_limited(request, limit, self.config.server.body_timeout, route.name)
-        ctype = request.content_type
-        if raw and ctype != JSON_TYPE and not ctype.endswith("+json"):
-            # a text/plain or form POST is what any web page may send cross-site: never forwarded
-            raise UnsupportedMediaType(
-                f"send the body as {JSON_TYPE}, not {ctype or 'an unspecified type'}", route=route.name
-            )
-        if not raw.strip():
-            if _needs_body(route):
-                raise BadRequest(
-                    f"{route.method} {route.path.raw} needs a JSON body (Content-Type: {JSON_TYPE})",
-                    code="missing_body",
-                    route=route.name,
-                )
-            parsed: Any = None
-        else:
-            try:
-                parsed = jsonio.loads(raw)
-            except jsonio.TooDeep as exc:
-                raise BadRequest(f"the body is {exc}", code="json_too_deep", route=route.name) from None
-            except (ValueError, UnicodeDecodeError) as exc:
-                where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-                raise BadRequest(
-                    f"the body is not valid JSON{where}", code="malformed_json", route=route.name
-                ) from None
-        if route.validate is not None:
-            parsed = VALIDATORS[route.validate](parsed, params)
-        return None if parsed is None else jsonio.dumps(parsed)
 
     def _headers(self, upstream: Upstream, route: Route, request_id: str, body: bytes | None) -> dict[str, str]:
         headers = dict(upstream.headers)
@@ -694,27 +653,6 @@ def _followed(upstream: Upstream, route: Route, target_path: str, at: str) -> tu
         )
         raise exc
     return path, parse_qsl(query, keep_blank_values=True)
-
-
-def _needs_body(route: Route) -> bool:
-    """A write whose request body goes upstream: sent empty, it would create or change something blank."""
-    return route.method in _BODY_METHODS and any(t.body.mode == "passthrough" for t in route.targets)
-
-
-async def _read_limited(request: web.Request, limit: int, timeout: float, route: str) -> bytes:
-    """The whole body (``read(n)`` returns whatever has arrived), at most ``limit`` bytes, in time."""
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async with asyncio.timeout(timeout):
-            while chunk := await request.content.read(limit + 1 - size):
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(f"the body is larger than {limit} bytes", route=route)
-                chunks.append(chunk)
-    except TimeoutError:
-        raise RequestTimeout(f"the request body did not arrive within {timeout:g}s", route=route) from None
-    return b"".join(chunks)
 
 
 #: the upstream answer whose body a response sends as it is

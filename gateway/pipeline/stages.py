@@ -16,6 +16,7 @@ from gateway.cache import Notes
 from gateway.config import Route
 from gateway.mapping import parse_params
 from gateway.pipeline import Exchange, Handler, Stage
+from gateway.pipeline.body import read_body
 
 if TYPE_CHECKING:
     from gateway.proxy import Proxy
@@ -89,7 +90,7 @@ def body(proxy: Proxy) -> Stage:
             return None
 
         async def read(ex: Exchange) -> web.StreamResponse:
-            ex.body = await proxy.read_body(ex.request, route, ex.params)
+            ex.body = await read_body(proxy.config.server, ex.request, route, ex.params)
             return await inner(ex)
 
         return read
