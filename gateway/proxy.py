@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from aiohttp import web
-from multidict import MultiDict
+from multidict import MultiDict, MultiMapping
 
 from gateway import buffers, fallback, jsonio, ndjson, relay, trace
 from gateway.auth import Credentials, secrets_of
@@ -117,7 +117,7 @@ class Proxy:
 
     async def single(
         self,
-        request: web.Request,
+        request: web.Request | None,
         route: Route,
         params: dict[str, Any],
         request_id: str,
@@ -128,9 +128,10 @@ class Proxy:
     ) -> web.StreamResponse:
         """One entity's answer. ``relay``: a raw GET answer may be streamed to the caller (never for a
         cache fill: it stores it whole)."""
-        stream = relay and route.response.raw and request.method == "GET"
+        stream = relay and request is not None and route.response.raw and request.method == "GET"
         resp = await self.call(route, params, body, [], request_id, stream=stream, notes=notes)
         if resp.stream is not None:
+            assert request is not None
             return await self._relay(request, route, resp, params, request_id)
         return self._respond(route, resp, params)
 
@@ -471,25 +472,32 @@ class Proxy:
 
     async def collection(
         self,
-        request: web.Request,
+        request: web.Request | None,
         route: Route,
         params: dict[str, Any],
         request_id: str,
         as_ndjson: bool = False,
         notes: Notes | None = None,
+        *,
+        query: MultiMapping[str] | None = None,
     ) -> web.StreamResponse:
+        """A collection page (or ``all=true``), JSON or NDJSON; ``query`` stands in for the request's
+        (a probe has no request, and never streams)."""
         pag = route.pagination
         assert pag is not None
-        limit = _limit(request.query.get("limit"), pag.default_limit, pag.max_limit, route.name)
-        everything = _flag(request.query.get("all"), route.name)
+        if query is None:
+            assert request is not None
+            query = request.query
+        limit = _limit(query.get("limit"), pag.default_limit, pag.max_limit, route.name)
+        everything = _flag(query.get("all"), route.name)
         fan = next((p for p in route.params if p.fan_out), None)
         streams: list[str | None] = list(params[fan.name]) if fan else [None]
         position = Position()
-        cursor = request.query.get("cursor")
+        cursor = query.get("cursor")
         if cursor:
             cursor_streams, position = decode_cursor(route, cursor, self.cursor_secret)
             # decode_cursor checked the streams against the route; a fan-out may still disagree
-            if fan is not None and fan.name in request.query and set(cursor_streams) != set(streams):
+            if fan is not None and fan.name in query and set(cursor_streams) != set(streams):
                 raise BadRequest(
                     f"the cursor was issued for {fan.name}={','.join(cursor_streams)}; "
                     f"repeat that {fan.name} or leave it out",
@@ -507,6 +515,7 @@ class Proxy:
             notes,
         )
         if as_ndjson and everything:
+            assert request is not None
             done = functools.partial(self.health.up, route.name)
             return await ndjson.stream(request, stable_pages, route.name, request_id, done)
         items: list[Any] = []
@@ -602,21 +611,14 @@ class Proxy:
     async def _probe(
         self, route: Route, query: Mapping[str, str], path_params: Mapping[str, str], request_id: str
     ) -> web.Response:
+        """The route's own core stage (gateway.pipeline.stages.core), without a request or the cache."""
         params = parse_params(route, MultiDict(query), path_params)
         if route.pagination is None:
-            out = self._respond(route, await self.call(route, params, None, [], request_id), params)
-            assert isinstance(out, web.Response)
-            return out
-        pag = route.pagination
-        limit = _limit(query.get("limit"), pag.default_limit, pag.max_limit, route.name)
-        fan = next((p for p in route.params if p.fan_out), None)
-        streams: list[str | None] = list(params[fan.name]) if fan else [None]
-        items: list[Any] = []
-        pages = self._stable_pages(route, params, streams, Position(), limit, request_id)
-        async for page in self._unless_signed_out(route, pages):
-            items.extend(page)
-        self.health.up(route.name)
-        return _json_page(items, None)
+            out = await self.single(None, route, params, request_id)
+        else:
+            out = await self.collection(None, route, params, request_id, query=MultiDict(query))
+        assert isinstance(out, web.Response)
+        return out
 
 
 def _cursor_secret(config: Config, creds: Credentials) -> bytes:
