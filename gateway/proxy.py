@@ -12,20 +12,19 @@ from __future__ import annotations
 import functools
 import re
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
 from aiohttp import web
 from multidict import MultiDict, MultiMapping
 
-from gateway import buffers, fallback, jsonio, ndjson, relay, trace
+from gateway import buffers, fallback, jsonio, relay, trace
 from gateway.auth import Credentials, secrets_of
-from gateway.cache import Notes, ResponseCache, forbid_store
+from gateway.cache import Notes, ResponseCache
 from gateway.config import Config, Route, Target, Upstream
 from gateway.errors import (
     BadGateway,
-    BadRequest,
     GatewayError,
     NotFound,
     ServiceUnavailable,
@@ -35,12 +34,12 @@ from gateway.errors import (
 from gateway.health import RouteHealth
 from gateway.mapping import ShapeDrift, apply_mapping, evaluate, parse_params, target_request
 from gateway.metrics import Metrics, status_class
-from gateway.pagination import Answer, Position, decode_cursor, derive_key, encode_cursor, pages
-from gateway.pipeline import Exchange, Pipeline, Stage, build, conventions, stages
+from gateway.pagination import derive_key
+from gateway.pipeline import Exchange, Pipeline, Stage, build, collection, conventions, stages
 from gateway.redact import Redactor, secret_values
 from gateway.routing import Match
-from gateway.session import SessionChecks, unless_signed_out
-from gateway.shape import check_body, check_fields, check_response
+from gateway.session import SessionChecks
+from gateway.shape import check_body, check_response
 from gateway.upstream import UpstreamClient, UpstreamResponse, release
 from gateway.verdict import GoneCheck
 
@@ -481,108 +480,8 @@ class Proxy:
         *,
         query: MultiMapping[str] | None = None,
     ) -> web.StreamResponse:
-        """A collection page (or ``all=true``), JSON or NDJSON; ``query`` stands in for the request's
-        (a probe has no request, and never streams)."""
-        pag = route.pagination
-        assert pag is not None
-        if query is None:
-            assert request is not None
-            query = request.query
-        limit = _limit(query.get("limit"), pag.default_limit, pag.max_limit, route.name)
-        everything = _flag(query.get("all"), route.name)
-        fan = next((p for p in route.params if p.fan_out), None)
-        streams: list[str | None] = list(params[fan.name]) if fan else [None]
-        position = Position()
-        cursor = query.get("cursor")
-        if cursor:
-            cursor_streams, position = decode_cursor(route, cursor, self.cursor_secret)
-            # decode_cursor checked the streams against the route; a fan-out may still disagree
-            if fan is not None and fan.name in query and set(cursor_streams) != set(streams):
-                raise BadRequest(
-                    f"the cursor was issued for {fan.name}={','.join(cursor_streams)}; "
-                    f"repeat that {fan.name} or leave it out",
-                    code="bad_cursor",
-                    route=route.name,
-                )
-            if fan is not None:
-                streams = list(cursor_streams)
-            if pag.style == "next_url":
-                _check_link_cursor(route, params, position)
-
-        stable_pages = self._unless_signed_out(
-            route,
-            self._stable_pages(route, params, streams, position, None if everything else limit, request_id, notes),
-            notes,
-        )
-        if as_ndjson and everything:
-            assert request is not None
-            done = functools.partial(self.health.up, route.name)
-            return await ndjson.stream(request, stable_pages, route.name, request_id, done)
-        items: list[Any] = []
-        async for page in stable_pages:
-            items.extend(page)
-        next_cursor = None if everything else encode_cursor(route, streams, position, self.cursor_secret)
-        self.health.up(route.name)
-        if as_ndjson:
-            return ndjson.page(items, next_cursor)
-        return _json_page(items, next_cursor)
-
-    async def _stable_pages(
-        self,
-        route: Route,
-        params: dict[str, Any],
-        streams: list[str | None],
-        position: Position,
-        limit: int | None,
-        request_id: str,
-        notes: Notes | None = None,
-    ) -> AsyncGenerator[list[Any], None]:
-        """A collection's items page by page: fetched, checked against ``shape``, mapped."""
-        fan = next((p for p in route.params if p.fan_out), None)
-
-        def params_of(stream: str | None) -> dict[str, Any]:
-            return params if stream is None or fan is None else {**params, fan.name: stream}
-
-        async def fetch(stream: str | None, extra: list[tuple[str, str]], at: str | None) -> Answer:
-            resp = await self.call(route, params_of(stream), None, extra, request_id, at, notes=notes)
-            return Answer(self._json(route, resp), resp.headers, resp.url)
-
-        upstream = self.config.upstreams[route.upstream]
-        mapping = route.response.items
-        try:
-            # drift in a page (pagination.py: lost list, stalled paging) or in an item counts alike
-            async for page in pages(route, streams, position, limit, fetch, upstream.concurrency, upstream.base_url):
-                out: list[Any] = []
-                for stream, item in page:
-                    if route.shape is not None:
-                        check_fields(route.shape, item, route.name)
-                    out.append(
-                        item if mapping is None else apply_mapping(mapping, item, params_of(stream), None, route.name)
-                    )
-                yield out
-        except ShapeDrift as exc:
-            self._record_error(upstream, route, exc)
-            raise
-
-    def _unless_signed_out(
-        self, route: Route, pages: AsyncGenerator[list[Any], None], notes: Notes | None = None
-    ) -> AsyncGenerator[list[Any], None]:
-        """An empty signed-in collection may be a dead session answering 200 ``[]``: the upstream's
-        ``auth.check`` decides (gateway.session) before the empty answer is served or cached."""
-        upstream = self.config.upstreams[route.upstream]
-        sessions = self.sessions
-        if sessions is None or not route.auth or upstream.auth is None or upstream.auth.check is None:
-            return pages
-
-        async def confirm() -> None:
-            try:
-                if not await sessions.confirm_empty(upstream, route.name):
-                    forbid_store(notes)  # the session is unknown: serve the empty answer, do not keep it
-            except UpstreamError as exc:
-                self._record_error(upstream, route, exc)
-                raise
-
-        return unless_signed_out(pages, confirm)
+        """A collection page (or ``all=true``): gateway.pipeline.collection."""
+        return await collection.serve(self, request, route, params, request_id, as_ndjson, notes, query=query)
 
     def budget_short(self, route: Route) -> str | None:
         """Why a probe of ``route`` should not spend the upstream budget now (scripts come first), or None."""
@@ -629,21 +528,6 @@ def _cursor_secret(config: Config, creds: Credentials) -> bytes:
     return derive_key(configured, shared)
 
 
-def _check_link_cursor(route: Route, params: Mapping[str, Any], position: Position) -> None:
-    """A ``next_url`` cursor's link must be below one of the route's own target paths: 400 before any call."""
-    state = position.pos.get("")
-    link = state.get("t") if isinstance(state, dict) else None
-    if link is None:
-        return
-    paths = {target_request(t, params)[0].rstrip("/") for t in route.targets}
-    if str(link).partition("?")[0].rstrip("/") not in paths:
-        raise BadRequest(
-            "the cursor is not valid for this route; pass next_cursor exactly as it was returned",
-            code="bad_cursor",
-            route=route.name,
-        )
-
-
 def _followed(upstream: Upstream, route: Route, target_path: str, at: str) -> tuple[str, list[tuple[str, str]]]:
     """A next link's path and query, once its path is checked to be the target's own."""
     path, _, query = at.partition("?")
@@ -680,36 +564,6 @@ class _Relayed(web.Response):
 def _holding(out: web.Response, answer: UpstreamResponse) -> web.Response:
     out[_ANSWER] = answer
     return out
-
-
-def _limit(raw: str | None, default: int, maximum: int, route: str) -> int:
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= maximum:
-        raise BadRequest(f"limit must be an integer from 1 to {maximum}, got {raw!r}", code="bad_limit", route=route)
-    return value
-
-
-def _flag(raw: str | None, route: str) -> bool:
-    if raw is None:
-        return False
-    low = raw.lower()
-    if low in ("true", "1", "yes"):
-        return True
-    if low in ("false", "0", "no", ""):
-        return False
-    raise BadRequest(f"all must be true or false, got {raw!r}", code="bad_query", route=route)
-
-
-def _json_page(items: list[Any], next_cursor: str | None) -> web.Response:
-    """The stable collection page: ``{"items", "next_cursor"}`` (``gateway.ndjson.page`` for NDJSON)."""
-    return web.Response(
-        body=jsonio.dumps({"items": items, "next_cursor": next_cursor}), content_type=JSON_TYPE, charset="utf-8"
-    )
 
 
 def _scrub_details(details: Any, redact: Redactor) -> Any:
