@@ -10,12 +10,14 @@ in the middle of a run, because transient answers (429, 5xx) are retried with ba
 
 What lands in DIR::
 
-    index.json                          one entry per notebook: updated_at, version, file, saved_at
+    index.json                          one entry per notebook: updated_at, version, file, saved_at, etag
     observable/<id>.json                the full document  (GET /v1/observable/notebooks/{id})
     posthog/<project>/<short_id>.json   with its content   (GET /v1/posthog/projects/{p}/notebooks/{id})
 
 * Incremental: a notebook whose listed ``updated_at`` (and, for Observable, ``version``)
-  equals its index entry, and whose file exists, is not fetched again.
+  equals its index entry, and whose file exists, is not fetched again; one whose listing
+  changed is asked for with ``If-None-Match`` and the ETag stored, so an unchanged document
+  costs a 304 and no body.
 * Resumable: every file is written to a temporary name and renamed into place, and the
   index is rewritten the same way as the run goes, so a run killed at any point leaves a
   consistent directory; the next run fetches only what is missing or changed.
@@ -173,13 +175,24 @@ class Gateway:
         self.retried = 0
 
     async def get(self, path: str, params: dict[str, str] | None = None) -> Any:
+        fetched = await self.fetch(path, params)
+        assert fetched is not None
+        return fetched[0]
+
+    async def fetch(
+        self, path: str, params: dict[str, str] | None = None, etag: str | None = None
+    ) -> tuple[Any, str | None] | None:
+        """(body, its ETag), or None: the gateway answered 304, the body is still the one ``etag`` names."""
+        conditional = {"If-None-Match": etag} if etag else None
         attempt = 0
         while True:
             retry_after: float | None = None
             try:
-                async with self.session.get(self.base + path, params=params) as resp:
+                async with self.session.get(self.base + path, params=params, headers=conditional) as resp:
+                    if resp.status == 304 and etag:
+                        return None
                     if resp.status == 200:
-                        return await resp.json(content_type=None)
+                        return await resp.json(content_type=None), resp.headers.get("ETag")
                     error = await _error_of(resp)
                     retry_after = _retry_after(resp.headers.get("Retry-After"))
             except aiohttp.ClientConnectorError as exc:  # nothing listens: the gateway itself is down
@@ -363,8 +376,11 @@ class Backup:
         if self.unchanged(src, item):
             progress.unchanged += 1
             return
+        kept = self.index.notebooks.get(key)
+        # the listing says it changed, but the document may not have: the stored ETag lets the gateway say 304
+        etag = kept.get("etag") if kept is not None and (self.out / kept["file"]).is_file() else None
         try:
-            doc = await self.gateway.get(src.detail_path(nb_id))
+            fetched = await self.gateway.fetch(src.detail_path(nb_id), etag=etag)
         except ApiError as exc:
             if exc.status == 404:  # deleted between listing and fetching: nothing to back up
                 log(f"{key}: deleted since it was listed")
@@ -372,6 +388,12 @@ class Backup:
                 return
             self._failed(key, str(exc), outcome, progress)
             return
+        if fetched is None:  # 304: the saved file is the current document; only the index learns the listing
+            assert kept is not None
+            self.index.record(key, {**kept, "updated_at": item.get("updated_at"), **_version_of(item, kept)})
+            progress.unchanged += 1
+            return
+        doc, new_etag = fetched
         rel = src.file(nb_id)
         try:
             write_json_atomic(self.out / rel, doc)
@@ -388,6 +410,8 @@ class Backup:
             "file": rel,
             "saved_at": now(),
         }
+        if new_etag:
+            entry["etag"] = new_etag
         if "type" in item:
             entry["type"] = item["type"]
         self.index.record(key, entry)
@@ -444,6 +468,11 @@ class Backup:
                     self.index.record(key, entry)
             elif "gone_since" not in entry:
                 self.index.record(key, {**entry, "gone_since": now()})
+
+
+def _version_of(item: dict[str, Any], kept: dict[str, Any]) -> dict[str, Any]:
+    """The listed version, where the listing has one (Observable), else the one kept."""
+    return {"version": item["version"]} if "version" in item else {"version": kept.get("version")}
 
 
 # --------------------------------------------------------------------------- command line

@@ -9,30 +9,24 @@ the response is rebuilt from declared fields.
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import json
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
 from aiohttp import web
-from multidict import MultiDict
+from multidict import MultiDict, MultiMapping
 
-from gateway import buffers, fallback, jsonio, ndjson, relay, retry_after, trace
+from gateway import buffers, fallback, jsonio, relay, retry_after, trace
 from gateway.auth import Credentials, secrets_of
-from gateway.cache import ResponseCache, note_upstream
+from gateway.cache import Notes, ResponseCache
 from gateway.config import Config, Route, Target, Upstream
 from gateway.errors import (
     BadGateway,
-    BadRequest,
     GatewayError,
     NotFound,
-    PayloadTooLarge,
-    RequestTimeout,
     ServiceUnavailable,
-    UnsupportedMediaType,
     UpstreamError,
     client_error_for,
 )
@@ -40,13 +34,13 @@ from gateway.health import RouteHealth
 from gateway.mapping import ShapeDrift, apply_mapping, evaluate, parse_params, target_request
 from gateway.methods import SAFE as _SAFE_METHODS
 from gateway.metrics import Metrics, status_class
-from gateway.pagination import Answer, Position, decode_cursor, derive_key, encode_cursor, pages
+from gateway.pagination import derive_key
+from gateway.pipeline import Exchange, Pipeline, Stage, build, collection, conventions, stages
 from gateway.redact import Redactor, secret_values
 from gateway.routing import Match
-from gateway.session import SessionChecks, unless_signed_out
-from gateway.shape import check_body, check_fields, check_response
+from gateway.session import SessionChecks
+from gateway.shape import check_body, check_response
 from gateway.upstream import UpstreamClient, UpstreamResponse, release
-from gateway.validators import VALIDATORS
 from gateway.verdict import GoneCheck
 
 JSON_TYPE = "application/json"
@@ -55,6 +49,11 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _NOT_SENT = frozenset({"credentials", "budget", "throttled", "circuit_open", "config"})
 #: the gateway holding itself back, not the route breaking
 SELF_PACING = frozenset({"budget", "throttled", "circuit_open", buffers.KIND})
+#: the stages around the proxy core, outermost first; each exists only on routes it applies to
+STAGES: tuple[tuple[str, Stage], ...] = (
+    ("validator", conventions.validator),
+    ("compress", conventions.compress),
+)
 
 
 class Proxy:
@@ -88,11 +87,16 @@ class Proxy:
         self.cursor_secret = _cursor_secret(config, creds)
         #: hides every configured secret in upstream-derived error text (the Gateway's, shared with the logs)
         self.redact = redactor if redactor is not None else Redactor(lambda: secret_values(config, creds))
+        #: each route's handler, composed once here (gateway.pipeline), not decided per request
+        self.pipelines: dict[str, Pipeline] = {r.name: self._build(r) for r in config.routes}
 
-    async def handle(self, request: web.Request, match: Match, request_id: str) -> web.StreamResponse:
-        """Serve one stable request; every error leaving here has its message redacted."""
+    async def handle(
+        self, request: web.Request, match: Match, request_id: str, client: str | None = None
+    ) -> web.StreamResponse:
+        """Serve one stable request for ``client`` (a key name; None: its answers are not shared through
+        the cache); every error leaving here has its message redacted."""
         try:
-            return await self._handle(request, match, request_id)
+            return await self.pipelines[match.route.name].run(Exchange(request, match, request_id, client))
         except GatewayError as exc:
             self._scrub(exc)
             raise
@@ -104,48 +108,27 @@ class Proxy:
         if exc.details is not None:
             exc.details = _scrub_details(exc.details, self.redact)
 
-    async def _handle(self, request: web.Request, match: Match, request_id: str) -> web.StreamResponse:
-        route = match.route
-        cache = self.cache
-        # streamed, so never cached: not holding the collection is the point (gateway.ndjson)
-        streamed = route.pagination is not None and ndjson.wants_ndjson(request.headers.get("Accept", ""))
-        if cache is not None and not streamed and route.method in _SAFE_METHODS and cache.caches(route):
+    def _build(self, route: Route) -> Pipeline:
+        name, core = stages.core(self, route)
+        return build(route, core, [*STAGES, *stages.stages_of(self)], core_name=name)
 
-            async def fill() -> web.StreamResponse:
-                # parsed only when the cache cannot answer: an entry exists only for a query that
-                # parsed, and its key covers the whole normalized query
-                params = parse_params(route, request.query, match.path_params)
-                return await self._produce(request, route, params, request_id)
-
-            return await cache.serve(request, match, fill)
-        params = parse_params(route, request.query, match.path_params)
-        body = await self._read_body(request, route, params) if route.method in _BODY_METHODS else None
-        if streamed:
-            return await self._collection(request, route, params, request_id, as_ndjson=True)
-        if cache is None or route.method in _SAFE_METHODS:
-            return await self._produce(request, route, params, request_id, body, relay=True)
-        try:
-            return await self._produce(request, route, params, request_id, body)
-        finally:
-            # sent (or maybe sent) upstream: whatever came back, cached reads of it are suspect now
-            await cache.invalidate_write(route, match.path_params)
-
-    async def _produce(
+    async def single(
         self,
-        request: web.Request,
+        request: web.Request | None,
         route: Route,
         params: dict[str, Any],
         request_id: str,
         body: bytes | None = None,
         *,
         relay: bool = False,
+        notes: Notes | None = None,
     ) -> web.StreamResponse:
-        """``relay``: a raw GET answer may be streamed to the caller (never for a cache fill: it stores it whole)."""
-        if route.pagination is not None:
-            return await self._collection(request, route, params, request_id)
-        stream = relay and route.response.raw and request.method == "GET"
-        resp = await self.call(route, params, body, [], request_id, stream=stream)
+        """One entity's answer. ``relay``: a raw GET answer may be streamed to the caller (never for a
+        cache fill: it stores it whole)."""
+        stream = relay and request is not None and route.response.raw and request.method == "GET"
+        resp = await self.call(route, params, body, [], request_id, stream=stream, notes=notes)
         if resp.stream is not None:
+            assert request is not None
             return await self._relay(request, route, resp, params, request_id)
         return self._respond(route, resp, params)
 
@@ -177,41 +160,6 @@ class Proxy:
 
     # ------------------------------------------------------------------ request side
 
-    async def _read_body(self, request: web.Request, route: Route, params: dict[str, Any]) -> bytes | None:
-        if route.method not in _BODY_METHODS:
-            return None
-        limit = self.config.server.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise PayloadTooLarge(f"the body is larger than {limit} bytes", route=route.name)
-        raw = await _read_limited(request, limit, self.config.server.body_timeout, route.name)
-        ctype = request.content_type
-        if raw and ctype != JSON_TYPE and not ctype.endswith("+json"):
-            # a text/plain or form POST is what any web page may send cross-site: never forwarded
-            raise UnsupportedMediaType(
-                f"send the body as {JSON_TYPE}, not {ctype or 'an unspecified type'}", route=route.name
-            )
-        if not raw.strip():
-            if _needs_body(route):
-                raise BadRequest(
-                    f"{route.method} {route.path.raw} needs a JSON body (Content-Type: {JSON_TYPE})",
-                    code="missing_body",
-                    route=route.name,
-                )
-            parsed: Any = None
-        else:
-            try:
-                parsed = jsonio.loads(raw)
-            except jsonio.TooDeep as exc:
-                raise BadRequest(f"the body is {exc}", code="json_too_deep", route=route.name) from None
-            except (ValueError, UnicodeDecodeError) as exc:
-                where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-                raise BadRequest(
-                    f"the body is not valid JSON{where}", code="malformed_json", route=route.name
-                ) from None
-        if route.validate is not None:
-            parsed = VALIDATORS[route.validate](parsed, params)
-        return None if parsed is None else jsonio.dumps(parsed)
-
     def _headers(self, upstream: Upstream, route: Route, request_id: str, body: bytes | None) -> dict[str, str]:
         headers = dict(upstream.headers)
         headers["Accept"] = headers.get("Accept", "application/json, */*;q=0.5")
@@ -232,6 +180,7 @@ class Proxy:
         at: str | None = None,
         *,
         stream: bool = False,
+        notes: Notes | None = None,
     ) -> UpstreamResponse:
         """Try each target in order; what the route's ``fallback_on`` names hands over to the next one.
 
@@ -263,7 +212,8 @@ class Proxy:
             if index > 0:
                 self.metrics.fallbacks.labels(route.name, str(index)).inc()
             self.health.answered_by(route.name, index)
-            note_upstream(resp.headers)  # Cache-Control/Expires, when a cache fill is listening
+            if notes is not None:
+                notes.append(resp.headers)  # Cache-Control/Expires, for the cache fill asking
             return resp
         raise AssertionError("routes have at least one target")
 
@@ -517,102 +467,19 @@ class Proxy:
             )
         return web.Response(status=status, body=data, content_type=JSON_TYPE, charset="utf-8", headers=headers)
 
-    async def _collection(
-        self, request: web.Request, route: Route, params: dict[str, Any], request_id: str, as_ndjson: bool = False
-    ) -> web.StreamResponse:
-        pag = route.pagination
-        assert pag is not None
-        limit = _limit(request.query.get("limit"), pag.default_limit, pag.max_limit, route.name)
-        everything = _flag(request.query.get("all"), route.name)
-        fan = next((p for p in route.params if p.fan_out), None)
-        streams: list[str | None] = list(params[fan.name]) if fan else [None]
-        position = Position()
-        cursor = request.query.get("cursor")
-        if cursor:
-            cursor_streams, position = decode_cursor(route, cursor, self.cursor_secret)
-            # decode_cursor checked the streams against the route; a fan-out may still disagree
-            if fan is not None and fan.name in request.query and set(cursor_streams) != set(streams):
-                raise BadRequest(
-                    f"the cursor was issued for {fan.name}={','.join(cursor_streams)}; "
-                    f"repeat that {fan.name} or leave it out",
-                    code="bad_cursor",
-                    route=route.name,
-                )
-            if fan is not None:
-                streams = list(cursor_streams)
-            if pag.style == "next_url":
-                _check_link_cursor(route, params, position)
-
-        stable_pages = self._unless_signed_out(
-            route, self._stable_pages(route, params, streams, position, None if everything else limit, request_id)
-        )
-        if as_ndjson and everything:
-            done = functools.partial(self.health.up, route.name)
-            return await ndjson.stream(request, stable_pages, route.name, request_id, done)
-        items: list[Any] = []
-        async for page in stable_pages:
-            items.extend(page)
-        next_cursor = None if everything else encode_cursor(route, streams, position, self.cursor_secret)
-        self.health.up(route.name)
-        if as_ndjson:
-            return ndjson.page(items, next_cursor)
-        return _json_page(items, next_cursor)
-
-    async def _stable_pages(
+    async def collection(
         self,
+        request: web.Request | None,
         route: Route,
         params: dict[str, Any],
-        streams: list[str | None],
-        position: Position,
-        limit: int | None,
         request_id: str,
-    ) -> AsyncGenerator[list[Any], None]:
-        """A collection's items page by page: fetched, checked against ``shape``, mapped."""
-        fan = next((p for p in route.params if p.fan_out), None)
-
-        def params_of(stream: str | None) -> dict[str, Any]:
-            return params if stream is None or fan is None else {**params, fan.name: stream}
-
-        async def fetch(stream: str | None, extra: list[tuple[str, str]], at: str | None) -> Answer:
-            resp = await self.call(route, params_of(stream), None, extra, request_id, at)
-            return Answer(self._json(route, resp), resp.headers, resp.url)
-
-        upstream = self.config.upstreams[route.upstream]
-        mapping = route.response.items
-        try:
-            # drift in a page (pagination.py: lost list, stalled paging) or in an item counts alike
-            async for page in pages(route, streams, position, limit, fetch, upstream.concurrency, upstream.base_url):
-                out: list[Any] = []
-                for stream, item in page:
-                    if route.shape is not None:
-                        check_fields(route.shape, item, route.name)
-                    out.append(
-                        item if mapping is None else apply_mapping(mapping, item, params_of(stream), None, route.name)
-                    )
-                yield out
-        except ShapeDrift as exc:
-            self._record_error(upstream, route, exc)
-            raise
-
-    def _unless_signed_out(
-        self, route: Route, pages: AsyncGenerator[list[Any], None]
-    ) -> AsyncGenerator[list[Any], None]:
-        """An empty signed-in collection may be a dead session answering 200 ``[]``: the upstream's
-        ``auth.check`` decides (gateway.session) before the empty answer is served or cached."""
-        upstream = self.config.upstreams[route.upstream]
-        sessions = self.sessions
-        if sessions is None or not route.auth or upstream.auth is None or upstream.auth.check is None:
-            return pages
-        fetched_at = sessions.now()  # before the first page is asked for: only a later check vouches
-
-        async def confirm() -> None:
-            try:
-                await sessions.confirm_empty(upstream, route.name, fetched_at)
-            except UpstreamError as exc:
-                self._record_error(upstream, route, exc)
-                raise
-
-        return unless_signed_out(pages, confirm)
+        as_ndjson: bool = False,
+        notes: Notes | None = None,
+        *,
+        query: MultiMapping[str] | None = None,
+    ) -> web.StreamResponse:
+        """A collection page (or ``all=true``): gateway.pipeline.collection."""
+        return await collection.serve(self, request, route, params, request_id, as_ndjson, notes, query=query)
 
     def budget_short(self, route: Route) -> str | None:
         """Why a probe of ``route`` should not spend the upstream budget now (scripts come first), or None."""
@@ -641,21 +508,14 @@ class Proxy:
     async def _probe(
         self, route: Route, query: Mapping[str, str], path_params: Mapping[str, str], request_id: str
     ) -> web.Response:
+        """The route's own core stage (gateway.pipeline.stages.core), without a request or the cache."""
         params = parse_params(route, MultiDict(query), path_params)
         if route.pagination is None:
-            out = self._respond(route, await self.call(route, params, None, [], request_id), params)
-            assert isinstance(out, web.Response)
-            return out
-        pag = route.pagination
-        limit = _limit(query.get("limit"), pag.default_limit, pag.max_limit, route.name)
-        fan = next((p for p in route.params if p.fan_out), None)
-        streams: list[str | None] = list(params[fan.name]) if fan else [None]
-        items: list[Any] = []
-        pages = self._stable_pages(route, params, streams, Position(), limit, request_id)
-        async for page in self._unless_signed_out(route, pages):
-            items.extend(page)
-        self.health.up(route.name)
-        return _json_page(items, None)
+            out = await self.single(None, route, params, request_id)
+        else:
+            out = await self.collection(None, route, params, request_id, query=MultiDict(query))
+        assert isinstance(out, web.Response)
+        return out
 
 
 def _cursor_secret(config: Config, creds: Credentials) -> bytes:
@@ -664,21 +524,6 @@ def _cursor_secret(config: Config, creds: Credentials) -> bytes:
     configured = creds.resolve(spec) if spec is not None else None
     shared = [v for u in config.upstreams.values() for v in secrets_of(u.auth, creds)]
     return derive_key(configured, shared)
-
-
-def _check_link_cursor(route: Route, params: Mapping[str, Any], position: Position) -> None:
-    """A ``next_url`` cursor's link must be below one of the route's own target paths: 400 before any call."""
-    state = position.pos.get("")
-    link = state.get("t") if isinstance(state, dict) else None
-    if link is None:
-        return
-    paths = {target_request(t, params)[0].rstrip("/") for t in route.targets}
-    if str(link).partition("?")[0].rstrip("/") not in paths:
-        raise BadRequest(
-            "the cursor is not valid for this route; pass next_cursor exactly as it was returned",
-            code="bad_cursor",
-            route=route.name,
-        )
 
 
 def _followed(upstream: Upstream, route: Route, target_path: str, at: str) -> tuple[str, list[tuple[str, str]]]:
@@ -692,27 +537,6 @@ def _followed(upstream: Upstream, route: Route, target_path: str, at: str) -> tu
         )
         raise exc
     return path, parse_qsl(query, keep_blank_values=True)
-
-
-def _needs_body(route: Route) -> bool:
-    """A write whose request body goes upstream: sent empty, it would create or change something blank."""
-    return route.method in _BODY_METHODS and any(t.body.mode == "passthrough" for t in route.targets)
-
-
-async def _read_limited(request: web.Request, limit: int, timeout: float, route: str) -> bytes:
-    """The whole body (``read(n)`` returns whatever has arrived), at most ``limit`` bytes, in time."""
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async with asyncio.timeout(timeout):
-            while chunk := await request.content.read(limit + 1 - size):
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(f"the body is larger than {limit} bytes", route=route)
-                chunks.append(chunk)
-    except TimeoutError:
-        raise RequestTimeout(f"the request body did not arrive within {timeout:g}s", route=route) from None
-    return b"".join(chunks)
 
 
 #: the upstream answer whose body a response sends as it is
@@ -738,36 +562,6 @@ class _Relayed(web.Response):
 def _holding(out: web.Response, answer: UpstreamResponse) -> web.Response:
     out[_ANSWER] = answer
     return out
-
-
-def _limit(raw: str | None, default: int, maximum: int, route: str) -> int:
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= maximum:
-        raise BadRequest(f"limit must be an integer from 1 to {maximum}, got {raw!r}", code="bad_limit", route=route)
-    return value
-
-
-def _flag(raw: str | None, route: str) -> bool:
-    if raw is None:
-        return False
-    low = raw.lower()
-    if low in ("true", "1", "yes"):
-        return True
-    if low in ("false", "0", "no", ""):
-        return False
-    raise BadRequest(f"all must be true or false, got {raw!r}", code="bad_query", route=route)
-
-
-def _json_page(items: list[Any], next_cursor: str | None) -> web.Response:
-    """The stable collection page: ``{"items", "next_cursor"}`` (``gateway.ndjson.page`` for NDJSON)."""
-    return web.Response(
-        body=jsonio.dumps({"items": items, "next_cursor": next_cursor}), content_type=JSON_TYPE, charset="utf-8"
-    )
 
 
 def _scrub_details(details: Any, redact: Redactor) -> Any:

@@ -30,7 +30,6 @@ from typing import Any, Literal
 
 from gateway import jsonio
 from gateway.auth import Credentials
-from gateway.cache import forbid_store
 from gateway.cache.policy import credential_id
 from gateway.config import Config, SessionCheck, Upstream
 from gateway.errors import BadGateway, UpstreamError
@@ -110,15 +109,15 @@ class SessionChecks:
         results = await asyncio.gather(*(self.check(u) for u in ups))
         return {u.name: r for u, r in zip(ups, results, strict=True) if r is not None}
 
-    async def confirm_empty(self, upstream: Upstream, route: str, fetched_at: float | None = None) -> None:
+    async def confirm_empty(self, upstream: Upstream, route: str, fetched_at: float | None = None) -> bool:
         """A signed-in collection fetched from ``fetched_at`` on came back empty: raise if the session
-        is dead; if unknown, do not cache.  Only a check sent after the fetch began vouches for it."""
+        is dead; False if unknown (the empty answer is served but must not be cached).  Only a check
+        sent after the fetch began vouches for it."""
         result = await self.check(upstream, newer_than=fetched_at)
         if result is None or result.verdict == "live":
-            return
+            return True
         if result.verdict == "unknown":
-            forbid_store()
-            return
+            return False
         spec = upstream.auth.check if upstream.auth is not None else None
         assert spec is not None
         raise BadGateway(

@@ -152,13 +152,17 @@ async def test_hostile_mix_logs_no_traceback_and_no_secret() -> None:
         env = gateway_env(sb)
         secrets = [T_TOKEN, BEARER, env["OBSERVABLE_SESSION"]]
         statuses: list[int] = []
-        async with serve(ROUTES, env, "--log-level", "debug") as (base, _proc, lines):
+        async with serve(ROUTES, env, "--log-level", "debug") as (base, proc, lines):
             async with aiohttp.ClientSession(base) as s:
 
                 async def hit(method: str, path: str, **kw: Any) -> None:
-                    async with s.request(method, path, **kw) as r:
-                        await r.read()
-                        statuses.append(r.status)
+                    try:
+                        async with s.request(method, path, **kw) as r:
+                            await r.read()
+                            statuses.append(r.status)
+                    except aiohttp.ClientConnectionError as exc:  # say why: the process, its last words
+                        tail = "".join(lines[-30:])
+                        raise AssertionError(f"{method} {path[:80]}: {exc}; gateway {proc.returncode=}\n{tail}")
 
                 # hostile clients: bad cursors, unknown and repeated params, deep and NaN JSON, huge bodies
                 await hit("GET", "/v1/observable/notebooks?cursor=" + "A" * 5000)

@@ -5,7 +5,7 @@
 puts it all in the request flow.
 """
 
-from gateway.cache.core import CacheBackends, ResponseCache, forbid_store, note_upstream
+from gateway.cache.core import CacheBackends, Notes, ResponseCache, forbid_store
 from gateway.cache.store import CacheUnavailable
 
-__all__ = ["CacheBackends", "CacheUnavailable", "ResponseCache", "forbid_store", "note_upstream"]
+__all__ = ["CacheBackends", "CacheUnavailable", "Notes", "ResponseCache", "forbid_store"]

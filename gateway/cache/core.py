@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass, replace
 
 from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
 from gateway import trace
-from gateway.access import CLIENT
 from gateway.auth import Credentials
 from gateway.cache.policy import (
     NO_CREDENTIAL,
@@ -44,14 +43,15 @@ from gateway.cache.store import Backend, CacheUnavailable, Entry, Found, MemoryB
 from gateway.config import CacheSettings, Config, Route, RouteCache
 from gateway.errors import GatewayError, NotFound, UpstreamError
 from gateway.metrics import Metrics
+from gateway.pipeline.conventions import etag_of
 from gateway.routing import Match
 
 log = logging.getLogger("gateway.cache")
 
-Produce = Callable[[], Awaitable[web.StreamResponse]]
-
-#: upstream response headers of the fill running in this context (read for Cache-Control/Expires)
-_UPSTREAM_HEADERS: ContextVar[list[MultiMapping[str]] | None] = ContextVar("routegate_upstream_headers", default=None)
+#: the upstream response headers a fill saw (read for Cache-Control/Expires), handed to it explicitly
+Notes = list[MultiMapping[str]]
+#: produces the answer a fill stores; the proxy adds each upstream answer's headers to the notes
+Produce = Callable[[Notes], Awaitable[web.StreamResponse]]
 
 #: failures where the last good copy stands in; a rejected or missing credential is not one of them
 _NO_STALE_KINDS = frozenset({"credentials", "credentials_rejected"})
@@ -67,21 +67,15 @@ _REMEMBERED_KEY_BYTES = 512
 _MARKER_MARGIN = 60.0
 
 
-def note_upstream(headers: MultiMapping[str]) -> None:
-    """Called by the proxy for each upstream response; a no-op outside a cache fill."""
-    notes = _UPSTREAM_HEADERS.get()
-    if notes is not None:
-        notes.append(headers)
-
-
 #: noted by ``forbid_store``: the answer is served but not stored (compared by identity)
 _NO_STORE: MultiMapping[str] = CIMultiDict()
 
 
-def forbid_store() -> None:
+def forbid_store(notes: Notes | None) -> None:
     """The answer being produced must not be stored (an empty list while the session is unknown:
-    gateway.session); a no-op outside a cache fill."""
-    note_upstream(_NO_STORE)
+    gateway.session); a no-op outside a cache fill (``notes`` None)."""
+    if notes is not None:
+        notes.append(_NO_STORE)
 
 
 def _consume(task: asyncio.Task[Entry]) -> None:
@@ -124,18 +118,23 @@ class ResponseCache:
 
     # ------------------------------------------------------------------ reads
 
-    async def serve(self, request: web.Request, match: Match, produce: Produce) -> web.StreamResponse:
-        """Answer a GET/HEAD of a caching route: HIT, MISS, STALE or BYPASS, always with ``Age``."""
+    async def serve(
+        self, request: web.Request, match: Match, client: str | None, produce: Produce
+    ) -> web.StreamResponse:
+        """Answer a GET/HEAD of a caching route: HIT, MISS, STALE or BYPASS, always with ``Age``.
+
+        ``client``: the calling client key's name, which answers are shared under (None: not shared).
+        """
         route = match.route
         policy = self._policies[route.name]
-        identity = self._identity(request, route)
+        identity = self._identity(client, route)
         if identity is None:
             # no identity to key on (or no credential: the proxy reports that) - never share
-            return await produce()
+            return await produce([])
         key = self._key(request, match, policy, *identity)
         wants = client_directives(request.headers)
         if wants.no_store:
-            resp = await produce()
+            resp = await produce([])
             self._count(route, "bypass")
             resp.headers["X-Cache"] = "BYPASS"
             resp.headers["Age"] = "0"
@@ -170,7 +169,10 @@ class ResponseCache:
                 and (wants.max_age is None or now - entry.stored_at <= wants.max_age)  # the caller's limit holds
             ):
                 self._count(route, "stale")
-                return self._response(entry, "STALE", now, failure=exc.code)
+                record = trace.current()
+                if record is not None:
+                    record.error = exc.code  # the access line says why the stale copy stood in
+                return self._response(entry, "STALE", now)  # X-Cache: STALE says it (no obsolete Warning)
             raise
         except NotFound:
             if found is not None and found.entry is not None:  # gone upstream: not even a stale copy stays
@@ -181,9 +183,8 @@ class ResponseCache:
         self._count(route, state.lower())
         return self._response(filled, state, self.now())
 
-    def _identity(self, request: web.Request, route: Route) -> tuple[str, str] | None:
+    def _identity(self, client: str | None, route: Route) -> tuple[str, str] | None:
         """(client key name, credential id) a cached answer is shared under; None: do not share."""
-        client = request.get(CLIENT)
         if client is None:
             return None
         if not route.auth:
@@ -253,12 +254,8 @@ class ResponseCache:
         _consume(task)
 
     async def _run_fill(self, key: CacheKey, spec: RouteCache, seq: int | None, produce: Produce) -> Entry:
-        notes: list[MultiMapping[str]] = []
-        token = _UPSTREAM_HEADERS.set(notes)
-        try:
-            resp = await produce()
-        finally:
-            _UPSTREAM_HEADERS.reset(token)
+        notes: Notes = []
+        resp = await produce(notes)
         now = self.now()
         verdict = upstream_verdict(notes, now)
         fresh = spec.ttl if verdict.max_fresh is None else min(spec.ttl, verdict.max_fresh)
@@ -278,12 +275,12 @@ class ResponseCache:
             self._report_usage()
         return entry
 
-    def _response(self, entry: Entry, state: str, now: float, failure: str | None = None) -> web.Response:
+    def _response(self, entry: Entry, state: str, now: float) -> web.Response:
+        """The stored answer; ``Date`` is when it was stored, ``Age`` how long ago (RFC 9111 4.2.3)."""
         headers = CIMultiDict(entry.headers)
         headers["X-Cache"] = state
         headers["Age"] = str(int(max(0.0, now - entry.stored_at)))
-        if failure is not None:
-            headers["Warning"] = f'110 routegate "Response is Stale", 111 routegate "Revalidation Failed: {failure}"'
+        headers["Date"] = _http_date(int(entry.stored_at))
         return web.Response(status=entry.status, body=entry.body, headers=headers)
 
     def _count(self, route: Route, result: str) -> None:
@@ -320,11 +317,19 @@ class ResponseCache:
         return deleted
 
 
+@functools.lru_cache(maxsize=256)
+def _http_date(at: int) -> str:
+    """An IMF-fixdate; entries are stored a second apart or more, so hits reuse the text."""
+    return email.utils.formatdate(at, usegmt=True)
+
+
 def _entry_of(resp: web.StreamResponse, now: float, fresh: float, stale: float, seq: int) -> Entry:
     if not isinstance(resp, web.Response) or not isinstance(resp.body, bytes | bytearray | None):
         raise TypeError("a caching route must produce a web.Response with a bytes body")
     headers = tuple((k, v) for k, v in resp.headers.items() if k.lower() not in _NOT_STORED)
     body = bytes(resp.body or b"")
+    if resp.status == 200 and "ETag" not in resp.headers:
+        headers = (*headers, ("ETag", etag_of(body)))  # hashed once per fill, not once per hit
     return Entry(resp.status, headers, body, now, now + fresh, now + fresh + stale, seq)
 
 

@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway import status, workers
 from gateway.errors import Unauthorized
 from gateway.expiry import expiries
+from gateway.pipeline.conventions import compress_large
 from gateway.server.state import GATEWAY
 
 
@@ -32,7 +33,9 @@ async def metrics(request: web.Request) -> web.Response:
     registry = request.app[GATEWAY].registry
     # gateway serve --workers N: every worker's values, whichever worker answers
     body = workers.scrape(registry) if workers.multiprocess_enabled() else generate_latest(registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    resp = web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    compress_large(resp)  # as Accept-Encoding allows (gateway.pipeline.conventions)
+    return resp
 
 
 async def status_page(request: web.Request) -> web.Response:
@@ -74,4 +77,6 @@ async def background_probes(app: web.Application) -> AsyncIterator[None]:
 async def openapi(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     body = gw.openapi.get(gw.runtime.config)
-    return web.Response(body=body, content_type="application/json", charset="utf-8")
+    resp = web.Response(body=body, content_type="application/json", charset="utf-8")
+    compress_large(resp)
+    return resp

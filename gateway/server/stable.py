@@ -26,7 +26,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     limits = gw.limits
     await limits.admit(request[CLIENT], match.route.name)  # 429 before anything is forwarded
     try:
-        return await runtime.proxy.handle(request, match, request[REQUEST_ID])
+        return await runtime.proxy.handle(request, match, request[REQUEST_ID], request[CLIENT])
     finally:
         limits.leave()
 

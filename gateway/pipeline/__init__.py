@@ -1,0 +1,64 @@
+"""Each route's handler, composed once when a config loads (Lura's ``proxy/factory.go`` shape).
+
+A stage wraps the next handler only where the route configures what the stage does, so a
+request never asks "does this route validate, compress, ...?" again: a route without such a
+feature runs none of its code.  ``Pipeline.stages`` names what was composed, outermost first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from multidict import MultiMapping
+
+from gateway.config import Route
+from gateway.routing import Match
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One stable request as it passes the stages: what earlier stages worked out, said explicitly."""
+
+    request: web.Request
+    match: Match
+    request_id: str
+    #: the calling client key's name (``anonymous`` on an open gateway); None: unknown, nothing is shared
+    client: str | None = None
+    #: the route's parameters, once the ``params`` stage parsed them
+    params: dict[str, Any] = field(default_factory=dict)
+    #: the validated JSON body of a write (``body`` stage), re-encoded
+    body: bytes | None = None
+    #: a raw GET answer may be streamed to the caller (False while a cache fill stores the answer whole)
+    relay: bool = True
+    #: while a cache fill runs: the upstream answers' headers (Cache-Control/Expires) and store vetoes
+    notes: list[MultiMapping[str]] | None = None
+
+
+#: one stable request in, its answer out
+Handler = Callable[[Exchange], Awaitable[web.StreamResponse]]
+#: given a route and the next handler: the wrapping handler, or None where the stage does not apply
+Stage = Callable[[Route, Handler], Handler | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """A route's composed handler and the names of its stages (outermost first)."""
+
+    route: str
+    stages: tuple[str, ...]
+    run: Handler
+
+
+def build(route: Route, core: Handler, stages: Sequence[tuple[str, Stage]], core_name: str = "proxy") -> Pipeline:
+    """Wrap ``core`` in each stage that applies to ``route``; ``stages`` is listed outermost first."""
+    handler = core
+    names = [core_name]
+    for name, stage in reversed(stages):
+        wrapped = stage(route, handler)
+        if wrapped is not None:
+            handler = wrapped
+            names.append(name)
+    return Pipeline(route.name, tuple(reversed(names)), handler)

@@ -1,0 +1,191 @@
+"""The ``collection`` stage: a paginated route's page, ``all=true`` or NDJSON stream, in the stable shape.
+
+Limits, ``all`` and the cursor are checked before any upstream call (400 otherwise); the
+upstream's pages are fetched (gateway.pagination), each item checked against ``shape`` and
+mapped, and an empty signed-in answer confirmed by the session check before it is served.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncGenerator, Mapping
+from typing import Any
+
+from aiohttp import web
+from multidict import MultiMapping
+
+from gateway import jsonio, ndjson
+from gateway.cache import Notes, forbid_store
+from gateway.config import Route
+from gateway.errors import BadRequest, UpstreamError
+from gateway.mapping import ShapeDrift, apply_mapping, target_request
+from gateway.pagination import Answer, Position, decode_cursor, encode_cursor, pages
+from gateway.pipeline.core import Core
+from gateway.session import unless_signed_out as _held_unless_signed_out
+from gateway.shape import check_fields
+
+JSON_TYPE = "application/json"
+
+
+async def serve(
+    proxy: Core,
+    request: web.Request | None,
+    route: Route,
+    params: dict[str, Any],
+    request_id: str,
+    as_ndjson: bool = False,
+    notes: Notes | None = None,
+    *,
+    query: MultiMapping[str] | None = None,
+) -> web.StreamResponse:
+    """A collection page (or ``all=true``), JSON or NDJSON; ``query`` stands in for the request's
+    (a probe has no request, and never streams)."""
+    pag = route.pagination
+    assert pag is not None
+    if query is None:
+        assert request is not None
+        query = request.query
+    limit = _limit(query.get("limit"), pag.default_limit, pag.max_limit, route.name)
+    everything = _flag(query.get("all"), route.name)
+    fan = next((p for p in route.params if p.fan_out), None)
+    streams: list[str | None] = list(params[fan.name]) if fan else [None]
+    position = Position()
+    cursor = query.get("cursor")
+    if cursor:
+        cursor_streams, position = decode_cursor(route, cursor, proxy.cursor_secret)
+        # decode_cursor checked the streams against the route; a fan-out may still disagree
+        if fan is not None and fan.name in query and set(cursor_streams) != set(streams):
+            raise BadRequest(
+                f"the cursor was issued for {fan.name}={','.join(cursor_streams)}; "
+                f"repeat that {fan.name} or leave it out",
+                code="bad_cursor",
+                route=route.name,
+            )
+        if fan is not None:
+            streams = list(cursor_streams)
+        if pag.style == "next_url":
+            _check_link_cursor(route, params, position)
+
+    mapped = unless_signed_out(
+        proxy,
+        route,
+        stable_pages(proxy, route, params, streams, position, None if everything else limit, request_id, notes),
+        notes,
+    )
+    if as_ndjson and everything:
+        assert request is not None
+        done = functools.partial(proxy.health.up, route.name)
+        return await ndjson.stream(request, mapped, route.name, request_id, done)
+    items: list[Any] = []
+    async for page in mapped:
+        items.extend(page)
+    next_cursor = None if everything else encode_cursor(route, streams, position, proxy.cursor_secret)
+    proxy.health.up(route.name)
+    if as_ndjson:
+        return ndjson.page(items, next_cursor)
+    return _json_page(items, next_cursor)
+
+
+async def stable_pages(
+    proxy: Core,
+    route: Route,
+    params: dict[str, Any],
+    streams: list[str | None],
+    position: Position,
+    limit: int | None,
+    request_id: str,
+    notes: Notes | None = None,
+) -> AsyncGenerator[list[Any], None]:
+    """A collection's items page by page: fetched, checked against ``shape``, mapped."""
+    fan = next((p for p in route.params if p.fan_out), None)
+
+    def params_of(stream: str | None) -> dict[str, Any]:
+        return params if stream is None or fan is None else {**params, fan.name: stream}
+
+    async def fetch(stream: str | None, extra: list[tuple[str, str]], at: str | None) -> Answer:
+        resp = await proxy.call(route, params_of(stream), None, extra, request_id, at, notes=notes)
+        return Answer(proxy._json(route, resp), resp.headers, resp.url)
+
+    upstream = proxy.config.upstreams[route.upstream]
+    mapping = route.response.items
+    try:
+        # drift in a page (pagination.py: lost list, stalled paging) or in an item counts alike
+        async for page in pages(route, streams, position, limit, fetch, upstream.concurrency, upstream.base_url):
+            out: list[Any] = []
+            for stream, item in page:
+                if route.shape is not None:
+                    check_fields(route.shape, item, route.name)
+                out.append(
+                    item if mapping is None else apply_mapping(mapping, item, params_of(stream), None, route.name)
+                )
+            yield out
+    except ShapeDrift as exc:
+        proxy._record_error(upstream, route, exc)
+        raise
+
+
+def unless_signed_out(
+    proxy: Core, route: Route, pages: AsyncGenerator[list[Any], None], notes: Notes | None = None
+) -> AsyncGenerator[list[Any], None]:
+    """An empty signed-in collection may be a dead session answering 200 ``[]``: the upstream's
+    ``auth.check`` decides (gateway.session) before the empty answer is served or cached."""
+    upstream = proxy.config.upstreams[route.upstream]
+    sessions = proxy.sessions
+    if sessions is None or not route.auth or upstream.auth is None or upstream.auth.check is None:
+        return pages
+    fetched_at = sessions.now()  # before the first page is asked for: only a later check vouches
+
+    async def confirm() -> None:
+        try:
+            if not await sessions.confirm_empty(upstream, route.name, fetched_at):
+                forbid_store(notes)  # the session is unknown: serve the empty answer, do not keep it
+        except UpstreamError as exc:
+            proxy._record_error(upstream, route, exc)
+            raise
+
+    return _held_unless_signed_out(pages, confirm)
+
+
+def _check_link_cursor(route: Route, params: Mapping[str, Any], position: Position) -> None:
+    """A ``next_url`` cursor's link must be below one of the route's own target paths: 400 before any call."""
+    state = position.pos.get("")
+    link = state.get("t") if isinstance(state, dict) else None
+    if link is None:
+        return
+    paths = {target_request(t, params)[0].rstrip("/") for t in route.targets}
+    if str(link).partition("?")[0].rstrip("/") not in paths:
+        raise BadRequest(
+            "the cursor is not valid for this route; pass next_cursor exactly as it was returned",
+            code="bad_cursor",
+            route=route.name,
+        )
+
+
+def _limit(raw: str | None, default: int, maximum: int, route: str) -> int:
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= maximum:
+        raise BadRequest(f"limit must be an integer from 1 to {maximum}, got {raw!r}", code="bad_limit", route=route)
+    return value
+
+
+def _flag(raw: str | None, route: str) -> bool:
+    if raw is None:
+        return False
+    low = raw.lower()
+    if low in ("true", "1", "yes"):
+        return True
+    if low in ("false", "0", "no", ""):
+        return False
+    raise BadRequest(f"all must be true or false, got {raw!r}", code="bad_query", route=route)
+
+
+def _json_page(items: list[Any], next_cursor: str | None) -> web.Response:
+    """The stable collection page: ``{"items", "next_cursor"}`` (``gateway.ndjson.page`` for NDJSON)."""
+    return web.Response(
+        body=jsonio.dumps({"items": items, "next_cursor": next_cursor}), content_type=JSON_TYPE, charset="utf-8"
+    )

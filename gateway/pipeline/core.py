@@ -1,0 +1,68 @@
+"""What the stages read of the proxy core, as a Protocol: the stages are built by ``gateway.proxy``
+and must not import it back (tests/test_layout.py counts even typing-only imports as a cycle)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from aiohttp import web
+from multidict import MultiMapping
+
+from gateway.cache import Notes, ResponseCache
+from gateway.config import Config, Route, Upstream
+from gateway.errors import UpstreamError
+from gateway.health import RouteHealth
+from gateway.session import SessionChecks
+from gateway.upstream import UpstreamResponse
+
+
+class Core(Protocol):
+    """The parts of ``gateway.proxy.Proxy`` the stages call."""
+
+    config: Config
+    cache: ResponseCache | None
+    cursor_secret: bytes
+    health: RouteHealth
+    sessions: SessionChecks | None
+
+    async def single(
+        self,
+        request: web.Request | None,
+        route: Route,
+        params: dict[str, Any],
+        request_id: str,
+        body: bytes | None = None,
+        *,
+        relay: bool = False,
+        notes: Notes | None = None,
+    ) -> web.StreamResponse: ...
+
+    async def call(
+        self,
+        route: Route,
+        params: Mapping[str, Any],
+        body: bytes | None,
+        extra_query: list[tuple[str, str]],
+        request_id: str,
+        at: str | None = None,
+        *,
+        stream: bool = False,
+        notes: Notes | None = None,
+    ) -> UpstreamResponse: ...
+
+    async def collection(
+        self,
+        request: web.Request | None,
+        route: Route,
+        params: dict[str, Any],
+        request_id: str,
+        as_ndjson: bool = False,
+        notes: Notes | None = None,
+        *,
+        query: MultiMapping[str] | None = None,
+    ) -> web.StreamResponse: ...
+
+    def _json(self, route: Route, resp: UpstreamResponse) -> Any: ...
+
+    def _record_error(self, upstream: Upstream, route: Route, exc: UpstreamError) -> None: ...

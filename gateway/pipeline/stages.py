@@ -1,0 +1,123 @@
+"""The proxy's own stages: cache, write invalidation, params, body; then a collection or one call.
+
+Each factory returns None for a route it does not apply to, so ``gateway.pipeline.build``
+leaves it out: a route without a cache never enters cache code, a GET never reads a body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+
+from gateway import ndjson
+from gateway.cache import Notes
+from gateway.config import Route
+from gateway.mapping import parse_params
+from gateway.pipeline import Exchange, Handler, Stage
+from gateway.pipeline.body import read_body
+from gateway.pipeline.core import Core
+
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _streamed(route: Route, request: web.Request) -> bool:
+    """An NDJSON collection: streamed, so never cached (not holding the collection is the point)."""
+    return route.pagination is not None and ndjson.wants_ndjson(request.headers.get("Accept", ""))
+
+
+def cache(proxy: Core) -> Stage:
+    """Reads of a caching route: HIT/MISS/STALE/BYPASS (gateway.cache); the fill stores the answer whole."""
+
+    def stage(route: Route, inner: Handler) -> Handler | None:
+        store = proxy.cache
+        if store is None or route.method not in SAFE_METHODS or not store.caches(route):
+            return None
+
+        async def cached(ex: Exchange) -> web.StreamResponse:
+            if _streamed(route, ex.request):
+                return await inner(ex)
+
+            async def fill(notes: Notes) -> web.StreamResponse:
+                ex.relay, ex.notes = False, notes
+                return await inner(ex)
+
+            return await store.serve(ex.request, ex.match, ex.client, fill)
+
+        return cached
+
+    return stage
+
+
+def invalidate(proxy: Core) -> Stage:
+    """Writes, where a cache exists: whatever came back, cached reads of what was written are suspect."""
+
+    def stage(route: Route, inner: Handler) -> Handler | None:
+        store = proxy.cache
+        if store is None or route.method in SAFE_METHODS:
+            return None
+
+        async def invalidating(ex: Exchange) -> web.StreamResponse:
+            try:
+                return await inner(ex)
+            finally:
+                await store.invalidate_write(route, ex.match.path_params)
+
+        return invalidating
+
+    return stage
+
+
+def params(route: Route, inner: Handler) -> Handler:
+    """Query and path parameters, parsed and checked before anything is sent (400 otherwise)."""
+
+    async def parsed(ex: Exchange) -> web.StreamResponse:
+        ex.params = parse_params(route, ex.request.query, ex.match.path_params)
+        return await inner(ex)
+
+    return parsed
+
+
+def body(proxy: Core) -> Stage:
+    """The JSON body of a write, read within limits and validated before anything is sent."""
+
+    def stage(route: Route, inner: Handler) -> Handler | None:
+        if route.method not in BODY_METHODS:
+            return None
+
+        async def read(ex: Exchange) -> web.StreamResponse:
+            ex.body = await read_body(proxy.config.server, ex.request, route, ex.params)
+            return await inner(ex)
+
+        return read
+
+    return stage
+
+
+def core(proxy: Core, route: Route) -> tuple[str, Handler]:
+    """The innermost stage: a paginated collection, or one upstream call (with its targets and fallback)."""
+    if route.pagination is not None:
+
+        async def collection(ex: Exchange) -> web.StreamResponse:
+            as_ndjson = _streamed(route, ex.request)
+            return await proxy.collection(ex.request, route, ex.params, ex.request_id, as_ndjson, ex.notes)
+
+        return "collection", collection
+
+    async def call(ex: Exchange) -> web.StreamResponse:
+        return await proxy.single(ex.request, route, ex.params, ex.request_id, ex.body, relay=ex.relay, notes=ex.notes)
+
+    return "call", call
+
+
+def stages_of(proxy: Core) -> list[tuple[str, Stage]]:
+    """The proxy's stages, outermost first (the conventions wrap these: gateway.proxy.STAGES)."""
+    always: Callable[[Route, Handler], Handler | None] = params
+    return [
+        ("cache", cache(proxy)),
+        ("params", always),
+        ("body", body(proxy)),
+        # inside params and body: a write refused as bad input was never sent, so it drops nothing
+        ("invalidate", invalidate(proxy)),
+    ]
