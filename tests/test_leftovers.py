@@ -162,7 +162,7 @@ async def test_hostile_mix_logs_no_traceback_and_no_secret() -> None:
                             statuses.append(r.status)
                     except aiohttp.ClientConnectionError as exc:  # say why: the process, its last words
                         tail = "".join(lines[-30:])
-                        raise AssertionError(f"{method} {path[:80]}: {exc}; gateway {proc.returncode=}\n{tail}") from exc
+                        raise AssertionError(f"{method} {path[:80]}: {exc}; {proc.returncode=}\n{tail}") from exc
 
                 # hostile clients: bad cursors, unknown and repeated params, deep and NaN JSON, huge bodies
                 await hit("GET", "/v1/observable/notebooks?cursor=" + "A" * 5000)
