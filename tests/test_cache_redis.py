@@ -18,8 +18,8 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from gateway.sandbox.runner import Sandboxes
+from tests.helpers.cache import ALICE, BOB, CLIENTS, KEYS, LIST, OPS, POSTHOG
 from tests.processes import free_port
-from tests.test_cache import ALICE, BOB, CLIENTS, KEYS, LIST, OPS, POSTHOG
 
 REDIS_CACHE = """
 cache:

@@ -20,8 +20,8 @@ from gateway import jsonio, server, workers
 from gateway.sandbox.runner import Sandboxes
 from gateway.server import GATEWAY, new_request_id
 from tests.fake_upstream import Reply, start_fake
-from tests.test_cache import _gw
-from tests.test_hostile import FAKE_YAML
+from tests.helpers.cache import _gw
+from tests.helpers.hostile import FAKE_YAML
 
 #: valid JSON that orjson alone refuses: an integer beyond 64 bits and a lone surrogate escape
 ODD = b'{"id": 1180591620717411303424, "note": "\\ud800", "n": -18446744073709551617}'
