@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean deploy-config docs
+.PHONY: install demo test lint bench clean deploy-config docs mutants
 
 # Debian's python3 has no ensurepip (so no `-m venv`) until python3-venv is installed
 $(STAMP): pyproject.toml
@@ -25,9 +25,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/gateway demo
 
+# -n auto: one xdist worker per core (tests are xdist-safe: free ports, tmp_path, no order dependence)
 test: $(STAMP)
 	scripts/install-test-deps.sh
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto
 
 # not part of `make test`: installs wrk + nginx (Debian), ~10 minutes, writes bench/results.json
 bench: $(STAMP)

@@ -16,6 +16,9 @@ from gateway.server import build_app
 ROOT = Path(__file__).resolve().parent.parent
 ROUTES = ROOT / "routes.yaml"
 
+#: pytester runs a throwaway pytest session (tests/test_suite_guards.py: a hung test fails, not hangs)
+pytest_plugins = ["pytester"]
+
 GatewayFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
