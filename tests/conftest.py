@@ -10,6 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
+from gateway.cache import policy
 from gateway.sandbox.runner import Sandboxes, gateway_env, start_sandboxes
 from gateway.server import build_app
 
@@ -20,6 +21,17 @@ ROUTES = ROOT / "routes.yaml"
 pytest_plugins = ["pytester"]
 
 GatewayFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_memos() -> None:
+    """Each test starts without the cache policy's process-wide memos (markers, credential digests).
+
+    Otherwise only the first test to use a path computes its markers: a test would pass or fail by
+    what ran before it, and mutation testing would credit the code to that first test alone.
+    """
+    policy._read_markers.cache_clear()
+    policy._credential_digest.cache_clear()
 
 
 @pytest.fixture
