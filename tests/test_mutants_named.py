@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.server import GATEWAY
@@ -109,7 +110,8 @@ class Origin:
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, str]] = []
-        self.cache_control: dict[str, str] = {}
+        #: per document name: the Cache-Control header lines the origin answers with
+        self.cache_control: dict[str, list[str]] = {}
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -154,7 +156,7 @@ class Origin:
     async def doc(self, request: web.Request) -> web.Response:
         self._saw(request)
         name = request.match_info["name"]
-        headers = {"Cache-Control": self.cache_control[name]} if name in self.cache_control else {}
+        headers = CIMultiDict(("Cache-Control", line) for line in self.cache_control.get(name, []))
         fetches = sum(1 for p, _ in self.seen if p == request.raw_path)
         return web.json_response({"name": name, "fetch": fetches}, headers=headers)
 
@@ -293,7 +295,9 @@ async def test_path_params_stay_one_percent_encoded_segment(make_gateway: Any, a
 async def test_upstream_max_age_zero_is_never_served_from_the_cache(make_gateway: Any, aiohttp_server: Any) -> None:
     """Survivor: ``max-age=0`` (or a negative or invalid one) cached for 1 s."""
     gw, origin, _ = await _gateway(make_gateway, aiohttp_server)
-    origin.cache_control.update(zero="max-age=0", negative="max-age=-5", invalid="max-age=soon", ok="max-age=30")
+    origin.cache_control.update(
+        zero=["max-age=0"], negative=["max-age=-5"], invalid=["max-age=soon"], ok=["max-age=30"]
+    )
     for name in ("zero", "negative", "invalid", "ok"):
         first, second = await gw.get(f"/v1/doc/{name}"), await gw.get(f"/v1/doc/{name}")
         assert first.status == second.status == 200
@@ -349,3 +353,26 @@ async def test_invalidates_clears_the_named_routes_entries(make_gateway: Any, ai
         assert resp.headers["X-Cache"] == "MISS" and (await resp.json()) == {"name": name}
         assert (await gw.get(f"/v1/doc/{name}")).headers["X-Cache"] == "HIT"
     assert origin.fetches("/doc/one") == origin.fetches("/doc/two") == 2
+
+
+async def test_upstream_cache_control_is_read_as_http_says(make_gateway: Any, aiohttp_server: Any) -> None:
+    """Survivors in reading the upstream's Cache-Control: the list separator, several header lines,
+    quoted values, directive names in any case, and every directive that forbids a shared copy."""
+    gw, origin, clock = await _gateway(make_gateway, aiohttp_server)
+    never = {
+        "packed": ["max-age=600,no-store"],  # no space after the comma
+        "two-lines": ["max-age=600", "private"],  # one directive per header line
+        "upper": ["max-age=600, No-Store"],
+        "no-cache": ["no-cache"],
+        "private": ["private, max-age=600"],
+    }
+    origin.cache_control.update(never, quoted=['max-age="5"'], spaced=["public , max-age = 5"])
+    for name in never:
+        states = [(await gw.get(f"/v1/doc/{name}")).headers["X-Cache"] for _ in range(2)]
+        assert states == ["MISS", "MISS"], name
+    for name in ("quoted", "spaced"):  # kept 5 s (the route says 60 s), not dropped as unreadable
+        assert [(await gw.get(f"/v1/doc/{name}")).headers["X-Cache"] for _ in range(2)] == ["MISS", "HIT"], name
+    clock.now += 4
+    assert (await gw.get("/v1/doc/quoted")).headers["X-Cache"] == "HIT"
+    clock.now += 2
+    assert (await gw.get("/v1/doc/quoted")).headers["X-Cache"] == "MISS"
