@@ -85,6 +85,20 @@ routes:
       second: {}
       flag: {type: boolean}
     targets: ["GET /echo/{name}?first={first}&second={second}&flag={flag}"]
+  shape:
+    stable: GET /v1/shape/{name}
+    upstream: origin
+    auth: none
+    targets: ["GET /shape/@{name}/"]
+    response:
+      item:
+        n: {field: meta.count, type: int}
+        f: {field: meta.ratio, type: float}
+        b: {field: meta.flag, type: bool}
+        s: {field: meta.count, type: str}
+        gone: {field: meta.nothing, optional: true}
+        name: {param: name}
+        kind: {const: fixed}
   doc:
     stable: GET /v1/doc/{name}
     upstream: origin
@@ -119,6 +133,7 @@ class Origin:
         app.router.add_get("/streams", self.streams)
         app.router.add_get("/doc/{name}", self.doc)
         app.router.add_post("/touch", self.touch)
+        app.router.add_get("/shape/{name}/", self.shape)
         app.router.add_route("GET", "/{tail:.*}", self.echo)
         return app
 
@@ -159,6 +174,16 @@ class Origin:
         headers = CIMultiDict(("Cache-Control", line) for line in self.cache_control.get(name, []))
         fetches = sum(1 for p, _ in self.seen if p == request.raw_path)
         return web.json_response({"name": name, "fetch": fetches}, headers=headers)
+
+    async def shape(self, request: web.Request) -> web.Response:
+        self._saw(request)
+        meta = {
+            "@ok": {"count": "7", "ratio": "0.5", "flag": 1, "extra": "never shown"},
+            "@zero": {"count": 0, "ratio": 2, "flag": 0},
+            "@word": {"count": "seven", "ratio": 1, "flag": 1},
+            "@lost": {"ratio": 1, "flag": 1},
+        }[request.match_info["name"]]
+        return web.json_response({"meta": meta})
 
     async def touch(self, request: web.Request) -> web.Response:
         self._saw(request)
@@ -287,6 +312,29 @@ async def test_path_params_stay_one_percent_encoded_segment(make_gateway: Any, a
     body = await resp.json()
     assert resp.status == 400 and body["error"]["code"] == "bad_path_param"
     assert not any("admin" in path for path, _ in origin.seen)  # refused, never forwarded
+
+
+async def test_response_fields_are_cast_and_missing_ones_are_drift(make_gateway: Any, aiohttp_server: Any) -> None:
+    """Survivors in ``evaluate``/``_cast`` and the target path: types, optional, params, consts,
+    a mixed segment (``@{name}``) and the target's trailing slash."""
+    gw, origin, _ = await _gateway(make_gateway, aiohttp_server)
+    resp = await gw.get("/v1/shape/ok")
+    assert await resp.json() == {"n": 7, "f": 0.5, "b": True, "s": "7", "gone": None, "name": "ok", "kind": "fixed"}
+    assert origin.seen[-1] == ("/shape/@ok/", "")
+    resp = await gw.get("/v1/shape/zero")
+    assert await resp.json() == {"n": 0, "f": 2.0, "b": False, "s": "0", "gone": None, "name": "zero", "kind": "fixed"}
+    for name, says in (("word", "'n' is not int"), ("lost", "lost field 'meta.count'")):
+        resp = await gw.get(f"/v1/shape/{name}")
+        body = await resp.json()
+        assert resp.status == 502 and body["error"]["code"] == "shape_drift", body
+        assert says in body["error"]["message"] and body["error"]["route"] == "shape", body
+
+
+async def test_yes_and_no_are_booleans_too(make_gateway: Any, aiohttp_server: Any) -> None:
+    gw, origin, _ = await _gateway(make_gateway, aiohttp_server)
+    for given, sent in (("yes", "true"), ("No", "false")):
+        assert (await gw.get(f"/v1/echo/x?flag={given}")).status == 200
+        assert origin.seen[-1] == ("/echo/x", f"flag={sent}"), given
 
 
 # --------------------------------------------------------------------------- cache policy
