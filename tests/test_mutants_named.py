@@ -424,3 +424,31 @@ async def test_upstream_cache_control_is_read_as_http_says(make_gateway: Any, ai
     assert (await gw.get("/v1/doc/quoted")).headers["X-Cache"] == "HIT"
     clock.now += 2
     assert (await gw.get("/v1/doc/quoted")).headers["X-Cache"] == "MISS"
+
+
+async def test_unknown_params_are_named_in_one_bounded_400(make_gateway: Any, aiohttp_server: Any) -> None:
+    """Survivors in ``_unknown_params``: the first 10 named (each cut at 64 characters), the rest
+    counted, the route's own params listed; one unknown is singular; nothing is forwarded."""
+    gw, origin, _ = await _gateway(make_gateway, aiohttp_server)
+    long = "k" * 65
+    names = [f"u{i}" for i in range(9)] + [long, "x1", "x2"]
+    resp = await gw.get("/v1/echo/x?" + "&".join(f"{n}=1" for n in names))
+    body = await resp.json()
+    assert resp.status == 400 and body["error"]["code"] == "bad_query"
+    shown = ", ".join(repr(n) for n in names[:9]) + f", {'k' * 64 + '...'!r}"
+    expected = f"unknown query parameters {shown} and 2 more; this route takes: first, flag, second"
+    assert body["error"]["details"][0] == expected
+    resp = await gw.get(f"/v1/echo/x?{'k' * 64}=1")
+    assert (await resp.json())["error"]["details"][0] == (
+        f"unknown query parameter {'k' * 64!r}; this route takes: first, flag, second"
+    )
+    names = [f"u{i}" for i in range(10)]
+    resp = await gw.get("/v1/echo/x?" + "&".join(f"{n}=1" for n in names))
+    assert (await resp.json())["error"]["details"][0] == (
+        f"unknown query parameters {', '.join(repr(n) for n in names)}; this route takes: first, flag, second"
+    )
+    resp = await gw.get("/v1/doc/x?a=1&a=2")
+    assert (await resp.json())["error"]["details"] == ["unknown query parameter 'a'; this route takes none"]
+    resp = await gw.get("/v1/echo/x?first=1&first=2")
+    assert (await resp.json())["error"]["details"] == ["query parameter 'first' is given more than once"]
+    assert not origin.seen
