@@ -7,6 +7,7 @@ The survivors they kill are named in each docstring (``make mutants`` measures t
 
 from __future__ import annotations
 
+import email.utils
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,8 @@ class Origin:
         self.seen: list[tuple[str, str]] = []
         #: per document name: the Cache-Control header lines the origin answers with
         self.cache_control: dict[str, list[str]] = {}
+        #: per document name: other response headers (Expires, Date)
+        self.headers: dict[str, dict[str, str]] = {}
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -172,6 +175,7 @@ class Origin:
         self._saw(request)
         name = request.match_info["name"]
         headers = CIMultiDict(("Cache-Control", line) for line in self.cache_control.get(name, []))
+        headers.update(self.headers.get(name, {}))
         fetches = sum(1 for p, _ in self.seen if p == request.raw_path)
         return web.json_response({"name": name, "fetch": fetches}, headers=headers)
 
@@ -452,3 +456,39 @@ async def test_unknown_params_are_named_in_one_bounded_400(make_gateway: Any, ai
     resp = await gw.get("/v1/echo/x?first=1&first=2")
     assert (await resp.json())["error"]["details"] == ["query parameter 'first' is given more than once"]
     assert not origin.seen
+
+
+async def test_expires_is_measured_against_the_upstreams_date(make_gateway: Any, aiohttp_server: Any) -> None:
+    """Survivors in ``_expires_in``: a past Expires is never kept (not even 1 s); without a Date (or an
+    unreadable one) the gateway's clock is the base; with one, the upstream's own clock is."""
+    gw, origin, clock = await _gateway(make_gateway, aiohttp_server)
+    now = clock.now
+    http_date = email.utils.formatdate
+    origin.headers.update(
+        past={"Expires": http_date(now - 30, usegmt=True)},
+        bogus={"Expires": "0"},
+        no_date={"Expires": http_date(now + 5, usegmt=True)},
+        bad_date={"Expires": http_date(now + 5, usegmt=True), "Date": "yesterday-ish"},
+        # the upstream's clock is an hour behind: Expires 5 s after *its* Date is 5 s, not an hour
+        skewed={"Expires": http_date(now - 3600 + 5, usegmt=True), "Date": http_date(now - 3600, usegmt=True)},
+    )
+    for name in ("past", "bogus"):
+        assert [(await gw.get(f"/v1/doc/{name}")).headers["X-Cache"] for _ in range(2)] == ["MISS", "MISS"], name
+    fresh = ("no_date", "bad_date", "skewed")
+    for name in fresh:
+        assert [(await gw.get(f"/v1/doc/{name}")).headers["X-Cache"] for _ in range(2)] == ["MISS", "HIT"], name
+    clock.now += 3
+    assert [(await gw.get(f"/v1/doc/{name}")).headers["X-Cache"] for name in fresh] == ["HIT"] * 3
+    clock.now += 3
+    assert [(await gw.get(f"/v1/doc/{name}")).headers["X-Cache"] for name in fresh] == ["MISS"] * 3
+
+
+async def test_purging_prefix_root_drops_everything(make_gateway: Any, aiohttp_server: Any) -> None:
+    """Survivor in ``under``: the prefix ``/`` matches every path."""
+    gw, _, _ = await _gateway(make_gateway, aiohttp_server)
+    urls = ["/v1/doc/one", "/v1/fresh-pages?limit=2"]
+    assert [(await gw.get(u)).headers["X-Cache"] for u in urls] == ["MISS", "MISS"]
+    assert [(await gw.get(u)).headers["X-Cache"] for u in urls] == ["HIT", "HIT"]
+    resp = await gw.post("/admin/cache/purge?prefix=/", headers={"X-API-Key": ADMIN_KEY})
+    assert resp.status == 200 and (await resp.json())["deleted"] == 2
+    assert [(await gw.get(u)).headers["X-Cache"] for u in urls] == ["MISS", "MISS"]
