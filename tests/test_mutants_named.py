@@ -31,7 +31,31 @@ upstreams:
   origin:
     base_url: ${ORIGIN_URL}
     retries: {attempts: 1}
+  based:
+    base_url: ${ORIGIN_URL}/base/
+    retries: {attempts: 1}
 routes:
+  paged:
+    stable: GET /v1/paged
+    upstream: origin
+    auth: none
+    pagination: {style: page, page_size: 3, total: total, items: results}
+    targets: ["GET /pages"]
+    response: {items: {id: id}}
+  linked:
+    stable: GET /v1/linked/{variant}
+    upstream: based
+    auth: none
+    pagination: {style: next_url, items: results, size_param: size, page_size: 2}
+    targets: ["GET /linked/{variant}"]
+    response: {items: {id: id}}
+  tokened:
+    stable: GET /v1/tokened
+    upstream: origin
+    auth: none
+    pagination: {style: cursor, token: next, items: results}
+    targets: ["GET /tokens"]
+    response: {items: {id: id}}
   counted:
     stable: GET /v1/counted
     upstream: origin
@@ -137,6 +161,9 @@ class Origin:
         app.router.add_get("/doc/{name}", self.doc)
         app.router.add_post("/touch", self.touch)
         app.router.add_get("/shape/{name}/", self.shape)
+        app.router.add_get("/pages", self.pages)
+        app.router.add_get("/base/linked/{variant}", self.linked)
+        app.router.add_get("/tokens", self.tokens)
         app.router.add_route("GET", "/{tail:.*}", self.echo)
         return app
 
@@ -178,6 +205,40 @@ class Origin:
         headers.update(self.headers.get(name, {}))
         fetches = sum(1 for p, _ in self.seen if p == request.raw_path)
         return web.json_response({"name": name, "fetch": fetches}, headers=headers)
+
+    async def pages(self, request: web.Request) -> web.Response:
+        """Page numbers from 1 over 6 items, with the total: two full pages and nothing after."""
+        self._saw(request)
+        page, size = int(request.query["page"]), int(request.query["limit"])
+        ids = list(range(6))[(page - 1) * size : page * size]
+        return web.json_response({"results": [{"id": i} for i in ids], "total": 6})
+
+    async def linked(self, request: web.Request) -> web.Response:
+        """3 pages of 2 items; the next page in a Link header line of its own (after a rel=prev one).
+
+        ``ok`` links below the base path on this origin; ``offpath`` outside the base path;
+        ``offorigin`` to another host.
+        """
+        self._saw(request)
+        variant = request.match_info["variant"]
+        page = int(request.query.get("page", "1"))
+        here = request.url.origin()
+        nxt = {
+            "ok": f"{here}/base/linked/ok?page={page + 1}",
+            "offpath": f"{here}/elsewhere/linked/offpath?page={page + 1}",
+            "offorigin": f"http://localhost:{request.url.port}/base/linked/offorigin?page={page + 1}",
+        }[variant]
+        headers = CIMultiDict([("Link", f'<{here}/base/linked/{variant}?page=1>; rel="prev"')])
+        if page < 3:
+            headers.add("Link", f'<{nxt}>; rel="next"')
+        body = {"results": [{"id": 2 * (page - 1) + i} for i in range(2)]}
+        return web.json_response(body, headers=headers)
+
+    async def tokens(self, request: web.Request) -> web.Response:
+        """Two pages: the second's next token is the empty string (the end)."""
+        self._saw(request)
+        first = "cursor" not in request.query
+        return web.json_response({"results": [{"id": 0 if first else 1}], "next": "t1" if first else ""})
 
     async def shape(self, request: web.Request) -> web.Response:
         self._saw(request)
@@ -276,6 +337,38 @@ async def test_merged_streams_end_exactly_when_their_items_are_served(make_gatew
     # limit 5: both streams run out exactly at the limit and said so: no next cursor
     assert await _merged(gw, "/v1/merged?type=a,b&limit=5") == (everything, None)
     assert await _merged(gw, "/v1/merged?type=a,b&all=true") == (everything, None)
+
+
+async def test_page_numbers_stop_at_the_total(make_gateway: Any, aiohttp_server: Any) -> None:
+    """Survivors in ``PageNumbers.advance``: a total reached exactly ends the walk (no extra page)."""
+    gw, origin, _ = await _gateway(make_gateway, aiohttp_server)
+    assert await _ids(gw, "/v1/paged?all=true") == (list(range(6)), None)
+    assert [q for p, q in origin.seen if p == "/pages"] == ["page=1&limit=3", "page=2&limit=3"]
+
+
+async def test_next_links_from_link_headers_stay_on_the_upstream(make_gateway: Any, aiohttp_server: Any) -> None:
+    """Survivors in ``NextLinks``: several Link header lines, the base path kept, and a link to
+    another path or another host refused (502 naming the route), never followed."""
+    gw, origin, _ = await _gateway(make_gateway, aiohttp_server)
+    assert await _ids(gw, "/v1/linked/ok?all=true") == (list(range(6)), None)
+    asked = [q for p, q in origin.seen if p == "/base/linked/ok"]
+    assert asked == ["size=2", "page=2", "page=3"]
+    ids, cursor = await _ids(gw, "/v1/linked/ok?limit=2")
+    assert ids == [0, 1] and cursor is not None
+    assert await _ids(gw, f"/v1/linked/ok?limit=4&cursor={cursor}") == ([2, 3, 4, 5], None)
+    for variant in ("offpath", "offorigin"):
+        resp = await gw.get(f"/v1/linked/{variant}?all=true")
+        body = await resp.json()
+        assert resp.status == 502 and body["error"]["code"] == "pagination_bad_link", body
+        assert body["error"]["route"] == "linked"
+    assert all(p.startswith("/base/linked/") for p, _ in origin.seen)
+
+
+async def test_an_empty_next_token_ends_the_walk(make_gateway: Any, aiohttp_server: Any) -> None:
+    """Survivor in ``Tokens.advance``: ``""`` is the end, not a token to send back."""
+    gw, origin, _ = await _gateway(make_gateway, aiohttp_server)
+    assert await _ids(gw, "/v1/tokened?all=true") == ([0, 1], None)
+    assert [q for p, q in origin.seen if p == "/tokens"] == ["", "cursor=t1"]
 
 
 # --------------------------------------------------------------------------- mapping
