@@ -109,7 +109,9 @@ routes:
       first: {}
       second: {}
       flag: {type: boolean}
-    targets: ["GET /echo/{name}?first={first}&second={second}&flag={flag}"]
+      n: {type: integer}
+      color: {enum: [red, blue]}
+    targets: ["GET /echo/{name}?first={first}&second={second}&flag={flag}&n={n}&color={color}"]
   shape:
     stable: GET /v1/shape/{name}
     upstream: origin
@@ -242,6 +244,8 @@ class Origin:
 
     async def shape(self, request: web.Request) -> web.Response:
         self._saw(request)
+        if request.match_info["name"] == "@list":
+            return web.json_response([{"meta": {}}])
         meta = {
             "@ok": {"count": "7", "ratio": "0.5", "flag": 1, "extra": "never shown"},
             "@zero": {"count": 0, "ratio": 2, "flag": 0},
@@ -420,18 +424,33 @@ async def test_response_fields_are_cast_and_missing_ones_are_drift(make_gateway:
     assert origin.seen[-1] == ("/shape/@ok/", "")
     resp = await gw.get("/v1/shape/zero")
     assert await resp.json() == {"n": 0, "f": 2.0, "b": False, "s": "0", "gone": None, "name": "zero", "kind": "fixed"}
-    for name, says in (("word", "'n' is not int"), ("lost", "lost field 'meta.count'")):
+    for name, says in (
+        ("word", "upstream value for 'n' is not int: 'seven'"),
+        ("lost", "upstream response lost field 'meta.count' (stable field 'n')"),
+        ("list", "upstream returned list where an object was expected"),
+    ):
         resp = await gw.get(f"/v1/shape/{name}")
         body = await resp.json()
         assert resp.status == 502 and body["error"]["code"] == "shape_drift", body
         assert says in body["error"]["message"] and body["error"]["route"] == "shape", body
 
 
-async def test_yes_and_no_are_booleans_too(make_gateway: Any, aiohttp_server: Any) -> None:
+async def test_typed_params_are_checked_then_sent(make_gateway: Any, aiohttp_server: Any) -> None:
+    """Survivors in ``_convert``: yes/no booleans, integers, enums; a bad value is a 400, never sent."""
     gw, origin, _ = await _gateway(make_gateway, aiohttp_server)
-    for given, sent in (("yes", "true"), ("No", "false")):
-        assert (await gw.get(f"/v1/echo/x?flag={given}")).status == 200
-        assert origin.seen[-1] == ("/echo/x", f"flag={sent}"), given
+    sends = (("flag=yes", "flag=true"), ("flag=No", "flag=false"), ("n=-5", "n=-5"), ("color=red", "color=red"))
+    for given, sent in sends:
+        assert (await gw.get(f"/v1/echo/x?{given}")).status == 200
+        assert origin.seen[-1] == ("/echo/x", sent), given
+    before = len(origin.seen)
+    for given, says in (
+        ("n=five", "query parameter 'n' must be an integer, got 'five'"),
+        ("color=green", "query parameter 'color' must be one of red, blue; got 'green'"),
+    ):
+        resp = await gw.get(f"/v1/echo/x?{given}")
+        body = await resp.json()
+        assert resp.status == 400 and body["error"]["details"] == [says], body
+    assert len(origin.seen) == before
 
 
 # --------------------------------------------------------------------------- cache policy
@@ -533,16 +552,16 @@ async def test_unknown_params_are_named_in_one_bounded_400(make_gateway: Any, ai
     body = await resp.json()
     assert resp.status == 400 and body["error"]["code"] == "bad_query"
     shown = ", ".join(repr(n) for n in names[:9]) + f", {'k' * 64 + '...'!r}"
-    expected = f"unknown query parameters {shown} and 2 more; this route takes: first, flag, second"
+    expected = f"unknown query parameters {shown} and 2 more; this route takes: color, first, flag, n, second"
     assert body["error"]["details"][0] == expected
     resp = await gw.get(f"/v1/echo/x?{'k' * 64}=1")
     assert (await resp.json())["error"]["details"][0] == (
-        f"unknown query parameter {'k' * 64!r}; this route takes: first, flag, second"
+        f"unknown query parameter {'k' * 64!r}; this route takes: color, first, flag, n, second"
     )
     names = [f"u{i}" for i in range(10)]
     resp = await gw.get("/v1/echo/x?" + "&".join(f"{n}=1" for n in names))
     assert (await resp.json())["error"]["details"][0] == (
-        f"unknown query parameters {', '.join(repr(n) for n in names)}; this route takes: first, flag, second"
+        f"unknown query parameters {', '.join(repr(n) for n in names)}; this route takes: color, first, flag, n, second"
     )
     resp = await gw.get("/v1/doc/x?a=1&a=2")
     assert (await resp.json())["error"]["details"] == ["unknown query parameter 'a'; this route takes none"]
