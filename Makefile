@@ -33,6 +33,7 @@ test: $(STAMP)
 # mutation testing (mutmut) of pagination, mapping and the cache policy, each group running only its
 # focused tests, in throwaway copies under $TMPDIR/routegate-mutants; slow: MUTANTS=cache-policy runs one group
 mutants: $(STAMP)
+	$(BIN)/python scripts/mutants.py named
 	$(BIN)/python scripts/mutants.py $(MUTANTS)
 
 # not part of `make test`: installs wrk + nginx (Debian), ~10 minutes, writes bench/results.json
