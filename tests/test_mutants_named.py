@@ -517,6 +517,11 @@ async def test_invalidates_clears_the_named_routes_entries(make_gateway: Any, ai
         assert resp.headers["X-Cache"] == "MISS" and (await resp.json()) == {"name": name}
         assert (await gw.get(f"/v1/doc/{name}")).headers["X-Cache"] == "HIT"
     assert origin.fetches("/doc/one") == origin.fetches("/doc/two") == 2
+    # a path too long for the memo of markers (over 256 characters) is cleared the same way
+    long = "/v1/doc/" + "l" * 300
+    assert [(await gw.get(long)).headers["X-Cache"] for _ in range(2)] == ["MISS", "HIT"]
+    assert (await gw.post("/v1/touch", json={})).status == 204
+    assert (await gw.get(long)).headers["X-Cache"] == "MISS"
 
 
 async def test_upstream_cache_control_is_read_as_http_says(make_gateway: Any, aiohttp_server: Any) -> None:
