@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test hostile lint bench clean deploy-config docs
+.PHONY: install demo test hostile lint bench clean deploy-config docs mutants
 
 # Debian's python3 has no ensurepip (so no `-m venv`) until python3-venv is installed
 $(STAMP): pyproject.toml
@@ -25,9 +25,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/routegate demo
 
+# -n auto: one xdist worker per core (tests are xdist-safe: free ports, tmp_path, no order dependence)
 test: $(STAMP)
 	scripts/install-test-deps.sh
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto
+
+# mutation testing (mutmut) of pagination, mapping and the cache policy, each group running only its
+# focused tests, in throwaway copies under $TMPDIR/routegate-mutants; slow: MUTANTS=cache-policy runs one group
+mutants: $(STAMP)
+	$(BIN)/python scripts/mutants.py named
+	$(BIN)/python scripts/mutants.py $(MUTANTS)
 
 # the hostile-upstream and hostile-client suite alone (it is part of `make test` too)
 hostile: $(STAMP)

@@ -10,13 +10,29 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
+from gateway import credential_id
+from gateway.cache import policy
 from gateway.server import build_app
 from sandbox.runner import Sandboxes, gateway_env, start_sandboxes
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUTES = ROOT / "routes.yaml"
 
+#: pytester runs a throwaway pytest session (tests/test_suite_guards.py: a hung test fails, not hangs)
+pytest_plugins = ["pytester"]
+
 GatewayFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_memos() -> None:
+    """Each test starts without the cache policy's process-wide memos (markers, credential digests).
+
+    Otherwise only the first test to use a path computes its markers: a test would pass or fail by
+    what ran before it, and mutation testing would credit the code to that first test alone.
+    """
+    policy._read_markers.cache_clear()
+    credential_id._digest.cache_clear()
 
 
 @pytest.fixture

@@ -13,18 +13,8 @@ import aiohttp
 from gateway import __version__
 from sandbox.runner import Sandboxes
 from tests.conftest import ROOT, ROUTES
+from tests.helpers.cli import run
 from tests.processes import serve
-
-
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        timeout=60,
-    )
 
 
 def test_check_accepts_the_shipped_file() -> None:

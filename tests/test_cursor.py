@@ -14,7 +14,7 @@ from gateway.pagination.cursor import _sign
 from gateway.server import GATEWAY
 from sandbox.runner import Sandboxes
 from tests.conftest import ROUTES
-from tests.test_pagination_styles import STYLES_YAML
+from tests.helpers.styles import STYLES_YAML
 
 OBS = "/v1/observable/notebooks"
 PH = "/v1/posthog/projects/1/notebooks"

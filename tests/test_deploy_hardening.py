@@ -22,7 +22,7 @@ import yaml
 
 from sandbox.runner import Sandboxes
 from tests.conftest import ROOT, need_binary
-from tests.test_deploy import (
+from tests.helpers.deploy import (
     DEPLOY,
     K8S_VERSIONS,
     RENDERED,
@@ -260,7 +260,7 @@ def test_env_example_is_usable_as_its_comments_say() -> None:
 
 def test_compose_builds_the_url_from_the_password_alone(tmp_path: Path) -> None:
     """deploy/.env.example with only the secrets filled in (the URL left empty, as it ships)."""
-    from tests.test_deploy import _compose_tree, compose_command, filled_env
+    from tests.helpers.deploy import _compose_tree, compose_command, filled_env
 
     deploy = _compose_tree(tmp_path, filled_env(ROUTEGATE_REDIS_PASSWORD="only-this"))
     done = run(*compose_command(), "-f", str(deploy / "docker-compose.yml"), "config", "--format", "json")

@@ -21,8 +21,8 @@ from gateway.server import GATEWAY, new_request_id
 from gateway.server import middleware as server
 from sandbox.runner import Sandboxes
 from tests.fake_upstream import Reply, start_fake
-from tests.test_cache import _gw
-from tests.test_hostile import FAKE_YAML
+from tests.helpers.cache import _gw
+from tests.helpers.hostile import FAKE_YAML
 
 #: valid JSON that orjson alone refuses: an integer beyond 64 bits and a lone surrogate escape
 ODD = b'{"id": 1180591620717411303424, "note": "\\ud800", "n": -18446744073709551617}'

@@ -10,8 +10,8 @@ from typing import Any
 from aiohttp import ClientSession
 
 from sandbox.runner import Sandboxes
-from tests.test_backup import Stack, stack  # noqa: F401  (the fixture: a gateway on a real socket)
-from tests.test_cache import KEYS, LIST, POSTHOG, _gw
+from tests.helpers.backup import Stack, stack  # noqa: F401  (the fixture: a gateway on a real socket)
+from tests.helpers.cache import KEYS, LIST, POSTHOG, _gw
 
 PLAIN = """
   ph_nb_plain:

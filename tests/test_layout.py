@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.fake_upstream import Reply, start_fake
-from tests.test_resilience import _gateway, _yaml
+from tests.helpers.resilience import _gateway, _yaml
 
 #: a Python that behaves as an install of the gateway alone: ``import sandbox`` fails as it does there
 WITHOUT_SANDBOX = (

@@ -15,9 +15,9 @@ import pytest
 from gateway.logs import REDACTED, JsonFormatter, Redactor
 from sandbox.runner import Sandboxes
 from tests.conftest import ROUTES
-from tests.test_cli import run
-from tests.test_reload import broken, without
-from tests.test_reload_process import serve
+from tests.helpers.cli import run
+from tests.helpers.reload import broken, without
+from tests.processes import serve
 
 KEYED = """
 clients:

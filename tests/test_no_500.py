@@ -22,7 +22,7 @@ from gateway.pagination.cursor import _sign
 from gateway.server import GATEWAY
 from sandbox.runner import Sandboxes
 from tests.fake_upstream import FakeUpstream, Reply, start_fake
-from tests.test_hostile import assert_json_error, raw, request
+from tests.helpers.hostile import assert_json_error, raw, request
 
 pytestmark = pytest.mark.hostile
 

@@ -16,7 +16,7 @@ from gateway.server import GATEWAY
 from gateway.validators import VALIDATORS
 from sandbox.runner import Sandboxes
 from tests.conftest import ROUTES
-from tests.test_cli import run
+from tests.helpers.cli import run
 
 KEYED = """
 clients:

@@ -7,7 +7,7 @@ from typing import Any
 from gateway.proxy import Proxy
 from gateway.server import GATEWAY
 from sandbox.runner import Sandboxes
-from tests.test_cache import KEYS, LIST, POSTHOG
+from tests.helpers.cache import KEYS, LIST, POSTHOG
 
 NO_CACHE = """
 upstreams:

@@ -17,9 +17,9 @@ from prometheus_client import CollectorRegistry
 
 from gateway.server import build_app
 from sandbox.runner import Sandboxes
+from tests.helpers.redis import RedisServer, redis_server  # noqa: F401  (the fixture)
+from tests.helpers.workers import _children
 from tests.processes import free_port, serve
-from tests.test_cache_redis import RedisServer, redis_server  # noqa: F401  (the fixture)
-from tests.test_workers import _children
 
 INTERVAL = 1.0
 CONFIG = """

@@ -12,8 +12,8 @@ import aiohttp
 
 from gateway.digest import digest
 from sandbox.runner import Sandboxes
+from tests.helpers.reload import broken, generation
 from tests.processes import serve
-from tests.test_reload import broken, generation
 
 
 async def get_json(url: str) -> Any:

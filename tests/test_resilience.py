@@ -2,8 +2,8 @@
 
 Each test counts what the upstream really received (a scripted fake upstream, or the
 PostHog sandbox) and asserts what a script calling the gateway sees.  Time-dependent
-parts use an injected clock (breaker) or assert lower bounds on waits the upstream
-asked for, never how fast something was.
+parts (breaker, Retry-After, pacing) run on an injected clock and sleep
+(``tests.helpers.clock``): the waits the gateway asked for are read, never slept through.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from gateway.server import GATEWAY, build_app
 from sandbox.posthog import PostHogState
 from sandbox.runner import Sandboxes, gateway_env, start_sandboxes
 from tests.fake_upstream import CUT, HANG, RESET, Reply, start_fake
+from tests.helpers.clock import VirtualTime, install
+from tests.helpers.resilience import _gateway, _yaml
 
 ROUTES = Path(__file__).resolve().parent.parent / "routes.yaml"
 
@@ -53,25 +55,6 @@ routes:
 """
 
 FAST_RETRIES = "attempts: 3, backoff: 5ms, max_backoff: 20ms, max_wait: 3s"
-
-
-def _yaml(
-    url: str,
-    *,
-    retries: str = FAST_RETRIES,
-    breaker: str = "failures: 0",
-    budget: str = "",
-    max_connections: int = 100,
-) -> str:
-    return YAML.format(url=url, retries=retries, breaker=breaker, budget=budget, max_connections=max_connections)
-
-
-async def _gateway(
-    make_gateway: Any, yaml_text: str, env: dict[str, str] | None = None
-) -> tuple[TestClient[Any, Any], CollectorRegistry]:
-    registry = CollectorRegistry()
-    gw = await make_gateway(yaml_text, env=env if env is not None else {"FAKE_KEY": "fake-key"}, registry=registry)
-    return gw, registry
 
 
 def _retries(registry: CollectorRegistry, route: str, reason: str) -> float:
@@ -217,11 +200,14 @@ async def test_post_is_retried_when_the_connection_was_refused(make_gateway: Any
 async def test_retry_after_is_honoured(make_gateway: Any, aiohttp_server: Any) -> None:
     fake, _, url = await start_fake(aiohttp_server)
     gw, _ = await _gateway(make_gateway, _yaml(url))
+    time = VirtualTime()
+    install(gw.server.app[GATEWAY].client.resilience, time)
     fake.script("/things/busy", Reply(503, headers={"Retry-After": "1"}), 200)
     resp = await gw.get("/v1/things/busy")
     assert resp.status == 200
-    first, second = fake.times("/things/busy")
-    assert second - first >= 0.95  # the upstream said one second; the gateway did not come back sooner
+    assert fake.count("/things/busy") == 2
+    # the upstream said one second (more than the 20 ms backoff): the gateway waited exactly that
+    assert time.sleeps == [1.0]
     # a wait longer than max_wait (3s) is not waited out: one try, and the error carries Retry-After
     fake.script("/things/later", Reply(429, headers={"Retry-After": "120"}))
     resp = await gw.get("/v1/things/later")
@@ -273,17 +259,19 @@ async def test_posthog_short_throttle_is_waited_out(aiohttp_client: Any) -> None
     """PostHog says "Expected available in 1 second": the gateway waits, then succeeds."""
     offset = [0.0]
     state = PostHogState(clock=lambda: time.time() + offset[0], rate_limit_per_minute=1)
+    # the gateway's waits pass on PostHog's clock at once: no real second is slept
+    virtual = VirtualTime(on_sleep=lambda seconds: offset.__setitem__(0, offset[0] + seconds), frozen=False)
     async with await start_sandboxes(posthog_state=state) as sb:
         env = gateway_env(sb)
         env["ROUTEGATE_CACHE"] = "off"  # every read must reach the throttling upstream
         gw = await aiohttp_client(build_app(ROUTES, registry=CollectorRegistry(), env=env))
+        install(gw.server.app[GATEWAY].client.resilience, virtual)
         assert (await gw.get("/v1/posthog/projects/1/notebooks?limit=1")).status == 200
         # 59.5 s later by PostHog's clock: its window frees up in 0.5 s, which it rounds up to 1 second
         offset[0] = 59.5
-        started = time.monotonic()
         resp = await gw.get("/v1/posthog/projects/1/notebooks?limit=1")
         assert resp.status == 200, await resp.text()
-        assert time.monotonic() - started >= 0.95
+        assert virtual.sleeps == [1.0]  # waited what PostHog said, once
         assert state.total_requests == 3  # ok, 429, the retry after the wait
 
 
@@ -394,14 +382,16 @@ async def test_shipped_routes_enable_the_breaker(gw: TestClient[Any, Any], sandb
 async def test_requests_are_paced_under_the_budget(make_gateway: Any, aiohttp_server: Any) -> None:
     fake, _, url = await start_fake(aiohttp_server)
     gw, registry = await _gateway(make_gateway, _yaml(url, budget="request_budget: {limits: [5/1s], max_wait: 10s}"))
+    time = VirtualTime()
+    install(gw.server.app[GATEWAY].client.resilience, time)
     resps = await asyncio.gather(*(gw.get(f"/v1/things/n{i}") for i in range(12)))
     assert [r.status for r in resps] == [200] * 12
-    arrivals = sorted(fake.times())
-    assert len(arrivals) == 12
-    # no second-long window at the upstream saw more than 5 (0.3 s of slack for delivery jitter on a
-    # loaded 2-core machine; without pacing the 12 would arrive within milliseconds)
-    for i in range(len(arrivals) - 5):
-        assert arrivals[i + 5] - arrivals[i] >= 0.7, arrivals
+    assert fake.count() == 12
+    # the schedule the gateway kept (virtual time, exact): 5 at once, then 5 a second later, then 2
+    assert sorted(time.sleeps) == [1.0] * 5 + [2.0] * 2
+    sends = sorted([time.now] * (12 - len(time.sleeps)) + time.wakes)
+    for i in range(len(sends) - 5):  # no second-long window at the upstream sees more than 5
+        assert sends[i + 5] - sends[i] >= 1.0, sends
     # the first 5 went at once; the other 7 waited for a slot rather than being refused
     assert registry.get_sample_value("gateway_upstream_paced_total", {"upstream": "fake", "outcome": "waited"}) == 7
 

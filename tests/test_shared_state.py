@@ -16,8 +16,8 @@ from prometheus_client import CollectorRegistry
 from gateway.server import GATEWAY
 from tests.conftest import need_binary
 from tests.fake_upstream import Reply, start_fake
+from tests.helpers.redis import RedisServer
 from tests.processes import serve
-from tests.test_cache_redis import RedisServer
 
 BUDGET = 20
 WINDOW = 2.0

@@ -11,8 +11,8 @@ import aiohttp
 
 from sandbox.runner import Sandboxes
 from tests.conftest import ROUTES
+from tests.helpers.workers import _children, _pids
 from tests.processes import run_cli, serve
-from tests.test_workers import _children, _pids
 
 TIMEOUT = 2.0
 

@@ -10,7 +10,6 @@ import socket
 import stat
 import tempfile
 import time
-from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,22 +21,10 @@ from prometheus_client.mmap_dict import MmapedDict
 
 from sandbox.runner import Sandboxes
 from tests.conftest import ROUTES
+from tests.helpers.workers import _children, _fresh_get, _pids
 from tests.processes import run_cli, serve
 
 PH = "/v1/posthog/projects/1/notebooks"
-
-
-def _children(pid: int) -> set[int]:
-    out = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.add(int(entry))
-    return out
 
 
 @asynccontextmanager
@@ -54,27 +41,6 @@ async def supervisor(
             assert time.monotonic() < deadline, "two workers never answered"
             await asyncio.sleep(0.1)
         yield base, proc
-
-
-async def _fresh_get(url: str, **kw: Any) -> tuple[int, Any]:
-    """One request on its own new connection, so SO_REUSEPORT may pick either worker."""
-    async with (
-        aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s,
-        s.get(url, **kw) as r,
-    ):
-        return r.status, await r.json(content_type=None)
-
-
-async def _pids(base: str, n: int) -> Counter[int]:
-    seen: Counter[int] = Counter()
-    for _ in range(n):
-        try:
-            status, body = await _fresh_get(base + "/readyz")
-        except aiohttp.ClientError:
-            continue
-        if status == 200:
-            seen[body["pid"]] += 1
-    return seen
 
 
 async def _kill_one_worker(base: str, proc: asyncio.subprocess.Process) -> set[int]:
