@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ROUTES = ROOT / "routes.yaml"
 
 #: pytester runs a throwaway pytest session (tests/test_suite_guards.py: a hung test fails, not hangs)
-pytest_plugins = ["pytester"]
+pytest_plugins = ["pytester", "tests.helpers.backup", "tests.helpers.redis"]  # shared fixtures: stack, redis_server
 
 GatewayFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 

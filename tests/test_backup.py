@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 
 from gateway.server import GATEWAY
-from tests.helpers.backup import Stack, stack  # noqa: F401  (the fixture)
+from tests.helpers.backup import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "examples" / "backup_notebooks.py"

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from sandbox.runner import Sandboxes
 from tests.helpers.cache import ALICE, BOB, CLIENTS, KEYS, LIST, OPS, POSTHOG
-from tests.helpers.redis import RedisServer, redis_server  # noqa: F401  (the fixture)
+from tests.helpers.redis import RedisServer
 
 REDIS_CACHE = """
 cache:

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import ClientSession
 
 from sandbox.runner import Sandboxes
-from tests.helpers.backup import Stack, stack  # noqa: F401  (the fixture: a gateway on a real socket)
+from tests.helpers.backup import Stack
 from tests.helpers.cache import KEYS, LIST, POSTHOG, _gw
 
 PLAIN = """
@@ -112,7 +112,7 @@ async def test_metrics_and_openapi_are_compressed_when_asked(make_gateway: Any, 
             assert text.split(b"\n")[0] == (await plain.read()).split(b"\n")[0]
 
 
-async def test_backup_script_revalidates_with_the_etag_it_stored(stack: Stack) -> None:  # noqa: F811
+async def test_backup_script_revalidates_with_the_etag_it_stored(stack: Stack) -> None:
     run = await stack.backup("--observable-types", "", "--posthog-project", "1")
     assert run.code == 0, run.stderr
     visible = stack.ph.visible(1)

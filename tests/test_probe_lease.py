@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.server import build_app
 from sandbox.runner import Sandboxes
-from tests.helpers.redis import RedisServer, redis_server  # noqa: F401  (the fixture)
+from tests.helpers.redis import RedisServer
 from tests.helpers.workers import _children
 from tests.processes import free_port, serve
 
@@ -83,7 +83,7 @@ async def test_only_the_holder_probes_and_every_instance_shows_its_results(
     tmp_path: Path,
     sandboxes: Sandboxes,
     sandbox_env: dict[str, str],
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     env = {**sandbox_env, "ROUTEGATE_REDIS_URL": redis_server.url}
     config = _config(tmp_path)
@@ -117,7 +117,7 @@ async def test_another_instance_takes_over_within_one_interval_when_the_holder_d
     tmp_path: Path,
     sandboxes: Sandboxes,
     sandbox_env: dict[str, str],
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     env = {**sandbox_env, "ROUTEGATE_REDIS_URL": redis_server.url}
     config = _config(tmp_path)
@@ -165,7 +165,7 @@ async def test_every_worker_shows_the_holders_results(
     tmp_path: Path,
     sandboxes: Sandboxes,
     sandbox_env: dict[str, str],
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     env = {**sandbox_env, "ROUTEGATE_REDIS_URL": redis_server.url}
     args = ("--workers", "2", "--watch-interval", "off")
@@ -199,7 +199,7 @@ async def test_a_follower_shows_a_broken_result_it_did_not_probe_itself(
     tmp_path: Path,
     sandboxes: Sandboxes,
     sandbox_env: dict[str, str],
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     store = aioredis.Redis.from_url(redis_server.url)
     try:  # another instance holds the lease and has shared a broken result
@@ -239,7 +239,7 @@ async def test_while_redis_does_not_answer_a_follower_probes_for_itself(
     tmp_path: Path,
     sandboxes: Sandboxes,
     sandbox_env: dict[str, str],
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     store = aioredis.Redis.from_url(redis_server.url)
     try:
@@ -273,7 +273,7 @@ async def test_a_holder_that_stops_hands_the_lease_over_at_once(
     tmp_path: Path,
     sandboxes: Sandboxes,
     sandbox_env: dict[str, str],
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     env = {**sandbox_env, "ROUTEGATE_REDIS_URL": redis_server.url}
     client = await aiohttp_client(build_app(_config(tmp_path), registry=CollectorRegistry(), env=env, probes=True))

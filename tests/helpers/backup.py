@@ -20,7 +20,7 @@ from sandbox.observable import ObservableState
 from sandbox.posthog import PostHogState
 from sandbox.runner import Sandboxes, gateway_env, start_sandboxes
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "backup_notebooks.py"
 BACKUP_KEY = "backup-key-0123456789abcdef"
 ADMIN_KEY = "admin-key-fedcba9876543210"
