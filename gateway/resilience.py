@@ -399,7 +399,7 @@ class Resilience:
             times.popleft()
         for _ in range(2):  # a second round if Redis fails during this very call
             if shared is not None:
-                handover(sends, shared, budget.limits, now)
+                handover(sends, shared, budget.limits, now, budget.max_wait)
             remote = shared is not None and scred is not None and shared.active
             if not remote or now < sends.grace_until:
                 share = local_share(budget.limits, shared.instances) if shared is not None else budget.limits
@@ -453,11 +453,14 @@ def _local_slot(times: deque[float], limits: Iterable[tuple[int, float]], at: fl
     return at
 
 
-def handover(sends: _Sends, shared: SharedState, limits: Sequence[tuple[int, float]], now: float) -> None:
+def handover(
+    sends: _Sends, shared: SharedState, limits: Sequence[tuple[int, float]], now: float, ahead: float = 0.0
+) -> None:
     """Sharing stopped or resumed since this credential's last call: carry its windows over.
 
-    Stopped: the shared window may be full, so the local share of the shortest window
-    counts as used as of when Redis last answered (or this credential's last slot, if later).
+    Stopped: the shared window may be full, and other processes may hold slots they reserved
+    up to ``ahead`` (the budget's max_wait) in the future, so the local share of the shortest
+    window counts as used as of the latest such slot could be.
     Resumed: the sends made meanwhile are written to Redis first, and the local share still
     binds for that window (the other processes may not have written theirs yet).
     """
@@ -468,7 +471,8 @@ def handover(sends: _Sends, shared: SharedState, limits: Sequence[tuple[int, flo
     if shared.active:
         sends.grace_until = now + per + 1.0
         sends.seed = True
-    elif (last := max(shared.answered, sends.shared_at)) > now - per:
+    elif max(shared.answered, sends.shared_at) > now - per:
+        last = max(shared.answered, sends.shared_at, now + ahead)  # a slot reserved before Redis went away
         used = sum(1 for t in sends.times if t > now - per)
         sends.times = deque(sorted([*sends.times, *[last] * max(0, count - used)]))
 
