@@ -8,28 +8,14 @@ import json
 import signal
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from gateway.server import GATEWAY
-from tests.helpers.backup import Stack
+from tests.helpers.backup import ADMIN_KEY, TYPES, Stack
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "examples" / "backup_notebooks.py"
-BACKUP_KEY = "backup-key-0123456789abcdef"
-ADMIN_KEY = "admin-key-fedcba9876543210"
 OLD_TARGET = "      - GET /user/documents?types={type}\n"
-KEYS_YAML = """
-clients:
-  keys:
-    backup-job: {key: {env: BACKUP_KEY}, methods: [GET]}
-admin:
-  keys:
-    ops: {key: {env: ROUTEGATE_ADMIN_KEY}}
-"""
-TYPES = ("public", "shared", "private")
 
 
 async def wait_for(cond: Callable[[], bool], what: str, timeout: float = 30) -> None:

@@ -29,33 +29,6 @@ from tests.helpers.resilience import _gateway, _yaml
 
 ROUTES = Path(__file__).resolve().parent.parent / "routes.yaml"
 
-YAML = """
-upstreams:
-  fake:
-    base_url: {url}
-    timeouts: {{connect: 1s, read: 0.5s, total: 5s}}
-    max_connections: {max_connections}
-    retries: {{{retries}}}
-    circuit_breaker: {{{breaker}}}
-    {budget}
-    auth: {{bearer: {{env: FAKE_KEY}}}}
-routes:
-  get_thing:
-    stable: GET /v1/things/{{name}}
-    upstream: fake
-    targets: ["GET /things/{{name}}"]
-  put_thing:
-    stable: PUT /v1/things/{{name}}
-    upstream: fake
-    targets: ["PUT /things/{{name}}"]
-  post_thing:
-    stable: POST /v1/things/{{name}}
-    upstream: fake
-    targets: ["POST /things/{{name}}"]
-"""
-
-FAST_RETRIES = "attempts: 3, backoff: 5ms, max_backoff: 20ms, max_wait: 3s"
-
 
 def _retries(registry: CollectorRegistry, route: str, reason: str) -> float:
     value = registry.get_sample_value(
