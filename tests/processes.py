@@ -6,7 +6,7 @@ import asyncio
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -24,17 +24,21 @@ def free_port() -> int:
 
 @asynccontextmanager
 async def serve(
-    config: Path, env: dict[str, str], *args: str, stdout: bool = False
+    config: Path,
+    env: dict[str, str],
+    *args: str,
+    stdout: bool = False,
+    launcher: Sequence[str] = ("-m", "gateway"),
 ) -> AsyncIterator[tuple[str, asyncio.subprocess.Process, list[str]]]:
     """``gateway serve`` on a free port until the block ends; yields its URL, process and stderr lines.
 
     ``stdout``: keep the process's stdout readable (``proc.stdout``) rather than discarding it.
+    ``launcher``: the interpreter arguments that run the gateway (e.g. ``-c`` code that sets limits first).
     """
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        "-m",
-        "gateway",
+        *launcher,
         "serve",
         str(config),
         "--port",

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,7 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.edge import HostGuard
 from sandbox.runner import Sandboxes
-from tests.conftest import ROOT, ROUTES
+from tests.conftest import ROUTES
 from tests.processes import free_port, serve
 
 pytestmark = pytest.mark.hostile
@@ -181,46 +179,8 @@ _LIMITED = (
 @asynccontextmanager
 async def _serve_limited(config: Path, env: dict[str, str]) -> AsyncIterator[tuple[str, int, list[str]]]:
     """``gateway serve`` under a 1,024-descriptor limit: (base URL, pid, stderr lines so far)."""
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        _LIMITED,
-        "serve",
-        str(config),
-        "--port",
-        str(port),
-        "--no-probes",
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    lines: list[str] = []
-
-    async def pump() -> None:
-        assert proc.stderr is not None
-        async for raw in proc.stderr:
-            lines.append(raw.decode())
-
-    reader = asyncio.create_task(pump())
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(200):
-            try:
-                async with aiohttp.ClientSession() as session, session.get(f"{base}/healthz") as resp:
-                    if resp.status == 200:
-                        break
-            except aiohttp.ClientConnectionError:
-                await asyncio.sleep(0.05)
-        else:
-            raise AssertionError("gateway did not start: " + "".join(lines))
+    async with serve(config, env, "--no-probes", launcher=("-c", _LIMITED)) as (base, proc, lines):
         yield base, proc.pid, lines
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-        await proc.wait()
-        await reader
 
 
 async def _idle_sockets(port: int, count: int) -> list[asyncio.StreamWriter]:
