@@ -26,7 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import __version__
-from gateway.config import Config, ConfigError, Target, load_config, parse_duration
+from gateway.config import Config, ConfigError, load_config, parse_duration
 
 DEFAULT_CONFIG = os.environ.get("ROUTEGATE_CONFIG", "routes.yaml")
 DEFAULT_LOG_LEVEL = os.environ.get("ROUTEGATE_LOG_LEVEL", "info").lower()
@@ -166,17 +166,12 @@ def cmd_routes(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     rows = [("ROUTE", "STABLE", "UPSTREAM", "TARGETS")]
     for r in cfg.routes:
-        targets = " | ".join(f"{t.method} {t.path.raw}{_query_of(t)}" for t in r.targets)
+        targets = " | ".join(t.text for t in r.targets)
         rows.append((r.name, r.stable, r.upstream, targets))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
     return 0
-
-
-def _query_of(target: Target) -> str:
-    """``?types={type}``: the query a target sends, as written in routes.yaml."""
-    return "?" + "&".join(f"{k}={v.raw}" for k, v in target.query) if target.query else ""
 
 
 def _install_uvloop() -> None:

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from html import escape
 
-from gateway.config import Config, ConfigError, Route, Target
+from gateway.config import Config, ConfigError, Route
 from gateway.expiry import CredentialExpiry
 from gateway.health import RouteHealth
 from gateway.probes import ProbeResult
@@ -79,11 +79,6 @@ def _when(ts: float | None) -> str:
     return f'<time datetime="{iso}" data-rel>{iso}</time>'
 
 
-def _target_text(t: Target) -> str:
-    query = "&".join(f"{k}={tpl.raw}" for k, tpl in t.query)
-    return f"{t.method} {t.path.raw}" + (f"?{query}" if query else "")
-
-
 def _breakable(path: str) -> str:
     """Escaped, with line-break chances after each ``/``, ``?`` and ``&`` (never inside a name)."""
     return escape(path).replace("/", "/<wbr>").replace("?", "?<wbr>").replace("&amp;", "&amp;<wbr>")
@@ -93,9 +88,9 @@ def _route_row(route: Route, health: RouteHealth, probe: ProbeResult | None) -> 
     state = health.get(route.name)
     name = "unknown" if state.up is None else ("up" if state.up else "down")
     index = min(state.target, len(route.targets) - 1)
-    target = _breakable(_target_text(route.targets[index]))
+    target = _breakable(route.targets[index].text)
     if index > 0:
-        primary = _breakable(_target_text(route.targets[0]))
+        primary = _breakable(route.targets[0].text)
         fallback = (
             f'<span class="state warn">fallback #{index}</span> primary <code>{primary}</code>'
             " handed over (gone, or what its fallback_on names)"

@@ -71,6 +71,12 @@ class Target:
     redirect: Literal["follow", "report"]
     line: int
 
+    @property
+    def text(self) -> str:
+        """The request as routes.yaml writes it: ``GET /user/documents?types={type}``."""
+        query = "&".join(f"{k}={tpl.raw}" for k, tpl in self.query)
+        return f"{self.method} {self.path.raw}" + (f"?{query}" if query else "")
+
 
 @dataclass(frozen=True, slots=True)
 class Pagination:
