@@ -77,17 +77,6 @@ def credential_id(upstream: Upstream, headers: Mapping[str, str]) -> str:
     return credential_fingerprint({name: headers[name] for name in names if headers.get(name)})
 
 
-def _credential_material(upstream: Upstream, headers: Mapping[str, str]) -> bytes:
-    """What tells credentials apart, for the id shared through Redis (salted there: gateway.shared)."""
-    assert upstream.auth is not None
-    parts = []
-    for name in ("Authorization", "Cookie", *(n for n, _ in upstream.auth.headers)):
-        value = headers.get(name)
-        if value:
-            parts.append(name.encode() + b"\0" + value.encode() + b"\0")
-    return b"".join(parts)
-
-
 class Breaker:
     """Closed → (N consecutive failures) → open → (cool-down) → half-open: one probe decides."""
 
@@ -259,7 +248,7 @@ class Resilience:
         guard = self._guard(upstream.name)
         policy = upstream.retries
         cred = credential_id(upstream, headers)
-        scred = self._shared_credential(upstream, headers)
+        scred = self._shared_credential(upstream, cred)
         idempotent = method in IDEMPOTENT
         started = self.clock()
         guard.note_call(started)
@@ -339,14 +328,15 @@ class Resilience:
         sends = guard.sends.setdefault(cred, _Sends())
         sends.blocked_until = max(sends.blocked_until, self.clock() + seconds)
 
-    def _shared_credential(self, upstream: Upstream, headers: Mapping[str, str]) -> str | None:
-        """The credential's id in Redis (a hash salted by Redis's salt); None when nothing is shared."""
+    def _shared_credential(self, upstream: Upstream, cred: str) -> str | None:
+        """The credential's id in Redis (its fingerprint, hashed again with Redis's salt); None when
+        nothing is shared."""
         shared = self.shared
         if shared is None or not shared.configured:
             return None
         if upstream.auth is None:
             return "-"
-        return shared.credential(_credential_material(upstream, headers))
+        return shared.credential(cred.encode())
 
     async def _pace(self, guard: _Guard, upstream: Upstream, cred: str, route: str, scred: str | None = None) -> None:
         """Wait for a send slot of this credential, or raise 503 with Retry-After if it is too far.
