@@ -13,21 +13,31 @@ from __future__ import annotations
 from typing import Any
 
 from gateway import jsonio
-from gateway.config import Route
+from gateway.config import Pagination, Route
 from gateway.mapping import ShapeDrift
 from gateway.shape import check_fields, check_response, json_type
 from gateway.upstream import UpstreamResponse
 
 
-def hands_over(route: Route, resp: UpstreamResponse) -> bool:
-    """Whether ``resp`` (not from the last target) sends the request on to the next target."""
+def hands_over(route: Route, resp: UpstreamResponse, index: int = 0) -> bool:
+    """Whether ``resp`` (from target ``index``, not the last) sends the request on to the next target."""
     if resp.status in route.fallback_on:
         return True
-    return "shape" in route.fallback_on and misfit(route, resp) is not None
+    return "shape" in route.fallback_on and misfit(route, resp, route.paging(index)) is not None
 
 
-def misfit(route: Route, resp: UpstreamResponse) -> str | None:
-    """Why a successful answer is not what the route reads (None: it fits, or it is not a success)."""
+class HandOver(Exception):
+    """A collection walk pinned to one target (``Route.mixed_paging``) found that target handing over:
+    the walk, not the target loop, moves on (each target pages its own way)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        self.index = index
+
+
+def misfit(route: Route, resp: UpstreamResponse, pagination: Pagination | None = None) -> str | None:
+    """Why a successful answer is not what the route reads (None: it fits, or it is not a success);
+    ``pagination``: how the answering target pages (its own, else the route's)."""
     status = resp.status
     reported = resp.location is not None
     if status in (204, 304) or (status >= 300 and not reported):
@@ -42,11 +52,12 @@ def misfit(route: Route, resp: UpstreamResponse) -> str | None:
         except (ValueError, UnicodeDecodeError):
             return "the answer is not JSON"
         sample: Any = data
-        if route.pagination is not None:
-            for part in route.pagination.items_path:
+        pag = pagination if pagination is not None else route.pagination
+        if pag is not None:
+            for part in pag.items_path:
                 sample = sample.get(part) if isinstance(sample, dict) else None
             if not isinstance(sample, list):
-                where = ".".join(route.pagination.items_path) or "the body"
+                where = ".".join(pag.items_path) or "the body"
                 return f"no list at {where!r} (the answer is {json_type(data)})"
             sample = sample[0] if sample else None
         elif route.response.item is not None and not isinstance(data, dict):

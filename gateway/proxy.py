@@ -181,12 +181,15 @@ class Proxy:
         *,
         stream: bool = False,
         notes: Notes | None = None,
+        only: int | None = None,
     ) -> UpstreamResponse:
         """Try each target in order; what the route's ``fallback_on`` names hands over to the next one.
 
         ``at`` (a ``next_url`` page) is a path and query below ``base_url`` to fetch instead
         of the target's own; its path must be the target's, else the route is not followed.
         ``stream``: a 2xx answer comes back unread (``resp.stream``), for the caller to relay and release.
+        ``only``: ask that one target; where it hands over, ``fallback.HandOver`` says so (a collection
+        whose targets page differently walks one target at a time, gateway.pipeline.collection).
         """
         upstream = self.config.upstreams[route.upstream]
         try:
@@ -195,9 +198,14 @@ class Proxy:
             self._record_error(upstream, route, exc)
             raise
         last = len(route.targets) - 1
-        for index, target in enumerate(route.targets):
+        for index in range(len(route.targets)) if only is None else (only,):
+            target = route.targets[index]
             resp = await self._send(upstream, route, target, params, body, extra_query, headers, at, stream)
-            if index < last and fallback.hands_over(route, resp):
+            if index < last and fallback.hands_over(route, resp, index):
+                if only is not None:
+                    if resp.stream is not None:
+                        await release(resp.stream)
+                    raise fallback.HandOver(index)
                 continue
             if resp.status in (404, 410):
                 raise await self._not_there(upstream, route, index, resp)

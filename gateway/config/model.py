@@ -70,6 +70,8 @@ class Target:
     body: BodySpec
     redirect: Literal["follow", "report"]
     line: int
+    #: how this target pages when it differs from the route's (a migration to a new list shape)
+    pagination: Pagination | None = None
 
     @property
     def text(self) -> str:
@@ -259,6 +261,16 @@ class Route:
     @property
     def stable(self) -> str:
         return f"{self.method} {self.path.raw}"
+
+    def paging(self, index: int) -> Pagination | None:
+        """How target ``index`` pages: its own ``pagination:``, else the route's."""
+        own = self.targets[index].pagination
+        return own if own is not None else self.pagination
+
+    @property
+    def mixed_paging(self) -> bool:
+        """Some target pages its own way: the collection walk follows one target at a time."""
+        return any(t.pagination is not None for t in self.targets)
 
     def param(self, name: str) -> ParamSpec | None:
         for p in self.params:

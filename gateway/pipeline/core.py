@@ -49,6 +49,7 @@ class Core(Protocol):
         *,
         stream: bool = False,
         notes: Notes | None = None,
+        only: int | None = None,
     ) -> UpstreamResponse: ...
 
     async def collection(
