@@ -58,6 +58,9 @@ def _relax(node: Any) -> None:
     for value in node.values():
         _relax(value)
     for prop in (node.get("properties") or {}).values():
+        if prop.pop("nullable", False):  # null means something here (a key written as ``null`` on purpose)
+            prop.pop("default", None)
+            continue
         if prop.get("default", 0) is None and "anyOf" in prop:
             prop.pop("default")
             prop["anyOf"] = [s for s in prop["anyOf"] if s != {"type": "null"}]

@@ -55,8 +55,12 @@ def _pagination(node: _Node | None) -> Pagination | None:
         ("size_param", "size_param"),
         ("token_param", "token_param"),
     ):
-        if (n := node.get(key)) is not None and (v := n.string()) is not None:
+        if (n := node.get(key)) is None or (key == "size_param" and n.value is None):
+            continue
+        if (v := n.string()) is not None:
             kw[attr] = v
+    if (n := node.get("size_param")) is not None and n.value is None:
+        kw["size_param"] = ""  # null: the upstream's page size is its own, none is sent
     if style in ("next_url", "cursor"):
         kw.setdefault("size_param", "")  # the page size is sent only when the upstream takes one
     for key, attr in (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from typing import Any, Literal
 
 from gateway.config.model import BodySpec, Pagination, ParamSpec, PathTemplate, Route, Target, Template
@@ -103,7 +104,7 @@ def _route(name: str, node: _Node, upstreams: dict[str, Upstream], root: _Node) 
             tn.error("expected a non-empty list of upstream targets")
         else:
             for i in range(len(tn.value)):
-                t = _target(tn.child(i), known, method or "GET")
+                t = _target(tn.child(i), known, method or "GET", paged, fan)
                 if t is not None:
                     targets.append(t)
     response = _response(node.get("response"), known, paged)
@@ -199,7 +200,33 @@ def _params(node: _Node | None, path: PathTemplate | None) -> tuple[ParamSpec, .
     return tuple(out)
 
 
-def _target(node: _Node, known: frozenset[str], stable_method: str) -> Target | None:
+#: the stable side of a collection (what clients send) is the route's, whichever target answers
+_ROUTE_ONLY_PAGING = ("default_limit", "max_limit", "max_items")
+
+
+def _target_pagination(node: _Node, paged: Pagination | None, fan: list[ParamSpec]) -> Pagination | None:
+    """A target's own ``pagination:`` (a list moving to a new shape beside the old one)."""
+    if paged is None:
+        node.error("only a collection's targets page: give the route a 'pagination:' first")
+        return None
+    for key in _ROUTE_ONLY_PAGING:
+        if isinstance(node.value, dict) and key in node.value:
+            node.child(key).error(f"{key} is the route's (what clients send); set it in the route's 'pagination:'")
+    own = _pagination(node)
+    if own is not None and fan and own.style != "before":
+        node.child("style").error("fan_out merges streams by their 'before' field; it needs pagination style 'before'")
+    if own is None:
+        return None
+    return replace(own, default_limit=paged.default_limit, max_limit=paged.max_limit, max_items=paged.max_items)
+
+
+def _target(
+    node: _Node,
+    known: frozenset[str],
+    stable_method: str,
+    paged: Pagination | None = None,
+    fan: list[ParamSpec] | None = None,
+) -> Target | None:
     raw = node.value
     if isinstance(raw, str):
         request_node, spec = node, None
@@ -226,6 +253,7 @@ def _target(node: _Node, known: frozenset[str], stable_method: str) -> Target | 
             k, _, v = pair.partition("=")
             query.append((k, parse_template(v)))
     redirect: Literal["follow", "report"] = "follow"
+    pagination: Pagination | None = None
     body = BodySpec(
         "passthrough" if method in ("POST", "PUT", "PATCH") and stable_method in ("POST", "PUT", "PATCH") else "none"
     )
@@ -248,9 +276,11 @@ def _target(node: _Node, known: frozenset[str], stable_method: str) -> Target | 
                 body = BodySpec("const", json.dumps(_plain(b.value["const"]), separators=(",", ":")).encode())
             else:
                 b.error("expected 'passthrough', 'none' or {const: <JSON value>}")
+        if (pn := spec.get("pagination")) is not None:
+            pagination = _target_pagination(pn, paged, fan or [])
     for _, tpl in query:
         for name in sorted(tpl.names - known):
             request_node.error(f"query template uses {{{name}}}, which is neither a path nor a declared param")
     for name in sorted(path.names - known):
         request_node.error(f"path uses {{{name}}}, which is neither a path nor a declared param")
-    return Target(method, path, tuple(query), body, redirect, node.line)
+    return Target(method, path, tuple(query), body, redirect, node.line, pagination)

@@ -34,18 +34,6 @@ class ParamSpec(Section):
     """For people: shown in /openapi.json."""
 
 
-class TargetSpec(Section):
-    """One upstream call; a plain ``METHOD /path?query`` string is the same as ``{request: ...}``."""
-
-    request: str = Field(pattern=_STABLE)
-    """``METHOD /path?query`` with ``{param}`` templates; unset params are dropped from the query."""
-    query: dict[str, str] | None = None
-    """More query parameters, same templates as in ``request``."""
-    body: Literal["passthrough", "none"] | dict[Literal["const"], Free] | None = None
-    """``passthrough`` (the default for writes), ``none``, or ``{const: <JSON value>}``."""
-    redirect: Literal["follow", "report"] | None = None
-    """``follow`` (the default) or ``report``: answer from the Location header without following it."""
-
 
 class PaginationSpec(Section):
     """Makes the route a collection: ``{items, next_cursor}``, ``limit``, ``cursor``, ``all=true`` (pagination.md).
@@ -80,8 +68,9 @@ class PaginationSpec(Section):
     """``offset``: the body key of the total count."""
     page_param: str | None = None
     """``page``: the page-number query parameter."""
-    size_param: str | None = None
-    """``page``, ``next_url``, ``cursor``: the page-size query parameter (sent only when given)."""
+    size_param: str | None = Field(None, json_schema_extra={"nullable": True})
+    """``page``, ``next_url``, ``cursor``: the page-size query parameter (sent only when given; ``page``
+    sends ``limit`` unless this is ``null``, for an upstream whose page size is its own)."""
     first_page: int | None = Field(None, ge=0, le=1)
     """``page``: the number of the first page, 0 or 1."""
     total: str | None = None
@@ -90,6 +79,22 @@ class PaginationSpec(Section):
     """``cursor``: dotted path of the next token in the body (required)."""
     token_param: str | None = None
     """``cursor``: the query parameter the token is sent in."""
+
+
+class TargetSpec(Section):
+    """One upstream call; a plain ``METHOD /path?query`` string is the same as ``{request: ...}``."""
+
+    request: str = Field(pattern=_STABLE)
+    """``METHOD /path?query`` with ``{param}`` templates; unset params are dropped from the query."""
+    query: dict[str, str] | None = None
+    """More query parameters, same templates as in ``request``."""
+    body: Literal["passthrough", "none"] | dict[Literal["const"], Free] | None = None
+    """``passthrough`` (the default for writes), ``none``, or ``{const: <JSON value>}``."""
+    redirect: Literal["follow", "report"] | None = None
+    """``follow`` (the default) or ``report``: answer from the Location header without following it."""
+    pagination: PaginationSpec | None = None
+    """How this target pages, where it differs from the route's ``pagination`` (a list moving to a new
+    shape): a collection walk follows one target, its own way; ``limit`` stays the route's."""
 
 
 class FieldSpec(Section):

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from yarl import URL
 
-from gateway.config import Route
+from gateway.config import Pagination, Route
 from gateway.mapping import ShapeDrift
 from gateway.pagination import before, linked, offset
 from gateway.pagination.common import Answer, Fetch, Position, Tagged
@@ -40,9 +40,8 @@ def _source(
     fetch: Fetch,
     concurrency: int,
     base_url: URL | None,
+    pag: Pagination,
 ) -> AsyncIterator[list[Tagged]]:
-    pag = route.pagination
-    assert pag is not None
     name = route.name
     if pag.style == "before":
         return before.walk(name, pag, streams, position, limit, fetch)
@@ -67,12 +66,14 @@ async def pages(
     fetch: Fetch,
     concurrency: int,
     base_url: URL | None = None,
+    pagination: Pagination | None = None,
 ) -> AsyncIterator[list[Tagged]]:
-    """Yield pages of up to ``limit`` items in total (all when None), updating ``position``."""
-    pag = route.pagination
+    """Yield pages of up to ``limit`` items in total (all when None), updating ``position``;
+    ``pagination``: how the target walked pages, when not the route's (``Target.pagination``)."""
+    pag = pagination if pagination is not None else route.pagination
     assert pag is not None
     handed = 0
-    async for page in _source(route, streams, position, limit, fetch, concurrency, base_url):
+    async for page in _source(route, streams, position, limit, fetch, concurrency, base_url, pag):
         handed += len(page)
         if handed > pag.max_items:
             raise ShapeDrift(

@@ -45,6 +45,16 @@ class Position:
     marks: dict[str, str] = field(default_factory=dict)
     #: first-item fingerprints of every page fetched in this request (not carried in the cursor)
     heads: set[str] = field(default_factory=set)
+    #: the target walked, where targets page differently (``Route.mixed_paging``); 0 otherwise
+    target: int = 0
+
+    def restart(self, target: int) -> None:
+        """Walk from the start of another target (the one before handed over before any item)."""
+        self.pos.clear()
+        self.ended.clear()
+        self.marks.clear()
+        self.heads.clear()
+        self.target = target
 
     def done(self, streams: Sequence[str | None]) -> bool:
         return all(key(s) in self.ended for s in streams)

@@ -1,8 +1,9 @@
 """The stable ``next_cursor``: signed, and validated strictly before any upstream call.
 
 A cursor is ``base64url(JSON) "." base64url(HMAC-SHA256)``.  The JSON names its route,
-the streams it walks with one position each, the streams that ended, and fingerprints
-that let a later request notice a stalled upstream (``common.Position``).
+the streams it walks with one position each, the streams that ended, fingerprints that
+let a later request notice a stalled upstream, and, where the route's targets page
+differently, the target walked (``common.Position``).
 
 Why signed: a cursor is the one piece of client input that steers upstream calls
 (which streams, which next link).  With an HMAC no client can invent one, and the
@@ -73,6 +74,8 @@ def encode_cursor(route: Route, streams: Sequence[str | None], position: Positio
     }
     if position.marks:
         payload["m"] = dict(sorted(position.marks.items()))
+    if position.target:
+        payload["k"] = position.target
     body = _b64(json.dumps(payload, separators=(",", ":")).encode())
     return f"{body}.{_sign(secret, body)}"
 
@@ -98,8 +101,11 @@ def decode_cursor(route: Route, text: str, secret: bytes) -> tuple[list[str], Po
 
 def _checked(route: Route, data: Any) -> tuple[list[str], Position]:
     """Every field of a decoded cursor against what this route could have issued; ValueError if not."""
-    if not isinstance(data, dict) or set(data) - {"r", "p", "e", "m"} or data.get("r") != route.name:
+    if not isinstance(data, dict) or set(data) - {"r", "p", "e", "m", "k"} or data.get("r") != route.name:
         raise ValueError("route")
+    target = data.get("k", 0)
+    if not _is_count(target, len(route.targets) - 1) or (target and not route.mixed_paging):
+        raise ValueError("target")
     pos, ended, marks = data["p"], data.get("e", []), data.get("m", {})
     if not isinstance(pos, dict) or not isinstance(ended, list) or not isinstance(marks, dict):
         raise ValueError("shape")
@@ -118,11 +124,11 @@ def _checked(route: Route, data: Any) -> tuple[list[str], Position]:
         raise ValueError("ended")
     if set(marks) - {"f", "h"} or not all(_is_mark(v) for v in marks.values()):
         raise ValueError("marks")
-    assert route.pagination is not None
-    style = route.pagination.style
-    if not all(_value_ok(style, v) for v in pos.values()):
+    pag = route.paging(target)
+    assert pag is not None
+    if not all(_value_ok(pag.style, v) for v in pos.values()):
         raise ValueError("position")
-    return list(pos), Position(dict(pos), set(ended), dict(marks))
+    return list(pos), Position(dict(pos), set(ended), dict(marks), target=target)
 
 
 def _is_mark(value: Any) -> bool:

@@ -7,19 +7,21 @@ mapped, and an empty signed-in answer confirmed by the session check before it i
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
 from aiohttp import web
 from multidict import MultiMapping
 
 from gateway import jsonio, ndjson
-from gateway.cache import Notes, forbid_store
-from gateway.config import Route
-from gateway.errors import BadRequest, UpstreamError
+from gateway.cache import CacheUnavailable, Notes, ResponseCache, forbid_store
+from gateway.config import Route, Upstream
+from gateway.errors import BadGateway, BadRequest, UpstreamError
+from gateway.fallback import HandOver
 from gateway.mapping import ShapeDrift, apply_mapping, target_request
-from gateway.pagination import Answer, Position, decode_cursor, encode_cursor, pages
+from gateway.pagination import Answer, Fetch, Position, Tagged, decode_cursor, encode_cursor, pages
 from gateway.pipeline.core import Core
 from gateway.session import unless_signed_out as _held_unless_signed_out
 from gateway.shape import check_fields
@@ -63,7 +65,7 @@ async def serve(
             )
         if fan is not None:
             streams = list(cursor_streams)
-        if pag.style == "next_url":
+        if (route.paging(position.target) or pag).style == "next_url":
             _check_link_cursor(route, params, position)
 
     mapped = unless_signed_out(
@@ -103,14 +105,18 @@ async def stable_pages(
         return params if stream is None or fan is None else {**params, fan.name: stream}
 
     async def fetch(stream: str | None, extra: list[tuple[str, str]], at: str | None) -> Answer:
-        resp = await proxy.call(route, params_of(stream), None, extra, request_id, at, notes=notes)
+        only = position.target if route.mixed_paging else None
+        resp = await proxy.call(route, params_of(stream), None, extra, request_id, at, notes=notes, only=only)
         return Answer(proxy._json(route, resp), resp.headers, resp.url)
 
     upstream = proxy.config.upstreams[route.upstream]
     mapping = route.response.items
+    source = _walk(route, streams, position, limit, fetch, upstream, proxy.cache) if route.mixed_paging else None
+    if source is None:
+        source = pages(route, streams, position, limit, fetch, upstream.concurrency, upstream.base_url)
     try:
         # drift in a page (pagination.py: lost list, stalled paging) or in an item counts alike
-        async for page in pages(route, streams, position, limit, fetch, upstream.concurrency, upstream.base_url):
+        async for page in source:
             out: list[Any] = []
             for stream, item in page:
                 if route.shape is not None:
@@ -122,6 +128,48 @@ async def stable_pages(
     except ShapeDrift as exc:
         proxy._record_error(upstream, route, exc)
         raise
+
+
+async def _walk(
+    route: Route,
+    streams: list[str | None],
+    position: Position,
+    limit: int | None,
+    fetch: Fetch,
+    upstream: Upstream,
+    cache: ResponseCache | None,
+) -> AsyncIterator[list[Tagged]]:
+    """Targets that page differently are walked one at a time, each its own way: a fresh walk moves on
+    to the next target where one hands over (``fallback_on``) on its first page; the cursor names the
+    target, and a walk that target stops serving cannot resume on another (502 ``pagination_switched``).
+    Then the route's cached pages go too: a cached first page would hand out that dead cursor again."""
+    resumed = bool(position.pos)
+    for index in range(position.target, len(route.targets)):
+        started = False
+        if index != position.target:
+            position.restart(index)
+        try:
+            async for page in pages(
+                route, streams, position, limit, fetch, upstream.concurrency, upstream.base_url, route.paging(index)
+            ):
+                started = True
+                yield page
+            return
+        except HandOver:
+            if not (resumed or started or position.heads):
+                continue  # nothing served from this target yet: the next one starts the walk afresh
+        if cache is not None:
+            with contextlib.suppress(CacheUnavailable):
+                await cache.purge(route.name, None)
+        raise BadGateway(
+            f"upstream {upstream.name!r} stopped serving {route.targets[index].text} in the middle of a walk,"
+            " and the next target pages differently, so the walk cannot resume there; start it again"
+            " without a cursor",
+            kind="switched",
+            code="pagination_switched",
+            route=route.name,
+        )
+    raise AssertionError("the last target never hands over")
 
 
 def unless_signed_out(
@@ -152,7 +200,8 @@ def _check_link_cursor(route: Route, params: Mapping[str, Any], position: Positi
     link = state.get("t") if isinstance(state, dict) else None
     if link is None:
         return
-    paths = {target_request(t, params)[0].rstrip("/") for t in route.targets}
+    targets = [route.targets[position.target]] if route.mixed_paging else route.targets
+    paths = {target_request(t, params)[0].rstrip("/") for t in targets}
     if str(link).partition("?")[0].rstrip("/") not in paths:
         raise BadRequest(
             "the cursor is not valid for this route; pass next_cursor exactly as it was returned",
