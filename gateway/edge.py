@@ -27,6 +27,8 @@ from gateway.methods import SAFE as _SAFE
 
 #: host names that always mean this machine
 LOOPBACK_NAMES = frozenset({"localhost"})
+#: distinct Host values whose verdict is remembered (then forgotten all at once)
+_MEMO = 256
 #: bind addresses that listen on every interface
 WILDCARD_BINDS = frozenset({"", "0.0.0.0", "::", "[::]"})
 
@@ -61,10 +63,22 @@ class HostGuard:
         self.bound_ip = _ip(bound_name)
         if self.bound_ip is None and bound_name:
             self.names |= {bound_name}
+        self._seen: dict[str, bool] = {}
 
     def allows(self, host: str) -> bool:
+        """Memoised per Host value: clients repeat one or two, and parsing an IP on every request
+        is a tenth of a cache hit's work.  Bounded, so a client inventing hosts grows nothing."""
         if self.any:
             return True
+        known = self._seen.get(host)
+        if known is None:
+            known = self._allows(host)
+            if len(self._seen) >= _MEMO:
+                self._seen.clear()
+            self._seen[host] = known
+        return known
+
+    def _allows(self, host: str) -> bool:
         name = host_name(host)
         ip = _ip(name)
         if ip is not None:

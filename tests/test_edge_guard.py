@@ -336,3 +336,16 @@ async def test_cap_reports_are_rate_limited_not_silenced(caplog: Any) -> None:
         for w in sockets:
             w.close()
         await runner.cleanup()
+
+
+def test_the_host_verdicts_are_remembered_within_a_bound() -> None:
+    """Verdicts are memoised per Host value (a cache hit's hot path); a client inventing hosts
+    grows nothing past the bound, and no verdict changes by being remembered or forgotten."""
+    guard = HostGuard(("api.example", "*.corp.example"))
+    for round_ in range(3):
+        for i in range(1000):
+            assert not guard.allows(f"evil{i}.example")
+            assert guard.allows(f"h{i}.corp.example:8080")
+        assert len(guard._seen) <= 256
+        assert guard.allows("API.example.") and guard.allows("127.0.0.1:8080") and guard.allows("[::1]")
+        assert not guard.allows("10.0.0.1") and not guard.allows("corp.example"), round_
