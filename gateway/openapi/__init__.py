@@ -11,101 +11,19 @@ JSON envelope.  Upstream URLs, targets and credentials never appear in it.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from typing import Any
 
 from gateway import __version__
 from gateway.config import Config, FieldExpr, ParamSpec, Route
+from gateway.openapi.own import _own_paths
+from gateway.openapi.schemas import _ERRORS, BODY_SCHEMAS, ERROR_SCHEMA, PATH_PARAM_SCHEMA, _error_response
 
 OPENAPI_VERSION = "3.1.0"
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _CASTS = {"int": "integer", "float": "number", "bool": "boolean", "str": "string"}
 _PARAM_TYPES = {"string": "string", "integer": "integer", "boolean": "boolean"}
 
-#: what the router accepts as one path parameter (routing._check_param refuses the rest with a 400)
-PATH_PARAM_SCHEMA: dict[str, Any] = {
-    "type": "string",
-    "minLength": 1,
-    "pattern": r"^[^/\\\x00-\x1f\x7f]+$",
-    "not": {"enum": [".", ".."]},
-}
-
-ERROR_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["error"],
-    "additionalProperties": False,
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["code", "message", "route"],
-            "properties": {
-                "code": {"type": "string", "description": "Stable and machine-readable, e.g. bad_query, shape_drift."},
-                "message": {"type": "string", "description": "For humans; says what to change."},
-                "route": {"type": ["string", "null"], "description": "The routes.yaml route, when one matched."},
-                "details": {"description": "Every problem, when there are several (e.g. a 422's list)."},
-            },
-        }
-    },
-}
-
-#: request bodies of the named validators (validators.py), as far as a schema can say it
-BODY_SCHEMAS: Mapping[str, dict[str, Any]] = {
-    "observable_new_document": {
-        "type": "object",
-        "description": (
-            "Node ids must be distinct and `version` greater than the node count and not below the largest id; "
-            "with `reindex=true` ids and version are assigned. Every violation is listed in one 422."
-        ),
-        "required": ["nodes"],
-        "additionalProperties": False,
-        "properties": {
-            "nodes": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "id": {"type": "integer", "minimum": 0},
-                        "pinned": {"type": "boolean"},
-                        "value": {"type": "string"},
-                        "mode": {"type": "string", "description": "md, js, html..."},
-                        "name": {"type": ["string", "null"]},
-                        "data": {},
-                    },
-                },
-            },
-            "version": {"type": "integer"},
-            "title": {"type": "string"},
-        },
-    },
-    "posthog_notebook_update": {
-        "type": "object",
-        "description": (
-            "Non-empty `content` needs the notebook's current `version` (else 422 here, 409 upstream when stale);"
-            " `version` without non-empty content is refused (PostHog would store it and roll the version back)."
-        ),
-    },
-}
-
-_ERRORS: Mapping[int, str] = {
-    400: "Bad input: an unknown or invalid query parameter, path parameter, cursor or JSON body, or no body.",
-    401: "No valid API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`.",
-    403: "The API key may not call this route or method, or a web page of another origin sent the write.",
-    404: "Not found upstream, or no such stable route.",
-    409: "The upstream reports a conflict (e.g. a stale `version`).",
-    413: "The body is larger than `server.max_body_bytes`.",
-    415: "The body is not JSON.",
-    421: "The `Host` is not one this gateway serves (see `server.allowed_hosts`).",
-    422: "The body breaks the route's rules (every problem in `details`), or the upstream refused it.",
-    429: "Over the key's rate limit or the gateway's concurrency cap; retry after `Retry-After` seconds.",
-    502: (
-        "The upstream failed, broke its contract (`shape_drift`), no longer serves the route"
-        " (`upstream_route_gone`), refused a read the gateway built (`upstream_rejected`) or rejected"
-        " the gateway's credentials."
-    ),
-    503: "The upstream is unavailable or rate limiting, or too many connections; `Retry-After` when known.",
-    504: "The upstream did not answer in time.",
-}
+__all__ = ["OPENAPI_VERSION", "DocumentCache", "build"]
 
 
 def build(config: Config) -> dict[str, Any]:
@@ -333,16 +251,6 @@ def _errors(route: Route, config: Config) -> dict[str, Any]:
     return out
 
 
-def _error_response(description: str, *, retry: bool = False) -> dict[str, Any]:
-    headers: dict[str, Any] = {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}}
-    if retry:
-        headers["Retry-After"] = {"$ref": "#/components/headers/Retry-After"}
-    return {
-        "description": description,
-        "headers": headers,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
-
 
 def _object(mapping: tuple[tuple[str, FieldExpr], ...], route: Route) -> dict[str, Any]:
     return {
@@ -383,119 +291,3 @@ def _field_schema(expr: FieldExpr, route: Route) -> dict[str, Any]:
         return {}
     kinds = sorted(declared | {"null"}) if expr.optional else sorted(declared)
     return {"type": kinds[0] if len(kinds) == 1 else kinds}
-
-
-# --------------------------------------------------------------------------- the gateway's own endpoints
-
-
-def _own_paths(config: Config) -> dict[str, dict[str, Any]]:
-    public: list[dict[str, Any]] = []  # `security: []`: reachable without a key
-    rid = {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}}
-
-    def plain(name: str, summary: str, media: str, schema: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "get": {
-                "operationId": f"gateway_{name}",
-                "summary": summary,
-                "tags": ["gateway"],
-                "security": public,
-                "responses": {"200": {"description": summary, "headers": rid, "content": {media: {"schema": schema}}}},
-            }
-        }
-
-    def obj(**props: dict[str, Any]) -> dict[str, Any]:
-        return {"type": "object", "required": list(props), "properties": props}
-
-    string, integer = {"type": "string"}, {"type": "integer"}
-    #: what every admin-guarded endpoint may answer before it does anything
-    guarded = {
-        "401": _error_response("No valid admin key."),
-        "403": _error_response("Admin endpoints are off: no admin.keys configured."),
-    }
-    admin: dict[str, Any] = {
-        "operationId": "gateway_admin_reload",
-        "summary": (
-            "Reload routes.yaml (admin key), in every worker before answering; an invalid file is a 422 "
-            "and the old config keeps serving."
-        ),
-        "tags": ["gateway"],
-        "responses": {
-            "200": {
-                "description": "Reloaded.",
-                "headers": rid,
-                "content": {
-                    "application/json": {"schema": obj(status=string, digest=string, routes=integer, workers=integer)}
-                },
-            },
-            **guarded,
-            "422": _error_response("The file is invalid; every problem (file:line: key: message) in `details`."),
-            "500": _error_response(
-                "With --workers: another worker did not reload (`worker_failed`, each in `details`)."
-            ),
-            "default": _error_response("Any other error, in the same envelope."),
-        },
-    }
-    nullable = {"type": ["string", "null"]}
-    purge: dict[str, Any] = {
-        "operationId": "gateway_admin_cache_purge",
-        "summary": (
-            "Drop cached responses (admin key) by route, stable path prefix (whole segments), both, or all=true, "
-            "in every worker before answering; as query parameters or a JSON body."
-        ),
-        "tags": ["gateway"],
-        "parameters": [
-            {"name": "route", "in": "query", "schema": string, "description": "a route name"},
-            {"name": "prefix", "in": "query", "schema": string, "description": "a stable path, e.g. /v1/posthog"},
-            {"name": "all", "in": "query", "schema": {"type": "string", "enum": ["true", "false"]}},
-        ],
-        "requestBody": {
-            "required": False,
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {"route": string, "prefix": string, "all": {"type": "boolean"}},
-                        "additionalProperties": False,
-                    }
-                }
-            },
-        },
-        "responses": {
-            "200": {
-                "description": "Purged.",
-                "headers": rid,
-                "content": {
-                    "application/json": {
-                        "schema": obj(status=string, route=nullable, prefix=nullable, deleted=integer, workers=integer)
-                    }
-                },
-            },
-            "400": _error_response("Nothing named to purge, an unknown route or argument, or a bad prefix."),
-            **guarded,
-            "409": _error_response("The response cache is off (`cache_disabled`)."),
-            "500": _error_response("With --workers: another worker did not purge (`worker_failed`)."),
-            "503": _error_response("The cache backend (Redis) is unreachable; nothing was purged.", retry=True),
-            "default": _error_response("Any other error, in the same envelope."),
-        },
-    }
-    if config.access.clients or config.access.admins:
-        admin["security"] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
-        purge["security"] = admin["security"]
-    status = plain("status", "A human status page: route health, probes, credential expiry.", "text/html", string)
-    if config.access.clients:  # open only on a gateway without client keys (loopback)
-        status["get"]["security"] = [{"bearerAuth": []}, {"apiKeyHeader": []}, {"basicAuth": []}]
-        status["get"]["responses"].update(guarded)
-    return {
-        "/healthz": plain("healthz", "The process is alive.", "application/json", obj(status=string)),
-        "/readyz": plain(
-            "readyz",
-            "A config is loaded: its path, digest and route count.",
-            "application/json",
-            obj(status=string, config=string, digest=string, routes=integer),
-        ),
-        "/metrics": plain("metrics", "Metrics in the Prometheus text format.", "text/plain", string),
-        "/openapi.json": plain("openapi", "This document.", "application/json", {"type": "object"}),
-        "/status": status,
-        "/admin/reload": {"post": admin},
-        "/admin/cache/purge": {"post": purge},
-    }

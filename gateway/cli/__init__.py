@@ -1,0 +1,25 @@
+"""``routegate`` (alias ``gateway``): serve, check, probe and inspect routes.yaml; sandboxes and demo.
+
+Exit codes: 0 success; 1 the routes file is invalid (every problem printed as
+file:line: key: message); 2 wrong command-line usage, including ``serve`` refusing
+to bind a non-loopback address while no client keys are configured; 3 ``serve``
+cannot listen; 4 ``probe`` found a broken route (``EXIT_CODES`` below).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gateway.cli.common import DEFAULT_CONFIG, EXIT_CODES, is_loopback
+from gateway.cli.parser import build_parser
+
+__all__ = ["EXIT_CODES", "build_parser", "is_loopback", "main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if hasattr(args, "config_pos"):
+        args.config = args.config or args.config_pos or DEFAULT_CONFIG
+    code: int = args.func(args)
+    return code
+
