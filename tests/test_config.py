@@ -122,7 +122,7 @@ def test_a_secret_written_inline_is_refused_without_echoing_it() -> None:
     ("snippet", "expected"),
     [
         ("    pagination: {style: pages}\n", "pagination.style: expected 'before'"),
-        ("    params: {q: {type: float}}\n", "params.q.type: expected string, integer or boolean"),
+        ("    params: {q: {type: float}}\n", "params.q.type: expected 'string', 'integer' or 'boolean'"),
         ("    params: {q: {enum: [a], default: b}}\n", "params.q.default: default 'b' is not one of the enum values"),
         ("    validate: no_such_check\n", "validate: unknown validator 'no_such_check'"),
         ("    response: {raw: true, item: {a: b}}\n", "response.raw: a raw response passes the body through"),
@@ -220,7 +220,9 @@ def test_more_mistakes_that_are_one_problem_each_and_silent_ones_that_are_not() 
     )
     # silent before: a default that is not of the param's type
     found = problems(GOOD.replace("    targets:", "    params: {n: {type: integer, default: false}}\n    targets:"))
-    assert found == ["routes.yaml:10: routes.things.params.n.default: default False is not a integer, the param's type"]
+    assert found == [
+        "routes.yaml:10: routes.things.params.n.default: default False is not an integer, the param's type"
+    ]
     # two routes with one shape: named by the stable key, with the other route's line
     found = problems(GOOD + "  other:\n    stable: GET /v1/things/{key}\n    upstream: api\n    targets: ['GET /x']\n")
     assert found == [
@@ -296,3 +298,46 @@ def test_a_syntax_error_names_line_column_and_a_hint() -> None:
     got = problems("upstreams:\n  api:\n    base_url: http://x\nroutes:\n  a:\n    stable: GET /a: b\n")
     assert got[0].startswith("routes.yaml:6: (syntax): mapping values are not allowed here")
     assert "(line 6, column" in got[0] and "must be quoted" in got[0]
+
+
+def test_params_and_route_cache_by_their_models_report_every_problem_at_once() -> None:
+    """params and a route's cache are read by their pydantic models: each mistake at its own key and
+    line, worded for people, and a wrong key does not hide the checks that span the others."""
+    text = """\
+upstreams:
+  up: {base_url: "http://127.0.0.1:9"}
+routes:
+  r:
+    stable: GET /v1/r
+    upstream: up
+    auth: none
+    params:
+      a: {type: 3}
+      b: {enum: []}
+      d: {defualt: 1}
+      e: {type: integer, default: "x", fan_out: "yes"}
+    cache: {ttl: 0s, vary: ["bad header"], private: maybe}
+    targets: [GET /a]
+  w:
+    stable: POST /v1/w
+    upstream: up
+    auth: none
+    cache: {invalidates: [rr, 3]}
+    targets: [POST /a]
+"""
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "routes.yaml", env={})
+    assert sorted(str(p) for p in err.value.problems) == sorted(
+        [
+            "routes.yaml:9: routes.r.params.a.type: expected 'string', 'integer' or 'boolean', got a number (3)",
+            "routes.yaml:10: routes.r.params.b.enum: expected a non-empty list, got an empty one",
+            "routes.yaml:11: routes.r.params.d.defualt: unknown key 'defualt' (did you mean 'default'?); "
+            "allowed: default, description, enum, fan_out, required, type",
+            "routes.yaml:12: routes.r.params.e.fan_out: expected true or false, got a string",
+            "routes.yaml:12: routes.r.params.e.default: default 'x' is not an integer, the param's type",
+            "routes.yaml:13: routes.r.cache.private: expected true or false, got a string",
+            "routes.yaml:13: routes.r.cache: give a ttl (and/or stale_if_error) longer than 0s, or write cache: false",
+            "routes.yaml:13: routes.r.cache.vary: expected a list of request header names",
+            "routes.yaml:19: routes.w.cache.invalidates[1]: expected a string, got a number (3)",
+        ]
+    ), err.value.problems

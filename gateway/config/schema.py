@@ -71,15 +71,23 @@ def _relax(node: Any) -> None:
         node["anyOf"] = [plain, _INTERPOLATED]
 
 
-def validate(node: _Node, model: type[M], hand: AbstractSet[str] = frozenset()) -> M | None:
+def validate(node: _Node, model: type[M], hand: AbstractSet[str] = frozenset(), *, partial: bool = False) -> M | None:
     """Parse one section with its model; every error becomes a problem at its own key and line.
 
-    ``hand`` names keys a hand-written parser reads instead (secrets, whose messages never echo a value)."""
+    ``hand`` names keys a hand-written parser reads instead (secrets, whose messages never echo a value).
+    ``partial``: where some keys are wrong, the section of the other keys (None if that fails too), so
+    the checks spanning keys still report on them: every problem of a file is listed at once."""
     value = {k: v for k, v in node.value.items() if k not in hand} if isinstance(node.value, dict) else node.value
     try:
         return model.model_validate(value)
     except ValidationError as exc:
         report(node, model, exc)
+        if not partial or not isinstance(value, dict):
+            return None
+        wrong = {err["loc"][0] for err in exc.errors(include_input=False, include_url=False) if err["loc"]}
+    try:
+        return model.model_validate({k: v for k, v in value.items() if k not in wrong})
+    except ValidationError:
         return None
 
 
@@ -167,10 +175,14 @@ def _message(err: Any, value: Any, model: type[BaseModel], loc: tuple[Any, ...])
         return f"expected true or false{got}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return f"expected a mapping{got}"
-    if kind in ("list_type", "too_short"):
+    if kind == "too_short":
+        return "expected a non-empty list, got an empty one"
+    if kind == "list_type":
         return f"expected a non-empty list{got}"
     if kind in ("string_type",):
         return f"expected a string{got}"
+    if kind == "literal_error":
+        return f"expected {ctx['expected']}{got}"
     if kind == "greater_than_equal":
         return f"must be at least {ctx['ge']}, got {value}"
     if kind == "less_than_equal":

@@ -11,7 +11,7 @@ from gateway.config.model import BodySpec, Pagination, ParamSpec, PathTemplate, 
 from gateway.config.model_upstream import METHODS, Upstream
 from gateway.config.names import VALIDATOR_NAMES
 from gateway.config.node import _closest, _kind, _Node
-from gateway.config.schema import fields_of, required_of
+from gateway.config.schema import fields_of, required_of, validate
 from gateway.config.sections_access import _fallback_on, _probe, _shape
 from gateway.config.sections_response import _pagination, _plain, _response
 from gateway.config.sections_server import _route_cache
@@ -154,6 +154,8 @@ _SOME_PAGINATION = Pagination(style="offset", items_path=("results",))
 
 
 def _params(node: _Node | None, path: PathTemplate | None) -> tuple[ParamSpec, ...]:
+    """The ``params:`` section: each one's keys and types by its pydantic model (gateway.config.schema
+    reports them at their line), then what a model cannot say: a default of the param's own type and enum."""
     if node is None or not node.is_map():
         return ()
     out: list[ParamSpec] = []
@@ -165,37 +167,27 @@ def _params(node: _Node | None, path: PathTemplate | None) -> tuple[ParamSpec, .
         if pn.value is None:
             out.append(ParamSpec(name))
             continue
-        if not pn.keys(fields_of(ParamSpecModel)):
+        spec = validate(pn, ParamSpecModel, partial=True)
+        if spec is None:
             continue
-        kw: dict[str, Any] = {"name": name}
-        if (t := pn.get("type")) is not None:
-            if t.value not in ("string", "integer", "boolean"):
-                t.error("expected string, integer or boolean")
-            else:
-                kw["type"] = t.value
-        if (e := pn.get("enum")) is not None:
-            if not isinstance(e.value, list) or not e.value:
-                e.error("expected a non-empty list of allowed values")
-            else:
-                kw["enum"] = tuple(str(x) for x in e.value)
-        if (f := pn.get("fan_out")) is not None and (b := f.boolean()) is not None:
-            kw["fan_out"] = b
-        if (r := pn.get("required")) is not None and (b := r.boolean()) is not None:
-            kw["required"] = b
+        kw: dict[str, Any] = {"name": name, "type": spec.type or "string"}
+        if spec.enum is not None:
+            kw["enum"] = tuple(str(x) for x in spec.enum)
+        kw["fan_out"] = bool(spec.fan_out)
+        kw["required"] = bool(spec.required)
+        kw["description"] = spec.description or ""
         if (d := pn.get("default")) is not None:
             kw["default"] = d.value
-            kind = kw.get("type", "string")
+            kind = kw["type"]
             fits = {
                 "integer": isinstance(d.value, int) and not isinstance(d.value, bool),
                 "boolean": isinstance(d.value, bool),
                 "string": isinstance(d.value, str | int | float) and not isinstance(d.value, bool),
             }[kind]
             if not fits:
-                d.error(f"default {d.value!r} is not a {kind}, the param's type")
+                d.error(f"default {d.value!r} is not {'an' if kind == 'integer' else 'a'} {kind}, the param's type")
             elif kw.get("enum") and str(d.value) not in kw["enum"]:
                 d.error(f"default {d.value!r} is not one of the enum values")
-        if (ds := pn.get("description")) is not None:
-            kw["description"] = ds.string() or ""
         out.append(ParamSpec(**kw))
     return tuple(out)
 

@@ -75,7 +75,10 @@ def _cache_settings(node: _Node | None) -> CacheSettings:
 
 
 def _route_cache(node: _Node | None, method: str | None, root: _Node) -> RouteCache | None:
-    """A route's ``cache:``: freshness for reads, what else to drop for writes; ``false`` is off."""
+    """A route's ``cache:``: freshness for reads, what else to drop for writes; ``false`` is off.
+
+    Keys and types by its pydantic model; here what spans keys: which keys reads and writes take,
+    a freshness longer than 0s, header names, and ``invalidates`` naming declared routes."""
     if node is None or node.value is False or method is None:  # no method: reported at `stable`, not here too
         return None
     reads = method in ("GET", "HEAD")
@@ -83,34 +86,32 @@ def _route_cache(node: _Node | None, method: str | None, root: _Node) -> RouteCa
         if not reads and isinstance(node.value, dict) and set(node.value) & {"ttl", "stale_if_error"}:
             node.error(f"{method} responses are never cached; a write route only lists what it 'invalidates'")
         return None
+    spec = validate(node, RouteCacheSpec, partial=True)
+    if spec is None:
+        return None
     kw: dict[str, Any] = {}
-    invalid = False
     for key in ("ttl", "stale_if_error"):
-        if (n := node.get(key)) is not None:
-            if (d := n.convert(parse_duration)) is None:
-                invalid = True  # already reported at the key: one mistake, one problem
-            else:
-                kw[key] = d
-    if reads and not invalid and not kw.get("ttl") and not kw.get("stale_if_error"):
+        if (value := getattr(spec, key)) is not None:
+            kw[key] = value
+    wrong = {k for k in ("ttl", "stale_if_error") if k in node.value and k not in kw}  # reported at the key
+    if reads and not wrong and not kw.get("ttl") and not kw.get("stale_if_error"):
         node.error("give a ttl (and/or stale_if_error) longer than 0s, or write cache: false")
-    if (vn := node.get("vary")) is not None:
-        if not isinstance(vn.value, list) or not all(isinstance(h, str) and _HEADER_NAME.match(h) for h in vn.value):
-            vn.error("expected a list of request header names")
+    if spec.vary is not None:
+        if not all(_HEADER_NAME.match(h) for h in spec.vary):
+            node.child("vary").error("expected a list of request header names")
         else:
-            kw["vary"] = tuple(sorted({h.lower() for h in vn.value}))
-    if (pn := node.get("private")) is not None and (b := pn.boolean()) is not None:
-        kw["private"] = b
-    if (inv := node.get("invalidates")) is not None:
+            kw["vary"] = tuple(sorted({h.lower() for h in spec.vary}))
+    if spec.private is not None:
+        kw["private"] = spec.private
+    if spec.invalidates is not None:
+        inv = node.child("invalidates")
         routes_node = root.get("routes")
         declared = set(routes_node.value) if routes_node is not None and isinstance(routes_node.value, dict) else set()
-        if not isinstance(inv.value, list) or not all(isinstance(r, str) for r in inv.value):
-            inv.error("expected a list of route names")
-        else:
-            for name in inv.value:
-                if name not in declared:
-                    hint = _closest(name, declared)
-                    inv.error(f"no route named {name!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
-            kw["invalidates"] = tuple(inv.value)
+        for name in spec.invalidates:
+            if name not in declared:
+                hint = _closest(name, declared)
+                inv.error(f"no route named {name!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
+        kw["invalidates"] = tuple(spec.invalidates)
     return RouteCache(**kw)
 
 
