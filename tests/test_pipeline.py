@@ -34,11 +34,11 @@ def _proxy(gw: Any) -> Proxy:
 async def test_each_route_lists_only_the_stages_it_configures(make_gateway: Any, sandbox_env: dict[str, str]) -> None:
     gw = await make_gateway(POSTHOG, env={**sandbox_env, **KEYS})
     stages = {name: p.stages for name, p in _proxy(gw).pipelines.items()}
-    assert stages["ph_list"] == ("validator", "compress", "cache", "params", "collection")
-    assert stages["ph_nb"] == ("validator", "cache", "params", "call")
-    assert stages["ph_raw"] == ("validator", "params", "call")  # no cache, no pagination
-    assert stages["ph_create"] == ("params", "body", "invalidate", "call")  # a write, where a cache exists
-    assert stages["ph_delete"] == ("params", "invalidate", "call")  # DELETE sends no body
+    assert stages["ph_list"] == ("validator", "compress", "cache", "account", "params", "collection")
+    assert stages["ph_nb"] == ("validator", "cache", "account", "params", "call")
+    assert stages["ph_raw"] == ("validator", "account", "params", "call")  # no cache, no pagination
+    assert stages["ph_create"] == ("account", "params", "body", "invalidate", "call")  # a write, where a cache exists
+    assert stages["ph_delete"] == ("account", "params", "invalidate", "call")  # DELETE sends no body
 
 
 async def test_a_route_without_cache_runs_no_cache_code(
@@ -47,8 +47,8 @@ async def test_a_route_without_cache_runs_no_cache_code(
     gw = await make_gateway(NO_CACHE, env={**sandbox_env, **KEYS})
     proxy = _proxy(gw)
     assert proxy.cache is None
-    assert proxy.pipelines["plain"].stages == ("validator", "params", "call")
-    assert proxy.pipelines["create"].stages == ("params", "body", "call")  # nothing to invalidate
+    assert proxy.pipelines["plain"].stages == ("validator", "account", "params", "call")
+    assert proxy.pipelines["create"].stages == ("account", "params", "body", "call")  # nothing to invalidate
     short_id = sandboxes.posthog_state.visible(1)[0].short_id
     resp = await gw.get(f"/v1/plain/projects/1/notebooks/{short_id}")
     assert resp.status == 200 and "X-Cache" not in resp.headers

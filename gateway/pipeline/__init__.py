@@ -16,6 +16,7 @@ from multidict import MultiMapping
 
 from gateway.config import Route
 from gateway.routing import Match
+from gateway.trace import RequestTrace
 
 
 @dataclass(slots=True)
@@ -25,7 +26,10 @@ class Exchange:
     request: web.Request
     match: Match
     request_id: str
-    #: the calling client key's name (``anonymous`` on an open gateway); None: unknown, nothing is shared
+    #: what the request did, for its access line (made by the server's middleware, written by the stages)
+    trace: RequestTrace
+    #: the calling client key's name (``-`` on an open gateway, set by the ``auth`` stage where keys are
+    #: configured); None: unknown, nothing is shared through the cache
     client: str | None = None
     #: the route's parameters, once the ``params`` stage parsed them
     params: dict[str, Any] = field(default_factory=dict)

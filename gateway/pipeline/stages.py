@@ -1,4 +1,4 @@
-"""The proxy's own stages: cache, write invalidation, params, body; then a collection or one call.
+"""The proxy's own stages: cache, account, params, body, write invalidation; then a collection or one call.
 
 Each factory returns None for a route it does not apply to, so ``gateway.pipeline.build``
 leaves it out: a route without a cache never enters cache code, a GET never reads a body.
@@ -15,6 +15,7 @@ from gateway.cache import Notes
 from gateway.config import Route
 from gateway.mapping import parse_params
 from gateway.pipeline import Exchange, Handler, Stage
+from gateway.pipeline.account import account
 from gateway.pipeline.body import read_body
 from gateway.pipeline.core import Core
 
@@ -43,7 +44,7 @@ def cache(proxy: Core) -> Stage:
                 ex.relay, ex.notes = False, notes
                 return await inner(ex)
 
-            return await store.serve(ex.request, ex.match, ex.client, fill)
+            return await store.serve(ex.request, ex.match, ex.client, fill, ex.trace)
 
         return cached
 
@@ -101,12 +102,16 @@ def core(proxy: Core, route: Route) -> tuple[str, Handler]:
 
         async def collection(ex: Exchange) -> web.StreamResponse:
             as_ndjson = _streamed(route, ex.request)
-            return await proxy.collection(ex.request, route, ex.params, ex.request_id, as_ndjson, ex.notes)
+            return await proxy.collection(
+                ex.request, route, ex.params, ex.request_id, as_ndjson, ex.notes, trace=ex.trace
+            )
 
         return "collection", collection
 
     async def call(ex: Exchange) -> web.StreamResponse:
-        return await proxy.single(ex.request, route, ex.params, ex.request_id, ex.body, relay=ex.relay, notes=ex.notes)
+        return await proxy.single(
+            ex.request, route, ex.params, ex.request_id, ex.body, relay=ex.relay, notes=ex.notes, trace=ex.trace
+        )
 
     return "call", call
 
@@ -116,6 +121,8 @@ def stages_of(proxy: Core) -> list[tuple[str, Stage]]:
     always: Callable[[Route, Handler], Handler | None] = params
     return [
         ("cache", cache(proxy)),
+        # inside the cache: a coalesced fill's one failure is counted once, a stale stand-in's too
+        ("account", account(proxy)),
         ("params", always),
         ("body", body(proxy)),
         # inside params and body: a write refused as bad input was never sent, so it drops nothing
