@@ -122,6 +122,8 @@ async def test_client_auth_and_limits_are_outermost_and_only_where_configured(
     for pipeline in keyed.pipelines.values():
         assert pipeline.stages[:2] == ("auth", "limits")
     assert keyed.pipelines["thing"].stages == ("auth", "limits", "validator", "account", "params", "call")
+    # a probe runs the same stages, less the HTTP exchange's: no auth, limits, conventions or cache
+    assert keyed.probes["thing"].stages == keyed.probes["cached"].stages == ("account", "params", "call")
     capped = FAKE.format(url=url) + "server:\n  max_concurrency: 5\n"
     assert _proxy(await make_gateway(capped, env=FAKE_ENV)).pipelines["thing"].stages[0] == "limits"  # no keys
     open_ = _proxy(await make_gateway(FAKE.format(url=url), env=FAKE_ENV))

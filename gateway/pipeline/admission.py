@@ -13,7 +13,7 @@ from aiohttp import web
 from gateway.access import Access
 from gateway.config import Route
 from gateway.limits import Limits
-from gateway.pipeline import Exchange, Handler, Stage
+from gateway.pipeline import Exchange, Handler, Stage, http
 
 
 def client_auth(access: Access) -> Stage:
@@ -24,10 +24,11 @@ def client_auth(access: Access) -> Stage:
             return None
 
         async def authenticated(ex: Exchange) -> web.StreamResponse:
-            key = access.identify(ex.request)
+            request = http(ex)
+            key = access.identify(request)
             if key is not None:
                 ex.client = ex.trace.client = key.name  # logged even when refused below
-            access.authorize(key, route, ex.request.method)
+            access.authorize(key, route, request.method)
             return await inner(ex)
 
         return authenticated

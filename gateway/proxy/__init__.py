@@ -24,7 +24,6 @@ from gateway.config import Config, Route
 from gateway.errors import GatewayError, UpstreamError
 from gateway.health import RouteHealth
 from gateway.limits import Limits
-from gateway.mapping import parse_params
 from gateway.metrics import Metrics
 from gateway.pagination import derive_key
 from gateway.pipeline import Exchange, Pipeline, Stage, admission, build, collection, conventions, stages
@@ -39,6 +38,8 @@ from gateway.verdict import GoneCheck
 
 #: the gateway holding itself back, not the route breaking
 SELF_PACING = frozenset({"budget", "throttled", "circuit_open", buffers.KIND})
+#: the stages a contract probe runs (gateway.proxy.Proxy.probe), besides the core
+PROBE_STAGES = frozenset({"account", "params"})
 #: the HTTP conventions around the proxy's own stages; each exists only on routes it applies to
 STAGES: tuple[tuple[str, Stage], ...] = (
     ("validator", conventions.validator),
@@ -85,6 +86,8 @@ class Proxy:
         self.anonymous = ANONYMOUS if access is None or access.open else None
         #: each route's handler, composed once here (gateway.pipeline), not decided per request
         self.pipelines: dict[str, Pipeline] = {r.name: self._build(r) for r in config.routes}
+        #: what a contract probe runs: the route's stages, less those of an HTTP exchange
+        self.probes: dict[str, Pipeline] = {r.name: self._build_probe(r) for r in config.routes}
 
     async def handle(
         self, request: web.Request, match: Match, request_id: str, trace: RequestTrace | None = None
@@ -95,7 +98,7 @@ class Proxy:
         record.client = self.anonymous
         try:
             return await self.pipelines[match.route.name].run(
-                Exchange(request, match, request_id, record, self.anonymous)
+                Exchange(request, match, request_id, record, self.anonymous, request.query)
             )
         except GatewayError as exc:
             self.scrub(exc)
@@ -116,6 +119,11 @@ class Proxy:
         if self.limits is not None:
             outer.append(("limits", admission.limits(self.limits)))
         return build(route, core, [*outer, *STAGES, *stages.stages_of(self)], core_name=name)
+
+    def _build_probe(self, route: Route) -> Pipeline:
+        """A probe is the gateway's own call: no client auth or limits, no HTTP conventions, never the cache."""
+        name, core = stages.core(self, route)
+        return build(route, core, [(n, s) for n, s in stages.stages_of(self) if n in PROBE_STAGES], core_name=name)
 
     def failed(self, route: Route, exc: UpstreamError) -> None:
         """Count an upstream failure and mark the route down; called once per failure, by the ``account`` stage.
@@ -231,29 +239,19 @@ class Proxy:
     ) -> web.Response:
         """A GET of ``route`` without an HTTP request, for contract probes.
 
-        The same core stage as live traffic (upstream calls, status mapping, shape checks and
-        field mapping; never the response cache), its failures counted as ``account`` counts
-        them; a collection answers its first ``limit`` items.  Errors are redacted as live
-        traffic's are: probe results are shown on /status.
+        The route's own ``account``, ``params`` and core stages (``probes``): the same upstream
+        calls, status mapping, shape checks and field mapping as live traffic, failures counted
+        alike; never the response cache.  A collection answers its first ``limit`` items.
+        Errors are redacted as live traffic's are: probe results are shown on /status.
         """
+        ex = Exchange(
+            None, Match(route, dict(path_params)), request_id, RequestTrace(route.name), query=MultiDict(query)
+        )
         try:
-            return await self._probe(route, query, path_params, request_id)
-        except UpstreamError as exc:
-            self.failed(route, exc)
-            raise
+            out = await self.probes[route.name].run(ex)
         except GatewayError as exc:
             self.scrub(exc)
             raise
-
-    async def _probe(
-        self, route: Route, query: Mapping[str, str], path_params: Mapping[str, str], request_id: str
-    ) -> web.Response:
-        """The route's own core stage (gateway.pipeline.stages.core), without a request or the cache."""
-        params = parse_params(route, MultiDict(query), path_params)
-        if route.pagination is None:
-            out = await self.single(None, route, params, request_id)
-        else:
-            out = await self.collection(None, route, params, request_id, query=MultiDict(query))
         assert isinstance(out, web.Response)
         return out
 
