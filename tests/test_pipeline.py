@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
+from gateway.errors import UpstreamError
 from gateway.proxy import Proxy
 from gateway.server import GATEWAY
 from sandbox.runner import Sandboxes
@@ -220,3 +221,21 @@ async def test_an_ndjson_stream_cut_midway_is_counted_once_and_logged(
     labels = {"upstream": "posthog", "route": "posthog_notebooks", "kind": "5xx"}
     assert registry.get_sample_value("gateway_upstream_errors_total", labels) == 1  # no exception left the stream
     assert registry.get_sample_value("gateway_route_up", {"route": "posthog_notebooks"}) == 0
+
+
+async def test_a_probe_runs_the_routes_pipeline_counting_a_failure_once_and_marking_the_route_down(
+    make_gateway: Any, aiohttp_server: Any
+) -> None:
+    fake, _, url = await start_fake(aiohttp_server)
+    fake.script("/things/x", Reply(500), Reply(200, body=b'{"ok": true}'))
+    registry = CollectorRegistry()
+    proxy = _proxy(await make_gateway(FAKE.format(url=url), env=FAKE_ENV, registry=registry))
+    route = next(r for r in proxy.config.routes if r.name == "thing")
+    with pytest.raises(UpstreamError) as failed:
+        await proxy.probe(route, {}, {"name": "x"}, "probe-1")
+    assert failed.value.code == "upstream_failed" and _errors(registry, "thing", "5xx") == 1
+    assert registry.get_sample_value("gateway_route_up", {"route": "thing"}) == 0
+    answer = await proxy.probe(route, {}, {"name": "x"}, "probe-2")
+    assert answer.status == 200 and answer.body == b'{"ok": true}'
+    assert registry.get_sample_value("gateway_route_up", {"route": "thing"}) == 1
+    assert _errors(registry, "thing", "5xx") == 1
