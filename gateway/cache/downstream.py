@@ -18,6 +18,8 @@ from gateway.methods import READS as _READS
 
 #: the request headers a client key arrives in (gateway.access.presented_key)
 KEY_HEADERS = ("Authorization", "X-API-Key")
+
+
 def mark_private(request: web.Request, resp: web.StreamResponse, *, keyed: bool, no_store: bool = False) -> None:
     """Set ``Cache-Control`` and ``Vary`` on a stable route's answer, just before its headers go out;
     ``no_store``: the route's answers no cache may keep (``no_store: true`` in routes.yaml)."""
