@@ -21,8 +21,6 @@ from gateway.errors import Forbidden, Unauthorized
 
 #: the client identity when no client keys are configured (an open, loopback-only gateway)
 ANONYMOUS = "-"
-#: the calling key's name (ANONYMOUS when keys are off), set on each request by the server
-CLIENT = web.RequestKey("client", str)
 
 
 def presented_key(request: web.Request) -> str | None:

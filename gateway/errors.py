@@ -146,8 +146,6 @@ class UpstreamError(GatewayError):
     default_code = "upstream_error"
     #: bounded label for metrics: timeout, connect, 4xx, 5xx, redirect, shape, credentials, ...
     kind = "error"
-    #: set once metrics and route health have counted this failure (it may cross several layers)
-    recorded = False
 
     def __init__(self, message: str, *, kind: str | None = None, **kw: Any) -> None:
         super().__init__(message, **kw)

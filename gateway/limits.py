@@ -67,6 +67,11 @@ class Limits:
         }
         self._fallback = {}
 
+    @property
+    def configured(self) -> bool:
+        """Any limit to admit requests by (else no route runs the limits stage, gateway.pipeline.admission)."""
+        return self.max_in_flight is not None or bool(self._limits)
+
     async def admit(self, client: str, route: str) -> None:
         """``enter``, with the client's rate limit taken from the bucket every process shares.
 

@@ -250,7 +250,7 @@ class Metrics:
         )
         self.in_flight = Gauge(
             "gateway_requests_in_flight",
-            "Stable requests being served now (what server.max_concurrency caps).",
+            "Stable requests being served now (what server.max_concurrency caps); counted where a limit is configured.",
             multiprocess_mode="livesum",
             registry=registry,
         )

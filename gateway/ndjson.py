@@ -28,7 +28,8 @@ from typing import Any
 from aiohttp import web
 
 from gateway import jsonio
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, UpstreamError
+from gateway.trace import RequestTrace
 
 NDJSON_TYPE = "application/x-ndjson"
 _NDJSON_TYPES = frozenset({NDJSON_TYPE, "application/ndjson"})
@@ -75,8 +76,11 @@ async def stream(
     route: str,
     request_id: str,
     done: Callable[[], None],
+    trace: RequestTrace | None = None,
+    scrub: Callable[[GatewayError], None] | None = None,
 ) -> web.StreamResponse:
-    """Write every page as it comes; ``done()`` once all were written.  A failure midway: see above."""
+    """Write every page as it comes; ``done()`` once all were written.  A failure midway: see above;
+    it is redacted (``scrub``) before its line is written, and noted on the request's ``trace``."""
     try:
         first = await anext(pages, None)  # fails as an ordinary error response: nothing is sent yet
         resp = web.StreamResponse(headers={"Content-Type": NDJSON_TYPE, "X-Request-ID": request_id})
@@ -90,6 +94,12 @@ async def stream(
         except GatewayError as exc:
             if exc.route is None:
                 exc.route = route
+            if scrub is not None:
+                scrub(exc)
+            if trace is not None:
+                trace.error = exc.code
+                if isinstance(exc, UpstreamError):
+                    trace.broke_off(exc)  # counted by the route's ``account`` stage: no exception leaves
             await resp.write(lines([exc.body()]))
             if request.transport is not None:
                 request.transport.close()  # flushes what is buffered, then no end-of-body marker

@@ -1,20 +1,26 @@
-"""What one stable request did upstream, gathered for its access-log line.
+"""What one stable request did, gathered for its access-log line: an explicit record, no context variable.
 
-The request's trace sits in a context variable set by the server's middleware, so
-the layers that know the facts (the proxy for upstream calls, a cache for hit or
-miss) record them without threading a parameter through every signature.  Tasks
-spawned for an aggregation copy the context and so share the same trace object.
-Outside a request (the CLI, tests calling the proxy directly) recording is a no-op.
+The server's middleware makes one ``RequestTrace`` per request and hands it to the route's
+pipeline (``gateway.pipeline.Exchange.trace``); the code that knows a fact (the upstream
+call, the cache, client auth) is given the record as a parameter and writes it there.
+Outside a request (the CLI, probes) the proxy is given a record of its own or none.
 """
 
 from __future__ import annotations
 
-from contextvars import ContextVar, Token
 from dataclasses import dataclass
+
+from gateway.errors import UpstreamError
 
 
 @dataclass(slots=True)
 class RequestTrace:
+    #: the route matched (None: no route matched, or matching failed)
+    route: str | None = None
+    #: the calling client key's name (``-`` on an open gateway; None: not identified)
+    client: str | None = None
+    #: answers of the route must not be kept by any cache in front (``no_store: true``)
+    no_store: bool = False
     #: upstream exchanges made (targets tried, pages fetched, retries)
     upstream_calls: int = 0
     #: the status of the last upstream answer (None: none, or the call failed without one)
@@ -25,36 +31,18 @@ class RequestTrace:
     cache: str | None = None
     #: the code of the gateway error the request was answered with, if any
     error: str | None = None
+    #: an upstream failure that cut an answer already under way (a relayed body, an NDJSON stream):
+    #: no exception can leave then, so the pipeline's ``account`` stage takes it from here
+    cut: UpstreamError | None = None
 
-
-_CURRENT: ContextVar[RequestTrace | None] = ContextVar("routegate_request_trace", default=None)
-
-
-def begin() -> tuple[RequestTrace, Token[RequestTrace | None]]:
-    trace = RequestTrace()
-    return trace, _CURRENT.set(trace)
-
-
-def end(token: Token[RequestTrace | None]) -> None:
-    _CURRENT.reset(token)
-
-
-def current() -> RequestTrace | None:
-    return _CURRENT.get()
-
-
-def upstream(status: int | None, seconds: float) -> None:
-    """Record one upstream exchange of the current request."""
-    trace = _CURRENT.get()
-    if trace is not None:
-        trace.upstream_calls += 1
+    def upstream(self, status: int | None, seconds: float) -> None:
+        """Record one upstream exchange."""
+        self.upstream_calls += 1
         if status is not None:
-            trace.upstream_status = status
-        trace.upstream_seconds += seconds
+            self.upstream_status = status
+        self.upstream_seconds += seconds
 
-
-def cache(result: str) -> None:
-    """The hook for a response cache: ``trace.cache("hit")``."""
-    trace = _CURRENT.get()
-    if trace is not None:
-        trace.cache = result
+    def broke_off(self, failure: UpstreamError) -> None:
+        """An answer was cut after its head went out: noted for the access line and the ``account`` stage."""
+        self.error = failure.code
+        self.cut = failure.with_traceback(None)  # no frames (and the bodies they hold) kept alive

@@ -126,6 +126,10 @@ async def test_a_walk_whose_target_switches_mid_way_is_a_502(
     # first-page URL (the route caches 5m: its cached first page, with the dead cursor, is gone)
     assert await _walk(gw, 5) == expected
     assert await _metric(gw, "gateway_route_up") == 1  # not down: new walks work
+    text = await (await gw.get("/metrics")).text()
+    assert [line for line in text.splitlines() if "switched" in line] == [
+        f'gateway_upstream_errors_total{{kind="switched",route="{ROUTE}",upstream="observable"}} 1.0'
+    ]
 
 
 async def test_a_results_cursor_stops_when_the_upstream_switches_back(

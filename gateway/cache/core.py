@@ -23,7 +23,6 @@ from dataclasses import dataclass, replace
 from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
-from gateway import trace
 from gateway.auth import Credentials
 from gateway.cache.policy import (
     NO_CREDENTIAL,
@@ -45,6 +44,7 @@ from gateway.errors import GatewayError, NotFound, UpstreamError
 from gateway.metrics import Metrics
 from gateway.pipeline.conventions import etag_of
 from gateway.routing import Match
+from gateway.trace import RequestTrace
 
 log = logging.getLogger("gateway.cache")
 
@@ -119,11 +119,17 @@ class ResponseCache:
     # ------------------------------------------------------------------ reads
 
     async def serve(
-        self, request: web.Request, match: Match, client: str | None, produce: Produce
+        self,
+        request: web.Request,
+        match: Match,
+        client: str | None,
+        produce: Produce,
+        trace: RequestTrace | None = None,
     ) -> web.StreamResponse:
         """Answer a GET/HEAD of a caching route: HIT, MISS, STALE or BYPASS, always with ``Age``.
 
-        ``client``: the calling client key's name, which answers are shared under (None: not shared).
+        ``client``: the calling client key's name, which answers are shared under (None: not shared);
+        ``trace``: the request's record, told the verdict for the access line.
         """
         route = match.route
         policy = self._policies[route.name]
@@ -135,7 +141,7 @@ class ResponseCache:
         wants = client_directives(request.headers)
         if wants.no_store:
             resp = await produce([])
-            self._count(route, "bypass")
+            self._count(route, "bypass", trace)
             resp.headers["X-Cache"] = "BYPASS"
             resp.headers["Age"] = "0"
             return resp
@@ -152,7 +158,7 @@ class ResponseCache:
             and now < entry.fresh_until
             and (wants.max_age is None or now - entry.stored_at <= wants.max_age)
         ):
-            self._count(route, "hit")
+            self._count(route, "hit", trace)
             return self._response(entry, "HIT", now)
         seq = found.seq if found is not None else None
         try:
@@ -168,10 +174,9 @@ class ResponseCache:
                 and exc.kind not in _NO_STALE_KINDS
                 and (wants.max_age is None or now - entry.stored_at <= wants.max_age)  # the caller's limit holds
             ):
-                self._count(route, "stale")
-                record = trace.current()
-                if record is not None:
-                    record.error = exc.code  # the access line says why the stale copy stood in
+                self._count(route, "stale", trace)
+                if trace is not None:
+                    trace.error = exc.code  # the access line says why the stale copy stood in
                 return self._response(entry, "STALE", now)  # X-Cache: STALE says it (no obsolete Warning)
             raise
         except NotFound:
@@ -180,7 +185,7 @@ class ResponseCache:
                     await self.backend.discard(key)
             raise
         state = "BYPASS" if wants.no_cache else "MISS"
-        self._count(route, state.lower())
+        self._count(route, state.lower(), trace)
         return self._response(filled, state, self.now())
 
     def _identity(self, client: str | None, route: Route) -> tuple[str, str] | None:
@@ -283,10 +288,11 @@ class ResponseCache:
         headers["Date"] = _http_date(int(entry.stored_at))
         return web.Response(status=entry.status, body=entry.body, headers=headers)
 
-    def _count(self, route: Route, result: str) -> None:
+    def _count(self, route: Route, result: str, trace: RequestTrace | None) -> None:
         m = self._metrics
         m.child(m.cache_requests, route.name, result).inc()
-        trace.cache(result)  # for the request's access-log line
+        if trace is not None:
+            trace.cache = result  # for the request's access-log line
 
     def _report_usage(self) -> None:
         usage = self.backend.usage()

@@ -18,15 +18,14 @@ from gateway.methods import READS as _READS
 
 #: the request headers a client key arrives in (gateway.access.presented_key)
 KEY_HEADERS = ("Authorization", "X-API-Key")
-#: set by the server for a route whose answers no cache may keep (``no_store: true`` in routes.yaml)
-NO_STORE = web.RequestKey("no_store", bool)
 
 
-def mark_private(request: web.Request, resp: web.StreamResponse, *, keyed: bool) -> None:
-    """Set ``Cache-Control`` and ``Vary`` on a stable route's answer, just before its headers go out."""
+def mark_private(request: web.Request, resp: web.StreamResponse, *, keyed: bool, no_store: bool = False) -> None:
+    """Set ``Cache-Control`` and ``Vary`` on a stable route's answer, just before its headers go out;
+    ``no_store``: the route's answers no cache may keep (``no_store: true`` in routes.yaml)."""
     current = resp.headers.get("Cache-Control", "").lower()
     if "no-store" not in current:
-        private = request.method in _READS and not request.get(NO_STORE, False)
+        private = request.method in _READS and not no_store
         resp.headers["Cache-Control"] = "private" if private else "no-store"
     if keyed:
         have = {v.strip().lower() for v in resp.headers.get("Vary", "").split(",") if v.strip()}

@@ -12,21 +12,31 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from multidict import MultiMapping
+from multidict import MultiDict, MultiDictProxy, MultiMapping
 
 from gateway.config import Route
 from gateway.routing import Match
+from gateway.trace import RequestTrace
+
+#: the query of an exchange that has none
+_NO_QUERY: MultiMapping[str] = MultiDictProxy(MultiDict())
 
 
 @dataclass(slots=True)
 class Exchange:
     """One stable request as it passes the stages: what earlier stages worked out, said explicitly."""
 
-    request: web.Request
+    #: the HTTP request (None: a contract probe, which runs only ``account``, ``params`` and the core)
+    request: web.Request | None
     match: Match
     request_id: str
-    #: the calling client key's name (``anonymous`` on an open gateway); None: unknown, nothing is shared
+    #: what the request did, for its access line (made by the server's middleware, written by the stages)
+    trace: RequestTrace
+    #: the calling client key's name (``-`` on an open gateway, set by the ``auth`` stage where keys are
+    #: configured); None: unknown, nothing is shared through the cache
     client: str | None = None
+    #: the query parameters (the request's, or a probe's sample)
+    query: MultiMapping[str] = field(default_factory=lambda: _NO_QUERY)
     #: the route's parameters, once the ``params`` stage parsed them
     params: dict[str, Any] = field(default_factory=dict)
     #: the validated JSON body of a write (``body`` stage), re-encoded
@@ -35,6 +45,12 @@ class Exchange:
     relay: bool = True
     #: while a cache fill runs: the upstream answers' headers (Cache-Control/Expires) and store vetoes
     notes: list[MultiMapping[str]] | None = None
+
+
+def http(ex: Exchange) -> web.Request:
+    """The HTTP request of an exchange; only stages a probe's pipeline leaves out ask for it."""
+    assert ex.request is not None, "a stage that needs an HTTP request ran in a probe"
+    return ex.request
 
 
 #: one stable request in, its answer out

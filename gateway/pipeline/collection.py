@@ -18,13 +18,14 @@ from multidict import MultiMapping
 from gateway import jsonio, ndjson
 from gateway.cache import CacheUnavailable, Notes, ResponseCache, forbid_store
 from gateway.config import Route, Upstream
-from gateway.errors import BadGateway, BadRequest, UpstreamError
+from gateway.errors import BadGateway, BadRequest
 from gateway.fallback import HandOver
-from gateway.mapping import ShapeDrift, apply_mapping, target_request
+from gateway.mapping import apply_mapping, target_request
 from gateway.pagination import Answer, Fetch, Position, Tagged, decode_cursor, encode_cursor, pages
 from gateway.pipeline.core import Core
 from gateway.session import unless_signed_out as _held_unless_signed_out
 from gateway.shape import check_fields
+from gateway.trace import RequestTrace
 
 JSON_TYPE = "application/json"
 
@@ -39,9 +40,10 @@ async def serve(
     notes: Notes | None = None,
     *,
     query: MultiMapping[str] | None = None,
+    trace: RequestTrace | None = None,
 ) -> web.StreamResponse:
     """A collection page (or ``all=true``), JSON or NDJSON; ``query`` stands in for the request's
-    (a probe has no request, and never streams)."""
+    (a probe has no request, and never streams); ``trace``: the request's record (upstream calls)."""
     pag = route.pagination
     assert pag is not None
     if query is None:
@@ -71,13 +73,13 @@ async def serve(
     mapped = unless_signed_out(
         proxy,
         route,
-        stable_pages(proxy, route, params, streams, position, None if everything else limit, request_id, notes),
+        stable_pages(proxy, route, params, streams, position, None if everything else limit, request_id, notes, trace),
         notes,
     )
     if as_ndjson and everything:
         assert request is not None
         done = functools.partial(proxy.health.up, route.name)
-        return await ndjson.stream(request, mapped, route.name, request_id, done)
+        return await ndjson.stream(request, mapped, route.name, request_id, done, trace, proxy.scrub)
     items: list[Any] = []
     async for page in mapped:
         items.extend(page)
@@ -97,6 +99,7 @@ async def stable_pages(
     limit: int | None,
     request_id: str,
     notes: Notes | None = None,
+    trace: RequestTrace | None = None,
 ) -> AsyncGenerator[list[Any], None]:
     """A collection's items page by page: fetched, checked against ``shape``, mapped."""
     fan = next((p for p in route.params if p.fan_out), None)
@@ -106,7 +109,9 @@ async def stable_pages(
 
     async def fetch(stream: str | None, extra: list[tuple[str, str]], at: str | None) -> Answer:
         only = position.target if route.mixed_paging else None
-        resp = await proxy.call(route, params_of(stream), None, extra, request_id, at, notes=notes, only=only)
+        resp = await proxy.call(
+            route, params_of(stream), None, extra, request_id, at, notes=notes, trace=trace, only=only
+        )
         return Answer(proxy._json(route, resp), resp.headers, resp.url)
 
     upstream = proxy.config.upstreams[route.upstream]
@@ -114,20 +119,14 @@ async def stable_pages(
     source = _walk(route, streams, position, limit, fetch, upstream, proxy.cache) if route.mixed_paging else None
     if source is None:
         source = pages(route, streams, position, limit, fetch, upstream.concurrency, upstream.base_url)
-    try:
-        # drift in a page (pagination.py: lost list, stalled paging) or in an item counts alike
-        async for page in source:
-            out: list[Any] = []
-            for stream, item in page:
-                if route.shape is not None:
-                    check_fields(route.shape, item, route.name)
-                out.append(
-                    item if mapping is None else apply_mapping(mapping, item, params_of(stream), None, route.name)
-                )
-            yield out
-    except ShapeDrift as exc:
-        proxy._record_error(upstream, route, exc)
-        raise
+    # drift in a page (pagination.py: lost list, stalled paging) or in an item counts alike (``account``)
+    async for page in source:
+        out: list[Any] = []
+        for stream, item in page:
+            if route.shape is not None:
+                check_fields(route.shape, item, route.name)
+            out.append(item if mapping is None else apply_mapping(mapping, item, params_of(stream), None, route.name))
+        yield out
 
 
 async def _walk(
@@ -184,12 +183,8 @@ def unless_signed_out(
     fetched_at = sessions.now()  # before the first page is asked for: only a later check vouches
 
     async def confirm() -> None:
-        try:
-            if not await sessions.confirm_empty(upstream, route.name, fetched_at):
-                forbid_store(notes)  # the session is unknown: serve the empty answer, do not keep it
-        except UpstreamError as exc:
-            proxy._record_error(upstream, route, exc)
-            raise
+        if not await sessions.confirm_empty(upstream, route.name, fetched_at):
+            forbid_store(notes)  # the session is unknown: serve the empty answer, do not keep it
 
     return _held_unless_signed_out(pages, confirm)
 

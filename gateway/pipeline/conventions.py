@@ -13,7 +13,7 @@ import hashlib
 from aiohttp import web
 
 from gateway.config import Route
-from gateway.pipeline import Exchange, Handler
+from gateway.pipeline import Exchange, Handler, http
 
 #: answers smaller than this are sent as they are: compressing them saves less than it costs
 COMPRESS_MIN_BYTES = 1024
@@ -51,7 +51,7 @@ def validator(route: Route, inner: Handler) -> Handler | None:
         etag = resp.headers.get("ETag")
         if etag is None:
             etag = resp.headers["ETag"] = etag_of(resp.body)  # a cached entry stored its own
-        asked = ex.request.headers.get("If-None-Match")
+        asked = http(ex).headers.get("If-None-Match")
         if asked is None or not matches(asked, etag):
             return resp
         kept = {name: resp.headers[name] for name in _KEPT_ON_304 if name in resp.headers}
@@ -82,7 +82,7 @@ def compress(route: Route, inner: Handler) -> Handler | None:
 
     async def compressed(ex: Exchange) -> web.StreamResponse:
         resp = await inner(ex)
-        if resp.status == 200 and wants_all(ex.request):
+        if resp.status == 200 and wants_all(http(ex)):
             compress_large(resp)
         return resp
 

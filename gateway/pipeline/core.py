@@ -10,10 +10,11 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from gateway.cache import Notes, ResponseCache
-from gateway.config import Config, Route, Upstream
-from gateway.errors import UpstreamError
+from gateway.config import Config, Route
+from gateway.errors import GatewayError, UpstreamError
 from gateway.health import RouteHealth
 from gateway.session import SessionChecks
+from gateway.trace import RequestTrace
 from gateway.upstream import UpstreamResponse
 
 
@@ -36,6 +37,7 @@ class Core(Protocol):
         *,
         relay: bool = False,
         notes: Notes | None = None,
+        trace: RequestTrace | None = None,
     ) -> web.StreamResponse: ...
 
     async def call(
@@ -50,6 +52,7 @@ class Core(Protocol):
         stream: bool = False,
         notes: Notes | None = None,
         only: int | None = None,
+        trace: RequestTrace | None = None,
     ) -> UpstreamResponse: ...
 
     async def collection(
@@ -62,8 +65,15 @@ class Core(Protocol):
         notes: Notes | None = None,
         *,
         query: MultiMapping[str] | None = None,
+        trace: RequestTrace | None = None,
     ) -> web.StreamResponse: ...
 
     def _json(self, route: Route, resp: UpstreamResponse) -> Any: ...
 
-    def _record_error(self, upstream: Upstream, route: Route, exc: UpstreamError) -> None: ...
+    def scrub(self, exc: GatewayError) -> None:
+        """Redact the error's text (before a client, /status or a log sees it)."""
+        ...
+
+    def failed(self, route: Route, exc: UpstreamError) -> None:
+        """Count an upstream failure and mark the route down (the ``account`` stage's one call)."""
+        ...

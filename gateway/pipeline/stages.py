@@ -1,4 +1,4 @@
-"""The proxy's own stages: cache, write invalidation, params, body; then a collection or one call.
+"""The proxy's own stages: cache, account, params, body, write invalidation; then a collection or one call.
 
 Each factory returns None for a route it does not apply to, so ``gateway.pipeline.build``
 leaves it out: a route without a cache never enters cache code, a GET never reads a body.
@@ -14,7 +14,8 @@ from gateway import ndjson
 from gateway.cache import Notes
 from gateway.config import Route
 from gateway.mapping import parse_params
-from gateway.pipeline import Exchange, Handler, Stage
+from gateway.pipeline import Exchange, Handler, Stage, http
+from gateway.pipeline.account import account
 from gateway.pipeline.body import read_body
 from gateway.pipeline.core import Core
 
@@ -36,14 +37,15 @@ def cache(proxy: Core) -> Stage:
             return None
 
         async def cached(ex: Exchange) -> web.StreamResponse:
-            if _streamed(route, ex.request):
+            request = http(ex)
+            if _streamed(route, request):
                 return await inner(ex)
 
             async def fill(notes: Notes) -> web.StreamResponse:
                 ex.relay, ex.notes = False, notes
                 return await inner(ex)
 
-            return await store.serve(ex.request, ex.match, ex.client, fill)
+            return await store.serve(request, ex.match, ex.client, fill, ex.trace)
 
         return cached
 
@@ -73,7 +75,7 @@ def params(route: Route, inner: Handler) -> Handler:
     """Query and path parameters, parsed and checked before anything is sent (400 otherwise)."""
 
     async def parsed(ex: Exchange) -> web.StreamResponse:
-        ex.params = parse_params(route, ex.request.query, ex.match.path_params)
+        ex.params = parse_params(route, ex.query, ex.match.path_params)
         return await inner(ex)
 
     return parsed
@@ -87,7 +89,7 @@ def body(proxy: Core) -> Stage:
             return None
 
         async def read(ex: Exchange) -> web.StreamResponse:
-            ex.body = await read_body(proxy.config.server, ex.request, route, ex.params)
+            ex.body = await read_body(proxy.config.server, http(ex), route, ex.params)
             return await inner(ex)
 
         return read
@@ -100,13 +102,17 @@ def core(proxy: Core, route: Route) -> tuple[str, Handler]:
     if route.pagination is not None:
 
         async def collection(ex: Exchange) -> web.StreamResponse:
-            as_ndjson = _streamed(route, ex.request)
-            return await proxy.collection(ex.request, route, ex.params, ex.request_id, as_ndjson, ex.notes)
+            as_ndjson = ex.request is not None and _streamed(route, ex.request)
+            return await proxy.collection(
+                ex.request, route, ex.params, ex.request_id, as_ndjson, ex.notes, query=ex.query, trace=ex.trace
+            )
 
         return "collection", collection
 
     async def call(ex: Exchange) -> web.StreamResponse:
-        return await proxy.single(ex.request, route, ex.params, ex.request_id, ex.body, relay=ex.relay, notes=ex.notes)
+        return await proxy.single(
+            ex.request, route, ex.params, ex.request_id, ex.body, relay=ex.relay, notes=ex.notes, trace=ex.trace
+        )
 
     return "call", call
 
@@ -116,6 +122,8 @@ def stages_of(proxy: Core) -> list[tuple[str, Stage]]:
     always: Callable[[Route, Handler], Handler | None] = params
     return [
         ("cache", cache(proxy)),
+        # inside the cache: a coalesced fill's one failure is counted once, a stale stand-in's too
+        ("account", account(proxy)),
         ("params", always),
         ("body", body(proxy)),
         # inside params and body: a write refused as bad input was never sent, so it drops nothing

@@ -13,7 +13,7 @@ from gateway.server.middleware import (
     error_response,
     new_request_id,
 )
-from gateway.server.state import GATEWAY, REQUEST_ID, ROUTE, Gateway, Runtime
+from gateway.server.state import GATEWAY, REQUEST_ID, TRACE, Gateway, Runtime
 
 __all__ = [
     "GATEWAY",
@@ -21,7 +21,7 @@ __all__ = [
     "MAX_HEADER_BYTES",
     "MAX_URL_BYTES",
     "REQUEST_ID",
-    "ROUTE",
+    "TRACE",
     "Gateway",
     "Runtime",
     "build_app",

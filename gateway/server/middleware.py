@@ -13,11 +13,11 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway import httpedge, jsonio, logs, trace
-from gateway.access import CLIENT
+from gateway import httpedge, jsonio, logs
 from gateway.errors import GatewayError, HeadersTooLarge, PayloadTooLarge, UriTooLong
 from gateway.metrics import NO_ROUTE, status_class
-from gateway.server.state import GATEWAY, REQUEST_ID, ROUTE
+from gateway.server.state import GATEWAY, REQUEST_ID, TRACE
+from gateway.trace import RequestTrace
 
 log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
@@ -86,7 +86,7 @@ async def frame(request: web.Request, handler: Handler) -> web.StreamResponse:
     rid = incoming if incoming and _REQUEST_ID.match(incoming) else new_request_id()
     request[REQUEST_ID] = rid
     started = time.perf_counter()
-    record, token = trace.begin()
+    record = request[TRACE] = RequestTrace()  # handed to the route's pipeline: what it did, for the access line
     try:
         httpedge.check_request_line(request)
         _check_sizes(request)
@@ -94,7 +94,7 @@ async def frame(request: web.Request, handler: Handler) -> web.StreamResponse:
         resp = await handler(request)
     except GatewayError as exc:
         if exc.route is None:
-            exc.route = request.get(ROUTE)
+            exc.route = record.route
         resp = _failed(record, exc)
     except web.HTTPRequestEntityTooLarge:
         resp = _failed(record, PayloadTooLarge("the body is too large"))
@@ -104,9 +104,7 @@ async def frame(request: web.Request, handler: Handler) -> web.StreamResponse:
         resp = _failed(record, err)
     except Exception:
         log.exception("internal error handling %s %s (request %s)", request.method, request.path, rid)
-        resp = _failed(record, GatewayError("internal gateway error; see the gateway log", route=request.get(ROUTE)))
-    finally:
-        trace.end(token)
+        resp = _failed(record, GatewayError("internal gateway error; see the gateway log", route=record.route))
     resp.headers["X-Request-ID"] = rid
     if request.path not in _OWN:
         # counted and logged once the answer is on the wire, as nginx's log phase does: the
@@ -117,15 +115,15 @@ async def frame(request: web.Request, handler: Handler) -> web.StreamResponse:
     return resp
 
 
-def _failed(record: trace.RequestTrace, exc: GatewayError) -> web.Response:
+def _failed(record: RequestTrace, exc: GatewayError) -> web.Response:
     """The JSON error answer, its code noted for the access line."""
     record.error = exc.code
     return error_response(exc)
 
 
-def _account(request: web.Request, rid: str, status: int, elapsed: float, record: trace.RequestTrace) -> None:
+def _account(request: web.Request, rid: str, status: int, elapsed: float, record: RequestTrace) -> None:
     """The stable-side metrics and the access line of one answered request."""
-    route = request.get(ROUTE) or NO_ROUTE
+    route = record.route or NO_ROUTE
     m = request.app[GATEWAY].metrics
     m.child(m.requests, route, request.method, status_class(status)).inc()
     m.child(m.request_seconds, route, request.method).observe(elapsed)
@@ -133,9 +131,7 @@ def _account(request: web.Request, rid: str, status: int, elapsed: float, record
         _log_access(request, rid, route, status, elapsed, record)
 
 
-def _log_access(
-    request: web.Request, rid: str, route: str, status: int, elapsed: float, record: trace.RequestTrace
-) -> None:
+def _log_access(request: web.Request, rid: str, route: str, status: int, elapsed: float, record: RequestTrace) -> None:
     """One JSON line per stable request.  No query string, headers or key values: they may carry secrets."""
     fields = {
         "event": "request",
@@ -143,7 +139,7 @@ def _log_access(
         "method": request.method,
         "path": request.path[:256],
         "route": route,
-        "client": request.get(CLIENT),
+        "client": record.client,
         "status": status,
         "upstream_status": record.upstream_status,
         "upstream_calls": record.upstream_calls,

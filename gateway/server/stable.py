@@ -1,37 +1,30 @@
-"""The catch-all for stable routes: match against the current runtime, check access and limits, proxy.
+"""The catch-all for stable routes: match against the current runtime, then run the route's pipeline.
 
 aiohttp's router is frozen once the app starts, but routes.yaml is hot-reloaded, so stable
-routes are matched by ``gateway.routing`` against whatever ``Runtime`` is current.
+routes are matched by ``gateway.routing`` against whatever ``Runtime`` is current.  Client
+auth and limits are the outermost stages of the route's pipeline (gateway.pipeline.admission).
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.access import ANONYMOUS, CLIENT
-from gateway.cache.downstream import NO_STORE, mark_private
-from gateway.server.state import GATEWAY, REQUEST_ID, ROUTE
+from gateway.cache.downstream import mark_private
+from gateway.server.state import GATEWAY, REQUEST_ID, TRACE
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
-    gw = request.app[GATEWAY]
-    runtime = gw.runtime  # pinned for the whole request
+    runtime = request.app[GATEWAY].runtime  # pinned for the whole request
     match = runtime.router.match(request.method, request.raw_path)
-    request[ROUTE] = match.route.name
-    if match.route.no_store:
-        request[NO_STORE] = True
-    key = runtime.access.identify(request)  # 401 without a valid key
-    request[CLIENT] = key.name if key is not None else ANONYMOUS  # logged even when refused below
-    runtime.access.authorize(key, match.route, request.method)  # 403 outside the key's grants
-    limits = gw.limits
-    await limits.admit(request[CLIENT], match.route.name)  # 429 before anything is forwarded
-    try:
-        return await runtime.proxy.handle(request, match, request[REQUEST_ID], request[CLIENT])
-    finally:
-        limits.leave()
+    record = request[TRACE]
+    record.route = match.route.name
+    record.no_store = match.route.no_store
+    return await runtime.proxy.handle(request, match, request[REQUEST_ID], record)
 
 
 async def downstream_headers(request: web.Request, resp: web.StreamResponse) -> None:
     """Stable routes' answers (streams too, errors too) are never for a shared cache in front."""
-    if request.get(ROUTE) is not None:
-        mark_private(request, resp, keyed=not request.app[GATEWAY].runtime.access.open)
+    record = request.get(TRACE)
+    if record is not None and record.route is not None:
+        keyed = not request.app[GATEWAY].runtime.access.open
+        mark_private(request, resp, keyed=keyed, no_store=record.no_store)

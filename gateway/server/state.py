@@ -35,6 +35,7 @@ from gateway.redact import Redactor, secret_values
 from gateway.routing import Router
 from gateway.session import SessionChecks
 from gateway.shared import SharedState
+from gateway.trace import RequestTrace
 from gateway.upstream import UpstreamClient
 from gateway.verdict import GoneCheck
 
@@ -135,6 +136,8 @@ class Gateway:
                 sessions=self.sessions,
                 gone_check=self.gone_check,
                 redactor=self.redactor,
+                access=access,
+                limits=self.limits,
             ),
             access,
             HostGuard(config.server.allowed_hosts, self.host),
@@ -179,4 +182,5 @@ class Gateway:
 
 GATEWAY = web.AppKey("gateway", Gateway)
 REQUEST_ID = web.RequestKey("request_id", str)
-ROUTE = web.RequestKey("route", str)
+#: the request's record for its access line, made by the middleware and handed to the route's pipeline
+TRACE = web.RequestKey("trace", RequestTrace)

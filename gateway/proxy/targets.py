@@ -1,0 +1,204 @@
+"""The upstream call of a route: credentials on, each target in order, fallback, statuses mapped.
+
+What the route's ``fallback_on`` names hands over to the next target (migrations,
+gateway.fallback); the answering target's status is mapped once (gateway.proxy.status).
+Each exchange is timed and counted per upstream, and written on the request's record
+(``trace``) for its access line.  Failures are raised, not counted: the route's pipeline
+counts them once, in its ``account`` stage.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+from multidict import MultiDict
+
+from gateway import fallback
+from gateway.auth import Credentials
+from gateway.cache import Notes
+from gateway.config import Config, Route, Target, Upstream
+from gateway.errors import GatewayError, UpstreamError
+from gateway.health import RouteHealth
+from gateway.mapping import ShapeDrift, parse_params, target_request
+from gateway.metrics import Metrics, status_class
+from gateway.proxy import status as statuses
+from gateway.redact import Redactor
+from gateway.trace import RequestTrace
+from gateway.upstream import UpstreamClient, UpstreamResponse, release
+from gateway.verdict import GoneCheck
+
+JSON_TYPE = "application/json"
+#: failures raised before any request left the gateway: not counted as upstream requests
+NOT_SENT = frozenset({"credentials", "budget", "throttled", "circuit_open", "config"})
+
+
+class Targets:
+    """Calls the targets of the routes of one loaded config."""
+
+    def __init__(
+        self,
+        config: Config,
+        client: UpstreamClient,
+        creds: Credentials,
+        metrics: Metrics,
+        health: RouteHealth,
+        redact: Redactor,
+        gone_check: GoneCheck | None,
+        failed: Callable[[Route, UpstreamError], None],
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.creds = creds
+        self.metrics = metrics
+        self.health = health
+        self.redact = redact
+        self.gone_check = gone_check
+        #: counts a failure no pipeline sees (the gone check's own sample call)
+        self.failed = failed
+
+    def headers(self, upstream: Upstream, route: Route, request_id: str, body: bytes | None) -> dict[str, str]:
+        headers = dict(upstream.headers)
+        headers["Accept"] = headers.get("Accept", "application/json, */*;q=0.5")
+        headers["X-Request-ID"] = request_id
+        if body is not None:
+            headers["Content-Type"] = JSON_TYPE
+        if route.auth:
+            headers.update(self.creds.headers_for(upstream, route.name))
+        return headers
+
+    async def call(
+        self,
+        route: Route,
+        params: Mapping[str, Any],
+        body: bytes | None,
+        extra_query: list[tuple[str, str]],
+        request_id: str,
+        at: str | None = None,
+        *,
+        stream: bool = False,
+        notes: Notes | None = None,
+        only: int | None = None,
+        trace: RequestTrace | None = None,
+    ) -> UpstreamResponse:
+        """Try each target in order; what the route's ``fallback_on`` names hands over to the next one.
+
+        ``at`` (a ``next_url`` page) is a path and query below ``base_url`` to fetch instead
+        of the target's own; its path must be the target's, else the route is not followed.
+        ``stream``: a 2xx answer comes back unread (``resp.stream``), for the caller to relay and release.
+        ``only``: ask that one target; where it hands over, ``fallback.HandOver`` says so (a collection
+        whose targets page differently walks one target at a time, gateway.pipeline.collection).
+        """
+        upstream = self.config.upstreams[route.upstream]
+        headers = self.headers(upstream, route, request_id, body)
+        last = len(route.targets) - 1
+        for index in range(len(route.targets)) if only is None else (only,):
+            target = route.targets[index]
+            resp = await self.send(upstream, route, target, params, body, extra_query, headers, at, stream, trace)
+            if index < last and fallback.hands_over(route, resp, index):
+                if only is not None:
+                    if resp.stream is not None:
+                        await release(resp.stream)
+                    raise fallback.HandOver(index)
+                continue
+            if resp.status in (404, 410):
+                ask = functools.partial(self._sample_status, upstream, route, target)
+                raise await statuses.not_there(upstream, route, index, resp, self.redact, self.gone_check, ask)
+            statuses.check_status(upstream, route, target, resp, self.redact)
+            if route.shape is not None:
+                try:
+                    statuses.check_shape(route, resp)
+                except ShapeDrift:
+                    if resp.stream is not None:
+                        await release(resp.stream)
+                    raise
+            if index > 0:
+                self.metrics.fallbacks.labels(route.name, str(index)).inc()
+            self.health.answered_by(route.name, index)
+            if notes is not None:
+                notes.append(resp.headers)  # Cache-Control/Expires, for the cache fill asking
+            return resp
+        raise AssertionError("routes have at least one target")
+
+    async def send(
+        self,
+        upstream: Upstream,
+        route: Route,
+        target: Target,
+        params: Mapping[str, Any],
+        body: bytes | None,
+        extra_query: list[tuple[str, str]],
+        headers: dict[str, str],
+        at: str | None = None,
+        stream: bool = False,
+        trace: RequestTrace | None = None,
+    ) -> UpstreamResponse:
+        """One exchange with one target, timed and counted (and written on ``trace``)."""
+        path, query = target_request(target, params)
+        if at is not None:
+            path, query = _followed(upstream, route, path, at)
+        payload = (
+            target.body.const if target.body.mode == "const" else (body if target.body.mode == "passthrough" else None)
+        )
+        if payload is not None and "Content-Type" not in headers:
+            headers = {**headers, "Content-Type": JSON_TYPE}
+        started = time.perf_counter()
+        try:
+            resp = await self.client.send(
+                upstream,
+                target.method,
+                path,
+                [*query, *extra_query],
+                headers,
+                payload,
+                follow=target.redirect == "follow",
+                route=route.name,
+                stream=stream,
+            )
+        except UpstreamError as exc:
+            if exc.kind not in NOT_SENT:  # refused before sending (breaker, budget, ...): no call to time or count
+                seconds = time.perf_counter() - started
+                self.metrics.upstream_seconds.labels(upstream.name, route.name).observe(seconds)
+                if trace is not None:
+                    trace.upstream(None, seconds)
+                self.metrics.upstream_requests.labels(upstream.name, route.name, exc.kind).inc()
+            raise
+        m = self.metrics
+        m.child(m.upstream_seconds, upstream.name, route.name).observe(resp.elapsed)
+        if trace is not None:
+            trace.upstream(resp.status, resp.elapsed)  # for the request's access-log line
+        m.child(m.upstream_requests, upstream.name, route.name, status_class(resp.status)).inc()
+        return resp
+
+    async def _sample_status(
+        self, upstream: Upstream, route: Route, target: Target, path_params: Mapping[str, str], query: Mapping[str, str]
+    ) -> int | None:
+        """What ``target`` answers for the probe's sample (None: no answer to judge by)."""
+        try:
+            params = parse_params(route, MultiDict(query), path_params)
+            headers = self.headers(upstream, route, f"sample-{time.monotonic_ns()}", None)
+        except GatewayError:
+            return None
+        try:
+            resp = await self.send(upstream, route, target, params, None, [], headers)
+        except UpstreamError as exc:
+            self.failed(route, exc)  # no pipeline sees this call's failure: it is counted here
+            return None
+        except GatewayError:
+            return None
+        return resp.status
+
+
+def _followed(upstream: Upstream, route: Route, target_path: str, at: str) -> tuple[str, list[tuple[str, str]]]:
+    """A next link's path and query, once its path is checked to be the target's own."""
+    path, _, query = at.partition("?")
+    if path.rstrip("/") != target_path.rstrip("/"):
+        raise ShapeDrift(
+            f"upstream {upstream.name!r} gave a next link off the route's target path; it is not followed",
+            code="pagination_bad_link",
+            route=route.name,
+        )
+    return path, parse_qsl(query, keep_blank_values=True)
