@@ -389,7 +389,7 @@ class Resilience:
             times.popleft()
         for _ in range(2):  # a second round if Redis fails during this very call
             if shared is not None:
-                handover(sends, shared, budget.limits, now, budget.max_wait)
+                handover(sends, shared, budget.limits, now, limit)
             remote = shared is not None and scred is not None and shared.active
             if not remote or now < sends.grace_until:
                 share = local_share(budget.limits, shared.instances) if shared is not None else budget.limits
@@ -406,14 +406,16 @@ class Resilience:
                 slot = await shared.reserve(upstream.name, scred, budget.limits, limit, at - now, seeds)
             finally:
                 sends.times.remove(held)
-            if slot is not None:
-                taken, wait = slot
-                if not taken:
-                    raise self._paced_out(upstream, route, wait, "upstream_budget_exhausted")
-                now = self.clock()
-                at = sends.shared_at = now + wait
-                sends.seed = False
-                break
+            if slot is None:
+                now = self.clock()  # the failed call took time: hand over as of now
+                continue
+            taken, wait = slot
+            if not taken:
+                raise self._paced_out(upstream, route, wait, "upstream_budget_exhausted")
+            now = self.clock()
+            at = sends.shared_at = now + wait
+            sends.seed = False
+            break
         bisect.insort(sends.times, at)
         return now, at
 
@@ -448,9 +450,12 @@ def handover(
 ) -> None:
     """Sharing stopped or resumed since this credential's last call: carry its windows over.
 
-    Stopped: the shared window may be full, and other processes may hold slots they reserved
-    up to ``ahead`` (the budget's max_wait) in the future, so the local share of the shortest
-    window counts as used as of the latest such slot could be.
+    Stopped: the other processes may have filled the shared window, and hold slots they
+    reserved up to ``ahead`` (the longest a reservation may wait) after Redis last answered,
+    none of which this process can see.  So its whole share of the shortest window counts as
+    used at the latest such slot could be: no local send until that slot has left the window.
+    Counting only this process's own recent sends is not enough (the others' reservations
+    are invisible, and a slot held by a call still waiting for Redis is not a send).
     Resumed: the sends made meanwhile are written to Redis first, and the local share still
     binds for that window (the other processes may not have written theirs yet).
     """
@@ -461,10 +466,10 @@ def handover(
     if shared.active:
         sends.grace_until = now + per + 1.0
         sends.seed = True
-    elif max(shared.answered, sends.shared_at) > now - per:
-        last = max(shared.answered, sends.shared_at, now + ahead)  # a slot reserved before Redis went away
-        used = sum(1 for t in sends.times if t > now - per)
-        sends.times = deque(sorted([*sends.times, *[last] * max(0, count - used)]))
+        return
+    last = max(max(shared.lost, shared.answered) + ahead, sends.shared_at)
+    if last > now - per:
+        sends.times = deque(sorted([*sends.times, *[last] * count]))
 
 
 def _per(seconds: float) -> str:

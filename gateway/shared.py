@@ -156,6 +156,8 @@ class SharedState:
         self._breakers: dict[str, float] = {}
         #: when Redis last answered (monotonic): slots taken before may fill the window
         self.answered = -math.inf
+        #: when this process last saw sharing stop (monotonic): no slot is reserved after it
+        self.lost = -math.inf
         self._down_until = 0.0
         self._resumed = -math.inf
         self._seq = 0
@@ -232,6 +234,7 @@ class SharedState:
             return result
         except Exception as exc:
             if self.up:
+                self.lost = time.monotonic()
                 # the type only: a connection error's text can carry the host, never log the URL
                 log.warning(
                     "shared state: redis failed (%s); local shares of every budget and limit for now",
