@@ -305,19 +305,35 @@ class Resilience:
         """Why a background call (a probe) should leave the credential's budget to scripts now, or None.
 
         Short means a 429 hold-off is running, or fewer than a tenth (at least one) of a
-        window's slots are free: probes get what scripts leave, never the last slots.
+        window's slots are free: probes get what scripts leave, never the last slots.  With
+        shared state the window is judged by what every process used (as last read from
+        Redis) and by this process's own sends against its share while that share binds
+        (Redis down, or just back); without, by this process's own sends.
         """
-        sends = self._guard(upstream.name).sends.get(credential_id(upstream, headers))
-        if sends is None:
-            return None
+        cred = credential_id(upstream, headers)
+        sends = self._guard(upstream.name).sends.get(cred)
+        shared = self.shared if self.shared is not None and self.shared.configured else None
+        scred = self._shared_credential(upstream, cred) if shared is not None else None
         now = self.clock()
-        if sends.blocked_until > now:
-            return f"upstream {upstream.name!r} told the gateway to hold off for {sends.blocked_until - now:.0f}s"
-        for count, per in upstream.budget.limits:
-            used = sum(1 for t in sends.times if t > now - per)
-            if count - used <= max(1, math.ceil(count / 10)):
-                window = f"{count}/{_per(per)}"
-                return f"the request budget for upstream {upstream.name!r} is short ({used} of {window} used)"
+        held = shared.held(upstream.name, scred) if shared is not None and scred is not None else 0.0
+        held = max(held, sends.blocked_until - now if sends is not None else 0.0)
+        if held > 0:
+            return f"upstream {upstream.name!r} told the gateway to hold off for {held:.0f}s"
+        limits = upstream.budget.limits
+        if not limits:
+            return None
+        views: list[tuple[str, Sequence[tuple[int, float]], Sequence[int]]] = []
+        if shared is not None and scred is not None and (used := shared.used(upstream.name, scred, limits)):
+            views.append(("by all processes", limits, used))
+        if sends is not None:
+            local = shared is not None and (not shared.active or now < sends.grace_until)
+            own = [sum(1 for t in sends.times if t > now - per) for _, per in limits]
+            views.append(("", local_share(limits, shared.instances) if local and shared else limits, own))
+        for who, windows, counts in views:
+            for (count, per), used_ in zip(windows, counts, strict=True):
+                if count - used_ <= max(1, math.ceil(count / 10)):
+                    said = f"{used_} of {count}/{_per(per)} used{' ' + who if who else ''}"
+                    return f"the request budget for upstream {upstream.name!r} is short ({said})"
         return None
 
     def _backoff(self, base: float, cap: float, attempt: int) -> float:
