@@ -332,7 +332,8 @@ class Resilience:
         for who, windows, counts in views:
             for (count, per), used_ in zip(windows, counts, strict=True):
                 if count - used_ <= max(1, math.ceil(count / 10)):
-                    said = f"{used_} of {count}/{_per(per)} used{' ' + who if who else ''}"
+                    # min: a handed-over window counts as full (its padding is no send)
+                    said = f"{min(used_, count)} of {count}/{_per(per)} used{' ' + who if who else ''}"
                     return f"the request budget for upstream {upstream.name!r} is short ({said})"
         return None
 

@@ -452,7 +452,8 @@ class SharedState:
         mono = time.monotonic()
         for key in [k for k, (_, asked) in self._watch.items() if mono - asked > WATCH_FOR]:
             del self._watch[key]
-            self._used.pop(key, None)
+        for key in [k for k, (read, _, _) in self._used.items() if k not in self._watch and mono - read > WATCH_FOR]:
+            del self._used[key]  # credentials no longer in use
         asked = [(k, self._watch[k][0]) for k in keys if k in self._watch]
         if not asked:
             return

@@ -89,3 +89,22 @@ async def test_a_probe_leaves_the_budget_to_scripts_when_another_instance_used_i
     assert fake.count("/things/sample") == 1  # the probe spent nothing
     # a script on this instance still gets the last slot: the budget was left to it
     assert (await two.get("/v1/things/last")).status == 200
+
+
+async def test_with_redis_down_a_probe_judges_by_this_instances_calls_against_its_local_share(
+    aiohttp_server: Any, make_gateway: Any, redis_server: RedisServer
+) -> None:
+    fake, _server, url = await start_fake(aiohttp_server)
+    _one, two = await _two(make_gateway, url, "10/1m", redis_server)
+    for i in range(4):  # 4 of the shared 10: not short by the shared window
+        assert (await two.get(f"/v1/things/s{i}")).status == 200
+    await asyncio.to_thread(redis_server.stop)
+    deadline = time.monotonic() + 5
+    while two.app[GATEWAY].shared.active:
+        assert time.monotonic() < deadline, "the instance never noticed Redis going away"
+        await asyncio.sleep(0.05)
+    # without Redis this instance keeps 1/2 of the budget: 4 of its 5 are used, the last one is the scripts'
+    [result] = await two.app[GATEWAY].prober.run_round()
+    assert result.outcome == "skipped" and result.code == "probe_budget_short", result
+    assert "4 of 5/1m used" in result.message and "all processes" not in result.message, result.message
+    assert fake.count("/things/sample") == 0
