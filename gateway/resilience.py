@@ -305,19 +305,36 @@ class Resilience:
         """Why a background call (a probe) should leave the credential's budget to scripts now, or None.
 
         Short means a 429 hold-off is running, or fewer than a tenth (at least one) of a
-        window's slots are free: probes get what scripts leave, never the last slots.
+        window's slots are free: probes get what scripts leave, never the last slots.  With
+        shared state the window is judged by what every process used (as last read from
+        Redis) and by this process's own sends against its share while that share binds
+        (Redis down, or just back); without, by this process's own sends.
         """
-        sends = self._guard(upstream.name).sends.get(credential_id(upstream, headers))
-        if sends is None:
-            return None
+        cred = credential_id(upstream, headers)
+        sends = self._guard(upstream.name).sends.get(cred)
+        shared = self.shared if self.shared is not None and self.shared.configured else None
+        scred = self._shared_credential(upstream, cred) if shared is not None else None
         now = self.clock()
-        if sends.blocked_until > now:
-            return f"upstream {upstream.name!r} told the gateway to hold off for {sends.blocked_until - now:.0f}s"
-        for count, per in upstream.budget.limits:
-            used = sum(1 for t in sends.times if t > now - per)
-            if count - used <= max(1, math.ceil(count / 10)):
-                window = f"{count}/{_per(per)}"
-                return f"the request budget for upstream {upstream.name!r} is short ({used} of {window} used)"
+        held = shared.held(upstream.name, scred) if shared is not None and scred is not None else 0.0
+        held = max(held, sends.blocked_until - now if sends is not None else 0.0)
+        if held > 0:
+            return f"upstream {upstream.name!r} told the gateway to hold off for {held:.0f}s"
+        limits = upstream.budget.limits
+        if not limits:
+            return None
+        views: list[tuple[str, Sequence[tuple[int, float]], Sequence[int]]] = []
+        if shared is not None and scred is not None and (used := shared.used(upstream.name, scred, limits)):
+            views.append(("by all processes", limits, used))
+        if sends is not None:
+            local = shared is not None and (not shared.active or now < sends.grace_until)
+            own = [sum(1 for t in sends.times if t > now - per) for _, per in limits]
+            views.append(("", local_share(limits, shared.instances) if local and shared else limits, own))
+        for who, windows, counts in views:
+            for (count, per), used_ in zip(windows, counts, strict=True):
+                if count - used_ <= max(1, math.ceil(count / 10)):
+                    # min: a handed-over window counts as full (its padding is no send)
+                    said = f"{min(used_, count)} of {count}/{_per(per)} used{' ' + who if who else ''}"
+                    return f"the request budget for upstream {upstream.name!r} is short ({said})"
         return None
 
     def _backoff(self, base: float, cap: float, attempt: int) -> float:
@@ -389,7 +406,7 @@ class Resilience:
             times.popleft()
         for _ in range(2):  # a second round if Redis fails during this very call
             if shared is not None:
-                handover(sends, shared, budget.limits, now, budget.max_wait)
+                handover(sends, shared, budget.limits, now, limit)
             remote = shared is not None and scred is not None and shared.active
             if not remote or now < sends.grace_until:
                 share = local_share(budget.limits, shared.instances) if shared is not None else budget.limits
@@ -406,14 +423,16 @@ class Resilience:
                 slot = await shared.reserve(upstream.name, scred, budget.limits, limit, at - now, seeds)
             finally:
                 sends.times.remove(held)
-            if slot is not None:
-                taken, wait = slot
-                if not taken:
-                    raise self._paced_out(upstream, route, wait, "upstream_budget_exhausted")
-                now = self.clock()
-                at = sends.shared_at = now + wait
-                sends.seed = False
-                break
+            if slot is None:
+                now = self.clock()  # the failed call took time: hand over as of now
+                continue
+            taken, wait = slot
+            if not taken:
+                raise self._paced_out(upstream, route, wait, "upstream_budget_exhausted")
+            now = self.clock()
+            at = sends.shared_at = now + wait
+            sends.seed = False
+            break
         bisect.insort(sends.times, at)
         return now, at
 
@@ -448,9 +467,12 @@ def handover(
 ) -> None:
     """Sharing stopped or resumed since this credential's last call: carry its windows over.
 
-    Stopped: the shared window may be full, and other processes may hold slots they reserved
-    up to ``ahead`` (the budget's max_wait) in the future, so the local share of the shortest
-    window counts as used as of the latest such slot could be.
+    Stopped: the other processes may have filled the shared window, and hold slots they
+    reserved up to ``ahead`` (the longest a reservation may wait) after Redis last answered,
+    none of which this process can see.  So its whole share of the shortest window counts as
+    used at the latest such slot could be: no local send until that slot has left the window.
+    Counting only this process's own recent sends is not enough (the others' reservations
+    are invisible, and a slot held by a call still waiting for Redis is not a send).
     Resumed: the sends made meanwhile are written to Redis first, and the local share still
     binds for that window (the other processes may not have written theirs yet).
     """
@@ -461,10 +483,10 @@ def handover(
     if shared.active:
         sends.grace_until = now + per + 1.0
         sends.seed = True
-    elif max(shared.answered, sends.shared_at) > now - per:
-        last = max(shared.answered, sends.shared_at, now + ahead)  # a slot reserved before Redis went away
-        used = sum(1 for t in sends.times if t > now - per)
-        sends.times = deque(sorted([*sends.times, *[last] * max(0, count - used)]))
+        return
+    last = max(max(shared.lost, shared.answered) + ahead, sends.shared_at)
+    if last > now - per:
+        sends.times = deque(sorted([*sends.times, *[last] * count]))
 
 
 def _per(seconds: float) -> str:

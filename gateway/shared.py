@@ -39,6 +39,8 @@ log = logging.getLogger("gateway.shared")
 REFRESH = 0.5
 #: a process whose heartbeat is older than this is no longer counted live
 HEARTBEAT_TTL_MS = 3000
+#: a budget whose shared use someone asked about (``used``) is re-read at each refresh for this long
+WATCH_FOR = 3600.0
 
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
 
@@ -72,7 +74,7 @@ return out
 
 #: a sliding-window slot: KEYS[1] the send log; ARGV: longest window ms, max wait ms, member,
 #: earliest start (ms from now), the number of seeds, the seeds (sends made while Redis was
-#: down, ms from now), then (count, window ms) pairs. -> {taken, wait ms}
+#: down, ms from now), then (count, window ms) pairs. -> {taken, wait ms, slots used per window}
 _RESERVE = (
     _NOW
     + """
@@ -94,10 +96,33 @@ for i = 6 + seeds, #ARGV, 2 do
     at = math.max(at, tonumber(e[2]) + tonumber(ARGV[i + 1]))
   end
 end
-if at - now > tonumber(ARGV[2]) then return {0, at - now} end
-redis.call('ZADD', key, at, ARGV[3])
-redis.call('PEXPIRE', key, longest + (at - now) + 1000)
-return {1, at - now}
+local out = {0, at - now}
+if at - now <= tonumber(ARGV[2]) then
+  redis.call('ZADD', key, at, ARGV[3])
+  redis.call('PEXPIRE', key, longest + (at - now) + 1000)
+  out[1] = 1
+end
+for i = 6 + seeds, #ARGV, 2 do
+  out[#out + 1] = redis.call('ZCOUNT', key, '(' .. (now - tonumber(ARGV[i + 1])), '+inf')
+end
+return out
+"""
+)
+
+#: read only: the slots of each window; KEYS: send logs, ARGV per key: the number of windows, their ms
+_COUNT = (
+    _NOW
+    + """
+local out = {}
+local j = 1
+for k = 1, #KEYS do
+  local n = tonumber(ARGV[j])
+  for i = 1, n do
+    out[#out + 1] = redis.call('ZCOUNT', KEYS[k], '(' .. (now - tonumber(ARGV[j + i])), '+inf')
+  end
+  j = j + n + 1
+end
+return out
 """
 )
 
@@ -156,9 +181,15 @@ class SharedState:
         self._breakers: dict[str, float] = {}
         #: when Redis last answered (monotonic): slots taken before may fill the window
         self.answered = -math.inf
+        #: when this process last saw sharing stop (monotonic): no slot is reserved after it
+        self.lost = -math.inf
         self._down_until = 0.0
         self._resumed = -math.inf
         self._seq = 0
+        #: budgets' shared use: {send log key: (windows ms, when last asked)} to re-read, and
+        #: {send log key: (when read, windows ms, slots used per window)} as last read
+        self._watch: dict[str, tuple[tuple[int, ...], float]] = {}
+        self._used: dict[str, tuple[float, tuple[int, ...], tuple[int, ...]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -201,7 +232,13 @@ class SharedState:
         )
         self._scripts = {
             name: self._redis.register_script(src)
-            for name, src in (("beat", _BEAT), ("reserve", _RESERVE), ("take", _TAKE), ("hold", _HOLD))
+            for name, src in (
+                ("beat", _BEAT),
+                ("reserve", _RESERVE),
+                ("take", _TAKE),
+                ("hold", _HOLD),
+                ("count", _COUNT),
+            )
         }
         self._report()
 
@@ -232,6 +269,7 @@ class SharedState:
             return result
         except Exception as exc:
             if self.up:
+                self.lost = time.monotonic()
                 # the type only: a connection error's text can carry the host, never log the URL
                 log.warning(
                     "shared state: redis failed (%s); local shares of every budget and limit for now",
@@ -272,6 +310,7 @@ class SharedState:
             log.info("shared state: redis answers; budgets and limits are shared by %d processes", self.instances)
         self.up = True
         self._report()
+        await self._count(list(self._watch))
 
     async def run(self) -> None:
         """Refresh until cancelled."""
@@ -380,11 +419,55 @@ class SharedState:
         ]
         for count, per in limits:
             args += [count, int(per * 1000)]
+        key = self._key("b", upstream, cred or "-")
         try:
-            taken, wait_ms = await self._call("reserve", [self._key("b", upstream, cred or "-")], args)
+            taken, wait_ms, *used = await self._call("reserve", [key], args)
         except ConnectionError:
             return None
+        self._used[key] = (time.monotonic(), _windows(limits), tuple(int(n) for n in used))
         return bool(taken), int(wait_ms) / 1000
+
+    def used(self, upstream: str, cred: str, limits: Sequence[tuple[int, float]]) -> tuple[int, ...] | None:
+        """The slots every process used in each window of a budget, as read at most about
+        ``REFRESH`` ago; None while Redis is down or before the first read.
+
+        Why: a probe should leave the budget to scripts by what all processes used, yet asking
+        must cost no Redis round trip.  Asking starts a read at once and puts the budget on the
+        list the refresh re-reads (for ``WATCH_FOR`` seconds after the last time it was asked).
+        """
+        key = self._key("b", upstream, cred or "-")
+        windows = _windows(limits)
+        mono = time.monotonic()
+        known = self._watch.get(key)
+        self._watch[key] = (windows, mono)
+        if known is None or known[0] != windows:
+            self._spawn(self._count([key]))
+        seen = self._used.get(key)
+        if not self.active or seen is None or seen[1] != windows or mono - seen[0] > REFRESH * 2 + self.timeout * 2:
+            return None
+        return seen[2]
+
+    async def _count(self, keys: list[str]) -> None:
+        """Re-read the shared use of watched budgets (one read-only script run for all of them)."""
+        mono = time.monotonic()
+        for key in [k for k, (_, asked) in self._watch.items() if mono - asked > WATCH_FOR]:
+            del self._watch[key]
+        for key in [k for k, (read, _, _) in self._used.items() if k not in self._watch and mono - read > WATCH_FOR]:
+            del self._used[key]  # credentials no longer in use
+        asked = [(k, self._watch[k][0]) for k in keys if k in self._watch]
+        if not asked:
+            return
+        args: list[object] = []
+        for _key, windows in asked:
+            args += [len(windows), *windows]
+        try:
+            flat = await self._call("count", [k for k, _ in asked], args)
+        except ConnectionError:
+            return
+        mono, i = time.monotonic(), 0
+        for key, windows in asked:
+            self._used[key] = (mono, windows, tuple(int(n) for n in flat[i : i + len(windows)]))
+            i += len(windows)
 
     async def take(self, client: str, rate: float, burst: int) -> float | None:
         """A token of the client's shared bucket: 0.0, seconds until one, or None if Redis is down."""
@@ -402,6 +485,10 @@ def _mirror(flat: Sequence[Any], now_ms: int, mono: float) -> dict[str, float]:
         name = flat[i].decode() if isinstance(flat[i], bytes) else str(flat[i])
         out[name] = mono + (int(flat[i + 1]) - now_ms) / 1000
     return out
+
+
+def _windows(limits: Sequence[tuple[int, float]]) -> tuple[int, ...]:
+    return tuple(int(per * 1000) for _, per in limits)
 
 
 def local_share(limits: Sequence[tuple[int, float]], instances: int) -> tuple[tuple[int, float], ...]:

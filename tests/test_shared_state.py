@@ -146,7 +146,8 @@ async def test_two_replicas_with_two_workers_stay_under_one_budget_and_survive_r
             shared_calls = len(fake.hits)
             await asyncio.to_thread(redis_server.stop)  # mid-run (in a thread: the fake upstream runs on this loop)
             await _wait_metric(bases, "gateway_shared_state_up", 0)  # the local fallback engaged
-            await asyncio.sleep(2.5)
+            # the local shares wait out the shortest window (plus max_wait) first, then send
+            await asyncio.sleep(3.5)
             down_calls = len(fake.hits) - shared_calls
             await asyncio.to_thread(redis_server.start)
             await _wait_metric(bases, "gateway_shared_state_up", 1)  # sharing resumed
@@ -162,12 +163,11 @@ async def test_two_replicas_with_two_workers_stay_under_one_budget_and_survive_r
         # jitter on a busy machine (slots are spaced by the window, arrivals not exactly); unshared it would be ~80
         before_stop = arrivals[:shared_calls]
         assert _busiest(before_stop, WINDOW - SLACK) <= BUDGET, _busiest(before_stop, WINDOW - SLACK)
-        # across the outage and the return: at most two calls more, never the 40 of a fallback that forgot the
-        # window. KNOWN GAP (docs/scale-out.md "Limits of the fallback"): right after Redis stops, two calls have
-        # been seen ~1 s after a full shared window; the cause is not found yet (issue 17 stays open for it)
+        # across the outage and the return too: the fallback counts the whole shortest window as used until every
+        # slot reserved before Redis went away has left it (docs/scale-out.md "When Redis is unreachable")
         busiest = _busiest(arrivals, WINDOW - SLACK)
         marks = {"stop_after": shared_calls, "down": down_calls, "resumed_at": resumed}
-        assert busiest <= BUDGET + 2, (busiest, marks, [round(a - arrivals[0], 2) for a in arrivals])
+        assert busiest <= BUDGET, (busiest, marks, [round(a - arrivals[0], 2) for a in arrivals])
 
 
 async def _two(make_gateway: Any, text: str, env: dict[str, str]) -> tuple[Any, Any]:
