@@ -25,9 +25,9 @@ class TokenBucket:
 
     __slots__ = ("limit", "stamp", "tokens")
 
-    def __init__(self, limit: RateLimit, now: float) -> None:
+    def __init__(self, limit: RateLimit, now: float, tokens: float | None = None) -> None:
         self.limit = limit
-        self.tokens = float(limit.burst)
+        self.tokens = float(limit.burst) if tokens is None else tokens
         self.stamp = now
 
     def take(self, now: float) -> float:
@@ -76,7 +76,8 @@ class Limits:
         """``enter``, with the client's rate limit taken from the bucket every process shares.
 
         No Redis round trip for a client without a limit; while Redis is down the key gets
-        a local bucket of its share (rate and burst divided by the live process count).
+        a local bucket of its share (rate and burst divided by the live process count), which
+        starts empty and fills at that share.
         """
         shared = self.shared
         limit = self._limits.get(client)
@@ -90,8 +91,12 @@ class Limits:
             bucket = self._fallback.get(client)
             if bucket is None or bucket.limit.rate != limit.rate / n:
                 share = RateLimit(limit.rate / n, max(1, limit.burst // n), limit.text)
-                bucket = self._fallback[client] = TokenBucket(share, self.clock())
+                # empty at first: the shared bucket may have just been drained, and a full local
+                # share in every process would hand the client one more burst than its limit
+                bucket = self._fallback[client] = TokenBucket(share, self.clock(), tokens=0.0)
             wait = bucket.take(self.clock())
+        elif self._fallback:
+            self._fallback.pop(client, None)  # Redis is back: a later outage starts empty again
         if wait > 0.0:
             raise self._rate_limited(client, limit, route, wait)
         self._capacity(route)  # others may have entered while Redis answered

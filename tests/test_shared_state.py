@@ -269,3 +269,19 @@ async def test_setting_routegate_redis_url_is_all_the_shipped_routes_yaml_needs(
         await store.aclose()
     assert any(k.startswith(b"routegate:e:") for k in keys), keys  # the cache is in Redis too
     assert b"routegate:s:instances" in keys
+
+
+async def test_a_client_drained_before_redis_stops_gets_no_second_burst_from_the_local_shares(
+    aiohttp_server: Any, make_gateway: Any, redis_server: RedisServer
+) -> None:
+    """While Redis is down each instance gives a limited client its share of the limit, starting
+    empty: the shared bucket may have just been drained, and full local shares would add a burst."""
+    fake, _server, url = await start_fake(aiohttp_server)
+    fake.script("/things/a", 200)
+    one, two = await _two(make_gateway, _yaml(url, clients=CLIENTS), _env(redis_server))
+    statuses = [(await gw.get("/v1/things/a", headers=SLOW)).status for gw in (one, two) * 2]
+    assert statuses == [200] * 4 and len(fake.hits) == 4  # the shared bucket, drained
+    redis_server.stop()
+    statuses = [(await gw.get("/v1/things/a", headers=SLOW)).status for gw in (one, two) * 3]
+    assert statuses == [429] * 6, statuses
+    assert len(fake.hits) == 4
