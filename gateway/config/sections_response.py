@@ -8,8 +8,8 @@ from typing import Any
 from gateway.config.model import FieldExpr, KeepOtherFields, Pagination, ResponseSpec
 from gateway.config.node import _kind, _Node
 from gateway.config.pagination_keys import STYLE_KEYS, check_pagination
-from gateway.config.schema import fields_of
-from gateway.config.spec_route import FieldSpec
+from gateway.config.schema import fields_of, validate
+from gateway.config.spec_route import FieldSpec, PaginationSpec
 from gateway.config.spec_route import ResponseSpec as ResponseSpecModel
 from gateway.config.values import _HEADER_NAME
 
@@ -23,28 +23,32 @@ def _plain(v: Any) -> Any:
 
 
 def _pagination(node: _Node | None) -> Pagination | None:
-    """The ``pagination:`` section; which keys each style takes is ``STYLE_KEYS``."""
+    """The ``pagination:`` section: ``style`` first (its message explains the styles), then the keys and
+    types by the pydantic model, then which keys each style takes (``STYLE_KEYS``) and the dotted paths."""
     if node is None:
         return None
-    every = set().union(*STYLE_KEYS.values())
-    if not node.keys(every, {"style"}):
+    if not node.is_map():
+        node.error(f"expected a mapping, got {_kind(node.value)}")
         return None
     style = node.value.get("style")
     if style not in STYLE_KEYS:
-        node.child("style").error(
+        (node.get("style") or node).error(
             "expected 'before' (the last item's field), 'offset' (limit/offset), 'page' (page number),"
             " 'next_url' (the upstream's next link) or 'cursor' (a token from the body)"
         )
         return None
-    ok = True
+    spec = validate(node, PaginationSpec, partial=True)
+    if spec is None:
+        return None
+    ok = len(spec.model_fields_set) == len(node.value)  # a key the model refused is reported already
+    every = set().union(*STYLE_KEYS.values())
     for key in node.value:
-        if key not in STYLE_KEYS[style]:
+        if key in every and key not in STYLE_KEYS[style]:
             node.child(key).error(f"not a key of style {style!r}; it takes: {', '.join(sorted(STYLE_KEYS[style]))}")
             ok = False
     kw: dict[str, Any] = {"style": style}
-    items_default = "" if style == "before" else "results"
-    items = node.value.get("items", items_default)
-    kw["items_path"] = tuple(x for x in str(items).split(".") if x)
+    items = spec.items if spec.items is not None else ("" if style == "before" else "results")
+    kw["items_path"] = tuple(x for x in items.split(".") if x)
     for key, attr in (
         ("param", "before_param"),
         ("field", "field"),
@@ -54,36 +58,30 @@ def _pagination(node: _Node | None) -> Pagination | None:
         ("page_param", "page_param"),
         ("size_param", "size_param"),
         ("token_param", "token_param"),
+        ("page_size", "page_size"),
+        ("default_limit", "default_limit"),
+        ("max_limit", "max_limit"),
+        ("max_items", "max_items"),
+        ("first_page", "first_page"),
     ):
-        if (n := node.get(key)) is None or (key == "size_param" and n.value is None):
-            continue
-        if (v := n.string()) is not None:
-            kw[attr] = v
-    if (n := node.get("size_param")) is not None and n.value is None:
+        if (value := getattr(spec, key)) is not None:
+            kw[attr] = value
+    if "size_param" in node.value and node.value["size_param"] is None:
         kw["size_param"] = ""  # null: the upstream's page size is its own, none is sent
     if style in ("next_url", "cursor"):
         kw.setdefault("size_param", "")  # the page size is sent only when the upstream takes one
-    for key, attr in (
-        ("total", "total_path"),
-        ("next", "next_path"),
-        ("token", "token_path"),
-        ("has_more", "has_more_path"),
-    ):
-        if (n := node.get(key)) is not None and (v := n.string()) is not None:
-            if key == "next" and style == "offset":
-                kw["next_key"] = v
-            elif not all(v.split(".")):
-                n.error("expected a dotted field path such as 'meta.next_cursor'")
-                ok = False
-            else:
-                kw[attr] = tuple(v.split("."))
-    for key in ("page_size", "default_limit", "max_limit"):
-        if (n := node.get(key)) is not None and (iv := n.integer(1, 10000)) is not None:
-            kw[key] = iv
-    if (n := node.get("max_items")) is not None and (iv := n.integer(1)) is not None:
-        kw["max_items"] = iv
-    if (n := node.get("first_page")) is not None and (iv := n.integer(0, 1)) is not None:
-        kw["first_page"] = iv
+    paths = (("total", "total_path"), ("next", "next_path"), ("token", "token_path"), ("has_more", "has_more_path"))
+    for key, attr in paths:
+        value = getattr(spec, key)
+        if value is None:
+            continue
+        if key == "next" and style == "offset":
+            kw["next_key"] = value
+        elif not all(value.split(".")):
+            node.child(key).error("expected a dotted field path such as 'meta.next_cursor'")
+            ok = False
+        else:
+            kw[attr] = tuple(value.split("."))
     p = Pagination(**kw)
     if p.default_limit > p.max_limit:
         node.error("default_limit cannot exceed max_limit")
