@@ -34,11 +34,12 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 from gateway import retry_after
-from gateway.config import BreakerPolicy, Upstream
-from gateway.credential_id import credential_fingerprint
+from gateway.breaker import CLOSED, Breaker
+from gateway.config import Upstream
 from gateway.errors import ServiceUnavailable, UpstreamError
 from gateway.methods import IDEMPOTENT
 from gateway.metrics import Metrics
+from gateway.sends import Sends, credential_id, handover, local_slot, per_text
 from gateway.shared import SharedState, local_share
 
 
@@ -66,116 +67,6 @@ FAILURES = frozenset({"connect", "connect_timeout", "timeout", "reset"})
 RETRY_WINDOW = 10.0
 RETRY_FLOOR = 10
 
-CLOSED, HALF_OPEN, OPEN = 0, 1, 2
-
-
-def credential_id(upstream: Upstream, headers: Mapping[str, str]) -> str:
-    """Which credential a call uses, as its fingerprint (the value itself is never kept)."""
-    if upstream.auth is None:
-        return ""
-    names = ("Authorization", "Cookie", *(n for n, _ in upstream.auth.headers))
-    return credential_fingerprint({name: headers[name] for name in names if headers.get(name)})
-
-
-class Breaker:
-    """Closed → (N consecutive failures) → open → (cool-down) → half-open: one probe decides."""
-
-    def __init__(self, upstream: str, owner: Resilience) -> None:
-        self.upstream = upstream
-        self.owner = owner
-        self.state = CLOSED
-        self.failures = 0
-        self.opened_at = 0.0
-        #: the token of the probe in flight while half-open
-        self.probe: object | None = None
-
-    def _set(self, state: int) -> None:
-        self.state = state
-        if self.owner.metrics is not None:
-            self.owner.metrics.circuit_state.labels(self.upstream).set(state)
-            if state == OPEN:
-                self.owner.metrics.circuit_opened.labels(self.upstream).inc()
-
-    def admit(self, policy: BreakerPolicy, route: str) -> object | None:
-        """Let a call through (a token if it is the half-open probe), or raise a fast 503."""
-        if policy.failures == 0:
-            if self.state != CLOSED:
-                self.failures, self.probe = 0, None
-                self._set(CLOSED)  # the breaker was switched off by a reload
-            return None
-        if self.state == CLOSED:
-            shared = self.owner.shared
-            if shared is not None and (remaining := shared.breaker_open(self.upstream)) > 0:
-                raise self._reject(remaining, route)  # another process opened it: honour that here
-            return None
-        if self.state == OPEN:
-            remaining = self.opened_at + policy.cooldown - self.owner.clock()
-            if remaining > 0:
-                raise self._reject(remaining, route)
-            self._set(HALF_OPEN)
-        if self.probe is not None:
-            raise self._reject(1.0, route)  # one probe at a time; the rest still fail fast
-        self.probe = object()
-        return self.probe
-
-    def record(self, policy: BreakerPolicy, token: object | None, ok: bool) -> None:
-        """The outcome of an exchange; while not closed only the probe's outcome counts."""
-        if token is not None and token is self.probe:
-            self.probe = None
-            if ok:
-                self.failures = 0
-                self._set(CLOSED)
-                if self.owner.shared is not None:
-                    self.owner.shared.publish_breaker(self.upstream, None)
-            else:
-                self._open(policy)
-            return
-        if self.state != CLOSED or policy.failures == 0:
-            return
-        if ok:
-            self.failures = 0
-            return
-        self.failures += 1
-        if self.failures >= policy.failures:
-            self._open(policy)
-
-    def release(self, token: object | None) -> None:
-        """A probe that ended without an outcome (paced out, cancelled): let the next call probe."""
-        if token is not None and token is self.probe:
-            self.probe = None
-
-    def _open(self, policy: BreakerPolicy) -> None:
-        self.opened_at = self.owner.clock()
-        self._set(OPEN)
-        if self.owner.shared is not None:
-            self.owner.shared.publish_breaker(self.upstream, policy.cooldown)  # every process fails fast too
-
-    def _reject(self, remaining: float, route: str) -> ServiceUnavailable:
-        wait = max(1, math.ceil(remaining))
-        return ServiceUnavailable(
-            f"upstream {self.upstream!r} is failing ({self.failures} consecutive failures): "
-            f"circuit open, not calling it for {wait}s",
-            kind="circuit_open",
-            code="circuit_open",
-            route=route,
-            headers={"Retry-After": str(wait)},
-        )
-
-
-class _Sends:
-    """One credential's send log (reserved slots may lie in the near future) and upstream block."""
-
-    __slots__ = ("blocked_until", "epoch", "grace_until", "seed", "shared_at", "times")
-
-    def __init__(self, epoch: int = 0) -> None:
-        self.times: deque[float] = deque()
-        self.blocked_until = 0.0
-        #: shared pacing: the SharedState epoch last seen, the last slot taken in Redis, until when
-        #: the local share still binds after sharing resumed, and whether local sends await writing
-        self.epoch = epoch
-        self.shared_at = -math.inf
-        self.grace_until = 0.0
-        self.seed = False
 
 
 class _Guard:
@@ -183,7 +74,7 @@ class _Guard:
 
     def __init__(self, upstream: str, owner: Resilience) -> None:
         self.breaker = Breaker(upstream, owner)
-        self.sends: dict[str, _Sends] = {}
+        self.sends: dict[str, Sends] = {}
         self.calls: deque[float] = deque()
         self.retries: deque[float] = deque()
 
@@ -333,7 +224,7 @@ class Resilience:
             for (count, per), used_ in zip(windows, counts, strict=True):
                 if count - used_ <= max(1, math.ceil(count / 10)):
                     # min: a handed-over window counts as full (its padding is no send)
-                    said = f"{min(used_, count)} of {count}/{_per(per)} used{' ' + who if who else ''}"
+                    said = f"{min(used_, count)} of {count}/{per_text(per)} used{' ' + who if who else ''}"
                     return f"the request budget for upstream {upstream.name!r} is short ({said})"
         return None
 
@@ -342,7 +233,7 @@ class Resilience:
         return self.rand() * min(cap, base * 2.0 ** (attempt - 1))
 
     def _block(self, guard: _Guard, cred: str, seconds: float) -> None:
-        sends = guard.sends.setdefault(cred, _Sends())
+        sends = guard.sends.setdefault(cred, Sends())
         sends.blocked_until = max(sends.blocked_until, self.clock() + seconds)
 
     def _shared_credential(self, upstream: Upstream, cred: str) -> str | None:
@@ -368,7 +259,7 @@ class Resilience:
         if sends is None:
             if not budget.limits and held <= 0:
                 return
-            sends = guard.sends[cred] = _Sends(shared.epoch if shared is not None else 0)
+            sends = guard.sends[cred] = Sends(shared.epoch if shared is not None else 0)
         now = self.clock()
         blocked = max(sends.blocked_until, now + held)
         at = max(now, blocked)
@@ -384,7 +275,7 @@ class Resilience:
 
     async def _slot(
         self,
-        sends: _Sends,
+        sends: Sends,
         upstream: Upstream,
         route: str,
         shared: SharedState | None,
@@ -410,7 +301,7 @@ class Resilience:
             remote = shared is not None and scred is not None and shared.active
             if not remote or now < sends.grace_until:
                 share = local_share(budget.limits, shared.instances) if shared is not None else budget.limits
-                at = _local_slot(sends.times, share, at)
+                at = local_slot(sends.times, share, at)
                 if at - now > limit:
                     raise self._paced_out(upstream, route, at - now, "upstream_budget_exhausted")
             if not remote:
@@ -444,53 +335,9 @@ class Resilience:
             message = f"upstream {upstream.name!r} is rate limiting the gateway's credential (told to hold off)"
             kind = "throttled"
         else:
-            limits = ", ".join(f"{n}/{_per(p)}" for n, p in upstream.budget.limits)
+            limits = ", ".join(f"{n}/{per_text(p)}" for n, p in upstream.budget.limits)
             message = f"the gateway's request budget for upstream {upstream.name!r} ({limits}) is used up"
             kind = "budget"
         return ServiceUnavailable(
             f"{message}; retry in {seconds}s", kind=kind, code=code, route=route, headers={"Retry-After": str(seconds)}
         )
-
-
-def _local_slot(times: deque[float], limits: Iterable[tuple[int, float]], at: float) -> float:
-    """The earliest send time the log allows under ``limits``, first come first served."""
-    if times:
-        at = max(at, times[-1])
-    for count, per in limits:
-        if len(times) >= count:
-            at = max(at, times[-count] + per)
-    return at
-
-
-def handover(
-    sends: _Sends, shared: SharedState, limits: Sequence[tuple[int, float]], now: float, ahead: float = 0.0
-) -> None:
-    """Sharing stopped or resumed since this credential's last call: carry its windows over.
-
-    Stopped: the other processes may have filled the shared window, and hold slots they
-    reserved up to ``ahead`` (the longest a reservation may wait) after Redis last answered,
-    none of which this process can see.  So its whole share of the shortest window counts as
-    used at the latest such slot could be: no local send until that slot has left the window.
-    Counting only this process's own recent sends is not enough (the others' reservations
-    are invisible, and a slot held by a call still waiting for Redis is not a send).
-    Resumed: the sends made meanwhile are written to Redis first, and the local share still
-    binds for that window (the other processes may not have written theirs yet).
-    """
-    if sends.epoch == shared.epoch:
-        return
-    sends.epoch = shared.epoch
-    count, per = min(local_share(limits, shared.instances), key=lambda limit: limit[1])
-    if shared.active:
-        sends.grace_until = now + per + 1.0
-        sends.seed = True
-        return
-    last = max(max(shared.lost, shared.answered) + ahead, sends.shared_at)
-    if last > now - per:
-        sends.times = deque(sorted([*sends.times, *[last] * count]))
-
-
-def _per(seconds: float) -> str:
-    for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds * 1000:g}ms"

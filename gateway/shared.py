@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gateway.config import Config
+from gateway.shared_lua import SCRIPTS
 
 log = logging.getLogger("gateway.shared")
 
@@ -41,120 +42,6 @@ REFRESH = 0.5
 HEARTBEAT_TTL_MS = 3000
 #: a budget whose shared use someone asked about (``used``) is re-read at each refresh for this long
 WATCH_FOR = 3600.0
-
-_NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-
-#: heartbeat + read of what everyone must honour; KEYS: instances, holds, breakers, salt
-_BEAT = (
-    _NOW
-    + """
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
-local n = redis.call('ZCARD', KEYS[1])
-redis.call('SET', KEYS[4], ARGV[3], 'NX')
-local salt = redis.call('GET', KEYS[4])
-local out = {now, n, salt}
-for k = 2, 3 do
-  local all = redis.call('HGETALL', KEYS[k])
-  local live = {}
-  for i = 1, #all, 2 do
-    if tonumber(all[i + 1]) > now then
-      live[#live + 1] = all[i]
-      live[#live + 1] = all[i + 1]
-    else
-      redis.call('HDEL', KEYS[k], all[i])
-    end
-  end
-  out[#out + 1] = live
-end
-return out
-"""
-)
-
-#: a sliding-window slot: KEYS[1] the send log; ARGV: longest window ms, max wait ms, member,
-#: earliest start (ms from now), the number of seeds, the seeds (sends made while Redis was
-#: down, ms from now), then (count, window ms) pairs. -> {taken, wait ms, slots used per window}
-_RESERVE = (
-    _NOW
-    + """
-local key = KEYS[1]
-local longest = tonumber(ARGV[1])
-local seeds = tonumber(ARGV[5])
-for i = 1, seeds do redis.call('ZADD', key, now + tonumber(ARGV[5 + i]), ARGV[3] .. ':s' .. i) end
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now - longest)
-local n = redis.call('ZCARD', key)
-local at = now + tonumber(ARGV[4])
-if n > 0 then
-  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-  at = math.max(at, tonumber(last[2]))
-end
-for i = 6 + seeds, #ARGV, 2 do
-  local count = tonumber(ARGV[i])
-  if n >= count then
-    local e = redis.call('ZRANGE', key, n - count, n - count, 'WITHSCORES')
-    at = math.max(at, tonumber(e[2]) + tonumber(ARGV[i + 1]))
-  end
-end
-local out = {0, at - now}
-if at - now <= tonumber(ARGV[2]) then
-  redis.call('ZADD', key, at, ARGV[3])
-  redis.call('PEXPIRE', key, longest + (at - now) + 1000)
-  out[1] = 1
-end
-for i = 6 + seeds, #ARGV, 2 do
-  out[#out + 1] = redis.call('ZCOUNT', key, '(' .. (now - tonumber(ARGV[i + 1])), '+inf')
-end
-return out
-"""
-)
-
-#: read only: the slots of each window; KEYS: send logs, ARGV per key: the number of windows, their ms
-_COUNT = (
-    _NOW
-    + """
-local out = {}
-local j = 1
-for k = 1, #KEYS do
-  local n = tonumber(ARGV[j])
-  for i = 1, n do
-    out[#out + 1] = redis.call('ZCOUNT', KEYS[k], '(' .. (now - tonumber(ARGV[j + i])), '+inf')
-  end
-  j = j + n + 1
-end
-return out
-"""
-)
-
-#: a client token bucket: KEYS[1]; ARGV: tokens per ms, burst -> 0 or ms until a token
-_TAKE = (
-    _NOW
-    + """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local v = redis.call('HMGET', KEYS[1], 'tokens', 'stamp')
-local tokens = tonumber(v[1]) or burst
-local stamp = tonumber(v[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - stamp) * rate)
-local wait = 0
-if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) / rate) end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'stamp', now)
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate) + 1000)
-return wait
-"""
-)
-
-#: hold everyone off: KEYS[1] the hash, ARGV: field, ms -> the until (server ms) now in force
-_HOLD = (
-    _NOW
-    + """
-local untl = now + tonumber(ARGV[2])
-local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1])) or 0
-if untl > cur then redis.call('HSET', KEYS[1], ARGV[1], untl) else untl = cur end
-return {now, untl}
-"""
-)
-
 
 class SharedState:
     """One process's view of the shared state; ``active`` while Redis answers."""
@@ -230,16 +117,7 @@ class SharedState:
         self._redis = aioredis.Redis.from_url(
             url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout, retry=Retry(NoBackoff(), 0)
         )
-        self._scripts = {
-            name: self._redis.register_script(src)
-            for name, src in (
-                ("beat", _BEAT),
-                ("reserve", _RESERVE),
-                ("take", _TAKE),
-                ("hold", _HOLD),
-                ("count", _COUNT),
-            )
-        }
+        self._scripts = {name: self._redis.register_script(src) for name, src in SCRIPTS.items()}
         self._report()
 
     def _key(self, *parts: str) -> str:
