@@ -5,7 +5,8 @@
 puts it all in the request flow.
 """
 
-from gateway.cache.core import CacheBackends, Notes, ResponseCache, forbid_store
+from gateway.cache.backends import CacheBackends
+from gateway.cache.core import Notes, ResponseCache, forbid_store
 from gateway.cache.store import CacheUnavailable
 
 __all__ = ["CacheBackends", "CacheUnavailable", "Notes", "ResponseCache", "forbid_store"]
