@@ -88,9 +88,9 @@ def _route_row(route: Route, health: RouteHealth, probe: ProbeResult | None) -> 
     state = health.get(route.name)
     name = "unknown" if state.up is None else ("up" if state.up else "down")
     index = min(state.target, len(route.targets) - 1)
-    target = _breakable(route.targets[index].text)
+    target = _breakable(route.targets[index].label)
     if index > 0:
-        primary = _breakable(route.targets[0].text)
+        primary = _breakable(route.targets[0].label)
         fallback = (
             f'<span class="state warn">fallback #{index}</span> primary <code>{primary}</code>'
             " handed over (gone, or what its fallback_on names)"

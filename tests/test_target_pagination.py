@@ -230,3 +230,13 @@ def test_a_target_pagination_mistake_names_its_line_and_key(route: str, needle: 
     message = str(err.value)
     assert needle in message, message
     assert "routes.yaml:" in message
+
+
+def test_routes_and_status_say_which_target_pages_its_own_way(capsys: pytest.CaptureFixture[str]) -> None:
+    """Two targets asking one path differ only in how they page: the operator's views say so."""
+    from gateway.cli import main
+    from tests.conftest import ROUTES
+
+    assert main(["routes", str(ROUTES)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith(ROUTE))
+    assert line.endswith("GET /documents/@{login} | GET /documents/@{login} (paged by page)"), line

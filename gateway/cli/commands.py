@@ -104,7 +104,7 @@ def cmd_routes(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     rows = [("ROUTE", "STABLE", "UPSTREAM", "TARGETS")]
     for r in cfg.routes:
-        targets = " | ".join(t.text for t in r.targets)
+        targets = " | ".join(t.label for t in r.targets)
         rows.append((r.name, r.stable, r.upstream, targets))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:

@@ -79,6 +79,11 @@ class Target:
         query = "&".join(f"{k}={tpl.raw}" for k, tpl in self.query)
         return f"{self.method} {self.path.raw}" + (f"?{query}" if query else "")
 
+    @property
+    def label(self) -> str:
+        """``text``, saying how the target pages where that is its own: two targets may ask one path."""
+        return self.text if self.pagination is None else f"{self.text} (paged by {self.pagination.style})"
+
 
 @dataclass(frozen=True, slots=True)
 class Pagination:
