@@ -239,3 +239,23 @@ async def test_a_probe_runs_the_routes_pipeline_counting_a_failure_once_and_mark
     assert answer.status == 200 and answer.body == b'{"ok": true}'
     assert registry.get_sample_value("gateway_route_up", {"route": "thing"}) == 1
     assert _errors(registry, "thing", "5xx") == 1
+
+
+async def test_the_access_line_counts_the_gone_checks_sample_call(
+    gw: Any, sandboxes: Sandboxes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 404 for an id asks the upstream about the probe's known-existing sample before answering
+    (gateway.verdict): that exchange is this request's too, and its access line counts it."""
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    now = [1000.0]
+    gw.app[GATEWAY].gone_check._clock = lambda: now[0]
+    assert (await gw.get("/v1/observable/notebooks/doesnotexist1")).status == 404  # takes the sample first
+    now[0] += 60  # the verdict (kept a few seconds) is old: the next 404 asks the sample again
+    state = sandboxes.observable_state
+    state.reset_counters()
+    resp = await gw.get("/v1/observable/notebooks/doesnotexist2", headers={"X-Request-ID": "gone-404"})
+    assert resp.status == 404
+    await asyncio.sleep(0)
+    sent = [e["path"] for e in state.log]
+    assert sent == ["/document/doesnotexist2", "/document/ec3aa314da9bb017"], sent
+    assert _access(caplog, "gone-404")["upstream_calls"] == 2

@@ -9,11 +9,12 @@ import json
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from gateway.config import ConfigError, parse_config
 from gateway.pagination import Position, decode_cursor, encode_cursor
-from sandbox.observable import PAGE_SIZE, SANDBOX_OTHER_LOGIN, ObservableState
+from sandbox.observable import PAGE_SIZE, SANDBOX_LOGIN, SANDBOX_OTHER_LOGIN, ObservableState
 from sandbox.runner import Sandboxes
 
 URL = f"/v1/observable/users/{SANDBOX_OTHER_LOGIN}/notebooks"
@@ -133,19 +134,27 @@ async def test_a_walk_whose_target_switches_mid_way_is_a_502(
 
 
 async def test_a_results_cursor_stops_when_the_upstream_switches_back(
-    gw: TestClient[Any, Any], sandboxes: Sandboxes
+    make_gateway: Any, sandbox_env: dict[str, str], sandboxes: Sandboxes
 ) -> None:
+    """The mirror: a walk on the second (last) target, then the bare array again.  The last target's
+    misfit mid-walk is the upstream switching, not drift: 502 pagination_switched, the route stays
+    up, the cached first page (with the dead cursor) goes, and the restarted walk is whole."""
+    gw = await make_gateway(env={**sandbox_env, "ROUTEGATE_CACHE": "on"})
     state = sandboxes.observable_state
     expected = _expected(state)
     state.apply_switches({"public_list_results": True})
     first = await (await gw.get(URL, params={"limit": "5"})).json()
+    assert [i["id"] for i in first["items"]] == expected[:5]
     state.apply_switches({"public_list_results": False})  # the second target now answers a bare array
+    cached = await gw.get(URL, params={"limit": "5"})
+    assert cached.headers["X-Cache"] == "HIT" and (await cached.json())["next_cursor"] == first["next_cursor"]
     resp = await gw.get(URL, params={"limit": "5", "cursor": first["next_cursor"]})
     body = await resp.json()
-    # the last target has no next one: its misfit is the usual drift, never the items of another shape
-    assert resp.status == 502 and body["error"]["route"] == ROUTE, body
-    assert body["error"]["code"] == "shape_drift"
-    assert await _walk(gw, 50) == expected
+    assert resp.status == 502 and body["error"]["code"] == "pagination_switched", body
+    assert await _metric(gw, "gateway_route_up") == 1
+    restarted = await gw.get(URL, params={"limit": "5"})
+    assert restarted.headers["X-Cache"] == "MISS"
+    assert await _walk(gw, 5) == expected
 
 
 MIXED = """
@@ -180,19 +189,25 @@ def test_the_cursor_names_the_target_and_is_checked_against_it() -> None:
     pag = mixed.paging(1)
     assert pag is not None and pag.style == "page" and pag.max_limit == mixed.pagination.max_limit  # type: ignore[union-attr]
     secret = b"k" * 32
-    cursor = encode_cursor(mixed, [None], Position({"": {"t": 3, "s": 4}}, target=1), secret)
+    cursor = encode_cursor(mixed, [None], Position({"": {"t": 3, "s": 4}}, target=1), secret, {})
     assert cursor is not None
-    streams, position = decode_cursor(mixed, cursor, secret)
+    streams, position = decode_cursor(mixed, cursor, secret, {})
     assert streams == [""]
     assert position.target == 1 and position.pos == {"": {"t": 3, "s": 4}}
     # a second target's position is not the first target's kind of value: refused before any call
     with pytest.raises(Exception, match="not valid") as err:
-        decode_cursor(mixed, encode_cursor(mixed, [None], Position({"": "2024"}, target=1), secret) or "", secret)
+        wrong = encode_cursor(mixed, [None], Position({"": "2024"}, target=1), secret, {})
+        decode_cursor(mixed, wrong or "", secret, {})
     assert getattr(err.value, "code", None) == "bad_cursor"
+    # a reload that changes the walked target (its path or how it pages) refuses its old cursors
+    for edit in (("GET /b", "GET /c"), ("style: page, items: results", "style: cursor, token: next")):
+        edited = parse_config(MIXED.replace(*edit), env={}).routes[0]
+        with pytest.raises(Exception, match="not valid"):
+            decode_cursor(edited, cursor, secret, {})
     # a route whose targets page alike never issues a target; one naming a target is refused
-    forged = encode_cursor(plain, [None], Position({"": "2024"}, target=1), secret)
+    forged = encode_cursor(plain, [None], Position({"": "2024"}, target=1), secret, {})
     with pytest.raises(Exception, match="not valid"):
-        decode_cursor(plain, forged or "", secret)
+        decode_cursor(plain, forged or "", secret, {})
 
 
 @pytest.mark.parametrize(
@@ -240,3 +255,72 @@ def test_routes_and_status_say_which_target_pages_its_own_way(capsys: pytest.Cap
     assert main(["routes", str(ROUTES)]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith(ROUTE))
     assert line.endswith("GET /documents/@{login} | GET /documents/@{login} (paged by page)"), line
+
+
+SIZELESS = """
+upstreams:
+  up: {{base_url: "{base}"}}
+routes:
+  r:
+    stable: GET /v1/r
+    upstream: up
+    auth: none
+    pagination: {{style: page, items: results, size_param: null, total: count}}
+    targets: [GET /list]
+    response: {{items: {{id: id}}}}
+  mixed:
+    stable: GET /v1/mixed
+    upstream: up
+    auth: none
+    pagination: {{style: before, param: before, field: t}}
+    fallback_on: [404, 410, shape]
+    targets:
+      - GET /list
+      - request: GET /list
+        pagination: {{style: page, items: results, size_param: null, total: count}}
+    response: {{items: {{id: id}}}}
+"""
+
+
+async def test_a_page_size_the_gateway_does_not_send_ends_no_walk_early(aiohttp_server: Any, make_gateway: Any) -> None:
+    """size_param: null: the upstream pages 10 at a time, its own size; neither a guessed size nor
+    ``total`` at that size may end the walk before an empty page (25 items, not 10)."""
+    items = [{"id": f"n{i:02d}"} for i in range(25)]
+
+    async def listing(request: web.Request) -> web.Response:
+        assert "limit" not in request.query
+        page = int(request.query.get("page", "1"))
+        return web.json_response({"results": items[(page - 1) * 10 : page * 10], "count": len(items)})
+
+    app = web.Application()
+    app.router.add_get("/list", listing)
+    up = await aiohttp_server(app)
+    gw = await make_gateway(SIZELESS.format(base=str(up.make_url("")).rstrip("/")), env={"ROUTEGATE_CACHE": "off"})
+    for path in ("/v1/r", "/v1/mixed"):
+        body = await (await gw.get(path, params={"all": "true"})).json()
+        assert [i["id"] for i in body["items"]] == [i["id"] for i in items], (path, body)
+        walked: list[str] = []
+        cursor = None
+        for _ in range(10):
+            page = await (await gw.get(path, params={"limit": "7", **({"cursor": cursor} if cursor else {})})).json()
+            walked += [i["id"] for i in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert walked == [i["id"] for i in items], path
+
+
+async def test_a_cursor_holds_only_for_the_path_it_was_issued_for(
+    gw: TestClient[Any, Any], sandboxes: Sandboxes
+) -> None:
+    """Another login's cursor is refused before any upstream call: its position is not this walk's
+    (it would skip or repeat items), and it must not pass for the upstream switching mid-walk."""
+    first = await (await gw.get(URL, params={"limit": "3"})).json()
+    state = sandboxes.observable_state
+    state.reset_counters()
+    other = f"/v1/observable/users/{SANDBOX_LOGIN}/notebooks"
+    resp = await gw.get(other, params={"limit": "3", "cursor": first["next_cursor"]})
+    body = await resp.json()
+    assert resp.status == 400 and body["error"]["code"] == "bad_cursor", body
+    assert state.total_requests == 0
+    assert (await gw.get(URL, params={"limit": "3", "cursor": first["next_cursor"]})).status == 200

@@ -2,8 +2,9 @@
 
 A cursor is ``base64url(JSON) "." base64url(HMAC-SHA256)``.  The JSON names its route,
 the streams it walks with one position each, the streams that ended, fingerprints that
-let a later request notice a stalled upstream, and, where the route's targets page
-differently, the target walked (``common.Position``).
+let a later request notice a stalled upstream, where the route's targets page differently
+the target walked (``common.Position``), and a digest binding it to the request's path values
+(``binding``).
 
 Why signed: a cursor is the one piece of client input that steers upstream calls
 (which streams, which next link).  With an HMAC no client can invent one, and the
@@ -28,7 +29,7 @@ import hashlib
 import hmac
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from gateway import jsonio
@@ -64,7 +65,22 @@ def _sign(secret: bytes, body: str) -> str:
     return _b64(hmac.new(secret, body.encode(), hashlib.sha256).digest()[:_SIG_BYTES])
 
 
-def encode_cursor(route: Route, streams: Sequence[str | None], position: Position, secret: bytes) -> str | None:
+def binding(route: Route, params: Mapping[str, Any], target: int) -> str:
+    """What a cursor holds only for: the route's path values (another login's or project's walk
+    is not this one's: its position would skip or repeat items) and, where targets page
+    differently, the target walked as routes.yaml now says it (a reload may change it)."""
+    parts = [str(params.get(name, "")) for name in sorted(route.path.names)]
+    if route.mixed_paging:
+        parts.append(route.targets[target].label if target < len(route.targets) else "")
+    if not parts:
+        return ""
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def encode_cursor(
+    route: Route, streams: Sequence[str | None], position: Position, secret: bytes, params: Mapping[str, Any]
+) -> str | None:
+    """The signed cursor of ``position``; ``params``: the request's (its path values are bound in)."""
     if position.done(streams):
         return None
     payload: dict[str, Any] = {
@@ -76,13 +92,16 @@ def encode_cursor(route: Route, streams: Sequence[str | None], position: Positio
         payload["m"] = dict(sorted(position.marks.items()))
     if position.target:
         payload["k"] = position.target
+    if bound := binding(route, params, position.target):
+        payload["a"] = bound
     body = _b64(json.dumps(payload, separators=(",", ":")).encode())
     return f"{body}.{_sign(secret, body)}"
 
 
-def decode_cursor(route: Route, text: str, secret: bytes) -> tuple[list[str], Position]:
+def decode_cursor(route: Route, text: str, secret: bytes, params: Mapping[str, Any]) -> tuple[list[str], Position]:
     """The streams the cursor was issued for, and their positions.  400 ``bad_cursor`` unless
-    it is one this deployment issued for this route, with values of the right kinds."""
+    it is one this deployment issued for this route and these path values, with values of the
+    right kinds."""
     try:
         if len(text) > MAX_CURSOR_CHARS:
             raise ValueError("length")
@@ -90,7 +109,7 @@ def decode_cursor(route: Route, text: str, secret: bytes) -> tuple[list[str], Po
         if not hmac.compare_digest(sig.encode(), _sign(secret, body).encode()):
             raise ValueError("signature")
         data = jsonio.loads(_unb64(body))  # no NaN or Infinity, no nesting past jsonio's bound
-        return _checked(route, data)
+        return _checked(route, data, params)
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
         raise BadRequest(
             "the cursor is not valid for this route; pass next_cursor exactly as it was returned",
@@ -99,13 +118,15 @@ def decode_cursor(route: Route, text: str, secret: bytes) -> tuple[list[str], Po
         ) from None
 
 
-def _checked(route: Route, data: Any) -> tuple[list[str], Position]:
+def _checked(route: Route, data: Any, params: Mapping[str, Any]) -> tuple[list[str], Position]:
     """Every field of a decoded cursor against what this route could have issued; ValueError if not."""
-    if not isinstance(data, dict) or set(data) - {"r", "p", "e", "m", "k"} or data.get("r") != route.name:
+    if not isinstance(data, dict) or set(data) - {"r", "p", "e", "m", "k", "a"} or data.get("r") != route.name:
         raise ValueError("route")
     target = data.get("k", 0)
     if not _is_count(target, len(route.targets) - 1) or (target and not route.mixed_paging):
         raise ValueError("target")
+    if data.get("a", "") != binding(route, params, target):
+        raise ValueError("binding")
     pos, ended, marks = data["p"], data.get("e", []), data.get("m", {})
     if not isinstance(pos, dict) or not isinstance(ended, list) or not isinstance(marks, dict):
         raise ValueError("shape")

@@ -29,9 +29,12 @@ class PageNumbers:
         page = pag.first_page if token is None else int(token)
         if has_more(pag, answer.body) is False:
             return None
-        # a page shorter than the size asked for is the last; where the upstream's size is its own
-        # (size_param: null), only an empty page says so: a guessed size could end the list short
-        if pag.size_param and len(items) < pag.page_size:
+        # a page shorter than the size asked for, or the total reached at that size, is the last;
+        # where the upstream's size is its own (size_param: null), only an empty page says so: a
+        # guessed size could end the list short
+        if not pag.size_param:
+            return page + 1
+        if len(items) < pag.page_size:
             return None
         total = dig(answer.body, pag.total_path) if pag.total_path else None
         if isinstance(total, int) and (page - pag.first_page + 1) * pag.page_size >= total:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -21,7 +21,7 @@ from gateway.config import Route, Upstream
 from gateway.errors import BadGateway, BadRequest
 from gateway.fallback import HandOver
 from gateway.mapping import apply_mapping, target_request
-from gateway.pagination import Answer, Fetch, Position, Tagged, decode_cursor, encode_cursor, pages
+from gateway.pagination import Answer, Position, Tagged, decode_cursor, encode_cursor, pages
 from gateway.pipeline.core import Core
 from gateway.session import unless_signed_out as _held_unless_signed_out
 from gateway.shape import check_fields
@@ -56,7 +56,7 @@ async def serve(
     position = Position()
     cursor = query.get("cursor")
     if cursor:
-        cursor_streams, position = decode_cursor(route, cursor, proxy.cursor_secret)
+        cursor_streams, position = decode_cursor(route, cursor, proxy.cursor_secret, params)
         # decode_cursor checked the streams against the route; a fan-out may still disagree
         if fan is not None and fan.name in query and set(cursor_streams) != set(streams):
             raise BadRequest(
@@ -83,7 +83,7 @@ async def serve(
     items: list[Any] = []
     async for page in mapped:
         items.extend(page)
-    next_cursor = None if everything else encode_cursor(route, streams, position, proxy.cursor_secret)
+    next_cursor = None if everything else encode_cursor(route, streams, position, proxy.cursor_secret, params)
     proxy.health.up(route.name)
     if as_ndjson:
         return ndjson.page(items, next_cursor)
@@ -107,17 +107,29 @@ async def stable_pages(
     def params_of(stream: str | None) -> dict[str, Any]:
         return params if stream is None or fan is None else {**params, fan.name: stream}
 
-    async def fetch(stream: str | None, extra: list[tuple[str, str]], at: str | None) -> Answer:
-        only = position.target if route.mixed_paging else None
+    async def fetch_from(
+        only: int | None, underway: bool, stream: str | None, extra: list[tuple[str, str]], at: str | None
+    ) -> Answer:
         resp = await proxy.call(
-            route, params_of(stream), None, extra, request_id, at, notes=notes, trace=trace, only=only
+            route,
+            params_of(stream),
+            None,
+            extra,
+            request_id,
+            at,
+            notes=notes,
+            trace=trace,
+            only=only,
+            underway=underway,
         )
         return Answer(proxy._json(route, resp), resp.headers, resp.url)
 
     upstream = proxy.config.upstreams[route.upstream]
     mapping = route.response.items
-    source = _walk(route, streams, position, limit, fetch, upstream, proxy.cache) if route.mixed_paging else None
-    if source is None:
+    if route.mixed_paging:
+        source = _walk(route, streams, position, limit, fetch_from, upstream, proxy.cache)
+    else:
+        fetch = functools.partial(fetch_from, None, False)
         source = pages(route, streams, position, limit, fetch, upstream.concurrency, upstream.base_url)
     # drift in a page (pagination.py: lost list, stalled paging) or in an item counts alike (``account``)
     async for page in source:
@@ -134,28 +146,34 @@ async def _walk(
     streams: list[str | None],
     position: Position,
     limit: int | None,
-    fetch: Fetch,
+    fetch_from: Callable[[int | None, bool, str | None, list[tuple[str, str]], str | None], Awaitable[Answer]],
     upstream: Upstream,
     cache: ResponseCache | None,
 ) -> AsyncIterator[list[Tagged]]:
     """Targets that page differently are walked one at a time, each its own way: a fresh walk moves on
     to the next target where one hands over (``fallback_on``) on its first page; the cursor names the
-    target, and a walk that target stops serving cannot resume on another (502 ``pagination_switched``).
-    Then the route's cached pages go too: a cached first page would hand out that dead cursor again."""
-    resumed = bool(position.pos)
+    target, and a walk that target stops serving (any target, the last too, once the walk is under way
+    on it) cannot resume on another: 502 ``pagination_switched``.  Then the route's cached pages go
+    too: a cached first page would hand out that dead cursor again."""
+    underway = bool(position.pos)  # resumed from a cursor
+
+    async def fetch(stream: str | None, extra: list[tuple[str, str]], at: str | None) -> Answer:
+        nonlocal underway
+        answer = await fetch_from(position.target, underway, stream, extra, at)
+        underway = True
+        return answer
+
     for index in range(position.target, len(route.targets)):
-        started = False
         if index != position.target:
             position.restart(index)
         try:
             async for page in pages(
                 route, streams, position, limit, fetch, upstream.concurrency, upstream.base_url, route.paging(index)
             ):
-                started = True
                 yield page
             return
         except HandOver:
-            if not (resumed or started or position.heads):
+            if not underway:
                 continue  # nothing served from this target yet: the next one starts the walk afresh
         if cache is not None:
             with contextlib.suppress(CacheUnavailable):

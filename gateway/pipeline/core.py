@@ -52,6 +52,7 @@ class Core(Protocol):
         stream: bool = False,
         notes: Notes | None = None,
         only: int | None = None,
+        underway: bool = False,
         trace: RequestTrace | None = None,
     ) -> UpstreamResponse: ...
 

@@ -199,11 +199,22 @@ class Proxy:
         stream: bool = False,
         notes: Notes | None = None,
         only: int | None = None,
+        underway: bool = False,
         trace: RequestTrace | None = None,
     ) -> UpstreamResponse:
         """The route's upstream call: gateway.proxy.targets.Targets.call."""
         return await self.targets.call(
-            route, params, body, extra_query, request_id, at, stream=stream, notes=notes, only=only, trace=trace
+            route,
+            params,
+            body,
+            extra_query,
+            request_id,
+            at,
+            stream=stream,
+            notes=notes,
+            only=only,
+            underway=underway,
+            trace=trace,
         )
 
     def _json(self, route: Route, resp: UpstreamResponse) -> Any:

@@ -82,6 +82,7 @@ class Targets:
         stream: bool = False,
         notes: Notes | None = None,
         only: int | None = None,
+        underway: bool = False,
         trace: RequestTrace | None = None,
     ) -> UpstreamResponse:
         """Try each target in order; what the route's ``fallback_on`` names hands over to the next one.
@@ -90,7 +91,9 @@ class Targets:
         of the target's own; its path must be the target's, else the route is not followed.
         ``stream``: a 2xx answer comes back unread (``resp.stream``), for the caller to relay and release.
         ``only``: ask that one target; where it hands over, ``fallback.HandOver`` says so (a collection
-        whose targets page differently walks one target at a time, gateway.pipeline.collection).
+        whose targets page differently walks one target at a time, gateway.pipeline.collection);
+        ``underway``: that walk already has pages from it, so even the last target's misfit says the
+        walk cannot go on there (the upstream switched back), not that the route drifted.
         """
         upstream = self.config.upstreams[route.upstream]
         headers = self.headers(upstream, route, request_id, body)
@@ -98,14 +101,14 @@ class Targets:
         for index in range(len(route.targets)) if only is None else (only,):
             target = route.targets[index]
             resp = await self.send(upstream, route, target, params, body, extra_query, headers, at, stream, trace)
-            if index < last and fallback.hands_over(route, resp, index):
+            if (index < last or (only is not None and underway)) and fallback.hands_over(route, resp, index):
                 if only is not None:
                     if resp.stream is not None:
                         await release(resp.stream)
                     raise fallback.HandOver(index)
                 continue
             if resp.status in (404, 410):
-                ask = functools.partial(self._sample_status, upstream, route, target)
+                ask = functools.partial(self._sample_status, upstream, route, target, trace)
                 raise await statuses.not_there(upstream, route, index, resp, self.redact, self.gone_check, ask)
             statuses.check_status(upstream, route, target, resp, self.redact)
             if route.shape is not None:
@@ -174,16 +177,23 @@ class Targets:
         return resp
 
     async def _sample_status(
-        self, upstream: Upstream, route: Route, target: Target, path_params: Mapping[str, str], query: Mapping[str, str]
+        self,
+        upstream: Upstream,
+        route: Route,
+        target: Target,
+        trace: RequestTrace | None,
+        path_params: Mapping[str, str],
+        query: Mapping[str, str],
     ) -> int | None:
-        """What ``target`` answers for the probe's sample (None: no answer to judge by)."""
+        """What ``target`` answers for the probe's sample (None: no answer to judge by); the call is on
+        the request's record (``trace``) too: its access line counts every upstream call it caused."""
         try:
             params = parse_params(route, MultiDict(query), path_params)
             headers = self.headers(upstream, route, f"sample-{time.monotonic_ns()}", None)
         except GatewayError:
             return None
         try:
-            resp = await self.send(upstream, route, target, params, None, [], headers)
+            resp = await self.send(upstream, route, target, params, None, [], headers, trace=trace)
         except UpstreamError as exc:
             self.failed(route, exc)  # no pipeline sees this call's failure: it is counted here
             return None
