@@ -27,17 +27,19 @@ ROOT = Path(__file__).resolve().parent.parent
 GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "pagination": (
         ["gateway/pagination/*"],
-        ["tests/test_mutants_named.py", "tests/test_pagination_styles.py", "tests/test_cursor.py",
+        ["tests/test_mutants_named.py", "tests/test_mutants_pagination.py", "tests/test_pagination_styles.py",
+         "tests/test_cursor.py",
          "tests/test_observable_api.py", "tests/test_posthog_api.py", "tests/test_ndjson.py"],
     ),
     "mapping": (
         ["gateway/mapping.py"],
-        ["tests/test_mutants_named.py", "tests/test_gateway.py", "tests/test_observable_api.py",
+        ["tests/test_mutants_named.py", "tests/test_mutants_mapping.py", "tests/test_gateway.py",
+         "tests/test_observable_api.py",
          "tests/test_posthog_api.py", "tests/test_hostile.py"],
     ),
     "cache-policy": (
         ["gateway/cache/policy.py"],
-        ["tests/test_mutants_named.py", "tests/test_cache.py"],
+        ["tests/test_mutants_named.py", "tests/test_mutants_cache_policy.py", "tests/test_cache.py"],
     ),
 }
 
@@ -63,6 +65,134 @@ NAMED = [
     ("gateway/cache/policy.py", "bound = limit if bound is None else min(bound, limit)", "bound = limit if bound is None else max(bound, limit)", "strictest_freshness"),  # noqa: E501
     ("gateway/cache/policy.py", "return (*(f\"t:{p}\" for p in _ancestors(path)), f\"s:{path}\", f\"r:{route}\")", "return (*(f\"t:{p}\" for p in _ancestors(path)), f\"s:{path}\")", "invalidates"),  # noqa: E501
 ]
+
+
+#: survivors that cannot change what anyone sees: (file, the line, the line as mutated, why).
+#: Matched on the changed line, not on mutmut's numbering (which shifts when the code does).
+EQUIVALENT: list[tuple[str, str, str, str]] = [
+    # --- gateway/cache/policy.py
+    *(("gateway/cache/policy.py", line, line.replace(name, spelled),
+       "header names: every caller passes aiohttp's case-insensitive headers")
+      for line in ('raw = headers.get("Cache-Control")',
+                   'if raw is None and "Pragma" not in headers:',
+                   'no_cache = "no-cache" in cc or "no-cache" in headers.get("Pragma", "").lower()',
+                   'cc = _directives(",".join(headers.getall("Cache-Control", [])))',
+                   'expires = headers.get("Expires")',
+                   'limit = _expires_in(expires, headers.get("Date"), now)')
+      for name in ("Cache-Control", "Pragma", "Expires", "Date") if name in line
+      for spelled in (name.lower(), name.upper())),
+    ("gateway/cache/policy.py", 'cc = _directives(raw or "")', 'cc = _directives(raw or "XXXX")',
+     "a made-up directive name: no-store, no-cache and max-age read the same"),
+    ("gateway/cache/policy.py",
+     'no_cache = "no-cache" in cc or "no-cache" in headers.get("Pragma", "").lower()',
+     'no_cache = "no-cache" in cc or "no-cache" in headers.get("Pragma", "XXXX").lower()',
+     "the default of an absent Pragma never contains no-cache either way"),
+    ("gateway/cache/policy.py",
+     'segs.append(quote(path_params[seg.parts[0][1]], safe="") if seg.is_single_param else seg.raw)',
+     'segs.append(quote(path_params[seg.parts[0][1]], ) if seg.is_single_param else seg.raw)',
+     "differs only for '/', which routing refuses in a path param (bad_path_param) before the cache"),
+    ("gateway/cache/policy.py",
+     'segs.append(quote(path_params[seg.parts[0][1]], safe="") if seg.is_single_param else seg.raw)',
+     'segs.append(quote(path_params[seg.parts[0][1]], safe="XXXX") if seg.is_single_param else seg.raw)',
+     "'X' is unreserved: quote never escapes it"),
+    *(("gateway/cache/policy.py",
+       'stable = replace(route, line=0, description="", targets=tuple(replace(t, line=0) for t in route.targets))',
+       new, "another constant in place of a constant: every route's fingerprint stays independent of it")
+      for new in (
+          'stable = replace(route, line=None, description="", targets=tuple(replace(t, line=0) for t in route.targets))',  # noqa: E501
+          'stable = replace(route, line=1, description="", targets=tuple(replace(t, line=0) for t in route.targets))',
+          'stable = replace(route, line=0, description=None, targets=tuple(replace(t, line=0) for t in route.targets))',
+          'stable = replace(route, line=0, description="XXXX", targets=tuple(replace(t, line=0) for t in route.targets))',  # noqa: E501
+          'stable = replace(route, line=0, description="", targets=tuple(replace(t, line=None) for t in route.targets))',  # noqa: E501
+          'stable = replace(route, line=0, description="", targets=tuple(replace(t, line=1) for t in route.targets))',
+      )),
+    ("gateway/cache/policy.py", "return hashlib.sha256(text.encode()).hexdigest()[:16]",
+     "return hashlib.sha256(text.encode()).hexdigest()[:17]",
+     "a digest one character longer: keys stay distinct and stable"),
+    ("gateway/cache/policy.py", "return CacheKey(route.name, path, h.hexdigest()[:40])",
+     "return CacheKey(route.name, path, h.hexdigest()[:41])",
+     "a digest one character longer: keys stay distinct and stable"),
+    *(("gateway/cache/policy.py",
+       'norm = "&".join(f"{quote(k, safe=\'\')}={quote(v, safe=\'\')}" for k, v in sorted(query))', new,
+       "the normalized query stays one-to-one: '&' and '=' are still escaped inside names and values")
+      for new in (
+          'norm = "XX&XX".join(f"{quote(k, safe=\'\')}={quote(v, safe=\'\')}" for k, v in sorted(query))',
+          'norm = "&".join(f"{quote(k, )}={quote(v, safe=\'\')}" for k, v in sorted(query))',
+          'norm = "&".join(f"{quote(k, safe=\'XXXX\')}={quote(v, safe=\'\')}" for k, v in sorted(query))',
+          'norm = "&".join(f"{quote(k, safe=\'\')}={quote(v, )}" for k, v in sorted(query))',
+          'norm = "&".join(f"{quote(k, safe=\'\')}={quote(v, safe=\'XXXX\')}" for k, v in sorted(query))',
+      )),
+    ("gateway/cache/policy.py",
+     'vary = "\\x00".join(f"{name}={headers.get(name, \'\')}" for name in spec.vary)',
+     'vary = "XX\\x00XX".join(f"{name}={headers.get(name, \'\')}" for name in spec.vary)',
+     "another separator no header value can hold: the vary part stays one-to-one"),
+    ("gateway/cache/policy.py", 'for part in (route_fingerprint, "GET", norm, client, credential, vary):',
+     'for part in (route_fingerprint, "XXGETXX", norm, client, credential, vary):',
+     "another constant in every key (HEAD shares GET's entry either way)"),
+    ("gateway/cache/policy.py", 'for part in (route_fingerprint, "GET", norm, client, credential, vary):',
+     'for part in (route_fingerprint, "get", norm, client, credential, vary):',
+     "another constant in every key (HEAD shares GET's entry either way)"),
+    ("gateway/cache/policy.py", 'h.update(b"\\x1f")', 'h.update(b"XX\\x1fXX")',
+     "another separator none of the hashed parts can hold"),
+    ("gateway/cache/policy.py", "for i in range(1, len(parts) + 1):", "for i in range(len(parts) + 1):",
+     "adds '/' a second time: a repeated marker changes nothing"),
+    ("gateway/cache/policy.py", "for i in range(1, len(parts) + 1):", "for i in range(1, len(parts) + 2):",
+     "adds the whole path a second time: a repeated marker changes nothing"),
+]
+
+#: lines that only word an error message: a survivor changing nothing but string literals on one
+#: of them is not counted (file, a piece of the line)
+MESSAGES: list[tuple[str, str]] = []
+
+_STRING = re.compile(r"""[rbfuRBFU]{0,2}("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')""")
+
+
+def _survivors(results: Path) -> list[str]:
+    out = []
+    for line in results.read_text().splitlines():
+        name, _, status = line.strip().rpartition(": ")
+        if status in ("survived", "no tests"):
+            out.append(name)
+    return out
+
+
+def _diffs(work: Path, names: list[str]) -> dict[str, tuple[str, str, str]]:
+    """(file, removed lines, added lines) of each mutant, from one mutmut process (each ``show`` takes seconds)."""
+    code = (
+        "import json, sys\n"
+        "from mutmut.__main__ import find_mutant, get_diff_for_mutant\n"
+        "out = {}\n"
+        "for name in json.load(sys.stdin):\n"
+        "    out[name] = get_diff_for_mutant(name, path=find_mutant(name).path)\n"
+        "print(json.dumps(out))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=work, input=json.dumps(names), capture_output=True,
+                          text=True, check=True)
+    diffs: dict[str, tuple[str, str, str]] = {}
+    for name, diff in json.loads(done.stdout.splitlines()[-1]).items():
+        lines = diff.splitlines()
+        file = next((ln[4:].strip() for ln in lines if ln.startswith("--- ")), "")
+        old = "\n".join(ln[1:].strip() for ln in lines if ln.startswith("-") and not ln.startswith("---"))
+        new = "\n".join(ln[1:].strip() for ln in lines if ln.startswith("+") and not ln.startswith("+++"))
+        diffs[name] = (file, old, new)
+    return diffs
+
+
+def _excluded(work: Path, survivors: list[str]) -> dict[str, str]:
+    """The survivors not counted, each with why: listed in EQUIVALENT, or message text only."""
+    if not survivors:
+        return {}
+    why: dict[str, str] = {}
+    for name, (file, old, new) in _diffs(work, survivors).items():
+        for path, line, mutated, reason in EQUIVALENT:
+            if (path, line, mutated) == (file, old, new):
+                why[name] = f"equivalent: {reason}"
+                break
+        else:
+            if (any(path == file and piece in old for path, piece in MESSAGES)
+                    and _STRING.sub('""', old) == _STRING.sub('""', new)):
+                why[name] = "message text only"
+    return why
 
 
 def check_named() -> int:
@@ -144,8 +274,18 @@ def main() -> int:
         counts = run_group(name, keep)
         killed = counts.get("killed", 0) + counts.get("timeout", 0)
         total = sum(counts.values()) - counts.get("not checked", 0)
-        score = 100 * killed / total if total else 0.0
-        print(f"{name}: {counts} score {score:.0f}% (work tree: {keep / name}, survivors in {name}.results.txt)")
+        survivors = _survivors(keep / f"{name}.results.txt")
+        why = _excluded(keep / name, survivors)
+        left = [s for s in survivors if s not in why]
+        counted = total - len(why)
+        score = 100 * killed / counted if counted else 0.0
+        lines = [f"{s}: {why[s]}" for s in survivors if s in why] + [f"{s}: SURVIVED" for s in left]
+        (keep / f"{name}.survivors.txt").write_text("\n".join(lines) + "\n")
+        print(f"{name}: {counts}")
+        print(f"{name}: killed {killed} / ({total} - {len(why)} excluded as equivalent or message text)"
+              f" = {score:.1f}%  ({len(left)} survivors counted; {keep / name}, {name}.survivors.txt)")
+        for s in left:
+            print(f"    SURVIVED {s}")
     return 0
 
 
