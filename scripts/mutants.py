@@ -138,11 +138,36 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
      "adds '/' a second time: a repeated marker changes nothing"),
     ("gateway/cache/policy.py", "for i in range(1, len(parts) + 1):", "for i in range(1, len(parts) + 2):",
      "adds the whole path a second time: a repeated marker changes nothing"),
+    # --- gateway/mapping.py
+    *(("gateway/mapping.py", line, mutated,
+       "the error's route: the server fills a missing one from the request it answers (middleware, NDJSON)")
+      for line, mutated in (
+          ('raise BadRequest("; ".join(problems), code="bad_query", route=route.name, details=problems)',
+           'raise BadRequest("; ".join(problems), code="bad_query", route=None, details=problems)'),
+          ('raise BadRequest("; ".join(problems), code="bad_query", route=route.name, details=problems)',
+           'raise BadRequest("; ".join(problems), code="bad_query", details=problems)'),
+          ("route=route,", "route=None,"),
+          ("route=route,\n)", ")"),
+          ("out = {key: evaluate(expr, obj, params, location, route, key) for key, expr in mapping}",
+           "out = {key: evaluate(expr, obj, params, location, None, key) for key, expr in mapping}"),
+          ("return _cast(expr, value, route, key)", "return _cast(expr, value, None, key)"),
+          ('f"upstream value for {key!r} is not {expr.cast}: {value!r}", code="shape_drift", route=route',
+           'f"upstream value for {key!r} is not {expr.cast}: {value!r}", code="shape_drift", route=None'),
+          ('f"upstream value for {key!r} is not {expr.cast}: {value!r}", code="shape_drift", route=route\n) from None',
+           'f"upstream value for {key!r} is not {expr.cast}: {value!r}", code="shape_drift", ) from None'),
+      )),
+    ("gateway/mapping.py", "value = render(tpl, params, segment=False)", "value = render(tpl, params, segment=None)",
+     "None is as false as False: render only tests it"),
+    *(("gateway/mapping.py", line, line.replace('safe=""', 'safe="XXXX"'), "'X' is unreserved: quote never escapes it")
+      for line in ('return quote(text, safe="") if segment else text',
+                   'out.append(quote(piece, safe="") if segment else piece)')),
 ]
 
 #: lines that only word an error message: a survivor changing nothing but string literals on one
 #: of them is not counted (file, a piece of the line)
-MESSAGES: list[tuple[str, str]] = []
+MESSAGES: list[tuple[str, str]] = [
+    ("gateway/mapping.py", 'raise BadRequest("; ".join(problems)'),  # the details list is what it joins
+]
 
 _STRING = re.compile(r"""[rbfuRBFU]{0,2}("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')""")
 
