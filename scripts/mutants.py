@@ -161,15 +161,112 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
     *(("gateway/mapping.py", line, line.replace('safe=""', 'safe="XXXX"'), "'X' is unreserved: quote never escapes it")
       for line in ('return quote(text, safe="") if segment else text',
                    'out.append(quote(piece, safe="") if segment else piece)')),
+    # --- gateway/pagination/
+    *(
+        (
+            "gateway/pagination/next_url.py",
+            'values = getall("Link", []) if getall is not None else [answer.headers.get("Link", "")]',
+            mutated,
+            "an Answer's headers are the upstream response's (CIMultiDictProxy): getall is there, names ignore case",
+        )
+        for mutated in (
+            'values = getall("link", []) if getall is not None else [answer.headers.get("Link", "")]',
+            'values = getall("LINK", []) if getall is not None else [answer.headers.get("Link", "")]',
+            'values = getall("Link", []) if (getall is not None) or True else [answer.headers.get("Link", "")]',
+            'values = getall("Link", []) if getall is not None else [answer.headers.get(None, "")]',
+            'values = getall("Link", []) if getall is not None else [answer.headers.get("Link", None)]',
+            'values = getall("Link", []) if getall is not None else [answer.headers.get("")]',
+            'values = getall("Link", []) if getall is not None else [answer.headers.get("Link", )]',
+            'values = getall("Link", []) if getall is not None else [answer.headers.get("XXLinkXX", "")]',
+            'values = getall("Link", []) if getall is not None else [answer.headers.get("link", "")]',
+            'values = getall("Link", []) if getall is not None else [answer.headers.get("LINK", "")]',
+            'values = getall("Link", []) if getall is not None else [answer.headers.get("Link", "XXXX")]',
+        )
+    ),
+    (
+        "gateway/pagination/next_url.py",
+        'getall = getattr(answer.headers, "getall", None)',
+        'getall = getattr(answer.headers, "getall", )',
+        "an Answer's headers are the upstream response's (CIMultiDictProxy): getall is always there",
+    ),
+    (
+        "gateway/pagination/page.py",
+        "total = dig(answer.body, pag.total_path) if pag.total_path else None",
+        "total = dig(answer.body, pag.total_path) if (pag.total_path) or True else None",
+        "with no total declared, dig of the empty path is the whole page (a dict or list), never an int",
+    ),
+    ("gateway/pagination/next_url.py", "same = False", "same = None", "None is as false as False: only tested"),
+    ("gateway/pagination/before.py", "advanced = False", "advanced = None", "None is as false as False: only tested"),
 ]
 
 #: lines that only word an error message: a survivor changing nothing but string literals on one
 #: of them is not counted (file, a piece of the line)
 MESSAGES: list[tuple[str, str]] = [
     ("gateway/mapping.py", 'raise BadRequest("; ".join(problems)'),  # the details list is what it joins
+    ("gateway/pagination/common.py", 'raise ShapeDrift(f"upstream page has no list at'),
+    ("gateway/pagination/common.py", "f\"upstream page has no {'.'.join(path)!r} field"),
+    ("gateway/pagination/common.py", 'def stalled(route: str, why: str = "'),
+    ("gateway/pagination/common.py", 'f"upstream pagination did not advance ({why}); stopped"'),
+    ("gateway/pagination/common.py", 'raise stalled(route, "'),
+    ("gateway/pagination/linked.py", 'raise stalled(route, "'),
+    ("gateway/pagination/before.py", 'raise stalled(route, f"'),
+    ("gateway/pagination/before.py", 'raise ShapeDrift(f"upstream item lost its paging field'),
+    ("gateway/pagination/before.py", '"the cursor is not valid for this route'),
+    ("gateway/pagination/cursor.py", '"the cursor is not valid for this route'),
+    ("gateway/pagination/cursor.py", "raise ValueError("),  # never shown: every one becomes the same 400
+    ("gateway/pagination/next_url.py", "\"the upstream's next link leaves its origin or base path"),
+    ("gateway/pagination/__init__.py", 'f"the collection has more than {pag.max_items} items'),
+    ("gateway/pagination/__init__.py", '"page through it with cursors instead of all=true"'),
+    ("gateway/pagination/__init__.py", 'assert base_url is not None, "'),
 ]
 
 _STRING = re.compile(r"""[rbfuRBFU]{0,2}("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')""")
+
+
+#: calls whose route argument only names the route in an error: a mutant that drops it or passes
+#: None changes nothing a client sees, as the server fills a missing route from the request
+#: it answers (middleware, NDJSON stream)
+ROUTE_ONLY_FOR_ERRORS = (
+    "route=",
+    "stalled(",
+    "items_of(",
+    "_field(",
+    "check_advanced(",
+    "require(",
+    "NextLinks(",
+    ".walk(",
+    "name = route.name",
+    "self.route = route",
+)
+
+
+def _route_only(file: str, old: str, new: str) -> bool:
+    """The mutant only drops the route an error names, or names None instead."""
+    if not file.startswith("gateway/pagination/") or not any(p in old for p in ROUTE_ONLY_FOR_ERRORS):
+        return False
+
+    def norm(line: str) -> str:
+        line = re.sub(r"\broute=(self\.route|route\.name|route|None)\s*,?", "", line)
+        line = re.sub(r"\b(self\.route|route\.name|route|name|None)\b", "R", line)
+        return re.sub(r",\s*\)", ")", re.sub(r"\s+", "", line))
+
+    return old != new and norm(old) == norm(new)
+
+
+def _message_only(old: str, new: str) -> bool:
+    """Only the wording changed: string literals (or a message given as None, or left to its
+    default) differ, while the error's code stays the same."""
+    if _CODE.findall(old) != _CODE.findall(new):
+        return False
+
+    def words_out(line: str) -> str:
+        line = _STRING.sub('""', line).replace("None", '""')
+        return re.sub(r",\s*\)", ")", re.sub(r',\s*""\s*(?=[,)])', "", line))
+
+    return old != new and words_out(old) == words_out(new)
+
+
+_CODE = re.compile(r"""code=("[^"]*"|'[^']*'|None)|code=""")
 
 
 def _survivors(results: Path) -> list[str]:
@@ -188,7 +285,10 @@ def _diffs(work: Path, names: list[str]) -> dict[str, tuple[str, str, str]]:
         "from mutmut.__main__ import find_mutant, get_diff_for_mutant\n"
         "out = {}\n"
         "for name in json.load(sys.stdin):\n"
-        "    out[name] = get_diff_for_mutant(name, path=find_mutant(name).path)\n"
+        "    try:\n"
+        "        out[name] = get_diff_for_mutant(name, path=find_mutant(name).path)\n"
+        "    except Exception as exc:  # listed as a survivor, never excluded\n"
+        "        out[name] = f'(no diff: {exc!r})'\n"
         "print(json.dumps(out))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=work, input=json.dumps(names), capture_output=True,
@@ -214,9 +314,10 @@ def _excluded(work: Path, survivors: list[str]) -> dict[str, str]:
                 why[name] = f"equivalent: {reason}"
                 break
         else:
-            if (any(path == file and piece in old for path, piece in MESSAGES)
-                    and _STRING.sub('""', old) == _STRING.sub('""', new)):
+            if any(path == file and piece in old for path, piece in MESSAGES) and _message_only(old, new):
                 why[name] = "message text only"
+            elif _route_only(file, old, new):
+                why[name] = "equivalent: only the route an error names (the server fills it from the request)"
     return why
 
 

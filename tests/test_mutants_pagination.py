@@ -10,14 +10,22 @@ from __future__ import annotations
 import base64
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from multidict import CIMultiDict
+from yarl import URL
 
 from gateway.config import Config, Route, load_config
 from gateway.errors import BadRequest
-from gateway.pagination.common import Position
+from gateway.mapping import ShapeDrift
+from gateway.pagination.common import Answer, Position
+from gateway.pagination.next_url import NextLinks
+from gateway.server import GATEWAY
 from gateway.pagination.cursor import MAX_CURSOR_CHARS, _sign, decode_cursor, derive_key, encode_cursor
 
 SECRET = derive_key("test-cursor-key", [])
@@ -159,6 +167,7 @@ def test_a_cursor_marks_are_two_known_fingerprints() -> None:
         {"f": MARK + "0"},
         {"f": MARK.upper()},
         {"f": "g" * 16},
+        {"f": "X" * 16},
         {"f": 1234567890123456},
         {"f": MARK, "h": "nope"},
     ):
@@ -260,3 +269,203 @@ KNOWN_CURSOR = (
     "eyJyIjoidHlwZWQiLCJwIjp7ImEiOjUsImIiOm51bGx9LCJlIjpbImIiXSwibSI6eyJmIjoiMDEyMzQ1Njc4OWFiY2RlZiIsImgi"
     "OiIwMTIzNDU2Nzg5YWJjZGVmIn19.7FAmyXMshAv5mvoMBfki-YgK"
 )
+
+
+# --------------------------------------------------------------------------- walks, through HTTP
+
+WALKS = """
+upstreams:
+  origin:
+    base_url: ${ORIGIN_URL}
+    retries: {attempts: 1}
+routes:
+  streams:
+    stable: GET /v1/streams/{variant}
+    upstream: origin
+    auth: none
+    pagination: {style: before, param: before, field: t, items: items}
+    targets: ["GET /streams/{variant}"]
+  tokens:
+    stable: GET /v1/tokens/{variant}
+    upstream: origin
+    auth: none
+    pagination: {style: cursor, token: next, items: results}
+    targets: ["GET /tokens/{variant}"]
+  links:
+    stable: GET /v1/links/{variant}
+    upstream: origin
+    auth: none
+    pagination: {style: next_url, next: next, items: results}
+    targets: ["GET /links/{variant}"]
+"""
+
+
+class Origin:
+    """Pages that go wrong in one way each (the variant in the path says which)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/streams/{variant}", self.streams)
+        app.router.add_get("/tokens/{variant}", self.tokens)
+        app.router.add_get("/links/{variant}", self.links)
+        return app
+
+    def _saw(self, request: web.Request) -> str:
+        self.seen.append((request.path, request.query_string))
+        return request.match_info["variant"]
+
+    async def streams(self, request: web.Request) -> web.Response:
+        """``before`` over 9, 8, 7, ... two a page; ``mixed`` turns to text values after 6;
+        ``nofield``/``text`` have items without a ``t``."""
+        variant = self._saw(request)
+        raw = request.query.get("before", "1000")
+        before = int(raw) if raw.isdigit() else 1000
+        items: list[Any] = [{"t": t} for t in range(9, 3, -1) if t < before][:2]
+        if variant == "mixed" and before <= 6:
+            items = [{"t": "b"}, {"t": "a"}]
+        elif variant == "nofield":
+            items = [{"t": 9}, {"x": 1}]
+        elif variant == "text":
+            items = ["a text item"]
+        return web.json_response({"items": items})
+
+    async def tokens(self, request: web.Request) -> web.Response:
+        """``empty``: a second page with no items; ``true``/``list``: a next token that is no token."""
+        variant = self._saw(request)
+        if variant == "empty":
+            first = "cursor" not in request.query
+            return web.json_response({"results": [{"id": 0}] if first else [], "next": "t1" if first else None})
+        token: Any = {"true": True, "list": ["t1"], "number": 7}[variant]
+        page = int(request.query.get("cursor", "0"))
+        return web.json_response({"results": [{"id": page}], "next": token if page < 7 else None})
+
+    async def links(self, request: web.Request) -> web.Response:
+        """``missing``: no ``next`` field at all; ``number``: a next that is no link."""
+        variant = self._saw(request)
+        body: dict[str, Any] = {"results": [{"id": 1}]}
+        if variant == "number":
+            body["next"] = 5
+        return web.json_response(body)
+
+
+async def _walks(make_gateway: Any, aiohttp_server: Any) -> tuple[TestClient[Any, Any], Origin]:
+    origin = Origin()
+    server: TestServer = await aiohttp_server(origin.app())
+    gw = await make_gateway(WALKS, env={"ORIGIN_URL": str(server.make_url(""))})
+    return gw, origin
+
+
+async def _answer(gw: TestClient[Any, Any], url: str) -> tuple[int, dict[str, Any]]:
+    resp = await gw.get(url)
+    body: dict[str, Any] = await resp.json()
+    return resp.status, body
+
+
+async def test_an_item_without_its_paging_field_is_drift(make_gateway: Any, aiohttp_server: Any) -> None:
+    """Survivors in ``before._field``: an item lacking the field, or not an object at all, is a 502
+    ``shape_drift`` naming the field (not a 500)."""
+    gw, _ = await _walks(make_gateway, aiohttp_server)
+    for variant in ("nofield", "text"):
+        status, body = await _answer(gw, f"/v1/streams/{variant}?all=true")
+        assert status == 502, body
+        assert body["error"] == {
+            "code": "shape_drift",
+            "message": "upstream item lost its paging field 't'",
+            "route": "streams",
+        }
+
+
+async def test_before_values_that_cannot_be_compared(make_gateway: Any, aiohttp_server: Any) -> None:
+    """Survivors in ``before.walk``: a ``before`` value the upstream's cannot be compared with is
+    the cursor's fault (400 ``bad_cursor``) while the stream is still at the cursor's value, and
+    the upstream's (502 ``pagination_stalled``) once a page of its own moved it."""
+    gw, origin = await _walks(make_gateway, aiohttp_server)
+    status, body = await _answer(gw, "/v1/streams/ints?all=true")
+    assert status == 200 and [it["t"] for it in body["items"]] == [9, 8, 7, 6, 5, 4]
+    # the upstream switches from numbers to text on its third page: never served, a 502
+    status, body = await _answer(gw, "/v1/streams/mixed?all=true")
+    assert status == 502 and body["error"]["code"] == "pagination_stalled", body
+    # the same, resumed from a cursor: its first page (numbers) moved the stream on, so still the upstream's
+    status, body = await _answer(gw, "/v1/streams/mixed?limit=2")
+    assert status == 200 and body["next_cursor"]
+    status, body = await _answer(gw, f"/v1/streams/mixed?all=true&cursor={body['next_cursor']}")
+    assert status == 502 and body["error"]["code"] == "pagination_stalled", body
+    # a cursor (signed with the deployment's key) whose value is text: numbers cannot follow it
+    server: Any = gw.server
+    secret = server.app[GATEWAY].runtime.proxy.cursor_secret
+    body64 = base64.urlsafe_b64encode(json.dumps({"r": "streams", "p": {"": "zzz"}}).encode()).decode().rstrip("=")
+    forged = f"{body64}.{_sign(secret, body64)}"
+    status, body = await _answer(gw, f"/v1/streams/ints?cursor={forged}")
+    assert status == 400, body
+    assert body["error"] == {
+        "code": "bad_cursor",
+        "message": "the cursor is not valid for this route; pass next_cursor exactly as it was returned",
+        "route": "streams",
+    }
+
+
+async def test_an_empty_page_ends_a_token_walk(make_gateway: Any, aiohttp_server: Any) -> None:
+    """Survivor in ``linked.walk``: the first item of an empty page looked up (a 500)."""
+    gw, origin = await _walks(make_gateway, aiohttp_server)
+    status, body = await _answer(gw, "/v1/tokens/empty?all=true")
+    assert (status, body) == (200, {"items": [{"id": 0}], "next_cursor": None})
+    assert [q for p, q in origin.seen] == ["", "cursor=t1"]
+
+
+async def test_a_next_token_must_be_text_or_a_number(make_gateway: Any, aiohttp_server: Any) -> None:
+    """Survivor in ``Tokens.advance``: ``true`` or a list read as a token (sent back as ``True``)."""
+    gw, origin = await _walks(make_gateway, aiohttp_server)
+    for variant in ("true", "list"):
+        status, body = await _answer(gw, f"/v1/tokens/{variant}?all=true")
+        assert (status, body) == (200, {"items": [{"id": 0}], "next_cursor": None}), variant
+    status, body = await _answer(gw, "/v1/tokens/number?all=true")
+    assert status == 200 and body["items"] == [{"id": 0}, {"id": 7}]
+    assert [q for p, q in origin.seen] == ["", "", "", "cursor=7"]
+
+
+async def test_a_next_link_field_is_required_and_must_be_a_link(make_gateway: Any, aiohttp_server: Any) -> None:
+    """Survivors in ``NextLinks.advance``: a declared ``next`` field missing from the page is the
+    upstream changing how it pages (502), and a ``next`` that is no string ends the walk."""
+    gw, origin = await _walks(make_gateway, aiohttp_server)
+    status, body = await _answer(gw, "/v1/links/missing?all=true")
+    assert status == 502 and body["error"]["code"] == "shape_drift", body
+    assert body["error"]["message"] == "upstream page has no 'next' field (its pagination changed?)"
+    status, body = await _answer(gw, "/v1/links/number?all=true")
+    assert (status, body) == (200, {"items": [{"id": 1}], "next_cursor": None})
+    assert [p for p, _ in origin.seen] == ["/links/missing", "/links/number"]
+
+
+# --------------------------------------------------------------------------- next links
+
+
+def _links(base: str) -> NextLinks:
+    return NextLinks(ROUTES["link"].pagination, URL(base), "link")  # type: ignore[arg-type]
+
+
+def test_a_next_link_is_kept_as_the_path_below_the_base() -> None:
+    """Survivors in ``after_origin`` and ``NextLinks.__init__``: the default port written or not
+    is the same origin; a link without a query gets no ``?``; the base path is cut whole; a link
+    that is no URL is refused like one to another origin."""
+    links = _links("http://up.example/INDEX/")
+    here = URL("http://up.example/INDEX/list")
+    assert links.after_origin("http://up.example:80/INDEX/list?page=2", here) == "/list?page=2"
+    assert links.after_origin("/INDEX/list/next", here) == "/list/next"
+    assert _links("http://up.example:80/api/").after_origin("http://up.example/api/x", here) == "/x"
+    for bad in ("http://up.example:99999/INDEX/x", "http://other.example/INDEX/x", "/elsewhere/x"):
+        with pytest.raises(ShapeDrift) as caught:
+            links.after_origin(bad, here)
+        assert caught.value.code == "pagination_bad_link", bad
+
+
+def test_the_next_link_header_may_come_first_of_several_lines() -> None:
+    """Survivor in ``_header_link``: several ``Link`` lines joined with something other than ``, ``
+    (a bare ``rel=next`` on the first line then lost)."""
+    pag = ROUTES["link"].pagination
+    assert pag is not None
+    links = NextLinks(replace(pag, next_path=()), URL("http://up.example/api/"), "link")
+    headers = CIMultiDict([("Link", "</api/x?page=2>; rel=next"), ("Link", "</api/x?page=0>; rel=prev")])
+    answer = Answer({"results": [1]}, headers, URL("http://up.example/api/x"))
+    assert links.advance(None, answer, [1]) == "/x?page=2"
