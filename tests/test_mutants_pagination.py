@@ -24,9 +24,9 @@ from gateway.config import Config, Route, load_config
 from gateway.errors import BadRequest
 from gateway.mapping import ShapeDrift
 from gateway.pagination.common import Answer, Position
+from gateway.pagination.cursor import MAX_CURSOR_CHARS, _sign, decode_cursor, derive_key, encode_cursor
 from gateway.pagination.next_url import NextLinks
 from gateway.server import GATEWAY
-from gateway.pagination.cursor import MAX_CURSOR_CHARS, _sign, decode_cursor, derive_key, encode_cursor
 
 SECRET = derive_key("test-cursor-key", [])
 
@@ -382,7 +382,7 @@ async def test_before_values_that_cannot_be_compared(make_gateway: Any, aiohttp_
     """Survivors in ``before.walk``: a ``before`` value the upstream's cannot be compared with is
     the cursor's fault (400 ``bad_cursor``) while the stream is still at the cursor's value, and
     the upstream's (502 ``pagination_stalled``) once a page of its own moved it."""
-    gw, origin = await _walks(make_gateway, aiohttp_server)
+    gw, _ = await _walks(make_gateway, aiohttp_server)
     status, body = await _answer(gw, "/v1/streams/ints?all=true")
     assert status == 200 and [it["t"] for it in body["items"]] == [9, 8, 7, 6, 5, 4]
     # the upstream switches from numbers to text on its third page: never served, a 502
