@@ -197,6 +197,43 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
     ),
     ("gateway/pagination/next_url.py", "same = False", "same = None", "None is as false as False: only tested"),
     ("gateway/pagination/before.py", "advanced = False", "advanced = None", "None is as false as False: only tested"),
+    *(
+        ("gateway/pagination/linked.py", line, mutated, "the same items are taken: a slice stops at the page's end")
+        for line, mutated in (
+            (
+                "room = len(items) - skip if limit is None else min(len(items) - skip, limit - handed)",
+                "room = len(items) + skip if limit is None else min(len(items) - skip, limit - handed)",
+            ),
+            (
+                "room = len(items) - skip if limit is None else min(len(items) - skip, limit - handed)",
+                "room = len(items) - skip if limit is None else min(len(items) + skip, limit - handed)",
+            ),
+            ("take = items[skip : skip + max(room, 0)]", "take = items[skip : skip + max(room, 1)]"),
+        )
+    ),
+    *(
+        (
+            "gateway/pagination/linked.py",
+            'position.pos[""] = {"t": token, "s": skip + len(take)}\nposition.ended.add("")',
+            mutated + '\nposition.ended.add("")',
+            "the position of a walk that ended: no cursor is issued for it, nothing reads it",
+        )
+        for mutated in (
+            'position.pos[""] = None',
+            'position.pos["XXXX"] = {"t": token, "s": skip + len(take)}',
+            'position.pos[""] = {"XXtXX": token, "s": skip + len(take)}',
+            'position.pos[""] = {"T": token, "s": skip + len(take)}',
+            'position.pos[""] = {"t": token, "XXsXX": skip + len(take)}',
+            'position.pos[""] = {"t": token, "S": skip + len(take)}',
+            'position.pos[""] = {"t": token, "s": skip - len(take)}',
+        )
+    ),
+    (
+        "gateway/pagination/cursor.py",
+        'return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))',
+        'return base64.urlsafe_b64decode(text + "=" * (+len(text) % 4))',
+        "the decoder ignores excess '=' padding (3 instead of 1)",
+    ),
 ]
 
 #: lines that only word an error message: a survivor changing nothing but string literals on one
@@ -278,8 +315,9 @@ def _survivors(results: Path) -> list[str]:
     return out
 
 
-def _diffs(work: Path, names: list[str]) -> dict[str, tuple[str, str, str]]:
-    """(file, removed lines, added lines) of each mutant, from one mutmut process (each ``show`` takes seconds)."""
+def _diffs(work: Path, names: list[str]) -> dict[str, tuple[str, str, str, str]]:
+    """(file, removed lines, added lines, the line after them) of each mutant, from one mutmut
+    process (each ``mutmut show`` takes seconds)."""
     code = (
         "import json, sys\n"
         "from mutmut.__main__ import find_mutant, get_diff_for_mutant\n"
@@ -293,13 +331,15 @@ def _diffs(work: Path, names: list[str]) -> dict[str, tuple[str, str, str]]:
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=work, input=json.dumps(names), capture_output=True,
                           text=True, check=True)
-    diffs: dict[str, tuple[str, str, str]] = {}
+    diffs: dict[str, tuple[str, str, str, str]] = {}
     for name, diff in json.loads(done.stdout.splitlines()[-1]).items():
         lines = diff.splitlines()
         file = next((ln[4:].strip() for ln in lines if ln.startswith("--- ")), "")
         old = "\n".join(ln[1:].strip() for ln in lines if ln.startswith("-") and not ln.startswith("---"))
         new = "\n".join(ln[1:].strip() for ln in lines if ln.startswith("+") and not ln.startswith("+++"))
-        diffs[name] = (file, old, new)
+        changed = [i for i, ln in enumerate(lines) if ln[:1] in "-+" and ln[:3] not in ("---", "+++")]
+        after = next((ln.strip() for ln in lines[changed[-1] + 1 :] if ln.startswith(" ")), "") if changed else ""
+        diffs[name] = (file, old, new, after)
     return diffs
 
 
@@ -308,9 +348,10 @@ def _excluded(work: Path, survivors: list[str]) -> dict[str, str]:
     if not survivors:
         return {}
     why: dict[str, str] = {}
-    for name, (file, old, new) in _diffs(work, survivors).items():
+    for name, (file, old, new, after) in _diffs(work, survivors).items():
         for path, line, mutated, reason in EQUIVALENT:
-            if (path, line, mutated) == (file, old, new):
+            # an entry may name the line after the change too, where the same line occurs twice
+            if (path, line, mutated) in ((file, old, new), (file, f"{old}\n{after}", f"{new}\n{after}")):
                 why[name] = f"equivalent: {reason}"
                 break
         else:
