@@ -216,6 +216,18 @@ def test_a_cursor_position_has_its_styles_type_and_bounds(route: str, good: list
         _refused(route, {"r": route, "p": {"": value}})
 
 
+def test_a_cursor_is_one_body_and_one_signature() -> None:
+    """Survivor: the cursor split at its last ``.`` (a signed body holding a ``.`` accepted)."""
+    raw = json.dumps({"r": "single", "p": {"": 5}})
+    raw += " " * (-len(raw) % 3)  # no padding: a decoder skipping the "." would read the payload
+    payload = base64.urlsafe_b64encode(raw.encode()).decode()
+    dotted = payload + "."
+    text = f"{dotted}.{_sign(SECRET, dotted)}"
+    with pytest.raises(BadRequest):
+        decode_cursor(ROUTES["single"], text, SECRET)
+    assert decode_cursor(ROUTES["single"], f"{payload}.{_sign(SECRET, payload)}", SECRET)[1].pos == {"": 5}
+
+
 def test_a_cursor_up_to_the_longest_issued_is_read() -> None:
     """Survivor: ``len(text) > MAX_CURSOR_CHARS`` → ``>=`` (a cursor of exactly 4096 characters)."""
     # base64 of n bytes has ceil(4n/3) characters, plus "." and a 24-character signature; two
@@ -338,6 +350,13 @@ class Origin:
         if variant == "empty":
             first = "cursor" not in request.query
             return web.json_response({"results": [{"id": 0}] if first else [], "next": "t1" if first else None})
+        if variant == "emptymore":  # an empty page that still names a next token: the end all the same
+            first = "cursor" not in request.query
+            return web.json_response({"results": [{"id": 0}] if first else [], "next": "t1" if first else "t2"})
+        if variant == "lag":  # t2 answers t1's page again (an upstream going back one page)
+            asked = request.query.get("cursor", "t0")
+            page = {"t0": 0, "t1": 1, "t2": 1}[asked]
+            return web.json_response({"results": [{"id": page}], "next": {"t0": "t1", "t1": "t2", "t2": "t3"}[asked]})
         token: Any = {"true": True, "list": ["t1"], "number": 7}[variant]
         page = int(request.query.get("cursor", "0"))
         return web.json_response({"results": [{"id": page}], "next": token if page < 7 else None})
@@ -408,11 +427,27 @@ async def test_before_values_that_cannot_be_compared(make_gateway: Any, aiohttp_
 
 
 async def test_an_empty_page_ends_a_token_walk(make_gateway: Any, aiohttp_server: Any) -> None:
-    """Survivor in ``linked.walk``: the first item of an empty page looked up (a 500)."""
+    """Survivors in ``linked.walk``: the first item of an empty page looked up (a 500); the next
+    token of an empty page followed."""
     gw, origin = await _walks(make_gateway, aiohttp_server)
-    status, body = await _answer(gw, "/v1/tokens/empty?all=true")
-    assert (status, body) == (200, {"items": [{"id": 0}], "next_cursor": None})
-    assert [q for p, q in origin.seen] == ["", "cursor=t1"]
+    for variant in ("empty", "emptymore"):
+        status, body = await _answer(gw, f"/v1/tokens/{variant}?all=true")
+        assert (status, body) == (200, {"items": [{"id": 0}], "next_cursor": None}), variant
+    assert [q for p, q in origin.seen] == ["", "cursor=t1", "", "cursor=t1"]
+
+
+async def test_a_page_repeating_the_one_before_is_noticed_across_cursors(
+    make_gateway: Any, aiohttp_server: Any
+) -> None:
+    """Survivor in ``linked.walk``: the cursor's mark of the previous page's first item (``h``) no
+    longer that item's, so an upstream answering the previous page again is served twice."""
+    gw, _ = await _walks(make_gateway, aiohttp_server)
+    status, body = await _answer(gw, "/v1/tokens/lag?limit=1")
+    assert status == 200 and body["items"] == [{"id": 0}]
+    status, body = await _answer(gw, f"/v1/tokens/lag?limit=1&cursor={body['next_cursor']}")
+    assert status == 200 and body["items"] == [{"id": 1}]
+    status, body = await _answer(gw, f"/v1/tokens/lag?limit=1&cursor={body['next_cursor']}")
+    assert status == 502 and body["error"]["code"] == "pagination_stalled", body
 
 
 async def test_a_next_token_must_be_text_or_a_number(make_gateway: Any, aiohttp_server: Any) -> None:
