@@ -504,3 +504,130 @@ def test_the_next_link_header_may_come_first_of_several_lines() -> None:
     headers = CIMultiDict([("Link", "</api/x?page=2>; rel=next"), ("Link", "</api/x?page=0>; rel=prev")])
     answer = Answer({"results": [1]}, headers, URL("http://up.example/api/x"))
     assert links.advance(None, answer, [1]) == "/x?page=2"
+
+
+# --------------------------------------------------------------------------- offset walks
+
+OFFSETS = """
+upstreams:
+  origin:
+    base_url: ${ORIGIN_URL}
+    retries: {attempts: 1}
+routes:
+  offsets:
+    stable: GET /v1/offsets/{variant}
+    upstream: origin
+    auth: none
+    pagination: {style: offset, items: results, page_size: 3}
+    targets: ["GET /offsets/{variant}"]
+    response: {items: {id: id}}
+  enveloped:
+    stable: GET /v1/enveloped
+    upstream: origin
+    auth: none
+    pagination: {style: offset, items: data.results, next: data.next, count: data.count, page_size: 3}
+    targets: ["GET /offsets/envelope"]
+    response: {items: {id: id}}
+"""
+
+
+class Offsets:
+    """limit/offset pages of at most 3 over ids 0..6 (7 items), each variant wrong in one way."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/offsets/{variant}", self.page)
+        return app
+
+    async def page(self, request: web.Request) -> web.Response:
+        variant = request.match_info["variant"]
+        self.seen.append((variant, request.query_string))
+        offset, limit = int(request.query["offset"]), min(int(request.query["limit"]), 3)
+        total = 7
+        start = offset
+        # the offset ignored, or from the third page on the first page again
+        if variant in ("ignore", "capignore") or (variant == "restart" and offset >= 6):
+            start = 0
+        elif variant == "lag" and offset >= 6:  # the page before, again
+            start = 3
+        ids = list(range(total))[start : start + limit]
+        if variant == "capempty" and offset >= 3:
+            ids = []
+        more = offset + limit < total
+        body: dict[str, Any] = {"results": [{"id": i} for i in ids], "next": "more" if more else None}
+        if variant == "grown":  # the count (6) is from before the collection grew to 7
+            body["count"] = 6
+        elif variant == "stale":  # says 7 but its first page already says there is no next one
+            body["count"], body["next"] = 7, None
+        elif variant == "text":
+            body["count"] = "7"
+        elif variant == "none":
+            body = {"results": [], "next": None, "count": 0}
+        elif variant == "nonext":
+            del body["next"]
+        elif variant == "envelope":  # a middle page's next is null: the count, read first, rules
+            body = {"data": {**body, "count": total, "next": None if offset == 3 else body["next"]}}
+        return web.json_response(body)
+
+
+async def _offsets(make_gateway: Any, aiohttp_server: Any) -> tuple[TestClient[Any, Any], Offsets]:
+    origin = Offsets()
+    server: TestServer = await aiohttp_server(origin.app())
+    gw = await make_gateway(OFFSETS, env={"ORIGIN_URL": str(server.make_url(""))})
+    return gw, origin
+
+
+async def _ids(gw: TestClient[Any, Any], url: str) -> tuple[int, list[int] | dict[str, Any], str | None]:
+    status, body = await _answer(gw, url)
+    if status != 200:
+        return status, body["error"], None
+    return status, [it["id"] for it in body["items"]], body["next_cursor"]
+
+
+async def test_an_offset_walk_reads_its_count_and_next_as_declared(make_gateway: Any, aiohttp_server: Any) -> None:
+    """Survivors in ``offset.walk``: dotted ``next``/``count`` keys, a count that is not a number,
+    a count that grew (the rest followed by ``next``), a count the first page's ``next`` belies, an
+    empty collection, and a page without its ``next`` field."""
+    gw, origin = await _offsets(make_gateway, aiohttp_server)
+    assert await _ids(gw, "/v1/enveloped?all=true") == (200, list(range(7)), None)
+    for variant in ("text", "grown"):
+        assert await _ids(gw, f"/v1/offsets/{variant}?all=true") == (200, list(range(7)), None), variant
+    assert [q for v, q in origin.seen if v == "grown"] == [
+        "limit=3&offset=0",
+        "limit=3&offset=3",
+        "limit=3&offset=6",
+    ]
+    assert await _ids(gw, "/v1/offsets/stale?all=true") == (200, [0, 1, 2], None)
+    assert await _ids(gw, "/v1/offsets/none?all=true") == (200, [], None)
+    assert await _ids(gw, "/v1/offsets/none?limit=5") == (200, [], None)
+    status, error, _ = await _ids(gw, "/v1/offsets/nonext?all=true")
+    assert status == 502 and error == {
+        "code": "shape_drift",
+        "message": "upstream page has no 'next' field (its pagination changed?)",
+        "route": "offsets",
+    }
+
+
+async def test_an_offset_walk_stops_an_upstream_ignoring_the_offset(make_gateway: Any, aiohttp_server: Any) -> None:
+    """Survivors in ``offset.walk``'s stall checks: within one stable page filled from several
+    capped upstream pages, and across cursors (from offset 1 on; the walk's first page; the page
+    before the current one)."""
+    gw, _ = await _offsets(make_gateway, aiohttp_server)
+    status, error, _ = await _ids(gw, "/v1/offsets/capignore?limit=5")
+    assert status == 502 and isinstance(error, dict) and error["code"] == "pagination_stalled", error
+    # a capped page, then an empty one though `next` said more: the stable page ends there
+    assert await _ids(gw, "/v1/offsets/capempty?limit=5") == (200, [0, 1, 2], None)
+    status, ids, cursor = await _ids(gw, "/v1/offsets/ignore?limit=1")
+    assert (status, ids) == (200, [0]) and cursor
+    status, error, _ = await _ids(gw, f"/v1/offsets/ignore?limit=1&cursor={cursor}")
+    assert status == 502 and isinstance(error, dict) and error["code"] == "pagination_stalled", error
+    for variant in ("restart", "lag"):
+        status, ids, cursor = await _ids(gw, f"/v1/offsets/{variant}?limit=3")
+        assert (status, ids) == (200, [0, 1, 2]) and cursor
+        status, ids, cursor = await _ids(gw, f"/v1/offsets/{variant}?limit=3&cursor={cursor}")
+        assert (status, ids) == (200, [3, 4, 5]) and cursor
+        status, error, _ = await _ids(gw, f"/v1/offsets/{variant}?limit=3&cursor={cursor}")
+        assert status == 502 and isinstance(error, dict) and error["code"] == "pagination_stalled", variant
