@@ -23,7 +23,7 @@ from yarl import URL
 from gateway.config import Config, Route, load_config
 from gateway.errors import BadRequest
 from gateway.mapping import ShapeDrift
-from gateway.pagination.common import Answer, Position
+from gateway.pagination.common import Answer, Position, fingerprint
 from gateway.pagination.cursor import MAX_CURSOR_CHARS, _sign, decode_cursor, derive_key, encode_cursor
 from gateway.pagination.next_url import NextLinks
 from gateway.server import GATEWAY
@@ -45,6 +45,13 @@ routes:
     upstream: u
     auth: none
     params: {type: {enum: [a, b], fan_out: true}}
+    pagination: {style: before, param: before, field: t}
+    targets: ["GET /s?type={type}"]
+  wide:
+    stable: GET /v1/wide
+    upstream: u
+    auth: none
+    params: {type: {enum: [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q], fan_out: true}}
     pagination: {style: before, param: before, field: t}
     targets: ["GET /s?type={type}"]
   open:
@@ -142,6 +149,8 @@ def test_a_cursor_walks_only_the_streams_its_route_has() -> None:
     assert _accepted("typed", {"r": "typed", "p": {"b": None}})[0] == ["b"]
     for payload in ({}, {"c": 1}, {"a": 1, "c": 1}, {"": 1}):
         _refused("typed", {"r": "typed", "p": payload})
+    seventeen = {name: 1 for name in "abcdefghijklmnopq"}  # an enum longer than 16 allows all of it
+    assert _accepted("wide", {"r": "wide", "p": seventeen})[0] == list(seventeen)
     sixteen = {f"s{i}": 1 for i in range(16)}
     assert _accepted("open", {"r": "open", "p": sixteen})[0] == list(sixteen)
     _refused("open", {"r": "open", "p": {**sixteen, "s16": 1}})
@@ -272,9 +281,23 @@ def test_the_key_and_cursor_format_stay_what_earlier_versions_issued() -> None:
         "e": [],
     }
     assert encode_cursor(ROUTES["typed"], ["a", "b"], Position({"a": 1}, {"a", "b"}), SECRET) is None
+    # cursors carry no base64 padding, whatever their length, and read back as issued
+    for n in range(40):
+        issued = encode_cursor(ROUTES["single"], [None], Position({"": "x" * n}), SECRET)
+        assert issued is not None and "=" not in issued
+        assert decode_cursor(ROUTES["single"], issued, SECRET)[1].pos == {"": "x" * n}
+
+
+def test_item_fingerprints_stay_what_earlier_versions_computed() -> None:
+    """Survivors in ``fingerprint``: cursors carry fingerprints of items (the stall marks), so the
+    digest of an item must not depend on the order of its keys, nor change between versions."""
+    item = {"b": 1, "a": [1, "x"], "c": {"e": None, "d": 2.5}}
+    assert fingerprint(item) == KNOWN_FINGERPRINT
+    assert fingerprint({"c": {"d": 2.5, "e": None}, "a": [1, "x"], "b": 1}) == KNOWN_FINGERPRINT
 
 
 #: computed by the code of this commit: a change here breaks every cursor issued before it
+KNOWN_FINGERPRINT = "8b36ab2ea56121a7"
 KNOWN_CONFIGURED_KEY = "2e7e9a84b0079fcd0fb7e7ba6252f720"
 KNOWN_DERIVED_KEY = "a0ac65b42e8e4fb4b35e8d0f7a6407c6"
 KNOWN_CURSOR = (
@@ -302,6 +325,12 @@ routes:
     upstream: origin
     auth: none
     pagination: {style: cursor, token: next, items: results}
+    targets: ["GET /tokens/{variant}"]
+  tokens_more:
+    stable: GET /v1/tokens-more/{variant}
+    upstream: origin
+    auth: none
+    pagination: {style: cursor, token: next, has_more: more, items: results}
     targets: ["GET /tokens/{variant}"]
   links:
     stable: GET /v1/links/{variant}
@@ -459,6 +488,9 @@ async def test_a_next_token_must_be_text_or_a_number(make_gateway: Any, aiohttp_
     status, body = await _answer(gw, "/v1/tokens/number?all=true")
     assert status == 200 and body["items"] == [{"id": 0}, {"id": 7}]
     assert [q for p, q in origin.seen] == ["", "", "", "cursor=7"]
+    # a declared has_more the page leaves out says nothing: the token decides
+    status, body = await _answer(gw, "/v1/tokens-more/number?all=true")
+    assert status == 200 and body["items"] == [{"id": 0}, {"id": 7}]
 
 
 async def test_a_next_link_field_is_required_and_must_be_a_link(make_gateway: Any, aiohttp_server: Any) -> None:
@@ -528,6 +560,18 @@ routes:
     pagination: {style: offset, items: data.results, next: data.next, count: data.count, page_size: 3}
     targets: ["GET /offsets/envelope"]
     response: {items: {id: id}}
+  flat:
+    stable: GET /v1/flat
+    upstream: origin
+    auth: none
+    pagination: {style: offset, items: data.results, page_size: 3}
+    targets: ["GET /offsets/flat"]
+  rooted:
+    stable: GET /v1/rooted
+    upstream: origin
+    auth: none
+    pagination: {style: offset, items: "", page_size: 3}
+    targets: ["GET /offsets/rooted"]
 """
 
 
@@ -554,8 +598,10 @@ class Offsets:
         elif variant == "lag" and offset >= 6:  # the page before, again
             start = 3
         ids = list(range(total))[start : start + limit]
-        if variant == "capempty" and offset >= 3:
+        if variant in ("capempty", "emptycount") and offset >= 3:
             ids = []
+        if variant == "ignorecount":
+            ids = [0, 1, 2][:limit]
         more = offset + limit < total
         body: dict[str, Any] = {"results": [{"id": i} for i in ids], "next": "more" if more else None}
         if variant == "grown":  # the count (6) is from before the collection grew to 7
@@ -564,6 +610,10 @@ class Offsets:
             body["count"], body["next"] = 7, None
         elif variant == "text":
             body["count"] = "7"
+        elif variant in ("ignorecount", "emptycount"):
+            body["count"] = total
+        elif variant == "flat":  # an envelope whose data is no object
+            body = {"data": "maintenance"}
         elif variant == "none":
             body = {"results": [], "next": None, "count": 0}
         elif variant == "nonext":
@@ -603,6 +653,18 @@ async def test_an_offset_walk_reads_its_count_and_next_as_declared(make_gateway:
     assert await _ids(gw, "/v1/offsets/stale?all=true") == (200, [0, 1, 2], None)
     assert await _ids(gw, "/v1/offsets/none?all=true") == (200, [], None)
     assert await _ids(gw, "/v1/offsets/none?limit=5") == (200, [], None)
+    for url, where in (("/v1/flat?all=true", "data.results"), ("/v1/rooted?all=true", "the body")):
+        status, error, _ = await _ids(gw, url)
+        assert status == 502 and error == {
+            "code": "shape_drift",
+            "message": f"upstream page has no list at {where!r}",
+            "route": url[4:].partition("?")[0],
+        }, url
+    # with the count known, the rest is fetched at once: pages ignoring the offset are still
+    # caught, and an empty page among them is served as empty
+    status, error, _ = await _ids(gw, "/v1/offsets/ignorecount?all=true")
+    assert status == 502 and isinstance(error, dict) and error["code"] == "pagination_stalled", error
+    assert await _ids(gw, "/v1/offsets/emptycount?all=true") == (200, [0, 1, 2], None)
     status, error, _ = await _ids(gw, "/v1/offsets/nonext?all=true")
     assert status == 502 and error == {
         "code": "shape_drift",
