@@ -67,6 +67,9 @@ NAMED = [
 ]
 
 
+#: why the position an ``all=true`` walk leaves behind does not matter
+ALL_TRUE = "the all=true part of the walk: its answer carries no cursor, so nothing reads ended or the position"
+
 #: survivors that cannot change what anyone sees: (file, the line, the line as mutated, why).
 #: Matched on the changed line, not on mutmut's numbering (which shifts when the code does).
 EQUIVALENT: list[tuple[str, str, str, str]] = [
@@ -234,6 +237,45 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
         'return base64.urlsafe_b64decode(text + "=" * (+len(text) % 4))',
         "the decoder ignores excess '=' padding (3 instead of 1)",
     ),
+    *(
+        ("gateway/pagination/offset.py", 'start = int(position.pos.get("", 0) or 0)', mutated, "None or 0 is 0")
+        for mutated in ('start = int(position.pos.get("", None) or 0)', 'start = int(position.pos.get("", ) or 0)')
+    ),
+    *(
+        ("gateway/pagination/offset.py", line, line.replace('add("")', added), ALL_TRUE)
+        # the walk's end without a count; after the pages fetched at once; after following next
+        for line in (
+            '        position.ended.add("")',
+            'if not more:\nposition.ended.add("")',
+            '    position.ended.add("")',
+        )
+        for added in ("add(None)", 'add("XXXX")')
+    ),
+    ("gateway/pagination/offset.py", "break", "return", ALL_TRUE),
+    (
+        "gateway/pagination/offset.py",
+        'yield served(offset, items)\nposition.ended.add("")',
+        'yield served(None, items)\nposition.ended.add("")',
+        ALL_TRUE,
+    ),
+    (
+        "gateway/pagination/offset.py",
+        "if count is not None and count > offset:",
+        "if count is not None and count >= offset:",
+        "count == offset: nothing is left to fetch at once, and the walk goes on by next as before",
+    ),
+    *(
+        (
+            "gateway/pagination/common.py",
+            'raw = json.dumps(item, sort_keys=True, separators=(",", ":"), default=str).encode()',
+            mutated,
+            "items are parsed JSON: json.dumps never calls default for them",
+        )
+        for mutated in (
+            'raw = json.dumps(item, sort_keys=True, separators=(",", ":"), default=None).encode()',
+            'raw = json.dumps(item, sort_keys=True, separators=(",", ":"), ).encode()',
+        )
+    ),
 ]
 
 #: lines that only word an error message: a survivor changing nothing but string literals on one
@@ -342,8 +384,9 @@ def _survivors(results: Path) -> list[str]:
     return out
 
 
-def _diffs(work: Path, names: list[str]) -> dict[str, tuple[str, str, str, str]]:
-    """(file, removed lines, added lines, the line after them) of each mutant, from one mutmut
+def _diffs(work: Path, names: list[str]) -> dict[str, tuple[str, str, str, str, str, str]]:
+    """(file, removed lines, added lines, the line after them, the line before them, the removed
+    lines with their indentation) of each mutant, from one mutmut
     process (each ``mutmut show`` takes seconds)."""
     code = (
         "import json, sys\n"
@@ -358,7 +401,7 @@ def _diffs(work: Path, names: list[str]) -> dict[str, tuple[str, str, str, str]]
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=work, input=json.dumps(names), capture_output=True,
                           text=True, check=True)
-    diffs: dict[str, tuple[str, str, str, str]] = {}
+    diffs: dict[str, tuple[str, str, str, str, str, str]] = {}
     for name, diff in json.loads(done.stdout.splitlines()[-1]).items():
         lines = diff.splitlines()
         file = next((ln[4:].strip() for ln in lines if ln.startswith("--- ")), "")
@@ -366,7 +409,9 @@ def _diffs(work: Path, names: list[str]) -> dict[str, tuple[str, str, str, str]]
         new = "\n".join(ln[1:].strip() for ln in lines if ln.startswith("+") and not ln.startswith("+++"))
         changed = [i for i, ln in enumerate(lines) if ln[:1] in "-+" and ln[:3] not in ("---", "+++")]
         after = next((ln.strip() for ln in lines[changed[-1] + 1 :] if ln.startswith(" ")), "") if changed else ""
-        diffs[name] = (file, old, new, after)
+        before = next((ln.strip() for ln in reversed(lines[: changed[0]]) if ln.startswith(" ")), "") if changed else ""
+        raw = "\n".join(ln[1:] for ln in lines if ln[:1] == "-" and ln[:3] != "---")
+        diffs[name] = (file, old, new, after, before, raw)
     return diffs
 
 
@@ -375,10 +420,16 @@ def _excluded(work: Path, survivors: list[str]) -> dict[str, str]:
     if not survivors:
         return {}
     why: dict[str, str] = {}
-    for name, (file, old, new, after) in _diffs(work, survivors).items():
+    for name, (file, old, new, after, before, raw) in _diffs(work, survivors).items():
         for path, line, mutated, reason in EQUIVALENT:
-            # an entry may name the line after the change too, where the same line occurs twice
-            if (path, line, mutated) in ((file, old, new), (file, f"{old}\n{after}", f"{new}\n{after}")):
+            # where the same line occurs twice, an entry names the line after or before it too, or
+            # gives the line with its indentation
+            if path == file and (line, mutated) in (
+                (old, new),
+                (f"{old}\n{after}", f"{new}\n{after}"),
+                (f"{before}\n{old}", f"{before}\n{new}"),
+                (raw, raw[: len(raw) - len(raw.lstrip())] + new),
+            ):
                 why[name] = f"equivalent: {reason}"
                 break
         else:
