@@ -19,7 +19,8 @@ from gateway.cache import policy
 from gateway.cache.policy import UpstreamVerdict, purge_markers, read_markers, upstream_verdict, write_markers
 from gateway.config import Config, load_config
 from gateway.server import GATEWAY
-from tests.test_mutants_named import ADMIN_KEY, _gateway
+from tests.helpers.mutants import ADMIN_KEY
+from tests.helpers.mutants import gateway as _gateway
 
 NOW = 1_800_000_000.0
 

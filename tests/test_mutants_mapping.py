@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
-from tests.test_mutants_named import _gateway
+from tests.helpers.mutants import gateway as _gateway
 
 MAPPING = """
 upstreams:
