@@ -27,17 +27,19 @@ ROOT = Path(__file__).resolve().parent.parent
 GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "pagination": (
         ["gateway/pagination/*"],
-        ["tests/test_mutants_named.py", "tests/test_pagination_styles.py", "tests/test_cursor.py",
+        ["tests/test_mutants_named.py", "tests/test_mutants_pagination.py", "tests/test_pagination_styles.py",
+         "tests/test_cursor.py",
          "tests/test_observable_api.py", "tests/test_posthog_api.py", "tests/test_ndjson.py"],
     ),
     "mapping": (
         ["gateway/mapping.py"],
-        ["tests/test_mutants_named.py", "tests/test_gateway.py", "tests/test_observable_api.py",
+        ["tests/test_mutants_named.py", "tests/test_mutants_mapping.py", "tests/test_gateway.py",
+         "tests/test_observable_api.py",
          "tests/test_posthog_api.py", "tests/test_hostile.py"],
     ),
     "cache-policy": (
         ["gateway/cache/policy.py"],
-        ["tests/test_mutants_named.py", "tests/test_cache.py"],
+        ["tests/test_mutants_named.py", "tests/test_mutants_cache_policy.py", "tests/test_cache.py"],
     ),
 }
 
@@ -63,6 +65,379 @@ NAMED = [
     ("gateway/cache/policy.py", "bound = limit if bound is None else min(bound, limit)", "bound = limit if bound is None else max(bound, limit)", "strictest_freshness"),  # noqa: E501
     ("gateway/cache/policy.py", "return (*(f\"t:{p}\" for p in _ancestors(path)), f\"s:{path}\", f\"r:{route}\")", "return (*(f\"t:{p}\" for p in _ancestors(path)), f\"s:{path}\")", "invalidates"),  # noqa: E501
 ]
+
+
+#: why the position an ``all=true`` walk leaves behind does not matter
+ALL_TRUE = "the all=true part of the walk: its answer carries no cursor, so nothing reads ended or the position"
+
+#: survivors that cannot change what anyone sees: (file, the line, the line as mutated, why).
+#: Matched on the changed line, not on mutmut's numbering (which shifts when the code does).
+EQUIVALENT: list[tuple[str, str, str, str]] = [
+    # --- gateway/cache/policy.py
+    *(("gateway/cache/policy.py", line, line.replace(name, spelled),
+       "header names: every caller passes aiohttp's case-insensitive headers")
+      for line in ('raw = headers.get("Cache-Control")',
+                   'if raw is None and "Pragma" not in headers:',
+                   'no_cache = "no-cache" in cc or "no-cache" in headers.get("Pragma", "").lower()',
+                   'cc = _directives(",".join(headers.getall("Cache-Control", [])))',
+                   'expires = headers.get("Expires")',
+                   'limit = _expires_in(expires, headers.get("Date"), now)')
+      for name in ("Cache-Control", "Pragma", "Expires", "Date") if name in line
+      for spelled in (name.lower(), name.upper())),
+    ("gateway/cache/policy.py", 'cc = _directives(raw or "")', 'cc = _directives(raw or "XXXX")',
+     "a made-up directive name: no-store, no-cache and max-age read the same"),
+    ("gateway/cache/policy.py",
+     'no_cache = "no-cache" in cc or "no-cache" in headers.get("Pragma", "").lower()',
+     'no_cache = "no-cache" in cc or "no-cache" in headers.get("Pragma", "XXXX").lower()',
+     "the default of an absent Pragma never contains no-cache either way"),
+    ("gateway/cache/policy.py",
+     'segs.append(quote(path_params[seg.parts[0][1]], safe="") if seg.is_single_param else seg.raw)',
+     'segs.append(quote(path_params[seg.parts[0][1]], ) if seg.is_single_param else seg.raw)',
+     "differs only for '/', which routing refuses in a path param (bad_path_param) before the cache"),
+    ("gateway/cache/policy.py",
+     'segs.append(quote(path_params[seg.parts[0][1]], safe="") if seg.is_single_param else seg.raw)',
+     'segs.append(quote(path_params[seg.parts[0][1]], safe="XXXX") if seg.is_single_param else seg.raw)',
+     "'X' is unreserved: quote never escapes it"),
+    *(("gateway/cache/policy.py",
+       'stable = replace(route, line=0, description="", targets=tuple(replace(t, line=0) for t in route.targets))',
+       new, "another constant in place of a constant: every route's fingerprint stays independent of it")
+      for new in (
+          'stable = replace(route, line=None, description="", targets=tuple(replace(t, line=0) for t in route.targets))',  # noqa: E501
+          'stable = replace(route, line=1, description="", targets=tuple(replace(t, line=0) for t in route.targets))',
+          'stable = replace(route, line=0, description=None, targets=tuple(replace(t, line=0) for t in route.targets))',
+          'stable = replace(route, line=0, description="XXXX", targets=tuple(replace(t, line=0) for t in route.targets))',  # noqa: E501
+          'stable = replace(route, line=0, description="", targets=tuple(replace(t, line=None) for t in route.targets))',  # noqa: E501
+          'stable = replace(route, line=0, description="", targets=tuple(replace(t, line=1) for t in route.targets))',
+      )),
+    ("gateway/cache/policy.py", "return hashlib.sha256(text.encode()).hexdigest()[:16]",
+     "return hashlib.sha256(text.encode()).hexdigest()[:17]",
+     "a digest one character longer: keys stay distinct and stable"),
+    ("gateway/cache/policy.py", "return CacheKey(route.name, path, h.hexdigest()[:40])",
+     "return CacheKey(route.name, path, h.hexdigest()[:41])",
+     "a digest one character longer: keys stay distinct and stable"),
+    *(("gateway/cache/policy.py",
+       'norm = "&".join(f"{quote(k, safe=\'\')}={quote(v, safe=\'\')}" for k, v in sorted(query))', new,
+       "the normalized query stays one-to-one: '&' and '=' are still escaped inside names and values")
+      for new in (
+          'norm = "XX&XX".join(f"{quote(k, safe=\'\')}={quote(v, safe=\'\')}" for k, v in sorted(query))',
+          'norm = "&".join(f"{quote(k, )}={quote(v, safe=\'\')}" for k, v in sorted(query))',
+          'norm = "&".join(f"{quote(k, safe=\'XXXX\')}={quote(v, safe=\'\')}" for k, v in sorted(query))',
+          'norm = "&".join(f"{quote(k, safe=\'\')}={quote(v, )}" for k, v in sorted(query))',
+          'norm = "&".join(f"{quote(k, safe=\'\')}={quote(v, safe=\'XXXX\')}" for k, v in sorted(query))',
+      )),
+    ("gateway/cache/policy.py",
+     'vary = "\\x00".join(f"{name}={headers.get(name, \'\')}" for name in spec.vary)',
+     'vary = "XX\\x00XX".join(f"{name}={headers.get(name, \'\')}" for name in spec.vary)',
+     "another separator no header value can hold: the vary part stays one-to-one"),
+    ("gateway/cache/policy.py", 'for part in (route_fingerprint, "GET", norm, client, credential, vary):',
+     'for part in (route_fingerprint, "XXGETXX", norm, client, credential, vary):',
+     "another constant in every key (HEAD shares GET's entry either way)"),
+    ("gateway/cache/policy.py", 'for part in (route_fingerprint, "GET", norm, client, credential, vary):',
+     'for part in (route_fingerprint, "get", norm, client, credential, vary):',
+     "another constant in every key (HEAD shares GET's entry either way)"),
+    ("gateway/cache/policy.py", 'h.update(b"\\x1f")', 'h.update(b"XX\\x1fXX")',
+     "another separator none of the hashed parts can hold"),
+    ("gateway/cache/policy.py", "for i in range(1, len(parts) + 1):", "for i in range(len(parts) + 1):",
+     "adds '/' a second time: a repeated marker changes nothing"),
+    ("gateway/cache/policy.py", "for i in range(1, len(parts) + 1):", "for i in range(1, len(parts) + 2):",
+     "adds the whole path a second time: a repeated marker changes nothing"),
+    # --- gateway/mapping.py
+    *(("gateway/mapping.py", line, mutated,
+       "the error's route: the server fills a missing one from the request it answers (middleware, NDJSON)")
+      for line, mutated in (
+          ('raise BadRequest("; ".join(problems), code="bad_query", route=route.name, details=problems)',
+           'raise BadRequest("; ".join(problems), code="bad_query", route=None, details=problems)'),
+          ('raise BadRequest("; ".join(problems), code="bad_query", route=route.name, details=problems)',
+           'raise BadRequest("; ".join(problems), code="bad_query", details=problems)'),
+          ("route=route,", "route=None,"),
+          ("route=route,\n)", ")"),
+          ("out = {key: evaluate(expr, obj, params, location, route, key) for key, expr in mapping}",
+           "out = {key: evaluate(expr, obj, params, location, None, key) for key, expr in mapping}"),
+          ("return _cast(expr, value, route, key)", "return _cast(expr, value, None, key)"),
+          ('f"upstream value for {key!r} is not {expr.cast}: {value!r}", code="shape_drift", route=route',
+           'f"upstream value for {key!r} is not {expr.cast}: {value!r}", code="shape_drift", route=None'),
+          ('f"upstream value for {key!r} is not {expr.cast}: {value!r}", code="shape_drift", route=route\n) from None',
+           'f"upstream value for {key!r} is not {expr.cast}: {value!r}", code="shape_drift", ) from None'),
+      )),
+    ("gateway/mapping.py", "value = render(tpl, params, segment=False)", "value = render(tpl, params, segment=None)",
+     "None is as false as False: render only tests it"),
+    *(("gateway/mapping.py", line, line.replace('safe=""', 'safe="XXXX"'), "'X' is unreserved: quote never escapes it")
+      for line in ('return quote(text, safe="") if segment else text',
+                   'out.append(quote(piece, safe="") if segment else piece)')),
+    # --- gateway/pagination/
+    *(
+        (
+            "gateway/pagination/next_url.py",
+            'values = getall("Link", []) if getall is not None else [answer.headers.get("Link", "")]',
+            mutated,
+            "an Answer's headers are the upstream response's (CIMultiDictProxy): getall is there, names ignore case",
+        )
+        for mutated in (
+            'values = getall("link", []) if getall is not None else [answer.headers.get("Link", "")]',
+            'values = getall("LINK", []) if getall is not None else [answer.headers.get("Link", "")]',
+            'values = getall("Link", []) if (getall is not None) or True else [answer.headers.get("Link", "")]',
+            'values = getall("Link", []) if getall is not None else [answer.headers.get(None, "")]',
+            'values = getall("Link", []) if getall is not None else [answer.headers.get("Link", None)]',
+            'values = getall("Link", []) if getall is not None else [answer.headers.get("")]',
+            'values = getall("Link", []) if getall is not None else [answer.headers.get("Link", )]',
+            'values = getall("Link", []) if getall is not None else [answer.headers.get("XXLinkXX", "")]',
+            'values = getall("Link", []) if getall is not None else [answer.headers.get("link", "")]',
+            'values = getall("Link", []) if getall is not None else [answer.headers.get("LINK", "")]',
+            'values = getall("Link", []) if getall is not None else [answer.headers.get("Link", "XXXX")]',
+        )
+    ),
+    (
+        "gateway/pagination/next_url.py",
+        'getall = getattr(answer.headers, "getall", None)',
+        'getall = getattr(answer.headers, "getall", )',
+        "an Answer's headers are the upstream response's (CIMultiDictProxy): getall is always there",
+    ),
+    (
+        "gateway/pagination/page.py",
+        "total = dig(answer.body, pag.total_path) if pag.total_path else None",
+        "total = dig(answer.body, pag.total_path) if (pag.total_path) or True else None",
+        "with no total declared, dig of the empty path is the whole page (a dict or list), never an int",
+    ),
+    ("gateway/pagination/next_url.py", "same = False", "same = None", "None is as false as False: only tested"),
+    ("gateway/pagination/before.py", "advanced = False", "advanced = None", "None is as false as False: only tested"),
+    *(
+        ("gateway/pagination/linked.py", line, mutated, "the same items are taken: a slice stops at the page's end")
+        for line, mutated in (
+            (
+                "room = len(items) - skip if limit is None else min(len(items) - skip, limit - handed)",
+                "room = len(items) + skip if limit is None else min(len(items) - skip, limit - handed)",
+            ),
+            (
+                "room = len(items) - skip if limit is None else min(len(items) - skip, limit - handed)",
+                "room = len(items) - skip if limit is None else min(len(items) + skip, limit - handed)",
+            ),
+            ("take = items[skip : skip + max(room, 0)]", "take = items[skip : skip + max(room, 1)]"),
+        )
+    ),
+    *(
+        (
+            "gateway/pagination/linked.py",
+            'position.pos[""] = {"t": token, "s": skip + len(take)}\nposition.ended.add("")',
+            mutated + '\nposition.ended.add("")',
+            "the position of a walk that ended: no cursor is issued for it, nothing reads it",
+        )
+        for mutated in (
+            'position.pos[""] = None',
+            'position.pos["XXXX"] = {"t": token, "s": skip + len(take)}',
+            'position.pos[""] = {"XXtXX": token, "s": skip + len(take)}',
+            'position.pos[""] = {"T": token, "s": skip + len(take)}',
+            'position.pos[""] = {"t": token, "XXsXX": skip + len(take)}',
+            'position.pos[""] = {"t": token, "S": skip + len(take)}',
+            'position.pos[""] = {"t": token, "s": skip - len(take)}',
+        )
+    ),
+    (
+        "gateway/pagination/cursor.py",
+        'return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))',
+        'return base64.urlsafe_b64decode(text + "=" * (+len(text) % 4))',
+        "the decoder ignores excess '=' padding (3 instead of 1)",
+    ),
+    *(
+        ("gateway/pagination/offset.py", 'start = int(position.pos.get("", 0) or 0)', mutated, "None or 0 is 0")
+        for mutated in ('start = int(position.pos.get("", None) or 0)', 'start = int(position.pos.get("", ) or 0)')
+    ),
+    *(
+        ("gateway/pagination/offset.py", line, line.replace('add("")', added), ALL_TRUE)
+        # the walk's end without a count; after the pages fetched at once; after following next
+        for line in (
+            '        position.ended.add("")',
+            'if not more:\nposition.ended.add("")',
+            '    position.ended.add("")',
+        )
+        for added in ("add(None)", 'add("XXXX")')
+    ),
+    ("gateway/pagination/offset.py", "break", "return", ALL_TRUE),
+    (
+        "gateway/pagination/offset.py",
+        'yield served(offset, items)\nposition.ended.add("")',
+        'yield served(None, items)\nposition.ended.add("")',
+        ALL_TRUE,
+    ),
+    (
+        "gateway/pagination/offset.py",
+        "if count is not None and count > offset:",
+        "if count is not None and count >= offset:",
+        "count == offset: nothing is left to fetch at once, and the walk goes on by next as before",
+    ),
+    *(
+        (
+            "gateway/pagination/common.py",
+            'raw = json.dumps(item, sort_keys=True, separators=(",", ":"), default=str).encode()',
+            mutated,
+            "items are parsed JSON: json.dumps never calls default for them",
+        )
+        for mutated in (
+            'raw = json.dumps(item, sort_keys=True, separators=(",", ":"), default=None).encode()',
+            'raw = json.dumps(item, sort_keys=True, separators=(",", ":"), ).encode()',
+        )
+    ),
+]
+
+#: lines that only word an error message: a survivor changing nothing but string literals on one
+#: of them is not counted (file, a piece of the line)
+MESSAGES: list[tuple[str, str]] = [
+    ("gateway/mapping.py", 'raise BadRequest("; ".join(problems)'),  # the details list is what it joins
+    ("gateway/pagination/common.py", 'raise ShapeDrift(f"upstream page has no list at'),
+    ("gateway/pagination/common.py", "f\"upstream page has no {'.'.join(path)!r} field"),
+    ("gateway/pagination/common.py", 'def stalled(route: str, why: str = "'),
+    ("gateway/pagination/common.py", 'f"upstream pagination did not advance ({why}); stopped"'),
+    ("gateway/pagination/common.py", 'raise stalled(route, "'),
+    ("gateway/pagination/linked.py", 'raise stalled(route, "'),
+    ("gateway/pagination/before.py", 'raise stalled(route, f"'),
+    ("gateway/pagination/before.py", 'raise ShapeDrift(f"upstream item lost its paging field'),
+    ("gateway/pagination/before.py", '"the cursor is not valid for this route'),
+    ("gateway/pagination/cursor.py", '"the cursor is not valid for this route'),
+    ("gateway/pagination/cursor.py", "raise ValueError("),  # never shown: every one becomes the same 400
+    ("gateway/pagination/next_url.py", "\"the upstream's next link leaves its origin or base path"),
+    ("gateway/pagination/__init__.py", 'f"the collection has more than {pag.max_items} items'),
+    ("gateway/pagination/__init__.py", '"page through it with cursors instead of all=true"'),
+    ("gateway/pagination/__init__.py", 'assert base_url is not None, "'),
+]
+
+_STRING = re.compile(r"""[rbfuRBFU]{0,2}("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')""")
+
+
+#: calls whose route argument only names the route in an error: a mutant that drops it or passes
+#: None changes nothing a client sees, as the server fills a missing route from the request
+#: it answers (middleware, NDJSON stream)
+ROUTE_ONLY_FOR_ERRORS = (
+    "route=",
+    "stalled(",
+    "items_of(",
+    "_field(",
+    "check_advanced(",
+    "require(",
+    "NextLinks(",
+    ".walk(",
+    "name = route.name",
+    "self.route = route",
+)
+
+
+def _route_only(file: str, old: str, new: str) -> bool:
+    """The mutant only drops the route an error names, or names None instead."""
+    if not file.startswith("gateway/pagination/") or not any(p in old for p in ROUTE_ONLY_FOR_ERRORS):
+        return False
+
+    def norm(line: str) -> str:
+        line = re.sub(r"\broute=(self\.route|route\.name|route|None)\s*,?", "", line)
+        line = re.sub(r"\b(self\.route|route\.name|route|name|None)\b", "R", line)
+        return re.sub(r",\s*\)", ")", re.sub(r"\s+", "", line))
+
+    return old != new and norm(old) == norm(new)
+
+
+def _message_only(old: str, new: str) -> bool:
+    """Only the wording changed: string literals (or a message given as None, or left to its
+    default) differ, while the error's code stays the same."""
+    if _CODE.findall(old) != _CODE.findall(new):
+        return False
+
+    def words_out(line: str) -> str:
+        line = _STRING.sub('""', line).replace("None", '""')
+        return re.sub(r",\s*\)", ")", re.sub(r',\s*""\s*(?=[,)])', "", line))
+
+    return old != new and words_out(old) == words_out(new)
+
+
+_CODE = re.compile(r"""code=("[^"]*"|'[^']*'|None)|code=""")
+
+
+def _recheck(work: Path, group: str, names: list[str]) -> set[str]:
+    """The survivors that the group's own mutant tests kill when run against them directly.
+
+    mutmut runs, for each mutant, only the tests it saw calling the mutated function, and it
+    misses calls made inside the gateway's request handling (async generators above all): a
+    survivor it reports may well be killed.  Each is run here (with ``MUTANT_UNDER_TEST``, as
+    mutmut does) against ``tests/test_mutants_named.py`` and the group's ``test_mutants_*.py``.
+    """
+    tests = ["tests/test_mutants_named.py", f"tests/test_mutants_{group.replace('-', '_')}.py"]
+    killed = set()
+    for name in names:
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:randomly", *tests],
+                cwd=work / "mutants",
+                capture_output=True,
+                env={**os.environ, "MUTANT_UNDER_TEST": name, "PYTHONPATH": str(work / "mutants")},
+                timeout=120,
+            )
+        except subprocess.TimeoutExpired:
+            killed.add(name)  # as mutmut counts a timeout
+            continue
+        if done.returncode == 1:  # tests failed (not an error collecting them)
+            killed.add(name)
+    return killed
+
+
+def _survivors(results: Path) -> list[str]:
+    out = []
+    for line in results.read_text().splitlines():
+        name, _, status = line.strip().rpartition(": ")
+        if status in ("survived", "no tests"):
+            out.append(name)
+    return out
+
+
+def _diffs(work: Path, names: list[str]) -> dict[str, tuple[str, str, str, str, str, str]]:
+    """(file, removed lines, added lines, the line after them, the line before them, the removed
+    lines with their indentation) of each mutant, from one mutmut
+    process (each ``mutmut show`` takes seconds)."""
+    code = (
+        "import json, sys\n"
+        "from mutmut.__main__ import find_mutant, get_diff_for_mutant\n"
+        "out = {}\n"
+        "for name in json.load(sys.stdin):\n"
+        "    try:\n"
+        "        out[name] = get_diff_for_mutant(name, path=find_mutant(name).path)\n"
+        "    except Exception as exc:  # listed as a survivor, never excluded\n"
+        "        out[name] = f'(no diff: {exc!r})'\n"
+        "print(json.dumps(out))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=work, input=json.dumps(names), capture_output=True,
+                          text=True, check=True)
+    diffs: dict[str, tuple[str, str, str, str, str, str]] = {}
+    for name, diff in json.loads(done.stdout.splitlines()[-1]).items():
+        lines = diff.splitlines()
+        file = next((ln[4:].strip() for ln in lines if ln.startswith("--- ")), "")
+        old = "\n".join(ln[1:].strip() for ln in lines if ln.startswith("-") and not ln.startswith("---"))
+        new = "\n".join(ln[1:].strip() for ln in lines if ln.startswith("+") and not ln.startswith("+++"))
+        changed = [i for i, ln in enumerate(lines) if ln[:1] in "-+" and ln[:3] not in ("---", "+++")]
+        after = next((ln.strip() for ln in lines[changed[-1] + 1 :] if ln.startswith(" ")), "") if changed else ""
+        before = next((ln.strip() for ln in reversed(lines[: changed[0]]) if ln.startswith(" ")), "") if changed else ""
+        raw = "\n".join(ln[1:] for ln in lines if ln[:1] == "-" and ln[:3] != "---")
+        diffs[name] = (file, old, new, after, before, raw)
+    return diffs
+
+
+def _excluded(work: Path, survivors: list[str]) -> dict[str, str]:
+    """The survivors not counted, each with why: listed in EQUIVALENT, or message text only."""
+    if not survivors:
+        return {}
+    why: dict[str, str] = {}
+    for name, (file, old, new, after, before, raw) in _diffs(work, survivors).items():
+        for path, line, mutated, reason in EQUIVALENT:
+            # where the same line occurs twice, an entry names the line after or before it too, or
+            # gives the line with its indentation
+            if path == file and (line, mutated) in (
+                (old, new),
+                (f"{old}\n{after}", f"{new}\n{after}"),
+                (f"{before}\n{old}", f"{before}\n{new}"),
+                (raw, raw[: len(raw) - len(raw.lstrip())] + new),
+            ):
+                why[name] = f"equivalent: {reason}"
+                break
+        else:
+            if any(path == file and piece in old for path, piece in MESSAGES) and _message_only(old, new):
+                why[name] = "message text only"
+            elif _route_only(file, old, new):
+                why[name] = "equivalent: only the route an error names (the server fills it from the request)"
+    return why
 
 
 def check_named() -> int:
@@ -144,8 +519,22 @@ def main() -> int:
         counts = run_group(name, keep)
         killed = counts.get("killed", 0) + counts.get("timeout", 0)
         total = sum(counts.values()) - counts.get("not checked", 0)
-        score = 100 * killed / total if total else 0.0
-        print(f"{name}: {counts} score {score:.0f}% (work tree: {keep / name}, survivors in {name}.results.txt)")
+        survivors = _survivors(keep / f"{name}.results.txt")
+        why = _excluded(keep / name, survivors)
+        left = [s for s in survivors if s not in why]
+        rechecked = _recheck(keep / name, name, left)
+        killed += len(rechecked)
+        left = [s for s in left if s not in rechecked]
+        counted = total - len(why)
+        score = 100 * killed / counted if counted else 0.0
+        lines = [f"{s}: {why[s]}" for s in survivors if s in why]
+        lines += [f"{s}: killed on recheck" for s in rechecked] + [f"{s}: SURVIVED" for s in left]
+        (keep / f"{name}.survivors.txt").write_text("\n".join(lines) + "\n")
+        print(f"{name}: {counts}; {len(rechecked)} of mutmut's survivors killed on recheck")
+        print(f"{name}: killed {killed} / ({total} - {len(why)} excluded as equivalent or message text)"
+              f" = {score:.1f}%  ({len(left)} survivors counted; {keep / name}, {name}.survivors.txt)")
+        for s in left:
+            print(f"    SURVIVED {s}")
     return 0
 
 
