@@ -105,7 +105,7 @@ def _signed(payload: Any) -> str:
 
 
 def _accepted(route: str, payload: Any) -> tuple[list[str], Position]:
-    return decode_cursor(ROUTES[route], _signed(payload), SECRET)
+    return decode_cursor(ROUTES[route], _signed(payload), SECRET, {})
 
 
 def _refused(route: str, payload: Any) -> None:
@@ -233,8 +233,8 @@ def test_a_cursor_is_one_body_and_one_signature() -> None:
     dotted = payload + "."
     text = f"{dotted}.{_sign(SECRET, dotted)}"
     with pytest.raises(BadRequest):
-        decode_cursor(ROUTES["single"], text, SECRET)
-    assert decode_cursor(ROUTES["single"], f"{payload}.{_sign(SECRET, payload)}", SECRET)[1].pos == {"": 5}
+        decode_cursor(ROUTES["single"], text, SECRET, {})
+    assert decode_cursor(ROUTES["single"], f"{payload}.{_sign(SECRET, payload)}", SECRET, {})[1].pos == {"": 5}
 
 
 def test_a_cursor_up_to_the_longest_issued_is_read() -> None:
@@ -249,11 +249,11 @@ def test_a_cursor_up_to_the_longest_issued_is_read() -> None:
         filler += 1
     text = _signed(payload(filler))
     assert len(text) == MAX_CURSOR_CHARS
-    assert decode_cursor(ROUTES["open"], text, SECRET)[1].pos == payload(filler)["p"]
+    assert decode_cursor(ROUTES["open"], text, SECRET, {})[1].pos == payload(filler)["p"]
     longer = _signed(payload(filler + 1))
     assert len(longer) > MAX_CURSOR_CHARS
     with pytest.raises(BadRequest):
-        decode_cursor(ROUTES["open"], longer, SECRET)
+        decode_cursor(ROUTES["open"], longer, SECRET, {})
 
 
 # --------------------------------------------------------------------------- the cursor format
@@ -270,24 +270,24 @@ def test_the_key_and_cursor_format_stay_what_earlier_versions_issued() -> None:
     assert derive_key("a", []) != derive_key(None, ["a"])
     assert derive_key("", ["a"]) == derive_key(None, ["a"])  # an empty configured key is none
     position = Position({"a": 5, "b": None}, {"b"}, {"h": MARK, "f": MARK})
-    cursor = encode_cursor(ROUTES["typed"], ["a", "b"], position, SECRET)
+    cursor = encode_cursor(ROUTES["typed"], ["a", "b"], position, SECRET, {})
     assert cursor == KNOWN_CURSOR
     decoded = Position({"a": 5, "b": None}, {"b"}, position.marks)
-    assert decode_cursor(ROUTES["typed"], cursor, SECRET) == (["a", "b"], decoded)
-    unmarked = encode_cursor(ROUTES["single"], [None], Position({"": 7}), SECRET)
+    assert decode_cursor(ROUTES["typed"], cursor, SECRET, {}) == (["a", "b"], decoded)
+    unmarked = encode_cursor(ROUTES["single"], [None], Position({"": 7}), SECRET, {})
     assert unmarked is not None and json.loads(base64.urlsafe_b64decode(unmarked.partition(".")[0] + "==")) == {
         "r": "single",
         "p": {"": 7},
         "e": [],
     }
-    assert encode_cursor(ROUTES["typed"], ["a", "b"], Position({"a": 1}, {"a", "b"}), SECRET) is None
+    assert encode_cursor(ROUTES["typed"], ["a", "b"], Position({"a": 1}, {"a", "b"}), SECRET, {}) is None
     # a signature ending in "X" (one in 64) is issued whole
-    assert encode_cursor(ROUTES["single"], [None], Position({"": 21}), SECRET) == KNOWN_CURSOR_X
+    assert encode_cursor(ROUTES["single"], [None], Position({"": 21}), SECRET, {}) == KNOWN_CURSOR_X
     # cursors carry no base64 padding, whatever their length, and read back as issued
     for n in range(40):
-        issued = encode_cursor(ROUTES["single"], [None], Position({"": "x" * n}), SECRET)
+        issued = encode_cursor(ROUTES["single"], [None], Position({"": "x" * n}), SECRET, {})
         assert issued is not None and "=" not in issued
-        assert decode_cursor(ROUTES["single"], issued, SECRET)[1].pos == {"": "x" * n}
+        assert decode_cursor(ROUTES["single"], issued, SECRET, {})[1].pos == {"": "x" * n}
 
 
 def test_item_fingerprints_stay_what_earlier_versions_computed() -> None:
