@@ -24,7 +24,7 @@ from gateway.config import Config, Route, load_config
 from gateway.errors import BadRequest
 from gateway.mapping import ShapeDrift
 from gateway.pagination.common import Answer, Position, fingerprint
-from gateway.pagination.cursor import MAX_CURSOR_CHARS, _sign, decode_cursor, derive_key, encode_cursor
+from gateway.pagination.cursor import MAX_CURSOR_CHARS, _sign, binding, decode_cursor, derive_key, encode_cursor
 from gateway.pagination.next_url import NextLinks
 from gateway.server import GATEWAY
 
@@ -446,8 +446,11 @@ async def test_before_values_that_cannot_be_compared(make_gateway: Any, aiohttp_
     assert status == 502 and body["error"]["code"] == "pagination_stalled", body
     # a cursor (signed with the deployment's key) whose value is text: numbers cannot follow it
     server: Any = gw.server
-    secret = server.app[GATEWAY].runtime.proxy.cursor_secret
-    body64 = base64.urlsafe_b64encode(json.dumps({"r": "streams", "p": {"": "zzz"}}).encode()).decode().rstrip("=")
+    runtime = server.app[GATEWAY].runtime
+    secret = runtime.proxy.cursor_secret
+    bound = binding(next(r for r in runtime.config.routes if r.name == "streams"), {"variant": "ints"}, 0)
+    raw = json.dumps({"r": "streams", "p": {"": "zzz"}, "a": bound}).encode()
+    body64 = base64.urlsafe_b64encode(raw).decode().rstrip("=")
     forged = f"{body64}.{_sign(secret, body64)}"
     status, body = await _answer(gw, f"/v1/streams/ints?cursor={forged}")
     assert status == 400, body

@@ -199,6 +199,11 @@ def test_the_cursor_names_the_target_and_is_checked_against_it() -> None:
         wrong = encode_cursor(mixed, [None], Position({"": "2024"}, target=1), secret, {})
         decode_cursor(mixed, wrong or "", secret, {})
     assert getattr(err.value, "code", None) == "bad_cursor"
+    # a target past the route's last is refused, whatever else the cursor says
+    for beyond in (2, 5):
+        issued = encode_cursor(mixed, [None], Position({"": {"t": 1, "s": 0}}, target=beyond), secret, {})
+        with pytest.raises(Exception, match="not valid"):
+            decode_cursor(mixed, issued or "", secret, {})
     # a reload that changes the walked target (its path or how it pages) refuses its old cursors
     for edit in (("GET /b", "GET /c"), ("style: page, items: results", "style: cursor, token: next")):
         edited = parse_config(MIXED.replace(*edit), env={}).routes[0]
