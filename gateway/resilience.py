@@ -337,6 +337,14 @@ class Resilience:
         else:
             limits = ", ".join(f"{n}/{per_text(p)}" for n, p in upstream.budget.limits)
             message = f"the gateway's request budget for upstream {upstream.name!r} ({limits}) is used up"
+            shared = self.shared
+            if shared is not None and shared.configured and not shared.active:
+                # not this caller's doing: the other processes' share is unknown while Redis is away
+                message = (
+                    f"the request budget for upstream {upstream.name!r} ({limits}) is shared through Redis, which"
+                    " is unreachable: this process keeps to its share, counting the shared window as used"
+                    " until it has passed (docs/scale-out.md)"
+                )
             kind = "budget"
         return ServiceUnavailable(
             f"{message}; retry in {seconds}s", kind=kind, code=code, route=route, headers={"Retry-After": str(seconds)}

@@ -64,6 +64,8 @@ async def test_calls_waiting_for_redis_when_it_stops_answering_never_go_over_the
         bodies = [await r.json() for r in answers]
         assert [r.status for r in answers] == [503] * 6, bodies
         assert {b["error"]["code"] for b in bodies} == {"upstream_budget_exhausted"}
+        # the caller learns why a budget it barely used is "used up": the other processes' share is unknown
+        assert all("shared through Redis, which is unreachable" in b["error"]["message"] for b in bodies), bodies
         assert all(int(r.headers["Retry-After"]) >= 1 for r in answers)
         assert fake.count() == 8  # the window was full: the local fallback waits it out
         assert not one.app[GATEWAY].shared.active
