@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 from gateway import jsonio
-from gateway.config import Pagination, Route
+from gateway.config import Route
 from gateway.mapping import ShapeDrift
+from gateway.pagination.common import dig
 from gateway.shape import check_fields, check_response, json_type
 from gateway.upstream import UpstreamResponse
 
@@ -23,7 +24,7 @@ def hands_over(route: Route, resp: UpstreamResponse, index: int = 0) -> bool:
     """Whether ``resp`` (from target ``index``, not the last) sends the request on to the next target."""
     if resp.status in route.fallback_on:
         return True
-    return "shape" in route.fallback_on and misfit(route, resp, route.paging(index)) is not None
+    return "shape" in route.fallback_on and misfit(route, resp, index) is not None
 
 
 class HandOver(Exception):
@@ -35,9 +36,9 @@ class HandOver(Exception):
         self.index = index
 
 
-def misfit(route: Route, resp: UpstreamResponse, pagination: Pagination | None = None) -> str | None:
-    """Why a successful answer is not what the route reads (None: it fits, or it is not a success);
-    ``pagination``: how the answering target pages (its own, else the route's)."""
+def misfit(route: Route, resp: UpstreamResponse, index: int = 0) -> str | None:
+    """Why a successful answer of target ``index`` is not what the route reads (None: it fits, or
+    it is not a success); a collection's list is looked for where that target pages it."""
     status = resp.status
     reported = resp.location is not None
     if status in (204, 304) or (status >= 300 and not reported):
@@ -52,10 +53,9 @@ def misfit(route: Route, resp: UpstreamResponse, pagination: Pagination | None =
         except (ValueError, UnicodeDecodeError):
             return "the answer is not JSON"
         sample: Any = data
-        pag = pagination if pagination is not None else route.pagination
+        pag = route.paging(index)
         if pag is not None:
-            for part in pag.items_path:
-                sample = sample.get(part) if isinstance(sample, dict) else None
+            sample = dig(data, pag.items_path)
             if not isinstance(sample, list):
                 where = ".".join(pag.items_path) or "the body"
                 return f"no list at {where!r} (the answer is {json_type(data)})"

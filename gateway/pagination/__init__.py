@@ -66,11 +66,10 @@ async def pages(
     fetch: Fetch,
     concurrency: int,
     base_url: URL | None = None,
-    pagination: Pagination | None = None,
 ) -> AsyncIterator[list[Tagged]]:
-    """Yield pages of up to ``limit`` items in total (all when None), updating ``position``;
-    ``pagination``: how the target walked pages, when not the route's (``Target.pagination``)."""
-    pag = pagination if pagination is not None else route.pagination
+    """Yield pages of up to ``limit`` items in total (all when None), updating ``position``; the
+    walk pages the way its target does (``position.target``: ``Route.paging``)."""
+    pag = route.paging(position.target)
     assert pag is not None
     handed = 0
     async for page in _source(route, streams, position, limit, fetch, concurrency, base_url, pag):

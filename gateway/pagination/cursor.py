@@ -71,7 +71,7 @@ def binding(route: Route, params: Mapping[str, Any], target: int) -> str:
     differently, the target walked as routes.yaml now says it (a reload may change it)."""
     parts = [str(params.get(name, "")) for name in sorted(route.path.names)]
     if route.mixed_paging:
-        parts.append(route.targets[target].label if target < len(route.targets) else "")
+        parts.append(route.targets[target].label)  # a target out of range was refused before (_checked)
     if not parts:
         return ""
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]

@@ -167,9 +167,7 @@ async def _walk(
         if index != position.target:
             position.restart(index)
         try:
-            async for page in pages(
-                route, streams, position, limit, fetch, upstream.concurrency, upstream.base_url, route.paging(index)
-            ):
+            async for page in pages(route, streams, position, limit, fetch, upstream.concurrency, upstream.base_url):
                 yield page
             return
         except HandOver:
