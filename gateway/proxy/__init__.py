@@ -4,8 +4,10 @@ Each route's handler is composed once, here, from the stages it configures (gate
 outermost first: client auth and limits, the HTTP conventions, the cache, ``account`` (upstream
 failures counted once), params, body, write invalidation, then a collection or one call.
 Params and body are validated completely before any upstream is contacted (a bad request is
-never forwarded); targets are tried in order with fallback (``targets``); statuses are mapped
-once (``status``); the answer is rebuilt from declared fields or relayed (``respond``).
+never forwarded).  Each upstream call passes the route's call-level stack, composed once too
+(gateway.pipeline.calls, built by ``targets``): which target answered, its shape, its status
+mapped once (``status``), fallback between targets, the exchange itself.  A one-call route's
+answer is then relayed, mapped or passed through (``answer``, ``respond``).
 """
 
 from __future__ import annotations
