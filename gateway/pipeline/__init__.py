@@ -73,9 +73,14 @@ class Pipeline:
 
 
 def build(
-    route: Route, core_name: str, core: Handler, calls: tuple[str, ...], stages: Sequence[tuple[str, Stage]]
+    route: Route,
+    core: Handler,
+    stages: Sequence[tuple[str, Stage]],
+    core_name: str = "proxy",
+    calls: tuple[str, ...] = (),
 ) -> Pipeline:
-    """Wrap ``core`` in each stage that applies to ``route``; ``stages`` is listed outermost first."""
+    """Wrap ``core`` in each stage that applies to ``route``; ``stages`` is listed outermost first;
+    ``calls`` names the call-level stack ``core`` runs."""
     handler = core
     names = [core_name]
     for name, stage in reversed(stages):

@@ -124,11 +124,13 @@ class Proxy:
             outer.append(("auth", admission.client_auth(self.access)))
         if self.limits is not None:
             outer.append(("limits", admission.limits(self.limits)))
-        return build(route, *self._core(route), [*outer, *STAGES, *stages.stages_of(self)])
+        name, core, calls = self._core(route)
+        return build(route, core, [*outer, *STAGES, *stages.stages_of(self)], name, calls)
 
     def _build_probe(self, route: Route) -> Pipeline:
         """A probe is the gateway's own call: no client auth or limits, no HTTP conventions, never the cache."""
-        return build(route, *self._core(route), [(n, s) for n, s in stages.stages_of(self) if n in PROBE_STAGES])
+        name, core, calls = self._core(route)
+        return build(route, core, [(n, s) for n, s in stages.stages_of(self) if n in PROBE_STAGES], name, calls)
 
     def _core(self, route: Route) -> tuple[str, Handler, tuple[str, ...]]:
         """The innermost endpoint stage (a collection, or one call and its answer step) and the names of the
