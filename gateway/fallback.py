@@ -5,7 +5,9 @@ one before the upstream switches, and the switch is seamless whatever way the ol
 breaks: a 404/410 (the default), a 400 once the old route no longer understands the query,
 or ``shape``, an answer that is not what the route reads (its ``shape:`` check fails, or the
 JSON is not the expected kind, e.g. ``{"results": [...]}`` where a bare array was expected).
-Only the last target's answer is judged the usual way (gateway.proxy).
+The ``fallback`` call stage (gateway.pipeline.calls) asks this of every answer but the last
+target's, and exists only on routes with another target to hand over to; the answer that does
+not hand over is judged the usual way, by the ``status`` and ``shape`` stages outside it.
 """
 
 from __future__ import annotations

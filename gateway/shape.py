@@ -4,6 +4,10 @@ The same check runs on live traffic and on contract probes, so a probe failing a
 a script failing always mean the same thing.  A 200 whose JSON lost a required
 field, or changed its type, or that is suddenly HTML, is a ``ShapeDrift`` (502,
 ``shape_drift``): a renamed upstream field must never hand scripts ``null``.
+Status and media type are the ``shape`` call stage's (gateway.proxy.targets, only on routes
+declaring a shape); fields are checked where the body is read (gateway.proxy.respond for one
+entity, each item of a collection); fallback judges each target's answer by the same checks
+first (gateway.fallback.misfit), so drift on a target with a successor hands over instead.
 """
 
 from __future__ import annotations

@@ -47,6 +47,11 @@ async def test_each_route_lists_only_the_stages_it_configures(make_gateway: Any,
     assert stages["ph_raw"] == ("validator", "account", "params", "call")  # no cache, no pagination
     assert stages["ph_create"] == ("account", "params", "body", "invalidate", "call")  # a write, where a cache exists
     assert stages["ph_delete"] == ("account", "params", "invalidate", "call")  # DELETE sends no body
+    # the call-level stack each core runs: one target, no shape, so no fallback or shape code
+    calls = {name: p.calls for name, p in _proxy(gw).pipelines.items()}
+    assert calls["ph_list"] == ("answered", "status", "upstream")  # its items are mapped by ``collection``
+    assert calls["ph_nb"] == calls["ph_create"] == ("mapping", "answered", "status", "upstream")
+    assert calls["ph_raw"] == calls["ph_delete"] == ("passthrough", "answered", "status", "upstream")
 
 
 async def test_a_route_without_cache_runs_no_cache_code(
@@ -125,6 +130,9 @@ async def test_client_auth_and_limits_are_outermost_and_only_where_configured(
     assert keyed.pipelines["thing"].stages == ("auth", "limits", "validator", "account", "params", "call")
     # a probe runs the same stages, less the HTTP exchange's: no auth, limits, conventions or cache
     assert keyed.probes["thing"].stages == keyed.probes["cached"].stages == ("account", "params", "call")
+    passed = ("passthrough", "answered", "status", "upstream")
+    assert keyed.probes["thing"].calls == keyed.pipelines["thing"].calls == passed
+    assert keyed.pipelines["raw"].calls == ("raw", "answered", "status", "upstream")
     capped = FAKE.format(url=url) + "server:\n  max_concurrency: 5\n"
     assert _proxy(await make_gateway(capped, env=FAKE_ENV)).pipelines["thing"].stages[0] == "limits"  # no keys
     open_ = _proxy(await make_gateway(FAKE.format(url=url), env=FAKE_ENV))

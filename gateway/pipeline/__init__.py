@@ -2,7 +2,8 @@
 
 A stage wraps the next handler only where the route configures what the stage does, so a
 request never asks "does this route validate, compress, ...?" again: a route without such a
-feature runs none of its code.  ``Pipeline.stages`` names what was composed, outermost first.
+feature runs none of its code.  ``Pipeline.stages`` names what was composed, outermost first;
+``Pipeline.calls`` the call-level stack (gateway.pipeline.calls) its core runs for each upstream call.
 """
 
 from __future__ import annotations
@@ -64,12 +65,22 @@ class Pipeline:
     """A route's composed handler and the names of its stages (outermost first)."""
 
     route: str
+    #: the endpoint-level stages, ending in the core (``collection`` or ``call``)
     stages: tuple[str, ...]
     run: Handler
+    #: the call-level stack the core runs for each upstream call (gateway.pipeline.calls), outermost first
+    calls: tuple[str, ...] = ()
 
 
-def build(route: Route, core: Handler, stages: Sequence[tuple[str, Stage]], core_name: str = "proxy") -> Pipeline:
-    """Wrap ``core`` in each stage that applies to ``route``; ``stages`` is listed outermost first."""
+def build(
+    route: Route,
+    core: Handler,
+    stages: Sequence[tuple[str, Stage]],
+    core_name: str = "proxy",
+    calls: tuple[str, ...] = (),
+) -> Pipeline:
+    """Wrap ``core`` in each stage that applies to ``route``; ``stages`` is listed outermost first;
+    ``calls`` names the call-level stack ``core`` runs."""
     handler = core
     names = [core_name]
     for name, stage in reversed(stages):
@@ -77,4 +88,4 @@ def build(route: Route, core: Handler, stages: Sequence[tuple[str, Stage]], core
         if wrapped is not None:
             handler = wrapped
             names.append(name)
-    return Pipeline(route.name, tuple(reversed(names)), handler)
+    return Pipeline(route.name, tuple(reversed(names)), handler, calls)

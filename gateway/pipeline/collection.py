@@ -22,6 +22,7 @@ from gateway.errors import BadGateway, BadRequest
 from gateway.fallback import HandOver
 from gateway.mapping import apply_mapping, target_request
 from gateway.pagination import Answer, Position, Tagged, decode_cursor, encode_cursor, pages
+from gateway.pipeline.calls import Call
 from gateway.pipeline.core import Core
 from gateway.session import unless_signed_out as _held_unless_signed_out
 from gateway.shape import check_fields
@@ -110,18 +111,10 @@ async def stable_pages(
     async def fetch_from(
         only: int | None, underway: bool, stream: str | None, extra: list[tuple[str, str]], at: str | None
     ) -> Answer:
-        resp = await proxy.call(
-            route,
-            params_of(stream),
-            None,
-            extra,
-            request_id,
-            at,
-            notes=notes,
-            trace=trace,
-            only=only,
-            underway=underway,
+        call = Call(
+            params_of(stream), request_id, None, extra, at, notes=notes, only=only, underway=underway, trace=trace
         )
+        resp = await proxy.calls[route.name].run(call)
         return Answer(proxy._json(route, resp), resp.headers, resp.url)
 
     upstream = proxy.config.upstreams[route.upstream]

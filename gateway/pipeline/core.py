@@ -3,7 +3,6 @@ and must not import it back (tests/test_layout.py counts even typing-only import
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -13,6 +12,7 @@ from gateway.cache import Notes, ResponseCache
 from gateway.config import Config, Route
 from gateway.errors import GatewayError, UpstreamError
 from gateway.health import RouteHealth
+from gateway.pipeline.calls import CallPipeline
 from gateway.session import SessionChecks
 from gateway.trace import RequestTrace
 from gateway.upstream import UpstreamResponse
@@ -26,35 +26,8 @@ class Core(Protocol):
     cursor_secret: bytes
     health: RouteHealth
     sessions: SessionChecks | None
-
-    async def single(
-        self,
-        request: web.Request | None,
-        route: Route,
-        params: dict[str, Any],
-        request_id: str,
-        body: bytes | None = None,
-        *,
-        relay: bool = False,
-        notes: Notes | None = None,
-        trace: RequestTrace | None = None,
-    ) -> web.StreamResponse: ...
-
-    async def call(
-        self,
-        route: Route,
-        params: Mapping[str, Any],
-        body: bytes | None,
-        extra_query: list[tuple[str, str]],
-        request_id: str,
-        at: str | None = None,
-        *,
-        stream: bool = False,
-        notes: Notes | None = None,
-        only: int | None = None,
-        underway: bool = False,
-        trace: RequestTrace | None = None,
-    ) -> UpstreamResponse: ...
+    #: each route's call-level stack (gateway.pipeline.calls): what one upstream call of it passes
+    calls: dict[str, CallPipeline]
 
     async def collection(
         self,

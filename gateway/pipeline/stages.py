@@ -1,4 +1,4 @@
-"""The proxy's own stages: cache, account, params, body, write invalidation; then a collection or one call.
+"""The proxy's own stages: cache, account, params, body, write invalidation; then a collection's core.
 
 Each factory returns None for a route it does not apply to, so ``gateway.pipeline.build``
 leaves it out: a route without a cache never enters cache code, a GET never reads a body.
@@ -97,24 +97,17 @@ def body(proxy: Core) -> Stage:
     return stage
 
 
-def core(proxy: Core, route: Route) -> tuple[str, Handler]:
-    """The innermost stage: a paginated collection, or one upstream call (with its targets and fallback)."""
-    if route.pagination is not None:
+def collection(proxy: Core, route: Route) -> Handler:
+    """The innermost stage of a paginated route: its page, ``all=true`` or NDJSON stream (gateway.pipeline.collection);
+    a route answering from one call has its core in gateway.proxy.answer."""
 
-        async def collection(ex: Exchange) -> web.StreamResponse:
-            as_ndjson = ex.request is not None and _streamed(route, ex.request)
-            return await proxy.collection(
-                ex.request, route, ex.params, ex.request_id, as_ndjson, ex.notes, query=ex.query, trace=ex.trace
-            )
-
-        return "collection", collection
-
-    async def call(ex: Exchange) -> web.StreamResponse:
-        return await proxy.single(
-            ex.request, route, ex.params, ex.request_id, ex.body, relay=ex.relay, notes=ex.notes, trace=ex.trace
+    async def collected(ex: Exchange) -> web.StreamResponse:
+        as_ndjson = ex.request is not None and _streamed(route, ex.request)
+        return await proxy.collection(
+            ex.request, route, ex.params, ex.request_id, as_ndjson, ex.notes, query=ex.query, trace=ex.trace
         )
 
-    return "call", call
+    return collected
 
 
 def stages_of(proxy: Core) -> list[tuple[str, Stage]]:

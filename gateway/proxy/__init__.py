@@ -4,8 +4,10 @@ Each route's handler is composed once, here, from the stages it configures (gate
 outermost first: client auth and limits, the HTTP conventions, the cache, ``account`` (upstream
 failures counted once), params, body, write invalidation, then a collection or one call.
 Params and body are validated completely before any upstream is contacted (a bad request is
-never forwarded); targets are tried in order with fallback (``targets``); statuses are mapped
-once (``status``); the answer is rebuilt from declared fields or relayed (``respond``).
+never forwarded).  Each upstream call passes the route's call-level stack, composed once too
+(gateway.pipeline.calls, built by ``targets``): which target answered, its shape, its status
+mapped once (``status``), fallback between targets, the exchange itself.  A one-call route's
+answer is then relayed, mapped or passed through (``answer``, ``respond``).
 """
 
 from __future__ import annotations
@@ -26,14 +28,15 @@ from gateway.health import RouteHealth
 from gateway.limits import Limits
 from gateway.metrics import Metrics
 from gateway.pagination import derive_key
-from gateway.pipeline import Exchange, Pipeline, Stage, admission, build, collection, conventions, stages
-from gateway.proxy import respond
+from gateway.pipeline import Exchange, Handler, Pipeline, Stage, admission, build, collection, conventions, stages
+from gateway.pipeline.calls import CallPipeline
+from gateway.proxy import answer, respond
 from gateway.proxy.targets import Targets
 from gateway.redact import Redactor, secret_values
 from gateway.routing import Match
 from gateway.session import SessionChecks
 from gateway.trace import RequestTrace
-from gateway.upstream import UpstreamClient, UpstreamResponse, release
+from gateway.upstream import UpstreamClient, UpstreamResponse
 from gateway.verdict import GoneCheck
 
 #: the gateway holding itself back, not the route breaking
@@ -81,6 +84,8 @@ class Proxy:
         #: hides every configured secret in upstream-derived error text (the Gateway's, shared with the logs)
         self.redact = redactor if redactor is not None else Redactor(lambda: secret_values(config, creds))
         self.targets = Targets(config, client, creds, metrics, self.health, self.redact, gone_check, self.failed)
+        #: each route's call-level stack (gateway.pipeline.calls), composed once by ``targets``
+        self.calls: dict[str, CallPipeline] = self.targets.pipelines
         #: client auth and admission, the outermost stages (None: an open gateway / no limits)
         self.access = access
         self.limits = limits
@@ -114,18 +119,27 @@ class Proxy:
             exc.details = _scrub_details(exc.details, self.redact)
 
     def _build(self, route: Route) -> Pipeline:
-        name, core = stages.core(self, route)
         outer: list[tuple[str, Stage]] = []
         if self.access is not None:
             outer.append(("auth", admission.client_auth(self.access)))
         if self.limits is not None:
             outer.append(("limits", admission.limits(self.limits)))
-        return build(route, core, [*outer, *STAGES, *stages.stages_of(self)], core_name=name)
+        name, core, calls = self._core(route)
+        return build(route, core, [*outer, *STAGES, *stages.stages_of(self)], name, calls)
 
     def _build_probe(self, route: Route) -> Pipeline:
         """A probe is the gateway's own call: no client auth or limits, no HTTP conventions, never the cache."""
-        name, core = stages.core(self, route)
-        return build(route, core, [(n, s) for n, s in stages.stages_of(self) if n in PROBE_STAGES], core_name=name)
+        name, core, calls = self._core(route)
+        return build(route, core, [(n, s) for n, s in stages.stages_of(self) if n in PROBE_STAGES], name, calls)
+
+    def _core(self, route: Route) -> tuple[str, Handler, tuple[str, ...]]:
+        """The innermost endpoint stage (a collection, or one call and its answer step) and the names of the
+        call-level stack it runs, outermost first."""
+        calls = self.calls[route.name].stages
+        if route.pagination is not None:
+            return "collection", stages.collection(self, route), calls
+        step, core = answer.single(self, route)
+        return "call", core, (step, *calls)
 
     def failed(self, route: Route, exc: UpstreamError) -> None:
         """Count an upstream failure and mark the route down; called once per failure, by the ``account`` stage.
@@ -137,85 +151,6 @@ class Proxy:
         self.metrics.upstream_errors.labels(route.upstream, route.name, exc.kind).inc()
         if exc.kind not in NOT_DOWN:
             self.health.down(route.name, exc.code, exc.message)
-
-    async def single(
-        self,
-        request: web.Request | None,
-        route: Route,
-        params: dict[str, Any],
-        request_id: str,
-        body: bytes | None = None,
-        *,
-        relay: bool = False,
-        notes: Notes | None = None,
-        trace: RequestTrace | None = None,
-    ) -> web.StreamResponse:
-        """One entity's answer. ``relay``: a raw GET answer may be streamed to the caller (never for a
-        cache fill: it stores it whole)."""
-        stream = relay and request is not None and route.response.raw and request.method == "GET"
-        resp = await self.call(route, params, body, [], request_id, stream=stream, notes=notes, trace=trace)
-        if resp.stream is not None:
-            assert request is not None
-            return await self._relay(request, route, resp, params, request_id, trace)
-        out = respond.rebuild(route, resp, params)
-        self.health.up(route.name)  # only a complete, well-shaped answer proves the route works
-        return out
-
-    async def _relay(
-        self,
-        request: web.Request,
-        route: Route,
-        resp: UpstreamResponse,
-        params: Mapping[str, Any],
-        request_id: str,
-        trace: RequestTrace | None,
-    ) -> web.StreamResponse:
-        """A raw answer written as it arrives; a failure after the head went out is noted on ``trace``."""
-        assert resp.stream is not None
-        try:
-            out, failure = await respond.stream(
-                request, route, self.config.upstreams[route.upstream], resp, params, request_id
-            )
-        finally:
-            await release(resp.stream)
-        if failure is None:
-            self.health.up(route.name)
-        elif trace is not None:
-            trace.broke_off(failure)  # the access line says why the body was cut; ``account`` counts it
-        else:
-            self.failed(route, failure)
-        del failure
-        return out
-
-    async def call(
-        self,
-        route: Route,
-        params: Mapping[str, Any],
-        body: bytes | None,
-        extra_query: list[tuple[str, str]],
-        request_id: str,
-        at: str | None = None,
-        *,
-        stream: bool = False,
-        notes: Notes | None = None,
-        only: int | None = None,
-        underway: bool = False,
-        trace: RequestTrace | None = None,
-    ) -> UpstreamResponse:
-        """The route's upstream call: gateway.proxy.targets.Targets.call."""
-        return await self.targets.call(
-            route,
-            params,
-            body,
-            extra_query,
-            request_id,
-            at,
-            stream=stream,
-            notes=notes,
-            only=only,
-            underway=underway,
-            trace=trace,
-        )
 
     def _json(self, route: Route, resp: UpstreamResponse) -> Any:
         """The upstream body parsed (gateway.proxy.respond.parse_json)."""

@@ -1,7 +1,9 @@
-"""The upstream call of a route: credentials on, each target in order, fallback, statuses mapped.
+"""The upstream call of a route, as a call-level stack composed once per route (gateway.pipeline.calls).
 
-What the route's ``fallback_on`` names hands over to the next target (migrations,
-gateway.fallback); the answering target's status is mapped once (gateway.proxy.status).
+``answered`` → ``shape`` → ``status`` → ``fallback`` → ``upstream``, each only where it applies:
+the exchange itself (credentials on, with resilience); each target in order where
+the route's ``fallback_on`` hands over to the next (migrations, gateway.fallback); the
+answering target's status mapped once (gateway.proxy.status) and its declared shape checked.
 Each exchange is timed and counted per upstream, and written on the request's record
 (``trace``) for its access line.  Failures are raised, not counted: the route's pipeline
 counts them once, in its ``account`` stage.
@@ -17,14 +19,14 @@ from urllib.parse import parse_qsl
 
 from multidict import MultiDict
 
-from gateway import fallback
 from gateway.auth import Credentials
-from gateway.cache import Notes
 from gateway.config import Config, Route, Target, Upstream
 from gateway.errors import GatewayError, UpstreamError
 from gateway.health import RouteHealth
 from gateway.mapping import ShapeDrift, parse_params, target_request
 from gateway.metrics import Metrics, status_class
+from gateway.pipeline import calls
+from gateway.pipeline.calls import Call, CallPipeline, CallStage, Send
 from gateway.proxy import status as statuses
 from gateway.redact import Redactor
 from gateway.trace import RequestTrace
@@ -59,6 +61,8 @@ class Targets:
         self.gone_check = gone_check
         #: counts a failure no pipeline sees (the gone check's own sample call)
         self.failed = failed
+        #: each route's call-level stack, composed once here
+        self.pipelines: dict[str, CallPipeline] = {r.name: self._build(r) for r in config.routes}
 
     def headers(self, upstream: Upstream, route: Route, request_id: str, body: bytes | None) -> dict[str, str]:
         headers = dict(upstream.headers)
@@ -70,61 +74,82 @@ class Targets:
             headers.update(self.creds.headers_for(upstream, route.name))
         return headers
 
-    async def call(
-        self,
-        route: Route,
-        params: Mapping[str, Any],
-        body: bytes | None,
-        extra_query: list[tuple[str, str]],
-        request_id: str,
-        at: str | None = None,
-        *,
-        stream: bool = False,
-        notes: Notes | None = None,
-        only: int | None = None,
-        underway: bool = False,
-        trace: RequestTrace | None = None,
-    ) -> UpstreamResponse:
-        """Try each target in order; what the route's ``fallback_on`` names hands over to the next one.
+    def _build(self, route: Route) -> CallPipeline:
+        """The route's call-level stack (gateway.pipeline.calls), outermost first; each stage only where it applies."""
+        stages: list[tuple[str, CallStage]] = [
+            ("answered", self.answered),
+            ("shape", self.shape),
+            ("status", self.status),
+            ("fallback", calls.fallback),
+        ]
+        return calls.compose(route, self.upstream(route), stages, "upstream")
 
-        ``at`` (a ``next_url`` page) is a path and query below ``base_url`` to fetch instead
-        of the target's own; its path must be the target's, else the route is not followed.
-        ``stream``: a 2xx answer comes back unread (``resp.stream``), for the caller to relay and release.
-        ``only``: ask that one target; where it hands over, ``fallback.HandOver`` says so (a collection
-        whose targets page differently walks one target at a time, gateway.pipeline.collection);
-        ``underway``: that walk already has pages from it, so even the last target's misfit says the
-        walk cannot go on there (the upstream switched back), not that the route drifted.
-        """
+    def upstream(self, route: Route) -> Send:
+        """The innermost step: one exchange with the target the call is at, credentials on, with resilience
+        (gateway.upstream, gateway.resilience); the headers are made once per call, whichever targets it asks."""
         upstream = self.config.upstreams[route.upstream]
-        headers = self.headers(upstream, route, request_id, body)
-        last = len(route.targets) - 1
-        for index in range(len(route.targets)) if only is None else (only,):
+
+        async def send(call: Call) -> UpstreamResponse:
+            if call.headers is None:
+                call.headers = self.headers(upstream, route, call.request_id, call.body)
+            target = route.targets[call.target]
+            extra, at = call.extra_query, call.at
+            return await self.send(
+                upstream, route, target, call.params, call.body, extra, call.headers, at, call.stream, call.trace
+            )
+
+        return send
+
+    def status(self, route: Route, inner: Send) -> Send:
+        """The answering target's status mapped once (gateway.proxy.status): a 404/410's verdict, any failure;
+        every route."""
+        upstream = self.config.upstreams[route.upstream]
+
+        async def judged(call: Call) -> UpstreamResponse:
+            resp = await inner(call)
+            index = call.target
             target = route.targets[index]
-            resp = await self.send(upstream, route, target, params, body, extra_query, headers, at, stream, trace)
-            if (index < last or (only is not None and underway)) and fallback.hands_over(route, resp, index):
-                if only is not None:
-                    if resp.stream is not None:
-                        await release(resp.stream)
-                    raise fallback.HandOver(index)
-                continue
             if resp.status in (404, 410):
-                ask = functools.partial(self._sample_status, upstream, route, target, trace)
+                ask = functools.partial(self._sample_status, upstream, route, target, call.trace)
                 raise await statuses.not_there(upstream, route, index, resp, self.redact, self.gone_check, ask)
             statuses.check_status(upstream, route, target, resp, self.redact)
-            if route.shape is not None:
-                try:
-                    statuses.check_shape(route, resp)
-                except ShapeDrift:
-                    if resp.stream is not None:
-                        await release(resp.stream)
-                    raise
-            if index > 0:
-                self.metrics.fallbacks.labels(route.name, str(index)).inc()
-            self.health.answered_by(route.name, index)
-            if notes is not None:
-                notes.append(resp.headers)  # Cache-Control/Expires, for the cache fill asking
             return resp
-        raise AssertionError("routes have at least one target")
+
+        return judged
+
+    def shape(self, route: Route, inner: Send) -> Send | None:
+        """The declared status and content type (``shape:``) of the answer the status stage passed; only
+        where the route declares a shape.  Fallback judges each target's answer against it first
+        (gateway.fallback.misfit), so drift reaching here is the answering target's own."""
+        if route.shape is None:
+            return None
+
+        async def shaped(call: Call) -> UpstreamResponse:
+            resp = await inner(call)
+            try:
+                statuses.check_shape(route, resp)
+            except ShapeDrift:
+                if resp.stream is not None:
+                    await release(resp.stream)
+                raise
+            return resp
+
+        return shaped
+
+    def answered(self, route: Route, inner: Send) -> Send:
+        """Once the answer is judged: which target gave it (/status, ``gateway_fallback_total``), and its
+        Cache-Control/Expires for a cache fill asking; every route."""
+
+        async def noted(call: Call) -> UpstreamResponse:
+            resp = await inner(call)
+            if call.target > 0:
+                self.metrics.fallbacks.labels(route.name, str(call.target)).inc()
+            self.health.answered_by(route.name, call.target)
+            if call.notes is not None:
+                call.notes.append(resp.headers)
+            return resp
+
+        return noted
 
     async def send(
         self,
