@@ -6,9 +6,11 @@ its error message is the same; its JSON Schema tells an editor what to write.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, WithJsonSchema
 
 from gateway.config.values import parse_duration, parse_rate, parse_ratio, parse_size
 
@@ -40,6 +42,38 @@ Rate = Annotated[
     BeforeValidator(parse_rate),
     WithJsonSchema({"type": "string", "pattern": r"^\s*\d+\s*/", "examples": ["480/1m", "10/s"]}),
 ]
+
+
+@dataclass(frozen=True)
+class Wording:
+    """What a mistaken value is told, in place of pydantic's generic words (gateway.config.schema reads it).
+
+    Put in a field's or a type's ``Annotated[...]``: the innermost one on an error's path speaks. ``expected``
+    says what to write; ``choices`` gives each allowed word its meaning ("'follow' (fetch the final target)
+    or 'report' (...)"), which "Input should be 'follow' or 'report'" would lose; ``secret`` says nothing
+    of what was written, not even a number, since a secret pasted in by mistake must never be echoed."""
+
+    expected: str = ""
+    choices: Mapping[str, str] = field(default_factory=dict)
+    secret: bool = False
+
+    def text(self) -> str:
+        if not self.choices:
+            return self.expected
+        said = [f"{word!r} ({meaning})" for word, meaning in self.choices.items()]
+        return ", ".join(said[:-1]) + f" or {said[-1]}" if len(said) > 1 else said[0]
+
+
+def yaml_kind(value: Any) -> str:
+    """The branch of a by-kind union a value is read by: a word, a mapping or a list each has its own type,
+    so a mistake is reported once, by the branch the value was meant for (not once per branch)."""
+    return "mapping" if isinstance(value, dict) else "list" if isinstance(value, list) else "scalar"
+
+
+#: the discriminator of a union whose branches are tagged ``scalar``, ``mapping``, ``list``
+BY_KIND = Discriminator(yaml_kind)
+SCALAR, MAPPING, LIST = Tag("scalar"), Tag("mapping"), Tag("list")
+
 HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
