@@ -21,7 +21,8 @@ from gateway.config.spec_types import Wording
 M = TypeVar("M", bound=BaseModel)
 
 _UNKNOWN = object()
-_KIND_TAGS = {"scalar", "mapping", "list"}
+#: union branch names in an error's loc that say only which kind of value was tried there
+_KIND_TAGS = {"scalar", "mapping", "list", "str", "int", "float", "bool"}
 
 #: a ``${VAR}`` string stands for any scalar: the editor cannot know the environment
 _INTERPOLATED = {"type": "string", "pattern": r"\$\{"}

@@ -6,13 +6,15 @@ these models give those parsers their key lists, editors their JSON Schema and t
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import BeforeValidator, ConfigDict, Field
 
 from gateway.config.names import VALIDATOR_NAMES
-from gateway.config.spec_types import Duration, Free, HttpMethod, SecretRef, Section
+from gateway.config.node import _kind
+from gateway.config.spec_types import BY_KIND, MAPPING, SCALAR, Duration, Free, HttpMethod, SecretRef, Section, Wording
 from gateway.config.spec_upstream import CacheSpec, ProbesSpec, ServerSpec, UpstreamSpec
+from gateway.config.values import parse_request_line
 
 _STABLE = r"^\s*[A-Za-z]+\s+/\S*\s*$"
 
@@ -81,20 +83,53 @@ class PaginationSpec(Section):
     """``cursor``: the query parameter the token is sent in."""
 
 
+def _request_line(value: object) -> object:
+    """A target's ``METHOD /path?query``, told as ``gateway check`` always told it."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected 'METHOD /path', got {_kind(value)}")
+    parse_request_line(value.partition("?")[0])
+    return value
+
+
+class ConstBodySpec(Section):
+    """A fixed JSON body sent instead of the client's."""
+
+    const: Free
+    """The JSON value."""
+
+
 class TargetSpec(Section):
     """One upstream call; a plain ``METHOD /path?query`` string is the same as ``{request: ...}``."""
 
-    request: str = Field(pattern=_STABLE)
+    request: Annotated[str, BeforeValidator(_request_line)] = Field(pattern=_STABLE)
     """``METHOD /path?query`` with ``{param}`` templates; unset params are dropped from the query."""
-    query: dict[str, str] | None = None
+    query: dict[str, Annotated[str | int | float, Wording("a string")]] | None = None
     """More query parameters, same templates as in ``request``."""
-    body: Literal["passthrough", "none"] | dict[Literal["const"], Free] | None = None
+    body: (
+        Annotated[
+            Annotated[Literal["passthrough", "none"], SCALAR] | Annotated[ConstBodySpec, MAPPING],
+            BY_KIND,
+            Wording("'passthrough', 'none' or {const: <JSON value>}"),
+        ]
+        | None
+    ) = None
     """``passthrough`` (the default for writes), ``none``, or ``{const: <JSON value>}``."""
-    redirect: Literal["follow", "report"] | None = None
+    redirect: Annotated[
+        Literal["follow", "report"] | None,
+        Wording(choices={"follow": "fetch the final target", "report": "answer from Location"}),
+    ] = None
     """``follow`` (the default) or ``report``: answer from the Location header without following it."""
     pagination: PaginationSpec | None = None
     """How this target pages, where it differs from the route's ``pagination`` (a list moving to a new
     shape): a collection walk follows one target, its own way; ``limit`` stays the route's."""
+
+
+#: a target: ``METHOD /path?query``, or a mapping with ``request``
+TargetRef = Annotated[
+    Annotated[str, SCALAR] | Annotated[TargetSpec, MAPPING],
+    BY_KIND,
+    Wording("'METHOD /path' or a mapping with 'request'"),
+]
 
 
 class FieldSpec(Section):
@@ -188,7 +223,7 @@ class RouteSpec(Section):
     """``METHOD /path`` that scripts call; a path segment is literal or one ``{param}``."""
     upstream: str
     """The name of an upstream under ``upstreams:``."""
-    targets: list[str | TargetSpec] = Field(min_length=1)
+    targets: list[TargetRef] = Field(min_length=1)
     """Upstream calls tried in order; a 404/410 hands over to the next one (``fallback_on``)."""
     description: str | None = None
     """For people: shown in /openapi.json."""

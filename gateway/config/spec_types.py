@@ -57,6 +57,9 @@ class Wording:
     choices: Mapping[str, str] = field(default_factory=dict)
     secret: bool = False
 
+    def __hash__(self) -> int:  # typing.Annotated hashes its metadata
+        return hash((self.expected, tuple(self.choices.items()), self.secret))
+
     def text(self) -> str:
         if not self.choices:
             return self.expected
