@@ -6,9 +6,10 @@ these models give those parsers their key lists, editors their JSON Schema and t
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import re
+from typing import Annotated, Literal, Self
 
-from pydantic import BeforeValidator, ConfigDict, Field
+from pydantic import BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from gateway.config.names import VALIDATOR_NAMES
 from gateway.config.node import _kind
@@ -143,22 +144,49 @@ class FieldSpec(Section):
     """A constant JSON value."""
     location: str | None = None
     """A regular expression with one group, applied to the upstream's Location header."""
-    type: Literal["int", "str", "float", "bool"] | None = None
+    type: Annotated[
+        Literal["int", "str", "float", "bool"] | None,
+        Wording(choices={"int": "an integer", "str": "a string", "float": "a number", "bool": "true or false"}),
+    ] = None
     """Convert the value."""
     optional: bool | None = None
     """A missing field is ``null`` instead of a 502 ``shape_drift``."""
 
+    @field_validator("location")
+    @classmethod
+    def _one_group(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                pattern = re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"bad regular expression: {exc}") from None
+            if pattern.groups < 1:
+                raise ValueError("the pattern needs one capture group for the value")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if len(self.model_fields_set & {"field", "param", "const", "location"}) != 1:
+            raise ValueError("give exactly one of field, param, const or location")
+        return self
+
 
 #: a dotted upstream field name, or a mapping saying where the value comes from
-FieldRef = str | FieldSpec
+FieldRef = Annotated[
+    Annotated[str, SCALAR] | Annotated[FieldSpec, MAPPING],
+    BY_KIND,
+    Wording("a field name or a mapping ({field|param|const|location: ...})"),
+]
+#: stable field → its source
+FieldMap = Annotated[dict[str, FieldRef], Wording("a mapping of stable field → upstream field")]
 
 
 class ResponseSpec(Section):
     """How the stable answer is built from the upstream's."""
 
-    item: dict[str, FieldRef] | None = None
+    item: FieldMap | None = None
     """One entity: stable field → its source."""
-    items: dict[str, FieldRef] | None = None
+    items: FieldMap | None = None
     """Each item of a collection: stable field → its source."""
     raw: bool | None = None
     """Pass the upstream body and content type through."""
