@@ -9,8 +9,8 @@ from gateway.config.model import FieldExpr, KeepOtherFields, Pagination, Respons
 from gateway.config.node import _kind, _Node
 from gateway.config.pagination_keys import STYLE_KEYS, check_pagination
 from gateway.config.schema import validate
-from gateway.config.spec_route import FieldSpec, PaginationSpec
-from gateway.config.spec_route import ResponseSpec as ResponseSpecModel
+from gateway.config.spec_calls import FieldSpec, PaginationSpec
+from gateway.config.spec_calls import ResponseSpec as ResponseSpecModel
 from gateway.config.values import _HEADER_NAME
 
 

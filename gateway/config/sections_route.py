@@ -15,8 +15,9 @@ from gateway.config.schema import fields_of, required_of, validate
 from gateway.config.sections_access import _fallback_on, _probe, _shape
 from gateway.config.sections_response import _pagination, _plain, _response
 from gateway.config.sections_server import _route_cache
+from gateway.config.spec_calls import TargetSpec
 from gateway.config.spec_route import ParamSpec as ParamSpecModel
-from gateway.config.spec_route import RouteSpec, TargetSpec
+from gateway.config.spec_route import RouteSpec
 from gateway.config.values import _NAME, _PARAM, parse_path, parse_request_line, parse_template
 
 
