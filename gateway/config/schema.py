@@ -222,6 +222,8 @@ def _message(err: Any, value: Any, model: type[BaseModel], loc: tuple[Any, ...])
     # a string is named by its kind only: it may be a secret, interpolated from the environment;
     # within a secret, not even a number or a kind is said
     got = ", got a string" if isinstance(value, str) else f", got {_kind(value)}"
+    if kind == "too_short":
+        got = f", got an empty {'list' if isinstance(value, list) else 'one'}"
     if secret or value is _UNKNOWN:
         got = ""
     if wording is not None:

@@ -7,7 +7,6 @@ from typing import Any
 
 from gateway.config.model import (
     DEFAULT_FALLBACK_ON,
-    SHAPE_TYPES,
     ClientKey,
     Pagination,
     ParamSpec,
@@ -221,32 +220,29 @@ def _check_probe_samples(routes_node: _Node | None, routes: list[Route]) -> None
 
 
 def _shape(node: _Node | None, response: ResponseSpec, targets: list[Target]) -> ShapeSpec | None:
-    """``shape: {status: 200, content_type: application/json, fields: {id: string, version: integer}}``."""
-    if node is None or not node.keys(fields_of(ShapeSpecModel)):
+    """``shape: {status: 200, content_type: application/json, fields: {id: string, version: integer}}``:
+    keys and types by its pydantic model; here whether the route has a body whose fields can be checked."""
+    if node is None:
+        return None
+    spec = validate(node, ShapeSpecModel, partial=True)
+    if spec is None:
         return None
     kw: dict[str, Any] = {}
-    if (n := node.get("status")) is not None:
-        kw["status"] = n.integer(100, 599)
-    if (n := node.get("content_type")) is not None and (ct := n.string("a media type")) is not None:
-        if "/" not in ct or ";" in ct:
-            n.error(f"expected a media type such as application/json (no parameters), got {ct!r}")
-        else:
-            kw["content_type"] = ct.strip().lower()
-    if (fn := node.get("fields")) is not None and fn.is_map("a mapping of field → JSON type"):
+    if spec.status is not None:
+        kw["status"] = spec.status
+    if spec.content_type is not None:
+        kw["content_type"] = spec.content_type.strip().lower()
+    if spec.fields is not None:
         if response.raw:
-            fn.error("a raw response is passed through unparsed; its fields cannot be checked")
+            node.child("fields").error("a raw response is passed through unparsed; its fields cannot be checked")
         elif any(t.redirect == "report" for t in targets):
-            fn.error("this route answers from a redirect's Location; there is no body whose fields to check")
-        fields: list[tuple[tuple[str, ...], frozenset[str]]] = []
-        for name, tn in fn.items():
-            raw = tn.value
-            kinds = [str(k).strip() for k in raw] if isinstance(raw, list) else str(raw).split("|")
-            bad = [k for k in kinds if k not in SHAPE_TYPES]
-            if isinstance(raw, bool) or raw is None or bad or not kinds:
-                tn.error(f"expected one of {', '.join(sorted(SHAPE_TYPES))} (or several joined with '|')")
-                continue
-            fields.append((tuple(name.split(".")), frozenset(kinds)))
-        kw["fields"] = tuple(fields)
+            node.child("fields").error(
+                "this route answers from a redirect's Location; there is no body whose fields to check"
+            )
+        kw["fields"] = tuple(
+            (tuple(name.split(".")), frozenset(kinds.split("|") if isinstance(kinds, str) else kinds))
+            for name, kinds in spec.fields.items()
+        )
     return ShapeSpec(**kw)
 
 

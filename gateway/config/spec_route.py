@@ -6,15 +6,15 @@ these models give those parsers their key lists, editors their JSON Schema and t
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal, get_args
 
-from pydantic import ConfigDict, Field
+from pydantic import AfterValidator, ConfigDict, Field, StringConstraints
 
 from gateway.config.names import VALIDATOR_NAMES
 from gateway.config.spec_calls import STABLE, TargetRef
 from gateway.config.spec_calls import PaginationSpec as PaginationSpec
 from gateway.config.spec_calls import ResponseSpec as ResponseSpec
-from gateway.config.spec_types import Duration, Free, HttpMethod, SecretRef, Section
+from gateway.config.spec_types import BY_KIND, LIST, SCALAR, Duration, Free, HttpMethod, SecretRef, Section, Wording
 from gateway.config.spec_upstream import CacheSpec, ProbesSpec, ServerSpec, UpstreamSpec
 
 
@@ -55,14 +55,34 @@ class ProbeSpec(Section):
     """For people."""
 
 
+JsonType = Literal["any", "array", "boolean", "integer", "null", "number", "object", "string"]
+_ONE_TYPE = "(" + "|".join(get_args(JsonType)) + ")"
+#: ``string``, ``integer|null`` or ``[integer, "null"]``
+JsonTypes = Annotated[
+    Annotated[str, StringConstraints(pattern=f"^{_ONE_TYPE}(\\|{_ONE_TYPE})*$"), SCALAR]
+    | Annotated[list[JsonType], Field(min_length=1), LIST],
+    BY_KIND,
+    Wording(f"one of {', '.join(get_args(JsonType))} (or several joined with '|')"),
+]
+
+
+def _media_type(value: str) -> str:
+    if "/" not in value or ";" in value:
+        raise ValueError(f"expected a media type such as application/json (no parameters), got {value!r}")
+    return value
+
+
 class ShapeSpec(Section):
     """What a working upstream answer looks like; checked live and by probes (else 502 ``shape_drift``)."""
 
     status: int | None = Field(None, ge=100, le=599)
     """The upstream's success status (default: any 2xx)."""
-    content_type: str | None = None
+    content_type: (
+        Annotated[str, AfterValidator(_media_type), Wording("a media type such as application/json (no parameters)")]
+        | None
+    ) = None
     """A media type such as ``application/json``."""
-    fields: dict[str, str | list[str]] | None = None
+    fields: Annotated[dict[str, JsonTypes], Wording("a mapping of field → JSON type")] | None = None
     """Dotted field → JSON type (string, integer, number, boolean, array, object, null, any); ``a|b`` for several."""
 
 
