@@ -80,7 +80,8 @@ def validate(node: _Node, model: type[M], hand: AbstractSet[str] = frozenset(), 
 
     ``hand`` names keys a hand-written parser reads instead (secrets, whose messages never echo a value).
     ``partial``: where some keys are wrong, the section of the other keys (None if that fails too), so
-    the checks spanning keys still report on them: every problem of a file is listed at once."""
+    the checks spanning keys still report on them: every problem of a file is listed at once. A key
+    holding a mapping of names (``params: {NAME: ...}``) loses only its wrong entries."""
     value = {k: v for k, v in node.value.items() if k not in hand} if isinstance(node.value, dict) else node.value
     try:
         return model.model_validate(value)
@@ -88,9 +89,20 @@ def validate(node: _Node, model: type[M], hand: AbstractSet[str] = frozenset(), 
         report(node, model, exc)
         if not partial or not isinstance(value, dict):
             return None
-        wrong = {err["loc"][0] for err in exc.errors(include_input=False, include_url=False) if err["loc"]}
+        wrong: set[Any] = set()
+        entries: dict[Any, set[Any]] = {}  # a mapping of NAME → value keeps its good entries
+        for err in exc.errors(include_input=False, include_url=False):
+            loc = err["loc"]
+            if len(loc) > 1 and isinstance(value.get(loc[0]), dict) and get_origin(_walk(model, loc[:1])[0]) is dict:
+                entries.setdefault(loc[0], set()).add(loc[1])
+            elif loc:
+                wrong.add(loc[0])
+    rest = {k: v for k, v in value.items() if k not in wrong}
+    for key, bad in entries.items():
+        if key in rest:
+            rest[key] = {name: v for name, v in rest[key].items() if name not in bad}
     try:
-        return model.model_validate({k: v for k, v in value.items() if k not in wrong})
+        return model.model_validate(rest)
     except ValidationError:
         return None
 
@@ -161,7 +173,7 @@ def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[Any, Wording | 
                 return None, wording, secret  # a branch that is not a model or a tagged type: a scalar's error
             ann = named[0]
         elif isinstance(ann, type) and issubclass(ann, BaseModel):
-            field = ann.model_fields.get(part) if isinstance(part, str) else None
+            field = next((f for n, f in ann.model_fields.items() if part in (n, f.alias)), None)
             if field is None:
                 return None, wording, secret
             ann = field.annotation

@@ -21,7 +21,7 @@ from gateway.config.model import (
     Target,
 )
 from gateway.config.model_upstream import METHODS
-from gateway.config.node import _closest, _Ctx, _kind, _Node
+from gateway.config.node import _closest, _Ctx, _Node
 from gateway.config.schema import fields_of, required_of, validate
 from gateway.config.sections_server import _secret
 from gateway.config.spec_route import AdminKeySpec, ClientKeySpec, ClientsSpec, ProbeFromSpec, RateLimitSpec
@@ -125,7 +125,8 @@ def _probe(
     params: tuple[ParamSpec, ...],
     pagination: Pagination | None,
 ) -> ProbeSpec | None:
-    """``probe: true`` or ``probe: {params: {name: value | {from: ROUTE, field: F}}}``."""
+    """``probe: true`` or ``probe: {params: {name: value | {from: ROUTE, field: F}}}``: keys and types by
+    its pydantic model; here what spans the route: a GET, a sample for each path param, no unknown param."""
     if node is None or node.value is False or path is None:  # no path: reported at `stable`, not here too
         return None
     if method is not None and method != "GET":
@@ -133,13 +134,12 @@ def _probe(
         return None
     values: dict[str, tuple[str | ProbeSample, _Node]] = {}
     if node.value is not True:
-        if not node.keys(fields_of(ProbeSpecModel)):
+        spec = validate(node, ProbeSpecModel, partial=True)  # a wrong sample is left out, the others checked
+        if spec is None or set(node.value) - spec.model_fields_set:  # a misspelt key: no follow-on noise
             return None
-        if (pn := node.get("params")) is not None and pn.is_map("a mapping of param name → sample value"):
-            for name, vn in pn.items():
-                value = _probe_value(vn)
-                if value is not None:
-                    values[name] = (value, vn)
+        for name, value in (spec.params or {}).items():
+            vn = node.child("params").child(name)
+            values[name] = (_probe_value(value, vn), vn)
     path_names = path.names if path is not None else frozenset()
     query_names = {p.name for p in params} | ({"limit"} if pagination is not None else set())
     for name in sorted(path_names - set(values)):
@@ -155,22 +155,12 @@ def _probe(
     return ProbeSpec(path_params, tuple(query), node.line)
 
 
-def _probe_value(node: _Node) -> str | ProbeSample | None:
-    v = node.value
-    if isinstance(v, dict):
-        if not node.keys(fields_of(ProbeFromSpec), required_of(ProbeFromSpec)):
-            return None
-        route = node.child("from").string("a route name")
-        field = node.child("field").string("a field name of that route's answer")
-        if route is None or field is None:
-            return None
-        return ProbeSample(route, tuple(field.split(".")), node.line)
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str | int | float):
-        return str(v)
-    node.error(f"expected a sample value or {{from: ROUTE, field: FIELD}}, got {_kind(v)}")
-    return None
+def _probe_value(value: str | float | bool | ProbeFromSpec, node: _Node) -> str | ProbeSample:
+    if isinstance(value, ProbeFromSpec):
+        return ProbeSample(value.from_, tuple(value.field.split(".")), node.line)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _check_probe_samples(routes_node: _Node | None, routes: list[Route]) -> None:

@@ -14,7 +14,18 @@ from gateway.config.names import VALIDATOR_NAMES
 from gateway.config.spec_calls import STABLE, TargetRef
 from gateway.config.spec_calls import PaginationSpec as PaginationSpec
 from gateway.config.spec_calls import ResponseSpec as ResponseSpec
-from gateway.config.spec_types import BY_KIND, LIST, SCALAR, Duration, Free, HttpMethod, SecretRef, Section, Wording
+from gateway.config.spec_types import (
+    BY_KIND,
+    LIST,
+    MAPPING,
+    SCALAR,
+    Duration,
+    Free,
+    HttpMethod,
+    SecretRef,
+    Section,
+    Wording,
+)
 from gateway.config.spec_upstream import CacheSpec, ProbesSpec, ServerSpec, UpstreamSpec
 
 
@@ -38,18 +49,26 @@ class ParamSpec(Section):
 class ProbeFromSpec(Section):
     """A sample value taken from another probed route's answer."""
 
-    from_: str = Field(alias="from")
+    from_: Annotated[str, Wording("a route name")] = Field(alias="from")
     """The other route."""
-    field: str
+    field: Annotated[str, Wording("a field name of that route's answer")]
     """The dotted field of its answer."""
 
     model_config = ConfigDict(populate_by_name=False)
 
 
+#: a fixed sample, or where to take one
+ProbeValue = Annotated[
+    Annotated[str | int | float | bool, SCALAR] | Annotated[ProbeFromSpec, MAPPING],
+    BY_KIND,
+    Wording("a sample value or {from: ROUTE, field: FIELD}"),
+]
+
+
 class ProbeSpec(Section):
     """Sample values for the route's parameters, so the prober can call it (GET routes only)."""
 
-    params: dict[str, str | int | float | bool | ProbeFromSpec] | None = None
+    params: Annotated[dict[str, ProbeValue], Wording("a mapping of param name → sample value")] | None = None
     """Param name → a fixed sample, or ``{from: ROUTE, field: FIELD}``."""
     description: str | None = None
     """For people."""
