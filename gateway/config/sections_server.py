@@ -24,7 +24,7 @@ from gateway.config.model_upstream import (
 from gateway.config.node import _closest, _Node
 from gateway.config.schema import fields_of, required_of, validate
 from gateway.config.spec_route import RouteCacheSpec
-from gateway.config.spec_types import SecretSourceSpec
+from gateway.config.spec_types import SecretSourceSpec, SecretSpec
 from gateway.config.spec_upstream import AuthSpec as AuthSectionSpec
 from gateway.config.spec_upstream import (
     BreakerSpec,
@@ -152,39 +152,22 @@ def _server(node: _Node | None) -> ServerSettings:
 
 
 def _secret(node: _Node) -> Secret | None:
-    """One source or a list of alternatives, tried in order at request time."""
-    if not isinstance(node.value, dict | list):
-        # never echo the value: it may be a secret pasted in by mistake
-        node.error("expected {env: VAR}, {file: PATH} or {file_env: VAR}; secrets are never written in routes.yaml")
-        return None
-    items = node.value if isinstance(node.value, list) else None
-    nodes = [node.child(i) for i in range(len(items))] if items is not None else [node]
+    """One secret on its own: read by its model, whose messages never echo what was written."""
+    spec = validate(node, SecretSpec)
+    return secret_of(spec.root) if spec is not None else None
+
+
+def secret_of(spec: SecretSourceSpec | list[SecretSourceSpec]) -> Secret:
+    """A validated secret: one source or a list of alternatives, tried in order at request time."""
     sources: list[SecretSource] = []
-    for sn in nodes:
-        if not sn.keys(fields_of(SecretSourceSpec)):
-            continue
-        given = [k for k in ("env", "file", "file_env") if k in sn.value]
-        if len(given) != 1:
-            sn.error(
-                "a secret needs exactly one of 'env: VAR', 'file: PATH' or 'file_env: VAR' "
-                "(secrets are never written in routes.yaml)"
-            )
-            continue
-        kind = given[0]
-        value = sn.child(kind).string()
-        jk = sn.get("json_key")
-        json_key = jk.string() if jk is not None else None
-        if value is None:
-            continue
-        if kind == "env":
-            if json_key is not None:
-                sn.error("'json_key' goes with 'file' or 'file_env'")
-            sources.append(SecretSource("env", value, hint=value))
-        elif kind == "file":
-            sources.append(SecretSource("file", value, json_key, hint=f"the file {value}"))
-        else:
-            sources.append(SecretSource("file_env", value, json_key, hint=value))
-    return Secret(tuple(sources)) if sources else None
+    for src in spec if isinstance(spec, list) else [spec]:
+        if src.env is not None:
+            sources.append(SecretSource("env", src.env, hint=src.env))
+        elif src.file is not None:
+            sources.append(SecretSource("file", src.file, src.json_key, hint=f"the file {src.file}"))
+        elif src.file_env is not None:
+            sources.append(SecretSource("file_env", src.file_env, src.json_key, hint=src.file_env))
+    return Secret(tuple(sources))
 
 
 def _upstream(name: str, node: _Node) -> Upstream | None:

@@ -8,9 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    RootModel,
+    Tag,
+    WithJsonSchema,
+    model_validator,
+)
 
 from gateway.config.values import parse_duration, parse_rate, parse_ratio, parse_size
 
@@ -86,6 +96,9 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True)
 
 
+_NEVER_INLINE = "secrets are never written in routes.yaml"
+
+
 class SecretSourceSpec(Section):
     """Where a secret comes from; exactly one of ``env``, ``file`` or ``file_env``. Secrets are never inline."""
 
@@ -98,11 +111,29 @@ class SecretSourceSpec(Section):
     json_key: str | None = None
     """With ``file``/``file_env``: the file is JSON and the secret is this key of it."""
 
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if len(self.model_fields_set & {"env", "file", "file_env"}) != 1:
+            raise ValueError(
+                f"a secret needs exactly one of 'env: VAR', 'file: PATH' or 'file_env: VAR' ({_NEVER_INLINE})"
+            )
+        if self.env is not None and self.json_key is not None:
+            raise ValueError("'json_key' goes with 'file' or 'file_env'")
+        return self
 
-#: one source, or a list of alternatives tried in order at request time
+
+#: one source, or a list of alternatives tried in order at request time; its mistakes never echo what was written
 SecretRef = Annotated[
-    SecretSourceSpec | list[SecretSourceSpec],
+    Annotated[SecretSourceSpec, MAPPING] | Annotated[list[SecretSourceSpec], Field(min_length=1), LIST],
+    BY_KIND,
+    Wording(f"{{env: VAR}}, {{file: PATH}} or {{file_env: VAR}}; {_NEVER_INLINE}", secret=True),
     Field(description="A secret: {env: VAR}, {file: PATH} or {file_env: VAR}, or a list of them tried in order."),
 ]
+
+
+class SecretSpec(RootModel[SecretRef]):
+    """One secret on its own (``server.cursor_key``, ``cache.redis.url``), read by ``schema.validate``."""
+
+
 #: a value the hand-written parser reads (documented and typed for editors only)
 Free = Any
