@@ -183,8 +183,8 @@ def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[Any, Wording | 
             ann = field.annotation
             wording = next((m for m in field.metadata if isinstance(m, Wording)), None)
             secret = secret or bool(wording and wording.secret)
-        elif get_origin(ann) in (dict, list):
-            ann = get_args(ann)[-1]
+        elif get_origin(ann) in (dict, list):  # an entry speaks for itself, not as the whole mapping or list
+            ann, wording = get_args(ann)[-1], None
         else:
             return None, wording, secret
     return _open(ann, wording, secret)

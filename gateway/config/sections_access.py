@@ -20,85 +20,55 @@ from gateway.config.model import (
     ShapeSpec,
     Target,
 )
-from gateway.config.model_upstream import METHODS
 from gateway.config.node import _closest, _Ctx, _Node
-from gateway.config.schema import fields_of, required_of, validate
-from gateway.config.sections_server import _secret
-from gateway.config.spec_route import AdminKeySpec, ClientKeySpec, ClientsSpec, ProbeFromSpec, RateLimitSpec
+from gateway.config.schema import validate
+from gateway.config.sections_server import secret_of
+from gateway.config.spec_access import AdminSpec, ClientKeySpec, ClientsSpec, RateLimitSpec
+from gateway.config.spec_route import ProbeFromSpec
 from gateway.config.spec_route import ProbeSpec as ProbeSpecModel
 from gateway.config.spec_route import ShapeSpec as ShapeSpecModel
 from gateway.config.spec_upstream import ProbesSpec
-from gateway.config.values import _NAME, parse_duration, parse_rate
+from gateway.config.values import _NAME
 
 
 def _keys(node: _Node | None, routes: list[str] | None) -> tuple[ClientKey, ...]:
-    """``clients:`` (with per-key routes/methods) or ``admin:`` (keys only)."""
-    if node is None or not node.keys(fields_of(ClientsSpec), required_of(ClientsSpec)):
+    """``clients:`` (with per-key routes/methods; ``routes`` names every route of the file) or ``admin:``
+    (keys only): keys and types by their pydantic models; here key names and the routes a grant names."""
+    if node is None:
         return ()
-    keys_node = node.child("keys")
-    if not keys_node.is_map("a mapping of key name → {key: {env: VAR}, ...}"):
-        return ()
-    out: list[ClientKey] = []
-    allowed = fields_of(ClientKeySpec) if routes is not None else fields_of(AdminKeySpec)
-    for name, kn in keys_node.items():
+    spec: ClientsSpec | AdminSpec | None
+    spec = validate(node, ClientsSpec, partial=True) if routes is not None else validate(node, AdminSpec, partial=True)
+    keys_node = node.get("keys")
+    for name, kn in keys_node.items() if keys_node is not None else ():
         if not _NAME.match(name):
             kn.error("key names use letters, digits, '_', '-' and '.'")
-        if not kn.keys(allowed, {"key"}):
+    if spec is None or keys_node is None:
+        return ()
+    out: list[ClientKey] = []
+    for name, key in spec.keys.items():
+        kn = keys_node.child(name)
+        if not isinstance(key, ClientKeySpec):  # an admin key: no grants
+            out.append(ClientKey(name, secret_of(key.key), (), None, None))
             continue
-        secret = _secret(kn.child("key"))
-        globs: tuple[str, ...] = ()
-        if (rn := kn.get("routes")) is not None:
-            if not isinstance(rn.value, list) or not all(isinstance(g, str) for g in rn.value):
-                rn.error("expected a list of route names (globs such as posthog_* allowed)")
-            else:
-                globs = tuple(rn.value)
-                for g in globs:
-                    if not fnmatch.filter(routes or [], g):
-                        rn.error(f"{g!r} matches no route")
-        methods: frozenset[str] | None = None
-        if (mn := kn.get("methods")) is not None:
-            if not isinstance(mn.value, list) or not all(str(m).upper() in METHODS for m in mn.value):
-                mn.error(f"expected a list of HTTP methods ({', '.join(sorted(METHODS))})")
-            else:
-                methods = frozenset(str(m).upper() for m in mn.value)
-                if "GET" in methods:
-                    methods |= {"HEAD"}
-        limit = _rate_limit(rl) if (rl := kn.get("rate_limit")) is not None else None
-        if secret is not None:
-            out.append(ClientKey(name, secret, globs, methods, limit))
+        for g in key.routes or ():
+            if not fnmatch.filter(routes or [], g):
+                kn.child("routes").error(f"{g!r} matches no route")
+        methods = frozenset(key.methods) | ({"HEAD"} if "GET" in key.methods else set()) if key.methods else None
+        out.append(ClientKey(name, secret_of(key.key), tuple(key.routes or ()), methods, _rate_limit(key, kn)))
     return tuple(out)
 
 
-def _client_rate(value: Any) -> tuple[int, float]:
-    try:
-        return parse_rate(value)
-    except ValueError:
-        raise ValueError(
-            f"{value!r} is not a rate such as 10/s or 600/1m (or write {{requests: 600, per: 1m, burst: 20}})"
-        ) from None
-
-
-def _rate_limit(node: _Node) -> RateLimit | None:
+def _rate_limit(key: ClientKeySpec, node: _Node) -> RateLimit | None:
     """``10/s``, ``600/1m`` (bursts of the full count) or ``{requests: 600, per: 1m, burst: 20}``."""
-    if isinstance(node.value, dict):
-        if not node.keys(fields_of(RateLimitSpec), required_of(RateLimitSpec)):
-            return None
-        count = node.child("requests").integer(1)
-        per = node.child("per").convert(parse_duration)
-        burst = node.child("burst").integer(1) if "burst" in node.value else count
-        if per is not None and per <= 0:
-            node.child("per").error("the window must be longer than 0s")
-            return None
-        if count is None or per is None or burst is None:
-            return None
-        text = f"{count}/{node.value['per']}"
-    else:
-        parsed = node.convert(_client_rate)
-        if parsed is None:
-            return None
-        count, per = parsed
-        burst, text = count, str(node.value)
-    return RateLimit(rate=count / per, burst=burst, text=text)
+    limit = key.rate_limit
+    if limit is None:
+        return None
+    written = node.value["rate_limit"]
+    if isinstance(limit, RateLimitSpec):
+        burst = limit.burst if limit.burst is not None else limit.requests
+        return RateLimit(rate=limit.requests / limit.per, burst=burst, text=f"{limit.requests}/{written['per']}")
+    count, per = limit
+    return RateLimit(rate=count / per, burst=count, text=str(written))
 
 
 def _check_route_overlaps(ctx: _Ctx, routes: list[Route]) -> None:

@@ -11,6 +11,7 @@ from typing import Annotated, Literal, get_args
 from pydantic import AfterValidator, ConfigDict, Field, StringConstraints
 
 from gateway.config.names import VALIDATOR_NAMES
+from gateway.config.spec_access import AdminSpec, ClientsSpec
 from gateway.config.spec_calls import STABLE, TargetRef
 from gateway.config.spec_calls import PaginationSpec as PaginationSpec
 from gateway.config.spec_calls import ResponseSpec as ResponseSpec
@@ -21,8 +22,6 @@ from gateway.config.spec_types import (
     SCALAR,
     Duration,
     Free,
-    HttpMethod,
-    SecretRef,
     Section,
     Wording,
 )
@@ -151,55 +150,6 @@ class RouteSpec(Section):
     """Upstream statuses (400-599) and/or ``shape`` that hand over to the next target (default [404, 410])."""
     no_store: bool | None = None
     """Answers say ``Cache-Control: no-store``, not ``private``."""
-
-
-class RateLimitSpec(Section):
-    """A client key's pace: ``requests`` per ``per``, in bursts of ``burst``."""
-
-    requests: int = Field(ge=1)
-    """Requests per window."""
-    per: Duration
-    """The window."""
-    burst: int | None = Field(None, ge=1)
-    """The largest burst (default: ``requests``)."""
-
-
-class ClientKeySpec(Section):
-    """One client key: sent as ``Authorization: Bearer <key>`` or ``X-API-Key``, never forwarded."""
-
-    key: SecretRef
-    """The key itself, from the environment or a file."""
-    routes: list[str] | None = None
-    """Route names (globs such as ``posthog_*``) this key may call (default: all)."""
-    methods: list[HttpMethod] | None = None
-    """HTTP methods this key may use (GET includes HEAD; default: all)."""
-    rate_limit: str | RateLimitSpec | None = None
-    """``10/s``, ``600/1m``, or ``{requests: 600, per: 1m, burst: 20}``."""
-    description: str | None = None
-    """For people."""
-
-
-class ClientsSpec(Section):
-    """Client keys; without any, the gateway is open (keep it on loopback)."""
-
-    keys: dict[str, ClientKeySpec]
-    """Key name → key."""
-
-
-class AdminKeySpec(Section):
-    """One admin key (for ``POST /admin/reload``)."""
-
-    key: SecretRef
-    """The key itself, from the environment or a file."""
-    description: str | None = None
-    """For people."""
-
-
-class AdminSpec(Section):
-    """Admin keys."""
-
-    keys: dict[str, AdminKeySpec]
-    """Key name → key."""
 
 
 class DocumentSpec(Section):

@@ -123,10 +123,12 @@ class SecretSourceSpec(Section):
 
 
 #: one source, or a list of alternatives tried in order at request time; its mistakes never echo what was written
+_SECRET = Wording(f"{{env: VAR}}, {{file: PATH}} or {{file_env: VAR}}; {_NEVER_INLINE}", secret=True)
 SecretRef = Annotated[
-    Annotated[SecretSourceSpec, MAPPING] | Annotated[list[SecretSourceSpec], Field(min_length=1), LIST],
+    Annotated[SecretSourceSpec, MAPPING]
+    | Annotated[list[Annotated[SecretSourceSpec, _SECRET]], Field(min_length=1), LIST],
     BY_KIND,
-    Wording(f"{{env: VAR}}, {{file: PATH}} or {{file_env: VAR}}; {_NEVER_INLINE}", secret=True),
+    _SECRET,
     Field(description="A secret: {env: VAR}, {file: PATH} or {file_env: VAR}, or a list of them tried in order."),
 ]
 
