@@ -12,7 +12,7 @@ from collections.abc import Set as AbstractSet
 from types import UnionType
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, RootModel, Tag, ValidationError
+from pydantic import BaseModel, Tag, ValidationError
 
 from gateway.config.node import _closest, _kind, _Node
 from gateway.config.spec_route import DocumentSpec
@@ -165,10 +165,6 @@ def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[Any, Wording | 
     ann: Any = model
     wording: Wording | None = None
     secret = False
-    if issubclass(model, RootModel):
-        root = model.model_fields["root"]
-        ann, wording = root.annotation, next((m for m in root.metadata if isinstance(m, Wording)), None)
-        secret = bool(wording and wording.secret)
     for part in loc:
         ann, wording, secret = _open(ann, wording, secret)
         if _is_union(ann):  # the part names the branch

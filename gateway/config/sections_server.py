@@ -24,7 +24,7 @@ from gateway.config.model_upstream import (
 from gateway.config.node import _closest, _Node
 from gateway.config.schema import fields_of, required_of, validate
 from gateway.config.spec_route import RouteCacheSpec
-from gateway.config.spec_types import SecretSourceSpec, SecretSpec
+from gateway.config.spec_types import SecretSourceSpec
 from gateway.config.spec_upstream import AuthSpec as AuthSectionSpec
 from gateway.config.spec_upstream import (
     BreakerSpec,
@@ -38,14 +38,14 @@ from gateway.config.spec_upstream import (
     UpstreamSpec,
 )
 from gateway.config.spec_upstream import ExpirySpec as ExpirySectionSpec
-from gateway.config.values import _HEADER_NAME, _NAME, parse_duration, parse_size
+from gateway.config.values import _HEADER_NAME, _NAME, parse_size
 
 
 def _cache_settings(node: _Node | None) -> CacheSettings:
     """The root ``cache:`` section; the memory backend when it is absent."""
     if node is None:
         return CacheSettings()
-    spec = validate(node, CacheSpec, hand={"redis"})  # redis: a secret, and checks that span keys
+    spec = validate(node, CacheSpec, hand={"redis"})  # redis: read on its own, as its use spans keys
     if not isinstance(node.value, dict):
         return CacheSettings()
     kw: dict[str, Any] = {}
@@ -60,17 +60,15 @@ def _cache_settings(node: _Node | None) -> CacheSettings:
     if rn is not None:
         if backend == "memory":
             rn.error("'redis' settings are only read with backend: redis")
-        elif rn.keys(fields_of(RedisSpec), required_of(RedisSpec)):
-            kw["redis_url"] = _secret(rn.child("url"))
-            if (pn := rn.get("prefix")) is not None and (prefix := pn.string()) is not None:
-                if not _NAME.match(prefix):
-                    pn.error("the key prefix uses letters, digits, '_', '-' and '.'")
-                kw["redis_prefix"] = prefix
-            for key, attr in (("timeout", "redis_timeout"), ("retry_after", "redis_retry_after")):
-                if (dn := rn.get(key)) is not None and (d := dn.convert(parse_duration)) is not None:
-                    if d <= 0:
-                        dn.error("must be longer than 0s")
-                    kw[attr] = d
+        elif (redis := validate(rn, RedisSpec)) is not None:
+            kw["redis_url"] = secret_of(redis.url)
+            for key, attr in (
+                ("prefix", "redis_prefix"),
+                ("timeout", "redis_timeout"),
+                ("retry_after", "redis_retry_after"),
+            ):
+                if (value := getattr(redis, key)) is not None:
+                    kw[attr] = value
     return CacheSettings(**kw)
 
 
@@ -136,11 +134,11 @@ def _server(node: _Node | None) -> ServerSettings:
     if node is None:
         return ServerSettings()
     kw: dict[str, Any] = {}
-    if isinstance(node.value, dict) and (n := node.get("cursor_key")) is not None:
-        kw["cursor_key"] = _secret(n)  # by hand: a secret's mistakes never echo what was written
-    spec = validate(node, ServerSpec, hand={"cursor_key"})
+    spec = validate(node, ServerSpec)  # cursor_key too: a secret's mistakes never echo what was written
     if spec is None:
-        return ServerSettings(**kw)
+        return ServerSettings()
+    if spec.cursor_key is not None:
+        kw["cursor_key"] = secret_of(spec.cursor_key)
     for key in ("max_body_bytes", "max_concurrency", "max_connections", "max_connections_per_ip", "max_buffered_bytes"):
         if (value := getattr(spec, key)) is not None:
             kw[key] = value
@@ -149,12 +147,6 @@ def _server(node: _Node | None) -> ServerSettings:
     if (ct := spec.client_timeouts) is not None:
         kw["header_timeout"], kw["body_timeout"] = ct.headers, ct.body
     return ServerSettings(**kw)
-
-
-def _secret(node: _Node) -> Secret | None:
-    """One secret on its own: read by its model, whose messages never echo what was written."""
-    spec = validate(node, SecretSpec)
-    return secret_of(spec.root) if spec is not None else None
 
 
 def secret_of(spec: SecretSourceSpec | list[SecretSourceSpec]) -> Secret:

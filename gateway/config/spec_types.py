@@ -16,7 +16,6 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
-    RootModel,
     Tag,
     WithJsonSchema,
     model_validator,
@@ -131,10 +130,6 @@ SecretRef = Annotated[
     _SECRET,
     Field(description="A secret: {env: VAR}, {file: PATH} or {file_env: VAR}, or a list of them tried in order."),
 ]
-
-
-class SecretSpec(RootModel[SecretRef]):
-    """One secret on its own (``server.cursor_key``, ``cache.redis.url``), read by ``schema.validate``."""
 
 
 #: a value the hand-written parser reads (documented and typed for editors only)

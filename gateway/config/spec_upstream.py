@@ -15,6 +15,7 @@ from gateway.config.model import CacheSettings, ProbeSettings
 from gateway.config.model_upstream import BreakerPolicy, RequestBudget, RetryPolicy, Timeouts
 from gateway.config.node import _kind
 from gateway.config.spec_types import Duration, Rate, Ratio, SecretRef, Section, Size, Wording
+from gateway.config.values import _NAME
 
 
 class TimeoutsSpec(Section):
@@ -248,6 +249,20 @@ class RedisSpec(Section):
     """One Redis command; a slower one is a cache miss (default 250ms)."""
     retry_after: Duration | None = None
     """After a Redis failure, how long the cache is bypassed (default 1s)."""
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str | None) -> str | None:
+        if value is not None and not _NAME.match(value):
+            raise ValueError("the key prefix uses letters, digits, '_', '-' and '.'")
+        return value
+
+    @field_validator("timeout", "retry_after")
+    @classmethod
+    def _longer_than_0(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError("must be longer than 0s")
+        return value
 
 
 class CacheSpec(Section):
