@@ -233,6 +233,9 @@ def test_the_editor_schema_describes_the_ported_sections() -> None:
     defs = _schema()["$defs"]
     target = defs["TargetSpec"]["properties"]
     assert target["redirect"]["enum"] == ["follow", "report"] and target["redirect"]["description"]
+    # the meaning of each choice, as gateway check explains it, beside it in the editor
+    assert target["redirect"]["enumDescriptions"] == ["fetch the final target", "answer from Location"]
+    assert defs["PaginationSpec"]["properties"]["style"]["enumDescriptions"][0] == "the last item's field"
     assert {"enum": ["passthrough", "none"], "type": "string"} in target["body"]["oneOf"]
     assert defs["FieldSpec"]["properties"]["type"]["enum"] == ["int", "str", "float", "bool"]
     fields = defs["ShapeSpec"]["properties"]["fields"]["additionalProperties"]["oneOf"]

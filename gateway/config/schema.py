@@ -78,7 +78,7 @@ def _relax(node: Any) -> None:
 def validate(node: _Node, model: type[M], hand: AbstractSet[str] = frozenset(), *, partial: bool = False) -> M | None:
     """Parse one section with its model; every error becomes a problem at its own key and line.
 
-    ``hand`` names keys a hand-written parser reads instead (secrets, whose messages never echo a value).
+    ``hand`` names keys read on their own (by their own model, or by hand), left out of this one.
     ``partial``: where some keys are wrong, the section of the other keys (None if that fails too), so
     the checks spanning keys still report on them: every problem of a file is listed at once. A key
     holding a mapping of names (``params: {NAME: ...}``) loses only its wrong entries."""

@@ -9,7 +9,7 @@ from gateway.config.model import FieldExpr, KeepOtherFields, Pagination, Respons
 from gateway.config.node import _kind, _Node
 from gateway.config.pagination_keys import STYLE_KEYS, check_pagination
 from gateway.config.schema import validate
-from gateway.config.spec_calls import FieldSpec, PaginationSpec
+from gateway.config.spec_calls import STYLES, FieldSpec, PaginationSpec
 from gateway.config.spec_calls import ResponseSpec as ResponseSpecModel
 from gateway.config.values import _HEADER_NAME
 
@@ -32,10 +32,7 @@ def _pagination(node: _Node | None) -> Pagination | None:
         return None
     style = node.value.get("style")
     if style not in STYLE_KEYS:
-        (node.get("style") or node).error(
-            "expected 'before' (the last item's field), 'offset' (limit/offset), 'page' (page number),"
-            " 'next_url' (the upstream's next link) or 'cursor' (a token from the body)"
-        )
+        (node.get("style") or node).error(f"expected {STYLES.text()}")
         return None
     spec = validate(node, PaginationSpec, partial=True)
     if spec is None:

@@ -15,6 +15,16 @@ from gateway.config.node import _kind
 from gateway.config.spec_types import BY_KIND, MAPPING, SCALAR, Free, Section, Wording
 from gateway.config.values import parse_request_line
 
+#: the pagination styles, each with what it follows
+STYLES = Wording(
+    choices={
+        "before": "the last item's field",
+        "offset": "limit/offset",
+        "page": "page number",
+        "next_url": "the upstream's next link",
+        "cursor": "a token from the body",
+    }
+)
 STABLE = r"^\s*[A-Za-z]+\s+/\S*\s*$"
 
 
@@ -23,7 +33,7 @@ class PaginationSpec(Section):
 
     Each style takes its own keys; a key of another style is a mistake."""
 
-    style: Literal["before", "offset", "page", "next_url", "cursor"]
+    style: Annotated[Literal["before", "offset", "page", "next_url", "cursor"], STYLES]
     """How the upstream pages: ``before`` (the last item's field), ``offset``, ``page``, ``next_url``, ``cursor``."""
     items: str | None = None
     """Dotted path of the item list in the body: ``""`` = the body itself (default for ``before``; else results)."""

@@ -1,7 +1,9 @@
 """The routes.yaml models of ``routes:``, ``clients:``/``admin:`` and the whole document (pydantic v2).
 
-Parsed by hand (``sections_route`` and friends: their checks span sections and say more than a type);
-these models give those parsers their key lists, editors their JSON Schema and the reference its text.
+A route's sections (params, targets, pagination, response, cache, probe, shape) and the client keys are
+read by these models through ``gateway.config.schema.validate``; ``sections_route`` and friends keep only
+what spans keys and routes. The route entry itself is walked by hand (its keys from ``RouteSpec``); the
+models also give editors their JSON Schema and the reference its text.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Value types of the routes.yaml models (pydantic v2): each parses like ``gateway check`` and documents itself.
 
-A duration, size, share or rate is parsed by the same function the hand-written parsers use, so
-its error message is the same; its JSON Schema tells an editor what to write.
+A duration, size, share or rate is parsed by the same function everywhere, so its error message is
+the same; its JSON Schema tells an editor what to write. ``Wording`` and the by-kind unions make the
+models' messages as explicit as the hand-written parsers' were.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    GetJsonSchemaHandler,
     Tag,
     WithJsonSchema,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
 
 from gateway.config.values import parse_duration, parse_rate, parse_ratio, parse_size
 
@@ -68,6 +71,15 @@ class Wording:
 
     def __hash__(self) -> int:  # typing.Annotated hashes its metadata
         return hash((self.expected, tuple(self.choices.items()), self.secret))
+
+    def __get_pydantic_json_schema__(self, core: Any, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        """Editors show each choice's meaning beside it (``enumDescriptions``, read by VS Code's YAML)."""
+        schema = handler(core)
+        if self.choices:
+            for node in (schema, *schema.get("anyOf", ())):
+                if node.get("enum") == list(self.choices):
+                    node["enumDescriptions"] = list(self.choices.values())
+        return schema
 
     def text(self) -> str:
         if not self.choices:
@@ -132,5 +144,5 @@ SecretRef = Annotated[
 ]
 
 
-#: a value the hand-written parser reads (documented and typed for editors only)
+#: any YAML value (a constant body, a param's default): what it must be depends on other keys
 Free = Any

@@ -1,8 +1,8 @@
 """The routes.yaml models of ``server:``, ``cache:``, ``probes:`` and ``upstreams:`` (pydantic v2).
 
 The field docstrings are the configuration reference (docs/configuration.md) and the editor hints
-(routes.schema.json). Sections whose checks pydantic expresses are parsed by these models; the others
-are parsed by hand (``sections_*``), which take their key lists from here.
+(routes.schema.json). Each section is read by its model through ``gateway.config.schema.validate``,
+secrets included (their wording never echoes a value); ``sections_server`` keeps what spans keys.
 """
 
 from __future__ import annotations
