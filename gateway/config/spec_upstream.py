@@ -99,6 +99,9 @@ class ExpirySpec(Section):
         return self
 
 
+_SAFE_GET = r"^\s*GET\s+/[^\s?]*\s*$"
+
+
 def _check_request(value: object) -> object:
     method, _, path = value.strip().partition(" ") if isinstance(value, str) else ("", "", "")
     path = path.strip()
@@ -111,7 +114,7 @@ def _check_request(value: object) -> object:
 class SessionCheckSpec(Section):
     """Is the session alive? A safe GET whose answer names the user (session-check.md)."""
 
-    request: Annotated[str, BeforeValidator(_check_request)] = Field(pattern=r"^\s*GET\s+/[^\s?]*\s*$")
+    request: Annotated[str, BeforeValidator(_check_request)] = Field(json_schema_extra={"pattern": _SAFE_GET})
     """``GET /path`` on this upstream, no query."""
     expect: Annotated[str, Wording("a dotted field of the answer such as 'login'")]
     """A dotted field of the answer that a live session fills, such as ``login``."""
