@@ -195,6 +195,8 @@ PIN = "73914258"
         f"      bearer: [{SECRET}]",  # a list item pasted inline (echoed before the port)
         f"      bearer: [{{env: K}}, {PIN}]",
         f"      bearer: {{value: {SECRET}}}",
+        f"      bearer: {{{SECRET}}}",  # a flow mapping whose one key is the secret: not even the key path shows it
+        f"      cookies: {{I: [{{env: C}}, {{{SECRET}: 1}}]}}",
         f"      bearer: {{env: {{x: {SECRET}}}}}",
         f"      bearer: {{env: {PIN}}}",
         f"      bearer: {{file: /run/k, json_key: {PIN}}}",

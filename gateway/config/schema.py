@@ -123,6 +123,13 @@ def report(node: _Node, model: type[BaseModel], exc: ValidationError) -> None:
             if str(loc[-1]) in hinted.get(loc[:-1], set()):
                 continue
             where, message = _at(node, loc[:-1]), f"missing required key {loc[-1]!r}"
+        elif kind == "extra_forbidden" and _walk(model, loc[:-1])[2]:
+            # within a secret, a stray key may be the secret itself ({sk_live_...}): neither the
+            # message nor the key path names it
+            allowed = _allowed(model, loc[:-1])
+            hint = f" (did you mean {h!r}?)" if (h := _closest(str(loc[-1]), allowed)) else ""
+            where = _at(node, loc[:-1])
+            message = f"an unknown key{hint}, not shown as it may be a secret; allowed: {', '.join(sorted(allowed))}"
         else:
             where = _at(node, loc)
             # a union's branch (``cursor_key.SecretSourceSpec``) is no place in the document: its value is unknown
