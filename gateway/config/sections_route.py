@@ -22,8 +22,12 @@ from gateway.config.values import _NAME, _PARAM, parse_path, parse_request_line,
 
 
 def _stable_line(node: _Node, text: str) -> tuple[str, str] | None:
-    parsed: tuple[str, str] | None = node.convert(lambda _: parse_request_line(text))
-    return parsed
+    """``METHOD /path`` (a route's stable line, a plain target), told as a target mapping's model tells it."""
+    try:
+        return parse_request_line(text)
+    except ValueError as exc:
+        node.error(str(exc))
+        return None
 
 
 def _check_path_template(node: _Node, tpl: PathTemplate, stable: bool) -> None:
