@@ -9,9 +9,9 @@ edit, and a failed load raises ``ConfigError`` without touching the running conf
 The package: ``model``/``model_upstream`` (the frozen objects runtime code imports,
 re-exported here), ``yamlload`` (YAML with lines, merge keys, syntax hints), ``node``
 (walking the document, ``${VAR}``), ``spec_*`` (the pydantic models of each section: they
-parse the simple sections, give the others their keys, and are the JSON Schema and the
+parse it, with ``Wording`` for messages that explain, and are the JSON Schema and the
 reference), ``schema`` (pydantic errors as problems; ``gateway schema``), ``refdoc``,
-``sections_*`` (the hand-written parsers of what spans keys and sections), ``load`` (the
+``sections_*`` (each section through its model, then the checks that span keys and sections), ``load`` (the
 whole file and its cross-route checks). Config imports no runtime code: names both
 sides use live in ``names`` and ``pagination_keys``.
 """

@@ -21,7 +21,13 @@ from gateway.config.spec_types import SecretSourceSpec
 
 MARKER = "<!-- generated from gateway/config/spec_*.py by `python -m gateway.config.refdoc`: do not edit below -->"
 
-_KINDS = {"parse_duration": "duration", "parse_size": "size", "parse_ratio": "share", "parse_rate": "rate"}
+_KINDS = {
+    "parse_duration": "duration",
+    "parse_size": "size",
+    "parse_ratio": "share",
+    "parse_rate": "rate",
+    "_client_rate": "rate",
+}
 _SCALARS = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null", object: "any"}
 
 

@@ -9,16 +9,20 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Set as AbstractSet
-from typing import Any, TypeVar
+from types import UnionType
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Tag, ValidationError
 
 from gateway.config.node import _closest, _kind, _Node
 from gateway.config.spec_route import DocumentSpec
+from gateway.config.spec_types import Wording
 
 M = TypeVar("M", bound=BaseModel)
 
 _UNKNOWN = object()
+#: union branch names in an error's loc that say only which kind of value was tried there
+_KIND_TAGS = {"scalar", "mapping", "list", "str", "int", "float", "bool"}
 
 #: a ``${VAR}`` string stands for any scalar: the editor cannot know the environment
 _INTERPOLATED = {"type": "string", "pattern": r"\$\{"}
@@ -74,9 +78,10 @@ def _relax(node: Any) -> None:
 def validate(node: _Node, model: type[M], hand: AbstractSet[str] = frozenset(), *, partial: bool = False) -> M | None:
     """Parse one section with its model; every error becomes a problem at its own key and line.
 
-    ``hand`` names keys a hand-written parser reads instead (secrets, whose messages never echo a value).
+    ``hand`` names keys read on their own (by their own model, or by hand), left out of this one.
     ``partial``: where some keys are wrong, the section of the other keys (None if that fails too), so
-    the checks spanning keys still report on them: every problem of a file is listed at once."""
+    the checks spanning keys still report on them: every problem of a file is listed at once. A key
+    holding a mapping of names (``params: {NAME: ...}``) loses only its wrong entries."""
     value = {k: v for k, v in node.value.items() if k not in hand} if isinstance(node.value, dict) else node.value
     try:
         return model.model_validate(value)
@@ -84,9 +89,20 @@ def validate(node: _Node, model: type[M], hand: AbstractSet[str] = frozenset(), 
         report(node, model, exc)
         if not partial or not isinstance(value, dict):
             return None
-        wrong = {err["loc"][0] for err in exc.errors(include_input=False, include_url=False) if err["loc"]}
+        wrong: set[Any] = set()
+        entries: dict[Any, set[Any]] = {}  # a mapping of NAME → value keeps its good entries
+        for err in exc.errors(include_input=False, include_url=False):
+            loc = err["loc"]
+            if len(loc) > 1 and isinstance(value.get(loc[0]), dict) and get_origin(_walk(model, loc[:1])[0]) is dict:
+                entries.setdefault(loc[0], set()).add(loc[1])
+            elif loc:
+                wrong.add(loc[0])
+    rest = {k: v for k, v in value.items() if k not in wrong}
+    for key, bad in entries.items():
+        if key in rest:
+            rest[key] = {name: v for name, v in rest[key].items() if name not in bad}
     try:
-        return model.model_validate({k: v for k, v in value.items() if k not in wrong})
+        return model.model_validate(rest)
     except ValidationError:
         return None
 
@@ -107,10 +123,19 @@ def report(node: _Node, model: type[BaseModel], exc: ValidationError) -> None:
             if str(loc[-1]) in hinted.get(loc[:-1], set()):
                 continue
             where, message = _at(node, loc[:-1]), f"missing required key {loc[-1]!r}"
+        elif kind == "extra_forbidden" and _walk(model, loc[:-1])[2]:
+            # within a secret, a stray key may be the secret itself ({sk_live_...}): neither the
+            # message nor the key path names it
+            allowed = _allowed(model, loc[:-1])
+            hint = f" (did you mean {h!r}?)" if (h := _closest(str(loc[-1]), allowed)) else ""
+            where = _at(node, loc[:-1])
+            message = f"an unknown key{hint}, not shown as it may be a secret; allowed: {', '.join(sorted(allowed))}"
         else:
             where = _at(node, loc)
             # a union's branch (``cursor_key.SecretSourceSpec``) is no place in the document: its value is unknown
-            value = where.value if where.path == _path(node, loc) else _UNKNOWN
+            # (a by-kind union's tag names the kind of the value there, which is known)
+            bare = tuple(p for p in loc if p not in _KIND_TAGS)
+            value = where.value if where.path in (_path(node, loc), _path(node, bare)) else _UNKNOWN
             message = _message(err, value, model, loc)
         where.error(message)
 
@@ -137,22 +162,67 @@ def _has(value: Any, part: Any) -> bool:
 
 
 def _allowed(model: type[BaseModel], loc: tuple[Any, ...]) -> frozenset[str]:
-    sub: Any = model
-    for part in loc:
-        field = sub.model_fields.get(part) if isinstance(sub, type) and issubclass(sub, BaseModel) else None
-        if field is None:
-            return frozenset()
-        sub = _model_in(field.annotation)
+    sub = _walk(model, loc)[0]
     return fields_of(sub) if isinstance(sub, type) and issubclass(sub, BaseModel) else frozenset()
 
 
-def _model_in(annotation: Any) -> Any:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        if (found := _model_in(arg)) is not None:
-            return found
-    return None
+def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[Any, Wording | None, bool]:
+    """Follow an error's ``loc`` through the model's types: the type it ends at, the innermost
+    :class:`Wording` on the way (a model field's own, else its type's), and whether a secret was passed."""
+    ann: Any = model
+    wording: Wording | None = None
+    secret = False
+    for part in loc:
+        ann, wording, secret = _open(ann, wording, secret)
+        if _is_union(ann):  # the part names the branch
+            named = [b for b in get_args(ann) if _tag(b) == part]
+            if not named:
+                return None, wording, secret  # a branch that is not a model or a tagged type: a scalar's error
+            ann = named[0]
+        elif isinstance(ann, type) and issubclass(ann, BaseModel):
+            field = next((f for n, f in ann.model_fields.items() if part in (n, f.alias)), None)
+            if field is None:
+                return None, wording, secret
+            ann = field.annotation
+            wording = next((m for m in field.metadata if isinstance(m, Wording)), None)
+            secret = secret or bool(wording and wording.secret)
+        elif get_origin(ann) in (dict, list):  # an entry speaks for itself, not as the whole mapping or list
+            ann, wording = get_args(ann)[-1], None
+        else:
+            return None, wording, secret
+    return _open(ann, wording, secret)
+
+
+def _open(ann: Any, wording: Wording | None, secret: bool) -> tuple[Any, Wording | None, bool]:
+    """Unwrap ``Annotated`` (keeping its wording) and ``X | None`` down to the type a ``loc`` steps into."""
+    while True:
+        ann, found = _unwrap(ann)
+        if found is not None:
+            wording, secret = found, secret or found.secret
+        branches = [b for b in get_args(ann) if b is not type(None)] if _is_union(ann) else []
+        if len(branches) != 1:
+            return ann, wording, secret
+        ann = branches[0]
+
+
+def _unwrap(ann: Any) -> tuple[Any, Wording | None]:
+    wording = None
+    while get_origin(ann) is Annotated:
+        wording = next((m for m in ann.__metadata__ if isinstance(m, Wording)), wording)
+        ann = get_args(ann)[0]
+    return ann, wording
+
+
+def _is_union(ann: Any) -> bool:
+    return get_origin(ann) in (Union, UnionType)
+
+
+def _tag(ann: Any) -> str | None:
+    """The name pydantic gives a union's branch in an error's ``loc``."""
+    if get_origin(ann) is Annotated:
+        tag = next((m for m in ann.__metadata__ if isinstance(m, Tag)), None)
+        return str(tag.tag) if tag is not None else _tag(get_args(ann)[0])
+    return ann.__name__ if isinstance(ann, type) else None
 
 
 def _message(err: Any, value: Any, model: type[BaseModel], loc: tuple[Any, ...]) -> str:
@@ -167,8 +237,18 @@ def _message(err: Any, value: Any, model: type[BaseModel], loc: tuple[Any, ...])
         )
     if kind == "value_error":
         return str(ctx.get("error", err["msg"]))
-    # a string is named by its kind only: it may be a secret, interpolated from the environment
-    got = "" if value is _UNKNOWN else ", got a string" if isinstance(value, str) else f", got {_kind(value)}"
+    _, wording, secret = _walk(model, loc)
+    # a string is named by its kind only: it may be a secret, interpolated from the environment;
+    # within a secret, not even a number or a kind is said
+    got = ", got a string" if isinstance(value, str) else f", got {_kind(value)}"
+    if kind == "too_short":
+        got = f", got an empty {'list' if isinstance(value, list) else 'one'}"
+    if secret or value is _UNKNOWN:
+        got = ""
+    if wording is not None:
+        return f"expected {wording.text()}" + ("" if wording.choices and isinstance(value, str) else got)
+    if secret and kind in ("greater_than_equal", "less_than_equal"):
+        return f"must be at {'least' if kind == 'greater_than_equal' else 'most'} {ctx.get('ge', ctx.get('le'))}"
     if kind in ("int_type", "int_parsing", "int_from_float"):
         return f"expected an integer{got}"
     if kind in ("bool_type", "bool_parsing"):

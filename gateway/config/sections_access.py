@@ -7,7 +7,6 @@ from typing import Any
 
 from gateway.config.model import (
     DEFAULT_FALLBACK_ON,
-    SHAPE_TYPES,
     ClientKey,
     Pagination,
     ParamSpec,
@@ -21,85 +20,55 @@ from gateway.config.model import (
     ShapeSpec,
     Target,
 )
-from gateway.config.model_upstream import METHODS
-from gateway.config.node import _closest, _Ctx, _kind, _Node
-from gateway.config.schema import fields_of, required_of, validate
-from gateway.config.sections_server import _secret
-from gateway.config.spec_route import AdminKeySpec, ClientKeySpec, ClientsSpec, ProbeFromSpec, RateLimitSpec
+from gateway.config.node import _closest, _Ctx, _Node
+from gateway.config.schema import validate
+from gateway.config.sections_server import secret_of
+from gateway.config.spec_access import AdminSpec, ClientKeySpec, ClientsSpec, RateLimitSpec
+from gateway.config.spec_route import ProbeFromSpec
 from gateway.config.spec_route import ProbeSpec as ProbeSpecModel
 from gateway.config.spec_route import ShapeSpec as ShapeSpecModel
 from gateway.config.spec_upstream import ProbesSpec
-from gateway.config.values import _NAME, parse_duration, parse_rate
+from gateway.config.values import _NAME
 
 
 def _keys(node: _Node | None, routes: list[str] | None) -> tuple[ClientKey, ...]:
-    """``clients:`` (with per-key routes/methods) or ``admin:`` (keys only)."""
-    if node is None or not node.keys(fields_of(ClientsSpec), required_of(ClientsSpec)):
+    """``clients:`` (with per-key routes/methods; ``routes`` names every route of the file) or ``admin:``
+    (keys only): keys and types by their pydantic models; here key names and the routes a grant names."""
+    if node is None:
         return ()
-    keys_node = node.child("keys")
-    if not keys_node.is_map("a mapping of key name → {key: {env: VAR}, ...}"):
-        return ()
-    out: list[ClientKey] = []
-    allowed = fields_of(ClientKeySpec) if routes is not None else fields_of(AdminKeySpec)
-    for name, kn in keys_node.items():
+    spec: ClientsSpec | AdminSpec | None
+    spec = validate(node, ClientsSpec, partial=True) if routes is not None else validate(node, AdminSpec, partial=True)
+    keys_node = node.get("keys")
+    for name, kn in keys_node.items() if keys_node is not None else ():
         if not _NAME.match(name):
             kn.error("key names use letters, digits, '_', '-' and '.'")
-        if not kn.keys(allowed, {"key"}):
+    if spec is None or keys_node is None:
+        return ()
+    out: list[ClientKey] = []
+    for name, key in spec.keys.items():
+        kn = keys_node.child(name)
+        if not isinstance(key, ClientKeySpec):  # an admin key: no grants
+            out.append(ClientKey(name, secret_of(key.key), (), None, None))
             continue
-        secret = _secret(kn.child("key"))
-        globs: tuple[str, ...] = ()
-        if (rn := kn.get("routes")) is not None:
-            if not isinstance(rn.value, list) or not all(isinstance(g, str) for g in rn.value):
-                rn.error("expected a list of route names (globs such as posthog_* allowed)")
-            else:
-                globs = tuple(rn.value)
-                for g in globs:
-                    if not fnmatch.filter(routes or [], g):
-                        rn.error(f"{g!r} matches no route")
-        methods: frozenset[str] | None = None
-        if (mn := kn.get("methods")) is not None:
-            if not isinstance(mn.value, list) or not all(str(m).upper() in METHODS for m in mn.value):
-                mn.error(f"expected a list of HTTP methods ({', '.join(sorted(METHODS))})")
-            else:
-                methods = frozenset(str(m).upper() for m in mn.value)
-                if "GET" in methods:
-                    methods |= {"HEAD"}
-        limit = _rate_limit(rl) if (rl := kn.get("rate_limit")) is not None else None
-        if secret is not None:
-            out.append(ClientKey(name, secret, globs, methods, limit))
+        for g in key.routes or ():
+            if not fnmatch.filter(routes or [], g):
+                kn.child("routes").error(f"{g!r} matches no route")
+        methods = frozenset(key.methods) | ({"HEAD"} if "GET" in key.methods else set()) if key.methods else None
+        out.append(ClientKey(name, secret_of(key.key), tuple(key.routes or ()), methods, _rate_limit(key, kn)))
     return tuple(out)
 
 
-def _client_rate(value: Any) -> tuple[int, float]:
-    try:
-        return parse_rate(value)
-    except ValueError:
-        raise ValueError(
-            f"{value!r} is not a rate such as 10/s or 600/1m (or write {{requests: 600, per: 1m, burst: 20}})"
-        ) from None
-
-
-def _rate_limit(node: _Node) -> RateLimit | None:
+def _rate_limit(key: ClientKeySpec, node: _Node) -> RateLimit | None:
     """``10/s``, ``600/1m`` (bursts of the full count) or ``{requests: 600, per: 1m, burst: 20}``."""
-    if isinstance(node.value, dict):
-        if not node.keys(fields_of(RateLimitSpec), required_of(RateLimitSpec)):
-            return None
-        count = node.child("requests").integer(1)
-        per = node.child("per").convert(parse_duration)
-        burst = node.child("burst").integer(1) if "burst" in node.value else count
-        if per is not None and per <= 0:
-            node.child("per").error("the window must be longer than 0s")
-            return None
-        if count is None or per is None or burst is None:
-            return None
-        text = f"{count}/{node.value['per']}"
-    else:
-        parsed = node.convert(_client_rate)
-        if parsed is None:
-            return None
-        count, per = parsed
-        burst, text = count, str(node.value)
-    return RateLimit(rate=count / per, burst=burst, text=text)
+    limit = key.rate_limit
+    if limit is None:
+        return None
+    written = node.value["rate_limit"]
+    if isinstance(limit, RateLimitSpec):
+        burst = limit.burst if limit.burst is not None else limit.requests
+        return RateLimit(rate=limit.requests / limit.per, burst=burst, text=f"{limit.requests}/{written['per']}")
+    count, per = limit
+    return RateLimit(rate=count / per, burst=count, text=str(written))
 
 
 def _check_route_overlaps(ctx: _Ctx, routes: list[Route]) -> None:
@@ -126,7 +95,8 @@ def _probe(
     params: tuple[ParamSpec, ...],
     pagination: Pagination | None,
 ) -> ProbeSpec | None:
-    """``probe: true`` or ``probe: {params: {name: value | {from: ROUTE, field: F}}}``."""
+    """``probe: true`` or ``probe: {params: {name: value | {from: ROUTE, field: F}}}``: keys and types by
+    its pydantic model; here what spans the route: a GET, a sample for each path param, no unknown param."""
     if node is None or node.value is False or path is None:  # no path: reported at `stable`, not here too
         return None
     if method is not None and method != "GET":
@@ -134,13 +104,12 @@ def _probe(
         return None
     values: dict[str, tuple[str | ProbeSample, _Node]] = {}
     if node.value is not True:
-        if not node.keys(fields_of(ProbeSpecModel)):
+        spec = validate(node, ProbeSpecModel, partial=True)  # a wrong sample is left out, the others checked
+        if spec is None or set(node.value) - spec.model_fields_set:  # a misspelt key: no follow-on noise
             return None
-        if (pn := node.get("params")) is not None and pn.is_map("a mapping of param name → sample value"):
-            for name, vn in pn.items():
-                value = _probe_value(vn)
-                if value is not None:
-                    values[name] = (value, vn)
+        for name, value in (spec.params or {}).items():
+            vn = node.child("params").child(name)
+            values[name] = (_probe_value(value, vn), vn)
     path_names = path.names if path is not None else frozenset()
     query_names = {p.name for p in params} | ({"limit"} if pagination is not None else set())
     for name in sorted(path_names - set(values)):
@@ -156,22 +125,12 @@ def _probe(
     return ProbeSpec(path_params, tuple(query), node.line)
 
 
-def _probe_value(node: _Node) -> str | ProbeSample | None:
-    v = node.value
-    if isinstance(v, dict):
-        if not node.keys(fields_of(ProbeFromSpec), required_of(ProbeFromSpec)):
-            return None
-        route = node.child("from").string("a route name")
-        field = node.child("field").string("a field name of that route's answer")
-        if route is None or field is None:
-            return None
-        return ProbeSample(route, tuple(field.split(".")), node.line)
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str | int | float):
-        return str(v)
-    node.error(f"expected a sample value or {{from: ROUTE, field: FIELD}}, got {_kind(v)}")
-    return None
+def _probe_value(value: str | float | bool | ProbeFromSpec, node: _Node) -> str | ProbeSample:
+    if isinstance(value, ProbeFromSpec):
+        return ProbeSample(value.from_, tuple(value.field.split(".")), node.line)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _check_probe_samples(routes_node: _Node | None, routes: list[Route]) -> None:
@@ -221,32 +180,29 @@ def _check_probe_samples(routes_node: _Node | None, routes: list[Route]) -> None
 
 
 def _shape(node: _Node | None, response: ResponseSpec, targets: list[Target]) -> ShapeSpec | None:
-    """``shape: {status: 200, content_type: application/json, fields: {id: string, version: integer}}``."""
-    if node is None or not node.keys(fields_of(ShapeSpecModel)):
+    """``shape: {status: 200, content_type: application/json, fields: {id: string, version: integer}}``:
+    keys and types by its pydantic model; here whether the route has a body whose fields can be checked."""
+    if node is None:
+        return None
+    spec = validate(node, ShapeSpecModel, partial=True)
+    if spec is None:
         return None
     kw: dict[str, Any] = {}
-    if (n := node.get("status")) is not None:
-        kw["status"] = n.integer(100, 599)
-    if (n := node.get("content_type")) is not None and (ct := n.string("a media type")) is not None:
-        if "/" not in ct or ";" in ct:
-            n.error(f"expected a media type such as application/json (no parameters), got {ct!r}")
-        else:
-            kw["content_type"] = ct.strip().lower()
-    if (fn := node.get("fields")) is not None and fn.is_map("a mapping of field → JSON type"):
+    if spec.status is not None:
+        kw["status"] = spec.status
+    if spec.content_type is not None:
+        kw["content_type"] = spec.content_type.strip().lower()
+    if spec.fields is not None:
         if response.raw:
-            fn.error("a raw response is passed through unparsed; its fields cannot be checked")
+            node.child("fields").error("a raw response is passed through unparsed; its fields cannot be checked")
         elif any(t.redirect == "report" for t in targets):
-            fn.error("this route answers from a redirect's Location; there is no body whose fields to check")
-        fields: list[tuple[tuple[str, ...], frozenset[str]]] = []
-        for name, tn in fn.items():
-            raw = tn.value
-            kinds = [str(k).strip() for k in raw] if isinstance(raw, list) else str(raw).split("|")
-            bad = [k for k in kinds if k not in SHAPE_TYPES]
-            if isinstance(raw, bool) or raw is None or bad or not kinds:
-                tn.error(f"expected one of {', '.join(sorted(SHAPE_TYPES))} (or several joined with '|')")
-                continue
-            fields.append((tuple(name.split(".")), frozenset(kinds)))
-        kw["fields"] = tuple(fields)
+            node.child("fields").error(
+                "this route answers from a redirect's Location; there is no body whose fields to check"
+            )
+        kw["fields"] = tuple(
+            (tuple(name.split(".")), frozenset(kinds.split("|") if isinstance(kinds, str) else kinds))
+            for name, kinds in spec.fields.items()
+        )
     return ShapeSpec(**kw)
 
 

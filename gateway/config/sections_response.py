@@ -8,9 +8,9 @@ from typing import Any
 from gateway.config.model import FieldExpr, KeepOtherFields, Pagination, ResponseSpec
 from gateway.config.node import _kind, _Node
 from gateway.config.pagination_keys import STYLE_KEYS, check_pagination
-from gateway.config.schema import fields_of, validate
-from gateway.config.spec_route import FieldSpec, PaginationSpec
-from gateway.config.spec_route import ResponseSpec as ResponseSpecModel
+from gateway.config.schema import validate
+from gateway.config.spec_calls import STYLES, FieldSpec, PaginationSpec
+from gateway.config.spec_calls import ResponseSpec as ResponseSpecModel
 from gateway.config.values import _HEADER_NAME
 
 
@@ -32,10 +32,7 @@ def _pagination(node: _Node | None) -> Pagination | None:
         return None
     style = node.value.get("style")
     if style not in STYLE_KEYS:
-        (node.get("style") or node).error(
-            "expected 'before' (the last item's field), 'offset' (limit/offset), 'page' (page number),"
-            " 'next_url' (the upstream's next link) or 'cursor' (a token from the body)"
-        )
+        (node.get("style") or node).error(f"expected {STYLES.text()}")
         return None
     spec = validate(node, PaginationSpec, partial=True)
     if spec is None:
@@ -91,88 +88,60 @@ def _pagination(node: _Node | None) -> Pagination | None:
     return p if ok else None
 
 
-def _field_expr(node: _Node, known: frozenset[str]) -> FieldExpr | None:
-    v = node.value
-    if isinstance(v, str):
-        return FieldExpr("field", path=tuple(v.split(".")))
-    if not isinstance(v, dict):
-        node.error(f"expected a field name or a mapping ({{field|param|const|location: ...}}), got {_kind(v)}")
-        return None
-    if not node.keys(fields_of(FieldSpec)):
-        return None
-    sources = [k for k in ("field", "param", "const", "location") if k in v]
-    if len(sources) != 1:
-        node.error("give exactly one of field, param, const or location")
-        return None
-    cast = v.get("type")
-    if cast is not None and cast not in ("int", "str", "float", "bool"):
-        node.child("type").error("expected int, str, float or bool")
-        cast = None
-    optional = bool(v.get("optional", False))
-    src = sources[0]
-    if src == "field":
-        return FieldExpr("field", path=tuple(str(v["field"]).split(".")), cast=cast, optional=optional)
-    if src == "param":
-        name = str(v["param"])
-        if name not in known:
-            node.child("param").error(f"{name!r} is neither a path nor a declared param")
-        return FieldExpr("param", name=name, cast=cast, optional=optional)
-    if src == "const":
-        return FieldExpr("const", value=_plain(v["const"]), cast=cast)
-    try:
-        pattern = re.compile(str(v["location"]))
-    except re.error as exc:
-        node.child("location").error(f"bad regular expression: {exc}")
-        return None
-    if pattern.groups < 1:
-        node.child("location").error("the pattern needs one capture group for the value")
-        return None
-    return FieldExpr("location", pattern=pattern, cast=cast, optional=optional)
+def _field_expr(ref: str | FieldSpec, node: _Node, known: frozenset[str]) -> FieldExpr:
+    """One stable field's source, read by its model (``FieldSpec``); a ``param`` must be one the route has."""
+    if isinstance(ref, str):
+        return FieldExpr("field", path=tuple(ref.split(".")))
+    cast, optional = ref.type, bool(ref.optional)
+    if ref.field is not None:
+        return FieldExpr("field", path=tuple(ref.field.split(".")), cast=cast, optional=optional)
+    if ref.param is not None:
+        if ref.param not in known:
+            node.child("param").error(f"{ref.param!r} is neither a path nor a declared param")
+        return FieldExpr("param", name=ref.param, cast=cast, optional=optional)
+    if ref.location is not None:
+        return FieldExpr("location", pattern=re.compile(ref.location), cast=cast, optional=optional)
+    return FieldExpr("const", value=_plain(ref.const), cast=cast)
 
 
-def _mapping(node: _Node, known: frozenset[str]) -> tuple[tuple[str, FieldExpr], ...] | None:
-    if not node.is_map("a mapping of stable field → upstream field"):
-        return None
-    out = []
-    for k, fn in node.items():
-        fe = _field_expr(fn, known)
-        if fe is not None:
-            out.append((k, fe))
-    return tuple(out)
+def _mapping(refs: dict[str, str | FieldSpec], node: _Node, known: frozenset[str]) -> tuple[tuple[str, FieldExpr], ...]:
+    return tuple((k, _field_expr(ref, node.child(k), known)) for k, ref in refs.items())
 
 
 def _response(node: _Node | None, known: frozenset[str], pagination: Pagination | None) -> ResponseSpec:
+    """``response:``: keys and types by its pydantic model (each field's source too), then what spans keys
+    or the route: item for one entity and items for a collection, raw without mappings, header names."""
     if node is None:
         return ResponseSpec()
-    if not node.keys(fields_of(ResponseSpecModel)):
+    spec = validate(node, ResponseSpecModel, partial=True)
+    if spec is None or not isinstance(node.value, dict):
         return ResponseSpec()
+    given = node.value
     kw: dict[str, Any] = {}
-    if (n := node.get("item")) is not None:
-        if pagination is not None:  # it would be ignored, and the items served unmapped
-            n.error("'item' maps one entity; this route is a collection (it has pagination): use 'items'")
-        kw["item"] = _mapping(n, known)
-    if (n := node.get("items")) is not None:
-        if pagination is None:
-            n.error("'items' maps collection items; this route has no pagination (use 'item')")
-        kw["items"] = _mapping(n, known)
-    if (n := node.get("raw")) is not None and (b := n.boolean()) is not None:
-        kw["raw"] = b
-        if b and ("item" in node.value or "items" in node.value):
-            n.error("a raw response passes the body through; it cannot also map fields")
-    if (n := node.get("status")) is not None:
-        kw["status"] = n.integer(100, 599)
-    if (n := node.get("headers")) is not None and n.is_map():
-        hs = []
-        for hk, hn in n.items():
+    if "item" in given and pagination is not None:  # it would be ignored, and the items served unmapped
+        node.child("item").error("'item' maps one entity; this route is a collection (it has pagination): use 'items'")
+    if "items" in given and pagination is None:
+        node.child("items").error("'items' maps collection items; this route has no pagination (use 'item')")
+    if spec.item is not None:
+        kw["item"] = _mapping(spec.item, node.child("item"), known)
+    if spec.items is not None:
+        kw["items"] = _mapping(spec.items, node.child("items"), known)
+    if spec.raw is not None:
+        kw["raw"] = spec.raw
+        if spec.raw and ("item" in given or "items" in given):
+            node.child("raw").error("a raw response passes the body through; it cannot also map fields")
+    if spec.status is not None:
+        kw["status"] = spec.status
+    if spec.headers is not None:
+        for hk in spec.headers:
             if not _HEADER_NAME.match(hk):
-                hn.error(f"{hk!r} is not a valid header name")
-            fe = _field_expr(hn, known)
-            if fe is not None:
-                hs.append((hk, fe))
-        kw["headers"] = tuple(hs)
-    if (n := node.get("keep_other_fields")) is not None and n.boolean():
-        if "item" not in kw:
-            n.error("keep_other_fields passes the rest of a single document through; it needs 'item'")
-        else:
+                node.child("headers").child(hk).error(f"{hk!r} is not a valid header name")
+        kw["headers"] = _mapping(spec.headers, node.child("headers"), known)
+    if spec.keep_other_fields:
+        if "item" not in given:
+            node.child("keep_other_fields").error(
+                "keep_other_fields passes the rest of a single document through; it needs 'item'"
+            )
+        elif "item" in kw:
             kw["item"], kw["keep_other_fields"] = KeepOtherFields(kw["item"]), True
     return ResponseSpec(**kw)

@@ -8,31 +8,26 @@ from dataclasses import replace
 from typing import Any, Literal
 
 from gateway.config.model import BodySpec, Pagination, ParamSpec, PathTemplate, Route, Target, Template
-from gateway.config.model_upstream import METHODS, Upstream
+from gateway.config.model_upstream import Upstream
 from gateway.config.names import VALIDATOR_NAMES
 from gateway.config.node import _closest, _kind, _Node
 from gateway.config.schema import fields_of, required_of, validate
 from gateway.config.sections_access import _fallback_on, _probe, _shape
 from gateway.config.sections_response import _pagination, _plain, _response
 from gateway.config.sections_server import _route_cache
+from gateway.config.spec_calls import TargetSpec
 from gateway.config.spec_route import ParamSpec as ParamSpecModel
-from gateway.config.spec_route import RouteSpec, TargetSpec
-from gateway.config.values import _NAME, _PARAM, parse_path, parse_template
+from gateway.config.spec_route import RouteSpec
+from gateway.config.values import _NAME, _PARAM, parse_path, parse_request_line, parse_template
 
 
 def _stable_line(node: _Node, text: str) -> tuple[str, str] | None:
-    parts = text.split()
-    if len(parts) != 2:
-        node.error(f"expected 'METHOD /path', got {text!r}")
+    """``METHOD /path`` (a route's stable line, a plain target), told as a target mapping's model tells it."""
+    try:
+        return parse_request_line(text)
+    except ValueError as exc:
+        node.error(str(exc))
         return None
-    method, path = parts[0].upper(), parts[1]
-    if method not in METHODS:
-        node.error(f"unknown HTTP method {parts[0]!r}; use one of {', '.join(sorted(METHODS))}")
-        return None
-    if not path.startswith("/"):
-        node.error(f"the path must start with '/', got {path!r}")
-        return None
-    return method, path
 
 
 def _check_path_template(node: _Node, tpl: PathTemplate, stable: bool) -> None:
@@ -219,16 +214,17 @@ def _target(
     paged: Pagination | None = None,
     fan: list[ParamSpec] | None = None,
 ) -> Target | None:
+    """A target: its keys and types by its pydantic model (the request line, body and redirect too), then
+    what spans the route: the params its templates name, and its pagination against the route's."""
     raw = node.value
+    spec: TargetSpec | None = None
     if isinstance(raw, str):
-        request_node, spec = node, None
-        request = raw
+        request_node, request = node, raw
     elif isinstance(raw, dict):
-        if not node.keys(fields_of(TargetSpec), required_of(TargetSpec)):
-            return None
-        request_node = node.child("request")
-        request = request_node.string("'METHOD /path'") or ""
-        spec = node
+        spec = validate(node, TargetSpec, hand={"pagination"}, partial=True)
+        if spec is None or len(spec.model_fields_set) < len(raw) - ("pagination" in raw):
+            return None  # a key the model refused is reported already
+        request_node, request = node.child("request"), spec.request
     else:
         node.error(f"expected 'METHOD /path' or a mapping with 'request', got {_kind(raw)}")
         return None
@@ -246,29 +242,16 @@ def _target(
             query.append((k, parse_template(v)))
     redirect: Literal["follow", "report"] = "follow"
     pagination: Pagination | None = None
-    body = BodySpec(
-        "passthrough" if method in ("POST", "PUT", "PATCH") and stable_method in ("POST", "PUT", "PATCH") else "none"
-    )
+    writes = method in ("POST", "PUT", "PATCH") and stable_method in ("POST", "PUT", "PATCH")
+    body = BodySpec("passthrough" if writes else "none")
     if spec is not None:
-        if (q := spec.get("query")) is not None and q.is_map():
-            for k, qn in q.items():
-                if (qv := qn.string()) is not None:
-                    query.append((k, parse_template(qv)))
-        if (r := spec.get("redirect")) is not None:
-            if r.value not in ("follow", "report"):
-                r.error("expected 'follow' (fetch the final target) or 'report' (answer from Location)")
-            else:
-                redirect = r.value
-        if (b := spec.get("body")) is not None:
-            if b.value == "passthrough":
-                body = BodySpec("passthrough")
-            elif b.value == "none":
-                body = BodySpec("none")
-            elif isinstance(b.value, dict) and set(b.value) == {"const"}:
-                body = BodySpec("const", json.dumps(_plain(b.value["const"]), separators=(",", ":")).encode())
-            else:
-                b.error("expected 'passthrough', 'none' or {const: <JSON value>}")
-        if (pn := spec.get("pagination")) is not None:
+        query += [(k, parse_template(str(v))) for k, v in (spec.query or {}).items()]
+        redirect = spec.redirect or redirect
+        if isinstance(spec.body, str):
+            body = BodySpec(spec.body)
+        elif spec.body is not None:
+            body = BodySpec("const", json.dumps(_plain(spec.body.const), separators=(",", ":")).encode())
+        if (pn := node.get("pagination")) is not None:
             pagination = _target_pagination(pn, paged, fan or [])
     for _, tpl in query:
         for name in sorted(tpl.names - known):

@@ -38,14 +38,14 @@ from gateway.config.spec_upstream import (
     UpstreamSpec,
 )
 from gateway.config.spec_upstream import ExpirySpec as ExpirySectionSpec
-from gateway.config.values import _HEADER_NAME, _NAME, parse_duration, parse_size
+from gateway.config.values import _HEADER_NAME, _NAME, parse_size
 
 
 def _cache_settings(node: _Node | None) -> CacheSettings:
     """The root ``cache:`` section; the memory backend when it is absent."""
     if node is None:
         return CacheSettings()
-    spec = validate(node, CacheSpec, hand={"redis"})  # redis: a secret, and checks that span keys
+    spec = validate(node, CacheSpec, hand={"redis"})  # redis: read on its own, as its use spans keys
     if not isinstance(node.value, dict):
         return CacheSettings()
     kw: dict[str, Any] = {}
@@ -60,17 +60,15 @@ def _cache_settings(node: _Node | None) -> CacheSettings:
     if rn is not None:
         if backend == "memory":
             rn.error("'redis' settings are only read with backend: redis")
-        elif rn.keys(fields_of(RedisSpec), required_of(RedisSpec)):
-            kw["redis_url"] = _secret(rn.child("url"))
-            if (pn := rn.get("prefix")) is not None and (prefix := pn.string()) is not None:
-                if not _NAME.match(prefix):
-                    pn.error("the key prefix uses letters, digits, '_', '-' and '.'")
-                kw["redis_prefix"] = prefix
-            for key, attr in (("timeout", "redis_timeout"), ("retry_after", "redis_retry_after")):
-                if (dn := rn.get(key)) is not None and (d := dn.convert(parse_duration)) is not None:
-                    if d <= 0:
-                        dn.error("must be longer than 0s")
-                    kw[attr] = d
+        elif (redis := validate(rn, RedisSpec)) is not None:
+            kw["redis_url"] = secret_of(redis.url)
+            for key, attr in (
+                ("prefix", "redis_prefix"),
+                ("timeout", "redis_timeout"),
+                ("retry_after", "redis_retry_after"),
+            ):
+                if (value := getattr(redis, key)) is not None:
+                    kw[attr] = value
     return CacheSettings(**kw)
 
 
@@ -136,11 +134,11 @@ def _server(node: _Node | None) -> ServerSettings:
     if node is None:
         return ServerSettings()
     kw: dict[str, Any] = {}
-    if isinstance(node.value, dict) and (n := node.get("cursor_key")) is not None:
-        kw["cursor_key"] = _secret(n)  # by hand: a secret's mistakes never echo what was written
-    spec = validate(node, ServerSpec, hand={"cursor_key"})
+    spec = validate(node, ServerSpec)  # cursor_key too: a secret's mistakes never echo what was written
     if spec is None:
-        return ServerSettings(**kw)
+        return ServerSettings()
+    if spec.cursor_key is not None:
+        kw["cursor_key"] = secret_of(spec.cursor_key)
     for key in ("max_body_bytes", "max_concurrency", "max_connections", "max_connections_per_ip", "max_buffered_bytes"):
         if (value := getattr(spec, key)) is not None:
             kw[key] = value
@@ -151,40 +149,17 @@ def _server(node: _Node | None) -> ServerSettings:
     return ServerSettings(**kw)
 
 
-def _secret(node: _Node) -> Secret | None:
-    """One source or a list of alternatives, tried in order at request time."""
-    if not isinstance(node.value, dict | list):
-        # never echo the value: it may be a secret pasted in by mistake
-        node.error("expected {env: VAR}, {file: PATH} or {file_env: VAR}; secrets are never written in routes.yaml")
-        return None
-    items = node.value if isinstance(node.value, list) else None
-    nodes = [node.child(i) for i in range(len(items))] if items is not None else [node]
+def secret_of(spec: SecretSourceSpec | list[SecretSourceSpec]) -> Secret:
+    """A validated secret: one source or a list of alternatives, tried in order at request time."""
     sources: list[SecretSource] = []
-    for sn in nodes:
-        if not sn.keys(fields_of(SecretSourceSpec)):
-            continue
-        given = [k for k in ("env", "file", "file_env") if k in sn.value]
-        if len(given) != 1:
-            sn.error(
-                "a secret needs exactly one of 'env: VAR', 'file: PATH' or 'file_env: VAR' "
-                "(secrets are never written in routes.yaml)"
-            )
-            continue
-        kind = given[0]
-        value = sn.child(kind).string()
-        jk = sn.get("json_key")
-        json_key = jk.string() if jk is not None else None
-        if value is None:
-            continue
-        if kind == "env":
-            if json_key is not None:
-                sn.error("'json_key' goes with 'file' or 'file_env'")
-            sources.append(SecretSource("env", value, hint=value))
-        elif kind == "file":
-            sources.append(SecretSource("file", value, json_key, hint=f"the file {value}"))
-        else:
-            sources.append(SecretSource("file_env", value, json_key, hint=value))
-    return Secret(tuple(sources)) if sources else None
+    for src in spec if isinstance(spec, list) else [spec]:
+        if src.env is not None:
+            sources.append(SecretSource("env", src.env, hint=src.env))
+        elif src.file is not None:
+            sources.append(SecretSource("file", src.file, src.json_key, hint=f"the file {src.file}"))
+        elif src.file_env is not None:
+            sources.append(SecretSource("file_env", src.file_env, src.json_key, hint=src.file_env))
+    return Secret(tuple(sources))
 
 
 def _upstream(name: str, node: _Node) -> Upstream | None:
@@ -265,87 +240,65 @@ def _request_budget(node: _Node | None) -> RequestBudget:
 
 
 def _auth(node: _Node | None) -> AuthSpec | None:
+    """``auth:``: keys, types and secrets by its pydantic model (no message echoes what was written);
+    here what spans keys: header names, the credential an expiry or a session check names."""
     if node is None or node.value is None:
         return None
-    if not node.keys(fields_of(AuthSectionSpec)):
+    # expiry and check are read on their own, so that the credential each names is checked even
+    # where another of its keys is wrong: every problem is listed at once
+    spec = validate(node, AuthSectionSpec, hand={"expiry", "check"}, partial=True)
+    expiry = validate(e, ExpirySectionSpec, partial=True) if (e := node.get("expiry")) is not None else None
+    check = validate(c, SessionCheckSpec, partial=True) if (c := node.get("check")) is not None else None
+    if isinstance(node.value, dict):
+        if "bearer" in node.value and node.value["bearer"] is None:  # a credential left out by mistake
+            node.child("bearer").error(_NO_SECRET)
+        for name, hn in node.child("headers").items() if isinstance(node.value.get("headers"), dict) else ():
+            if not _HEADER_NAME.match(name):
+                hn.error(f"{name!r} is not a valid header name")
+    if spec is None:
         return None
-    bearer = _secret(b) if (b := node.get("bearer")) is not None else None
-    cookies: list[tuple[str, Secret]] = []
-    headers: list[tuple[str, Secret]] = []
-    for key, out in (("cookies", cookies), ("headers", headers)):
-        if (m := node.get(key)) is not None and m.is_map():
-            for k, sn in m.items():
-                if key == "headers" and not _HEADER_NAME.match(k):
-                    sn.error(f"{k!r} is not a valid header name")
-                sec = _secret(sn)
-                if sec is not None:
-                    out.append((k, sec))
-    expiry = _expiry(e, node) if (e := node.get("expiry")) is not None else None
-    spec = AuthSpec(bearer, tuple(cookies), tuple(headers), expiry)
-    return replace(spec, check=_session_check(c, spec)) if (c := node.get("check")) is not None else spec
+    auth = AuthSpec(
+        secret_of(spec.bearer) if spec.bearer is not None else None,
+        tuple((k, secret_of(v)) for k, v in (spec.cookies or {}).items()),
+        tuple((k, secret_of(v)) for k, v in (spec.headers or {}).items()),
+        _expiry(expiry, node.child("expiry"), node) if expiry is not None else None,
+    )
+    return replace(auth, check=_session_check(check, node.child("check"), auth)) if check is not None else auth
 
 
-def _expiry(node: _Node, auth: _Node) -> ExpirySpec | None:
-    """``expiry: {cookie: I, segment: 0, field: expiration, unit: ms}`` (or ``bearer: true``, ``header: X``)."""
-    if not node.keys(fields_of(ExpirySectionSpec), required_of(ExpirySectionSpec)):
-        return None
-    given = [k for k in ("cookie", "header", "bearer") if k in node.value]
-    if len(given) != 1:
-        node.error("name exactly one credential: 'cookie: NAME', 'header: NAME' or 'bearer: true'")
-        return None
-    which = given[0]
+#: what a credential written as null is told (the same as a secret of the wrong kind)
+_NO_SECRET = "expected {env: VAR}, {file: PATH} or {file_env: VAR}; secrets are never written in routes.yaml"
+
+
+def _expiry(spec: ExpirySectionSpec, node: _Node, auth: _Node) -> ExpirySpec | None:
+    """``expiry: {cookie: I, segment: 0, field: expiration, unit: ms}`` (or ``bearer: true``, ``header: X``):
+    the credential it names must be one the upstream sends."""
     credential = "bearer"
-    if which == "bearer":
-        if node.value["bearer"] is not True:
-            node.child("bearer").error("expected true")
+    if spec.bearer:
         if "bearer" not in auth.value:
             node.child("bearer").error("this upstream has no bearer credential")
     else:
-        name = node.child(which).string(f"a {which} name")
+        which, name = ("cookie", spec.cookie) if spec.cookie is not None else ("header", spec.header)
         declared = auth.value.get(f"{which}s")
-        names = set(declared) if isinstance(declared, dict) else set()
-        if name is not None and name not in names:
+        if name not in (declared if isinstance(declared, dict) else {}):
             node.child(which).error(f"no {which} named {name!r} under auth.{which}s")
         credential = f"{which}:{name}"
-    kw: dict[str, Any] = {"credential": credential}
-    if (n := node.get("segment")) is not None and (seg := n.integer(0, 10)) is not None:
-        kw["segment"] = seg
-    if (f := node.child("field").string("a field name")) is not None:
-        kw["field"] = f
-    if (n := node.get("unit")) is not None:
-        if n.value not in ("s", "ms"):
-            n.error("expected s (seconds since the epoch) or ms (milliseconds)")
-        else:
-            kw["unit"] = n.value
+    kw: dict[str, Any] = {"credential": credential, "field": spec.field}
+    if spec.segment is not None:
+        kw["segment"] = spec.segment
+    if spec.unit is not None:
+        kw["unit"] = spec.unit
     return ExpirySpec(**kw)
 
 
-def _session_check(node: _Node, auth: AuthSpec) -> SessionCheck | None:
-    """``check: {request: GET /user, expect: login, memo: 5s}`` (see gateway.session)."""
-    if not node.keys(fields_of(SessionCheckSpec), required_of(SessionCheckSpec)):
-        return None
-    request = node.child("request").string("a request such as 'GET /user'")
-    expect = node.child("expect").string("a dotted field of the answer such as 'login'")
-    method, _, path = (request or "").strip().partition(" ")
-    path = path.strip()
-    ok = request is not None and expect is not None
-    if request is not None and (method != "GET" or not path.startswith("/") or " " in path or "?" in path):
-        node.child("request").error(f"expected 'GET /path' (a safe GET on this upstream, no query), got {request!r}")
-        ok = False
-    if expect is not None and not all(expect.split(".")):
-        node.child("expect").error(f"expected a dotted field name such as 'login' or 'user.id', got {expect!r}")
-        ok = False
-    memo = 5.0
-    if (n := node.get("memo")) is not None and (d := n.convert(parse_duration)) is not None:
-        if not 0 < d <= 300:
-            n.error("the memo must be longer than 0s and at most 5m")
-        memo = d
+def _session_check(spec: SessionCheckSpec, node: _Node, auth: AuthSpec) -> SessionCheck | None:
+    """``check: {request: GET /user, expect: login, memo: 5s}`` (see gateway.session): it checks the
+    expiry's credential, else the first the upstream sends."""
     names = ["bearer"] if auth.bearer else []
     names += [f"cookie:{name}" for name, _ in auth.cookies] + [f"header:{name}" for name, _ in auth.headers]
     credential = auth.expiry.credential if auth.expiry is not None else (names[0] if names else None)
     if credential is None:
         node.error("a session check needs a credential to check: this upstream's auth declares none")
         return None
-    if not ok or expect is None:
-        return None
-    return SessionCheck(path, tuple(expect.split(".")), credential, memo)
+    memo = spec.memo if spec.memo is not None else 5.0
+    return SessionCheck(spec.request.split()[1], tuple(spec.expect.split(".")), credential, memo)

@@ -1,20 +1,33 @@
 """The routes.yaml models of ``routes:``, ``clients:``/``admin:`` and the whole document (pydantic v2).
 
-Parsed by hand (``sections_route`` and friends: their checks span sections and say more than a type);
-these models give those parsers their key lists, editors their JSON Schema and the reference its text.
+A route's sections (params, targets, pagination, response, cache, probe, shape) and the client keys are
+read by these models through ``gateway.config.schema.validate``; ``sections_route`` and friends keep only
+what spans keys and routes. The route entry itself is walked by hand (its keys from ``RouteSpec``); the
+models also give editors their JSON Schema and the reference its text.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal, get_args
 
-from pydantic import ConfigDict, Field
+from pydantic import AfterValidator, ConfigDict, Field, StringConstraints
 
 from gateway.config.names import VALIDATOR_NAMES
-from gateway.config.spec_types import Duration, Free, HttpMethod, SecretRef, Section
+from gateway.config.spec_access import AdminSpec, ClientsSpec
+from gateway.config.spec_calls import STABLE, TargetRef
+from gateway.config.spec_calls import PaginationSpec as PaginationSpec
+from gateway.config.spec_calls import ResponseSpec as ResponseSpec
+from gateway.config.spec_types import (
+    BY_KIND,
+    LIST,
+    MAPPING,
+    SCALAR,
+    Duration,
+    Free,
+    Section,
+    Wording,
+)
 from gateway.config.spec_upstream import CacheSpec, ProbesSpec, ServerSpec, UpstreamSpec
-
-_STABLE = r"^\s*[A-Za-z]+\s+/\S*\s*$"
 
 
 class ParamSpec(Section):
@@ -34,125 +47,49 @@ class ParamSpec(Section):
     """For people: shown in /openapi.json."""
 
 
-
-class PaginationSpec(Section):
-    """Makes the route a collection: ``{items, next_cursor}``, ``limit``, ``cursor``, ``all=true`` (pagination.md).
-
-    Each style takes its own keys; a key of another style is a mistake."""
-
-    style: Literal["before", "offset", "page", "next_url", "cursor"]
-    """How the upstream pages: ``before`` (the last item's field), ``offset``, ``page``, ``next_url``, ``cursor``."""
-    items: str | None = None
-    """Dotted path of the item list in the body: ``""`` = the body itself (default for ``before``; else results)."""
-    has_more: str | None = None
-    """Dotted path of a boolean that says whether another page exists."""
-    page_size: int | None = Field(None, ge=1, le=10000)
-    """Items asked per upstream page by ``all=true``."""
-    default_limit: int | None = Field(None, ge=1, le=10000)
-    """The stable ``?limit=`` when absent (default 50)."""
-    max_limit: int | None = Field(None, ge=1, le=10000)
-    """The largest stable ``?limit=`` (default 200)."""
-    max_items: int | None = Field(None, ge=1)
-    """An ``all=true`` larger than this is a 502 ``collection_too_large``."""
-    param: str | None = None
-    """``before``: the query parameter of the next page."""
-    field: str | None = None
-    """``before``: the item field whose last value asks for the next page."""
-    limit_param: str | None = None
-    """``offset``: the page-size query parameter (default ``limit``)."""
-    offset_param: str | None = None
-    """``offset``: the offset query parameter (default ``offset``)."""
-    next: str | None = None
-    """``offset``: the body key of the next link; ``next_url``: dotted path of the next URL."""
-    count: str | None = None
-    """``offset``: the body key of the total count."""
-    page_param: str | None = None
-    """``page``: the page-number query parameter."""
-    size_param: str | None = Field(None, json_schema_extra={"nullable": True})
-    """``page``, ``next_url``, ``cursor``: the page-size query parameter (sent only when given; ``page``
-    sends ``limit`` unless this is ``null``, for an upstream whose page size is its own)."""
-    first_page: int | None = Field(None, ge=0, le=1)
-    """``page``: the number of the first page, 0 or 1."""
-    total: str | None = None
-    """``page``: dotted path of the total count."""
-    token: str | None = None
-    """``cursor``: dotted path of the next token in the body (required)."""
-    token_param: str | None = None
-    """``cursor``: the query parameter the token is sent in."""
-
-
-class TargetSpec(Section):
-    """One upstream call; a plain ``METHOD /path?query`` string is the same as ``{request: ...}``."""
-
-    request: str = Field(pattern=_STABLE)
-    """``METHOD /path?query`` with ``{param}`` templates; unset params are dropped from the query."""
-    query: dict[str, str] | None = None
-    """More query parameters, same templates as in ``request``."""
-    body: Literal["passthrough", "none"] | dict[Literal["const"], Free] | None = None
-    """``passthrough`` (the default for writes), ``none``, or ``{const: <JSON value>}``."""
-    redirect: Literal["follow", "report"] | None = None
-    """``follow`` (the default) or ``report``: answer from the Location header without following it."""
-    pagination: PaginationSpec | None = None
-    """How this target pages, where it differs from the route's ``pagination`` (a list moving to a new
-    shape): a collection walk follows one target, its own way; ``limit`` stays the route's."""
-
-
-class FieldSpec(Section):
-    """A stable field's source: exactly one of ``field``, ``param``, ``const`` or ``location``."""
-
-    field: str | None = None
-    """A dotted upstream field (``owner.login``)."""
-    param: str | None = None
-    """A path or query parameter of the request."""
-    const: Free = None
-    """A constant JSON value."""
-    location: str | None = None
-    """A regular expression with one group, applied to the upstream's Location header."""
-    type: Literal["int", "str", "float", "bool"] | None = None
-    """Convert the value."""
-    optional: bool | None = None
-    """A missing field is ``null`` instead of a 502 ``shape_drift``."""
-
-
-#: a dotted upstream field name, or a mapping saying where the value comes from
-FieldRef = str | FieldSpec
-
-
-class ResponseSpec(Section):
-    """How the stable answer is built from the upstream's."""
-
-    item: dict[str, FieldRef] | None = None
-    """One entity: stable field → its source."""
-    items: dict[str, FieldRef] | None = None
-    """Each item of a collection: stable field → its source."""
-    raw: bool | None = None
-    """Pass the upstream body and content type through."""
-    status: int | None = Field(None, ge=100, le=599)
-    """Answer with this status."""
-    headers: dict[str, FieldRef] | None = None
-    """Response headers: name → source."""
-    keep_other_fields: bool | None = None
-    """With `item`: rename the mapped fields, pass every other upstream field through unchanged."""
-
-
 class ProbeFromSpec(Section):
     """A sample value taken from another probed route's answer."""
 
-    from_: str = Field(alias="from")
+    from_: Annotated[str, Wording("a route name")] = Field(alias="from")
     """The other route."""
-    field: str
+    field: Annotated[str, Wording("a field name of that route's answer")]
     """The dotted field of its answer."""
 
     model_config = ConfigDict(populate_by_name=False)
 
 
+#: a fixed sample, or where to take one
+ProbeValue = Annotated[
+    Annotated[str | int | float | bool, SCALAR] | Annotated[ProbeFromSpec, MAPPING],
+    BY_KIND,
+    Wording("a sample value or {from: ROUTE, field: FIELD}"),
+]
+
+
 class ProbeSpec(Section):
     """Sample values for the route's parameters, so the prober can call it (GET routes only)."""
 
-    params: dict[str, str | int | float | bool | ProbeFromSpec] | None = None
+    params: Annotated[dict[str, ProbeValue], Wording("a mapping of param name → sample value")] | None = None
     """Param name → a fixed sample, or ``{from: ROUTE, field: FIELD}``."""
     description: str | None = None
     """For people."""
+
+
+JsonType = Literal["any", "array", "boolean", "integer", "null", "number", "object", "string"]
+_ONE_TYPE = "(" + "|".join(get_args(JsonType)) + ")"
+#: ``string``, ``integer|null`` or ``[integer, "null"]``
+JsonTypes = Annotated[
+    Annotated[str, StringConstraints(pattern=f"^{_ONE_TYPE}(\\|{_ONE_TYPE})*$"), SCALAR]
+    | Annotated[list[JsonType], Field(min_length=1), LIST],
+    BY_KIND,
+    Wording(f"one of {', '.join(get_args(JsonType))} (or several joined with '|')"),
+]
+
+
+def _media_type(value: str) -> str:
+    if "/" not in value or ";" in value:
+        raise ValueError(f"expected a media type such as application/json (no parameters), got {value!r}")
+    return value
 
 
 class ShapeSpec(Section):
@@ -160,9 +97,12 @@ class ShapeSpec(Section):
 
     status: int | None = Field(None, ge=100, le=599)
     """The upstream's success status (default: any 2xx)."""
-    content_type: str | None = None
+    content_type: (
+        Annotated[str, AfterValidator(_media_type), Wording("a media type such as application/json (no parameters)")]
+        | None
+    ) = None
     """A media type such as ``application/json``."""
-    fields: dict[str, str | list[str]] | None = None
+    fields: Annotated[dict[str, JsonTypes], Wording("a mapping of field → JSON type")] | None = None
     """Dotted field → JSON type (string, integer, number, boolean, array, object, null, any); ``a|b`` for several."""
 
 
@@ -184,11 +124,11 @@ class RouteCacheSpec(Section):
 class RouteSpec(Section):
     """One stable endpoint and how it maps onto the upstream."""
 
-    stable: str = Field(pattern=_STABLE)
+    stable: str = Field(pattern=STABLE)
     """``METHOD /path`` that scripts call; a path segment is literal or one ``{param}``."""
     upstream: str
     """The name of an upstream under ``upstreams:``."""
-    targets: list[str | TargetSpec] = Field(min_length=1)
+    targets: list[TargetRef] = Field(min_length=1)
     """Upstream calls tried in order; a 404/410 hands over to the next one (``fallback_on``)."""
     description: str | None = None
     """For people: shown in /openapi.json."""
@@ -212,55 +152,6 @@ class RouteSpec(Section):
     """Upstream statuses (400-599) and/or ``shape`` that hand over to the next target (default [404, 410])."""
     no_store: bool | None = None
     """Answers say ``Cache-Control: no-store``, not ``private``."""
-
-
-class RateLimitSpec(Section):
-    """A client key's pace: ``requests`` per ``per``, in bursts of ``burst``."""
-
-    requests: int = Field(ge=1)
-    """Requests per window."""
-    per: Duration
-    """The window."""
-    burst: int | None = Field(None, ge=1)
-    """The largest burst (default: ``requests``)."""
-
-
-class ClientKeySpec(Section):
-    """One client key: sent as ``Authorization: Bearer <key>`` or ``X-API-Key``, never forwarded."""
-
-    key: SecretRef
-    """The key itself, from the environment or a file."""
-    routes: list[str] | None = None
-    """Route names (globs such as ``posthog_*``) this key may call (default: all)."""
-    methods: list[HttpMethod] | None = None
-    """HTTP methods this key may use (GET includes HEAD; default: all)."""
-    rate_limit: str | RateLimitSpec | None = None
-    """``10/s``, ``600/1m``, or ``{requests: 600, per: 1m, burst: 20}``."""
-    description: str | None = None
-    """For people."""
-
-
-class ClientsSpec(Section):
-    """Client keys; without any, the gateway is open (keep it on loopback)."""
-
-    keys: dict[str, ClientKeySpec]
-    """Key name → key."""
-
-
-class AdminKeySpec(Section):
-    """One admin key (for ``POST /admin/reload``)."""
-
-    key: SecretRef
-    """The key itself, from the environment or a file."""
-    description: str | None = None
-    """For people."""
-
-
-class AdminSpec(Section):
-    """Admin keys."""
-
-    keys: dict[str, AdminKeySpec]
-    """Key name → key."""
 
 
 class DocumentSpec(Section):

@@ -1,14 +1,28 @@
 """Value types of the routes.yaml models (pydantic v2): each parses like ``gateway check`` and documents itself.
 
-A duration, size, share or rate is parsed by the same function the hand-written parsers use, so
-its error message is the same; its JSON Schema tells an editor what to write.
+A duration, size, share or rate is parsed by the same function everywhere, so its error message is
+the same; its JSON Schema tells an editor what to write. ``Wording`` and the by-kind unions make the
+models' messages as explicit as the hand-written parsers' were.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    GetJsonSchemaHandler,
+    Tag,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
 
 from gateway.config.values import parse_duration, parse_rate, parse_ratio, parse_size
 
@@ -40,6 +54,50 @@ Rate = Annotated[
     BeforeValidator(parse_rate),
     WithJsonSchema({"type": "string", "pattern": r"^\s*\d+\s*/", "examples": ["480/1m", "10/s"]}),
 ]
+
+
+@dataclass(frozen=True)
+class Wording:
+    """What a mistaken value is told, in place of pydantic's generic words (gateway.config.schema reads it).
+
+    Put in a field's or a type's ``Annotated[...]``: the innermost one on an error's path speaks. ``expected``
+    says what to write; ``choices`` gives each allowed word its meaning ("'follow' (fetch the final target)
+    or 'report' (...)"), which "Input should be 'follow' or 'report'" would lose; ``secret`` says nothing
+    of what was written, not even a number, since a secret pasted in by mistake must never be echoed."""
+
+    expected: str = ""
+    choices: Mapping[str, str] = field(default_factory=dict)
+    secret: bool = False
+
+    def __hash__(self) -> int:  # typing.Annotated hashes its metadata
+        return hash((self.expected, tuple(self.choices.items()), self.secret))
+
+    def __get_pydantic_json_schema__(self, core: Any, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        """Editors show each choice's meaning beside it (``enumDescriptions``, read by VS Code's YAML)."""
+        schema = handler(core)
+        if self.choices:
+            for node in (schema, *schema.get("anyOf", ())):
+                if node.get("enum") == list(self.choices):
+                    node["enumDescriptions"] = list(self.choices.values())
+        return schema
+
+    def text(self) -> str:
+        if not self.choices:
+            return self.expected
+        said = [f"{word!r} ({meaning})" for word, meaning in self.choices.items()]
+        return ", ".join(said[:-1]) + f" or {said[-1]}" if len(said) > 1 else said[0]
+
+
+def yaml_kind(value: Any) -> str:
+    """The branch of a by-kind union a value is read by: a word, a mapping or a list each has its own type,
+    so a mistake is reported once, by the branch the value was meant for (not once per branch)."""
+    return "mapping" if isinstance(value, dict) else "list" if isinstance(value, list) else "scalar"
+
+
+#: the discriminator of a union whose branches are tagged ``scalar``, ``mapping``, ``list``
+BY_KIND = Discriminator(yaml_kind)
+SCALAR, MAPPING, LIST = Tag("scalar"), Tag("mapping"), Tag("list")
+
 HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
@@ -47,6 +105,9 @@ class Section(BaseModel):
     """A routes.yaml mapping: unknown keys are mistakes, and a string is never read as a number."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True)
+
+
+_NEVER_INLINE = "secrets are never written in routes.yaml"
 
 
 class SecretSourceSpec(Section):
@@ -61,11 +122,27 @@ class SecretSourceSpec(Section):
     json_key: str | None = None
     """With ``file``/``file_env``: the file is JSON and the secret is this key of it."""
 
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if len(self.model_fields_set & {"env", "file", "file_env"}) != 1:
+            raise ValueError(
+                f"a secret needs exactly one of 'env: VAR', 'file: PATH' or 'file_env: VAR' ({_NEVER_INLINE})"
+            )
+        if self.env is not None and self.json_key is not None:
+            raise ValueError("'json_key' goes with 'file' or 'file_env'")
+        return self
 
-#: one source, or a list of alternatives tried in order at request time
+
+#: one source, or a list of alternatives tried in order at request time; its mistakes never echo what was written
+_SECRET = Wording(f"{{env: VAR}}, {{file: PATH}} or {{file_env: VAR}}; {_NEVER_INLINE}", secret=True)
 SecretRef = Annotated[
-    SecretSourceSpec | list[SecretSourceSpec],
+    Annotated[SecretSourceSpec, MAPPING]
+    | Annotated[list[Annotated[SecretSourceSpec, _SECRET]], Field(min_length=1), LIST],
+    BY_KIND,
+    _SECRET,
     Field(description="A secret: {env: VAR}, {file: PATH} or {file_env: VAR}, or a list of them tried in order."),
 ]
-#: a value the hand-written parser reads (documented and typed for editors only)
+
+
+#: any YAML value (a constant body, a param's default): what it must be depends on other keys
 Free = Any

@@ -1,8 +1,8 @@
 """The routes.yaml models of ``server:``, ``cache:``, ``probes:`` and ``upstreams:`` (pydantic v2).
 
 The field docstrings are the configuration reference (docs/configuration.md) and the editor hints
-(routes.schema.json). Sections whose checks pydantic expresses are parsed by these models; the others
-are parsed by hand (``sections_*``), which take their key lists from here.
+(routes.schema.json). Each section is read by its model through ``gateway.config.schema.validate``,
+secrets included (their wording never echoes a value); ``sections_server`` keeps what spans keys.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pydantic import BeforeValidator, Field, ValidationInfo, WithJsonSchema, fie
 from gateway.config.model import CacheSettings, ProbeSettings
 from gateway.config.model_upstream import BreakerPolicy, RequestBudget, RetryPolicy, Timeouts
 from gateway.config.node import _kind
-from gateway.config.spec_types import Duration, Rate, Ratio, SecretRef, Section, Size
+from gateway.config.spec_types import Duration, Rate, Ratio, SecretRef, Section, Size, Wording
+from gateway.config.values import _NAME
 
 
 class TimeoutsSpec(Section):
@@ -78,29 +79,61 @@ class RequestBudgetSpec(Section):
 class ExpirySpec(Section):
     """Where the credential's expiry is read, so that an expired session is a clear 503, never a silent 401."""
 
-    cookie: str | None = None
+    cookie: Annotated[str, Wording("a cookie name")] | None = None
     """The cookie (declared under ``auth.cookies``) that carries the expiry."""
-    header: str | None = None
+    header: Annotated[str, Wording("a header name")] | None = None
     """The header (declared under ``auth.headers``) that carries the expiry."""
-    bearer: bool | None = None
+    bearer: Annotated[Literal[True], Wording("true")] | None = None
     """``true``: the bearer token carries the expiry."""
     segment: int | None = Field(None, ge=0, le=10)
     """Which ``.``-separated segment of the credential is the (base64 JSON) payload; default 0."""
-    field: str
+    field: Annotated[str, Wording("a field name")]
     """The payload's field holding the expiry time."""
-    unit: Literal["s", "ms"] | None = None
+    unit: Annotated[Literal["s", "ms"], Wording("s (seconds since the epoch) or ms (milliseconds)")] | None = None
     """``s`` (seconds since the epoch, the default) or ``ms``."""
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> Self:
+        if len(self.model_fields_set & {"cookie", "header", "bearer"}) != 1:
+            raise ValueError("name exactly one credential: 'cookie: NAME', 'header: NAME' or 'bearer: true'")
+        return self
+
+
+_SAFE_GET = r"^\s*GET\s+/[^\s?]*\s*$"
+
+
+def _check_request(value: object) -> object:
+    method, _, path = value.strip().partition(" ") if isinstance(value, str) else ("", "", "")
+    path = path.strip()
+    if method != "GET" or not path.startswith("/") or " " in path or "?" in path:
+        got = repr(value) if isinstance(value, str) else _kind(value)
+        raise ValueError(f"expected 'GET /path' (a safe GET on this upstream, no query), got {got}")
+    return value
 
 
 class SessionCheckSpec(Section):
     """Is the session alive? A safe GET whose answer names the user (session-check.md)."""
 
-    request: str
+    request: Annotated[str, BeforeValidator(_check_request)] = Field(json_schema_extra={"pattern": _SAFE_GET})
     """``GET /path`` on this upstream, no query."""
-    expect: str
+    expect: Annotated[str, Wording("a dotted field of the answer such as 'login'")]
     """A dotted field of the answer that a live session fills, such as ``login``."""
     memo: Duration | None = None
     """How long one answer stands (default 5s, at most 5m)."""
+
+    @field_validator("expect")
+    @classmethod
+    def _dotted(cls, value: str) -> str:
+        if not all(value.split(".")):
+            raise ValueError(f"expected a dotted field name such as 'login' or 'user.id', got {value!r}")
+        return value
+
+    @field_validator("memo")
+    @classmethod
+    def _memo(cls, value: float | None) -> float | None:
+        if value is not None and not 0 < value <= 300:
+            raise ValueError("the memo must be longer than 0s and at most 5m")
+        return value
 
 
 class AuthSpec(Section):
@@ -219,6 +252,20 @@ class RedisSpec(Section):
     """One Redis command; a slower one is a cache miss (default 250ms)."""
     retry_after: Duration | None = None
     """After a Redis failure, how long the cache is bypassed (default 1s)."""
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str | None) -> str | None:
+        if value is not None and not _NAME.match(value):
+            raise ValueError("the key prefix uses letters, digits, '_', '-' and '.'")
+        return value
+
+    @field_validator("timeout", "retry_after")
+    @classmethod
+    def _longer_than_0(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError("must be longer than 0s")
+        return value
 
 
 class CacheSpec(Section):

@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from gateway.config.model import PathTemplate, Template
+from gateway.methods import METHODS
 
 _DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -103,3 +104,16 @@ def parse_template(raw: str) -> Template:
 def parse_path(raw: str) -> PathTemplate:
     segs = raw.strip("/").split("/") if raw.strip("/") else []
     return PathTemplate(raw, tuple(parse_template(s) for s in segs))
+
+
+def parse_request_line(text: str) -> tuple[str, str]:
+    """``METHOD /path`` (a target's may go on with ``?query``): the method, upper-cased, and the path."""
+    parts = text.split()
+    if len(parts) != 2:
+        raise ValueError(f"expected 'METHOD /path', got {text!r}")
+    method, path = parts[0].upper(), parts[1]
+    if method not in METHODS:
+        raise ValueError(f"unknown HTTP method {parts[0]!r}; use one of {', '.join(sorted(METHODS))}")
+    if not path.startswith("/"):
+        raise ValueError(f"the path must start with '/', got {path!r}")
+    return method, path
