@@ -8,9 +8,12 @@ the workers' values (``livesum`` for per-worker amounts, ``max`` for timestamps,
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
+
+from gateway.request_stats import RequestStats
 
 # a `_created` series per counter and histogram child is noise nobody alerts on (88 series for the shipped
 # routes.yaml); the client exports none once this runs, before any collector is made
@@ -31,19 +34,8 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self._children: dict[tuple[object, ...], Any] = {}
-        self.requests = Counter(
-            "gateway_requests_total",
-            "Stable-side requests answered.",
-            ["route", "method", "status_class"],
-            registry=registry,
-        )
-        self.request_seconds = Histogram(
-            "gateway_request_duration_seconds",
-            "Stable-side request latency.",
-            ["route", "method"],
-            buckets=BUCKETS,
-            registry=registry,
-        )
+        #: the two per-request series, kept as plain numbers (gateway.request_stats)
+        self.stable = RequestStats(registry, BUCKETS, multiprocess=bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR")))
         self.upstream_requests = Counter(
             "gateway_upstream_requests_total",
             "Upstream calls by outcome (status class or error kind).",

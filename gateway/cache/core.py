@@ -287,11 +287,16 @@ class ResponseCache:
 
     def _response(self, entry: Entry, state: str, now: float) -> web.Response:
         """The stored answer; ``Date`` is when it was stored, ``Age`` how long ago (RFC 9111 4.2.3)."""
-        headers = CIMultiDict(entry.headers)
+        if not entry.head:  # the stored headers and Date, made once per entry (in the order they always had)
+            head = CIMultiDict(entry.headers)
+            head["X-Cache"] = head["Age"] = ""
+            head["Date"] = _http_date(int(entry.stored_at))
+            entry.head.append(head)
+        resp = web.Response(status=entry.status, body=entry.body, headers=entry.head[0])
+        headers = resp.headers
         headers["X-Cache"] = state
         headers["Age"] = str(int(max(0.0, now - entry.stored_at)))
-        headers["Date"] = _http_date(int(entry.stored_at))
-        return web.Response(status=entry.status, body=entry.body, headers=headers)
+        return resp
 
     def _count(self, route: Route, result: str, trace: RequestTrace | None) -> None:
         m = self._metrics

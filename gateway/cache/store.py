@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from cachetools import LRUCache
+from multidict import CIMultiDict
 
 from gateway.cache.policy import CacheKey, under
 
@@ -37,6 +38,8 @@ class Entry:
     stale_until: float
     #: the write sequence when the fill started; newer markers on the path make the entry invalid
     seq: int
+    #: the answer's headers as a hit sends them, made once per entry (gateway.cache.core); not compared
+    head: list[CIMultiDict[str]] = field(default_factory=list, compare=False, repr=False)
 
     def size(self, key: CacheKey) -> int:
         return len(self.body) + sum(len(k) + len(v) for k, v in self.headers) + len(key.text) + ENTRY_OVERHEAD
