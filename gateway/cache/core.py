@@ -85,6 +85,8 @@ def _consume(task: asyncio.Task[Entry]) -> None:
 class _Policy:
     spec: RouteCache
     fingerprint: str
+    #: the canonical path of a route without path parameters (the same for every request)
+    static_path: str | None = None
 
 
 class Hub(Protocol):
@@ -104,7 +106,11 @@ class ResponseCache:
         self._hub = hub
         self._metrics = hub.metrics
         self._policies = {
-            r.name: _Policy(r.cache, fingerprint(r, config.upstreams[r.upstream]))
+            r.name: _Policy(
+                r.cache,
+                fingerprint(r, config.upstreams[r.upstream]),
+                None if any(s.is_single_param for s in r.path.segments) else canonical_path(r, {}),
+            )
             for r in config.routes
             if r.cache is not None and r.method == "GET"
         }
@@ -208,7 +214,7 @@ class ResponseCache:
     def _key(self, request: web.Request, match: Match, policy: _Policy, client: str, credential: str) -> CacheKey:
         """``make_key``, remembered per raw request (a hit must not pay for hashing and quoting)."""
         route = match.route
-        path = canonical_path(route, match.path_params)
+        path = policy.static_path or canonical_path(route, match.path_params)
         vary = tuple(request.headers.get(name, "") for name in policy.spec.vary)
         raw_query = request.rel_url.raw_query_string
         # a long URL or header is hashed each time (little next to reading it), so the memo stays small

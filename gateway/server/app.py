@@ -56,7 +56,6 @@ def build_app(
         },
     )
     app[GATEWAY] = gateway
-    app.on_response_prepare.append(stable.downstream_headers)
     # no aiohttp middleware: each handler is framed (request id, checks, JSON errors) by gateway.server.middleware
     own = functools.partial(middleware.own, gateway)
     app.router.add_get("/healthz", own(endpoints.healthz))

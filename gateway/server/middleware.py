@@ -23,11 +23,12 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway import httpedge, jsonio, logs
+from gateway.downstream import mark_answer
 from gateway.errors import GatewayError, HeadersTooLarge, PayloadTooLarge, UriTooLong
 from gateway.metrics import NO_ROUTE
-from gateway.server.stable import Dispatch, trace_of
+from gateway.server.stable import Dispatch
 from gateway.server.state import Gateway
-from gateway.trace import RequestTrace
+from gateway.trace import RequestTrace, trace_of
 
 log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
@@ -147,13 +148,16 @@ def stable(gateway: Gateway, dispatch: Dispatch) -> Handler:
     async def framed(request: web.Request) -> web.StreamResponse:
         rid = _request_id(request)
         started = time.perf_counter()
-        record = trace_of(request)  # handed to the route's pipeline: what it did, for the access line
+        # made with aiohttp's match; handed to the route's pipeline: what it did, for the access line
+        record = trace_of(request) or RequestTrace()
         try:
             _checked(gateway, request)
             resp = await dispatch(request, rid, record)
         except Exception as exc:
             resp = _answer(request, rid, record, exc)
         resp.headers["X-Request-ID"] = rid
+        if not resp.prepared:  # (a stream was marked before its head went out)
+            mark_answer(request, resp, record)
         if request.path not in _OWN:  # an own path with another method: answered here, not counted
             # counted and logged once the answer is on the wire, as nginx's log phase does: the
             # client does not wait for the bookkeeping (aiohttp writes the response in this same

@@ -5,8 +5,8 @@ routes are matched by ``gateway.routing`` against whatever ``Runtime`` is curren
 auth and limits are the outermost stages of the route's pipeline (gateway.pipeline.admission).
 
 The catch-all is a resource of its own (``StableResource``): it matches every path without
-a regular expression, and its match info carries the request's ``RequestTrace`` from
-resolve to the response's headers (``downstream_headers``), so no request key holds it.
+a regular expression, and its match info (``gateway.trace.StableMatch``) carries the
+request's ``RequestTrace``, so no request key holds it.
 """
 
 from __future__ import annotations
@@ -14,14 +14,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterator
 
 from aiohttp import web
-from aiohttp.abc import AbstractMatchInfo
 from aiohttp.typedefs import Handler
 from aiohttp.web_urldispatcher import AbstractResource, AbstractRoute, ResourceRoute, UrlMappingMatchInfo, _InfoDict
 from yarl import URL
 
-from gateway.cache.downstream import mark_private
-from gateway.server.state import GATEWAY, Gateway
-from gateway.trace import RequestTrace
+from gateway.server.state import Gateway
+from gateway.trace import RequestTrace, StableMatch
 
 #: the stable routes' dispatcher: the request, its id and its record for the access line
 Dispatch = Callable[[web.Request, str, RequestTrace], Awaitable[web.StreamResponse]]
@@ -35,19 +33,10 @@ def dispatcher(gateway: Gateway) -> Dispatch:
         match = runtime.router.match(request.method, request.raw_path)
         record.route = match.route.name
         record.no_store = match.route.no_store
+        record.keyed = not runtime.access.open
         return await runtime.proxy.handle(request, match, rid, record)
 
     return dispatch
-
-
-class StableMatch(UrlMappingMatchInfo):
-    """A catch-all match, with the request's record for its access line."""
-
-    __slots__ = ("trace",)
-
-    def __init__(self, route: AbstractRoute) -> None:
-        super().__init__({}, route)
-        self.trace = RequestTrace()
 
 
 class StableResource(AbstractResource):
@@ -81,21 +70,3 @@ class StableResource(AbstractResource):
 
     def __iter__(self) -> Iterator[AbstractRoute]:
         yield self._route
-
-
-def trace_of(request: web.Request) -> RequestTrace:
-    """The record the catch-all's match made for this request."""
-    match: AbstractMatchInfo = request.match_info
-    if isinstance(match, StableMatch):
-        return match.trace
-    return RequestTrace()
-
-
-async def downstream_headers(request: web.Request, resp: web.StreamResponse) -> None:
-    """Stable routes' answers (streams too, errors too) are never for a shared cache in front."""
-    match = request.match_info
-    if type(match) is StableMatch:
-        record = match.trace
-        if record.route is not None:
-            keyed = not request.app[GATEWAY].runtime.access.open
-            mark_private(request, resp, keyed=keyed, no_store=record.no_store)
