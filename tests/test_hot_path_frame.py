@@ -24,12 +24,15 @@ from gateway.trace import RequestTrace
 from tests.fake_upstream import Reply, start_fake
 from tests.helpers.hostile import FAKE_YAML
 
-RAW_YAML = FAKE_YAML + """  raw_thing:
+RAW_YAML = (
+    FAKE_YAML
+    + """  raw_thing:
     stable: GET /v1/raw/{{name}}
     upstream: fake
     targets: ["GET /things/{{name}}"]
     response: {{raw: true}}
 """
+)
 JSON = {"Content-Type": "application/json"}
 
 
