@@ -17,8 +17,8 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry, generate_latest
 
 from gateway import logs
-from gateway.metrics import BUCKETS
-from gateway.request_stats import RequestStats
+from gateway.fastmetrics import FastCounter, FastHistogram
+from gateway.metrics import BUCKETS, status_class
 from gateway.server import GATEWAY
 from gateway.trace import RequestTrace
 from tests.fake_upstream import Reply, start_fake
@@ -84,36 +84,67 @@ async def test_metrics_count_each_status_class_exactly(make_gateway: Any, aiohtt
     assert 'gateway_request_duration_seconds_count{method="GET",route="(none)"} 2.0' in text
 
 
+def _families(registry: CollectorRegistry, multiprocess: bool) -> tuple[FastCounter, FastHistogram]:
+    return (
+        FastCounter(
+            "gateway_requests_total",
+            "Stable-side requests answered.",
+            ["route", "method", "status_class"],
+            registry=registry,
+            multiprocess=multiprocess,
+        ),
+        FastHistogram(
+            "gateway_request_duration_seconds",
+            "Stable-side request latency.",
+            ["route", "method"],
+            buckets=BUCKETS,
+            registry=registry,
+            multiprocess=multiprocess,
+        ),
+    )
+
+
 def test_both_metric_modes_expose_the_same_text() -> None:
     """One process (a collector) and --workers (flushed into the client's own types): the same /metrics."""
     seen = [("r", "GET", 200, 0.0004), ("r", "GET", 200, 0.003), ("r", "POST", 503, 2.0), ("(none)", "GET", 404, 99.0)]
     texts = []
     for multiprocess in (False, True):
         registry = CollectorRegistry()
-        stats = RequestStats(registry, BUCKETS, multiprocess=multiprocess)
-        for r in seen:
-            stats.add(*r)
-        stats.flush()
+        requests, seconds = _families(registry, multiprocess)
+        for route, method, status, elapsed in seen:
+            requests.labels(route, method, status_class(status)).inc()
+            seconds.labels(route, method).observe(elapsed)
+        requests.flush()
+        seconds.flush()
         texts.append(generate_latest(registry).decode())
     assert texts[0] == texts[1]
     assert 'gateway_request_duration_seconds_bucket{le="0.0005",method="GET",route="r"} 1.0' in texts[0]
+    assert 'gateway_request_duration_seconds_bucket{le="0.005",method="GET",route="r"} 2.0' in texts[0]
     assert 'gateway_request_duration_seconds_bucket{le="+Inf",method="GET",route="(none)"} 1.0' in texts[0]
+    assert 'gateway_request_duration_seconds_sum{method="GET",route="(none)"} 99.0' in texts[0]
     assert 'gateway_requests_total{method="POST",route="r",status_class="5xx"} 1.0' in texts[0]
+    with pytest.raises(ValueError, match="expected labels"):
+        requests.labels("r", "GET")
 
 
 async def test_multiprocess_counts_reach_the_shared_values_at_the_end_of_the_loop_turn() -> None:
     registry = CollectorRegistry()
-    stats = RequestStats(registry, BUCKETS, multiprocess=True)
+    requests, seconds = _families(registry, True)
     for _ in range(3):
-        stats.add("r", "GET", 200, 0.01)
+        requests.labels("r", "GET", "2xx").inc()
+        seconds.labels("r", "GET").observe(0.01)
     labels = {"route": "r", "method": "GET", "status_class": "2xx"}
-    assert registry.get_sample_value("gateway_requests_total", labels) is None  # not yet: one flush per turn
+    assert registry.get_sample_value("gateway_requests_total", labels) == 0  # not yet: one flush per turn
     await asyncio.sleep(0)
     assert registry.get_sample_value("gateway_requests_total", labels) == 3
-    stats.add("r", "GET", 200, 0.01)
+    requests.labels("r", "GET", "2xx").inc()
+    seconds.labels("r", "GET").observe(0.01)
     await asyncio.sleep(0)
     assert registry.get_sample_value("gateway_requests_total", labels) == 4
-    assert registry.get_sample_value("gateway_request_duration_seconds_count", {"route": "r", "method": "GET"}) == 4
+    timed = {"route": "r", "method": "GET"}
+    assert registry.get_sample_value("gateway_request_duration_seconds_count", timed) == 4
+    assert registry.get_sample_value("gateway_request_duration_seconds_bucket", {**timed, "le": "0.01"}) == 4
+    assert registry.get_sample_value("gateway_request_duration_seconds_sum", timed) == pytest.approx(0.04)
 
 
 async def test_own_endpoints_are_framed_like_stable_ones(make_gateway: Any, aiohttp_server: Any) -> None:

@@ -25,7 +25,7 @@ from aiohttp.typedefs import Handler
 from gateway import httpedge, jsonio, logs
 from gateway.downstream import mark_answer
 from gateway.errors import GatewayError, HeadersTooLarge, PayloadTooLarge, UriTooLong
-from gateway.metrics import NO_ROUTE
+from gateway.metrics import NO_ROUTE, status_class
 from gateway.server.stable import Dispatch
 from gateway.server.state import Gateway
 from gateway.trace import RequestTrace, trace_of
@@ -175,7 +175,9 @@ def _account(
     """The stable-side metrics and the access line of one answered request."""
     route = record.route or NO_ROUTE
     method = request.method
-    gateway.metrics.stable.add(route, method, status, elapsed)
+    m = gateway.metrics
+    m.requests.labels(route, method, status_class(status)).inc()
+    m.request_seconds.labels(route, method).observe(elapsed)
     if access_log.isEnabledFor(logging.INFO):
         _log_access(request, rid, route, status, elapsed, record)
 
