@@ -17,6 +17,8 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry, generate_latest
 
 from gateway import logs
+from gateway.cache.policy import CacheKey
+from gateway.cache.store import Entry, MemoryBackend
 from gateway.fastmetrics import FastCounter, FastHistogram
 from gateway.metrics import BUCKETS, status_class
 from gateway.server import GATEWAY
@@ -255,3 +257,24 @@ def test_the_request_line_is_the_formatters_line(configured: tuple[logs.AccessLi
         assert list(json.loads(line)) == ["ts", "level", "logger", *want]
     if "secret" in path:
         assert "secret-key-123456" not in stream.getvalue() and logs.REDACTED in stream.getvalue()
+
+
+async def test_the_memory_cache_evicts_the_least_recently_used_by_bytes() -> None:
+    """A hit makes its entry the most recently used; storing past max_bytes drops the least recently used."""
+    backend = MemoryBackend(max_bytes=1500)
+    keys = [CacheKey("r", f"/v1/r/{n}", "d") for n in "abcd"]
+    entry = Entry(200, (), b"x" * 400, 0.0, 60.0, 60.0, 0)
+    size = entry.size(keys[0])
+    assert 2 * size < 1500 < 3 * size  # room for two entries
+    for key in keys[:2]:
+        await backend.store(key, entry, 60)
+    assert (await backend.lookup(keys[0], ("m",))).entry is entry  # a is now the most recent
+    await backend.store(keys[2], entry, 60)  # c pushes out b, not a
+    assert [(await backend.lookup(k, ("m",))).entry is entry for k in keys[:3]] == [True, False, True]
+    assert backend.usage() == (2, 2 * size)
+    await backend.store(keys[2], entry, 60)  # storing again replaces, counted once
+    assert backend.usage() == (2, 2 * size)
+    await backend.discard(keys[0])
+    assert backend.usage() == (1, size)
+    await backend.store(CacheKey("r", "/v1/r/huge", "d"), Entry(200, (), b"x" * 2000, 0.0, 1.0, 1.0, 0), 60)
+    assert backend.usage() == (1, size)  # larger than the whole cache: not stored, nothing dropped
