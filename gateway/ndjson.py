@@ -28,6 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import jsonio
+from gateway.downstream import mark_answer
 from gateway.errors import GatewayError, UpstreamError
 from gateway.trace import RequestTrace
 
@@ -84,6 +85,7 @@ async def stream(
     try:
         first = await anext(pages, None)  # fails as an ordinary error response: nothing is sent yet
         resp = web.StreamResponse(headers={"Content-Type": NDJSON_TYPE, "X-Request-ID": request_id})
+        mark_answer(request, resp, trace)  # Cache-Control/Vary go out with the head
         await resp.prepare(request)
         current = first
         try:

@@ -16,7 +16,9 @@ import aiohttp
 from aiohttp import web
 
 from gateway.config import Upstream
+from gateway.downstream import mark_answer
 from gateway.errors import BadGateway, GatewayTimeout, UpstreamError
+from gateway.trace import trace_of
 
 CHUNK = 1 << 16
 
@@ -40,6 +42,7 @@ async def relay(
     out = web.StreamResponse(status=status, headers=headers)
     if length is not None and "Content-Encoding" not in answer.headers:
         out.content_length = length  # the caller can tell a cut body from a whole one
+    mark_answer(request, out, trace_of(request))  # Cache-Control/Vary go out with the head
     await out.prepare(request)
     sent = 0
     while True:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aiohttp import web
+from aiohttp.web_urldispatcher import AbstractRoute, UrlMappingMatchInfo
+
 from gateway.errors import UpstreamError
 
 
@@ -21,6 +24,8 @@ class RequestTrace:
     client: str | None = None
     #: answers of the route must not be kept by any cache in front (``no_store: true``)
     no_store: bool = False
+    #: client keys are configured: answers vary on the headers that carry them (gateway.downstream)
+    keyed: bool = False
     #: upstream exchanges made (targets tried, pages fetched, retries)
     upstream_calls: int = 0
     #: the status of the last upstream answer (None: none, or the call failed without one)
@@ -46,3 +51,24 @@ class RequestTrace:
         """An answer was cut after its head went out: noted for the access line and the ``account`` stage."""
         self.error = failure.code
         self.cut = failure.with_traceback(None)  # no frames (and the bodies they hold) kept alive
+
+
+class StableMatch(UrlMappingMatchInfo):
+    """aiohttp's match of the stable catch-all (gateway.server.stable), with the request's record.
+
+    The match info is the one per-request object aiohttp hands from routing to every
+    later step, so code that is given only the request (a relayed body, say) finds the
+    record here (``trace_of``) rather than in a request key.
+    """
+
+    __slots__ = ("trace",)
+
+    def __init__(self, route: AbstractRoute) -> None:
+        super().__init__({}, route)
+        self.trace = RequestTrace()
+
+
+def trace_of(request: web.Request) -> RequestTrace | None:
+    """The record of a stable request; None for anything else (an own endpoint, a test's bare request)."""
+    match = request._match_info
+    return match.trace if type(match) is StableMatch else None

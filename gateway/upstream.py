@@ -9,10 +9,11 @@ with a bounded ``kind`` for metrics.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import io
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
@@ -46,6 +47,38 @@ class UpstreamResponse:
     stream: aiohttp.ClientResponse | None = None
 
 
+class _TurnReport:
+    """A gauge set to the latest value once per turn of the event loop, not at every change.
+
+    The buffered-bytes total changes two or three times per upstream call; a gauge set
+    takes a lock (and, with ``--workers``, writes a memory-mapped file).  A scrape sees the
+    total as of the end of the last turn, which is what it is between turns.
+    """
+
+    __slots__ = ("_queued", "_set", "_value")
+
+    def __init__(self, set_value: Callable[[float], None]) -> None:
+        self._set = set_value
+        self._value = 0
+        self._queued = False
+
+    def __call__(self, value: int) -> None:
+        self._value = value
+        if self._queued:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop: nothing would flush it later
+            self._set(value)
+            return
+        self._queued = True
+        loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._queued = False
+        self._set(self._value)
+
+
 class UpstreamClient:
     """One pooled ``aiohttp.ClientSession`` per upstream, for the life of the process.
 
@@ -57,7 +90,7 @@ class UpstreamClient:
         self._sessions: dict[tuple[str, URL, int], aiohttp.ClientSession] = {}
         self.resilience = Resilience(metrics)
         #: the cap on answer bytes buffered across requests in flight (``server.max_buffered_bytes``)
-        self.buffers = BufferBudget(report=metrics.buffered_bytes.set if metrics is not None else None)
+        self.buffers = BufferBudget(report=_TurnReport(metrics.buffered_bytes.set) if metrics is not None else None)
 
     def _session(self, upstream: Upstream) -> aiohttp.ClientSession:
         key = (upstream.name, upstream.base_url, upstream.max_connections)  # the URL, not str(): once per call
@@ -172,7 +205,8 @@ class UpstreamClient:
         stream: bool = False,
     ) -> UpstreamResponse:
         t = upstream.timeouts
-        if any("\r" in v or "\n" in v for v in headers.values()):
+        joined = "".join(headers.values())  # one scan, not a generator over the values
+        if "\r" in joined or "\n" in joined:
             raise BadGateway(
                 f"a header for upstream {upstream.name!r} holds a line break; nothing was sent",
                 kind="config",

@@ -85,6 +85,8 @@ def _consume(task: asyncio.Task[Entry]) -> None:
 class _Policy:
     spec: RouteCache
     fingerprint: str
+    #: the canonical path of a route without path parameters (the same for every request)
+    static_path: str | None = None
 
 
 class Hub(Protocol):
@@ -104,7 +106,11 @@ class ResponseCache:
         self._hub = hub
         self._metrics = hub.metrics
         self._policies = {
-            r.name: _Policy(r.cache, fingerprint(r, config.upstreams[r.upstream]))
+            r.name: _Policy(
+                r.cache,
+                fingerprint(r, config.upstreams[r.upstream]),
+                None if any(s.is_single_param for s in r.path.segments) else canonical_path(r, {}),
+            )
             for r in config.routes
             if r.cache is not None and r.method == "GET"
         }
@@ -208,7 +214,7 @@ class ResponseCache:
     def _key(self, request: web.Request, match: Match, policy: _Policy, client: str, credential: str) -> CacheKey:
         """``make_key``, remembered per raw request (a hit must not pay for hashing and quoting)."""
         route = match.route
-        path = canonical_path(route, match.path_params)
+        path = policy.static_path or canonical_path(route, match.path_params)
         vary = tuple(request.headers.get(name, "") for name in policy.spec.vary)
         raw_query = request.rel_url.raw_query_string
         # a long URL or header is hashed each time (little next to reading it), so the memo stays small
@@ -287,11 +293,16 @@ class ResponseCache:
 
     def _response(self, entry: Entry, state: str, now: float) -> web.Response:
         """The stored answer; ``Date`` is when it was stored, ``Age`` how long ago (RFC 9111 4.2.3)."""
-        headers = CIMultiDict(entry.headers)
+        if not entry.head:  # the stored headers and Date, made once per entry (in the order they always had)
+            head = CIMultiDict(entry.headers)
+            head["X-Cache"] = head["Age"] = ""
+            head["Date"] = _http_date(int(entry.stored_at))
+            entry.head.append(head)
+        resp = web.Response(status=entry.status, body=entry.body, headers=entry.head[0])
+        headers = resp.headers
         headers["X-Cache"] = state
         headers["Age"] = str(int(max(0.0, now - entry.stored_at)))
-        headers["Date"] = _http_date(int(entry.stored_at))
-        return web.Response(status=entry.status, body=entry.body, headers=headers)
+        return resp
 
     def _count(self, route: Route, result: str, trace: RequestTrace | None) -> None:
         m = self._metrics

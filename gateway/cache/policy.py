@@ -21,7 +21,7 @@ import email.utils
 import functools
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from urllib.parse import quote
 
 from multidict import MultiMapping
@@ -130,10 +130,11 @@ class CacheKey:
     path: str
     #: hash of method, normalized query, client, credential, vary headers and route fingerprint
     digest: str
+    #: the key as the backends store it, made once (a hit reads it several times)
+    text: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def text(self) -> str:
-        return f"{self.route}:{self.path}#{self.digest}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", f"{self.route}:{self.path}#{self.digest}")
 
 
 def canonical_path(route: Route, path_params: Mapping[str, str]) -> str:

@@ -13,15 +13,13 @@ from gateway.server.middleware import (
     error_response,
     new_request_id,
 )
-from gateway.server.state import GATEWAY, REQUEST_ID, TRACE, Gateway, Runtime
+from gateway.server.state import GATEWAY, Gateway, Runtime
 
 __all__ = [
     "GATEWAY",
     "MAX_HEADERS",
     "MAX_HEADER_BYTES",
     "MAX_URL_BYTES",
-    "REQUEST_ID",
-    "TRACE",
     "Gateway",
     "Runtime",
     "build_app",

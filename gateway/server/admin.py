@@ -12,7 +12,7 @@ from gateway.cache.admin import purge_request
 from gateway.config import ConfigError
 from gateway.errors import Conflict, GatewayError, Unprocessable
 from gateway.peers import PeerAnswer
-from gateway.server.state import GATEWAY, REQUEST_ID
+from gateway.server.state import GATEWAY
 
 log = logging.getLogger("gateway")
 
@@ -27,7 +27,7 @@ def _relayed(request: web.Request) -> bool:
 
 
 async def _relay(
-    request: web.Request, body: bytes, content_type: str | None, agree: Callable[[PeerAnswer], bool]
+    request: web.Request, rid: str, body: bytes, content_type: str | None, agree: Callable[[PeerAnswer], bool]
 ) -> list[PeerAnswer]:
     """An admin call this worker has applied, applied by every other worker too (``--workers``).
 
@@ -37,7 +37,7 @@ async def _relay(
     peers = request.app[GATEWAY].peers
     if peers is None:
         return []
-    answers = await peers.relay(request, request[REQUEST_ID], body, content_type)
+    answers = await peers.relay(request, rid, body, content_type)
     failed = [a for a in answers if a.status != 200 or not agree(a)]
     if failed:
         raise GatewayError(
@@ -48,7 +48,7 @@ async def _relay(
     return answers
 
 
-async def cache_purge(request: web.Request) -> web.Response:
+async def cache_purge(request: web.Request, rid: str) -> web.Response:
     runtime = request.app[GATEWAY].runtime
     who = runtime.access.require_admin(request)
     relayed = _relayed(request)
@@ -57,13 +57,13 @@ async def cache_purge(request: web.Request) -> web.Response:
     others: list[PeerAnswer] = []
     if not relayed:
         body, ctype = await request.read(), request.headers.get("Content-Type")
-        others = await _relay(request, body, ctype, lambda a: isinstance(a.body.get("deleted"), int))
+        others = await _relay(request, rid, body, ctype, lambda a: isinstance(a.body.get("deleted"), int))
     result["deleted"] += sum(a.body["deleted"] for a in others)
     result["workers"] = 1 + len(others)
     return web.json_response(result)
 
 
-async def reload(request: web.Request) -> web.Response:
+async def reload(request: web.Request, rid: str) -> web.Response:
     gw = request.app[GATEWAY]
     who = gw.runtime.access.require_admin(request)
     relayed = _relayed(request)
@@ -89,7 +89,7 @@ async def reload(request: web.Request) -> web.Response:
         def agree(answer: PeerAnswer) -> bool:
             return answer.body.get("digest") == cfg.digest  # every worker on the same text
 
-        others = await _relay(request, cfg.source.encode(), "application/yaml", agree)
+        others = await _relay(request, rid, cfg.source.encode(), "application/yaml", agree)
     return web.json_response(
         {"status": "reloaded", "digest": cfg.digest, "routes": len(cfg.routes), "workers": 1 + len(others)}
     )

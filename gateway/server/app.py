@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
@@ -40,7 +41,6 @@ def build_app(
     gateway = Gateway(cfg, registry=registry, env=env, host=host)
     # the body limit is enforced per route by the proxy; aiohttp's own cap is the outer guard
     app = web.Application(
-        middlewares=[middleware.frame],
         client_max_size=max(cfg.server.max_body_bytes * 2, 1 << 20),
         # aiohttp closes a connection whose request headers are not complete (or that sits idle)
         # this long after connecting or answering: slowloris clients do not hold sockets forever
@@ -56,19 +56,21 @@ def build_app(
         },
     )
     app[GATEWAY] = gateway
-    app.on_response_prepare.append(stable.downstream_headers)
-    app.router.add_get("/healthz", endpoints.healthz)
-    app.router.add_get("/readyz", endpoints.readyz)
-    app.router.add_get("/metrics", endpoints.metrics)
-    app.router.add_post("/admin/reload", admin.reload)
-    app.router.add_post("/admin/cache/purge", admin.cache_purge)
-    app.router.add_get("/openapi.json", endpoints.openapi)
-    app.router.add_get("/status", endpoints.status_page)
+    # no aiohttp middleware: each handler is framed (request id, checks, JSON errors) by gateway.server.middleware
+    own = functools.partial(middleware.own, gateway)
+    app.router.add_get("/healthz", own(endpoints.healthz))
+    app.router.add_get("/readyz", own(endpoints.readyz))
+    app.router.add_get("/metrics", own(endpoints.metrics))
+    app.router.add_post("/admin/reload", own(admin.reload))
+    app.router.add_post("/admin/cache/purge", own(admin.cache_purge))
+    app.router.add_get("/openapi.json", own(endpoints.openapi))
+    app.router.add_get("/status", own(endpoints.status_page))
     if probes:
         app.cleanup_ctx.append(endpoints.background_probes)
     if watch is not None:
         app.cleanup_ctx.append(watch_routes(gateway, watch))
-    app.router.add_route("*", "/{tail:.*}", stable.dispatch)
+    # every other path: matched without a regular expression, after the own paths (aiohttp's index)
+    app.router.register_resource(stable.StableResource(middleware.stable(gateway, stable.dispatcher(gateway))))
 
     async def _start_shared(_app: web.Application) -> None:
         await gateway.shared.start()  # the shared-state heartbeat, for as long as the app runs

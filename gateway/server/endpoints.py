@@ -17,11 +17,11 @@ from gateway.pipeline.conventions import compress_large
 from gateway.server.state import GATEWAY
 
 
-async def healthz(request: web.Request) -> web.Response:
+async def healthz(request: web.Request, rid: str) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-async def readyz(request: web.Request) -> web.Response:
+async def readyz(request: web.Request, rid: str) -> web.Response:
     cfg = request.app[GATEWAY].runtime.config
     return web.json_response(
         # pid: which worker answered, with gateway serve --workers N
@@ -29,7 +29,7 @@ async def readyz(request: web.Request) -> web.Response:
     )
 
 
-async def metrics(request: web.Request) -> web.Response:
+async def metrics(request: web.Request, rid: str) -> web.Response:
     registry = request.app[GATEWAY].registry
     # gateway serve --workers N: every worker's values, whichever worker answers
     body = workers.scrape(registry) if workers.multiprocess_enabled() else generate_latest(registry)
@@ -38,7 +38,7 @@ async def metrics(request: web.Request) -> web.Response:
     return resp
 
 
-async def status_page(request: web.Request) -> web.Response:
+async def status_page(request: web.Request, rid: str) -> web.Response:
     gw = request.app[GATEWAY]
     if not gw.runtime.access.open:
         # route health, upstream errors and credential expiry are for operators once scripts need keys
@@ -74,7 +74,7 @@ async def background_probes(app: web.Application) -> AsyncIterator[None]:
     gw.prober.stopped()
 
 
-async def openapi(request: web.Request) -> web.Response:
+async def openapi(request: web.Request, rid: str) -> web.Response:
     gw = request.app[GATEWAY]
     body = gw.openapi.get(gw.runtime.config)
     resp = web.Response(body=body, content_type="application/json", charset="utf-8")

@@ -35,7 +35,6 @@ from gateway.redact import Redactor, secret_values
 from gateway.routing import Router
 from gateway.session import SessionChecks
 from gateway.shared import SharedState
-from gateway.trace import RequestTrace
 from gateway.upstream import UpstreamClient
 from gateway.verdict import GoneCheck
 
@@ -181,6 +180,3 @@ class Gateway:
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
-REQUEST_ID = web.RequestKey("request_id", str)
-#: the request's record for its access line, made by the middleware and handed to the route's pipeline
-TRACE = web.RequestKey("trace", RequestTrace)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.methods import READS as _READS
+from gateway.trace import RequestTrace
 
 #: the request headers a client key arrives in (gateway.access.presented_key)
 KEY_HEADERS = ("Authorization", "X-API-Key")
@@ -33,3 +34,9 @@ def mark_private(request: web.Request, resp: web.StreamResponse, *, keyed: bool,
             missing = [h for h in KEY_HEADERS if h.lower() not in have]
             if missing:
                 resp.headers["Vary"] = ", ".join([*filter(None, [resp.headers.get("Vary", "").strip()]), *missing])
+
+
+def mark_answer(request: web.Request, resp: web.StreamResponse, trace: RequestTrace | None) -> None:
+    """``mark_private`` for a stable route's answer (streams: before ``prepare``); nothing when no route matched."""
+    if trace is not None and trace.route is not None:
+        mark_private(request, resp, keyed=trace.keyed, no_store=trace.no_store)
