@@ -3,7 +3,7 @@
 Expiry is kept by the entries themselves (``fresh_until``/``stale_until``) rather than
 by a cachetools ``TTLCache``, which would drop an entry the moment it goes stale and
 leave nothing to serve when the upstream then fails.  The bound is on bytes: a
-least-recently-used dict (``ByteLRU``) that counts each entry's size, so a few huge
+cachetools ``LRUCache`` that counts each entry's size, so a few huge
 aggregated responses cannot hold more memory than ``cache.max_bytes``.
 """
 
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from cachetools import LRUCache
 from multidict import CIMultiDict
 
 from gateway.cache.policy import CacheKey, under
@@ -111,61 +112,15 @@ class Backend(Protocol):
     async def close(self) -> None: ...
 
 
-class ByteLRU:
-    """Entries by key text in least-recently-used order (a dict's order: a hit moves its key to the end),
-    bounded by the sum of their sizes.
-
-    Instead of cachetools' ``LRUCache``, whose every read is several Python-level calls
-    (a tenth of a cache hit's work); the semantics used here are the same.
-    """
-
-    def __init__(self, maxsize: int) -> None:
-        self.maxsize = maxsize
-        self.currsize = 0
-        self._items: dict[str, tuple[CacheKey, Entry, int]] = {}
-
-    def get(self, text: str) -> tuple[CacheKey, Entry, int] | None:
-        items = self._items
-        item = items.pop(text, None)
-        if item is not None:
-            items[text] = item  # now the most recently used
-        return item
-
-    def put(self, text: str, item: tuple[CacheKey, Entry, int]) -> None:
-        """Store ``item`` (its size is ``item[2]``, at most ``maxsize``), dropping the least recently used to fit."""
-        items = self._items
-        old = items.pop(text, None)
-        if old is not None:
-            self.currsize -= old[2]
-        while items and self.currsize + item[2] > self.maxsize:
-            oldest = next(iter(items))
-            self.currsize -= items.pop(oldest)[2]
-        items[text] = item
-        self.currsize += item[2]
-
-    def pop(self, text: str) -> None:
-        item = self._items.pop(text, None)
-        if item is not None:
-            self.currsize -= item[2]
-
-    def items(self) -> list[tuple[str, tuple[CacheKey, Entry, int]]]:
-        return list(self._items.items())
-
-    def clear(self) -> None:
-        self._items.clear()
-        self.currsize = 0
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
 class MemoryBackend:
     """One process's cache: entries in a byte-bounded LRU, markers in a count-bounded dict."""
 
     name = "memory"
 
     def __init__(self, max_bytes: int, max_markers: int = 50_000) -> None:
-        self._entries = ByteLRU(max_bytes)
+        self._entries: LRUCache[str, tuple[CacheKey, Entry, int]] = LRUCache(
+            maxsize=max_bytes, getsizeof=lambda item: item[2]
+        )
         self._markers: dict[str, int] = {}
         self._max_markers = max_markers
         #: markers forgotten to stay bounded read as this (never older than what they held)
@@ -186,10 +141,10 @@ class MemoryBackend:
         size = entry.size(key)
         if size > self._entries.maxsize:
             return
-        self._entries.put(key.text, (key, entry, size))
+        self._entries[key.text] = (key, entry, size)
 
     async def discard(self, key: CacheKey) -> None:
-        self._entries.pop(key.text)
+        self._entries.pop(key.text, None)
 
     async def invalidate(self, markers: Sequence[str], keep_for: float) -> None:
         self._seq += 1
@@ -203,11 +158,11 @@ class MemoryBackend:
     async def purge(self, route: str | None, prefix: str | None) -> int:
         doomed = [
             text
-            for text, (key, _, _) in self._entries.items()
+            for text, (key, _, _) in list(self._entries.items())
             if (route is None or key.route == route) and (prefix is None or under(key.path, prefix))
         ]
         for text in doomed:
-            self._entries.pop(text)
+            self._entries.pop(text, None)
         return len(doomed)
 
     def usage(self) -> tuple[int, int] | None:

@@ -260,7 +260,7 @@ class Route:
     shape: ShapeSpec | None = None
     #: what hands a request over to the next target: upstream statuses, and "shape" (gateway.fallback)
     fallback_on: frozenset[int | str] = DEFAULT_FALLBACK_ON
-    #: answers say ``Cache-Control: no-store`` rather than ``private`` (gateway.cache.downstream)
+    #: answers say ``Cache-Control: no-store`` rather than ``private`` (gateway.downstream)
     no_store: bool = False
 
     @property
