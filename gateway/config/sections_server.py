@@ -22,23 +22,19 @@ from gateway.config.model_upstream import (
     Upstream,
 )
 from gateway.config.node import _closest, _Node
-from gateway.config.schema import fields_of, required_of, validate
+from gateway.config.schema import fields_of, validate
 from gateway.config.spec_route import RouteCacheSpec
 from gateway.config.spec_types import SecretSourceSpec
 from gateway.config.spec_upstream import AuthSpec as AuthSectionSpec
 from gateway.config.spec_upstream import (
-    BreakerSpec,
     CacheSpec,
     RedisSpec,
-    RequestBudgetSpec,
-    RetriesSpec,
     ServerSpec,
     SessionCheckSpec,
-    TimeoutsSpec,
     UpstreamSpec,
 )
 from gateway.config.spec_upstream import ExpirySpec as ExpirySectionSpec
-from gateway.config.values import _HEADER_NAME, _NAME, parse_size
+from gateway.config.values import _HEADER_NAME, _NAME
 
 
 def _cache_settings(node: _Node | None) -> CacheSettings:
@@ -163,80 +159,38 @@ def secret_of(spec: SecretSourceSpec | list[SecretSourceSpec]) -> Secret:
 
 
 def _upstream(name: str, node: _Node) -> Upstream | None:
+    """An upstream: its keys and types by its pydantic model (the base URL, limits, timeouts, retries,
+    breaker, budget); ``auth:`` on its own (see :func:`_auth`); header names, as keys, by hand."""
     if not _NAME.match(name):
         node.error("upstream names use letters, digits, '_', '-' and '.'")
-    node.keys(fields_of(UpstreamSpec), required_of(UpstreamSpec))
-    base_url: URL | None = None
-    if (b := node.get("base_url")) is not None and (s := b.string("a URL")) is not None:
-        try:
-            base_url = URL(s)
-        except ValueError as exc:
-            b.error(f"not a URL: {exc}")
-        else:
-            if base_url.scheme not in ("http", "https") or not base_url.host:
-                b.error(f"{s!r} is not an absolute http(s) URL")
-                base_url = None
-            elif base_url.query_string or base_url.fragment:
-                b.error("base_url cannot carry a query or fragment (credentials never go in URLs)")
-                base_url = None
-    timeouts = Timeouts()
-    if (t := node.get("timeouts")) is not None and (ts := validate(t, TimeoutsSpec)) is not None:
-        timeouts = Timeouts(**ts.model_dump())
-    headers: list[tuple[str, str]] = []
-    if (h := node.get("headers")) is not None and h.is_map():
-        for hk, hn in h.items():
-            if not _HEADER_NAME.match(hk):
-                hn.error(f"{hk!r} is not a valid header name")
-            hv = hn.string("a header value")
-            if hv is not None:
-                if "\r" in hv or "\n" in hv:
-                    hn.error("header values cannot contain line breaks")
-                headers.append((hk, hv))
+    spec = validate(node, UpstreamSpec, hand={"auth"}, partial=True)
+    headers = node.get("headers")
+    for hk, hn in headers.items() if headers is not None else ():
+        if not _HEADER_NAME.match(hk):
+            hn.error(f"{hk!r} is not a valid header name")
     auth = _auth(node.get("auth"))
-
-    def intval(key: str, default: int, lo: int, hi: int | None = None) -> int:
-        n = node.get(key)
-        v = n.integer(lo, hi) if n is not None else None
-        return default if v is None else v
-
-    max_resp = 16 << 20  # the largest answer of the shipped routes is far smaller; see docs/security-memory.md
-    if (mr := node.get("max_response_bytes")) is not None:
-        got = mr.convert(parse_size)
-        max_resp = got if got is not None else max_resp
-    retries = _retries(node.get("retries"))
-    breaker = _breaker(node.get("circuit_breaker"))
-    budget = _request_budget(node.get("request_budget"))
-    if base_url is None:
+    if spec is None:  # a wrong base_url included: the others are reported already
         return None
+    ts, retries, breaker, budget = spec.timeouts, spec.retries, spec.circuit_breaker, spec.request_budget
     return Upstream(
         name=name,
-        base_url=base_url,
-        timeouts=timeouts,
-        headers=tuple(headers),
+        base_url=URL(spec.base_url),
+        timeouts=Timeouts(**ts.model_dump()) if ts is not None else Timeouts(),
+        headers=tuple((spec.headers or {}).items()),
         auth=auth,
-        max_connections=intval("max_connections", 100, 1),
-        concurrency=intval("concurrency", 4, 1, 64),
-        max_response_bytes=max_resp,
-        max_redirects=intval("max_redirects", 5, 0, 20),
-        retries=retries,
-        breaker=breaker,
-        budget=budget,
+        max_connections=_or(spec.max_connections, 100),
+        concurrency=_or(spec.concurrency, 4),
+        # the largest answer of the shipped routes is far smaller; see docs/security-memory.md
+        max_response_bytes=_or(spec.max_response_bytes, 16 << 20),
+        max_redirects=_or(spec.max_redirects, 5),
+        retries=RetryPolicy(**retries.model_dump()) if retries is not None else RetryPolicy(),
+        breaker=BreakerPolicy(**breaker.model_dump()) if breaker is not None else BreakerPolicy(),
+        budget=RequestBudget(tuple(budget.limits), budget.max_wait) if budget is not None else RequestBudget(),
     )
 
 
-def _retries(node: _Node | None) -> RetryPolicy:
-    spec = validate(node, RetriesSpec) if node is not None else None
-    return RetryPolicy(**spec.model_dump()) if spec is not None else RetryPolicy()
-
-
-def _breaker(node: _Node | None) -> BreakerPolicy:
-    spec = validate(node, BreakerSpec) if node is not None else None
-    return BreakerPolicy(**spec.model_dump()) if spec is not None else BreakerPolicy()
-
-
-def _request_budget(node: _Node | None) -> RequestBudget:
-    spec = validate(node, RequestBudgetSpec) if node is not None else None
-    return RequestBudget(tuple(spec.limits), spec.max_wait) if spec is not None else RequestBudget()
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 def _auth(node: _Node | None) -> AuthSpec | None:

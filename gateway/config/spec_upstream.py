@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Self
 
-from pydantic import BeforeValidator, Field, ValidationInfo, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from yarl import URL
 
 from gateway.config.model import CacheSettings, ProbeSettings
 from gateway.config.model_upstream import BreakerPolicy, RequestBudget, RetryPolicy, Timeouts
@@ -151,16 +160,49 @@ class AuthSpec(Section):
     """How ``/status`` and the prober tell a live session from an expired one."""
 
 
+def _base_url(text: str) -> str:
+    """An absolute http(s) URL with no query: credentials never go in URLs."""
+    try:
+        url = URL(text)
+    except ValueError as exc:
+        raise ValueError(f"not a URL: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"{text!r} is not an absolute http(s) URL")
+    if url.query_string or url.fragment:
+        raise ValueError("base_url cannot carry a query or fragment (credentials never go in URLs)")
+    return text
+
+
+def _header_value(value: object) -> object:
+    """A number is its text (``X-Version: 2``); a line break would start a header of its own."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str) and ("\r" in value or "\n" in value):
+        raise ValueError("header values cannot contain line breaks")
+    return value
+
+
+#: a static header's value: text, or a number written bare
+HeaderValue = Annotated[
+    str,
+    BeforeValidator(_header_value),
+    Wording("a header value"),
+    WithJsonSchema({"type": ["string", "number"]}),
+]
+
+
 class UpstreamSpec(Section):
     """One upstream API: where it is, how it is called, and the credentials it takes."""
 
-    base_url: str = Field(json_schema_extra={"format": "uri"})
+    base_url: Annotated[str, AfterValidator(_base_url), Wording("an absolute http(s) URL")] = Field(
+        json_schema_extra={"format": "uri"}
+    )
     """The absolute http(s) URL every target path is appended to; no query (credentials never go in URLs)."""
     description: str | None = None
     """For people: shown in ``gateway routes``."""
     timeouts: TimeoutsSpec | None = None
     """How long one exchange may take."""
-    headers: dict[str, str] | None = None
+    headers: Annotated[dict[str, HeaderValue], Wording("a mapping of header name → value")] | None = None
     """Static, non-secret headers sent with every call (such as ``Origin``)."""
     auth: AuthSpec | None = None
     """Credentials: secrets from the environment or files, never inline."""
