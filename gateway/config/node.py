@@ -23,6 +23,7 @@ class _Ctx:
         self.expanded: set[int] = set()
 
     def add(self, line: int, key: str, message: str) -> None:
+        key = key or "(document)"  # the top level has no key path of its own
         # one problem per key: a follow-on error (an unset ${VAR} is then not a URL) is noise
         if any(p.key == key for p in self.problems):
             return
