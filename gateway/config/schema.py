@@ -137,6 +137,8 @@ def report(node: _Node, model: type[BaseModel], exc: ValidationError) -> None:
             if str(loc[-1]) in hinted.get(loc[:-1], set()):
                 continue
             where, message = _at(node, loc[:-1]), f"missing required key {loc[-1]!r}"
+            if (wording := _walk(model, loc)[1]) is not None and wording.choices:  # say what to choose from
+                message += f": {wording.text()}"
         elif kind == "extra_forbidden" and _walk(model, loc[:-1])[2]:
             # within a secret, a stray key may be the secret itself ({sk_live_...}): neither the
             # message nor the key path names it

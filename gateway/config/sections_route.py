@@ -132,7 +132,7 @@ _SOME_PAGINATION = Pagination(style="offset", items_path=("results",))
 def _params(node: _Node | None, path: PathTemplate | None) -> tuple[ParamSpec, ...]:
     """The ``params:`` section: each one's keys and types by its pydantic model (gateway.config.schema
     reports them at their line), then what a model cannot say: a default of the param's own type and enum."""
-    if node is None or not node.is_map():
+    if node is None or not isinstance(node.value, dict):  # not a mapping: told by the route's model
         return ()
     out: list[ParamSpec] = []
     path_names = path.names if path else frozenset()

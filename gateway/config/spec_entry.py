@@ -19,13 +19,14 @@ from gateway.config.spec_types import Free, Wording
 
 
 class RouteEntrySpec(RouteSpec):
-    """A route's own keys (stable, upstream, auth, validate, fallback_on, description, no_store) and its
-    targets as a list; params, pagination, response, cache, probe, shape and each target on their own."""
+    """A route's own keys (stable, upstream, auth, validate, fallback_on, description, no_store), its targets
+    as a list and its params as a mapping; pagination, response, cache, probe, shape, each target and each
+    param on their own."""
 
     stable: Annotated[str, BeforeValidator(_stable)] | None = None  # type: ignore[assignment]
     upstream: str | None = None  # type: ignore[assignment]
     targets: Annotated[list[Free], Field(min_length=1), TARGETS] | None = None  # type: ignore[assignment]
-    params: Free = None
+    params: Annotated[dict[str, Free], Wording("a mapping of param name → param")] | None = None
     pagination: Free = None
     response: Free = None
     cache: Free = None
