@@ -23,7 +23,7 @@ from gateway.config.model_upstream import (
 )
 from gateway.config.node import _closest, _Node
 from gateway.config.schema import fields_of, validate
-from gateway.config.spec_route import RouteCacheSpec
+from gateway.config.spec_route import RouteReadCacheSpec, RouteWriteCacheSpec
 from gateway.config.spec_types import SecretSourceSpec
 from gateway.config.spec_upstream import AuthSpec as AuthSectionSpec
 from gateway.config.spec_upstream import (
@@ -71,24 +71,32 @@ def _cache_settings(node: _Node | None) -> CacheSettings:
 def _route_cache(node: _Node | None, method: str | None, root: _Node) -> RouteCache | None:
     """A route's ``cache:``: freshness for reads, what else to drop for writes; ``false`` is off.
 
-    Keys and types by its pydantic model; here what spans keys: which keys reads and writes take,
-    a freshness longer than 0s, header names, and ``invalidates`` naming declared routes."""
+    Keys and types by its pydantic model, the read or the write one as the method is; here what spans
+    keys: a freshness longer than 0s, header names, and ``invalidates`` naming declared routes."""
     if node is None or node.value is False or method is None:  # no method: reported at `stable`, not here too
         return None
     reads = method in ("GET", "HEAD")
-    if not node.keys(fields_of(RouteCacheSpec) - {"invalidates"} if reads else {"invalidates"}):
-        if not reads and isinstance(node.value, dict) and set(node.value) & {"ttl", "stale_if_error"}:
-            node.error(f"{method} responses are never cached; a write route only lists what it 'invalidates'")
-        return None
-    spec = validate(node, RouteCacheSpec, partial=True)
+    spec: RouteReadCacheSpec | RouteWriteCacheSpec | None
+    spec = (
+        validate(node, RouteReadCacheSpec, partial=True) if reads else validate(node, RouteWriteCacheSpec, partial=True)
+    )
+    if not reads and isinstance(node.value, dict) and set(node.value) & {"ttl", "stale_if_error"}:
+        node.error(f"{method} responses are never cached; a write route only lists what it 'invalidates'")
     if spec is None:
         return None
     kw: dict[str, Any] = {}
+    if isinstance(spec, RouteWriteCacheSpec):
+        if spec.invalidates is not None:
+            _invalidates(node.child("invalidates"), spec.invalidates, root)
+            kw["invalidates"] = tuple(spec.invalidates)
+        return RouteCache(**kw)
     for key in ("ttl", "stale_if_error"):
         if (value := getattr(spec, key)) is not None:
             kw[key] = value
-    wrong = {k for k in ("ttl", "stale_if_error") if k in node.value and k not in kw}  # reported at the key
-    if reads and not wrong and not kw.get("ttl") and not kw.get("stale_if_error"):
+    # a freshness the model refused, or an unknown key (a misspelt one?), is reported already
+    unknown = set(node.value) - fields_of(RouteReadCacheSpec)
+    wrong = {k for k in ("ttl", "stale_if_error") if k in node.value and k not in kw} | unknown
+    if not wrong and not kw.get("ttl") and not kw.get("stale_if_error"):
         node.error("give a ttl (and/or stale_if_error) longer than 0s, or write cache: false")
     if spec.vary is not None:
         if not all(_HEADER_NAME.match(h) for h in spec.vary):
@@ -97,16 +105,17 @@ def _route_cache(node: _Node | None, method: str | None, root: _Node) -> RouteCa
             kw["vary"] = tuple(sorted({h.lower() for h in spec.vary}))
     if spec.private is not None:
         kw["private"] = spec.private
-    if spec.invalidates is not None:
-        inv = node.child("invalidates")
-        routes_node = root.get("routes")
-        declared = set(routes_node.value) if routes_node is not None and isinstance(routes_node.value, dict) else set()
-        for name in spec.invalidates:
-            if name not in declared:
-                hint = _closest(name, declared)
-                inv.error(f"no route named {name!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
-        kw["invalidates"] = tuple(spec.invalidates)
     return RouteCache(**kw)
+
+
+def _invalidates(node: _Node, names: list[str], root: _Node) -> None:
+    """The routes a write makes stale must be routes of this file."""
+    routes_node = root.get("routes")
+    declared = set(routes_node.value) if routes_node is not None and isinstance(routes_node.value, dict) else set()
+    for name in names:
+        if name not in declared:
+            hint = _closest(name, declared)
+            node.error(f"no route named {name!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
 
 
 def _check_buffer_cap(root: _Node, server: ServerSettings, upstreams: Mapping[str, Upstream]) -> None:

@@ -108,8 +108,8 @@ class ShapeSpec(Section):
     """Dotted field → JSON type (string, integer, number, boolean, array, object, null, any); ``a|b`` for several."""
 
 
-class RouteCacheSpec(Section):
-    """Reads: how long an answer stays fresh; writes: which routes' answers they make stale (cache.md)."""
+class RouteReadCacheSpec(Section):
+    """A read's cache: how long an answer stays fresh (cache.md)."""
 
     ttl: Duration | None = None
     """How long an answer is served from the cache."""
@@ -119,8 +119,18 @@ class RouteCacheSpec(Section):
     """Request headers that make answers differ."""
     private: bool | None = None
     """Cached per client key."""
+
+
+class RouteWriteCacheSpec(Section):
+    """A write's cache: which routes' answers it makes stale (writes are never cached)."""
+
     invalidates: list[str] | None = None
     """Writes only: routes whose cached answers this write drops."""
+
+
+# what the editor and the reference are told; a route is read by the read or the write one as its method is
+class RouteCacheSpec(RouteWriteCacheSpec, RouteReadCacheSpec):
+    """Reads: how long an answer stays fresh; writes: which routes' answers they make stale (cache.md)."""
 
 
 def _stable(value: object) -> object:
