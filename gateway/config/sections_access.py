@@ -28,7 +28,7 @@ from gateway.config.spec_access import AdminSpec, ClientKeySpec, ClientsSpec, Ra
 from gateway.config.spec_route import ProbeFromSpec
 from gateway.config.spec_route import ProbeSpec as ProbeSpecModel
 from gateway.config.spec_route import ShapeSpec as ShapeSpecModel
-from gateway.config.spec_upstream import ProbesSpec
+from gateway.config.spec_server import ProbesSpec
 from gateway.config.values import _NAME
 
 

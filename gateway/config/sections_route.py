@@ -1,4 +1,5 @@
-"""Section parser for one ``routes:`` entry: stable line, params, targets."""
+"""One ``routes:`` entry: its own keys by ``RouteEntrySpec``, its params and targets each by its model,
+then what spans the route (the params a template names, the upstream it names, pagination vs params)."""
 
 from __future__ import annotations
 

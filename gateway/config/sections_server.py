@@ -24,16 +24,11 @@ from gateway.config.model_upstream import (
 from gateway.config.node import _closest, _Node
 from gateway.config.schema import fields_of, validate
 from gateway.config.spec_route import RouteReadCacheSpec, RouteWriteCacheSpec
+from gateway.config.spec_server import CacheSpec, RedisSpec, ServerSpec
 from gateway.config.spec_types import SecretSourceSpec
 from gateway.config.spec_upstream import AuthSpec as AuthSectionSpec
-from gateway.config.spec_upstream import (
-    CacheSpec,
-    RedisSpec,
-    ServerSpec,
-    SessionCheckSpec,
-    UpstreamSpec,
-)
 from gateway.config.spec_upstream import ExpirySpec as ExpirySectionSpec
+from gateway.config.spec_upstream import SessionCheckSpec, UpstreamSpec
 from gateway.config.values import _HEADER_NAME, _NAME
 
 

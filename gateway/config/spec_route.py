@@ -18,6 +18,7 @@ from gateway.config.spec_access import AdminSpec, ClientsSpec
 from gateway.config.spec_calls import STABLE, TargetRef
 from gateway.config.spec_calls import PaginationSpec as PaginationSpec
 from gateway.config.spec_calls import ResponseSpec as ResponseSpec
+from gateway.config.spec_server import CacheSpec, ProbesSpec, ServerSpec
 from gateway.config.spec_types import (
     BY_KIND,
     LIST,
@@ -28,7 +29,7 @@ from gateway.config.spec_types import (
     Section,
     Wording,
 )
-from gateway.config.spec_upstream import CacheSpec, ProbesSpec, ServerSpec, UpstreamSpec
+from gateway.config.spec_upstream import UpstreamSpec
 from gateway.config.values import parse_request_line
 
 
