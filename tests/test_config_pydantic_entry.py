@@ -368,3 +368,18 @@ def test_the_editor_schema_describes_the_route_entry_upstream_and_document() -> 
         "routes.r.targets",
         "upstreams.api.max_connections",
     ]
+
+
+def test_the_root_cache_keeps_its_good_keys_for_the_backend_check() -> None:
+    # a wrong size does not hide that backend redis needs its URL
+    assert problems(doc(top="cache: {backend: redis, max_bytes: lots}\n")) == [
+        "routes.yaml:14: cache.max_bytes: 'lots' is not a size such as 1MiB or 64kb",
+        "routes.yaml:14: cache: backend 'redis' needs redis: {url: {env: VAR}}",
+    ]
+    # a wrong backend is told at its key, and not taken for memory (redis: would be 'only read with redis')
+    assert problems(doc(top="cache: {backend: redsi, redis: {url: {env: R}}}\n")) == [
+        "routes.yaml:14: cache.backend: expected 'memory' (this process), 'redis' (shared by every replica)"
+        " or 'auto' (redis when its URL is set)"
+    ]
+    settings = parse_config(doc(top="cache: {backend: redis, redis: {url: {env: R}, prefix: rg}}\n"), "x", {}).cache
+    assert (settings.backend, settings.redis_prefix) == ("redis", "rg")

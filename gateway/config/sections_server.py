@@ -36,15 +36,15 @@ def _cache_settings(node: _Node | None) -> CacheSettings:
     """The root ``cache:`` section; the memory backend when it is absent."""
     if node is None:
         return CacheSettings()
-    spec = validate(node, CacheSpec, hand={"redis"})  # redis: read on its own, as its use spans keys
-    if not isinstance(node.value, dict):
+    # redis: read on its own, as its use spans keys; the other keys' good ones still say which backend
+    spec = validate(node, CacheSpec, hand={"redis"}, partial=True)
+    if spec is None or not isinstance(node.value, dict):
         return CacheSettings()
-    kw: dict[str, Any] = {}
-    if spec is not None:
-        kw = {"enabled": spec.enabled, "backend": spec.backend, "max_bytes": spec.max_bytes}
-        # one entry can never exceed the whole cache
-        kw["max_entry_bytes"] = min(spec.max_entry_bytes, spec.max_bytes)
-    backend = node.value.get("backend", "memory")
+    kw: dict[str, Any] = {"enabled": spec.enabled, "backend": spec.backend, "max_bytes": spec.max_bytes}
+    # one entry can never exceed the whole cache
+    kw["max_entry_bytes"] = min(spec.max_entry_bytes, spec.max_bytes)
+    # a wrong backend is told at its key: then no backend is assumed for redis
+    backend = spec.backend if "backend" in spec.model_fields_set or "backend" not in node.value else None
     rn = node.get("redis")
     if backend in ("redis", "auto") and rn is None:
         node.error(f"backend '{backend}' needs redis: {{url: {{env: VAR}}}}")
