@@ -383,3 +383,12 @@ def test_the_root_cache_keeps_its_good_keys_for_the_backend_check() -> None:
     ]
     settings = parse_config(doc(top="cache: {backend: redis, redis: {url: {env: R}, prefix: rg}}\n"), "x", {}).cache
     assert (settings.backend, settings.redis_prefix) == ("redis", "rg")
+
+
+def test_a_document_that_is_not_a_mapping_is_named_by_its_kind() -> None:
+    assert problems(SECRET + "\n") == [
+        "routes.yaml:1: (document): expected a mapping with 'upstreams' and 'routes', got a string"
+    ]
+    assert problems("- 1\n") == [
+        "routes.yaml:1: (document): expected a mapping with 'upstreams' and 'routes', got a list"
+    ]
