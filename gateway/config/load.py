@@ -13,16 +13,13 @@ from gateway.config.errors import ConfigError, Problem
 from gateway.config.model import AccessSpec, Config, Route
 from gateway.config.model_upstream import Upstream
 from gateway.config.node import _Ctx, _interpolate, _kind, _Node
-from gateway.config.schema import fields_of, required_of
+from gateway.config.schema import validate
 from gateway.config.sections_access import _check_probe_samples, _check_route_overlaps, _keys, _probe_settings
 from gateway.config.sections_route import _route
 from gateway.config.sections_server import _cache_settings, _check_buffer_cap, _server, _upstream
-from gateway.config.spec_route import DocumentSpec
+from gateway.config.spec_entry import DocumentEntrySpec
 from gateway.config.yamlload import LocatedDict, _path_to, read_yaml, syntax_message
 from gateway.digest import digest
-
-#: the top-level sections (besides ``x-`` blocks, which only hold anchors)
-TOP_KEYS = fields_of(DocumentSpec)
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
@@ -48,26 +45,26 @@ def parse_config(text: str, file: str = "routes.yaml", env: Mapping[str, str] | 
         full = f"{where}.{key}" if where else key
         ctx.add(line, full, f"duplicate key {key!r} (YAML would silently keep only the last one)")
     if not isinstance(doc, LocatedDict):
-        ctx.add(1, "(document)", f"expected a mapping with 'upstreams' and 'routes', got {_kind(doc)}")
+        got = "a string" if isinstance(doc, str) else _kind(doc)  # a string is named by its kind only
+        ctx.add(1, "(document)", f"expected a mapping with 'upstreams' and 'routes', got {got}")
         raise ConfigError(ctx.problems)
     # ``x-`` blocks hold anchors for merge keys (``x-defaults: &d {...}`` then ``<<: *d``): not config
     for key in [k for k in doc if k.startswith("x-")]:
         del doc[key]
     doc = _interpolate(ctx, doc, "", 1)
     root = _Node(ctx, doc, "", 1)
-    root.keys(TOP_KEYS, required_of(DocumentSpec))
-    if (v := root.get("version")) is not None and v.value != 1:
-        v.error(f"unsupported version {v.value!r}; this gateway reads version 1")
+    # its own keys: version, and upstreams and routes as mappings of names; each section on its own
+    validate(root, DocumentEntrySpec)
     server = _server(root.get("server"))
     upstreams: dict[str, Upstream] = {}
-    if (node := root.get("upstreams")) is not None and node.is_map():
+    if (node := root.get("upstreams")) is not None:
         for name, un in node.items():
             up = _upstream(name, un)
             if up is not None:
                 upstreams[name] = up
     _check_buffer_cap(root, server, upstreams)
     routes: list[Route] = []
-    if (node := root.get("routes")) is not None and node.is_map():
+    if (node := root.get("routes")) is not None:
         for name, rn in node.items():
             r = _route(name, rn, upstreams, root)
             if r is not None:

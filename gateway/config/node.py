@@ -1,9 +1,11 @@
-"""Walking the document: a position with its key path and line, problems collected, ``${VAR}`` expanded."""
+"""Walking the document: a position with its key path and line, problems collected, ``${VAR}`` expanded.
+
+Its keys and values are read by the models (gateway.config.schema.validate); a node only says where."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any
 
@@ -23,6 +25,7 @@ class _Ctx:
         self.expanded: set[int] = set()
 
     def add(self, line: int, key: str, message: str) -> None:
+        key = key or "(document)"  # the top level has no key path of its own
         # one problem per key: a follow-on error (an unset ${VAR} is then not a URL) is noise
         if any(p.key == key for p in self.problems):
             return
@@ -40,7 +43,7 @@ def _line_of(container: Any, key: str | int, default: int = 0) -> int:
 
 
 class _Node:
-    """A position in the document: value, its key path and its line."""
+    """A position in the document: value, its key path and its line (where a model's error is told)."""
 
     __slots__ = ("ctx", "line", "path", "value")
 
@@ -59,33 +62,6 @@ class _Node:
         line = getattr(value, "line", 0) if isinstance(value, LocatedDict | LocatedList) else 0
         return _Node(self.ctx, value, sub, _line_of(self.value, key, line) or line or self.line)
 
-    def is_map(self, what: str = "a mapping") -> bool:
-        if not isinstance(self.value, dict):
-            self.error(f"expected {what}, got {_kind(self.value)}")
-            return False
-        return True
-
-    def keys(self, allowed: AbstractSet[str], required: AbstractSet[str] = frozenset()) -> bool:
-        """Reject unknown keys (with a did-you-mean) and report missing required ones."""
-        if not self.is_map():
-            return False
-        ok = True
-        suggested = set()
-        for k in self.value:
-            if k not in allowed:
-                hint = _closest(k, allowed)
-                suggested.add(hint)
-                self.child(k).error(
-                    f"unknown key {k!r}"
-                    + (f" (did you mean {hint!r}?)" if hint else "")
-                    + f"; allowed: {', '.join(sorted(allowed))}"
-                )
-                ok = False
-        for k in sorted(required - set(self.value) - suggested):  # a misspelt one is reported above, once
-            self.error(f"missing required key {k!r}")
-            ok = False
-        return ok
-
     def items(self) -> Iterator[tuple[str, _Node]]:
         if isinstance(self.value, dict):
             for k in self.value:
@@ -95,38 +71,6 @@ class _Node:
         if isinstance(self.value, dict) and key in self.value:
             return self.child(key)
         return None
-
-    def string(self, what: str = "a string") -> str | None:
-        if isinstance(self.value, bool) or not isinstance(self.value, str | int | float):
-            self.error(f"expected {what}, got {_kind(self.value)}")
-            return None
-        return str(self.value)
-
-    def integer(self, lo: int | None = None, hi: int | None = None) -> int | None:
-        v = self.value
-        if isinstance(v, bool) or not isinstance(v, int):
-            self.error(f"expected an integer, got {_kind(v)}")
-            return None
-        if lo is not None and v < lo:
-            self.error(f"must be at least {lo}, got {v}")
-            return None
-        if hi is not None and v > hi:
-            self.error(f"must be at most {hi}, got {v}")
-            return None
-        return v
-
-    def boolean(self) -> bool | None:
-        if not isinstance(self.value, bool):
-            self.error(f"expected true or false, got {_kind(self.value)}")
-            return None
-        return self.value
-
-    def convert(self, fn: Callable[[Any], Any]) -> Any:
-        try:
-            return fn(self.value)
-        except ValueError as exc:
-            self.error(str(exc))
-            return None
 
 
 def _kind(v: Any) -> str:

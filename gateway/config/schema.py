@@ -75,13 +75,27 @@ def _relax(node: Any) -> None:
         node["anyOf"] = [plain, _INTERPOLATED]
 
 
-def validate(node: _Node, model: type[M], hand: AbstractSet[str] = frozenset(), *, partial: bool = False) -> M | None:
+def validate(
+    node: _Node,
+    model: type[M],
+    hand: AbstractSet[str] = frozenset(),
+    *,
+    partial: bool = False,
+    required: AbstractSet[str] = frozenset(),
+) -> M | None:
     """Parse one section with its model; every error becomes a problem at its own key and line.
 
     ``hand`` names keys read on their own (by their own model, or by hand), left out of this one.
     ``partial``: where some keys are wrong, the section of the other keys (None if that fails too), so
     the checks spanning keys still report on them: every problem of a file is listed at once. A key
-    holding a mapping of names (``params: {NAME: ...}``) loses only its wrong entries."""
+    holding a mapping of names (``params: {NAME: ...}``) loses only its wrong entries.
+    ``required``: keys the model leaves optional so that one wrong key keeps the others (``partial``),
+    told missing here as the model would tell them (not where an unknown key is taken for one)."""
+    if required and isinstance(node.value, dict):
+        allowed = fields_of(model)
+        hinted = {_closest(k, allowed) for k in node.value if k not in allowed}
+        for key in sorted(required - set(node.value) - hinted):
+            node.error(f"missing required key {key!r}")
     value = {k: v for k, v in node.value.items() if k not in hand} if isinstance(node.value, dict) else node.value
     try:
         return model.model_validate(value)
@@ -123,6 +137,8 @@ def report(node: _Node, model: type[BaseModel], exc: ValidationError) -> None:
             if str(loc[-1]) in hinted.get(loc[:-1], set()):
                 continue
             where, message = _at(node, loc[:-1]), f"missing required key {loc[-1]!r}"
+            if (wording := _walk(model, loc)[1]) is not None and wording.choices:  # say what to choose from
+                message += f": {wording.text()}"
         elif kind == "extra_forbidden" and _walk(model, loc[:-1])[2]:
             # within a secret, a stray key may be the secret itself ({sk_live_...}): neither the
             # message nor the key path names it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Sequence
 from typing import Any
 
 from gateway.config.model import (
@@ -27,7 +28,7 @@ from gateway.config.spec_access import AdminSpec, ClientKeySpec, ClientsSpec, Ra
 from gateway.config.spec_route import ProbeFromSpec
 from gateway.config.spec_route import ProbeSpec as ProbeSpecModel
 from gateway.config.spec_route import ShapeSpec as ShapeSpecModel
-from gateway.config.spec_upstream import ProbesSpec
+from gateway.config.spec_server import ProbesSpec
 from gateway.config.values import _NAME
 
 
@@ -207,30 +208,24 @@ def _shape(node: _Node | None, response: ResponseSpec, targets: list[Target]) ->
 
 
 def _fallback_on(
-    node: _Node | None, targets: int, response: ResponseSpec, shape: ShapeSpec | None
+    node: _Node | None,
+    spec: Sequence[int | str] | None,
+    targets: int,
+    response: ResponseSpec,
+    shape: ShapeSpec | None,
 ) -> frozenset[int | str]:
-    """``fallback_on: [404, 410, 400, shape]``: what hands a request over to the next target."""
+    """``fallback_on: [404, 410, 400, shape]`` (its entries read by ``RouteSpec``): what hands a request
+    over to the next target; here what spans the route: a next target, and a shape to judge by."""
     if node is None:
         return DEFAULT_FALLBACK_ON
-    if not isinstance(node.value, list) or not node.value:
-        node.error("expected a non-empty list of upstream statuses (400-599) and/or 'shape'")
-        return frozenset()
-    out: set[int | str] = set()
-    for i, value in enumerate(node.value):
-        item = node.child(i)
-        if value == "shape":
-            if response.raw and shape is None:
-                item.error("a raw response is passed through unchecked; declare 'shape:' for 'shape' to mean anything")
-            out.add("shape")
-        elif isinstance(value, int) and not isinstance(value, bool) and 400 <= value <= 599:
-            if value in (401, 403, 429):
-                item.error(f"{value} is about the gateway's credential or pace, which another target shares")
-            out.add(value)
-        else:
-            item.error(f"expected an upstream status from 400 to 599 or 'shape', got {value!r}")
+    for i, value in enumerate(spec or ()):
+        if value == "shape" and response.raw and shape is None:
+            node.child(i).error(
+                "a raw response is passed through unchecked; declare 'shape:' for 'shape' to mean anything"
+            )
     if targets == 1:
         node.error("the route has one target: there is no next target to hand over to")
-    return frozenset(out)
+    return frozenset(spec or ())
 
 
 def _probe_settings(node: _Node | None) -> ProbeSettings:

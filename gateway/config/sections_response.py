@@ -6,10 +6,10 @@ import re
 from typing import Any
 
 from gateway.config.model import FieldExpr, KeepOtherFields, Pagination, ResponseSpec
-from gateway.config.node import _kind, _Node
+from gateway.config.node import _Node
 from gateway.config.pagination_keys import STYLE_KEYS, check_pagination
 from gateway.config.schema import validate
-from gateway.config.spec_calls import STYLES, FieldSpec, PaginationSpec
+from gateway.config.spec_calls import FieldSpec, PaginationSpec
 from gateway.config.spec_calls import ResponseSpec as ResponseSpecModel
 from gateway.config.values import _HEADER_NAME
 
@@ -23,20 +23,14 @@ def _plain(v: Any) -> Any:
 
 
 def _pagination(node: _Node | None) -> Pagination | None:
-    """The ``pagination:`` section: ``style`` first (its message explains the styles), then the keys and
-    types by the pydantic model, then which keys each style takes (``STYLE_KEYS``) and the dotted paths."""
+    """The ``pagination:`` section: the keys and types by the pydantic model (``style`` with its styles
+    explained), then which keys each style takes (``STYLE_KEYS``) and the dotted paths."""
     if node is None:
         return None
-    if not node.is_map():
-        node.error(f"expected a mapping, got {_kind(node.value)}")
-        return None
-    style = node.value.get("style")
-    if style not in STYLE_KEYS:
-        (node.get("style") or node).error(f"expected {STYLES.text()}")
-        return None
     spec = validate(node, PaginationSpec, partial=True)
-    if spec is None:
+    if spec is None or not isinstance(node.value, dict):  # a wrong style included: nothing to check keys against
         return None
+    style = spec.style
     ok = len(spec.model_fields_set) == len(node.value)  # a key the model refused is reported already
     every = set().union(*STYLE_KEYS.values())
     for key in node.value:

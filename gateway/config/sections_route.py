@@ -1,4 +1,5 @@
-"""Section parser for one ``routes:`` entry: stable line, params, targets."""
+"""One ``routes:`` entry: its own keys by ``RouteEntrySpec``, its params and targets each by its model,
+then what spans the route (the params a template names, the upstream it names, pagination vs params)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ from typing import Any, Literal
 
 from gateway.config.model import BodySpec, Pagination, ParamSpec, PathTemplate, Route, Target, Template
 from gateway.config.model_upstream import Upstream
-from gateway.config.names import VALIDATOR_NAMES
 from gateway.config.node import _closest, _kind, _Node
-from gateway.config.schema import fields_of, required_of, validate
+from gateway.config.schema import required_of, validate
 from gateway.config.sections_access import _fallback_on, _probe, _shape
 from gateway.config.sections_response import _pagination, _plain, _response
 from gateway.config.sections_server import _route_cache
 from gateway.config.spec_calls import TargetSpec
+from gateway.config.spec_entry import RouteEntrySpec
 from gateway.config.spec_route import ParamSpec as ParamSpecModel
 from gateway.config.spec_route import RouteSpec
 from gateway.config.values import _NAME, _PARAM, parse_path, parse_request_line, parse_template
@@ -42,36 +43,29 @@ def _check_path_template(node: _Node, tpl: PathTemplate, stable: bool) -> None:
 
 
 def _route(name: str, node: _Node, upstreams: dict[str, Upstream], root: _Node) -> Route | None:
+    """A route: its own keys by ``RouteEntrySpec``, each section by its own model, then what spans them."""
     ctx = node.ctx
     problems_before = len(ctx.problems)  # an earlier route's problem must not drop this one
     if not _NAME.match(name):
         node.error("route names use letters, digits, '_', '-' and '.' (they become metric labels)")
-    if not node.keys(fields_of(RouteSpec), required_of(RouteSpec)) and not isinstance(node.value, dict):
+    spec = validate(node, RouteEntrySpec, partial=True, required=required_of(RouteSpec))
+    if spec is None:  # not a mapping
         return None
     method = path_raw = None
-    if (s := node.get("stable")) is not None and (text := s.string("'METHOD /path'")) is not None:
-        parsed = _stable_line(s, text)
-        if parsed:
-            method, path_raw = parsed
+    if spec.stable is not None:
+        method, path_raw = parse_request_line(spec.stable)
     stable_path = parse_path(path_raw) if path_raw else None
-    if stable_path is not None and s is not None:
-        _check_path_template(s, stable_path, stable=True)
-    upstream_name = None
-    if (u := node.get("upstream")) is not None and (un := u.string()) is not None:
+    if stable_path is not None:
+        _check_path_template(node.child("stable"), stable_path, stable=True)
+    if spec.upstream is not None:
         all_declared = root.get("upstreams")
         declared = set(all_declared.value) if all_declared and isinstance(all_declared.value, dict) else set()
-        if un not in declared:
-            hint = _closest(un, declared)
-            u.error(f"no upstream named {un!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
-        upstream_name = un
-    auth = True
-    if (a := node.get("auth")) is not None:
-        if a.value in ("none", False):
-            auth = False
-        elif a.value in ("required", True):
-            auth = True
-        else:
-            a.error("expected 'required' or 'none'")
+        if spec.upstream not in declared:
+            hint = _closest(spec.upstream, declared)
+            node.child("upstream").error(
+                f"no upstream named {spec.upstream!r}" + (f" (did you mean {hint!r}?)" if hint else "")
+            )
+    auth = spec.auth not in ("none", False)
     params_node = node.get("params")
     params = _params(params_node, stable_path)
     path_names = stable_path.names if stable_path else _names_in(node.get("stable"))
@@ -94,47 +88,35 @@ def _route(name: str, node: _Node, upstreams: dict[str, Upstream], root: _Node) 
         where = params_node.child(fan[0].name).child("fan_out") if params_node is not None else node
         where.error("fan_out merges streams by their 'before' field; it needs pagination style 'before'")
     targets: list[Target] = []
-    if (tn := node.get("targets")) is not None:
-        if not isinstance(tn.value, list) or not tn.value:
-            tn.error("expected a non-empty list of upstream targets")
-        else:
-            for i in range(len(tn.value)):
-                t = _target(tn.child(i), known, method or "GET", paged, fan)
-                if t is not None:
-                    targets.append(t)
+    for i in range(len(spec.targets or ())):
+        t = _target(node.child("targets").child(i), known, method or "GET", paged, fan)
+        if t is not None:
+            targets.append(t)
     response = _response(node.get("response"), known, paged)
-    validate = None
-    if (v := node.get("validate")) is not None and (vn := v.string()) is not None:
-        if vn not in VALIDATOR_NAMES:
-            v.error(f"unknown validator {vn!r}; known: {', '.join(sorted(VALIDATOR_NAMES))}")
-        validate = vn
     cache = _route_cache(node.get("cache"), method, root)
     probe = _probe(node.get("probe"), method, stable_path, params, paged)
     shape = _shape(node.get("shape"), response, targets)
-    fallback_on = _fallback_on(node.get("fallback_on"), len(targets), response, shape)
-    desc = ""
-    if (d := node.get("description")) is not None:
-        desc = d.string() or ""
-    if len(ctx.problems) > problems_before or method is None or stable_path is None or upstream_name is None:
+    fallback_on = _fallback_on(node.get("fallback_on"), spec.fallback_on, len(targets), response, shape)
+    if len(ctx.problems) > problems_before or method is None or stable_path is None or spec.upstream is None:
         return None
     return Route(
         name=name,
         method=method,
         path=stable_path,
-        upstream=upstream_name,
+        upstream=spec.upstream,
         auth=auth,
         params=params,
         targets=tuple(targets),
         pagination=pagination,
         response=response,
-        validate=validate,
-        description=desc,
+        validate=spec.validate_,
+        description=spec.description or "",
         line=node.line,
         cache=cache,
         probe=probe,
         shape=shape,
         fallback_on=fallback_on,
-        no_store=bool((n := node.get("no_store")) is not None and n.boolean()),
+        no_store=bool(spec.no_store),
     )
 
 
@@ -151,7 +133,7 @@ _SOME_PAGINATION = Pagination(style="offset", items_path=("results",))
 def _params(node: _Node | None, path: PathTemplate | None) -> tuple[ParamSpec, ...]:
     """The ``params:`` section: each one's keys and types by its pydantic model (gateway.config.schema
     reports them at their line), then what a model cannot say: a default of the param's own type and enum."""
-    if node is None or not node.is_map():
+    if node is None or not isinstance(node.value, dict):  # not a mapping: told by the route's model
         return ()
     out: list[ParamSpec] = []
     path_names = path.names if path else frozenset()

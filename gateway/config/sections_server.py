@@ -22,38 +22,29 @@ from gateway.config.model_upstream import (
     Upstream,
 )
 from gateway.config.node import _closest, _Node
-from gateway.config.schema import fields_of, required_of, validate
-from gateway.config.spec_route import RouteCacheSpec
+from gateway.config.schema import fields_of, validate
+from gateway.config.spec_route import RouteReadCacheSpec, RouteWriteCacheSpec
+from gateway.config.spec_server import CacheSpec, RedisSpec, ServerSpec
 from gateway.config.spec_types import SecretSourceSpec
 from gateway.config.spec_upstream import AuthSpec as AuthSectionSpec
-from gateway.config.spec_upstream import (
-    BreakerSpec,
-    CacheSpec,
-    RedisSpec,
-    RequestBudgetSpec,
-    RetriesSpec,
-    ServerSpec,
-    SessionCheckSpec,
-    TimeoutsSpec,
-    UpstreamSpec,
-)
 from gateway.config.spec_upstream import ExpirySpec as ExpirySectionSpec
-from gateway.config.values import _HEADER_NAME, _NAME, parse_size
+from gateway.config.spec_upstream import SessionCheckSpec, UpstreamSpec
+from gateway.config.values import _HEADER_NAME, _NAME
 
 
 def _cache_settings(node: _Node | None) -> CacheSettings:
     """The root ``cache:`` section; the memory backend when it is absent."""
     if node is None:
         return CacheSettings()
-    spec = validate(node, CacheSpec, hand={"redis"})  # redis: read on its own, as its use spans keys
-    if not isinstance(node.value, dict):
+    # redis: read on its own, as its use spans keys; the other keys' good ones still say which backend
+    spec = validate(node, CacheSpec, hand={"redis"}, partial=True)
+    if spec is None or not isinstance(node.value, dict):
         return CacheSettings()
-    kw: dict[str, Any] = {}
-    if spec is not None:
-        kw = {"enabled": spec.enabled, "backend": spec.backend, "max_bytes": spec.max_bytes}
-        # one entry can never exceed the whole cache
-        kw["max_entry_bytes"] = min(spec.max_entry_bytes, spec.max_bytes)
-    backend = node.value.get("backend", "memory")
+    kw: dict[str, Any] = {"enabled": spec.enabled, "backend": spec.backend, "max_bytes": spec.max_bytes}
+    # one entry can never exceed the whole cache
+    kw["max_entry_bytes"] = min(spec.max_entry_bytes, spec.max_bytes)
+    # a wrong backend is told at its key: then no backend is assumed for redis
+    backend = spec.backend if "backend" in spec.model_fields_set or "backend" not in node.value else None
     rn = node.get("redis")
     if backend in ("redis", "auto") and rn is None:
         node.error(f"backend '{backend}' needs redis: {{url: {{env: VAR}}}}")
@@ -75,24 +66,32 @@ def _cache_settings(node: _Node | None) -> CacheSettings:
 def _route_cache(node: _Node | None, method: str | None, root: _Node) -> RouteCache | None:
     """A route's ``cache:``: freshness for reads, what else to drop for writes; ``false`` is off.
 
-    Keys and types by its pydantic model; here what spans keys: which keys reads and writes take,
-    a freshness longer than 0s, header names, and ``invalidates`` naming declared routes."""
+    Keys and types by its pydantic model, the read or the write one as the method is; here what spans
+    keys: a freshness longer than 0s, header names, and ``invalidates`` naming declared routes."""
     if node is None or node.value is False or method is None:  # no method: reported at `stable`, not here too
         return None
     reads = method in ("GET", "HEAD")
-    if not node.keys(fields_of(RouteCacheSpec) - {"invalidates"} if reads else {"invalidates"}):
-        if not reads and isinstance(node.value, dict) and set(node.value) & {"ttl", "stale_if_error"}:
-            node.error(f"{method} responses are never cached; a write route only lists what it 'invalidates'")
-        return None
-    spec = validate(node, RouteCacheSpec, partial=True)
+    spec: RouteReadCacheSpec | RouteWriteCacheSpec | None
+    spec = (
+        validate(node, RouteReadCacheSpec, partial=True) if reads else validate(node, RouteWriteCacheSpec, partial=True)
+    )
+    if not reads and isinstance(node.value, dict) and set(node.value) & {"ttl", "stale_if_error"}:
+        node.error(f"{method} responses are never cached; a write route only lists what it 'invalidates'")
     if spec is None:
         return None
     kw: dict[str, Any] = {}
+    if isinstance(spec, RouteWriteCacheSpec):
+        if spec.invalidates is not None:
+            _invalidates(node.child("invalidates"), spec.invalidates, root)
+            kw["invalidates"] = tuple(spec.invalidates)
+        return RouteCache(**kw)
     for key in ("ttl", "stale_if_error"):
         if (value := getattr(spec, key)) is not None:
             kw[key] = value
-    wrong = {k for k in ("ttl", "stale_if_error") if k in node.value and k not in kw}  # reported at the key
-    if reads and not wrong and not kw.get("ttl") and not kw.get("stale_if_error"):
+    # a freshness the model refused, or an unknown key (a misspelt one?), is reported already
+    unknown = set(node.value) - fields_of(RouteReadCacheSpec)
+    wrong = {k for k in ("ttl", "stale_if_error") if k in node.value and k not in kw} | unknown
+    if not wrong and not kw.get("ttl") and not kw.get("stale_if_error"):
         node.error("give a ttl (and/or stale_if_error) longer than 0s, or write cache: false")
     if spec.vary is not None:
         if not all(_HEADER_NAME.match(h) for h in spec.vary):
@@ -101,16 +100,17 @@ def _route_cache(node: _Node | None, method: str | None, root: _Node) -> RouteCa
             kw["vary"] = tuple(sorted({h.lower() for h in spec.vary}))
     if spec.private is not None:
         kw["private"] = spec.private
-    if spec.invalidates is not None:
-        inv = node.child("invalidates")
-        routes_node = root.get("routes")
-        declared = set(routes_node.value) if routes_node is not None and isinstance(routes_node.value, dict) else set()
-        for name in spec.invalidates:
-            if name not in declared:
-                hint = _closest(name, declared)
-                inv.error(f"no route named {name!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
-        kw["invalidates"] = tuple(spec.invalidates)
     return RouteCache(**kw)
+
+
+def _invalidates(node: _Node, names: list[str], root: _Node) -> None:
+    """The routes a write makes stale must be routes of this file."""
+    routes_node = root.get("routes")
+    declared = set(routes_node.value) if routes_node is not None and isinstance(routes_node.value, dict) else set()
+    for name in names:
+        if name not in declared:
+            hint = _closest(name, declared)
+            node.error(f"no route named {name!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
 
 
 def _check_buffer_cap(root: _Node, server: ServerSettings, upstreams: Mapping[str, Upstream]) -> None:
@@ -163,80 +163,38 @@ def secret_of(spec: SecretSourceSpec | list[SecretSourceSpec]) -> Secret:
 
 
 def _upstream(name: str, node: _Node) -> Upstream | None:
+    """An upstream: its keys and types by its pydantic model (the base URL, limits, timeouts, retries,
+    breaker, budget); ``auth:`` on its own (see :func:`_auth`); header names, as keys, by hand."""
     if not _NAME.match(name):
         node.error("upstream names use letters, digits, '_', '-' and '.'")
-    node.keys(fields_of(UpstreamSpec), required_of(UpstreamSpec))
-    base_url: URL | None = None
-    if (b := node.get("base_url")) is not None and (s := b.string("a URL")) is not None:
-        try:
-            base_url = URL(s)
-        except ValueError as exc:
-            b.error(f"not a URL: {exc}")
-        else:
-            if base_url.scheme not in ("http", "https") or not base_url.host:
-                b.error(f"{s!r} is not an absolute http(s) URL")
-                base_url = None
-            elif base_url.query_string or base_url.fragment:
-                b.error("base_url cannot carry a query or fragment (credentials never go in URLs)")
-                base_url = None
-    timeouts = Timeouts()
-    if (t := node.get("timeouts")) is not None and (ts := validate(t, TimeoutsSpec)) is not None:
-        timeouts = Timeouts(**ts.model_dump())
-    headers: list[tuple[str, str]] = []
-    if (h := node.get("headers")) is not None and h.is_map():
-        for hk, hn in h.items():
-            if not _HEADER_NAME.match(hk):
-                hn.error(f"{hk!r} is not a valid header name")
-            hv = hn.string("a header value")
-            if hv is not None:
-                if "\r" in hv or "\n" in hv:
-                    hn.error("header values cannot contain line breaks")
-                headers.append((hk, hv))
+    spec = validate(node, UpstreamSpec, hand={"auth"}, partial=True)
+    headers = node.get("headers")
+    for hk, hn in headers.items() if headers is not None else ():
+        if not _HEADER_NAME.match(hk):
+            hn.error(f"{hk!r} is not a valid header name")
     auth = _auth(node.get("auth"))
-
-    def intval(key: str, default: int, lo: int, hi: int | None = None) -> int:
-        n = node.get(key)
-        v = n.integer(lo, hi) if n is not None else None
-        return default if v is None else v
-
-    max_resp = 16 << 20  # the largest answer of the shipped routes is far smaller; see docs/security-memory.md
-    if (mr := node.get("max_response_bytes")) is not None:
-        got = mr.convert(parse_size)
-        max_resp = got if got is not None else max_resp
-    retries = _retries(node.get("retries"))
-    breaker = _breaker(node.get("circuit_breaker"))
-    budget = _request_budget(node.get("request_budget"))
-    if base_url is None:
+    if spec is None:  # a wrong base_url included: the others are reported already
         return None
+    ts, retries, breaker, budget = spec.timeouts, spec.retries, spec.circuit_breaker, spec.request_budget
     return Upstream(
         name=name,
-        base_url=base_url,
-        timeouts=timeouts,
-        headers=tuple(headers),
+        base_url=URL(spec.base_url),
+        timeouts=Timeouts(**ts.model_dump()) if ts is not None else Timeouts(),
+        headers=tuple((spec.headers or {}).items()),
         auth=auth,
-        max_connections=intval("max_connections", 100, 1),
-        concurrency=intval("concurrency", 4, 1, 64),
-        max_response_bytes=max_resp,
-        max_redirects=intval("max_redirects", 5, 0, 20),
-        retries=retries,
-        breaker=breaker,
-        budget=budget,
+        max_connections=_or(spec.max_connections, 100),
+        concurrency=_or(spec.concurrency, 4),
+        # the largest answer of the shipped routes is far smaller; see docs/security-memory.md
+        max_response_bytes=_or(spec.max_response_bytes, 16 << 20),
+        max_redirects=_or(spec.max_redirects, 5),
+        retries=RetryPolicy(**retries.model_dump()) if retries is not None else RetryPolicy(),
+        breaker=BreakerPolicy(**breaker.model_dump()) if breaker is not None else BreakerPolicy(),
+        budget=RequestBudget(tuple(budget.limits), budget.max_wait) if budget is not None else RequestBudget(),
     )
 
 
-def _retries(node: _Node | None) -> RetryPolicy:
-    spec = validate(node, RetriesSpec) if node is not None else None
-    return RetryPolicy(**spec.model_dump()) if spec is not None else RetryPolicy()
-
-
-def _breaker(node: _Node | None) -> BreakerPolicy:
-    spec = validate(node, BreakerSpec) if node is not None else None
-    return BreakerPolicy(**spec.model_dump()) if spec is not None else BreakerPolicy()
-
-
-def _request_budget(node: _Node | None) -> RequestBudget:
-    spec = validate(node, RequestBudgetSpec) if node is not None else None
-    return RequestBudget(tuple(spec.limits), spec.max_wait) if spec is not None else RequestBudget()
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 def _auth(node: _Node | None) -> AuthSpec | None:

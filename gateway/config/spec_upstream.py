@@ -1,4 +1,4 @@
-"""The routes.yaml models of ``server:``, ``cache:``, ``probes:`` and ``upstreams:`` (pydantic v2).
+"""The routes.yaml models of ``upstreams:`` (pydantic v2); ``server:``, ``cache:``, ``probes:`` are spec_server's.
 
 The field docstrings are the configuration reference (docs/configuration.md) and the editor hints
 (routes.schema.json). Each section is read by its model through ``gateway.config.schema.validate``,
@@ -9,13 +9,19 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Self
 
-from pydantic import BeforeValidator, Field, ValidationInfo, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from yarl import URL
 
-from gateway.config.model import CacheSettings, ProbeSettings
 from gateway.config.model_upstream import BreakerPolicy, RequestBudget, RetryPolicy, Timeouts
 from gateway.config.node import _kind
 from gateway.config.spec_types import Duration, Rate, Ratio, SecretRef, Section, Size, Wording
-from gateway.config.values import _NAME
 
 
 class TimeoutsSpec(Section):
@@ -151,16 +157,49 @@ class AuthSpec(Section):
     """How ``/status`` and the prober tell a live session from an expired one."""
 
 
+def _base_url(text: str) -> str:
+    """An absolute http(s) URL with no query: credentials never go in URLs."""
+    try:
+        url = URL(text)
+    except ValueError as exc:
+        raise ValueError(f"not a URL: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"{text!r} is not an absolute http(s) URL")
+    if url.query_string or url.fragment:
+        raise ValueError("base_url cannot carry a query or fragment (credentials never go in URLs)")
+    return text
+
+
+def _header_value(value: object) -> object:
+    """A number is its text (``X-Version: 2``); a line break would start a header of its own."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str) and ("\r" in value or "\n" in value):
+        raise ValueError("header values cannot contain line breaks")
+    return value
+
+
+#: a static header's value: text, or a number written bare
+HeaderValue = Annotated[
+    str,
+    BeforeValidator(_header_value),
+    Wording("a header value"),
+    WithJsonSchema({"type": ["string", "number"]}),
+]
+
+
 class UpstreamSpec(Section):
     """One upstream API: where it is, how it is called, and the credentials it takes."""
 
-    base_url: str = Field(json_schema_extra={"format": "uri"})
+    base_url: Annotated[str, AfterValidator(_base_url), Wording("an absolute http(s) URL")] = Field(
+        json_schema_extra={"format": "uri"}
+    )
     """The absolute http(s) URL every target path is appended to; no query (credentials never go in URLs)."""
     description: str | None = None
     """For people: shown in ``gateway routes``."""
     timeouts: TimeoutsSpec | None = None
     """How long one exchange may take."""
-    headers: dict[str, str] | None = None
+    headers: Annotated[dict[str, HeaderValue], Wording("a mapping of header name → value")] | None = None
     """Static, non-secret headers sent with every call (such as ``Origin``)."""
     auth: AuthSpec | None = None
     """Credentials: secrets from the environment or files, never inline."""
@@ -178,153 +217,3 @@ class UpstreamSpec(Section):
     """Stop calling an upstream that keeps failing (default: no breaker)."""
     request_budget: RequestBudgetSpec | None = None
     """Outbound rate limits per credential (default: none)."""
-
-
-class ClientTimeoutsSpec(Section):
-    """How long a client may take to send its request."""
-
-    headers: Duration = 15.0
-    """The request line and headers; a slower client is cut off."""
-    body: Duration = 30.0
-    """The body; a late body is a 408."""
-
-    @field_validator("headers", "body")
-    @classmethod
-    def _longer_than_0(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError("must be longer than 0s")
-        return value
-
-
-class ServerSpec(Section):
-    """The gateway's own HTTP server: limits on what clients send and how many at once (security-*.md)."""
-
-    max_body_bytes: Size | None = None
-    """A larger request body is a 413 (default 1MiB)."""
-    max_concurrency: int | None = Field(None, ge=1, le=1_000_000)
-    """Stable requests served at once; more get 429 + Retry-After (default: no cap)."""
-    client_timeouts: ClientTimeoutsSpec | None = None
-    """Slow clients."""
-    cursor_key: SecretRef | None = None
-    """Signs ``next_cursor`` (default: derived from the upstream credentials and the config digest)."""
-    allowed_hosts: list[str] | None = None
-    """Host names answered besides IPs and loopback; a leading ``*.`` matches subdomains, ``*`` any host."""
-    max_connections: int | None = Field(None, ge=1, le=10_000_000)
-    """Open client connections (default: half the open-file limit); idle ones are closed first."""
-    max_connections_per_ip: int | None = Field(None, ge=1, le=10_000_000)
-    """Open client connections from one address (default: no cap)."""
-    max_buffered_bytes: Size | None = None
-    """Upstream answer bytes held by all requests at once; past it a 503 (default 64MiB)."""
-
-    @field_validator("allowed_hosts", mode="before")
-    @classmethod
-    def _host_names(cls, value: object) -> object:
-        if not isinstance(value, list) or not all(isinstance(h, str) and h.strip() for h in value):
-            raise ValueError("expected a list of host names (a leading '*.' matches subdomains; '*' any host)")
-        return value
-
-
-def _on_off(value: object) -> bool:
-    flag = value if isinstance(value, bool) else str(value).lower()
-    if flag in (True, "true", "on", "yes", "1"):
-        return True
-    if flag in (False, "false", "off", "no", "0"):
-        return False
-    raise ValueError(f"expected on or off, got {_kind(value)}")
-
-
-#: ``true``/``false``, or ``on``/``off`` (``yes``/``no``, ``1``/``0``): what ``${ROUTEGATE_CACHE}`` holds
-OnOff = Annotated[
-    bool,
-    BeforeValidator(_on_off),
-    WithJsonSchema({"anyOf": [{"type": "boolean"}, {"enum": ["on", "off", "true", "false", "yes", "no", "1", "0"]}]}),
-]
-
-
-class RedisSpec(Section):
-    """The shared cache store of ``backend: redis``."""
-
-    url: SecretRef
-    """The Redis URL (it may hold a password, so it is a secret)."""
-    prefix: str | None = None
-    """Prefix of every key (default ``routegate``)."""
-    timeout: Duration | None = None
-    """One Redis command; a slower one is a cache miss (default 250ms)."""
-    retry_after: Duration | None = None
-    """After a Redis failure, how long the cache is bypassed (default 1s)."""
-
-    @field_validator("prefix")
-    @classmethod
-    def _prefix(cls, value: str | None) -> str | None:
-        if value is not None and not _NAME.match(value):
-            raise ValueError("the key prefix uses letters, digits, '_', '-' and '.'")
-        return value
-
-    @field_validator("timeout", "retry_after")
-    @classmethod
-    def _longer_than_0(cls, value: float | None) -> float | None:
-        if value is not None and value <= 0:
-            raise ValueError("must be longer than 0s")
-        return value
-
-
-class CacheSpec(Section):
-    """The response cache (cache.md); routes opt in with their own ``cache:``."""
-
-    enabled: OnOff = CacheSettings().enabled
-    """On by default; usually ``${ROUTEGATE_CACHE:-on}``."""
-    backend: Literal["memory", "redis", "auto"] = CacheSettings().backend
-    """``memory`` (this process), ``redis`` (shared by every replica) or ``auto`` (redis when its URL
-    resolves, e.g. ``ROUTEGATE_REDIS_URL`` is set; else memory). Redis also shares budgets, limits,
-    hold-offs, breakers and probe results (scale-out.md)."""
-    max_bytes: Size = CacheSettings().max_bytes
-    """The whole cache."""
-    max_entry_bytes: Size = CacheSettings().max_entry_bytes
-    """One answer; a larger one is served but not cached (at most ``max_bytes``)."""
-    redis: RedisSpec | None = None
-    """With ``backend: redis`` or ``auto``: where."""
-
-    @field_validator("backend", mode="before")
-    @classmethod
-    def _backend(cls, value: object) -> object:
-        if value not in ("memory", "redis", "auto"):
-            raise ValueError(
-                "expected 'memory' (this process), 'redis' (shared by every replica)"
-                " or 'auto' (redis when its URL is set)"
-            )
-        return value
-
-    @field_validator("max_bytes", "max_entry_bytes")
-    @classmethod
-    def _one_byte(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError("must be at least 1 byte")
-        return value
-
-
-class ProbesSpec(Section):
-    """The background prober: every probed route is called once per ``interval`` (± ``jitter``)."""
-
-    enabled: bool = ProbeSettings().enabled
-    """Off: routes are probed only by ``gateway probe``."""
-    interval: Duration = ProbeSettings().interval
-    """How often each route is probed."""
-    jitter: Duration = ProbeSettings().jitter
-    """A random shift of each round, shorter than ``interval``."""
-    concurrency: int = Field(ProbeSettings().concurrency, ge=1, le=64)
-    """Probes running at once."""
-    timeout: Duration = ProbeSettings().timeout
-    """A probe taking longer is broken (``probe_timeout``)."""
-
-    @field_validator("interval", "timeout")
-    @classmethod
-    def _longer_than_0(cls, value: float, info: ValidationInfo) -> float:
-        if value <= 0:
-            raise ValueError(f"the {info.field_name} must be longer than 0s")
-        return value
-
-    @model_validator(mode="after")
-    def _jitter(self) -> Self:
-        if self.jitter >= self.interval:
-            raise ValueError(f"jitter ({self.jitter:g}s) must be shorter than the interval ({self.interval:g}s)")
-        return self
