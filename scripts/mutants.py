@@ -41,6 +41,16 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
         ["gateway/cache/policy.py"],
         ["tests/test_mutants_named.py", "tests/test_mutants_cache_policy.py", "tests/test_cache.py"],
     ),
+    # the per-route pipeline's composition and the call-level stack (issue 15 point 8: the stages that
+    # replace the proxy's call path)
+    "calls": (
+        ["gateway/pipeline/calls.py", "gateway/pipeline/stages.py", "gateway/pipeline/core.py",
+         "gateway/pipeline/__init__.py", "gateway/proxy/__init__.py", "gateway/proxy/targets.py",
+         "gateway/proxy/answer.py"],
+        ["tests/test_mutants_named.py", "tests/test_mutants_calls.py", "tests/test_call_stages.py",
+         "tests/test_pipeline.py", "tests/test_breakage.py", "tests/test_gateway.py",
+         "tests/test_target_pagination.py"],
+    ),
 }
 
 
