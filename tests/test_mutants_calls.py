@@ -66,7 +66,9 @@ routes:
 """
 
 
-async def _gateway(make_gateway: Any, aiohttp_server: Any) -> tuple[TestClient[Any, Any], FakeUpstream, CollectorRegistry]:
+async def _gateway(
+    make_gateway: Any, aiohttp_server: Any
+) -> tuple[TestClient[Any, Any], FakeUpstream, CollectorRegistry]:
     fake, _, url = await start_fake(aiohttp_server)
     registry = CollectorRegistry()
     gw = await make_gateway(YAML.format(url=url), env={"CALLS_TOKEN": TOKEN}, registry=registry)
@@ -346,8 +348,11 @@ async def test_a_next_link_off_the_targets_path_is_a_502_naming_the_route(
     """Kills (``_followed``): a link to a longer or shorter path taken for the target's (``rstrip`` of
     other characters), the error's code changed."""
     s = await _stack(make_gateway, aiohttp_server, tmp_path)
-    for route, path, link in (("feed", "/feed", "/feedX?page=2"), ("feedx", "/feedX", "/feed?page=2"),
-                              ("listed", "/list", "/other?page=2")):
+    for route, path, link in (
+        ("feed", "/feed", "/feedX?page=2"),
+        ("feedx", "/feedX", "/feed?page=2"),
+        ("listed", "/list", "/other?page=2"),
+    ):
         s.fake.script(path, _page([{"id": 1}], link))
         err = await _error(await s.gw.get(f"/v1/{route}?all=true"), 502)
         assert err["code"] == "pagination_bad_link" and err["route"] == route, err
@@ -367,7 +372,8 @@ async def test_an_exchange_that_fails_is_counted_timed_and_on_the_access_line(
     labels = {"upstream": "dead", "route": "dead"}
     outcomes = [
         (sample.labels["outcome"], sample.value)
-        for metric in s.registry.collect() if metric.name == "gateway_upstream_requests"
+        for metric in s.registry.collect()
+        if metric.name == "gateway_upstream_requests"
         for sample in metric.samples
         if sample.name.endswith("_total") and sample.labels["route"] == "dead"
     ]
@@ -383,12 +389,15 @@ async def test_an_exchange_that_fails_is_counted_timed_and_on_the_access_line(
     assert s.value("gateway_upstream_request_duration_seconds_count", upstream="keyless", route="keyless") is None
     assert not any(
         sample.labels.get("route") == "keyless"
-        for metric in s.registry.collect() if metric.name == "gateway_upstream_requests"
+        for metric in s.registry.collect()
+        if metric.name == "gateway_upstream_requests"
         for sample in metric.samples
     )
 
 
-async def test_a_retried_call_is_counted_under_its_route(make_gateway: Any, aiohttp_server: Any, tmp_path: Path) -> None:
+async def test_a_retried_call_is_counted_under_its_route(
+    make_gateway: Any, aiohttp_server: Any, tmp_path: Path
+) -> None:
     """Kills: the route's name not passed to the upstream client (its retries counted under no route)."""
     s = await _stack(make_gateway, aiohttp_server, tmp_path)
     s.fake.script("/retry", 503, 200)
@@ -444,7 +453,9 @@ async def test_a_cached_raw_answer_is_stored_whole_and_the_upstreams_no_store_is
     assert len(s.hits("/kept/b")) == 2  # the upstream said no-store: never kept
 
 
-async def test_a_write_drops_the_cached_read_of_what_it_wrote(make_gateway: Any, aiohttp_server: Any, tmp_path: Path) -> None:
+async def test_a_write_drops_the_cached_read_of_what_it_wrote(
+    make_gateway: Any, aiohttp_server: Any, tmp_path: Path
+) -> None:
     """Kills: the write's path params not passed to the invalidation."""
     s = await _stack(make_gateway, aiohttp_server, tmp_path)
     s.fake.script("/doc/d", Reply(200, b'{"v": 1}'), Reply(200, b'{"v": 2}'))
@@ -533,14 +544,17 @@ async def test_a_sample_call_that_fails_is_counted_and_the_404_stands(
     assert err["route"] == "item"
     kinds = {
         sample.labels["kind"]: sample.value
-        for metric in s.registry.collect() if metric.name == "gateway_upstream_errors"
+        for metric in s.registry.collect()
+        if metric.name == "gateway_upstream_errors"
         for sample in metric.samples
         if sample.name.endswith("_total") and sample.labels["route"] == "item"
     }
     assert kinds == {"reset": 1.0}, kinds
 
 
-async def test_probes_run_the_routes_call_with_its_sample(make_gateway: Any, aiohttp_server: Any, tmp_path: Path) -> None:
+async def test_probes_run_the_routes_call_with_its_sample(
+    make_gateway: Any, aiohttp_server: Any, tmp_path: Path
+) -> None:
     """Kills (``Proxy.probe``): the sample's query or the route dropped from the probe's exchange; a raw
     route's probe (no HTTP request) taken for a GET to stream."""
     s = await _stack(make_gateway, aiohttp_server, tmp_path)
