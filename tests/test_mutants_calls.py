@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
@@ -582,3 +583,139 @@ async def test_a_bad_query_never_echoes_a_secret_even_one_renewed_a_moment_ago(
     assert err["code"] == "bad_query" and err["route"] == "item"
     assert renewed not in json.dumps(err), err
     assert s.fake.hits == []  # bad input is never forwarded
+
+
+REPLICA = """
+{server}
+upstreams:
+  fake:
+    base_url: {url}
+    retries: {{attempts: 1}}
+    auth: {{bearer: {{env: REPLICA_TOKEN}}}}
+routes:
+  feed:
+    stable: GET /v1/feed
+    upstream: fake
+    pagination: {{style: next_url, next: next, items: results}}
+    targets: ["GET /feed"]
+"""
+
+
+async def test_a_cursor_is_signed_with_the_configured_key_else_one_derived_from_the_credentials(
+    make_gateway: Any, aiohttp_server: Any
+) -> None:
+    """Kills (``_cursor_secret``): ``server.cursor_key`` ignored (replicas holding other credentials refuse
+    each other's cursors), the derived key not taken from the upstreams' credentials (a gateway with
+    other credentials accepts the cursor)."""
+    fake, _, url = await start_fake(aiohttp_server)
+
+    async def replica(token: str, keyed: bool) -> TestClient[Any, Any]:
+        server = "server:\n  cursor_key: {env: REPLICA_CURSOR_KEY}" if keyed else ""
+        env = {"REPLICA_TOKEN": token, "REPLICA_CURSOR_KEY": "ck_" + "k" * 40}
+        gw: TestClient[Any, Any] = await make_gateway(REPLICA.format(server=server, url=url), env=env)
+        return gw
+
+    for keyed, other_token_accepts in ((True, True), (False, False)):
+        fake.script("/feed", _page([{"id": 1}], "/feed?page=2"), _page([{"id": 2}]))
+        first = await replica("tok_" + "a" * 30, keyed)
+        body = await (await first.get("/v1/feed?limit=1")).json()
+        cursor = body["next_cursor"]
+        assert cursor
+        same = await replica("tok_" + "a" * 30, keyed)
+        assert (await same.get("/v1/feed", params={"cursor": cursor})).status == 200
+        other = await replica("tok_" + "b" * 30, keyed)
+        resp = await other.get("/v1/feed", params={"cursor": cursor})
+        if other_token_accepts:
+            assert resp.status == 200, await resp.text()
+        else:
+            assert (await _error(resp, 400))["code"] == "bad_cursor"
+
+
+WIRE = """
+upstreams:
+  wire:
+    base_url: {url}
+    retries: {{attempts: 1}}
+  typed:
+    base_url: {url}
+    retries: {{attempts: 1}}
+    headers: {{Content-Type: application/merge-patch+json}}
+routes:
+  write:
+    stable: POST /v1/write
+    upstream: wire
+    auth: none
+    targets: ["POST /write"]
+  lookup:
+    stable: POST /v1/lookup
+    upstream: wire
+    auth: none
+    targets: ["GET /lookup"]
+  erase:
+    stable: DELETE /v1/erase
+    upstream: typed
+    auth: none
+    targets:
+      - request: PATCH /erase
+        body: {{const: {{deleted: true}}}}
+    response: {{status: 204}}
+  listed:
+    stable: GET /v1/listed
+    upstream: wire
+    auth: none
+    pagination: {{style: next_url, next: next, items: results}}
+    targets: ["GET /list"]
+"""
+
+
+async def _wire(
+    make_gateway: Any, aiohttp_server: Any
+) -> tuple[TestClient[Any, Any], list[tuple[str, list[tuple[str, str]], bytes]]]:
+    """A gateway in front of an origin recording each request's header lines as sent (duplicates too)."""
+    seen: list[tuple[str, list[tuple[str, str]], bytes]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        lines = [(k.decode().lower(), v.decode()) for k, v in request.raw_headers]
+        seen.append((f"{request.method} {request.path}", lines, await request.read()))
+        return web.json_response({"results": [], "next": None, "ok": True})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    server = await aiohttp_server(app)
+    gw = await make_gateway(WIRE.format(url=str(server.make_url("/")).rstrip("/")), env={})
+    return gw, seen
+
+
+async def test_a_body_is_sent_with_exactly_one_content_type_and_only_where_the_target_takes_it(
+    make_gateway: Any, aiohttp_server: Any
+) -> None:
+    """Kills (``Targets.headers``/``send``): the body's Content-Type set under another name (sent twice, or
+    a stray header), a body sent to a target that takes none, an upstream's own Content-Type replaced."""
+    gw, seen = await _wire(make_gateway, aiohttp_server)
+    assert (await gw.post("/v1/write", json={"a": 1})).status == 200
+    assert (await gw.post("/v1/lookup", json={"a": 1})).status == 200
+    assert (await gw.delete("/v1/erase")).status == 204
+    (write, write_lines, write_body), (lookup, lookup_lines, lookup_body), (erase, erase_lines, erase_body) = seen
+    assert write == "POST /write" and json.loads(write_body) == {"a": 1}
+    assert [v for k, v in write_lines if k == "content-type"] == ["application/json"]
+    assert not [k for k, _ in write_lines if "content" in k and k not in ("content-type", "content-length")]
+    assert lookup == "GET /lookup" and lookup_body == b""  # the stable body is checked, never forwarded
+    assert [k for k, _ in lookup_lines if k == "content-type"] == []
+    assert erase == "PATCH /erase" and json.loads(erase_body) == {"deleted": True}
+    assert [v for k, v in erase_lines if k == "content-type"] == ["application/merge-patch+json"]
+
+
+async def test_a_collection_asked_without_an_accept_header_answers_json(make_gateway: Any, aiohttp_server: Any) -> None:
+    """Kills: a missing Accept read as None instead of '' (a 500) when choosing NDJSON."""
+    gw, _ = await _wire(make_gateway, aiohttp_server)
+    resp = await gw.get("/v1/listed", skip_auto_headers=["Accept"])
+    assert resp.status == 200 and await resp.json() == {"items": [], "next_cursor": None}
+
+
+async def test_each_composed_pipeline_names_its_route(make_gateway: Any, aiohttp_server: Any) -> None:
+    """Kills: a pipeline or call-level stack composed under no route name (what /status and the stage lists
+    read it by)."""
+    gw, _ = await _wire(make_gateway, aiohttp_server)
+    proxy = gw.server.app[GATEWAY].runtime.proxy
+    for table in (proxy.pipelines, proxy.probes, proxy.calls):
+        assert {name: p.route for name, p in table.items()} == {n: n for n in ("write", "lookup", "erase", "listed")}
