@@ -639,7 +639,7 @@ upstreams:
   typed:
     base_url: {url}
     retries: {{attempts: 1}}
-    headers: {{Content-Type: application/merge-patch+json}}
+    headers: {{Content-Type: application/merge-patch+json, Accept: application/merge-patch+json}}
 routes:
   write:
     stable: POST /v1/write
@@ -690,7 +690,8 @@ async def test_a_body_is_sent_with_exactly_one_content_type_and_only_where_the_t
     make_gateway: Any, aiohttp_server: Any
 ) -> None:
     """Kills (``Targets.headers``/``send``): the body's Content-Type set under another name (sent twice, or
-    a stray header), a body sent to a target that takes none, an upstream's own Content-Type replaced."""
+    a stray header), a body sent to a target that takes none, an upstream's own Content-Type replaced, the
+    Accept default set beside an upstream's own (sent twice)."""
     gw, seen = await _wire(make_gateway, aiohttp_server)
     assert (await gw.post("/v1/write", json={"a": 1})).status == 200
     assert (await gw.post("/v1/lookup", json={"a": 1})).status == 200
@@ -703,6 +704,10 @@ async def test_a_body_is_sent_with_exactly_one_content_type_and_only_where_the_t
     assert [k for k, _ in lookup_lines if k == "content-type"] == []
     assert erase == "PATCH /erase" and json.loads(erase_body) == {"deleted": True}
     assert [v for k, v in erase_lines if k == "content-type"] == ["application/merge-patch+json"]
+    assert [v for k, v in erase_lines if k == "accept"] == ["application/merge-patch+json"]
+    for _, lines, _ in seen:
+        names = [k for k, _ in lines]
+        assert len(names) == len(set(names)), lines  # no header sent twice
 
 
 async def test_a_collection_asked_without_an_accept_header_answers_json(make_gateway: Any, aiohttp_server: Any) -> None:
