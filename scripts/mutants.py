@@ -381,6 +381,10 @@ CALLS_EQUIVALENT: list[tuple[str, str, str, str]] = [
      "None, Match(route, dict(path_params)), request_id, RequestTrace(route.name), query=MultiDict(query)",
      "None, Match(route, dict(path_params)), request_id, RequestTrace(None), query=MultiDict(query)",
      "a probe's record feeds no access line: nothing reads its route"),
+    ("gateway/proxy/__init__.py",
+     "None, Match(route, dict(path_params)), request_id, RequestTrace(route.name), query=MultiDict(query)",
+     "None, Match(None, dict(path_params)), request_id, RequestTrace(route.name), query=MultiDict(query)",
+     "a probe's stages (account, params, the core) are composed for the route: none reads the match's route"),
     *(("gateway/proxy/__init__.py", "return {k: _scrub_details(v, redact) for k, v in details.items()}", new,
        "no error the proxy scrubs has a dict in its details (lists of problem strings: gateway.mapping,"
        " gateway.validators)")
