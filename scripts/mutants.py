@@ -393,6 +393,11 @@ CALLS_EQUIVALENT: list[tuple[str, str, str, str]] = [
                   "return {k: _scrub_details(redact) for k, v in details.items()}",
                   "return {k: _scrub_details(v, ) for k, v in details.items()}")),
     # --- gateway/proxy/targets.py
+    *(("gateway/proxy/targets.py", 'headers["Accept"] = headers.get("Accept", "application/json, */*;q=0.5")',
+       f'headers["{name}"] = headers.get("Accept", "application/json, */*;q=0.5")',
+       "beside an upstream's own Accept (the same value) aiohttp sets a header once whatever its case"
+       " (ClientSession._prepare_headers): one Accept line goes out either way")
+      for name in ("accept", "ACCEPT")),
     *(("gateway/proxy/targets.py", 'headers["X-Request-ID"] = request_id', f'headers["{name}"] = request_id',
        "header names are case-insensitive on the wire, and the request id is set once")
       for name in ("x-request-id", "X-REQUEST-ID")),

@@ -251,6 +251,13 @@ routes:
     response:
       raw: true
       headers: {{X-Name: {{param: name}}}}
+  script:
+    stable: GET /v1/script/{{name}}
+    upstream: fake
+    auth: none
+    targets: ["GET /script/{{name}}"]
+    shape: {{content_type: application/javascript}}
+    response: {{raw: true}}
   doc:
     stable: GET /v1/doc/{{name}}
     upstream: fake
@@ -690,8 +697,7 @@ async def test_a_body_is_sent_with_exactly_one_content_type_and_only_where_the_t
     make_gateway: Any, aiohttp_server: Any
 ) -> None:
     """Kills (``Targets.headers``/``send``): the body's Content-Type set under another name (sent twice, or
-    a stray header), a body sent to a target that takes none, an upstream's own Content-Type replaced, the
-    Accept default set beside an upstream's own (sent twice)."""
+    a stray header), a body sent to a target that takes none, an upstream's own Content-Type replaced."""
     gw, seen = await _wire(make_gateway, aiohttp_server)
     assert (await gw.post("/v1/write", json={"a": 1})).status == 200
     assert (await gw.post("/v1/lookup", json={"a": 1})).status == 200
@@ -724,3 +730,21 @@ async def test_each_composed_pipeline_names_its_route(make_gateway: Any, aiohttp
     proxy = gw.server.app[GATEWAY].runtime.proxy
     for table in (proxy.pipelines, proxy.probes, proxy.calls):
         assert {name: p.route for name, p in table.items()} == {n: n for n in ("write", "lookup", "erase", "listed")}
+
+
+async def test_a_410_is_judged_like_a_404_and_a_streamed_answers_drift_is_a_502(
+    make_gateway: Any, aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """Kills (``Targets.status``): a 410 not judged by the probe sample (a missing entity answered 502);
+    (``Targets.shape``): a streamed answer of the wrong type not released properly (a 500)."""
+    s = await _stack(make_gateway, aiohttp_server, tmp_path)
+    s.fake.script("/item/gone", 410)
+    s.fake.script("/item/known", Reply(200, b'{"id": "known"}'))
+    err = await _error(await s.gw.get("/v1/item/gone"), 404)
+    assert err["route"] == "item" and len(s.hits("/item/known")) == 1
+    s.fake.script("/script/a", Reply(200, b"<html>moved</html>", {"Content-Type": "text/html"}))
+    err = await _error(await s.gw.get("/v1/script/a"), 502)
+    assert err["code"] == "shape_drift" and err["route"] == "script"
+    s.fake.script("/script/a", Reply(200, b"export default 1;", {"Content-Type": "application/javascript"}))
+    resp = await s.gw.get("/v1/script/a")
+    assert resp.status == 200 and await resp.read() == b"export default 1;"
