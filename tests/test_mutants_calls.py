@@ -76,6 +76,11 @@ async def _gateway(
     return gw, fake, registry
 
 
+def _gateway_of(gw: Any) -> Any:
+    """The Gateway behind a test client (its prober, its runtime's proxy)."""
+    return gw.server.app[GATEWAY]
+
+
 def _seen(fake: FakeUpstream, path: str) -> dict[str, str]:
     hits = [h for h in fake.hits if h.path == path]
     assert len(hits) == 1, hits
@@ -428,11 +433,11 @@ async def test_a_raw_answer_streamed_or_whole_carries_its_declared_header_and_ma
     s = await _stack(make_gateway, aiohttp_server, tmp_path)
     for method, path in (("GET", "/blob/b1"), ("POST", "/upload/u1")):
         route, name = path.split("/")[1:]
-        body = {"json": {"k": 1}} if method == "POST" else {}
+        body = {"k": 1} if method == "POST" else None
         s.fake.script(path, 500, Reply(200, b"\x00raw bytes", {"Content-Type": "application/octet-stream"}))
-        assert (await s.gw.request(method, f"/v1{path}", **body)).status == 502
+        assert (await s.gw.request(method, f"/v1{path}", json=body)).status == 502
         assert s.value("gateway_route_up", route=route) == 0
-        resp = await s.gw.request(method, f"/v1{path}", **body)
+        resp = await s.gw.request(method, f"/v1{path}", json=body)
         assert resp.status == 200 and await resp.read() == b"\x00raw bytes"
         assert resp.headers["X-Name"] == name
         assert s.value("gateway_route_up", route=route) == 1
@@ -568,7 +573,7 @@ async def test_probes_run_the_routes_call_with_its_sample(
     s = await _stack(make_gateway, aiohttp_server, tmp_path)
     s.fake.script("/item/known", Reply(200, b'{"id": "known"}'))
     s.fake.script("/blob/probed", Reply(200, b"bytes", {"Content-Type": "application/octet-stream"}))
-    prober = s.gw.server.app[GATEWAY].prober
+    prober = _gateway_of(s.gw).prober
     results = {r.route: r for r in await prober.run_round(["item", "blob"])}
     assert {name: r.outcome for name, r in results.items()} == {"item": "ok", "blob": "ok"}, results
     assert parse_qs(s.hits("/item/known")[0].query) == {"lang": ["en"]}
@@ -727,7 +732,7 @@ async def test_each_composed_pipeline_names_its_route(make_gateway: Any, aiohttp
     """Kills: a pipeline or call-level stack composed under no route name (what /status and the stage lists
     read it by)."""
     gw, _ = await _wire(make_gateway, aiohttp_server)
-    proxy = gw.server.app[GATEWAY].runtime.proxy
+    proxy = _gateway_of(gw).runtime.proxy
     for table in (proxy.pipelines, proxy.probes, proxy.calls):
         assert {name: p.route for name, p in table.items()} == {n: n for n in ("write", "lookup", "erase", "listed")}
 
