@@ -41,6 +41,16 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
         ["gateway/cache/policy.py"],
         ["tests/test_mutants_named.py", "tests/test_mutants_cache_policy.py", "tests/test_cache.py"],
     ),
+    # the per-route pipeline's composition and the call-level stack (issue 15 point 8: the stages that
+    # replace the proxy's call path)
+    "calls": (
+        ["gateway/pipeline/calls.py", "gateway/pipeline/stages.py", "gateway/pipeline/core.py",
+         "gateway/pipeline/__init__.py", "gateway/proxy/__init__.py", "gateway/proxy/targets.py",
+         "gateway/proxy/answer.py"],
+        ["tests/test_mutants_named.py", "tests/test_mutants_calls.py", "tests/test_call_stages.py",
+         "tests/test_pipeline.py", "tests/test_breakage.py", "tests/test_gateway.py",
+         "tests/test_target_pagination.py"],
+    ),
 }
 
 
@@ -310,6 +320,118 @@ MESSAGES: list[tuple[str, str]] = [
     ("gateway/pagination/__init__.py", '"page through it with cursors instead of all=true"'),
     ("gateway/pagination/__init__.py", 'assert base_url is not None, "'),
 ]
+
+#: the ``calls`` group's survivors that cannot change what anyone sees (as in EQUIVALENT)
+CALLS_EQUIVALENT: list[tuple[str, str, str, str]] = [
+    # --- gateway/pipeline/
+    *(("gateway/pipeline/__init__.py", 'core_name: str = "proxy",', f'core_name: str = "{name}",',
+       "every caller (gateway.proxy) names the core: the default is never used") for name in ("XXproxyXX", "PROXY")),
+    ("gateway/pipeline/calls.py", "self.target = self.only", "self.target = None",
+     "only a mixed-paging walk passes only, and its route always has the fallback stage, which sets the target"
+     " before any stage reads it"),
+    ("gateway/pipeline/calls.py", "raise handover.HandOver(index)", "raise handover.HandOver(None)",
+     "the walk that catches HandOver (gateway.pipeline.collection._walk) never reads its index"),
+    ("gateway/pipeline/core.py", "as_ndjson: bool = False,", "as_ndjson: bool = True,",
+     "a Protocol's signature: its default never runs"),
+    *(("gateway/pipeline/stages.py",
+       'return route.pagination is not None and ndjson.wants_ndjson(request.headers.get("Accept", ""))',
+       f'return route.pagination is not None and ndjson.wants_ndjson(request.headers.get("{name}", ""))',
+       "request headers are aiohttp's case-insensitive multidict") for name in ("accept", "ACCEPT")),
+    ("gateway/pipeline/stages.py",
+     'return route.pagination is not None and ndjson.wants_ndjson(request.headers.get("Accept", ""))',
+     'return route.pagination is not None and ndjson.wants_ndjson(request.headers.get("Accept", "XXXX"))',
+     "a made-up Accept asks for no NDJSON, as an absent one does"),
+    # --- gateway/proxy/__init__.py: what the one caller (gateway.server.state) always passes
+    ("gateway/proxy/__init__.py", "self.creds = creds", "self.creds = None",
+     "nothing reads Proxy.creds: Targets and the cursor key are given the credentials themselves"),
+    *(("gateway/proxy/__init__.py", "self.health = health if health is not None else RouteHealth(metrics)", new,
+       "the only caller (gateway.server.state) passes the Gateway's RouteHealth")
+      for new in ("self.health = health if (health is not None) or True else RouteHealth(metrics)",
+                  "self.health = health if health is not None else RouteHealth(None)")),
+    *(("gateway/proxy/__init__.py",
+       "self.redact = redactor if redactor is not None else Redactor(lambda: secret_values(config, creds))",
+       f"self.redact = redactor if {cond} else Redactor(lambda: {source})",
+       "the only caller passes the Gateway's redactor, which hides the same secrets (secret_values of the same"
+       " config and credentials)")
+      for cond, source in (
+          ("(redactor is not None) and False", "secret_values(config, creds)"),
+          ("(redactor is not None) or True", "secret_values(config, creds)"),
+          ("redactor is None", "secret_values(config, creds)"),
+          ("redactor is not None", "None"),
+          ("redactor is not None", "secret_values(None, creds)"),
+          ("redactor is not None", "secret_values(config, None)"),
+          ("redactor is not None", "secret_values(creds)"),
+          ("redactor is not None", "secret_values(config, )"),
+      )),
+    ("gateway/proxy/__init__.py",
+     "self.redact = redactor if redactor is not None else Redactor(lambda: secret_values(config, creds))",
+     "self.redact = redactor if redactor is not None else Redactor(None)",
+     "the only caller passes the Gateway's redactor: the fallback is never built"),
+    *(("gateway/proxy/__init__.py", "record = trace if trace is not None else RequestTrace(route=match.route.name)",
+       new, "the only caller (gateway.server.stable) passes the request's record")
+      for new in ("record = trace if (trace is not None) or True else RequestTrace(route=match.route.name)",
+                  "record = trace if trace is not None else RequestTrace(route=None)")),
+    ("gateway/proxy/__init__.py", "as_ndjson: bool = False,", "as_ndjson: bool = True,",
+     "the only caller (gateway.pipeline.stages.collection) passes as_ndjson"),
+    *(("gateway/proxy/__init__.py", 'headers = self.targets.headers(upstream, route, "")',
+       f"headers = self.targets.headers(upstream, route, {rid})",
+       "the request id is no part of the credential a budget is kept for (gateway.sends.credential_id)")
+      for rid in ("None", '"XXXX"')),
+    ("gateway/proxy/__init__.py",
+     "None, Match(route, dict(path_params)), request_id, RequestTrace(route.name), query=MultiDict(query)",
+     "None, Match(route, dict(path_params)), request_id, RequestTrace(None), query=MultiDict(query)",
+     "a probe's record feeds no access line: nothing reads its route"),
+    ("gateway/proxy/__init__.py",
+     "None, Match(route, dict(path_params)), request_id, RequestTrace(route.name), query=MultiDict(query)",
+     "None, Match(None, dict(path_params)), request_id, RequestTrace(route.name), query=MultiDict(query)",
+     "a probe's stages (account, params, the core) are composed for the route: none reads the match's route"),
+    *(("gateway/proxy/__init__.py", "return {k: _scrub_details(v, redact) for k, v in details.items()}", new,
+       "no error the proxy scrubs has a dict in its details (lists of problem strings: gateway.mapping,"
+       " gateway.validators)")
+      for new in ("return {k: _scrub_details(None, redact) for k, v in details.items()}",
+                  "return {k: _scrub_details(v, None) for k, v in details.items()}",
+                  "return {k: _scrub_details(redact) for k, v in details.items()}",
+                  "return {k: _scrub_details(v, ) for k, v in details.items()}")),
+    # --- gateway/proxy/targets.py
+    *(("gateway/proxy/targets.py", 'headers["Accept"] = headers.get("Accept", "application/json, */*;q=0.5")',
+       f'headers["{name}"] = headers.get("Accept", "application/json, */*;q=0.5")',
+       "beside an upstream's own Accept (the same value) aiohttp sets a header once whatever its case"
+       " (ClientSession._prepare_headers): one Accept line goes out either way")
+      for name in ("accept", "ACCEPT")),
+    *(("gateway/proxy/targets.py", 'headers["X-Request-ID"] = request_id', f'headers["{name}"] = request_id',
+       "header names are case-insensitive on the wire, and the request id is set once")
+      for name in ("x-request-id", "X-REQUEST-ID")),
+    *(("gateway/proxy/targets.py", 'headers = {**headers, "Content-Type": JSON_TYPE}',
+       f'headers = {{**headers, "{name}": JSON_TYPE}}',
+       "header names are case-insensitive on the wire, and this is the only Content-Type set")
+      for name in ("content-type", "CONTENT-TYPE")),
+    ("gateway/proxy/targets.py", "stream: bool = False,", "stream: bool = True,",
+     "only the gone check's sample call takes the default, reading nothing but the status; its unread answer is"
+     " dropped on return and aiohttp closes an unreleased response when it is collected (tried with"
+     " max_connections: 1: the next call still gets the one connection)"),
+    ("gateway/proxy/targets.py", "headers.update(self.creds.headers_for(upstream, route.name))",
+     "headers.update(self.creds.headers_for(upstream, None))",
+     "only the route the missing-credential error names: the server fills it from the request"),
+    ("gateway/proxy/targets.py", "path, query = _followed(upstream, route, path, at)",
+     "path, query = _followed(upstream, None, path, at)",
+     "only the route the bad-link error names: the server fills it from the request"),
+    ("gateway/proxy/targets.py", "route=route.name,\n)", "route=None,\n)",
+     "only the route the bad-link error names: the server fills it from the request"),
+    ("gateway/proxy/targets.py", "route=route.name,\n)", ")",
+     "only the route the bad-link error names: the server fills it from the request"),
+    ("gateway/proxy/targets.py",
+     'f"upstream {upstream.name!r} gave a next link off the route\'s target path; it is not followed",', "",
+     "message text only: the error's code stays pagination_bad_link"),
+]
+
+#: the ``calls`` group's lines that only word an error message (as in MESSAGES)
+CALLS_MESSAGES: list[tuple[str, str]] = [
+    ("gateway/pipeline/__init__.py", 'assert ex.request is not None, "'),
+    ("gateway/pipeline/calls.py", 'raise AssertionError("routes have at least one target")'),
+    ("gateway/proxy/targets.py", 'f"upstream {upstream.name!r} gave a next link off the route'),
+]
+EQUIVALENT += CALLS_EQUIVALENT
+MESSAGES += CALLS_MESSAGES
 
 _STRING = re.compile(r"""[rbfuRBFU]{0,2}("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')""")
 

@@ -177,7 +177,7 @@ class Proxy:
         """Why a probe of ``route`` should not spend the upstream budget now (scripts come first), or None."""
         upstream = self.config.upstreams[route.upstream]
         try:
-            headers = self.targets.headers(upstream, route, "", None)
+            headers = self.targets.headers(upstream, route, "")
         except UpstreamError:
             return None  # no credential: the probe reports that itself
         return self.client.resilience.budget_short(upstream, headers)

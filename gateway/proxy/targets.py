@@ -64,12 +64,12 @@ class Targets:
         #: each route's call-level stack, composed once here
         self.pipelines: dict[str, CallPipeline] = {r.name: self._build(r) for r in config.routes}
 
-    def headers(self, upstream: Upstream, route: Route, request_id: str, body: bytes | None) -> dict[str, str]:
+    def headers(self, upstream: Upstream, route: Route, request_id: str) -> dict[str, str]:
+        """A call's request headers; a Content-Type only where a body is sent (``send``): a bodyless call
+        declaring JSON is refused by strict servers."""
         headers = dict(upstream.headers)
         headers["Accept"] = headers.get("Accept", "application/json, */*;q=0.5")
         headers["X-Request-ID"] = request_id
-        if body is not None:
-            headers["Content-Type"] = JSON_TYPE
         if route.auth:
             headers.update(self.creds.headers_for(upstream, route.name))
         return headers
@@ -91,7 +91,7 @@ class Targets:
 
         async def send(call: Call) -> UpstreamResponse:
             if call.headers is None:
-                call.headers = self.headers(upstream, route, call.request_id, call.body)
+                call.headers = self.headers(upstream, route, call.request_id)
             target = route.targets[call.target]
             extra, at = call.extra_query, call.at
             return await self.send(
@@ -214,7 +214,7 @@ class Targets:
         the request's record (``trace``) too: its access line counts every upstream call it caused."""
         try:
             params = parse_params(route, MultiDict(query), path_params)
-            headers = self.headers(upstream, route, f"sample-{time.monotonic_ns()}", None)
+            headers = self.headers(upstream, route, f"sample-{time.monotonic_ns()}")
         except GatewayError:
             return None
         try:
