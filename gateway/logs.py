@@ -109,7 +109,7 @@ class AccessLines:
     def write_request(
         self, rid: str, method: str, path: str, route: str, status: int, duration_ms: float, trace: RequestTrace
     ) -> None:
-        """The stable request line (gateway.server.middleware), written as ``write`` would write its fields.
+        """The stable request line (gateway.server.framing), written as ``write`` would write its fields.
 
         Built as one string: only the strings are escaped (the standard library's C encoder,
         which escapes what orjson does), the numbers are ints and floats rounded to 3 places.

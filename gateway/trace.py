@@ -1,6 +1,6 @@
 """What one stable request did, gathered for its access-log line: an explicit record, no context variable.
 
-The server's middleware makes one ``RequestTrace`` per request and hands it to the route's
+The server's framing (gateway.server.framing) makes one ``RequestTrace`` per request and hands it to the route's
 pipeline (``gateway.pipeline.Exchange.trace``); the code that knows a fact (the upstream
 call, the cache, client auth) is given the record as a parameter and writes it there.
 Outside a request (the CLI, probes) the proxy is given a record of its own or none.

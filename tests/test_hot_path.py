@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway import jsonio, workers
 from gateway.server import GATEWAY, new_request_id
-from gateway.server import middleware as server
+from gateway.server import framing as server
 from sandbox.runner import Sandboxes
 from tests.fake_upstream import Reply, start_fake
 from tests.helpers.cache import _gw

@@ -89,7 +89,7 @@ async def test_two_workers_share_the_port_and_metrics_sum_across_them(
         results = await asyncio.gather(*(_fresh_get(f"{base}{PH}?limit=2") for _ in range(n)))
         assert all(status == 200 and len(body["items"]) == 2 for status, body in results)
 
-        # a request is counted just after its answer is written (gateway.server.middleware._account): wait for that
+        # a request is counted just after its answer is written (gateway.server.framing._account): wait for that
         deadline = time.monotonic() + 5
         while sum((per_worker := _per_worker(metrics_dir, "gateway_requests_total", "posthog_notebooks")).values()) < n:
             assert time.monotonic() < deadline, per_worker

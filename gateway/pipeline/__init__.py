@@ -31,7 +31,7 @@ class Exchange:
     request: web.Request | None
     match: Match
     request_id: str
-    #: what the request did, for its access line (made by the server's middleware, written by the stages)
+    #: what the request did, for its access line (made by the server's framing, written by the stages)
     trace: RequestTrace
     #: the calling client key's name (``-`` on an open gateway, set by the ``auth`` stage where keys are
     #: configured); None: unknown, nothing is shared through the cache

@@ -93,7 +93,7 @@ async def stream(
     assert resp.stream is not None
     status, headers = head(route, resp, params)
     headers["Content-Type"] = resp.headers.get("Content-Type", "application/octet-stream")
-    headers["X-Request-ID"] = request_id  # the response is on the wire before the middleware sees it
+    headers["X-Request-ID"] = request_id  # the response is on the wire before the framing sees it
     return await relay.relay(request, resp.stream, status, headers, upstream, route.name)
 
 

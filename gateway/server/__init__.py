@@ -1,4 +1,4 @@
-"""The gateway's HTTP server, in parts: state (the runtime and process state), middleware, the
+"""The gateway's HTTP server, in parts: state (the runtime and process state), the framing of each handler, the
 stable-route dispatcher, the own endpoints, the admin endpoints, and the app that wires them.
 
 ``from gateway.server import build_app, GATEWAY`` is the stable way in; the names below are
@@ -6,7 +6,7 @@ re-exported for it.
 """
 
 from gateway.server.app import build_app, watch_routes
-from gateway.server.middleware import (
+from gateway.server.framing import (
     MAX_HEADER_BYTES,
     MAX_HEADERS,
     MAX_URL_BYTES,

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.config import Config, load_config
 from gateway.reload import FileWatcher
-from gateway.server import admin, endpoints, middleware, stable
+from gateway.server import admin, endpoints, framing, stable
 from gateway.server.state import GATEWAY, Gateway
 
 log = logging.getLogger("gateway.reload")
@@ -48,16 +48,16 @@ def build_app(
             "keepalive_timeout": cfg.server.header_timeout,
             # the parser's own limits are the outer guard (its errors are plain text); the
             # tighter limits below, checked in _frame, answer in JSON like every other error
-            "max_line_size": middleware.PARSER_LIMIT,
-            "max_field_size": middleware.PARSER_LIMIT,
+            "max_line_size": framing.PARSER_LIMIT,
+            "max_field_size": framing.PARSER_LIMIT,
             "max_headers": 1024,
             # what the parser rejects is one info line (rate-limited), never a traceback
             "logger": gateway.rejects,
         },
     )
     app[GATEWAY] = gateway
-    # no aiohttp middleware: each handler is framed (request id, checks, JSON errors) by gateway.server.middleware
-    own = functools.partial(middleware.own, gateway)
+    # no aiohttp middleware: each handler is framed (request id, checks, JSON errors) by gateway.server.framing
+    own = functools.partial(framing.own, gateway)
     app.router.add_get("/healthz", own(endpoints.healthz))
     app.router.add_get("/readyz", own(endpoints.readyz))
     app.router.add_get("/metrics", own(endpoints.metrics))
@@ -70,7 +70,7 @@ def build_app(
     if watch is not None:
         app.cleanup_ctx.append(watch_routes(gateway, watch))
     # every other path: matched without a regular expression, after the own paths (aiohttp's index)
-    app.router.register_resource(stable.StableResource(middleware.stable(gateway, stable.dispatcher(gateway))))
+    app.router.register_resource(stable.StableResource(framing.stable(gateway, stable.dispatcher(gateway))))
 
     async def _start_shared(_app: web.Application) -> None:
         await gateway.shared.start()  # the shared-state heartbeat, for as long as the app runs
