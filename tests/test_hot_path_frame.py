@@ -22,6 +22,7 @@ from gateway.cache.store import Entry, MemoryBackend
 from gateway.fastmetrics import FastCounter, FastHistogram
 from gateway.metrics import BUCKETS, status_class
 from gateway.server import GATEWAY
+from gateway.server.framing import OWN_ALLOW
 from gateway.trace import RequestTrace
 from tests.fake_upstream import Reply, start_fake
 from tests.helpers.hostile import FAKE_YAML
@@ -62,7 +63,7 @@ async def test_metrics_count_each_status_class_exactly(make_gateway: Any, aiohtt
         assert (await gw.get("/v1/nothing-here")).status == 404  # no route: route "(none)"
     assert (await gw.get("/v1/things/bad")).status == 502
     assert (await gw.get("/healthz")).status == 200  # own endpoints are not counted
-    assert (await gw.post("/healthz")).status == 404  # nor an own path with another method
+    assert (await gw.post("/healthz")).status == 405  # nor an own path with another method
     await _settled()
     text = await (await gw.get("/metrics")).text()
     counted = sorted(ln for ln in text.splitlines() if ln.startswith("gateway_requests_total{"))
@@ -169,6 +170,33 @@ async def test_own_endpoints_are_framed_like_stable_ones(make_gateway: Any, aioh
     assert resp.status == 431 and resp.content_type == "application/json" and "X-Request-ID" in resp.headers
     resp = await gw.get("/readyz", headers={"Host": "evil.example"})
     assert resp.status in (400, 421) and resp.content_type == "application/json"
+
+
+async def test_an_own_path_with_another_method_is_a_405_that_says_what_is_allowed(
+    make_gateway: Any, aiohttp_server: Any
+) -> None:
+    """GET /admin/reload or POST /metrics is the wrong method on a known path, not an unknown stable route."""
+    _fake, gw = await _gateway(make_gateway, aiohttp_server)
+    for method, path, allow in (
+        ("GET", "/admin/reload", "POST"),
+        ("POST", "/metrics", "GET, HEAD"),
+        ("DELETE", "/admin/cache/purge", "POST"),
+        ("PUT", "/status", "GET, HEAD"),
+    ):
+        resp = await gw.request(method, path)
+        assert resp.status == 405, (method, path)
+        assert resp.headers["Allow"] == allow and "X-Request-ID" in resp.headers
+        error = (await resp.json())["error"]
+        assert error["code"] == "method_not_allowed" and allow in error["message"]
+    # the table agrees with the handlers the app registers
+    registered: dict[str, set[str]] = {}
+    for route in gw.server.app.router.routes():
+        info = route.resource.get_info() if route.resource is not None else {}
+        if "path" in info and route.method != "*":
+            registered.setdefault(info["path"], set()).add(route.method)
+    assert {p: ", ".join(sorted(m)) for p, m in registered.items()} == {
+        p: ", ".join(sorted(a.split(", "))) for p, a in OWN_ALLOW.items()
+    }
 
 
 async def test_a_relayed_raw_answer_is_private_and_counted(make_gateway: Any, aiohttp_server: Any) -> None:

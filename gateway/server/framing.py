@@ -24,7 +24,7 @@ from aiohttp.typedefs import Handler
 
 from gateway import httpedge, jsonio, logs
 from gateway.downstream import mark_answer
-from gateway.errors import GatewayError, HeadersTooLarge, PayloadTooLarge, UriTooLong
+from gateway.errors import GatewayError, HeadersTooLarge, MethodNotAllowed, PayloadTooLarge, UriTooLong
 from gateway.metrics import NO_ROUTE, status_class
 from gateway.server.stable import Dispatch
 from gateway.server.state import Gateway
@@ -54,7 +54,17 @@ def new_request_id() -> str:
     return f"{_id_prefix}{next(_ids):016x}"
 
 
-_OWN = frozenset({"/healthz", "/readyz", "/metrics", "/admin/reload", "/openapi.json", "/admin/cache/purge", "/status"})
+#: the gateway's own paths and what ``Allow`` says for them (build_app registers these handlers);
+#: another method there is a 405, never looked up among the stable routes
+OWN_ALLOW = {
+    "/healthz": "GET, HEAD",
+    "/readyz": "GET, HEAD",
+    "/metrics": "GET, HEAD",
+    "/openapi.json": "GET, HEAD",
+    "/status": "GET, HEAD",
+    "/admin/reload": "POST",
+    "/admin/cache/purge": "POST",
+}
 
 
 def error_response(exc: GatewayError) -> web.Response:
@@ -150,15 +160,20 @@ def stable(gateway: Gateway, dispatch: Dispatch) -> Handler:
         started = time.perf_counter()
         # made with aiohttp's match; handed to the route's pipeline: what it did, for the access line
         record = trace_of(request) or RequestTrace()
+        own_allow = OWN_ALLOW.get(request.path)
         try:
             _checked(gateway, request)
+            if own_allow is not None:  # an own path with another method (aiohttp matched the path, not it)
+                raise MethodNotAllowed(
+                    f"{request.method} is not allowed here; allowed: {own_allow}", headers={"Allow": own_allow}
+                )
             resp = await dispatch(request, rid, record)
         except Exception as exc:
             resp = _answer(request, rid, record, exc)
         resp.headers["X-Request-ID"] = rid
         if not resp.prepared:  # (a stream was marked before its head went out)
             mark_answer(request, resp, record)
-        if request.path not in _OWN:  # an own path with another method: answered here, not counted
+        if own_allow is None:  # an own path with another method: answered, not counted
             # counted and logged once the answer is on the wire, as nginx's log phase does: the
             # client does not wait for the bookkeeping (aiohttp writes the response in this same
             # turn of the loop, before any callback queued now runs)
