@@ -12,8 +12,11 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from gateway.pipeline.conventions import compress_large
 from tests.fake_upstream import FakeUpstream, Reply, start_fake
 
 YAML = """
@@ -40,6 +43,36 @@ routes:
     upstream: origin
     auth: none
     targets: [{request: "POST /blank", body: none}]
+  listing:
+    stable: GET /v1/listing
+    upstream: origin
+    auth: none
+    targets: ["GET /listing"]
+  shaped:
+    stable: GET /v1/shaped
+    upstream: origin
+    auth: none
+    targets: ["GET /shaped"]
+    shape: {status: 200, content_type: application/json}
+  moved:
+    stable: GET /v1/moved
+    upstream: origin
+    auth: none
+    targets: [{request: "GET /moved", redirect: report}]
+    shape: {content_type: application/json}
+    response: {item: {where: {location: '/(\\w+)$'}}}
+  raw:
+    stable: GET /v1/raw/{name}
+    upstream: origin
+    auth: none
+    targets: ["GET /raw/{name}"]
+    response: {raw: true, headers: {X-Name: {param: name}}}
+  listed:
+    stable: GET /v1/listed
+    upstream: origin
+    auth: none
+    pagination: {style: cursor, token: next, items: results}
+    targets: ["GET /listed"]
 """
 
 LIMIT = 1024
@@ -163,3 +196,174 @@ async def test_bad_json_bodies_say_what_is_wrong(make_gateway: Any, aiohttp_serv
     err = await _error(resp, 400, "malformed_json")
     assert err["message"] == "the body is not valid JSON"
     assert fake.count() == 0
+
+
+# --------------------------------------------------------------------------- conventions.py
+
+
+async def test_if_none_match_lists_tags_without_spaces(make_gateway: Any, aiohttp_server: Any) -> None:
+    """``if_none_match.split(None)``: ``"a",W/"b"`` is two tags, the second one ours."""
+    gw, fake = await _gateway(make_gateway, aiohttp_server)
+    first = await gw.get("/v1/things/1")
+    etag = first.headers["ETag"]
+    resp = await gw.get("/v1/things/1", headers={"If-None-Match": f'"other",{etag}'})
+    assert resp.status == 304 and await resp.read() == b""
+    assert resp.headers["ETag"] == etag
+
+
+def _listed(k: int) -> bytes:
+    return json.dumps({"results": [{"id": "x" * k}], "next": None}).encode()
+
+
+async def test_an_all_answer_of_exactly_the_threshold_is_compressed(make_gateway: Any, aiohttp_server: Any) -> None:
+    """``len(body) > COMPRESS_MIN_BYTES`` (1024 bytes is large enough), ``Vary: XXAccept-EncodingXX``."""
+    gw, fake = await _gateway(make_gateway, aiohttp_server)
+    page = len(b'{"items":[{"id":""}],"next_cursor":null}')
+    for size, compressed in ((1024, True), (1023, False)):
+        fake.script("/listed", Reply(body=_listed(size - page)))
+        resp = await gw.get("/v1/listed?all=true", headers={"Accept-Encoding": "gzip"})
+        assert resp.status == 200
+        assert len(await resp.read()) == size
+        assert (resp.headers.get("Content-Encoding") == "gzip") is compressed, size
+        vary = [v.strip() for v in resp.headers.get("Vary", "").split(",")]
+        assert ("Accept-Encoding" in vary) is compressed, vary
+
+
+def test_compression_adds_accept_encoding_to_a_vary_it_finds() -> None:
+    """No route answer carries a ``Vary`` when it is compressed, so this has no HTTP surface: the
+    ``Vary`` read as None or under another name, the ``elif`` inverted or misspelled, the merged
+    value dropped or written under another name."""
+    for before, after in (
+        ("Origin", "Origin, Accept-Encoding"),
+        ("Origin, Accept-Encoding", "Origin, Accept-Encoding"),
+        ("origin, accept-encoding", "origin, accept-encoding"),
+        ("Origin, ACCEPT-ENCODING", "Origin, ACCEPT-ENCODING"),
+    ):
+        resp = web.Response(body=b"x" * 2048, headers={"Vary": before})
+        compress_large(resp)
+        assert resp.headers.getall("Vary") == [after], before
+        assert "XXVaryXX" not in resp.headers
+    small = web.Response(body=b"x" * 10, headers={"Vary": "Origin"})
+    compress_large(small)
+    assert small.headers["Vary"] == "Origin"
+
+
+# --------------------------------------------------------------------------- proxy/status.py
+
+
+async def test_a_missing_entity_is_404_with_the_upstream_s_words(make_gateway: Any, aiohttp_server: Any) -> None:
+    """``why = ""`` (a 404 without a probe sample stands), ``detail = None``, ``upstream_message(None)``,
+    ``detail and "not found upstream"``, the fallback message changed."""
+    gw, fake = await _gateway(make_gateway, aiohttp_server)
+    fake.script("/things/7", Reply(404, body=b'{"detail": "no thing 7 here"}'))
+    err = await _error(await gw.get("/v1/things/7"), 404, "not_found")
+    assert err["message"] == "no thing 7 here" and err["route"] == "thing"
+    fake.script("/things/8", Reply(404, body=b"<html>nope</html>"))
+    err = await _error(await gw.get("/v1/things/8"), 404, "not_found")
+    assert err["message"] == "not found upstream"
+
+
+async def test_a_gone_collection_names_the_target(make_gateway: Any, aiohttp_server: Any) -> None:
+    """A 404 where no entity was named: the route is gone, and the message says where to look."""
+    gw, fake = await _gateway(make_gateway, aiohttp_server)
+    fake.script("/listing", 404)
+    err = await _error(await gw.get("/v1/listing"), 502, "upstream_route_gone")
+    assert err["message"] == (
+        "upstream 'origin' no longer serves GET /listing (404) - the upstream route may have moved; check routes.yaml"
+    )
+
+
+async def test_upstream_error_bodies_are_quoted_at_most_500_characters(make_gateway: Any, aiohttp_server: Any) -> None:
+    """upstream_message: ``"message"``/``"error"`` keys misspelled, ``[:501]`` twice, ``or`` for an
+    empty ``errors`` list, ``return "XXXX"`` for a body that is not JSON or has no message."""
+    gw, fake = await _gateway(make_gateway, aiohttp_server)
+    failed = "upstream 'origin' failed with 500"
+    cases = [
+        (b'{"message": "disk full"}', f"{failed}: disk full"),
+        (b'{"error": "quota"}', f"{failed}: quota"),
+        (b'{"detail": "' + b"y" * 600 + b'"}', f"{failed}: {'y' * 500}"),
+        (b'{"errors": [{"message": "' + b"z" * 600 + b'"}]}', f"{failed}: {'z' * 500}"),
+        (b'{"errors": []}', failed),
+        (b'{"other": "field"}', failed),
+        (b"<html>oops</html>", failed),
+        (b"", failed),
+    ]
+    for body, message in cases:
+        fake.script("/things/1", Reply(500, body=body))
+        err = await _error(await gw.get("/v1/things/1"), 502, "upstream_failed")
+        assert err["message"] == message, body
+
+
+async def _bare_origin(answers: dict[str, bytes]) -> tuple[asyncio.Server, str]:
+    """An origin on a raw socket: each path answers the given raw HTTP response (no Content-Type
+    unless it says one), which aiohttp's server would not send."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await reader.readuntil(b"\r\n")
+            await reader.readuntil(b"\r\n\r\n")
+            path = line.split(b" ")[1].decode().partition("?")[0]
+            writer.write(answers[path])
+            await writer.drain()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}"
+
+
+def _plain(status: str, body: bytes, *headers: str) -> bytes:
+    head = [f"HTTP/1.1 {status}", f"Content-Length: {len(body)}", "Connection: close", *headers]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+async def test_the_declared_shape_is_checked_on_every_answer(make_gateway: Any, aiohttp_server: Any) -> None:
+    """check_shape: the status passed as None, the content type defaulting to None or ``"XXXX"``,
+    ``has_location`` passed as None or inverted; a raw answer's media type defaulting to None or
+    another one; the stream's params dropped and its ``X-Request-ID`` misnamed."""
+    server, base = await _bare_origin(
+        {
+            "/shaped": _plain("200 OK", b"{}"),
+            "/moved": _plain("302 Found", b"<html>moved</html>", "Location: /where/v2", "Content-Type: text/html"),
+            "/raw/n1": _plain("200 OK", b"raw bytes"),
+        }
+    )
+    try:
+        gw = await make_gateway(YAML, env={"ORIGIN_URL": base})
+        err = await _error(await gw.get("/v1/shaped"), 502, "shape_drift")
+        assert err["message"] == "upstream answered no content type where application/json was expected"
+        resp = await gw.get("/v1/moved")  # a reported redirect's body is not the answer: no media type to judge
+        assert resp.status == 200 and await resp.json() == {"where": "v2"}
+        resp = await gw.get("/v1/raw/n1", headers={"X-Request-ID": "rid-raw-1"})
+        assert resp.status == 200 and await resp.read() == b"raw bytes"
+        assert resp.headers["Content-Type"] == "application/octet-stream"
+        assert resp.headers["X-Name"] == "n1"
+        assert resp.headers["X-Request-ID"] == "rid-raw-1"
+    finally:
+        server.close()
+    gw, fake = await _gateway(make_gateway, aiohttp_server)
+    fake.script("/shaped", 201)
+    err = await _error(await gw.get("/v1/shaped"), 502, "shape_drift")
+    assert err["message"] == "upstream answered 201 where 200 was expected"
+    fake.script("/shaped", Reply(200, body=b"{}", headers={"Content-Type": "text/html"}))
+    err = await _error(await gw.get("/v1/shaped"), 502, "shape_drift")
+    assert err["message"] == "upstream answered text/html where application/json was expected"
+    fake.script("/shaped", Reply(200, body=b"{}"))
+    resp = await gw.get("/v1/shaped")
+    assert resp.status == 200 and await resp.json() == {}
+
+
+# --------------------------------------------------------------------------- proxy/respond.py
+
+
+async def test_an_idle_keep_alive_connection_holds_no_relayed_answer(make_gateway: Any, aiohttp_server: Any) -> None:
+    """``self.pop(None, None)`` in ``_Relayed.write_eof``: the answer stays counted in
+    ``gateway_upstream_buffered_bytes`` while its connection waits for its next request."""
+    gw, fake = await _gateway(make_gateway, aiohttp_server)
+    async with aiohttp.ClientSession() as session:  # its connection stays open, idle
+        async with session.get(gw.make_url("/v1/things/1")) as resp:
+            assert resp.status == 200 and (await resp.json())["path"] == "/things/1"
+        await asyncio.sleep(0.05)
+        metrics = await (await gw.get("/metrics")).text()
+        assert "gateway_upstream_buffered_bytes 0.0" in metrics
