@@ -8,6 +8,7 @@ NAME`` inside the printed copy shows a survivor's diff.
     python scripts/mutants.py                 # every group
     python scripts/mutants.py cache-policy    # one group
     python scripts/mutants.py named           # only the survivors issue 15 named: each test must fail
+    python scripts/mutants.py pipeline --recheck  # the kept run's survivors against today's tests
 """
 
 from __future__ import annotations
@@ -301,6 +302,62 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
     ),
 ]
 
+#: the pipeline group's equivalent survivors
+PIPELINE_EQUIVALENT: list[tuple[str, str, str, str]] = [
+    # --- gateway/pipeline/body.py
+    *(("gateway/pipeline/body.py", "while chunk := await request.content.read(limit + 1 - size):", mutated,
+       "reads a few bytes more per call before refusing: a body over the limit is the same 413, one within it the same")
+      for mutated in ("while chunk := await request.content.read(limit + 1 + size):",
+                      "while chunk := await request.content.read(limit + 2 - size):")),
+    ("gateway/pipeline/body.py",
+     "f\"send the body as {JSON_TYPE}, not {ctype or 'an unspecified type'}\", route=route.name",
+     "f\"send the body as {JSON_TYPE}, not {ctype and 'an unspecified type'}\", route=route.name",
+     "aiohttp reports a missing or empty Content-Type as application/octet-stream: ctype is never empty"),
+    ("gateway/pipeline/body.py", "parsed: Any = None", 'parsed: Any = ""',
+     "an empty body gets here only where no target passes the body through (else missing_body), so nothing"
+     " sends it; both validators refuse None and '' alike (the body must be a JSON object)"),
+    # --- gateway/pipeline/conventions.py
+    ("gateway/pipeline/conventions.py", 'return request.query.get("all", "").lower() in _TRUE',
+     'return request.query.get("all", "XXXX").lower() in _TRUE', "neither '' nor 'xxxx' is a true value"),
+    *(("gateway/pipeline/conventions.py", line, line.replace('"Vary"', spelled),
+       "header names: aiohttp's response headers ignore case")
+      for line in ('vary = resp.headers.get("Vary")', 'resp.headers["Vary"] = "Accept-Encoding"',
+                   'resp.headers["Vary"] = f"{vary}, Accept-Encoding"')
+      for spelled in ('"vary"', '"VARY"')),
+    # --- gateway/proxy/respond.py
+    *(("gateway/proxy/respond.py", line, line.replace(name, spelled),
+       "header names: the upstream's headers and the relayed response's ignore case")
+      for line, name in (
+          ('headers["Content-Type"] = resp.headers.get("Content-Type", "application/octet-stream")', 'headers["Content-Type"]'),
+          ('headers["Content-Type"] = resp.headers.get("Content-Type", "application/octet-stream")', 'get("Content-Type"'),
+          ('headers["X-Request-ID"] = request_id  # the response is on the wire before the middleware sees it',
+           'headers["X-Request-ID"]'),
+      )
+      for spelled in (name.replace(name.split('"')[1], name.split('"')[1].lower()),
+                      name.replace(name.split('"')[1], name.split('"')[1].upper()))),
+    ("gateway/proxy/respond.py", "await super().write_eof(data)", "await super().write_eof(None)",
+     "aiohttp's Response.write_eof only asserts that its data is empty, and None is as empty as b''"),
+    ("gateway/proxy/respond.py", "self.pop(_ANSWER, None)", "self.pop(_ANSWER, )",
+     "_holding set the key on every _Relayed: pop always finds it"),
+    ("gateway/proxy/respond.py", "self._body = None", 'self._body = ""', "an empty string holds no more than None"),
+    # --- gateway/proxy/status.py
+    *(("gateway/proxy/status.py",
+       'route.shape, resp.status, resp.headers.get("Content-Type", ""), resp.location is not None, route.name',
+       mutated, why)
+      for mutated, why in (
+          ('route.shape, resp.status, resp.headers.get("content-type", ""), resp.location is not None, route.name',
+           "header names: the upstream's headers ignore case"),
+          ('route.shape, resp.status, resp.headers.get("CONTENT-TYPE", ""), resp.location is not None, route.name',
+           "header names: the upstream's headers ignore case"),
+          ('route.shape, resp.status, resp.headers.get("Content-Type", ""), resp.location is not None, None',
+           "the error's route: the server fills a missing one from the request it answers"),
+      )),
+    ("gateway/proxy/status.py", "data = jsonio.loads(body) if body else None",
+     "data = jsonio.loads(body) if (body) or True else None",
+     "an empty body does not parse: the same '' either way"),
+]
+EQUIVALENT += PIPELINE_EQUIVALENT
+
 #: lines that only word an error message: a survivor changing nothing but string literals on one
 #: of them is not counted (file, a piece of the line)
 MESSAGES: list[tuple[str, str]] = [
@@ -320,6 +377,8 @@ MESSAGES: list[tuple[str, str]] = [
     ("gateway/pagination/__init__.py", 'f"the collection has more than {pag.max_items} items'),
     ("gateway/pagination/__init__.py", '"page through it with cursors instead of all=true"'),
     ("gateway/pagination/__init__.py", 'assert base_url is not None, "'),
+    ("gateway/pipeline/body.py", 'f"send the body as {JSON_TYPE}, not {ctype or'),
+    ("gateway/pipeline/collection.py", 'raise AssertionError("the last target never hands over")'),
 ]
 
 _STRING = re.compile(r"""[rbfuRBFU]{0,2}("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')""")
@@ -339,12 +398,20 @@ ROUTE_ONLY_FOR_ERRORS = (
     ".walk(",
     "name = route.name",
     "self.route = route",
+    # the pipeline group: helpers handed the route's name only to put it in their errors
+    "_read_limited(",
+    "relay.relay(",
+    "_limit(",
+    "_flag(",
+    "check_fields(",
+    "apply_mapping(",
 )
 
 
 def _route_only(file: str, old: str, new: str) -> bool:
     """The mutant only drops the route an error names, or names None instead."""
-    if not file.startswith("gateway/pagination/") or not any(p in old for p in ROUTE_ONLY_FOR_ERRORS):
+    mine = file.startswith("gateway/pagination/") or file in GROUPS["pipeline"][0]
+    if not mine or not any(p in old for p in ROUTE_ONLY_FOR_ERRORS):
         return False
 
     def norm(line: str) -> str:
@@ -501,10 +568,31 @@ def _toml_list(values: list[str]) -> str:
     return "[" + ", ".join(json.dumps(v) for v in values) + "]"
 
 
-def run_group(name: str, keep: Path) -> dict[str, int]:
+def _refresh_tests(work: Path) -> None:
+    """The work tree's tests copied over a kept run's (``--recheck``): survivors are run again
+    against the tests written since mutmut ran."""
+    for copy in (work / "tests", work / "mutants" / "tests"):
+        if copy.exists():
+            shutil.rmtree(copy)
+        shutil.copytree(ROOT / "tests", copy, ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def _counts(results: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for line in results.splitlines():
+        status = line.rpartition(":")[2].strip()
+        if status:
+            counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def run_group(name: str, keep: Path, recheck_only: bool = False) -> dict[str, int]:
     mutate, tests = GROUPS[name]
     deselect = [arg for test in DESELECT for arg in ("--deselect", test)]
     work = keep / name
+    if recheck_only:
+        _refresh_tests(work)
+        return _counts((keep / f"{name}.results.txt").read_text())
     if work.exists():
         shutil.rmtree(work)
     _copy_tree(work)
@@ -523,23 +611,19 @@ def run_group(name: str, keep: Path) -> dict[str, int]:
     subprocess.run([sys.executable, "-m", "mutmut", "run"], cwd=work, check=False)
     out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work,
                          capture_output=True, text=True).stdout
-    counts: dict[str, int] = {}
-    for line in out.splitlines():
-        status = line.rpartition(":")[2].strip()
-        if status:
-            counts[status] = counts.get(status, 0) + 1
     (keep / f"{name}.results.txt").write_text(out)
-    return counts
+    return _counts(out)
 
 
 def main() -> int:
     if sys.argv[1:] == ["named"]:
         return 1 if check_named() else 0
-    names = sys.argv[1:] or list(GROUPS)
+    recheck_only = "--recheck" in sys.argv[1:]
+    names = [a for a in sys.argv[1:] if a != "--recheck"] or list(GROUPS)
     keep = Path(tempfile.gettempdir()) / "routegate-mutants"
     keep.mkdir(exist_ok=True)
     for name in names:
-        counts = run_group(name, keep)
+        counts = run_group(name, keep, recheck_only)
         killed = counts.get("killed", 0) + counts.get("timeout", 0)
         total = sum(counts.values()) - counts.get("not checked", 0)
         survivors = _survivors(keep / f"{name}.results.txt")
