@@ -302,6 +302,8 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
     ),
 ]
 
+_RELAYED_TYPE = 'headers["Content-Type"] = resp.headers.get("Content-Type", "application/octet-stream")'
+
 #: the pipeline group's equivalent survivors
 PIPELINE_EQUIVALENT: list[tuple[str, str, str, str]] = [
     # --- gateway/pipeline/body.py
@@ -328,8 +330,8 @@ PIPELINE_EQUIVALENT: list[tuple[str, str, str, str]] = [
     *(("gateway/proxy/respond.py", line, line.replace(name, spelled),
        "header names: the upstream's headers and the relayed response's ignore case")
       for line, name in (
-          ('headers["Content-Type"] = resp.headers.get("Content-Type", "application/octet-stream")', 'headers["Content-Type"]'),
-          ('headers["Content-Type"] = resp.headers.get("Content-Type", "application/octet-stream")', 'get("Content-Type"'),
+          (_RELAYED_TYPE, 'headers["Content-Type"]'),
+          (_RELAYED_TYPE, 'get("Content-Type"'),
           ('headers["X-Request-ID"] = request_id  # the response is on the wire before the middleware sees it',
            'headers["X-Request-ID"]'),
       )

@@ -78,7 +78,9 @@ routes:
 LIMIT = 1024
 
 
-async def _gateway(make_gateway: Any, aiohttp_server: Any, yaml: str = YAML) -> tuple[TestClient[Any, Any], FakeUpstream]:
+async def _gateway(
+    make_gateway: Any, aiohttp_server: Any, yaml: str = YAML
+) -> tuple[TestClient[Any, Any], FakeUpstream]:
     fake, _, base = await start_fake(aiohttp_server)
     gw = await make_gateway(yaml, env={"ORIGIN_URL": base})
     return gw, fake
@@ -203,7 +205,7 @@ async def test_bad_json_bodies_say_what_is_wrong(make_gateway: Any, aiohttp_serv
 
 async def test_if_none_match_lists_tags_without_spaces(make_gateway: Any, aiohttp_server: Any) -> None:
     """``if_none_match.split(None)``: ``"a",W/"b"`` is two tags, the second one ours."""
-    gw, fake = await _gateway(make_gateway, aiohttp_server)
+    gw, _ = await _gateway(make_gateway, aiohttp_server)
     first = await gw.get("/v1/things/1")
     etag = first.headers["ETag"]
     resp = await gw.get("/v1/things/1", headers={"If-None-Match": f'"other",{etag}'})
@@ -360,7 +362,7 @@ async def test_the_declared_shape_is_checked_on_every_answer(make_gateway: Any, 
 async def test_an_idle_keep_alive_connection_holds_no_relayed_answer(make_gateway: Any, aiohttp_server: Any) -> None:
     """``self.pop(None, None)`` in ``_Relayed.write_eof``: the answer stays counted in
     ``gateway_upstream_buffered_bytes`` while its connection waits for its next request."""
-    gw, fake = await _gateway(make_gateway, aiohttp_server)
+    gw, _ = await _gateway(make_gateway, aiohttp_server)
     async with aiohttp.ClientSession() as session:  # its connection stays open, idle
         async with session.get(gw.make_url("/v1/things/1")) as resp:
             assert resp.status == 200 and (await resp.json())["path"] == "/things/1"
