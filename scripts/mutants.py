@@ -440,6 +440,29 @@ def _message_only(old: str, new: str) -> bool:
 _CODE = re.compile(r"""code=("[^"]*"|'[^']*'|None)|code=""")
 
 
+#: runs each named mutant's rechecking tests in a forked child of one process that has imported
+#: them already (as mutmut does): one pytest start-up per survivor would take seconds each
+_RECHECK = """
+import json, os, signal, sys
+import pytest
+args, names = json.load(sys.stdin)
+killed = []
+for name in names:
+    pid = os.fork()
+    if pid == 0:
+        os.environ["MUTANT_UNDER_TEST"] = name
+        signal.alarm(120)
+        os._exit(pytest.main(args))
+    _, status = os.waitpid(pid, 0)
+    # 1: a test failed; killed by the alarm: a timeout, as mutmut counts one
+    if (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 1) or (
+        os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGALRM
+    ):
+        killed.append(name)
+print(json.dumps(killed))
+"""
+
+
 def _recheck(work: Path, group: str, names: list[str]) -> set[str]:
     """The survivors that the group's own mutant tests kill when run against them directly.
 
@@ -448,23 +471,20 @@ def _recheck(work: Path, group: str, names: list[str]) -> set[str]:
     survivor it reports may well be killed.  Each is run here (with ``MUTANT_UNDER_TEST``, as
     mutmut does) against ``tests/test_mutants_named.py`` and the group's ``test_mutants_*.py``.
     """
+    if not names:
+        return set()
     tests = ["tests/test_mutants_named.py", f"tests/test_mutants_{group.replace('-', '_')}.py"]
-    killed = set()
-    for name in names:
-        try:
-            done = subprocess.run(
-                [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:randomly", *tests],
-                cwd=work / "mutants",
-                capture_output=True,
-                env={**os.environ, "MUTANT_UNDER_TEST": name, "PYTHONPATH": str(work / "mutants")},
-                timeout=120,
-            )
-        except subprocess.TimeoutExpired:
-            killed.add(name)  # as mutmut counts a timeout
-            continue
-        if done.returncode == 1:  # tests failed (not an error collecting them)
-            killed.add(name)
-    return killed
+    args = ["-q", "-x", "-p", "no:cacheprovider", "-p", "no:randomly", *tests]
+    done = subprocess.run(
+        [sys.executable, "-c", _RECHECK],
+        cwd=work / "mutants",
+        input=json.dumps([args, names]),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MUTANT_UNDER_TEST": "", "PYTHONPATH": str(work / "mutants")},
+        check=True,
+    )
+    return set(json.loads(done.stdout.splitlines()[-1]))
 
 
 def _survivors(results: Path) -> list[str]:

@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.pipeline.conventions import compress_large
 from tests.fake_upstream import FakeUpstream, Reply, start_fake
+from tests.helpers.mutants import gateway as _mutants_gateway
 
 YAML = """
 server:
@@ -369,3 +370,115 @@ async def test_an_idle_keep_alive_connection_holds_no_relayed_answer(make_gatewa
         await asyncio.sleep(0.05)
         metrics = await (await gw.get("/metrics")).text()
         assert "gateway_upstream_buffered_bytes 0.0" in metrics
+
+
+# --------------------------------------------------------------------------- collection.py
+
+
+async def _walk_pages(gw: TestClient[Any, Any], url: str, limit: int, **query: str) -> list[list[Any]]:
+    """Every page of a cursor walk: the items of each."""
+    pages: list[list[Any]] = []
+    cursor = None
+    for _ in range(20):
+        params = {"limit": str(limit), **query, **({"cursor": cursor} if cursor else {})}
+        resp = await gw.get(url, params=params)
+        body = await resp.json()
+        assert resp.status == 200, body
+        assert resp.headers["Content-Type"] == "application/json; charset=utf-8"
+        pages.append(body["items"])
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return pages
+    raise AssertionError("the walk never ended")
+
+
+async def test_limit_and_all_are_checked_before_any_call(make_gateway: Any, aiohttp_server: Any) -> None:
+    """_limit and _flag: the bounds (1 and max_limit both allowed), a limit that is not a number,
+    the default limit, the words ``all`` takes, and their 400s."""
+    gw, origin, _ = await _mutants_gateway(make_gateway, aiohttp_server)
+    for raw in ("0", "201", "-1", "ten", "", "1.5"):
+        err = await _error(await gw.get("/v1/counted", params={"limit": raw}), 400, "bad_limit")
+        assert err["message"] == f"limit must be an integer from 1 to 200, got {raw!r}"
+        assert err["route"] == "counted"
+    for raw in ("maybe", "2", "truly"):
+        err = await _error(await gw.get("/v1/counted", params={"all": raw}), 400, "bad_query")
+        assert err["message"] == f"all must be true or false, got {raw!r}"
+    assert origin.seen == []
+    one = await (await gw.get("/v1/counted", params={"limit": "1"})).json()
+    assert [i["id"] for i in one["items"]] == [0] and one["next_cursor"]
+    most = await (await gw.get("/v1/counted", params={"limit": "200"})).json()
+    assert [i["id"] for i in most["items"]] == list(range(8)) and most["next_cursor"] is None
+    default = await (await gw.get("/v1/counted")).json()
+    assert len(default["items"]) == 8
+    for raw in ("true", "TRUE", "1", "yes", "Yes"):
+        body = await (await gw.get("/v1/counted", params={"all": raw, "limit": "2"})).json()
+        assert [i["id"] for i in body["items"]] == list(range(8)) and body["next_cursor"] is None, raw
+    for raw in ("false", "0", "no", "NO", ""):
+        body = await (await gw.get("/v1/counted", params={"all": raw, "limit": "2"})).json()
+        assert [i["id"] for i in body["items"]] == [0, 1] and body["next_cursor"], raw
+
+
+async def test_a_cursor_walk_goes_on_where_it_stopped(make_gateway: Any, aiohttp_server: Any) -> None:
+    """serve: the cursor read and written, each page the stable shape in JSON; the walk's pages as the
+    upstream's (offset, page, token and next-link styles)."""
+    gw, _, _ = await _mutants_gateway(make_gateway, aiohttp_server)
+    pages = await _walk_pages(gw, "/v1/counted", 3)
+    assert [[i["id"] for i in p] for p in pages] == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    pages = await _walk_pages(gw, "/v1/paged", 4)
+    assert [[i["id"] for i in p] for p in pages] == [[0, 1, 2, 3], [4, 5]]
+    pages = await _walk_pages(gw, "/v1/tokened", 1)
+    assert [[i["id"] for i in p] for p in pages] == [[0], [1]]
+    pages = await _walk_pages(gw, "/v1/linked/ok", 3)
+    assert [[i["id"] for i in p] for p in pages] == [[0, 1, 2], [3, 4, 5]]
+
+
+async def test_a_next_link_cursor_must_stay_below_its_route_s_path(make_gateway: Any, aiohttp_server: Any) -> None:
+    """_check_link_cursor: the target's path built with the request's params, a trailing '/' ignored,
+    the link's path up to its first '?'."""
+    gw, origin, _ = await _mutants_gateway(make_gateway, aiohttp_server)
+    first = await (await gw.get("/v1/linked/ok", params={"limit": "1"})).json()
+    assert [i["id"] for i in first["items"]] == [0]
+    cursor = first["next_cursor"]
+    # the same cursor on another variant: the link is below /linked/ok, not /linked/other
+    err = await _error(await gw.get("/v1/linked/other", params={"cursor": cursor}), 400, "bad_cursor")
+    assert err["route"] == "linked"
+    before = len(origin.seen)
+    resp = await gw.get("/v1/linked/ok", params={"cursor": cursor, "limit": "2"})
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert [i["id"] for i in body["items"]] == [1, 2]
+    assert len(origin.seen) > before
+
+
+async def test_a_fan_out_walk_keeps_its_streams(make_gateway: Any, aiohttp_server: Any) -> None:
+    """serve: the fan-out's streams from the query, then from the cursor; a cursor shown with other
+    streams is a 400 naming them; stable_pages: each stream's own parameter value."""
+    gw, origin, _ = await _mutants_gateway(make_gateway, aiohttp_server)
+    first = await (await gw.get("/v1/merged", params=[("type", "a"), ("type", "b"), ("limit", "2")])).json()
+    assert first["items"] == [{"t": 10, "type": "a"}, {"t": 9, "type": "b"}]
+    cursor = first["next_cursor"]
+    err = await _error(await gw.get("/v1/merged", params={"type": "a", "cursor": cursor}), 400, "bad_cursor")
+    assert err["message"] == "the cursor was issued for type=a,b; repeat that type or leave it out"
+    both = [("type", "b"), ("type", "a"), ("cursor", cursor), ("limit", "2")]
+    same = await (await gw.get("/v1/merged", params=both)).json()
+    rest = await (await gw.get("/v1/merged", params={"cursor": cursor, "limit": "2"})).json()
+    assert same == rest
+    assert rest["items"] == [{"t": 8, "type": "a"}, {"t": 7, "type": "b"}]
+    only_b = await (await gw.get("/v1/merged", params={"type": "b", "all": "true"})).json()
+    assert only_b == {"items": [{"t": 9, "type": "b"}, {"t": 7, "type": "b"}], "next_cursor": None}
+    assert {q for p, q in origin.seen if p == "/streams"} >= {"type=a", "type=b"}
+
+
+async def test_ndjson_pages_and_streams_carry_the_same_items(make_gateway: Any, aiohttp_server: Any) -> None:
+    """serve: NDJSON for a page (its cursor in the last line) and for ``all=true`` (a stream)."""
+    gw, _, _ = await _mutants_gateway(make_gateway, aiohttp_server)
+    ndjson = {"Accept": "application/x-ndjson"}
+    resp = await gw.get("/v1/counted", params={"limit": "3"}, headers=ndjson)
+    lines = [json.loads(line) for line in (await resp.read()).decode().splitlines()]
+    assert resp.status == 200 and lines == [{"id": 0}, {"id": 1}, {"id": 2}]
+    rest = await gw.get("/v1/counted", params={"cursor": resp.headers["X-Next-Cursor"]}, headers=ndjson)
+    lines = [json.loads(line) for line in (await rest.read()).decode().splitlines()]
+    assert lines == [{"id": i} for i in range(3, 8)] and "X-Next-Cursor" not in rest.headers
+    resp = await gw.get("/v1/counted", params={"all": "true"}, headers=ndjson)
+    lines = [json.loads(line) for line in (await resp.read()).decode().splitlines()]
+    assert resp.status == 200 and lines == [{"id": i} for i in range(8)]
