@@ -68,6 +68,26 @@ routes:
     auth: none
     targets: ["GET /raw/{name}"]
     response: {raw: true, headers: {X-Name: {param: name}}}
+  made:
+    stable: POST /v1/made/{id}
+    upstream: origin
+    auth: none
+    targets: ["POST /made/{id}"]
+    response:
+      status: 201
+      headers: {Location: {param: id}, X-Gone: {field: gone, optional: true}}
+      item: {id: {param: id}}
+  passed:
+    stable: POST /v1/passed
+    upstream: origin
+    auth: none
+    targets: ["POST /passed"]
+  emptied:
+    stable: DELETE /v1/emptied/{id}
+    upstream: origin
+    auth: none
+    targets: ["DELETE /emptied/{id}"]
+    response: {status: 204}
   listed:
     stable: GET /v1/listed
     upstream: origin
@@ -482,3 +502,113 @@ async def test_ndjson_pages_and_streams_carry_the_same_items(make_gateway: Any, 
     resp = await gw.get("/v1/counted", params={"all": "true"}, headers=ndjson)
     lines = [json.loads(line) for line in (await resp.read()).decode().splitlines()]
     assert resp.status == 200 and lines == [{"id": i} for i in range(8)]
+
+
+async def test_each_upstream_status_is_the_error_it_means(make_gateway: Any, aiohttp_server: Any) -> None:
+    """check_status: every branch's status, code, message and Retry-After, a read's 400/422 against a
+    write's, 304 and success passing."""
+    gw, fake = await _gateway(make_gateway, aiohttp_server)
+    said = b'{"detail": "said so"}'
+    reads = [
+        (401, said, 502, "upstream_auth_rejected",
+         "upstream 'origin' rejected the gateway's credentials (401): said so; renew them"),
+        (403, b"", 502, "upstream_auth_rejected", "upstream 'origin' rejected the gateway's credentials (403); renew them"),
+        (429, said, 503, "upstream_rate_limited", "upstream 'origin' is rate limiting the gateway: said so"),
+        (429, b"", 503, "upstream_rate_limited", "upstream 'origin' is rate limiting the gateway"),
+        (400, said, 502, "upstream_rejected",
+         "upstream 'origin' rejected GET /things/{id} (400): said so - the gateway built every parameter from"
+         " validated input, so the upstream API changed; check routes.yaml"),
+        (422, b"", 502, "upstream_rejected",
+         "upstream 'origin' rejected GET /things/{id} (422) - the gateway built every parameter from"
+         " validated input, so the upstream API changed; check routes.yaml"),
+        (409, said, 409, "upstream_rejected", "said so"),
+        (418, b"", 502, "upstream_refused", "upstream 'origin' refused GET /things/{id} (418)"),
+        (499, b"", 502, "upstream_refused", "upstream 'origin' refused GET /things/{id} (499)"),
+        (300, b"", 502, "bad_redirect", "upstream 'origin' answered an unexpected redirect (300)"),
+        (399, b"", 502, "bad_redirect", "upstream 'origin' answered an unexpected redirect (399)"),
+        (500, said, 502, "upstream_failed", "upstream 'origin' failed with 500: said so"),
+        (503, b"", 502, "upstream_failed", "upstream 'origin' failed with 503"),
+    ]
+    for status, body, answered, code, message in reads:
+        headers = {"Retry-After": "7"} if status == 429 and body else {}
+        fake.script("/things/1", Reply(status, body=body, headers=headers))
+        resp = await gw.get("/v1/things/1")
+        err = await _error(resp, answered, code)
+        assert err["message"] == message, status
+        assert err["route"] == "thing"
+        assert resp.headers.get("Retry-After") == ("7" if headers else None), status
+    for status in (200, 299):
+        fake.script("/things/1", Reply(status, body=b'{"ok": true}'))
+        resp = await gw.get("/v1/things/1")
+        assert resp.status == status and await resp.json() == {"ok": True}
+    writes = [(400, said, "said so"), (409, b"", "upstream 'origin' refused the request (409)"), (422, said, "said so")]
+    for status, body, message in writes:
+        fake.script("/passed", Reply(status, body=body))
+        err = await _error(await gw.post("/v1/passed", json={"a": 1}), status, "upstream_rejected")
+        assert err["message"] == message and err["route"] == "passed"
+    fake.script("/passed", Reply(401, body=said))
+    await _error(await gw.post("/v1/passed", json={"a": 1}), 502, "upstream_auth_rejected")
+
+
+async def test_a_write_answers_its_declared_status_headers_and_item(make_gateway: Any, aiohttp_server: Any) -> None:
+    """head and rebuild: the declared status, a declared header (and an optional one with no value
+    left out: headers see no body), a mapped item; an upstream status kept when nothing is declared; 204 empty."""
+    gw, fake = await _gateway(make_gateway, aiohttp_server)
+    fake.script("/made/m1", Reply(200, body=b'{"other": 1}'))
+    resp = await gw.post("/v1/made/m1", json={"a": 1})
+    assert resp.status == 201 and await resp.json() == {"id": "m1"}
+    assert resp.headers["Location"] == "m1" and "X-Gone" not in resp.headers
+    assert resp.headers["Content-Type"] == "application/json; charset=utf-8"
+    fake.script("/passed", Reply(202, body=b'{"queued": 1}'))
+    resp = await gw.post("/v1/passed", json={"a": 1})
+    assert resp.status == 202 and await resp.json() == {"queued": 1}
+    assert resp.headers["Content-Type"] == "application/json; charset=utf-8"
+    fake.script("/emptied/e1", Reply(200, body=b'{"deleted": true}'))
+    resp = await gw.delete("/v1/emptied/e1")
+    assert resp.status == 204 and await resp.read() == b""
+
+
+async def test_an_upstream_body_that_is_not_json_is_502(make_gateway: Any, aiohttp_server: Any) -> None:
+    """parse_json: the reason shown only where it helps (NaN, too deep), never for plain garbage;
+    for a mapped item and for a passed-through body alike."""
+    gw, fake = await _gateway(make_gateway, aiohttp_server)
+    deep = b"[" * 1100 + b"]" * 1100
+    cases = [
+        (b"<html>", "upstream 'origin' returned malformed JSON"),
+        (b'{"a": NaN}', "upstream 'origin' returned malformed JSON (NaN is not JSON)"),
+        (deep, "upstream 'origin' returned malformed JSON (JSON nested deeper than 1024 levels)"),
+    ]
+    for body, message in cases:
+        fake.script("/passed", Reply(200, body=body))
+        err = await _error(await gw.post("/v1/passed", json={"a": 1}), 502, "upstream_bad_json")
+        assert err["message"] == message and err["route"] == "passed"
+        fake.script("/made/m1", Reply(200, body=body))
+        err = await _error(await gw.post("/v1/made/m1", json={"a": 1}), 502, "upstream_bad_json")
+        assert err["message"] == message and err["route"] == "made"
+
+
+async def test_a_read_carries_a_validator_and_answers_304_to_it(make_gateway: Any, aiohttp_server: Any) -> None:
+    """validator: the ETag (a weak SHA-1 of the body), 304 without a body keeping only the listed
+    headers, another tag or an error answered in full, no validator on writes."""
+    import hashlib
+
+    gw, fake = await _gateway(make_gateway, aiohttp_server)
+    fake.script("/things/1", Reply(200, body=b'{"v": 1}'))
+    first = await gw.get("/v1/things/1")
+    body = await first.read()
+    etag = 'W/"' + hashlib.sha1(body).hexdigest()[:24] + '"'
+    assert first.headers["ETag"] == etag
+    for asked in (etag, etag.removeprefix("W/"), "*", f'"x", {etag}'):
+        resp = await gw.get("/v1/things/1", headers={"If-None-Match": asked})
+        assert resp.status == 304 and await resp.read() == b"", asked
+        assert resp.headers["ETag"] == etag and "Content-Type" not in resp.headers
+    resp = await gw.get("/v1/things/1", headers={"If-None-Match": '"other"'})
+    assert resp.status == 200 and await resp.read() == body
+    fake.script("/things/1", Reply(200, body=b'{"v": 2}'))
+    resp = await gw.get("/v1/things/1", headers={"If-None-Match": etag})
+    assert resp.status == 200 and resp.headers["ETag"] != etag
+    fake.script("/things/1", 500)
+    resp = await gw.get("/v1/things/1", headers={"If-None-Match": "*"})
+    assert resp.status == 502 and "ETag" not in resp.headers
+    resp = await gw.post("/v1/passed", json={"a": 1}, headers={"If-None-Match": "*"})
+    assert resp.status == 200 and "ETag" not in resp.headers
