@@ -512,7 +512,8 @@ async def test_each_upstream_status_is_the_error_it_means(make_gateway: Any, aio
     reads = [
         (401, said, 502, "upstream_auth_rejected",
          "upstream 'origin' rejected the gateway's credentials (401): said so; renew them"),
-        (403, b"", 502, "upstream_auth_rejected", "upstream 'origin' rejected the gateway's credentials (403); renew them"),
+        (403, b"", 502, "upstream_auth_rejected",
+         "upstream 'origin' rejected the gateway's credentials (403); renew them"),
         (429, said, 503, "upstream_rate_limited", "upstream 'origin' is rate limiting the gateway: said so"),
         (429, b"", 503, "upstream_rate_limited", "upstream 'origin' is rate limiting the gateway"),
         (400, said, 502, "upstream_rejected",
