@@ -8,6 +8,8 @@ Each test's docstring names the mutants (the wrong changes) it catches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,7 +19,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from gateway.pipeline.conventions import compress_large
-from tests.fake_upstream import FakeUpstream, Reply, start_fake
+from tests.fake_upstream import CUT, FakeUpstream, Reply, start_fake
 from tests.helpers.mutants import gateway as _mutants_gateway
 
 YAML = """
@@ -591,8 +593,6 @@ async def test_an_upstream_body_that_is_not_json_is_502(make_gateway: Any, aioht
 async def test_a_read_carries_a_validator_and_answers_304_to_it(make_gateway: Any, aiohttp_server: Any) -> None:
     """validator: the ETag (a weak SHA-1 of the body), 304 without a body keeping only the listed
     headers, another tag or an error answered in full, no validator on writes."""
-    import hashlib
-
     gw, fake = await _gateway(make_gateway, aiohttp_server)
     fake.script("/things/1", Reply(200, body=b'{"v": 1}'))
     first = await gw.get("/v1/things/1")
@@ -613,3 +613,78 @@ async def test_a_read_carries_a_validator_and_answers_304_to_it(make_gateway: An
     assert resp.status == 502 and "ETag" not in resp.headers
     resp = await gw.post("/v1/passed", json={"a": 1}, headers={"If-None-Match": "*"})
     assert resp.status == 200 and "ETag" not in resp.headers
+
+
+# --------------------------------------------------------------------------- admission.py, account.py
+
+KEYED = YAML.replace(
+    "routes:\n",
+    """server:
+  max_concurrency: 1
+clients:
+  keys:
+    alice: {key: {env: ALICE_KEY}, routes: [thing], rate_limit: 2/1m}
+    bob: {key: {env: BOB_KEY}, methods: [GET]}
+routes:
+""",
+    1,
+).replace("server:\n  max_body_bytes: 1KiB\n  client_timeouts: {headers: 1s, body: 1s}\n", "", 1)
+ALICE = {"X-API-Key": "alice-key-" + "a" * 24}
+BOB = {"X-API-Key": "bob-key-" + "b" * 24}
+
+
+async def test_keys_grants_and_limits_answer_before_any_call(make_gateway: Any, aiohttp_server: Any) -> None:
+    """client_auth and limits: 401 without a key, 403 outside its grants, 429 over the key's own rate
+    (another key unaffected), one request at a time under ``max_concurrency: 1`` and the slot given back."""
+    fake, _, base = await start_fake(aiohttp_server)
+    env = {"ORIGIN_URL": base, "ALICE_KEY": ALICE["X-API-Key"], "BOB_KEY": BOB["X-API-Key"]}
+    gw = await make_gateway(KEYED, env=env)
+    await _error(await gw.get("/v1/things/1"), 401, "missing_api_key")
+    await _error(await gw.get("/v1/listing", headers=ALICE), 403, "route_not_allowed")
+    await _error(await gw.post("/v1/passed", json={"a": 1}, headers=BOB), 403, "method_not_allowed_for_key")
+    assert fake.count() == 0
+    for _ in range(2):
+        assert (await gw.get("/v1/things/1", headers=ALICE)).status == 200
+    err = await _error(await gw.get("/v1/things/1", headers=ALICE), 429, "rate_limited")
+    assert err["route"] == "thing"
+    assert fake.count() == 2
+    for _ in range(3):  # bob has no rate limit, and each request gives its slot back
+        assert (await gw.get("/v1/things/1", headers=BOB)).status == 200
+    fake.script("/things/slow", Reply(200, delay=0.5))
+    slow = asyncio.ensure_future(gw.get("/v1/things/slow", headers=BOB))
+    await asyncio.sleep(0.2)
+    await _error(await gw.get("/v1/things/2", headers=BOB), 429, "over_capacity")
+    assert (await slow).status == 200
+    assert (await gw.get("/v1/things/2", headers=BOB)).status == 200
+
+
+async def _errors_counted(gw: TestClient[Any, Any], route: str) -> float:
+    text = await (await gw.get("/metrics")).text()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("gateway_upstream_errors_total{") and f'route="{route}"' in line
+    )
+
+
+async def test_every_upstream_failure_is_counted_once(make_gateway: Any, aiohttp_server: Any) -> None:
+    """account: a failure raised, and one that cut a relayed answer short, each counted once on its
+    route (and the route marked down); a success after it counts nothing."""
+    gw, fake = await _gateway(make_gateway, aiohttp_server)
+    fake.script("/things/1", 500)
+    for n in (1, 2):
+        assert (await gw.get("/v1/things/1")).status == 502
+        assert await _errors_counted(gw, "thing") == n
+    metrics = await (await gw.get("/metrics")).text()
+    assert 'gateway_route_up{route="thing"} 0.0' in metrics
+    fake.script("/raw/cut", CUT)
+    resp = await gw.get("/v1/raw/cut")
+    with contextlib.suppress(aiohttp.ClientPayloadError):  # cut short: the client sees it too
+        await resp.read()
+    await asyncio.sleep(0.05)
+    assert await _errors_counted(gw, "raw") == 1
+    fake.script("/raw/fine", Reply(200, body=b"fine"))
+    resp = await gw.get("/v1/raw/fine")
+    assert resp.status == 200 and await resp.read() == b"fine"
+    assert await _errors_counted(gw, "raw") == 1
+    assert await _errors_counted(gw, "thing") == 2
