@@ -445,20 +445,29 @@ _CODE = re.compile(r"""code=("[^"]*"|'[^']*'|None)|code=""")
 _RECHECK = """
 import json, os, signal, sys
 import pytest
-args, names = json.load(sys.stdin)
-killed = []
+args, names, jobs = json.load(sys.stdin)
+killed, running = [], {}
+
+def reap():
+    pid, status = os.wait()
+    # 1: a test failed; ended by the alarm: a timeout, as mutmut counts one
+    if (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 1) or (
+        os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGALRM
+    ):
+        killed.append(running[pid])
+    del running[pid]
+
 for name in names:
+    if len(running) >= jobs:
+        reap()
     pid = os.fork()
     if pid == 0:
         os.environ["MUTANT_UNDER_TEST"] = name
         signal.alarm(120)
         os._exit(pytest.main(args))
-    _, status = os.waitpid(pid, 0)
-    # 1: a test failed; killed by the alarm: a timeout, as mutmut counts one
-    if (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 1) or (
-        os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGALRM
-    ):
-        killed.append(name)
+    running[pid] = name
+while running:
+    reap()
 print(json.dumps(killed))
 """
 
@@ -478,7 +487,7 @@ def _recheck(work: Path, group: str, names: list[str]) -> set[str]:
     done = subprocess.run(
         [sys.executable, "-c", _RECHECK],
         cwd=work / "mutants",
-        input=json.dumps([args, names]),
+        input=json.dumps([args, names, int(os.environ.get("MUTANTS_JOBS", "2"))]),
         capture_output=True,
         text=True,
         env={**os.environ, "MUTANT_UNDER_TEST": "", "PYTHONPATH": str(work / "mutants")},
