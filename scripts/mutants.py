@@ -354,6 +354,24 @@ PIPELINE_EQUIVALENT: list[tuple[str, str, str, str]] = [
           ('route.shape, resp.status, resp.headers.get("Content-Type", ""), resp.location is not None, None',
            "the error's route: the server fills a missing one from the request it answers"),
       )),
+    # --- gateway/pipeline/collection.py
+    ("gateway/pipeline/collection.py", "as_ndjson: bool = False,", "as_ndjson: bool = True,",
+     "every caller passes as_ndjson (gateway.proxy.Proxy.collection, handed it by the core stage)"),
+    *(("gateway/pipeline/collection.py", line, mutated,
+       "every caller passes a query: an Exchange's defaults to an empty one (gateway.pipeline.Exchange)")
+      for line, mutated in (
+          ("assert request is not None\nquery = request.query", "assert request is None\nquery = request.query"),
+          ("query = request.query", "query = None"),
+      )),
+    ("gateway/pipeline/collection.py",
+     "return params if stream is None or fan is None else {**params, fan.name: stream}",
+     "return params if stream is None and fan is None else {**params, fan.name: stream}",
+     "the streams are [None] exactly when the route has no fan-out: both tests agree"),
+    ("gateway/pipeline/collection.py", "fetch = functools.partial(fetch_from, None, False)",
+     "fetch = functools.partial(fetch_from, None, None)", "None is as false as False: underway is only tested"),
+    ("gateway/pipeline/collection.py", "fetch = functools.partial(fetch_from, None, False)",
+     "fetch = functools.partial(fetch_from, None, True)",
+     "without ``only`` every target is tried in turn, and underway is read only with ``only`` (proxy.targets)"),
     ("gateway/proxy/status.py", "data = jsonio.loads(body) if body else None",
      "data = jsonio.loads(body) if (body) or True else None",
      "an empty body does not parse: the same '' either way"),
@@ -381,6 +399,7 @@ MESSAGES: list[tuple[str, str]] = [
     ("gateway/pagination/__init__.py", 'assert base_url is not None, "'),
     ("gateway/pipeline/body.py", 'f"send the body as {JSON_TYPE}, not {ctype or'),
     ("gateway/pipeline/collection.py", 'raise AssertionError("the last target never hands over")'),
+    ("gateway/pipeline/collection.py", 'f"the cursor was issued for {fan.name}='),
 ]
 
 _STRING = re.compile(r"""[rbfuRBFU]{0,2}("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')""")
@@ -407,6 +426,7 @@ ROUTE_ONLY_FOR_ERRORS = (
     "_flag(",
     "check_fields(",
     "apply_mapping(",
+    "confirm_empty(",
 )
 
 
