@@ -30,6 +30,10 @@ upstreams:
   origin:
     base_url: ${ORIGIN_URL}
     retries: {attempts: 1}
+  keyed:
+    base_url: ${ORIGIN_URL}
+    retries: {attempts: 1}
+    auth: {bearer: {env: ORIGIN_KEY}}
 routes:
   thing:
     stable: GET /v1/things/{id}
@@ -90,6 +94,17 @@ routes:
     auth: none
     targets: ["DELETE /emptied/{id}"]
     response: {status: 204}
+  relative:
+    stable: GET /v1/relative
+    upstream: origin
+    auth: none
+    pagination: {style: next_url, items: results}
+    targets: ["GET /list/rel"]
+  secured:
+    stable: GET /v1/secured
+    upstream: keyed
+    pagination: {style: cursor, token: next, items: results}
+    targets: ["GET /secured"]
   listed:
     stable: GET /v1/listed
     upstream: origin
@@ -99,13 +114,14 @@ routes:
 """
 
 LIMIT = 1024
+ORIGIN_KEY = "upstream-secret-" + "k" * 24
 
 
 async def _gateway(
     make_gateway: Any, aiohttp_server: Any, yaml: str = YAML
 ) -> tuple[TestClient[Any, Any], FakeUpstream]:
     fake, _, base = await start_fake(aiohttp_server)
-    gw = await make_gateway(yaml, env={"ORIGIN_URL": base})
+    gw = await make_gateway(yaml, env={"ORIGIN_URL": base, "ORIGIN_KEY": ORIGIN_KEY})
     return gw, fake
 
 
@@ -637,7 +653,7 @@ async def test_keys_grants_and_limits_answer_before_any_call(make_gateway: Any, 
     """client_auth and limits: 401 without a key, 403 outside its grants, 429 over the key's own rate
     (another key unaffected), one request at a time under ``max_concurrency: 1`` and the slot given back."""
     fake, _, base = await start_fake(aiohttp_server)
-    env = {"ORIGIN_URL": base, "ALICE_KEY": ALICE["X-API-Key"], "BOB_KEY": BOB["X-API-Key"]}
+    env = {"ORIGIN_URL": base, "ORIGIN_KEY": ORIGIN_KEY, "ALICE_KEY": ALICE["X-API-Key"], "BOB_KEY": BOB["X-API-Key"]}
     gw = await make_gateway(KEYED, env=env)
     await _error(await gw.get("/v1/things/1"), 401, "missing_api_key")
     await _error(await gw.get("/v1/listing", headers=ALICE), 403, "route_not_allowed")
@@ -688,3 +704,92 @@ async def test_every_upstream_failure_is_counted_once(make_gateway: Any, aiohttp
     assert resp.status == 200 and await resp.read() == b"fine"
     assert await _errors_counted(gw, "raw") == 1
     assert await _errors_counted(gw, "thing") == 2
+
+
+def _page(ids: list[int], nxt: str | None = None) -> Reply:
+    return Reply(body=json.dumps({"results": [{"id": i} for i in ids], "next": nxt}).encode())
+
+
+async def test_a_walk_s_cache_entry_is_as_fresh_as_its_stalest_page(make_gateway: Any, aiohttp_server: Any) -> None:
+    """serve and stable_pages: the cache's notes handed down (``notes=None`` or left out), so every
+    page's Cache-Control counts: 600 s for the first page, 5 s for the rest."""
+    gw, origin, clock = await _mutants_gateway(make_gateway, aiohttp_server)
+    first = await gw.get("/v1/fresh-pages", params={"all": "true"})
+    assert first.status == 200 and first.headers["X-Cache"] == "MISS"
+    assert [i["id"] for i in (await first.json())["items"]] == list(range(8))
+    fetched = origin.fetches("/offset/fresh")
+    assert fetched == 3
+    clock.now += 3
+    again = await gw.get("/v1/fresh-pages", params={"all": "true"})
+    assert again.headers["X-Cache"] == "HIT" and origin.fetches("/offset/fresh") == fetched
+    clock.now += 3  # 6 s: past the later pages' 5 s, well within the first page's 600 and the route's 60
+    later = await gw.get("/v1/fresh-pages", params={"all": "true"})
+    assert later.headers["X-Cache"] != "HIT" and origin.fetches("/offset/fresh") == 2 * fetched
+
+
+async def test_a_collection_s_access_line_counts_its_upstream_calls(
+    make_gateway: Any, aiohttp_server: Any, caplog: Any
+) -> None:
+    """serve and stable_pages: the request's record handed down (``trace=None`` or left out)."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    gw, fake = await _gateway(make_gateway, aiohttp_server)
+    fake.script("/listed", _page([1, 2], "t2"), _page([3]))
+    resp = await gw.get("/v1/listed", params={"all": "true"}, headers={"X-Request-ID": "rid-walk-1"})
+    assert [i["id"] for i in (await resp.json())["items"]] == [1, 2, 3]
+    lines = [r for r in caplog.records if getattr(r, "fields", {}).get("request_id") == "rid-walk-1"]
+    assert len(lines) == 1
+    fields = lines[0].fields
+    assert fields["upstream_calls"] == 2 and fields["upstream_status"] == 200
+
+
+async def test_an_ndjson_stream_marks_its_route_up_and_its_failure_names_it(
+    make_gateway: Any, aiohttp_server: Any
+) -> None:
+    """serve: ``done`` (the route marked up once the stream ends) dropped or marking no route; the
+    stream's route (its error line) and ``scrub`` (a secret in the upstream's words) dropped."""
+    gw, fake = await _gateway(make_gateway, aiohttp_server)
+    ndjson = {"Accept": "application/x-ndjson"}
+    fake.script("/secured", 500)
+    assert (await gw.get("/v1/secured")).status == 502
+    assert 'gateway_route_up{route="secured"} 0.0' in await (await gw.get("/metrics")).text()
+    fake.script("/secured", _page([1], "t2"), _page([2]))
+    resp = await gw.get("/v1/secured", params={"all": "true"}, headers=ndjson)
+    assert [json.loads(line) for line in (await resp.read()).decode().splitlines()] == [{"id": 1}, {"id": 2}]
+    assert 'gateway_route_up{route="secured"} 1.0' in await (await gw.get("/metrics")).text()
+    leak = json.dumps({"detail": f"token {ORIGIN_KEY} expired"}).encode()
+    fake.script("/secured", _page([1], "t2"), Reply(500, body=leak))
+    resp = await gw.get("/v1/secured", params={"all": "true"}, headers=ndjson)
+    got = b""
+    with contextlib.suppress(aiohttp.ClientPayloadError):  # cut short, visibly
+        async for chunk in resp.content.iter_any():
+            got += chunk
+    text = got.decode()
+    assert ORIGIN_KEY not in text
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert lines[0] == {"id": 1}
+    error = lines[-1]["error"]
+    assert error["code"] == "upstream_failed" and error["route"] == "secured"
+    assert error["message"].startswith("upstream 'keyed' failed with 500: token ")
+
+
+async def test_a_page_that_is_not_json_is_502_naming_the_upstream(make_gateway: Any, aiohttp_server: Any) -> None:
+    """stable_pages: the route handed to the page's parsing (``_json(None, resp)``)."""
+    gw, fake = await _gateway(make_gateway, aiohttp_server)
+    fake.script("/listed", Reply(200, body=b"<html>"))
+    err = await _error(await gw.get("/v1/listed"), 502, "upstream_bad_json")
+    assert err["message"] == "upstream 'origin' returned malformed JSON" and err["route"] == "listed"
+
+
+async def test_a_relative_next_link_is_read_against_the_page_s_own_url(make_gateway: Any, aiohttp_server: Any) -> None:
+    """stable_pages: the answer's URL (``None`` or left out): ``rel?page=2`` on ``/list/rel`` is
+    ``/list/rel?page=2``, not ``/rel?page=2`` below the base URL."""
+    gw, fake = await _gateway(make_gateway, aiohttp_server)
+    first = Reply(body=b'{"results": [{"id": 1}]}', headers={"Link": '<rel?page=2>; rel="next"'})
+    fake.script("/list/rel", first, Reply(body=b'{"results": [{"id": 2}]}'))
+    resp = await gw.get("/v1/relative", params={"all": "true"})
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert body == {"items": [{"id": 1}, {"id": 2}], "next_cursor": None}
+    assert [(h.path, h.query) for h in fake.hits] == [("/list/rel", ""), ("/list/rel", "page=2")]
