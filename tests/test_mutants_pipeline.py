@@ -793,3 +793,59 @@ async def test_a_relative_next_link_is_read_against_the_page_s_own_url(make_gate
     assert resp.status == 200, body
     assert body == {"items": [{"id": 1}, {"id": 2}], "next_cursor": None}
     assert [(h.path, h.query) for h in fake.hits] == [("/list/rel", ""), ("/list/rel", "page=2")]
+
+
+MIXED = YAML + """
+  mixed:
+    stable: GET /v1/mixed
+    upstream: origin
+    auth: none
+    pagination: {style: cursor, token: next, items: results}
+    fallback_on: [404]
+    targets:
+      - GET /oldX
+      - request: GET /newX
+        pagination: {style: next_url, items: results}
+    cache: {ttl: 60s}
+"""
+
+
+def _linked(ids: list[int], link: str | None = None) -> Reply:
+    headers = {"Link": f'<{link}>; rel="next"'} if link else {}
+    return Reply(body=json.dumps({"results": [{"id": i} for i in ids]}).encode(), headers=headers)
+
+
+async def test_a_walk_over_targets_that_page_differently(make_gateway: Any, aiohttp_server: Any) -> None:
+    """_walk and _check_link_cursor: a fresh walk handed over to the next target walks it its own way
+    (its link fetched, ``at=None`` asks for the first page again; its base URL); a cursor on it checks
+    its link against that target's path only (``and False``); a target that stops serving mid-walk is
+    502 ``pagination_switched`` (``underway`` never set), and the route's cached pages go (``purge(None)``).
+    The paths end in 'X': a '/' stripped as ``"XX/XX"`` would strip it too."""
+    fake, _, base = await start_fake(aiohttp_server)
+    gw = await make_gateway(MIXED, env={"ORIGIN_URL": base, "ORIGIN_KEY": ORIGIN_KEY})
+    fake.script("/oldX", 404)
+    fake.script("/newX", _linked([1, 2], f"{base}/newX?page=2"), _linked([3]))
+    first = await (await gw.get("/v1/mixed", params={"limit": "2"})).json()
+    assert first["items"] == [{"id": 1}, {"id": 2}], first
+    rest = await (await gw.get("/v1/mixed", params={"cursor": first["next_cursor"]})).json()
+    assert rest == {"items": [{"id": 3}], "next_cursor": None}
+    assert [(h.path, h.query) for h in fake.hits] == [("/oldX", ""), ("/newX", ""), ("/newX", "page=2")]
+    # the new target links back below the old one: a cursor carrying that link is refused
+    fake.script("/newX", _linked([1], f"{base}/oldX?page=2"))
+    odd = await (await gw.get("/v1/mixed", params={"limit": "1"})).json()
+    assert odd["items"] == [{"id": 1}]
+    await _error(await gw.get("/v1/mixed", params={"cursor": odd["next_cursor"]}), 400, "bad_cursor")
+    # the old target serves again, then stops mid-walk
+    fake.script("/oldX", _page([1], "t2"), 404)
+    err = await _error(await gw.get("/v1/mixed", params={"all": "true"}), 502, "pagination_switched")
+    assert err["route"] == "mixed"
+    fake.script("/oldX", _page([5, 6, 7], "t6"))
+    page = await gw.get("/v1/mixed", params={"limit": "3"})
+    assert page.headers["X-Cache"] == "MISS"
+    cursor = (await page.json())["next_cursor"]
+    assert (await gw.get("/v1/mixed", params={"limit": "3"})).headers["X-Cache"] == "HIT"
+    fake.script("/oldX", 404)
+    await _error(await gw.get("/v1/mixed", params={"cursor": cursor}), 502, "pagination_switched")
+    asked = fake.count("/oldX")
+    again = await gw.get("/v1/mixed", params={"limit": "3"})
+    assert again.headers.get("X-Cache") != "HIT" and fake.count("/oldX") == asked + 1
