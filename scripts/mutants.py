@@ -372,6 +372,12 @@ PIPELINE_EQUIVALENT: list[tuple[str, str, str, str]] = [
     ("gateway/pipeline/collection.py", "fetch = functools.partial(fetch_from, None, False)",
      "fetch = functools.partial(fetch_from, None, True)",
      "without ``only`` every target is tried in turn, and underway is read only with ``only`` (proxy.targets)"),
+    *(("gateway/proxy/status.py", "detail = redact(upstream_message(resp.body), fresh=True)", mutated,
+       "every error leaving a route is redacted again with freshly read secrets (Proxy.handle, Proxy.probe:"
+       " scrub); tests/test_mutants_pipeline.py shows a renewed token hidden")
+      for mutated in ("detail = redact(upstream_message(resp.body), fresh=None)",
+                      "detail = redact(upstream_message(resp.body), fresh=False)",
+                      "detail = redact(upstream_message(resp.body), )")),
     ("gateway/proxy/status.py", "data = jsonio.loads(body) if body else None",
      "data = jsonio.loads(body) if (body) or True else None",
      "an empty body does not parse: the same '' either way"),

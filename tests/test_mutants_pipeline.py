@@ -849,3 +849,44 @@ async def test_a_walk_over_targets_that_page_differently(make_gateway: Any, aioh
     asked = fake.count("/oldX")
     again = await gw.get("/v1/mixed", params={"limit": "3"})
     assert again.headers.get("X-Cache") != "HIT" and fake.count("/oldX") == asked + 1
+
+
+FILED = (
+    YAML
+    + """
+  filed:
+    stable: GET /v1/filed/{id}
+    upstream: filed
+    targets: ["GET /filed/{id}"]
+"""
+).replace(
+    "routes:\n",
+    """  filed:
+    base_url: ${ORIGIN_URL}
+    retries: {attempts: 1}
+    auth: {bearer: {file: "${TOKEN_FILE}"}}
+routes:
+""",
+    1,
+)
+
+
+async def test_a_404_quoting_a_credential_renewed_a_moment_ago_hides_it(
+    make_gateway: Any, aiohttp_server: Any, tmp_path: Any
+) -> None:
+    """A token renewed in its file a second ago is hidden from a 404's upstream words too.  Every error
+    leaving a route is scrubbed with freshly read secrets (``Proxy.handle``), so ``fresh=True`` in
+    status.py is a second guard: its mutants are listed as equivalent, and this test shows why."""
+    token = tmp_path / "token"
+    token.write_text("first-token-" + "f" * 24)
+    fake, _, base = await start_fake(aiohttp_server)
+    gw = await make_gateway(FILED, env={"ORIGIN_URL": base, "ORIGIN_KEY": ORIGIN_KEY, "TOKEN_FILE": str(token)})
+    fake.script("/filed/1", Reply(404, body=b'{"detail": "no such thing"}'))
+    err = await _error(await gw.get("/v1/filed/1"), 404, "not_found")
+    assert err["message"] == "no such thing"
+    renewed = "renewed-token-" + "r" * 30
+    token.write_text(renewed)
+    fake.script("/filed/2", Reply(404, body=json.dumps({"detail": f"nothing for {renewed}"}).encode()))
+    err = await _error(await gw.get("/v1/filed/2"), 404, "not_found")
+    assert fake.hits[-1].headers["Authorization"] == f"Bearer {renewed}"
+    assert renewed not in err["message"] and err["message"].startswith("nothing for ")
