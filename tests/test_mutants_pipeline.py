@@ -585,6 +585,7 @@ async def test_a_write_answers_its_declared_status_headers_and_item(make_gateway
     fake.script("/emptied/e1", Reply(200, body=b'{"deleted": true}'))
     resp = await gw.delete("/v1/emptied/e1")
     assert resp.status == 204 and await resp.read() == b""
+    assert "Content-Type" not in resp.headers and "Content-Length" not in resp.headers
 
 
 async def test_an_upstream_body_that_is_not_json_is_502(make_gateway: Any, aiohttp_server: Any) -> None:
