@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.pipeline.conventions import compress_large
 from tests.fake_upstream import CUT, FakeUpstream, Reply, start_fake
+from tests.helpers.mutants import Origin
 from tests.helpers.mutants import gateway as _mutants_gateway
 
 YAML = """
@@ -891,3 +892,37 @@ async def test_a_404_quoting_a_credential_renewed_a_moment_ago_hides_it(
     err = await _error(await gw.get("/v1/filed/2"), 404, "not_found")
     assert fake.hits[-1].headers["Authorization"] == f"Bearer {renewed}"
     assert renewed not in err["message"] and err["message"].startswith("nothing for ")
+
+
+COUNTED = """
+upstreams:
+  origin:
+    base_url: ${ORIGIN_URL}
+    retries: {attempts: 1}
+routes:
+  moving:
+    stable: GET /v1/moving
+    upstream: origin
+    auth: none
+    pagination: {style: cursor, token: next, items: results}
+    fallback_on: [shape]
+    targets:
+      - GET /echo/old
+      - request: GET /offset/counted
+        pagination: {style: offset, items: results, page_size: 3}
+"""
+
+
+async def test_a_handed_over_walk_fetches_the_counted_rest_at_once(make_gateway: Any, aiohttp_server: Any) -> None:
+    """_walk: the upstream's concurrency handed to the walk (``None`` or left out): once the count is
+    known, the rest of the offset pages are fetched together."""
+    origin = Origin()
+    server = await aiohttp_server(origin.app())
+    gw = await make_gateway(COUNTED, env={"ORIGIN_URL": str(server.make_url(""))})
+    resp = await gw.get("/v1/moving", params={"all": "true"})
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert body == {"items": [{"id": i} for i in range(8)], "next_cursor": None}
+    assert sorted(q for p, q in origin.seen if p == "/offset/counted") == [
+        "limit=3&offset=0", "limit=3&offset=3", "limit=3&offset=6"
+    ]
