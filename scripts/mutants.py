@@ -337,6 +337,9 @@ PIPELINE_EQUIVALENT: list[tuple[str, str, str, str]] = [
       )
       for spelled in (name.replace(name.split('"')[1], name.split('"')[1].lower()),
                       name.replace(name.split('"')[1], name.split('"')[1].upper()))),
+    *(("gateway/proxy/respond.py", 'ctype = resp.headers.get("Content-Type", "application/octet-stream")',
+       f'ctype = resp.headers.get("{spelled}", "application/octet-stream")', "header names: the upstream's ignore case")
+      for spelled in ("content-type", "CONTENT-TYPE")),
     ("gateway/proxy/respond.py", "await super().write_eof(data)", "await super().write_eof(None)",
      "aiohttp's Response.write_eof only asserts that its data is empty, and None is as empty as b''"),
     ("gateway/proxy/respond.py", "self.pop(_ANSWER, None)", "self.pop(_ANSWER, )",

@@ -94,7 +94,14 @@ routes:
     upstream: origin
     auth: none
     targets: ["DELETE /emptied/{id}"]
-    response: {status: 204}
+    response: {status: 204, headers: {X-Deleted: {param: id}}}
+  kept_raw:
+    stable: GET /v1/kept-raw/{name}
+    upstream: origin
+    auth: none
+    targets: ["GET /raw/{name}"]
+    response: {raw: true}
+    cache: {ttl: 60s}
   relative:
     stable: GET /v1/relative
     upstream: origin
@@ -369,6 +376,7 @@ async def test_the_declared_shape_is_checked_on_every_answer(make_gateway: Any, 
             "/shaped": _plain("200 OK", b"{}"),
             "/moved": _plain("302 Found", b"<html>moved</html>", "Location: /where/v2", "Content-Type: text/html"),
             "/raw/n1": _plain("200 OK", b"raw bytes"),
+            "/raw/k1": _plain("200 OK", b"kept bytes"),
         }
     )
     try:
@@ -382,6 +390,9 @@ async def test_the_declared_shape_is_checked_on_every_answer(make_gateway: Any, 
         assert resp.headers["Content-Type"] == "application/octet-stream"
         assert resp.headers["X-Name"] == "n1"
         assert resp.headers["X-Request-ID"] == "rid-raw-1"
+        kept = await gw.get("/v1/kept-raw/k1")  # a cache fill takes the answer whole (rebuild, not stream)
+        assert kept.status == 200 and await kept.read() == b"kept bytes"
+        assert kept.headers["Content-Type"] == "application/octet-stream"
     finally:
         server.close()
     gw, fake = await _gateway(make_gateway, aiohttp_server)
@@ -587,6 +598,7 @@ async def test_a_write_answers_its_declared_status_headers_and_item(make_gateway
     resp = await gw.delete("/v1/emptied/e1")
     assert resp.status == 204 and await resp.read() == b""
     assert "Content-Type" not in resp.headers and "Content-Length" not in resp.headers
+    assert resp.headers["X-Deleted"] == "e1"
 
 
 async def test_an_upstream_body_that_is_not_json_is_502(make_gateway: Any, aiohttp_server: Any) -> None:
@@ -926,3 +938,19 @@ async def test_a_handed_over_walk_fetches_the_counted_rest_at_once(make_gateway:
     assert sorted(q for p, q in origin.seen if p == "/offset/counted") == [
         "limit=3&offset=0", "limit=3&offset=3", "limit=3&offset=6"
     ]
+
+
+async def test_an_upstream_304_and_a_kept_raw_answer_pass_as_they_are(make_gateway: Any, aiohttp_server: Any) -> None:
+    """rebuild: an upstream 304 answered 304 without a body (``or True``, ``!= 305``, ``else 305``, the
+    check ``== 305``); a raw answer kept whole by the cache keeps its media type (None, another header,
+    another default)."""
+    gw, fake = await _gateway(make_gateway, aiohttp_server)
+    fake.script("/things/1", Reply(304, body=b""))
+    resp = await gw.get("/v1/things/1")
+    assert resp.status == 304 and await resp.read() == b""
+    fake.script("/raw/csv", Reply(200, body=b"a,b\n1,2\n", headers={"Content-Type": "text/csv"}))
+    resp = await gw.get("/v1/kept-raw/csv")
+    assert resp.status == 200 and await resp.read() == b"a,b\n1,2\n"
+    assert resp.headers["Content-Type"] == "text/csv" and resp.headers["X-Cache"] == "MISS"
+    again = await gw.get("/v1/kept-raw/csv")
+    assert again.headers["Content-Type"] == "text/csv" and again.headers["X-Cache"] == "HIT"
