@@ -529,7 +529,7 @@ def _survivors(results: Path) -> list[str]:
     out = []
     for line in results.read_text().splitlines():
         name, _, status = line.strip().rpartition(": ")
-        if status in ("survived", "no tests"):
+        if status in ("survived", "no tests", "not checked"):
             out.append(name)
     return out
 
@@ -652,7 +652,7 @@ def run_group(name: str, keep: Path, recheck_only: bool = False) -> dict[str, in
     work = keep / name
     if recheck_only:
         _refresh_tests(work)
-        return _counts((keep / f"{name}.results.txt").read_text())
+        return _results(name, keep, work)
     if work.exists():
         shutil.rmtree(work)
     _copy_tree(work)
@@ -669,6 +669,11 @@ def run_group(name: str, keep: Path, recheck_only: bool = False) -> dict[str, in
         + "use_git_change_detection = false\n"
     )
     subprocess.run([sys.executable, "-m", "mutmut", "run"], cwd=work, check=False)
+    return _results(name, keep, work)
+
+
+def _results(name: str, keep: Path, work: Path) -> dict[str, int]:
+    """mutmut's verdicts, kept in ``GROUP.results.txt`` (an interrupted run's too)."""
     out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work,
                          capture_output=True, text=True).stdout
     (keep / f"{name}.results.txt").write_text(out)
@@ -685,7 +690,8 @@ def main() -> int:
     for name in names:
         counts = run_group(name, keep, recheck_only)
         killed = counts.get("killed", 0) + counts.get("timeout", 0)
-        total = sum(counts.values()) - counts.get("not checked", 0)
+        # a run stopped part-way leaves mutants "not checked": they count, and go to the recheck below
+        total = sum(counts.values())
         survivors = _survivors(keep / f"{name}.results.txt")
         why = _excluded(keep / name, survivors)
         left = [s for s in survivors if s not in why]
