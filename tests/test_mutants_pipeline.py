@@ -534,9 +534,20 @@ async def test_ndjson_pages_and_streams_carry_the_same_items(make_gateway: Any, 
     assert resp.status == 200 and lines == [{"id": i} for i in range(8)]
 
 
+async def _kinds(gw: TestClient[Any, Any], route: str) -> dict[str, float]:
+    """``gateway_upstream_errors_total`` of a route by kind."""
+    text = await (await gw.get("/metrics")).text()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("gateway_upstream_errors_total{") and f'route="{route}"' in line:
+            kind = line.split('kind="', 1)[1].split('"', 1)[0]
+            out[kind] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
 async def test_each_upstream_status_is_the_error_it_means(make_gateway: Any, aiohttp_server: Any) -> None:
-    """check_status: every branch's status, code, message and Retry-After, a read's 400/422 against a
-    write's, 304 and success passing."""
+    """check_status: every branch's status, code, message, Retry-After and the kind it is counted as
+    (``kind=None`` or misspelled), a read's 400/422 against a write's, 304 and success passing."""
     gw, fake = await _gateway(make_gateway, aiohttp_server)
     said = b'{"detail": "said so"}'
     reads = [
@@ -560,14 +571,20 @@ async def test_each_upstream_status_is_the_error_it_means(make_gateway: Any, aio
         (500, said, 502, "upstream_failed", "upstream 'origin' failed with 500: said so"),
         (503, b"", 502, "upstream_failed", "upstream 'origin' failed with 503"),
     ]
+    kinds = {401: "credentials_rejected", 403: "credentials_rejected", 429: "throttled", 400: "4xx", 422: "4xx",
+             418: "4xx", 499: "4xx", 300: "redirect", 399: "redirect", 500: "5xx", 503: "5xx"}
     for status, body, answered, code, message in reads:
         headers = {"Retry-After": "7"} if status == 429 and body else {}
         fake.script("/things/1", Reply(status, body=body, headers=headers))
+        before = await _kinds(gw, "thing")
         resp = await gw.get("/v1/things/1")
         err = await _error(resp, answered, code)
         assert err["message"] == message, status
         assert err["route"] == "thing"
         assert resp.headers.get("Retry-After") == ("7" if headers else None), status
+        after = await _kinds(gw, "thing")  # each failure counted under its kind (a 409 is the caller's)
+        kind = kinds.get(status)
+        assert after == ({**before, kind: before.get(kind, 0) + 1} if kind else before), status
     for status in (200, 299):
         fake.script("/things/1", Reply(status, body=b'{"ok": true}'))
         resp = await gw.get("/v1/things/1")
