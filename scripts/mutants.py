@@ -326,6 +326,17 @@ PIPELINE_EQUIVALENT: list[tuple[str, str, str, str]] = [
       for line in ('vary = resp.headers.get("Vary")', 'resp.headers["Vary"] = "Accept-Encoding"',
                    'resp.headers["Vary"] = f"{vary}, Accept-Encoding"')
       for spelled in ('"vary"', '"VARY"')),
+    *(("gateway/pipeline/conventions.py", line, line.replace(name, spelled),
+       "header names: aiohttp's request and response headers ignore case")
+      for line, name in (('etag = resp.headers.get("ETag")', "ETag"),
+                         ('etag = resp.headers["ETag"] = etag_of(resp.body)  # a cached entry stored its own', "ETag"),
+                         ('asked = http(ex).headers.get("If-None-Match")', "If-None-Match"))
+      for spelled in (name.lower(), name.upper())),
+    *(("gateway/pipeline/conventions.py",
+       "return 'W/\"' + hashlib.sha1(body, usedforsecurity=False).hexdigest()[:24] + '\"'",
+       f"return 'W/\"' + hashlib.sha1(body, {flag}).hexdigest()[:24] + '\"'",
+       "usedforsecurity only tells a FIPS build what the digest is for: the digest is the same")
+      for flag in ("usedforsecurity=None", "usedforsecurity=True", "")),
     # --- gateway/proxy/respond.py
     *(("gateway/proxy/respond.py", line, line.replace(name, spelled),
        "header names: the upstream's headers and the relayed response's ignore case")
@@ -340,6 +351,8 @@ PIPELINE_EQUIVALENT: list[tuple[str, str, str, str]] = [
     *(("gateway/proxy/respond.py", 'ctype = resp.headers.get("Content-Type", "application/octet-stream")',
        f'ctype = resp.headers.get("{spelled}", "application/octet-stream")', "header names: the upstream's ignore case")
       for spelled in ("content-type", "CONTENT-TYPE")),
+    *(("gateway/proxy/respond.py", 'headers["Content-Type"] = ctype', f'headers["{spelled}"] = ctype',
+       "header names: the response's headers ignore case") for spelled in ("content-type", "CONTENT-TYPE")),
     ("gateway/proxy/respond.py", "await super().write_eof(data)", "await super().write_eof(None)",
      "aiohttp's Response.write_eof only asserts that its data is empty, and None is as empty as b''"),
     ("gateway/proxy/respond.py", "self.pop(_ANSWER, None)", "self.pop(_ANSWER, )",
@@ -381,6 +394,9 @@ PIPELINE_EQUIVALENT: list[tuple[str, str, str, str]] = [
       for mutated in ("detail = redact(upstream_message(resp.body), fresh=None)",
                       "detail = redact(upstream_message(resp.body), fresh=False)",
                       "detail = redact(upstream_message(resp.body), )")),
+    *(("gateway/proxy/status.py", 'headers={"Retry-After": retry} if retry else None,',
+       f'headers={{"{spelled}": retry}} if retry else None,', "header names: the response's headers ignore case")
+      for spelled in ("retry-after", "RETRY-AFTER")),
     ("gateway/proxy/status.py", "data = jsonio.loads(body) if body else None",
      "data = jsonio.loads(body) if (body) or True else None",
      "an empty body does not parse: the same '' either way"),
