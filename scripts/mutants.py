@@ -8,6 +8,7 @@ NAME`` inside the printed copy shows a survivor's diff.
     python scripts/mutants.py                 # every group
     python scripts/mutants.py cache-policy    # one group
     python scripts/mutants.py named           # only the survivors issue 15 named: each test must fail
+    python scripts/mutants.py pipeline --recheck  # the kept run's survivors against today's tests
 """
 
 from __future__ import annotations
@@ -50,6 +51,17 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
         ["tests/test_mutants_named.py", "tests/test_mutants_calls.py", "tests/test_call_stages.py",
          "tests/test_pipeline.py", "tests/test_breakage.py", "tests/test_gateway.py",
          "tests/test_target_pagination.py"],
+    ),
+    # the pipeline's stages and the proxy's response side (the composition and the call-level stack
+    # are the ``calls`` group)
+    "pipeline": (
+        ["gateway/pipeline/admission.py", "gateway/pipeline/account.py", "gateway/pipeline/body.py",
+         "gateway/pipeline/conventions.py", "gateway/pipeline/collection.py",
+         "gateway/proxy/status.py", "gateway/proxy/respond.py"],
+        ["tests/test_mutants_pipeline.py", "tests/test_http_conventions.py", "tests/test_pipeline.py",
+         "tests/test_hostile.py", "tests/test_gateway.py", "tests/test_breakage.py", "tests/test_access.py",
+         "tests/test_limits.py", "tests/test_cursor.py", "tests/test_ndjson.py", "tests/test_target_pagination.py",
+         "tests/test_session_check.py", "tests/test_observable_api.py", "tests/test_posthog_api.py"],
     ),
 }
 
@@ -300,6 +312,107 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
     ),
 ]
 
+_RELAYED_TYPE = 'headers["Content-Type"] = resp.headers.get("Content-Type", "application/octet-stream")'
+
+#: the pipeline group's equivalent survivors
+PIPELINE_EQUIVALENT: list[tuple[str, str, str, str]] = [
+    # --- gateway/pipeline/body.py
+    *(("gateway/pipeline/body.py", "while chunk := await request.content.read(limit + 1 - size):", mutated,
+       "reads a few bytes more per call before refusing: a body over the limit is the same 413, one within it the same")
+      for mutated in ("while chunk := await request.content.read(limit + 1 + size):",
+                      "while chunk := await request.content.read(limit + 2 - size):")),
+    ("gateway/pipeline/body.py",
+     "f\"send the body as {JSON_TYPE}, not {ctype or 'an unspecified type'}\", route=route.name",
+     "f\"send the body as {JSON_TYPE}, not {ctype and 'an unspecified type'}\", route=route.name",
+     "aiohttp reports a missing or empty Content-Type as application/octet-stream: ctype is never empty"),
+    ("gateway/pipeline/body.py", "parsed: Any = None", 'parsed: Any = ""',
+     "an empty body gets here only where no target passes the body through (else missing_body), so nothing"
+     " sends it; both validators refuse None and '' alike (the body must be a JSON object)"),
+    # --- gateway/pipeline/conventions.py
+    ("gateway/pipeline/conventions.py", 'return request.query.get("all", "").lower() in _TRUE',
+     'return request.query.get("all", "XXXX").lower() in _TRUE', "neither '' nor 'xxxx' is a true value"),
+    *(("gateway/pipeline/conventions.py", line, line.replace('"Vary"', spelled),
+       "header names: aiohttp's response headers ignore case")
+      for line in ('vary = resp.headers.get("Vary")', 'resp.headers["Vary"] = "Accept-Encoding"',
+                   'resp.headers["Vary"] = f"{vary}, Accept-Encoding"')
+      for spelled in ('"vary"', '"VARY"')),
+    *(("gateway/pipeline/conventions.py", line, line.replace(name, spelled),
+       "header names: aiohttp's request and response headers ignore case")
+      for line, name in (('etag = resp.headers.get("ETag")', "ETag"),
+                         ('etag = resp.headers["ETag"] = etag_of(resp.body)  # a cached entry stored its own', "ETag"),
+                         ('asked = http(ex).headers.get("If-None-Match")', "If-None-Match"))
+      for spelled in (name.lower(), name.upper())),
+    *(("gateway/pipeline/conventions.py",
+       "return 'W/\"' + hashlib.sha1(body, usedforsecurity=False).hexdigest()[:24] + '\"'",
+       f"return 'W/\"' + hashlib.sha1(body, {flag}).hexdigest()[:24] + '\"'",
+       "usedforsecurity only tells a FIPS build what the digest is for: the digest is the same")
+      for flag in ("usedforsecurity=None", "usedforsecurity=True", "")),
+    # --- gateway/proxy/respond.py
+    *(("gateway/proxy/respond.py", line, line.replace(name, spelled),
+       "header names: the upstream's headers and the relayed response's ignore case")
+      for line, name in (
+          (_RELAYED_TYPE, 'headers["Content-Type"]'),
+          (_RELAYED_TYPE, 'get("Content-Type"'),
+          ('headers["X-Request-ID"] = request_id  # the response is on the wire before the middleware sees it',
+           'headers["X-Request-ID"]'),
+      )
+      for spelled in (name.replace(name.split('"')[1], name.split('"')[1].lower()),
+                      name.replace(name.split('"')[1], name.split('"')[1].upper()))),
+    *(("gateway/proxy/respond.py", 'ctype = resp.headers.get("Content-Type", "application/octet-stream")',
+       f'ctype = resp.headers.get("{spelled}", "application/octet-stream")', "header names: the upstream's ignore case")
+      for spelled in ("content-type", "CONTENT-TYPE")),
+    *(("gateway/proxy/respond.py", 'headers["Content-Type"] = ctype', f'headers["{spelled}"] = ctype',
+       "header names: the response's headers ignore case") for spelled in ("content-type", "CONTENT-TYPE")),
+    ("gateway/proxy/respond.py", "await super().write_eof(data)", "await super().write_eof(None)",
+     "aiohttp's Response.write_eof only asserts that its data is empty, and None is as empty as b''"),
+    ("gateway/proxy/respond.py", "self.pop(_ANSWER, None)", "self.pop(_ANSWER, )",
+     "_holding set the key on every _Relayed: pop always finds it"),
+    ("gateway/proxy/respond.py", "self._body = None", 'self._body = ""', "an empty string holds no more than None"),
+    # --- gateway/proxy/status.py
+    *(("gateway/proxy/status.py",
+       'route.shape, resp.status, resp.headers.get("Content-Type", ""), resp.location is not None, route.name',
+       mutated, why)
+      for mutated, why in (
+          ('route.shape, resp.status, resp.headers.get("content-type", ""), resp.location is not None, route.name',
+           "header names: the upstream's headers ignore case"),
+          ('route.shape, resp.status, resp.headers.get("CONTENT-TYPE", ""), resp.location is not None, route.name',
+           "header names: the upstream's headers ignore case"),
+          ('route.shape, resp.status, resp.headers.get("Content-Type", ""), resp.location is not None, None',
+           "the error's route: the server fills a missing one from the request it answers"),
+      )),
+    # --- gateway/pipeline/collection.py
+    ("gateway/pipeline/collection.py", "as_ndjson: bool = False,", "as_ndjson: bool = True,",
+     "every caller passes as_ndjson (gateway.proxy.Proxy.collection, handed it by the core stage)"),
+    *(("gateway/pipeline/collection.py", line, mutated,
+       "every caller passes a query: an Exchange's defaults to an empty one (gateway.pipeline.Exchange)")
+      for line, mutated in (
+          ("assert request is not None\nquery = request.query", "assert request is None\nquery = request.query"),
+          ("query = request.query", "query = None"),
+      )),
+    ("gateway/pipeline/collection.py",
+     "return params if stream is None or fan is None else {**params, fan.name: stream}",
+     "return params if stream is None and fan is None else {**params, fan.name: stream}",
+     "the streams are [None] exactly when the route has no fan-out: both tests agree"),
+    ("gateway/pipeline/collection.py", "fetch = functools.partial(fetch_from, None, False)",
+     "fetch = functools.partial(fetch_from, None, None)", "None is as false as False: underway is only tested"),
+    ("gateway/pipeline/collection.py", "fetch = functools.partial(fetch_from, None, False)",
+     "fetch = functools.partial(fetch_from, None, True)",
+     "without ``only`` every target is tried in turn, and underway is read only with ``only`` (proxy.targets)"),
+    *(("gateway/proxy/status.py", "detail = redact(upstream_message(resp.body), fresh=True)", mutated,
+       "every error leaving a route is redacted again with freshly read secrets (Proxy.handle, Proxy.probe:"
+       " scrub); tests/test_mutants_pipeline.py shows a renewed token hidden")
+      for mutated in ("detail = redact(upstream_message(resp.body), fresh=None)",
+                      "detail = redact(upstream_message(resp.body), fresh=False)",
+                      "detail = redact(upstream_message(resp.body), )")),
+    *(("gateway/proxy/status.py", 'headers={"Retry-After": retry} if retry else None,',
+       f'headers={{"{spelled}": retry}} if retry else None,', "header names: the response's headers ignore case")
+      for spelled in ("retry-after", "RETRY-AFTER")),
+    ("gateway/proxy/status.py", "data = jsonio.loads(body) if body else None",
+     "data = jsonio.loads(body) if (body) or True else None",
+     "an empty body does not parse: the same '' either way"),
+]
+EQUIVALENT += PIPELINE_EQUIVALENT
+
 #: lines that only word an error message: a survivor changing nothing but string literals on one
 #: of them is not counted (file, a piece of the line)
 MESSAGES: list[tuple[str, str]] = [
@@ -319,6 +432,9 @@ MESSAGES: list[tuple[str, str]] = [
     ("gateway/pagination/__init__.py", 'f"the collection has more than {pag.max_items} items'),
     ("gateway/pagination/__init__.py", '"page through it with cursors instead of all=true"'),
     ("gateway/pagination/__init__.py", 'assert base_url is not None, "'),
+    ("gateway/pipeline/body.py", 'f"send the body as {JSON_TYPE}, not {ctype or'),
+    ("gateway/pipeline/collection.py", 'raise AssertionError("the last target never hands over")'),
+    ("gateway/pipeline/collection.py", 'f"the cursor was issued for {fan.name}='),
 ]
 
 #: the ``calls`` group's survivors that cannot change what anyone sees (as in EQUIVALENT)
@@ -450,12 +566,21 @@ ROUTE_ONLY_FOR_ERRORS = (
     ".walk(",
     "name = route.name",
     "self.route = route",
+    # the pipeline group: helpers handed the route's name only to put it in their errors
+    "_read_limited(",
+    "relay.relay(",
+    "_limit(",
+    "_flag(",
+    "check_fields(",
+    "apply_mapping(",
+    "confirm_empty(",
 )
 
 
 def _route_only(file: str, old: str, new: str) -> bool:
     """The mutant only drops the route an error names, or names None instead."""
-    if not file.startswith("gateway/pagination/") or not any(p in old for p in ROUTE_ONLY_FOR_ERRORS):
+    mine = file.startswith("gateway/pagination/") or file in GROUPS["pipeline"][0]
+    if not mine or not any(p in old for p in ROUTE_ONLY_FOR_ERRORS):
         return False
 
     def norm(line: str) -> str:
@@ -482,6 +607,38 @@ def _message_only(old: str, new: str) -> bool:
 _CODE = re.compile(r"""code=("[^"]*"|'[^']*'|None)|code=""")
 
 
+#: runs each named mutant's rechecking tests in a forked child of one process that has imported
+#: them already (as mutmut does): one pytest start-up per survivor would take seconds each
+_RECHECK = """
+import json, os, signal, sys
+import pytest
+args, names, jobs = json.load(sys.stdin)
+killed, running = [], {}
+
+def reap():
+    pid, status = os.wait()
+    # 1: a test failed; ended by the alarm: a timeout, as mutmut counts one
+    if (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 1) or (
+        os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGALRM
+    ):
+        killed.append(running[pid])
+    del running[pid]
+
+for name in names:
+    if len(running) >= jobs:
+        reap()
+    pid = os.fork()
+    if pid == 0:
+        os.environ["MUTANT_UNDER_TEST"] = name
+        signal.alarm(120)
+        os._exit(pytest.main(args))
+    running[pid] = name
+while running:
+    reap()
+print(json.dumps(killed))
+"""
+
+
 def _recheck(work: Path, group: str, names: list[str]) -> set[str]:
     """The survivors that the group's own mutant tests kill when run against them directly.
 
@@ -490,30 +647,28 @@ def _recheck(work: Path, group: str, names: list[str]) -> set[str]:
     survivor it reports may well be killed.  Each is run here (with ``MUTANT_UNDER_TEST``, as
     mutmut does) against ``tests/test_mutants_named.py`` and the group's ``test_mutants_*.py``.
     """
-    tests = ["tests/test_mutants_named.py", f"tests/test_mutants_{group.replace('-', '_')}.py"]
-    killed = set()
-    for name in names:
-        try:
-            done = subprocess.run(
-                [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:randomly", *tests],
-                cwd=work / "mutants",
-                capture_output=True,
-                env={**os.environ, "MUTANT_UNDER_TEST": name, "PYTHONPATH": str(work / "mutants")},
-                timeout=120,
-            )
-        except subprocess.TimeoutExpired:
-            killed.add(name)  # as mutmut counts a timeout
-            continue
-        if done.returncode == 1:  # tests failed (not an error collecting them)
-            killed.add(name)
-    return killed
+    if not names:
+        return set()
+    # the group's own first: with -x, a mutant they kill costs none of the named tests' time
+    tests = [f"tests/test_mutants_{group.replace('-', '_')}.py", "tests/test_mutants_named.py"]
+    args = ["-q", "-x", "-p", "no:cacheprovider", "-p", "no:randomly", *tests]
+    done = subprocess.run(
+        [sys.executable, "-c", _RECHECK],
+        cwd=work / "mutants",
+        input=json.dumps([args, names, int(os.environ.get("MUTANTS_JOBS", "2"))]),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MUTANT_UNDER_TEST": "", "PYTHONPATH": str(work / "mutants")},
+        check=True,
+    )
+    return set(json.loads(done.stdout.splitlines()[-1]))
 
 
 def _survivors(results: Path) -> list[str]:
     out = []
     for line in results.read_text().splitlines():
         name, _, status = line.strip().rpartition(": ")
-        if status in ("survived", "no tests"):
+        if status in ("survived", "no tests", "not checked"):
             out.append(name)
     return out
 
@@ -612,10 +767,31 @@ def _toml_list(values: list[str]) -> str:
     return "[" + ", ".join(json.dumps(v) for v in values) + "]"
 
 
-def run_group(name: str, keep: Path) -> dict[str, int]:
+def _refresh_tests(work: Path) -> None:
+    """The work tree's tests copied over a kept run's (``--recheck``): survivors are run again
+    against the tests written since mutmut ran."""
+    for copy in (work / "tests", work / "mutants" / "tests"):
+        if copy.exists():
+            shutil.rmtree(copy)
+        shutil.copytree(ROOT / "tests", copy, ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def _counts(results: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for line in results.splitlines():
+        status = line.rpartition(":")[2].strip()
+        if status:
+            counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def run_group(name: str, keep: Path, recheck_only: bool = False) -> dict[str, int]:
     mutate, tests = GROUPS[name]
     deselect = [arg for test in DESELECT for arg in ("--deselect", test)]
     work = keep / name
+    if recheck_only:
+        _refresh_tests(work)
+        return _results(name, keep, work)
     if work.exists():
         shutil.rmtree(work)
     _copy_tree(work)
@@ -632,27 +808,29 @@ def run_group(name: str, keep: Path) -> dict[str, int]:
         + "use_git_change_detection = false\n"
     )
     subprocess.run([sys.executable, "-m", "mutmut", "run"], cwd=work, check=False)
+    return _results(name, keep, work)
+
+
+def _results(name: str, keep: Path, work: Path) -> dict[str, int]:
+    """mutmut's verdicts, kept in ``GROUP.results.txt`` (an interrupted run's too)."""
     out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work,
                          capture_output=True, text=True).stdout
-    counts: dict[str, int] = {}
-    for line in out.splitlines():
-        status = line.rpartition(":")[2].strip()
-        if status:
-            counts[status] = counts.get(status, 0) + 1
     (keep / f"{name}.results.txt").write_text(out)
-    return counts
+    return _counts(out)
 
 
 def main() -> int:
     if sys.argv[1:] == ["named"]:
         return 1 if check_named() else 0
-    names = sys.argv[1:] or list(GROUPS)
+    recheck_only = "--recheck" in sys.argv[1:]
+    names = [a for a in sys.argv[1:] if a != "--recheck"] or list(GROUPS)
     keep = Path(tempfile.gettempdir()) / "routegate-mutants"
     keep.mkdir(exist_ok=True)
     for name in names:
-        counts = run_group(name, keep)
+        counts = run_group(name, keep, recheck_only)
         killed = counts.get("killed", 0) + counts.get("timeout", 0)
-        total = sum(counts.values()) - counts.get("not checked", 0)
+        # a run stopped part-way leaves mutants "not checked": they count, and go to the recheck below
+        total = sum(counts.values())
         survivors = _survivors(keep / f"{name}.results.txt")
         why = _excluded(keep / name, survivors)
         left = [s for s in survivors if s not in why]
