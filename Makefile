@@ -30,7 +30,7 @@ test: $(STAMP)
 	scripts/install-test-deps.sh
 	$(BIN)/pytest -q -n auto
 
-# mutation testing (mutmut) of pagination, mapping and the cache policy, each group running only its
+# mutation testing (mutmut) of pagination, mapping, the cache policy and the pipeline (calls, pipeline), each group running only its
 # focused tests, in throwaway copies under $TMPDIR/routegate-mutants; slow: MUTANTS=cache-policy runs one group
 mutants: $(STAMP)
 	$(BIN)/python scripts/mutants.py named

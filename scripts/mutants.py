@@ -820,6 +820,13 @@ def _results(name: str, keep: Path, work: Path) -> dict[str, int]:
 
 
 def main() -> int:
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        return 0
+    unknown = [a for a in sys.argv[1:] if a not in GROUPS and a not in ("named", "--recheck")]
+    if unknown:
+        print(f"mutants.py: no group {unknown[0]!r}; groups: {', '.join(GROUPS)} (or named)", file=sys.stderr)
+        return 2
     if sys.argv[1:] == ["named"]:
         return 1 if check_named() else 0
     recheck_only = "--recheck" in sys.argv[1:]
