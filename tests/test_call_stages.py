@@ -191,3 +191,49 @@ async def test_a_raw_answer_streamed_hands_over_on_its_content_type_and_relays_t
     fake.script("/raw/x", Reply(200, b"\x00binary", {"Content-Type": "application/octet-stream"}))
     raw = await gw.get("/v1/raw/x")
     assert raw.status == 200 and await raw.read() == b"\x00binary"
+
+
+LINKED = """
+upstreams:
+  fake:
+    base_url: {url}
+    retries: {{attempts: 1}}
+    circuit_breaker: {{failures: 0}}
+routes:
+  linked:
+    stable: GET /v1/linked
+    upstream: fake
+    auth: none
+    pagination: {{style: next_url, next: next, items: results}}
+    targets: ["GET /old-list", "GET /new-list"]
+    fallback_on: [404]
+"""
+
+
+async def test_a_walk_handed_over_to_a_later_target_follows_that_targets_next_links(
+    make_gateway: Any, aiohttp_server: Any
+) -> None:
+    """The first target moved away (404): the walk starts on the second, and its next link is followed
+    there, not checked against the first target's path (which made page 2 a 502 pagination_bad_link)."""
+    fake, _, url = await start_fake(aiohttp_server)
+    fake.script("/old-list", Reply(404, b'{"detail": "gone"}', {"Content-Type": "application/json"}))
+    page1 = {"results": [{"id": 1}, {"id": 2}], "next": f"{url}/new-list?page=2"}
+    page2 = {"results": [{"id": 3}], "next": None}
+    json_type = {"Content-Type": "application/json"}
+    fake.script(
+        "/new-list",
+        Reply(200, json.dumps(page1).encode(), json_type),
+        Reply(200, json.dumps(page2).encode(), json_type),
+    )
+    gw = await make_gateway(LINKED.format(url=url), registry=CollectorRegistry())
+    first = await gw.get("/v1/linked", params={"limit": "2"})
+    assert first.status == 200
+    body = await first.json()
+    assert [i["id"] for i in body["items"]] == [1, 2] and body["next_cursor"]
+    asked_old = fake.count("/old-list")
+    second = await gw.get("/v1/linked", params={"limit": "2", "cursor": body["next_cursor"]})
+    assert second.status == 200, await second.text()
+    rest = await second.json()
+    assert [i["id"] for i in rest["items"]] == [3] and rest["next_cursor"] is None
+    assert fake.count("/old-list") == asked_old  # the link is the second target's: the first is not asked
+    assert [h.query for h in fake.hits if h.path == "/new-list"][-1] == "page=2"

@@ -18,6 +18,7 @@ from typing import Any
 from gateway import fallback as handover
 from gateway.cache import Notes
 from gateway.config import Route
+from gateway.mapping import target_request
 from gateway.trace import RequestTrace
 from gateway.upstream import UpstreamResponse, release
 
@@ -90,6 +91,11 @@ def fallback(route: Route, inner: Send) -> Send | None:
     last = len(route.targets) - 1
 
     async def fall_back(call: Call) -> UpstreamResponse:
+        if call.at is not None and call.only is None:
+            gave = _link_target(route, call)
+            if gave is not None:  # a next link is followed on the target that gave it, and judged as it answers
+                call.target = gave
+                return await inner(call)
         for index in range(len(route.targets)) if call.only is None else (call.only,):
             call.target = index
             resp = await inner(call)
@@ -104,3 +110,13 @@ def fallback(route: Route, inner: Send) -> Send | None:
 
     return fall_back
 
+
+def _link_target(route: Route, call: Call) -> int | None:
+    """The target whose path a next link (``Call.at``) is below: a walk handed over to a later target
+    goes on there, not on the first target, whose path the link is not (None: no target's)."""
+    assert call.at is not None
+    path = call.at.partition("?")[0].rstrip("/")
+    for index, target in enumerate(route.targets):
+        if target_request(target, call.params)[0].rstrip("/") == path:
+            return index
+    return None
