@@ -392,3 +392,51 @@ def test_a_document_that_is_not_a_mapping_is_named_by_its_kind() -> None:
     assert problems("- 1\n") == [
         "routes.yaml:1: (document): expected a mapping with 'upstreams' and 'routes', got a list"
     ]
+
+
+@pytest.mark.parametrize(
+    ("upstream", "route", "top", "key"),
+    [
+        # a key with its value commented out is not the key left out: each would fail open or drop silently
+        ("", '    stable: GET /v1/r/{id}\n    upstream:\n    targets: ["GET /x/{id}"]\n', "", "routes.r.upstream"),
+        ("", "    stable: GET /v1/r/{id}\n    upstream: api\n    targets: null\n", "", "routes.r.targets"),
+        (
+            "",
+            ROUTE,
+            "clients:\n  keys:\n    backup: {key: {env: K}, methods: null}\n",
+            "clients.keys.backup.methods",
+        ),
+        ("", ROUTE, "clients:\n  keys:\n    backup: {key: {env: K}, routes: null}\n", "clients.keys.backup.routes"),
+        (
+            "",
+            ROUTE,
+            "clients:\n  keys:\n    backup: {key: {env: K}, rate_limit: null}\n",
+            "clients.keys.backup.rate_limit",
+        ),
+        ("    auth: {bearer: {env: null}}\n", ROUTE, "", "upstreams.api.auth.bearer.env"),
+        (
+            "    auth: {bearer: {env: T}, expiry: {header: null, unit: s}}\n",
+            ROUTE,
+            "",
+            "upstreams.api.auth.expiry.header",
+        ),
+        ("    retries: null\n", ROUTE, "", "upstreams.api.retries"),
+        ("", ROUTE + "    response: {item: {id: {param: null}}}\n", "", "routes.r.response.item.id.param"),
+    ],
+)
+def test_a_key_written_as_null_is_refused_not_taken_for_left_out(upstream: str, route: str, top: str, key: str) -> None:
+    """``key:`` / ``key: null`` where null means nothing: refused at the key (before, some read as "no
+    restriction": a client key's ``methods: null`` granted every method, ``upstream: null`` dropped the route)."""
+    found = problems(doc(upstream=upstream, route=route, top=top))
+    assert any(f": {key}: " in p for p in found), found
+    assert not any("Traceback" in p for p in found)
+
+
+def test_a_null_that_means_something_stays_a_value() -> None:
+    """``size_param: null`` (the upstream's page size is its own) is the one null that says something."""
+    route = (
+        COLLECTION
+        + "    pagination: {style: page, items: results, page_param: page, first_page: 1, size_param: null}\n"
+    )
+    (r, _w) = parse_config(doc(route=route), "routes.yaml", {}).routes
+    assert r.pagination is not None and r.pagination.size_param == ""  # no size is sent

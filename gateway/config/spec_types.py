@@ -22,6 +22,7 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic.json_schema import JsonSchemaValue
 
 from gateway.config.values import parse_duration, parse_rate, parse_ratio, parse_size
@@ -101,10 +102,38 @@ SCALAR, MAPPING, LIST = Tag("scalar"), Tag("mapping"), Tag("list")
 HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
+class _Null:
+    """A key written without a value (``key:``, ``key: null``) where null means nothing: the field's own
+    type refuses it, at its key.  Leaving a key out is how its default is asked for; a list commented
+    out under ``methods:`` must not read as "no restriction"."""
+
+    __slots__ = ()
+
+
+_NULL = _Null()
+
+
+def _nullable(field: FieldInfo) -> bool:
+    """A field where ``null`` is a value of its own (``json_schema_extra={"nullable": True}``)."""
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get("nullable"))
+
+
 class Section(BaseModel):
-    """A routes.yaml mapping: unknown keys are mistakes, and a string is never read as a number."""
+    """A routes.yaml mapping: unknown keys are mistakes, a string is never read as a number, and a key
+    written as ``null`` is not taken for one left out."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_not_absent(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or None not in data.values():
+            return data
+        fields = {(f.alias or name): f for name, f in cls.model_fields.items()}
+        return {
+            k: _NULL if v is None and k in fields and not _nullable(fields[k]) else v for k, v in data.items()
+        }
 
 
 _NEVER_INLINE = "secrets are never written in routes.yaml"
