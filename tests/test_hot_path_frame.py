@@ -63,7 +63,7 @@ async def test_metrics_count_each_status_class_exactly(make_gateway: Any, aiohtt
         assert (await gw.get("/v1/nothing-here")).status == 404  # no route: route "(none)"
     assert (await gw.get("/v1/things/bad")).status == 502
     assert (await gw.get("/healthz")).status == 200  # own endpoints are not counted
-    assert (await gw.post("/healthz")).status == 405  # nor an own path with another method
+    assert (await gw.post("/healthz")).status == 405  # an own path with another method is: a 4xx of no route
     await _settled()
     text = await (await gw.get("/metrics")).text()
     counted = sorted(ln for ln in text.splitlines() if ln.startswith("gateway_requests_total{"))
@@ -72,6 +72,7 @@ async def test_metrics_count_each_status_class_exactly(make_gateway: Any, aiohtt
         'gateway_requests_total{method="GET",route="get_thing",status_class="2xx"} 3.0',
         'gateway_requests_total{method="GET",route="get_thing",status_class="4xx"} 1.0',
         'gateway_requests_total{method="GET",route="get_thing",status_class="5xx"} 1.0',
+        'gateway_requests_total{method="POST",route="(none)",status_class="4xx"} 1.0',
     ]
     assert "# HELP gateway_requests_total Stable-side requests answered." in text
     assert "# TYPE gateway_request_duration_seconds histogram" in text

@@ -173,12 +173,11 @@ def stable(gateway: Gateway, dispatch: Dispatch) -> Handler:
         resp.headers["X-Request-ID"] = rid
         if not resp.prepared:  # (a stream was marked before its head went out)
             mark_answer(request, resp, record)
-        if own_allow is None:  # an own path with another method: answered, not counted
-            # counted and logged once the answer is on the wire, as nginx's log phase does: the
-            # client does not wait for the bookkeeping (aiohttp writes the response in this same
-            # turn of the loop, before any callback queued now runs)
-            elapsed = time.perf_counter() - started
-            asyncio.get_running_loop().call_soon(_account, request, rid, resp.status, elapsed, record, gateway)
+        # counted and logged once the answer is on the wire, as nginx's log phase does: the client
+        # does not wait for the bookkeeping (aiohttp writes the response in this same turn of the
+        # loop, before any callback queued now runs); a 405 on an own path too, under route "(none)"
+        elapsed = time.perf_counter() - started
+        asyncio.get_running_loop().call_soon(_account, request, rid, resp.status, elapsed, record, gateway)
         return resp
 
     return framed
