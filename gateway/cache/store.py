@@ -42,7 +42,8 @@ class Entry:
     head: list[CIMultiDict[str]] = field(default_factory=list, compare=False, repr=False)
 
     def size(self, key: CacheKey) -> int:
-        return len(self.body) + sum(len(k) + len(v) for k, v in self.headers) + len(key.text) + ENTRY_OVERHEAD
+        """What the entry holds against ``cache.max_bytes``: its headers twice (as stored, and as ``head``)."""
+        return len(self.body) + 2 * sum(len(k) + len(v) for k, v in self.headers) + len(key.text) + ENTRY_OVERHEAD
 
     def encode(self) -> bytes:
         meta = {
