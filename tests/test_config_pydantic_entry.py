@@ -440,3 +440,11 @@ def test_a_null_that_means_something_stays_a_value() -> None:
     )
     (r, _w) = parse_config(doc(route=route), "routes.yaml", {}).routes
     assert r.pagination is not None and r.pagination.size_param == ""  # no size is sent
+
+
+def test_an_empty_list_of_secret_sources_says_a_list_is_what_is_wrong() -> None:
+    found = problems(doc(upstream="    auth: {bearer: []}\n"))
+    assert found == [
+        "routes.yaml:4: upstreams.api.auth.bearer: expected a non-empty list, each {env: VAR}, {file: PATH}"
+        " or {file_env: VAR}; secrets are never written in routes.yaml"
+    ]

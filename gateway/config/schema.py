@@ -261,6 +261,8 @@ def _message(err: Any, value: Any, model: type[BaseModel], loc: tuple[Any, ...])
         got = f", got an empty {'list' if isinstance(value, list) else 'one'}"
     if secret or value is _UNKNOWN:
         got = ""
+    if wording is not None and wording.secret and kind == "too_short":  # an empty list of sources
+        return f"expected a non-empty list, each {wording.text()}"
     if wording is not None:
         return f"expected {wording.text()}" + ("" if wording.choices and isinstance(value, str) else got)
     if secret and kind in ("greater_than_equal", "less_than_equal"):
