@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import io
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
-from gateway import credential_id
+from gateway import credential_id, logs
 from gateway.cache import policy
 from gateway.server import build_app
 from sandbox.runner import Sandboxes, gateway_env, start_sandboxes
@@ -94,3 +96,27 @@ def need_binary(binary: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+@pytest.fixture
+def access_lines() -> Iterator[tuple[logs.AccessLines, io.StringIO]]:
+    """gateway serve's JSON logging, its stream captured: the fast access-line writer and what it wrote;
+    a secret (``secret-key-123456``) the redactor hides.  The root logger is restored after."""
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    formatter = logs.setup("info")
+    formatter.redactor.source = lambda: ["secret-key-123456"]
+    stream = io.StringIO()
+    handler = root.handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(stream)
+    fast = logs.access_lines()
+    assert fast is not None
+    try:
+        yield fast, stream
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in saved[0]:
+            root.addHandler(h)
+        root.setLevel(saved[1])

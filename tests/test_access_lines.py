@@ -9,41 +9,16 @@ import logging
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
-
-import pytest
 
 from gateway import logs
 
 FIELDS = {"event": "request", "request_id": "r1", "route": "x", "client": "secret-key-123456", "status": 200}
 
 
-@pytest.fixture
-def configured() -> Iterator[tuple[logs.AccessLines, io.StringIO]]:
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
-    formatter = logs.setup("info")
-    formatter.redactor.source = lambda: ["secret-key-123456"]
-    stream = io.StringIO()
-    handler = root.handlers[0]
-    assert isinstance(handler, logging.StreamHandler)
-    handler.setStream(stream)
-    fast = logs.access_lines()
-    assert fast is not None
-    try:
-        yield fast, stream
-    finally:
-        for h in list(root.handlers):
-            root.removeHandler(h)
-        for h in saved[0]:
-            root.addHandler(h)
-        root.setLevel(saved[1])
-
-
-def test_the_fast_line_is_the_formatters_line(configured: tuple[logs.AccessLines, io.StringIO]) -> None:
-    fast, stream = configured
+def test_the_fast_line_is_the_formatters_line(access_lines: tuple[logs.AccessLines, io.StringIO]) -> None:
+    fast, stream = access_lines
     fast.write(FIELDS)
     record = logging.LogRecord("gateway.access", logging.INFO, __file__, 1, "m", None, None)
     record.fields = FIELDS
@@ -56,8 +31,8 @@ def test_the_fast_line_is_the_formatters_line(configured: tuple[logs.AccessLines
     assert fast_line["client"] == logs.REDACTED  # and the same redaction
 
 
-def test_any_other_logging_set_up_gets_real_records(configured: tuple[logs.AccessLines, io.StringIO]) -> None:
-    fast, _ = configured
+def test_any_other_logging_set_up_gets_real_records(access_lines: tuple[logs.AccessLines, io.StringIO]) -> None:
+    fast, _ = access_lines
     root = logging.getLogger()
     pytests = [h for h in root.handlers if h is not fast.handler]  # pytest's own capture handlers
     for h in pytests:
@@ -95,8 +70,8 @@ class _Counting(io.StringIO):
         return super().write(s)
 
 
-async def test_lines_of_one_loop_turn_go_out_in_one_write(configured: tuple[logs.AccessLines, io.StringIO]) -> None:
-    fast, _ = configured
+async def test_lines_of_one_loop_turn_go_out_in_one_write(access_lines: tuple[logs.AccessLines, io.StringIO]) -> None:
+    fast, _ = access_lines
     stream = _Counting()
     fast.handler.setStream(stream)
     for i in range(3):
@@ -109,9 +84,9 @@ async def test_lines_of_one_loop_turn_go_out_in_one_write(configured: tuple[logs
 
 
 async def test_another_record_writes_the_waiting_access_lines_first(
-    configured: tuple[logs.AccessLines, io.StringIO],
+    access_lines: tuple[logs.AccessLines, io.StringIO],
 ) -> None:
-    fast, stream = configured
+    fast, stream = access_lines
     fast.write(FIELDS)
     logging.getLogger("gateway").warning("after the request")
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]

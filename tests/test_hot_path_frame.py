@@ -9,7 +9,6 @@ import io
 import json
 import logging
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -212,34 +211,12 @@ async def test_a_relayed_raw_answer_is_private_and_counted(make_gateway: Any, ai
     assert 'gateway_requests_total{method="GET",route="raw_thing",status_class="2xx"} 1.0' in text
 
 
-@pytest.fixture
-def configured() -> Iterator[tuple[logs.AccessLines, io.StringIO]]:
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
-    formatter = logs.setup("info")
-    formatter.redactor.source = lambda: ["secret-key-123456"]
-    stream = io.StringIO()
-    handler = root.handlers[0]
-    assert isinstance(handler, logging.StreamHandler)
-    handler.setStream(stream)
-    fast = logs.access_lines()
-    assert fast is not None
-    try:
-        yield fast, stream
-    finally:
-        for h in list(root.handlers):
-            root.removeHandler(h)
-        for h in saved[0]:
-            root.addHandler(h)
-        root.setLevel(saved[1])
-
-
 @pytest.mark.parametrize(
     "path",
     ['/v1/x/a"b\\c', "/v1/x/\x01\x1f\x7f", "/v1/x/\u00e9\u2028\U0001f600", "/v1/x/secret-key-123456", "/v1/x"],
 )
-def test_the_request_line_is_the_formatters_line(configured: tuple[logs.AccessLines, io.StringIO], path: str) -> None:
-    fast, stream = configured
+def test_the_request_line_is_the_formatters_line(access_lines: tuple[logs.AccessLines, io.StringIO], path: str) -> None:
+    fast, stream = access_lines
     trace = RequestTrace(route="x", client="ci", upstream_calls=2, upstream_status=201, upstream_seconds=0.0123456)
     trace.cache, trace.error = "miss", "upstream_timeout"
     fast.write_request("rid-1", "GET", path, "x", 504, 12.345, trace)
