@@ -382,7 +382,7 @@ PIPELINE_EQUIVALENT: list[tuple[str, str, str, str]] = [
       )),
     # --- gateway/pipeline/collection.py
     ("gateway/pipeline/collection.py", "as_ndjson: bool = False,", "as_ndjson: bool = True,",
-     "every caller passes as_ndjson (gateway.proxy.Proxy.collection, handed it by the core stage)"),
+     "every caller passes as_ndjson (the collection stage, gateway.pipeline.stages.collection)"),
     *(("gateway/pipeline/collection.py", line, mutated,
        "every caller passes a query: an Exchange's defaults to an empty one (gateway.pipeline.Exchange)")
       for line, mutated in (
@@ -447,8 +447,6 @@ CALLS_EQUIVALENT: list[tuple[str, str, str, str]] = [
      " before any stage reads it"),
     ("gateway/pipeline/calls.py", "raise handover.HandOver(index)", "raise handover.HandOver(None)",
      "the walk that catches HandOver (gateway.pipeline.collection._walk) never reads its index"),
-    ("gateway/pipeline/core.py", "as_ndjson: bool = False,", "as_ndjson: bool = True,",
-     "a Protocol's signature: its default never runs"),
     *(("gateway/pipeline/stages.py",
        'return route.pagination is not None and ndjson.wants_ndjson(request.headers.get("Accept", ""))',
        f'return route.pagination is not None and ndjson.wants_ndjson(request.headers.get("{name}", ""))',
@@ -487,8 +485,6 @@ CALLS_EQUIVALENT: list[tuple[str, str, str, str]] = [
        new, "the only caller (gateway.server.stable) passes the request's record")
       for new in ("record = trace if (trace is not None) or True else RequestTrace(route=match.route.name)",
                   "record = trace if trace is not None else RequestTrace(route=None)")),
-    ("gateway/proxy/__init__.py", "as_ndjson: bool = False,", "as_ndjson: bool = True,",
-     "the only caller (gateway.pipeline.stages.collection) passes as_ndjson"),
     *(("gateway/proxy/__init__.py", 'headers = self.targets.headers(upstream, route, "")',
        f"headers = self.targets.headers(upstream, route, {rid})",
        "the request id is no part of the credential a budget is kept for (gateway.sends.credential_id)")

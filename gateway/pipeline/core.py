@@ -5,16 +5,12 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from aiohttp import web
-from multidict import MultiMapping
-
-from gateway.cache import Notes, ResponseCache
+from gateway.cache import ResponseCache
 from gateway.config import Config, Route
 from gateway.errors import GatewayError, UpstreamError
 from gateway.health import RouteHealth
 from gateway.pipeline.calls import CallPipeline
 from gateway.session import SessionChecks
-from gateway.trace import RequestTrace
 from gateway.upstream import UpstreamResponse
 
 
@@ -28,19 +24,6 @@ class Core(Protocol):
     sessions: SessionChecks | None
     #: each route's call-level stack (gateway.pipeline.calls): what one upstream call of it passes
     calls: dict[str, CallPipeline]
-
-    async def collection(
-        self,
-        request: web.Request | None,
-        route: Route,
-        params: dict[str, Any],
-        request_id: str,
-        as_ndjson: bool = False,
-        notes: Notes | None = None,
-        *,
-        query: MultiMapping[str] | None = None,
-        trace: RequestTrace | None = None,
-    ) -> web.StreamResponse: ...
 
     def _json(self, route: Route, resp: UpstreamResponse) -> Any: ...
 

@@ -17,6 +17,7 @@ from gateway.mapping import parse_params
 from gateway.pipeline import Exchange, Handler, Stage, http
 from gateway.pipeline.account import account
 from gateway.pipeline.body import read_body
+from gateway.pipeline.collection import serve
 from gateway.pipeline.core import Core
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -103,8 +104,8 @@ def collection(proxy: Core, route: Route) -> Handler:
 
     async def collected(ex: Exchange) -> web.StreamResponse:
         as_ndjson = ex.request is not None and _streamed(route, ex.request)
-        return await proxy.collection(
-            ex.request, route, ex.params, ex.request_id, as_ndjson, ex.notes, query=ex.query, trace=ex.trace
+        return await serve(
+            proxy, ex.request, route, ex.params, ex.request_id, as_ndjson, ex.notes, query=ex.query, trace=ex.trace
         )
 
     return collected

@@ -16,19 +16,19 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
-from multidict import MultiDict, MultiMapping
+from multidict import MultiDict
 
 from gateway import buffers
 from gateway.access import ANONYMOUS, Access
 from gateway.auth import Credentials, secrets_of
-from gateway.cache import Notes, ResponseCache
+from gateway.cache import ResponseCache
 from gateway.config import Config, Route
 from gateway.errors import GatewayError, UpstreamError
 from gateway.health import RouteHealth
 from gateway.limits import Limits
 from gateway.metrics import Metrics
 from gateway.pagination import derive_key
-from gateway.pipeline import Exchange, Handler, Pipeline, Stage, admission, build, collection, conventions, stages
+from gateway.pipeline import Exchange, Handler, Pipeline, Stage, admission, build, conventions, stages
 from gateway.pipeline.calls import CallPipeline
 from gateway.proxy import answer, respond
 from gateway.proxy.targets import Targets
@@ -155,23 +155,6 @@ class Proxy:
     def _json(self, route: Route, resp: UpstreamResponse) -> Any:
         """The upstream body parsed (gateway.proxy.respond.parse_json)."""
         return respond.parse_json(route, resp)
-
-    async def collection(
-        self,
-        request: web.Request | None,
-        route: Route,
-        params: dict[str, Any],
-        request_id: str,
-        as_ndjson: bool = False,
-        notes: Notes | None = None,
-        *,
-        query: MultiMapping[str] | None = None,
-        trace: RequestTrace | None = None,
-    ) -> web.StreamResponse:
-        """A collection page (or ``all=true``): gateway.pipeline.collection."""
-        return await collection.serve(
-            self, request, route, params, request_id, as_ndjson, notes, query=query, trace=trace
-        )
 
     def budget_short(self, route: Route) -> str | None:
         """Why a probe of ``route`` should not spend the upstream budget now (scripts come first), or None."""
