@@ -17,7 +17,7 @@ from typing import Any
 
 from gateway import fallback as handover
 from gateway.cache import Notes
-from gateway.config import Route
+from gateway.config import Route, Target
 from gateway.mapping import target_request
 from gateway.trace import RequestTrace
 from gateway.upstream import UpstreamResponse, release
@@ -115,8 +115,13 @@ def _link_target(route: Route, call: Call) -> int | None:
     """The target whose path a next link (``Call.at``) is below: a walk handed over to a later target
     goes on there, not on the first target, whose path the link is not (None: no target's)."""
     assert call.at is not None
-    path = call.at.partition("?")[0].rstrip("/")
     for index, target in enumerate(route.targets):
-        if target_request(target, call.params)[0].rstrip("/") == path:
+        if link_below(call.at, target, call.params):
             return index
     return None
+
+
+def link_below(link: str, target: Target, params: Mapping[str, Any]) -> bool:
+    """A next link's path is the target's own (a trailing slash aside): the only links followed, or
+    accepted in a cursor."""
+    return link.partition("?")[0].rstrip("/") == target_request(target, params)[0].rstrip("/")

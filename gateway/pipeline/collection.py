@@ -20,9 +20,9 @@ from gateway.cache import CacheUnavailable, Notes, ResponseCache, forbid_store
 from gateway.config import Route, Upstream
 from gateway.errors import BadGateway, BadRequest
 from gateway.fallback import HandOver
-from gateway.mapping import apply_mapping, target_request
+from gateway.mapping import apply_mapping
 from gateway.pagination import Answer, Position, Tagged, decode_cursor, encode_cursor, pages
-from gateway.pipeline.calls import Call
+from gateway.pipeline.calls import Call, link_below
 from gateway.pipeline.core import Core
 from gateway.session import unless_signed_out as _held_unless_signed_out
 from gateway.shape import check_fields
@@ -205,8 +205,7 @@ def _check_link_cursor(route: Route, params: Mapping[str, Any], position: Positi
     if link is None:
         return
     targets = [route.targets[position.target]] if route.mixed_paging else route.targets
-    paths = {target_request(t, params)[0].rstrip("/") for t in targets}
-    if str(link).partition("?")[0].rstrip("/") not in paths:
+    if not any(link_below(str(link), t, params) for t in targets):
         raise BadRequest(
             "the cursor is not valid for this route; pass next_cursor exactly as it was returned",
             code="bad_cursor",

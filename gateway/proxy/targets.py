@@ -167,7 +167,7 @@ class Targets:
         """One exchange with one target, timed and counted (and written on ``trace``)."""
         path, query = target_request(target, params)
         if at is not None:
-            path, query = _followed(upstream, route, path, at)
+            path, query = _followed(upstream, route, target, params, at)
         payload = (
             target.body.const if target.body.mode == "const" else (body if target.body.mode == "passthrough" else None)
         )
@@ -227,13 +227,15 @@ class Targets:
         return resp.status
 
 
-def _followed(upstream: Upstream, route: Route, target_path: str, at: str) -> tuple[str, list[tuple[str, str]]]:
+def _followed(
+    upstream: Upstream, route: Route, target: Target, params: Mapping[str, Any], at: str
+) -> tuple[str, list[tuple[str, str]]]:
     """A next link's path and query, once its path is checked to be the target's own."""
-    path, _, query = at.partition("?")
-    if path.rstrip("/") != target_path.rstrip("/"):
+    if not calls.link_below(at, target, params):
         raise ShapeDrift(
             f"upstream {upstream.name!r} gave a next link off the route's target path; it is not followed",
             code="pagination_bad_link",
             route=route.name,
         )
+    path, _, query = at.partition("?")
     return path, parse_qsl(query, keep_blank_values=True)
