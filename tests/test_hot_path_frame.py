@@ -21,7 +21,6 @@ from gateway.cache.store import Entry, MemoryBackend
 from gateway.fastmetrics import FastCounter, FastHistogram
 from gateway.metrics import BUCKETS, status_class
 from gateway.server import GATEWAY
-from gateway.server.framing import OWN_ALLOW
 from gateway.trace import RequestTrace
 from tests.fake_upstream import Reply, start_fake
 from tests.helpers.hostile import FAKE_YAML
@@ -188,15 +187,16 @@ async def test_an_own_path_with_another_method_is_a_405_that_says_what_is_allowe
         assert resp.headers["Allow"] == allow and "X-Request-ID" in resp.headers
         error = (await resp.json())["error"]
         assert error["code"] == "method_not_allowed" and allow in error["message"]
-    # the table agrees with the handlers the app registers
+    # every path the app registers an own handler for answers another method so
     registered: dict[str, set[str]] = {}
     for route in gw.server.app.router.routes():
         info = route.resource.get_info() if route.resource is not None else {}
         if "path" in info and route.method != "*":
             registered.setdefault(info["path"], set()).add(route.method)
-    assert {p: ", ".join(sorted(m)) for p, m in registered.items()} == {
-        p: ", ".join(sorted(a.split(", "))) for p, a in OWN_ALLOW.items()
-    }
+    assert set(registered) >= {"/healthz", "/readyz", "/metrics", "/openapi.json", "/status", "/admin/reload"}
+    for path, methods in registered.items():
+        resp = await gw.request("PATCH", path)
+        assert resp.status == 405 and resp.headers["Allow"] == ", ".join(sorted(methods)), path
 
 
 async def test_a_relayed_raw_answer_is_private_and_counted(make_gateway: Any, aiohttp_server: Any) -> None:

@@ -69,8 +69,13 @@ def build_app(
         app.cleanup_ctx.append(endpoints.background_probes)
     if watch is not None:
         app.cleanup_ctx.append(watch_routes(gateway, watch))
-    # every other path: matched without a regular expression, after the own paths (aiohttp's index)
-    app.router.register_resource(stable.StableResource(framing.stable(gateway, stable.dispatcher(gateway))))
+    # every other path: matched without a regular expression, after the own paths (aiohttp's index);
+    # an own path with another method is told what it allows, as aiohttp registered it just above
+    registered: dict[str, set[str]] = {}
+    for route in app.router.routes():
+        registered.setdefault(route.resource.canonical if route.resource else "", set()).add(route.method)
+    own_allow = {path: ", ".join(sorted(methods)) for path, methods in registered.items()}
+    app.router.register_resource(stable.StableResource(framing.stable(gateway, stable.dispatcher(gateway), own_allow)))
 
     async def _start_shared(_app: web.Application) -> None:
         await gateway.shared.start()  # the shared-state heartbeat, for as long as the app runs

@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -52,19 +52,6 @@ os.register_at_fork(after_in_child=_reseed_ids)  # gateway serve --workers forks
 
 def new_request_id() -> str:
     return f"{_id_prefix}{next(_ids):016x}"
-
-
-#: the gateway's own paths and what ``Allow`` says for them (build_app registers these handlers);
-#: another method there is a 405, never looked up among the stable routes
-OWN_ALLOW = {
-    "/healthz": "GET, HEAD",
-    "/readyz": "GET, HEAD",
-    "/metrics": "GET, HEAD",
-    "/openapi.json": "GET, HEAD",
-    "/status": "GET, HEAD",
-    "/admin/reload": "POST",
-    "/admin/cache/purge": "POST",
-}
 
 
 def error_response(exc: GatewayError) -> web.Response:
@@ -152,20 +139,23 @@ def own(gateway: Gateway, handler: OwnHandler) -> Handler:
     return framed
 
 
-def stable(gateway: Gateway, dispatch: Dispatch) -> Handler:
-    """The catch-all, framed: as ``own``, and each answer counted and logged once it is on the wire."""
+def stable(gateway: Gateway, dispatch: Dispatch, own_allow: Mapping[str, str]) -> Handler:
+    """The catch-all, framed: as ``own``, and each answer counted and logged once it is on the wire.
+
+    ``own_allow``: the gateway's own paths and their ``Allow`` (what build_app registered); another
+    method there is a 405, never looked up among the stable routes."""
 
     async def framed(request: web.Request) -> web.StreamResponse:
         rid = _request_id(request)
         started = time.perf_counter()
         # made with aiohttp's match; handed to the route's pipeline: what it did, for the access line
         record = trace_of(request) or RequestTrace()
-        own_allow = OWN_ALLOW.get(request.path)
+        allow = own_allow.get(request.path)
         try:
             _checked(gateway, request)
-            if own_allow is not None:  # an own path with another method (aiohttp matched the path, not it)
+            if allow is not None:  # an own path with another method (aiohttp matched the path, not it)
                 raise MethodNotAllowed(
-                    f"{request.method} is not allowed here; allowed: {own_allow}", headers={"Allow": own_allow}
+                    f"{request.method} is not allowed here; allowed: {allow}", headers={"Allow": allow}
                 )
             resp = await dispatch(request, rid, record)
         except Exception as exc:
