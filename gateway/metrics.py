@@ -8,8 +8,6 @@ the workers' values (``livesum`` for per-worker amounts, ``max`` for timestamps,
 
 from __future__ import annotations
 
-from typing import Any
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
 
 from gateway.fastmetrics import FastCounter, FastHistogram
@@ -35,7 +33,6 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self._children: dict[tuple[object, ...], Any] = {}
         # the per-request series are plain numbers, exported at scrape time (gateway.fastmetrics)
         self.requests = FastCounter(
             "gateway_requests_total",
@@ -260,13 +257,3 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=registry,
         )
-
-    def child(self, metric: Any, *labels: str) -> Any:
-        """``metric.labels(*labels)`` looked up once (it validates and takes a lock on every call).
-
-        For the per-request series only, which are never removed."""
-        key = (id(metric), *labels)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*labels)
-        return found

@@ -306,7 +306,7 @@ class ResponseCache:
 
     def _count(self, route: Route, result: str, trace: RequestTrace | None) -> None:
         m = self._metrics
-        m.child(m.cache_requests, route.name, result).inc()
+        m.cache_requests.labels(route.name, result).inc()
         if trace is not None:
             trace.cache = result  # for the request's access-log line
 

@@ -195,10 +195,10 @@ class Targets:
                 self.metrics.upstream_requests.labels(upstream.name, route.name, exc.kind).inc()
             raise
         m = self.metrics
-        m.child(m.upstream_seconds, upstream.name, route.name).observe(resp.elapsed)
+        m.upstream_seconds.labels(upstream.name, route.name).observe(resp.elapsed)
         if trace is not None:
             trace.upstream(resp.status, resp.elapsed)  # for the request's access-log line
-        m.child(m.upstream_requests, upstream.name, route.name, status_class(resp.status)).inc()
+        m.upstream_requests.labels(upstream.name, route.name, status_class(resp.status)).inc()
         return resp
 
     async def _sample_status(
