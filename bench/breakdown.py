@@ -76,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--instructions", action="store_true", help="count instructions per request under callgrind (needs valgrind)"
     )
+    p.add_argument(
+        "--only",
+        action="append",
+        choices=VARIANTS,
+        help="run only this variant (repeatable); the floors hardly move, so a change can be measured on its own",
+    )
     p.add_argument("--serve", nargs=4, metavar=("VARIANT", "ROUTES", "PORT", "PAGE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve:
@@ -94,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             if missing:
                 raise RuntimeError(f"the gateway does not take the bench's cached route: {missing}")
             setup = Setup(procs, workdir, upstream, routes, page, env)
-            cost = instructions(setup, args) if args.instructions else cpu_time(setup, args)
+            variants = tuple(v for v in VARIANTS if not args.only or v in args.only)
+            cost = instructions(setup, args, variants) if args.instructions else cpu_time(setup, args, variants)
             unit = "k instructions" if args.instructions else "CPU µs"
             parts = [
                 ("a cache hit's gateway work", "cache-hit", "aiohttp"),
@@ -104,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             ]
             print(f"so, roughly ({unit} per request):")
             for label, more, less in parts:
+                if more not in cost or less not in cost:
+                    continue
                 print(f"  {label:38s} {cost[more] - cost[less]:7.1f}  ({more} - {less})")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -145,11 +154,11 @@ def _checked(variant: str, sample: Sample) -> Sample:
     return sample
 
 
-def cpu_time(setup: Setup, args: argparse.Namespace) -> dict[str, float]:
-    cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
+def cpu_time(setup: Setup, args: argparse.Namespace, variants: tuple[str, ...]) -> dict[str, float]:
+    cpu: dict[str, list[float]] = {v: [] for v in variants}
     load = Load(2, args.connections, args.seconds)
     for _ in range(args.rounds):
-        for variant in VARIANTS:
+        for variant in variants:
             proc, url = setup.start(variant, [])
             run(url, Load(2, args.connections, 1))  # warm-up (and the cache fill)
             before = http.tree_cpu(proc.pid)
@@ -158,19 +167,19 @@ def cpu_time(setup: Setup, args: argparse.Namespace) -> dict[str, float]:
             setup.procs.stop(proc)
     med = {v: statistics.median(xs) for v, xs in cpu.items()}
     print(f"CPU µs per request, median of {args.rounds} rounds (wrk -t2 -c{args.connections}):")
-    for v in VARIANTS:
+    for v in variants:
         print(f"  {v:14s} {med[v]:7.1f}   ({', '.join(f'{x:.0f}' for x in cpu[v])})")
     return med
 
 
-def instructions(setup: Setup, args: argparse.Namespace) -> dict[str, float]:
+def instructions(setup: Setup, args: argparse.Namespace, variants: tuple[str, ...]) -> dict[str, float]:
     """Instructions per request under callgrind: counters zeroed after the warm-up, dumped after the load."""
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("--instructions needs valgrind (Debian: apt-get install valgrind)")
     connections = min(args.connections, 8)  # under valgrind the server is ~50x slower: keep wrk's timeouts away
     out: dict[str, float] = {}
     print(f"thousands of instructions per request, under callgrind (wrk -t1 -c{connections}):")
-    for variant in VARIANTS:
+    for variant in variants:
         stats = setup.workdir / f"callgrind-{variant}.out"
         wrap = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={stats}"]
         proc, url = setup.start(variant, wrap)
