@@ -128,3 +128,10 @@ def test_check_warns_when_an_upstream_credential_has_no_value() -> None:
         [sys.executable, "-m", "gateway", "check", str(ROUTES)], capture_output=True, text=True, cwd=ROOT, env=env
     )
     assert out.returncode == 0 and "warning" not in out.stderr, out.stderr
+
+
+def test_every_command_that_logs_checks_its_log_level_the_same_way() -> None:
+    for cmd in ("serve", "demo"):
+        out = run(cmd, "--log-level", "loud")
+        assert out.returncode == 2, cmd
+        assert "argument --log-level: 'loud' is not one of debug, info, warning, error" in out.stderr, cmd

@@ -51,8 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     config_arg(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="port to bind (default 8080)")
+    listen_args(p, "the gateway binds")
     p.add_argument(
         "--workers",
         type=int,
@@ -89,13 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="how often to check the routes file for changes, e.g. 1s or 250ms; 'off' to disable (default 1s)",
     )
-    p.add_argument(
-        "--log-level",
-        default=DEFAULT_LOG_LEVEL,
-        type=_log_level,
-        metavar="LEVEL",
-        help="debug, info (one line per request), warning or error (default: $ROUTEGATE_LOG_LEVEL or info)",
-    )
+    log_level_arg(p, DEFAULT_LOG_LEVEL, "$ROUTEGATE_LOG_LEVEL or info")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
@@ -169,9 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_sandbox_switches(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--host", default="127.0.0.1", help="address both sandboxes bind (default 127.0.0.1)")
-    p.add_argument("--observable-port", type=int, default=9001, help="the Observable sandbox's port (default 9001)")
-    p.add_argument("--posthog-port", type=int, default=9002, help="the PostHog sandbox's port (default 9002)")
+    listen_args(p, "both sandboxes bind", port=False)
+    sandbox_ports(p)
     p.set_defaults(func=cmd_sandbox)
 
     p = sub.add_parser(
@@ -180,15 +172,31 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start both sandbox upstreams and the gateway wired to them, then print example curl commands.",
     )
     config_arg(p)
-    p.add_argument("--host", default="127.0.0.1", help="address the gateway and sandboxes bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="the gateway's port (default 8080)")
-    p.add_argument("--observable-port", type=int, default=9001, help="the Observable sandbox's port (default 9001)")
-    p.add_argument("--posthog-port", type=int, default=9002, help="the PostHog sandbox's port (default 9002)")
-    p.add_argument(
-        "--log-level",
-        default="warning",
-        choices=["debug", "info", "warning", "error"],
-        help="the gateway's log level; info logs one line per request (default warning)",
-    )
+    listen_args(p, "the gateway and both sandboxes bind")
+    sandbox_ports(p)
+    log_level_arg(p, "warning", "warning")
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def listen_args(p: argparse.ArgumentParser, who: str, *, port: bool = True) -> None:
+    """--host (and --port: the gateway's): one wording and one default wherever a command listens."""
+    p.add_argument("--host", default="127.0.0.1", help=f"the address {who} (default 127.0.0.1)")
+    if port:
+        p.add_argument("--port", type=int, default=8080, help="the gateway's port (default 8080)")
+
+
+def sandbox_ports(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--observable-port", type=int, default=9001, help="the Observable sandbox's port (default 9001)")
+    p.add_argument("--posthog-port", type=int, default=9002, help="the PostHog sandbox's port (default 9002)")
+
+
+def log_level_arg(p: argparse.ArgumentParser, default: str, said: str) -> None:
+    """--log-level, checked the same way (``_log_level``) wherever a command logs."""
+    p.add_argument(
+        "--log-level",
+        default=default,
+        type=_log_level,
+        metavar="LEVEL",
+        help=f"debug, info (one line per request), warning or error (default: {said})",
+    )
