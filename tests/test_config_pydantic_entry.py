@@ -185,20 +185,20 @@ def test_gateway_check_tells_a_route_entrys_mistakes_at_their_keys(tmp_path: Pat
         "    fallback_on: [200, 429, shapes]\n"
     )
     got = check(tmp_path, doc(route=route))
-    assert got == [
+    assert got == [  # in the file's order, whichever check found each
         "7: routes.r.stable: expected 'METHOD /path', got a number (5)",
+        # a wrong key does not hide the checks that span the route: its upstream is still looked up
+        "8: routes.r.upstream: no upstream named 'apix' (did you mean 'api'?)",
         "9: routes.r.targets: expected a non-empty list of upstream targets, got an empty list",
         "10: routes.r.auth: expected 'required' or 'none'",
         f"11: routes.r.validate: unknown validator 'nope'; known: {', '.join(sorted(VALIDATOR_NAMES))}",
-        "14: routes.r.fallback_on[0]: expected an upstream status from 400 to 599 or 'shape', got 200",
-        "14: routes.r.fallback_on[1]: 429 is about the gateway's credential or pace, which another target shares",
-        "14: routes.r.fallback_on[2]: expected an upstream status from 400 to 599 or 'shape', got 'shapes'",
         "12: routes.r.no_store: expected true or false, got a string",
         "13: routes.r.descriptio: unknown key 'descriptio' (did you mean 'description'?); allowed: auth, cache,"
         " description, fallback_on, no_store, pagination, params, probe, response, shape, stable, targets,"
         " upstream, validate",
-        # a wrong key does not hide the checks that span the route: its upstream is still looked up
-        "8: routes.r.upstream: no upstream named 'apix' (did you mean 'api'?)",
+        "14: routes.r.fallback_on[0]: expected an upstream status from 400 to 599 or 'shape', got 200",
+        "14: routes.r.fallback_on[1]: 429 is about the gateway's credential or pace, which another target shares",
+        "14: routes.r.fallback_on[2]: expected an upstream status from 400 to 599 or 'shape', got 'shapes'",
     ]
 
 
@@ -217,11 +217,11 @@ def test_a_route_entrys_kinds_and_required_keys() -> None:
         " POST, PUT",
         "routes.yaml:8: routes.r.upstream: expected a string, got a number (5)",
         "routes.yaml:9: routes.r.targets: expected a non-empty list of upstream targets, got a mapping",
+        "routes.yaml:10: routes.r.fallback_on: expected a non-empty list of upstream statuses (400-599) and/or"
+        " 'shape', got a number (404)",
         "routes.yaml:11: routes.r.description: expected a string, got a number (3)",
         "routes.yaml:12: routes.r.params: expected a mapping of param name → param, got a list",
         "routes.yaml:13: routes.r.validate: expected the name of a body check, got a number (3)",
-        "routes.yaml:10: routes.r.fallback_on: expected a non-empty list of upstream statuses (400-599) and/or"
-        " 'shape', got a number (404)",
     ]
     # a misspelt required key is told once, as unknown; another one missing is told missing
     assert problems(doc(route="    stabel: GET /v1/r\n    upstream: api\n")) == [

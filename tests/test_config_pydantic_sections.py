@@ -89,11 +89,11 @@ def test_response_mappings_are_read_by_their_models() -> None:
         " 'float' (a number) or 'bool' (true or false)",
         "routes.yaml:15: routes.r.response.item.b.location: the pattern needs one capture group for the value",
         "routes.yaml:16: routes.r.response.item.c.optional: expected true or false, got a string",
+        # the good entries are still checked against the route: d names a param it does not have
+        "routes.yaml:17: routes.r.response.item.d.param: 'zz' is neither a path nor a declared param",
         "routes.yaml:18: routes.r.response.item.e: expected a field name or a mapping"
         " ({field|param|const|location: ...}), got a number (5)",
         "routes.yaml:19: routes.r.response.status: must be at least 100, got 99",
-        # the good entries are still checked against the route: d names a param it does not have
-        "routes.yaml:17: routes.r.response.item.d.param: 'zz' is neither a path nor a declared param",
     ]
     good = TARGET + "    response:\n      item: {id: {param: id, type: int}, when: {location: 'v=(\\d+)'}, n: x.y}\n"
     item = parse_config(doc(good), "routes.yaml", {}).routes[0].response.item
@@ -149,8 +149,8 @@ def test_client_keys_are_read_by_their_models() -> None:
         " or 'OPTIONS', got a string",
         "routes.yaml:19: clients.keys.a b.rate_limit: 'fast' is not a rate such as 10/s or 600/1m"
         " (or write {requests: 600, per: 1m, burst: 20})",
-        "routes.yaml:20: clients.keys.c.rate_limit.per: the window must be longer than 0s",
         "routes.yaml:19: clients.keys.a b: key names use letters, digits, '_', '-' and '.'",
+        "routes.yaml:20: clients.keys.c.rate_limit.per: the window must be longer than 0s",
         "routes.yaml:21: admin.keys.d.routes: unknown key 'routes'; allowed: description, key",
     ]
     top = "clients:\n  keys:\n    a: {key: {env: X}, methods: [get], routes: [r], rate_limit: {requests: 6, per: 1m}}\n"
@@ -168,12 +168,12 @@ def test_auth_expiry_and_check_are_read_by_their_models_and_checked_against_the_
     assert problems(doc(auth=auth)) == [
         "routes.yaml:7: upstreams.api.auth.expiry.unit: expected s (seconds since the epoch) or ms (milliseconds),"
         " got a string",
+        # each read on its own: the cookie the expiry names is checked although its unit is wrong
+        "routes.yaml:7: upstreams.api.auth.expiry.cookie: no cookie named 'J' under auth.cookies",
         "routes.yaml:8: upstreams.api.auth.check.request: expected 'GET /path' (a safe GET on this upstream,"
         " no query), got 'GET /u?x=1'",
         "routes.yaml:8: upstreams.api.auth.check.expect: expected a dotted field of the answer such as 'login',"
         " got a number (6)",
-        # each read on its own: the cookie the expiry names is checked although its unit is wrong
-        "routes.yaml:7: upstreams.api.auth.expiry.cookie: no cookie named 'J' under auth.cookies",
     ]
     auth = AUTH + "\n      expiry: {cookie: I, field: exp, unit: ms}\n      check: {request: GET /u, expect: a.b}"
     up = parse_config(doc(auth=auth), "routes.yaml", {}).upstreams["api"]

@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         "check",
         help="validate a routes file",
         description=(
-            "Validate the routes file and print every problem as file:line: key: message. Exit 1 if it is invalid."
+            "Validate the routes file and print every problem as file:line: key: message, in the file's order. "
+            "Exit 1 if it is invalid."
         ),
     )
     config_arg(p)

@@ -17,8 +17,12 @@ class Problem:
 
 
 class ConfigError(Exception):
-    """A routes file that cannot be served; ``problems`` lists every mistake found."""
+    """A routes file that cannot be served; ``problems`` lists every mistake found, in the file's order.
+
+    Problems are found section by section (and pydantic reports a section's type errors before its
+    unknown keys), but the operator reads the file top down: sorted by line (stably), as compilers do.
+    """
 
     def __init__(self, problems: list[Problem]) -> None:
-        self.problems = tuple(problems)
+        self.problems = tuple(sorted(problems, key=lambda p: (p.file, p.line)))
         super().__init__("\n".join(str(p) for p in problems))
