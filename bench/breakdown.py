@@ -5,6 +5,9 @@ routes) is served in variants that differ in one part, and each is loaded with
 wrk; the differences in CPU µs per request are the parts' costs:
 
 * ``aiohttp``: a bare aiohttp server answering the page from memory (no gateway);
+* ``aiohttp-basics``: the same plus only a request id, the two request metrics and the
+  access line, made as the gateway makes them (``bench.ceiling basics``): the least any
+  gateway request can cost;
 * ``cache-hit``: the gateway answering the cached route from its cache;
 * ``no-upstream``: the pass-through route with the upstream exchange replaced by
   the page in memory (routing, keys, limits, mapping, validation, resilience,
@@ -39,7 +42,7 @@ from bench import http, nginx
 from bench.procs import Procs, free_port, wait_http
 from bench.wrk import Load, Sample, run
 
-VARIANTS = ("aiohttp", "cache-hit", "no-upstream", "pass-through", "naive-proxy")
+VARIANTS = ("aiohttp", "aiohttp-basics", "cache-hit", "no-upstream", "pass-through", "naive-proxy")
 
 
 def serve(variant: str, routes: Path, port: int, page: Path) -> None:
@@ -104,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             cost = instructions(setup, args, variants) if args.instructions else cpu_time(setup, args, variants)
             unit = "k instructions" if args.instructions else "CPU µs"
             parts = [
+                ("a request id, 2 metrics, the access line", "aiohttp-basics", "aiohttp"),
                 ("a cache hit's gateway work", "cache-hit", "aiohttp"),
                 ("pass-through without the exchange", "no-upstream", "aiohttp"),
                 ("the upstream exchange, in the gateway", "pass-through", "no-upstream"),
@@ -134,15 +138,17 @@ class Setup:
         """One variant's server, ``wrap`` (a valgrind command line, say) in front: (process, URL to load)."""
         port = free_port()
         page = str(self.page)
-        if variant == "aiohttp":
-            argv = ["-m", "bench.ceiling", "static", "--page", page, "--port", str(port)]
+        if variant in ("aiohttp", "aiohttp-basics"):
+            mode = "static" if variant == "aiohttp" else "basics"
+            argv = ["-m", "bench.ceiling", mode, "--page", page, "--port", str(port)]
         elif variant == "naive-proxy":
             argv = ["-m", "bench.ceiling", "proxy", "--page", page, "--port", str(port)]
             argv += ["--upstream", self.upstream + nginx.UPSTREAM_PATH]
         else:
             argv = ["-m", "bench.breakdown", "--serve", variant, str(self.routes), str(port), page]
         proc = self.procs.start(variant, [*wrap, sys.executable, *argv], self.env)
-        path = {"cache-hit": http.CACHE_PATH, "aiohttp": "/", "naive-proxy": "/"}.get(variant, http.PASS_PATH)
+        paths = {"cache-hit": http.CACHE_PATH, "aiohttp": "/", "aiohttp-basics": "/", "naive-proxy": "/"}
+        path = paths.get(variant, http.PASS_PATH)
         url = f"http://127.0.0.1:{port}{path}"
         wait_http(url, timeout=300 if wrap else 30, proc=proc)
         return proc, url

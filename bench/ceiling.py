@@ -4,6 +4,11 @@ Two deliberately featureless servers on uvloop, forked into N workers sharing th
 (SO_REUSEPORT) like ``gateway serve --workers N``:
 
 * ``static``: answers the page from memory (the ceiling for a cache hit);
+* ``basics``: ``static`` plus only what every gateway request must have, done the
+  gateway's own way: a request id (``X-Request-ID``), the two request metrics
+  (``gateway.fastmetrics``) and one JSON access line (``gateway.logs``).  What it costs
+  over ``static`` is the least any request can cost over aiohttp; ``bench.breakdown``
+  reports it beside a cache hit;
 * ``proxy``: fetches the page from the upstream with one shared ``aiohttp.ClientSession``
   and returns the body (the "naive aiohttp proxy", the ceiling for pass-through: no
   routing, validation, metrics or logs).
@@ -17,6 +22,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -35,6 +42,9 @@ def build(mode: str, upstream: str, page: bytes) -> web.Application:
 
         app.router.add_get("/", static)
         return app
+    if mode == "basics":
+        app.router.add_get("/", _basics(page))
+        return app
     url = URL(upstream)
     sessions: list[aiohttp.ClientSession] = []
 
@@ -49,9 +59,38 @@ def build(mode: str, upstream: str, page: bytes) -> web.Application:
     return app
 
 
+def _basics(page: bytes) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The static page with a request id, the two request metrics and the access line, as the gateway makes them."""
+    from prometheus_client import CollectorRegistry
+
+    from gateway import logs
+    from gateway.metrics import Metrics
+    from gateway.server.framing import new_request_id
+    from gateway.trace import RequestTrace
+
+    logs.setup("info")
+    metrics = Metrics(CollectorRegistry())
+    clock = time.perf_counter
+
+    async def basics(request: web.Request) -> web.Response:
+        started = clock()
+        rid = new_request_id()
+        resp = web.Response(body=page, content_type="application/json", headers={"X-Request-ID": rid})
+        elapsed = clock() - started
+        method = request.method
+        metrics.requests.labels("basics", method, "2xx").inc()
+        metrics.request_seconds.labels("basics", method).observe(elapsed)
+        lines = logs.access_lines()
+        assert lines is not None
+        lines.write_request(rid, method, request.path[:256], "basics", 200, round(elapsed * 1000, 3), RequestTrace())
+        return resp
+
+    return basics
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.ceiling", description=__doc__)
-    p.add_argument("mode", choices=["static", "proxy"])
+    p.add_argument("mode", choices=["static", "basics", "proxy"])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--upstream", default="", help="the page's URL (proxy mode)")
