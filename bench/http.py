@@ -194,11 +194,12 @@ def bench(
             )
         )
 
-    # the ceilings: featureless aiohttp servers (bench/ceiling.py), as many workers as the gateway
+    # the ceilings: featureless aiohttp servers (bench/ceiling.py), as many workers as the gateway, and
+    # the static one with only the basics every gateway request has (request id, metrics, access line)
     page_file = workdir / "page.json"
     page_file.write_bytes(page)
     for n in worker_counts:
-        for mode in ("static", "proxy"):
+        for mode in ("static", "basics", "proxy"):
             port = free_port()
             argv = [sys.executable, "-m", "bench.ceiling", mode, "--port", str(port), "--workers", str(n)]
             proc = procs.start(f"ceiling-{mode}-{n}", [*argv, "--page", str(page_file), "--upstream", direct])

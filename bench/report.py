@@ -12,6 +12,7 @@ LABELS = {
     "nginx_proxy_pass": "nginx `proxy_pass`, keep-alive upstream",
     "nginx_proxy_cache": "nginx `proxy_cache` hit",
     "aiohttp_ceiling_static": "ceiling: bare aiohttp, page from memory",
+    "aiohttp_ceiling_basics": "bare aiohttp from memory + request id, 2 metrics, access line",
     "aiohttp_ceiling_proxy": "ceiling: bare aiohttp proxy (one shared `ClientSession`)",
     "gateway_pass": "**gateway pass-through**",
     "gateway_cache": "**gateway cache hit**",

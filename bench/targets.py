@@ -36,6 +36,9 @@ def ratios(http: dict[str, Any]) -> dict[str, float]:
                 out[f"{kind}_gateway_over_aiohttp_ceiling_w{n}"] = round(g / c, 3)
             if c and r:
                 out[f"{kind}_aiohttp_ceiling_over_nginx_w{n}"] = round(c / r, 3)
+        b, c = _rps(http, f"aiohttp_ceiling_basics_w{n}"), _rps(http, f"aiohttp_ceiling_static_w{n}")
+        if b and c:  # the most a cache hit could reach while keeping its request id, metrics and access line
+            out[f"basics_over_aiohttp_ceiling_static_w{n}"] = round(b / c, 3)
         g, f = _rps(http, f"gateway_pass_w{n}"), _rps(http, f"fastapi_httpx_proxy_w{n}")
         if g and f:
             out[f"pass_gateway_over_fastapi_httpx_w{n}"] = round(g / f, 3)
