@@ -29,6 +29,7 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "pagination": (
         ["gateway/pagination/*"],
         ["tests/test_mutants_named.py", "tests/test_mutants_pagination.py", "tests/test_pagination_styles.py",
+         "tests/test_pagination_ties.py",
          "tests/test_cursor.py", "tests/test_target_pagination.py",
          "tests/test_observable_api.py", "tests/test_posthog_api.py", "tests/test_ndjson.py"],
     ),

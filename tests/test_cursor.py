@@ -76,11 +76,21 @@ async def test_even_a_validly_signed_cursor_is_checked_strictly(gw: TestClient[A
     page = await (await gw.get(OBS, params={"type": "public,shared", "limit": "5"})).json()
     payload = _payload(page["next_cursor"])
     assert (await gw.get(OBS, params={"cursor": _signed(secret, payload)})).status == 200
+    tied = {**payload, "p": {**payload["p"], "public": {"p": None, "v": "2000-01-01T00:00:00.000Z", "s": ["0" * 12]}}}
+    assert (await gw.get(OBS, params={"cursor": _signed(secret, tied)})).status == 200  # the tie's form is a position
     bad_obs = [
         {**payload, "p": {f"x{i}": None for i in range(300)}},  # count, and names outside the type enum
         {**payload, "p": {"public": None, "invented": None}},  # one name outside the enum
         {**payload, "p": {"public": {"$gt": ""}}},  # a position of the wrong type
         {**payload, "p": {"public": True}},
+        # inside a run of tied values (gateway.pagination.before): exactly p, v and s, s a short list of marks
+        {**payload, "p": {"public": {"p": None, "v": "2020", "s": ["not-a-mark"]}}},
+        {**payload, "p": {"public": {"p": None, "v": "2020", "s": []}}},
+        {**payload, "p": {"public": {"p": None, "v": None, "s": ["0" * 12]}}},
+        {**payload, "p": {"public": {"p": None, "v": "2020", "s": ["0" * 12] * 101}}},
+        {**payload, "p": {"public": {"p": None, "v": "2020", "s": ["0" * 16]}}},
+        {**payload, "p": {"public": {"p": {"$gt": ""}, "v": "2020", "s": ["0" * 12]}}},
+        {**payload, "p": {"public": {"p": None, "v": "2020", "s": ["0" * 12], "x": 1}}},
         {**payload, "e": ["private"]},  # ended a stream it does not walk
         {**payload, "r": "posthog_notebooks"},  # another route's
         {**payload, "m": {"f": "not-a-fingerprint"}},

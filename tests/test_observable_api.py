@@ -7,34 +7,13 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from sandbox.runner import Sandboxes
+from tests.helpers.walk import get_json, walk
 
 ITEM_KEYS = {"id", "slug", "title", "type", "version", "likes", "updated_at"}
 
 
-async def _get(gw: TestClient[Any, Any], url: str, status: int = 200) -> Any:
-    resp = await gw.get(url)
-    body = await resp.json()
-    assert resp.status == status, body
-    return body
-
-
-async def _walk(gw: TestClient[Any, Any], url: str, limit: int) -> list[dict[str, Any]]:
-    """Follow next_cursor to the end, as a script would."""
-    items: list[dict[str, Any]] = []
-    cursor = None
-    for _ in range(100):
-        sep = "&" if "?" in url else "?"
-        page = await _get(gw, f"{url}{sep}limit={limit}" + (f"&cursor={cursor}" if cursor else ""))
-        assert len(page["items"]) <= limit
-        items += page["items"]
-        cursor = page["next_cursor"]
-        if cursor is None:
-            return items
-    raise AssertionError("cursor never ended")
-
-
 async def test_list_defaults_to_public_with_stable_items(gw: TestClient[Any, Any], sandboxes: Sandboxes) -> None:
-    page = await _get(gw, "/v1/observable/notebooks")
+    page = await get_json(gw, "/v1/observable/notebooks")
     assert len(page["items"]) == 50  # default limit, more than one upstream page of 30
     assert isinstance(page["next_cursor"], str)
     for item in page["items"]:
@@ -48,8 +27,8 @@ async def test_list_defaults_to_public_with_stable_items(gw: TestClient[Any, Any
 
 
 async def test_cursor_round_trip_matches_all_true(gw: TestClient[Any, Any], sandboxes: Sandboxes) -> None:
-    walked = await _walk(gw, "/v1/observable/notebooks?type=public", 20)
-    everything = await _get(gw, "/v1/observable/notebooks?type=public&all=true")
+    walked = await walk(gw, "/v1/observable/notebooks?type=public", 20)
+    everything = await get_json(gw, "/v1/observable/notebooks?type=public&all=true")
     assert everything["next_cursor"] is None
     assert len(everything["items"]) == 75
     assert walked == everything["items"]
@@ -58,14 +37,14 @@ async def test_cursor_round_trip_matches_all_true(gw: TestClient[Any, Any], sand
 
 async def test_all_true_reads_until_the_empty_page(gw: TestClient[Any, Any], sandboxes: Sandboxes) -> None:
     state = sandboxes.observable_state
-    body = await _get(gw, "/v1/observable/notebooks?type=private&all=true")
+    body = await get_json(gw, "/v1/observable/notebooks?type=private&all=true")
     assert [i["id"] for i in body["items"]] == [nb.id for nb in state.by_kind("private")]
     # 35 items in pages of 30: 30, 5, then the empty page that ends it
     assert state.count("GET", "/user/documents") == 3
 
 
 async def test_several_types_merge_newest_first(gw: TestClient[Any, Any], sandboxes: Sandboxes) -> None:
-    merged = await _get(gw, "/v1/observable/notebooks?type=shared,public&all=true")
+    merged = await get_json(gw, "/v1/observable/notebooks?type=shared,public&all=true")
     items = merged["items"]
     assert len(items) == 75 + 40
     assert [i["updated_at"] for i in items] == sorted((i["updated_at"] for i in items), reverse=True)
@@ -74,24 +53,24 @@ async def test_several_types_merge_newest_first(gw: TestClient[Any, Any], sandbo
     shared_ids = {nb.id for nb in state.by_kind("shared")}
     assert {i["id"] for i in items if i["type"] == "shared"} == shared_ids
     # paging through with a cursor that carries one position per type gives the same list
-    walked = await _walk(gw, "/v1/observable/notebooks?type=public,shared", 33)
+    walked = await walk(gw, "/v1/observable/notebooks?type=public,shared", 33)
     assert walked == items
 
 
 async def test_cursor_keeps_its_types_and_refuses_others(gw: TestClient[Any, Any]) -> None:
-    first = await _get(gw, "/v1/observable/notebooks?type=public,trash&limit=10")
+    first = await get_json(gw, "/v1/observable/notebooks?type=public,trash&limit=10")
     cursor = first["next_cursor"]
     # leaving type out continues the cursor's own types
-    second = await _get(gw, f"/v1/observable/notebooks?limit=10&cursor={cursor}")
+    second = await get_json(gw, f"/v1/observable/notebooks?limit=10&cursor={cursor}")
     assert {i["type"] for i in first["items"] + second["items"]} <= {"public", "trash"}
     assert not {i["id"] for i in first["items"]} & {i["id"] for i in second["items"]}
-    err = await _get(gw, f"/v1/observable/notebooks?type=shared&cursor={cursor}", 400)
+    err = await get_json(gw, f"/v1/observable/notebooks?type=shared&cursor={cursor}", 400)
     assert err["error"]["code"] == "bad_cursor"
-    other = await _get(gw, "/v1/posthog/projects/1/notebooks?limit=2")
-    err = await _get(gw, f"/v1/observable/notebooks?cursor={other['next_cursor']}", 400)
+    other = await get_json(gw, "/v1/posthog/projects/1/notebooks?limit=2")
+    err = await get_json(gw, f"/v1/observable/notebooks?cursor={other['next_cursor']}", 400)
     assert err["error"]["code"] == "bad_cursor"
     assert err["error"]["route"] == "observable_notebooks"
-    err = await _get(gw, "/v1/observable/notebooks?cursor=not-a-cursor!!", 400)
+    err = await get_json(gw, "/v1/observable/notebooks?cursor=not-a-cursor!!", 400)
     assert err["error"]["code"] == "bad_cursor"
 
 
@@ -105,7 +84,7 @@ async def test_bad_query_is_400_and_never_forwarded(gw: TestClient[Any, Any], sa
         ("all=maybe", "all must be true or false"),
         ("typ=public", "unknown query parameter 'typ'"),
     ]:
-        err = await _get(gw, f"/v1/observable/notebooks?{query}", 400)
+        err = await get_json(gw, f"/v1/observable/notebooks?{query}", 400)
         assert needle in err["error"]["message"], (query, err)
         assert err["error"]["route"] == "observable_notebooks"
     assert sandboxes.observable_state.total_requests == 0
@@ -116,23 +95,23 @@ async def test_user_notebooks_are_public_and_sent_without_credentials(
 ) -> None:
     env = {k: v for k, v in sandbox_env.items() if k == "OBSERVABLE_API_URL"}
     gw = await make_gateway(env=env)  # no cookies configured at all
-    body = await _get(gw, "/v1/observable/users/alice/notebooks?all=true")
+    body = await get_json(gw, "/v1/observable/users/alice/notebooks?all=true")
     assert len(body["items"]) == 45
     assert all(i["type"] == "public" for i in body["items"])
     assert all(set(i) == ITEM_KEYS for i in body["items"])
-    walked = await _walk(gw, "/v1/observable/users/alice/notebooks", 7)
+    walked = await walk(gw, "/v1/observable/users/alice/notebooks", 7)
     assert walked == body["items"]
-    err = await _get(gw, "/v1/observable/users/nobody-here/notebooks", 404)
+    err = await get_json(gw, "/v1/observable/users/nobody-here/notebooks", 404)
     assert err["error"]["route"] == "observable_user_notebooks"
 
 
 async def test_full_document(gw: TestClient[Any, Any], sandboxes: Sandboxes) -> None:
     nb = sandboxes.observable_state.by_kind("private")[0]
-    doc = await _get(gw, f"/v1/observable/notebooks/{nb.id}")
+    doc = await get_json(gw, f"/v1/observable/notebooks/{nb.id}")
     assert doc["id"] == nb.id
     assert doc["version"] == nb.version
     assert isinstance(doc["nodes"], list) and doc["nodes"]
-    err = await _get(gw, "/v1/observable/notebooks/0000000000000000", 404)
+    err = await get_json(gw, "/v1/observable/notebooks/0000000000000000", 404)
     assert err["error"]["route"] == "observable_notebook"
     assert set(err) == {"error"} and {"code", "message", "route"} <= set(err["error"])
 
@@ -153,11 +132,11 @@ async def test_module_follows_the_version_redirect(gw: TestClient[Any, Any], san
 async def test_version_is_read_from_location_without_download(gw: TestClient[Any, Any], sandboxes: Sandboxes) -> None:
     state = sandboxes.observable_state
     nb = state.by_kind("shared")[1]
-    body = await _get(gw, f"/v1/observable/notebooks/{nb.id}/version")
+    body = await get_json(gw, f"/v1/observable/notebooks/{nb.id}/version")
     assert body == {"id": nb.id, "version": nb.version}
     assert state.count("GET", f"/d/{nb.id}.js") == 1
     assert state.count("GET", f"/d/{nb.id}@{nb.version}.js") == 0
-    await _get(gw, "/v1/observable/notebooks/0000000000000000/version", 404)
+    await get_json(gw, "/v1/observable/notebooks/0000000000000000/version", 404)
 
 
 async def test_create_rejects_every_problem_with_422_and_forwards_nothing(
@@ -206,9 +185,9 @@ async def test_create_forwards_a_valid_notebook(gw: TestClient[Any, Any], sandbo
     created = await resp.json()
     assert resp.status == 200, created
     assert created["version"] == 4
-    doc = await _get(gw, f"/v1/observable/notebooks/{created['id']}")
+    doc = await get_json(gw, f"/v1/observable/notebooks/{created['id']}")
     assert [n["id"] for n in doc["nodes"]] == [0, 3]
-    listing = await _get(gw, "/v1/observable/notebooks?type=private&limit=1")
+    listing = await get_json(gw, "/v1/observable/notebooks?type=private&limit=1")
     assert listing["items"][0]["id"] == created["id"]
 
 
@@ -217,7 +196,7 @@ async def test_create_with_reindex_repairs_ids_and_version(gw: TestClient[Any, A
     resp = await gw.post("/v1/observable/notebooks?reindex=true", json=payload)
     created = await resp.json()
     assert resp.status == 200, created
-    doc = await _get(gw, f"/v1/observable/notebooks/{created['id']}")
+    doc = await get_json(gw, f"/v1/observable/notebooks/{created['id']}")
     assert [n["id"] for n in doc["nodes"]] == [0, 1, 2]
     assert doc["version"] == 4  # the smallest valid: greater than 3 nodes, not less than id 2
 
@@ -227,7 +206,7 @@ async def test_missing_cookies_name_the_variables(
 ) -> None:
     env = {k: v for k, v in sandbox_env.items() if not k.startswith("OBSERVABLE_") or k == "OBSERVABLE_API_URL"}
     gw = await make_gateway(env=env)
-    err = await _get(gw, "/v1/observable/notebooks", 502)
+    err = await get_json(gw, "/v1/observable/notebooks", 502)
     assert err["error"]["code"] == "upstream_credentials_missing"
     assert "OBSERVABLE_SESSION" in err["error"]["message"]
     assert "OBSERVABLE_TOKEN" in err["error"]["message"]
@@ -245,13 +224,13 @@ async def test_cookie_file_supplies_the_session(
     )
     env = {"OBSERVABLE_API_URL": sandbox_env["OBSERVABLE_API_URL"], "OBSERVABLE_COOKIES_FILE": str(cookie_file)}
     gw = await make_gateway(env=env)
-    body = await _get(gw, "/v1/observable/notebooks?type=trash")
+    body = await get_json(gw, "/v1/observable/notebooks?type=trash")
     assert len(body["items"]) == 5
 
 
 async def test_rejected_session_is_a_502_that_says_renew(make_gateway: Any, sandbox_env: dict[str, str]) -> None:
     gw = await make_gateway(env={**sandbox_env, "OBSERVABLE_SESSION": "expired.garbage"})
-    err = await _get(gw, "/v1/observable/notebooks", 502)
+    err = await get_json(gw, "/v1/observable/notebooks", 502)
     assert err["error"]["code"] == "upstream_auth_rejected"
     assert "401" in err["error"]["message"] and "renew" in err["error"]["message"]
     assert "expired.garbage" not in str(err)

@@ -35,6 +35,8 @@ from typing import Any
 from gateway import jsonio
 from gateway.config import Route
 from gateway.errors import BadRequest
+from gateway.mapping import ShapeDrift
+from gateway.pagination.before import TIE_ID_CHARS
 from gateway.pagination.common import Position, key
 
 #: longer than any cursor the gateway issues (a few streams, a next link of a few hundred bytes)
@@ -77,12 +79,25 @@ def binding(route: Route, params: Mapping[str, Any], target: int) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
+#: tied items a cursor carries at most (gateway.pagination.before): past it, a 502 rather than a lost
+#: or repeated item, or a cursor too long for a URL
+MAX_TIED = 100
+
+
 def encode_cursor(
     route: Route, streams: Sequence[str | None], position: Position, secret: bytes, params: Mapping[str, Any]
 ) -> str | None:
     """The signed cursor of ``position``; ``params``: the request's (its path values are bound in)."""
     if position.done(streams):
         return None
+    for at in position.pos.values():  # a ``before`` tie's form lists ids ("s"); the linked styles' counts
+        if isinstance(at, dict) and isinstance(at.get("s"), list) and len(at["s"]) > MAX_TIED:
+            raise ShapeDrift(
+                f"more than {MAX_TIED} items share one paging value; a cursor cannot resume inside them "
+                "(ask with a larger limit, or all=true)",
+                code="pagination_ties",
+                route=route.name,
+            )
     payload: dict[str, Any] = {
         "r": route.name,
         "p": {key(s): position.pos.get(key(s)) for s in streams},
@@ -156,17 +171,34 @@ def _is_mark(value: Any) -> bool:
     return isinstance(value, str) and len(value) == 16 and all(c in "0123456789abcdef" for c in value)
 
 
+def _is_tie_id(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == TIE_ID_CHARS and all(c in "0123456789abcdef" for c in value)
+
+
 def _is_count(value: Any, hi: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= hi
 
 
+def _before_ok(value: Any) -> bool:
+    if isinstance(value, str):
+        return len(value) <= _MAX_TEXT
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value))
+
+
 def _value_ok(style: str, value: Any) -> bool:
     if style == "before":
-        if isinstance(value, str):
-            return len(value) <= _MAX_TEXT
-        return value is None or (
-            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        )
+        if isinstance(value, dict):  # inside a run of tied values (gateway.pagination.before)
+            tied = value.get("s")
+            return (
+                set(value) == {"p", "v", "s"}
+                and _before_ok(value["p"])
+                and value["v"] is not None
+                and _before_ok(value["v"])
+                and isinstance(tied, list)
+                and 0 < len(tied) <= MAX_TIED
+                and all(_is_tie_id(t) for t in tied)
+            )
+        return _before_ok(value)
     if style == "offset":
         return value is None or _is_count(value, 10**12)
     if not isinstance(value, dict) or set(value) != {"t", "s"} or not _is_count(value["s"], 100_000):

@@ -1,0 +1,112 @@
+"""Items that share the paging field (``before`` style: Observable's ``update_time``) through next_cursor.
+
+``before`` is strict, so a cursor that resumed at the last value handed out lost the tied items
+the upstream page still held: walking 75 notebooks saved in threes with limit=1 returned 25, and the
+backup script called that complete.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from sandbox.observable_data import PAGE_SIZE
+from sandbox.runner import Sandboxes
+from tests.helpers.walk import get_json, walk
+
+PUBLIC = "/v1/observable/notebooks?type=public"
+
+
+def _tie(sandboxes: Sandboxes, size: int, *, kind: str = "public") -> list[str]:
+    """Notebooks of ``kind`` saved ``size`` at a time (never across the upstream's page boundary); their ids."""
+    notebooks = sandboxes.observable_state.by_kind(kind)
+    assert PAGE_SIZE % size == 0, "a run of ties crossing the upstream's own page cannot be reached by `before`"
+    for start in range(0, len(notebooks) - size + 1, size):
+        for nb in notebooks[start + 1 : start + size]:
+            nb.update_ms = notebooks[start].update_ms
+    return [nb.id for nb in sandboxes.observable_state.by_kind(kind)]
+
+
+@pytest.mark.parametrize("limit", [1, 2, 4, 7, 50])
+async def test_a_cursor_walk_over_tied_items_loses_and_repeats_none(
+    gw: TestClient[Any, Any], sandboxes: Sandboxes, limit: int
+) -> None:
+    ids = _tie(sandboxes, 3)
+    everything = await get_json(gw, f"{PUBLIC}&all=true")
+    assert [i["id"] for i in everything["items"]] == ids
+    walked = await walk(gw, PUBLIC, limit)
+    assert [i["id"] for i in walked] == ids
+
+
+async def test_merged_types_with_ties_in_both_walk_like_all_true(
+    gw: TestClient[Any, Any], sandboxes: Sandboxes
+) -> None:
+    _tie(sandboxes, 3)
+    _tie(sandboxes, 2, kind="shared")
+    url = "/v1/observable/notebooks?type=public,shared"
+    everything = await get_json(gw, f"{url}&all=true")
+    assert len(everything["items"]) == 75 + 40
+    for limit in (1, 5):
+        assert await walk(gw, url, limit, most=200) == everything["items"]
+
+
+async def test_a_cursor_inside_a_tie_asks_the_page_again_and_skips_what_it_served(
+    gw: TestClient[Any, Any], sandboxes: Sandboxes
+) -> None:
+    ids = _tie(sandboxes, 3)
+    state = sandboxes.observable_state
+    first = await get_json(gw, f"{PUBLIC}&limit=1")
+    assert [i["id"] for i in first["items"]] == ids[:1]
+    before = state.count("GET", "/user/documents")
+    second = await get_json(gw, f"{PUBLIC}&limit=1&cursor={first['next_cursor']}")
+    assert [i["id"] for i in second["items"]] == ids[1:2]
+    assert state.count("GET", "/user/documents") == before + 1  # one upstream page, not a walk from the start
+    # a notebook liked meanwhile is still known as served: ties are told apart by id, not by content
+    state.notebooks[ids[0]].likes += 1
+    third = await get_json(gw, f"{PUBLIC}&limit=2&cursor={second['next_cursor']}")
+    assert [i["id"] for i in third["items"]] == ids[2:4]
+
+
+LONG_RUN = """
+upstreams:
+  origin:
+    base_url: ${ORIGIN_URL}
+    retries: {attempts: 1}
+routes:
+  tied:
+    stable: GET /v1/tied
+    upstream: origin
+    auth: none
+    pagination: {style: before, param: before, field: t, items: items, max_limit: 200}
+    targets: ["GET /tied"]
+"""
+
+
+async def test_a_run_of_ties_too_long_for_a_cursor_is_a_502_not_a_loss(make_gateway: Any, aiohttp_server: Any) -> None:
+    """300 items share one value (one upstream page of 302): a cursor can carry 100 of them; past that the
+    next page is a 502 naming the limit, never a short or repeated list."""
+    items = [{"id": 0, "t": 9}, *({"id": i, "t": 5} for i in range(1, 301)), {"id": 301, "t": 1}]
+
+    async def page(request: web.Request) -> web.Response:
+        before = int(request.query.get("before", "1000"))
+        return web.json_response({"items": [it for it in items if it["t"] < before]})
+
+    app = web.Application()
+    app.router.add_get("/tied", page)
+    server: TestServer = await aiohttp_server(app)
+    gw = await make_gateway(LONG_RUN, env={"ORIGIN_URL": str(server.make_url(""))})
+    everything = await get_json(gw, "/v1/tied?all=true")  # no cursor, no bound
+    assert [it["id"] for it in everything["items"]] == list(range(302))
+    # cursors that carry up to 100 tied ids resume exactly
+    part = await get_json(gw, "/v1/tied?limit=61")
+    rest = await get_json(gw, f"/v1/tied?limit=40&cursor={part['next_cursor']}")
+    assert [it["id"] for it in part["items"] + rest["items"]] == list(range(101))
+    # one more tied item would need a 101st: a 502 naming why, not a cursor that fails later as the client's
+    body = await get_json(gw, f"/v1/tied?limit=1&cursor={rest['next_cursor']}", status=502)
+    assert body["error"]["code"] == "pagination_ties"
+    assert "more than 100 items share one paging value" in body["error"]["message"]
+    body = await get_json(gw, "/v1/tied?limit=200", status=502)
+    assert body["error"]["code"] == "pagination_ties"
