@@ -34,8 +34,7 @@ from typing import Any
 
 from gateway import jsonio
 from gateway.config import Route
-from gateway.errors import BadRequest
-from gateway.mapping import ShapeDrift
+from gateway.errors import BadGateway, BadRequest
 from gateway.pagination.before import TIE_ID_CHARS
 from gateway.pagination.common import Position, key
 
@@ -92,9 +91,10 @@ def encode_cursor(
         return None
     for at in position.pos.values():  # a ``before`` tie's form lists ids ("s"); the linked styles' counts
         if isinstance(at, dict) and isinstance(at.get("s"), list) and len(at["s"]) > MAX_TIED:
-            raise ShapeDrift(
+            raise BadGateway(  # kind: the data, not the route breaking (gateway.proxy.NOT_DOWN)
                 f"more than {MAX_TIED} items share one paging value; a cursor cannot resume inside them "
                 "(ask with a larger limit, or all=true)",
+                kind="ties",
                 code="pagination_ties",
                 route=route.name,
             )
