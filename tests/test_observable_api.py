@@ -187,6 +187,8 @@ async def test_create_forwards_a_valid_notebook(gw: TestClient[Any, Any], sandbo
     assert created["version"] == 4
     doc = await get_json(gw, f"/v1/observable/notebooks/{created['id']}")
     assert [n["id"] for n in doc["nodes"]] == [0, 3]
+    assert set(created) == set(doc), "the created document reads as the document does (updated_at, ...)"
+    assert created["updated_at"] == doc["updated_at"]
     listing = await get_json(gw, "/v1/observable/notebooks?type=private&limit=1")
     assert listing["items"][0]["id"] == created["id"]
 
