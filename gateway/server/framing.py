@@ -192,16 +192,15 @@ def _account(
     m = gateway.metrics
     m.requests.labels(route, method, status_class(status)).inc()
     m.request_seconds.labels(route, method).observe(elapsed)
-    if access_log.isEnabledFor(logging.INFO):
+    fast = logs.access_lines()
+    if fast is not None:  # gateway serve's own JSON logging: the same line without a LogRecord
+        fast.write_request(rid, method, request.path[:256], route, status, round(elapsed * 1000, 3), record)
+    elif access_log.isEnabledFor(logging.INFO):
         _log_access(request, rid, route, status, elapsed, record)
 
 
 def _log_access(request: web.Request, rid: str, route: str, status: int, elapsed: float, record: RequestTrace) -> None:
-    """One JSON line per stable request.  No query string, headers or key values: they may carry secrets."""
-    fast = logs.access_lines()
-    if fast is not None:  # gateway serve's own JSON logging: the same line without a LogRecord
-        fast.write_request(rid, request.method, request.path[:256], route, status, round(elapsed * 1000, 3), record)
-        return
+    """One JSON line per stable request, as a LogRecord.  No query string, headers or key values: they may carry secrets."""
     fields = {
         "event": "request",
         "request_id": rid,
