@@ -37,9 +37,11 @@ def cache(proxy: Core) -> Stage:
         if store is None or route.method not in SAFE_METHODS or not store.caches(route):
             return None
 
+        paginated = route.pagination is not None  # only a collection can be asked for as a stream
+
         async def cached(ex: Exchange) -> web.StreamResponse:
             request = http(ex)
-            if _streamed(route, request):
+            if paginated and _streamed(route, request):
                 return await inner(ex)
 
             async def fill(notes: Notes) -> web.StreamResponse:
