@@ -21,6 +21,8 @@ from yarl import URL
 from gateway.server.state import Gateway
 from gateway.trace import RequestTrace, StableMatch
 
+#: the methods the catch-all allows (aiohttp reads it only when nothing matched, which never happens)
+_EVERY_METHOD = {"*"}
 #: the stable routes' dispatcher: the request, its id and its record for the access line
 Dispatch = Callable[[web.Request, str, RequestTrace], Awaitable[web.StreamResponse]]
 
@@ -54,7 +56,7 @@ class StableResource(AbstractResource):
         return URL.build(path="/")
 
     async def resolve(self, request: web.Request) -> tuple[UrlMappingMatchInfo | None, set[str]]:
-        return StableMatch(self._route), {"*"}
+        return StableMatch(self._route), _EVERY_METHOD
 
     def add_prefix(self, prefix: str) -> None:
         raise NotImplementedError("the stable catch-all is not for a sub-application")
