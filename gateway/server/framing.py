@@ -23,7 +23,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway import httpedge, jsonio, logs
-from gateway.downstream import mark_answer
+from gateway.downstream import mark_private
 from gateway.errors import GatewayError, HeadersTooLarge, MethodNotAllowed, PayloadTooLarge, UriTooLong
 from gateway.methods import SAFE
 from gateway.metrics import NO_ROUTE, status_class
@@ -171,8 +171,8 @@ def stable(gateway: Gateway, dispatch: Dispatch, own_allow: Mapping[str, str]) -
         except Exception as exc:
             resp = _answer(request, rid, record, exc)
         resp.headers["X-Request-ID"] = rid
-        if not resp.prepared:  # (a stream was marked before its head went out)
-            mark_answer(request, resp, record)
+        if record.route is not None and not resp.prepared:  # (a stream was marked before its head went out)
+            mark_private(request, resp, keyed=record.keyed, no_store=record.no_store)
         # counted and logged once the answer is on the wire, as nginx's log phase does: the client
         # does not wait for the bookkeeping (aiohttp writes the response in this same turn of the
         # loop, before any callback queued now runs); a 405 on an own path too, under route "(none)"
@@ -200,7 +200,7 @@ def _account(
 
 
 def _log_access(request: web.Request, rid: str, route: str, status: int, elapsed: float, record: RequestTrace) -> None:
-    """One JSON line per stable request, as a LogRecord.  No query string, headers or key values: they may carry secrets."""
+    """One JSON line per stable request, as a LogRecord.  No query string, headers or key values (secrets)."""
     fields = {
         "event": "request",
         "request_id": rid,
