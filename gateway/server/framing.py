@@ -26,7 +26,7 @@ from gateway import httpedge, jsonio, logs
 from gateway.downstream import mark_private
 from gateway.errors import GatewayError, HeadersTooLarge, MethodNotAllowed, PayloadTooLarge, UriTooLong
 from gateway.methods import SAFE
-from gateway.metrics import NO_ROUTE, status_class
+from gateway.metrics import NO_ROUTE
 from gateway.server.stable import Dispatch
 from gateway.server.state import Gateway
 from gateway.trace import RequestTrace, trace_of
@@ -189,9 +189,9 @@ def _account(
     """The stable-side metrics and the access line of one answered request."""
     route = record.route or NO_ROUTE
     method = request.method
-    m = gateway.metrics
-    m.requests.labels(route, method, status_class(status)).inc()
-    m.request_seconds.labels(route, method).observe(elapsed)
+    counted, timed = gateway.metrics.answered(route, method, status)
+    counted.inc()
+    timed.observe(elapsed)
     fast = logs.access_lines()
     if fast is not None:  # gateway serve's own JSON logging: the same line without a LogRecord
         fast.write_request(rid, method, request.path[:256], route, status, round(elapsed * 1000, 3), record)
