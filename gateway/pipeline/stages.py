@@ -6,7 +6,7 @@ leaves it out: a route without a cache never enters cache code, a GET never read
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -39,16 +39,17 @@ def cache(proxy: Core) -> Stage:
 
         paginated = route.pagination is not None  # only a collection can be asked for as a stream
 
-        async def cached(ex: Exchange) -> web.StreamResponse:
+        def cached(ex: Exchange) -> Awaitable[web.StreamResponse]:
+            # a plain function handing back the cache's coroutine (or the inner stage's): one coroutine fewer
             request = http(ex)
             if paginated and _streamed(route, request):
-                return await inner(ex)
+                return inner(ex)
 
             async def fill(notes: Notes) -> web.StreamResponse:
                 ex.relay, ex.notes = False, notes
                 return await inner(ex)
 
-            return await store.serve(request, ex.match, ex.client, fill, ex.trace)
+            return store.serve(request, ex.match, ex.client, fill, ex.trace)
 
         return cached
 

@@ -30,13 +30,16 @@ Dispatch = Callable[[web.Request, str, RequestTrace], Awaitable[web.StreamRespon
 def dispatcher(gateway: Gateway) -> Dispatch:
     """The route's pipeline for a request, the runtime taken once (a reload never changes it mid-request)."""
 
-    async def dispatch(request: web.Request, rid: str, record: RequestTrace) -> web.StreamResponse:
+    def dispatch(request: web.Request, rid: str, record: RequestTrace) -> Awaitable[web.StreamResponse]:
+        # a plain function handing back the pipeline's coroutine: one coroutine fewer per request
+        # (a failed match raises here, inside the framing's ``await dispatch(...)`` all the same)
         runtime = gateway.runtime  # pinned for the whole request
         match = runtime.router.match(request.method, request.raw_path)
-        record.route = match.route.name
-        record.no_store = match.route.no_store
+        route = match.route
+        record.route = route.name
+        record.no_store = route.no_store
         record.keyed = not runtime.access.open
-        return await runtime.proxy.handle(request, match, rid, record)
+        return runtime.proxy.handle(request, match, rid, record)
 
     return dispatch
 
