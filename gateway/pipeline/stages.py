@@ -78,9 +78,10 @@ def invalidate(proxy: Core) -> Stage:
 def params(route: Route, inner: Handler) -> Handler:
     """Query and path parameters, parsed and checked before anything is sent (400 otherwise)."""
 
-    async def parsed(ex: Exchange) -> web.StreamResponse:
+    def parsed(ex: Exchange) -> Awaitable[web.StreamResponse]:
+        # a plain function handing back the next stage's coroutine (a 400 raises here, inside the caller's await)
         ex.params = parse_params(route, ex.query, ex.match.path_params)
-        return await inner(ex)
+        return inner(ex)
 
     return parsed
 
