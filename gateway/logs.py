@@ -74,6 +74,8 @@ class AccessLines:
         self.logger = logging.getLogger("gateway.access")
         self._second = -1
         self._prefix = ""
+        self._ms = -1
+        self._stamp = ""
         self._pending: list[str] = []
 
     def usable(self) -> bool:
@@ -96,11 +98,15 @@ class AccessLines:
         )
 
     def _timestamp(self) -> str:
-        now = time.time()
-        second = int(now)
-        if second != self._second:  # the timestamp's date and time change once a second
-            self._second, self._prefix = second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        return f"{self._prefix}.{int((now - second) * 1000):03d}+00:00"
+        """The line's ``ts``, made once a millisecond (requests of one loop turn share it), its date and
+        time once a second."""
+        ms = int(time.time() * 1000)
+        if ms != self._ms:
+            second, milli = divmod(ms, 1000)
+            if second != self._second:
+                self._second, self._prefix = second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._ms, self._stamp = ms, f"{self._prefix}.{milli:03d}+00:00"
+        return self._stamp
 
     def write(self, fields: dict[str, Any]) -> None:
         payload = {"ts": self._timestamp(), "level": "info"}
