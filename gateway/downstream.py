@@ -24,10 +24,10 @@ KEY_HEADERS = ("Authorization", "X-API-Key")
 def mark_private(request: web.Request, resp: web.StreamResponse, *, keyed: bool, no_store: bool = False) -> None:
     """Set ``Cache-Control`` and ``Vary`` on a stable route's answer, just before its headers go out;
     ``no_store``: the route's answers no cache may keep (``no_store: true`` in routes.yaml)."""
-    current = resp.headers.get("Cache-Control", "").lower()
-    if "no-store" not in current:
-        private = request.method in _READS and not no_store
-        resp.headers["Cache-Control"] = "private" if private else "no-store"
+    headers = resp.headers
+    current = headers.get("Cache-Control")
+    if current is None or "no-store" not in current.lower():
+        headers["Cache-Control"] = "private" if request.method in _READS and not no_store else "no-store"
     if keyed:
         have = {v.strip().lower() for v in resp.headers.get("Vary", "").split(",") if v.strip()}
         if "*" not in have:

@@ -28,10 +28,6 @@ LEVELS = ("debug", "info", "warning", "error")
 _quote: Any = encode_basestring
 
 
-def _nullable(text: str | None) -> str:
-    return "null" if text is None else str(_quote(text))
-
-
 class JsonFormatter(logging.Formatter):
     """``{"ts", "level", "logger", "message" | the record's ``fields``, "exc"?}`` per record."""
 
@@ -78,9 +74,17 @@ class AccessLines:
         self.logger = logging.getLogger("gateway.access")
         self._second = -1
         self._prefix = ""
+        self._ms = -1
+        self._stamp = ""
         self._pending: list[str] = []
 
     def usable(self) -> bool:
+        """The logging set-up is still the one ``setup`` made (nothing captures or filters access records).
+
+        Lines waiting for the end of this loop turn mean it was a moment ago: a set-up changes
+        between requests, not inside the turn that answers them, so the checks are made once a turn."""
+        if self._pending:
+            return True
         root, logger = self.root, self.logger
         return (
             len(root.handlers) == 1
@@ -94,11 +98,15 @@ class AccessLines:
         )
 
     def _timestamp(self) -> str:
-        now = time.time()
-        second = int(now)
-        if second != self._second:  # the timestamp's date and time change once a second
-            self._second, self._prefix = second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        return f"{self._prefix}.{int((now - second) * 1000):03d}+00:00"
+        """The line's ``ts``, made once a millisecond (requests of one loop turn share it), its date and
+        time once a second."""
+        ms = int(time.time() * 1000)
+        if ms != self._ms:
+            second, milli = divmod(ms, 1000)
+            if second != self._second:
+                self._second, self._prefix = second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._ms, self._stamp = ms, f"{self._prefix}.{milli:03d}+00:00"
+        return self._stamp
 
     def write(self, fields: dict[str, Any]) -> None:
         payload = {"ts": self._timestamp(), "level": "info"}
@@ -115,20 +123,21 @@ class AccessLines:
         which escapes what orjson does), the numbers are ints and floats rounded to 3 places.
         """
         q = _quote
-        upstream_status = trace.upstream_status
+        upstream_status, client, cache, error = trace.upstream_status, trace.client, trace.cache, trace.error
+        upstream_ms = round(trace.upstream_seconds * 1000, 3) if trace.upstream_seconds else 0.0
         self._add(
             f'{{"ts":"{self._timestamp()}","level":"info","logger":"gateway.access","event":"request",'
             f'"request_id":{q(rid)},"method":{q(method)},"path":{q(path)},"route":{q(route)},'
-            f'"client":{_nullable(trace.client)},"status":{status:d},'
+            f'"client":{"null" if client is None else q(client)},"status":{status:d},'
             f'"upstream_status":{"null" if upstream_status is None else f"{upstream_status:d}"},'
             f'"upstream_calls":{trace.upstream_calls:d},"duration_ms":{duration_ms!r},'
-            f'"upstream_ms":{round(trace.upstream_seconds * 1000, 3)!r},'
-            f'"cache":{_nullable(trace.cache)},"error":{_nullable(trace.error)}}}'
+            f'"upstream_ms":{upstream_ms!r},'
+            f'"cache":{"null" if cache is None else q(cache)},"error":{"null" if error is None else q(error)}}}'
         )
 
     def _add(self, line: str) -> None:
         pending = self._pending
-        pending.append(self.formatter.redactor(line) + "\n")
+        pending.append(line)
         if len(pending) == 1:
             try:
                 asyncio.get_running_loop().call_soon(self.flush)
@@ -138,7 +147,8 @@ class AccessLines:
     def flush(self) -> None:
         if not self._pending:
             return
-        text = "".join(self._pending)
+        # redacted here, once for the turn's lines (a secret cannot span two: a line's JSON escapes line breaks)
+        text = self.formatter.redactor("\n".join(self._pending) + "\n")
         self._pending.clear()
         handler = self.handler
         handler.acquire()

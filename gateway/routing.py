@@ -64,8 +64,12 @@ class Router:
             node.methods.setdefault(r.method, (r, tuple(params)))
             if not params:
                 self._static.setdefault(tuple(s.raw for s in r.path.segments), {}).setdefault(r.method, r)
-        #: the same, by the whole path as a request without a '%' spells it (no split, no tuple)
-        self._static_text = {"/" + "/".join(segs): methods for segs, methods in self._static.items()}
+        #: the same, by the whole path as a request without a '%' spells it (no split, no tuple), each with
+        #: its match made once: a static route has no parameters, so every request's match is the same
+        self._static_text = {
+            "/" + "/".join(segs): {method: Match(route, {}) for method, route in methods.items()}
+            for segs, methods in self._static.items()
+        }
 
     def match(self, method: str, raw_path: str) -> Match:
         """Find the route, or raise NotFound / MethodNotAllowed (with ``Allow``) / BadRequest."""
@@ -84,10 +88,10 @@ class Router:
             path = path[:-1]
         lookup = "GET" if method == "HEAD" else method
         if "%" not in path:  # nothing to decode: the path is its segments joined
-            static = self._static_text.get(path)
-            if static is not None and lookup in static:
+            made = self._static_text.get(path)
+            if made is not None and lookup in made:
                 counter[0] += 1
-                return Match(static[lookup], {})
+                return made[lookup]
         raw_segments = path[1:].split("/") if path not in ("", "/") else []
         try:  # (no '%': nothing to unquote, and a call per segment saved)
             segments = [unquote(s, errors="strict") for s in raw_segments] if "%" in path else raw_segments

@@ -158,11 +158,11 @@ class ResponseCache:
             return resp
         markers = read_markers(route.name, key.path)
         found = self._peek(key, markers) if self._peek is not None else await self._lookup(key, markers)
-        entry = self._usable(found)
+        now = self.now()
+        entry = self._usable(found, now)
         if entry is None and found is not None and found.entry is not None:
             with contextlib.suppress(CacheUnavailable):
                 await self.backend.discard(key)  # written over, or past its stale window
-        now = self.now()
         if (
             entry is not None
             and not wants.no_cache
@@ -215,7 +215,7 @@ class ResponseCache:
         """``make_key``, remembered per raw request (a hit must not pay for hashing and quoting)."""
         route = match.route
         path = policy.static_path or canonical_path(route, match.path_params)
-        vary = tuple(request.headers.get(name, "") for name in policy.spec.vary)
+        vary = tuple(request.headers.get(name, "") for name in policy.spec.vary) if policy.spec.vary else ()
         raw_query = request.rel_url.raw_query_string
         # a long URL or header is hashed each time (little next to reading it), so the memo stays small
         short = len(path) + len(raw_query) + sum(map(len, vary)) <= _REMEMBERED_KEY_BYTES
@@ -237,12 +237,12 @@ class ResponseCache:
         except CacheUnavailable:
             return None
 
-    def _usable(self, found: Found | None) -> Entry | None:
-        """The entry if it is still valid and within its stale window (anything else is to be dropped)."""
+    def _usable(self, found: Found | None, now: float) -> Entry | None:
+        """The entry if it is still valid and within its stale window at ``now`` (anything else is to be dropped)."""
         if found is None or found.entry is None:
             return None
         entry = found.valid_entry
-        if entry is None or self.now() >= entry.stale_until:
+        if entry is None or now >= entry.stale_until:
             return None
         return entry
 

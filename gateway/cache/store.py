@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from itertools import repeat
+from typing import NamedTuple, Protocol
 
 from cachetools import LRUCache
 from multidict import CIMultiDict
@@ -77,8 +78,9 @@ class Entry:
             return None
 
 
-@dataclass(frozen=True, slots=True)
-class Found:
+class Found(NamedTuple):
+    """What a lookup found (a tuple: made on every cache hit, and a frozen dataclass's ``__init__`` is slow)."""
+
     entry: Entry | None
     #: the newest marker on the entry's path (0 when none)
     newest_marker: int
@@ -135,7 +137,7 @@ class MemoryBackend:
         """``lookup`` without a coroutine: nothing here waits, and a cache hit is mostly this."""
         item = self._entries.get(key.text)
         floor, marks = self._floor, self._markers
-        newest = max([marks.get(m, floor) for m in markers])
+        newest = max(map(marks.get, markers, repeat(floor)))  # each marker's seq, or the floor when unknown
         return Found(item[1] if item is not None else None, newest, self._seq)
 
     async def store(self, key: CacheKey, entry: Entry, lifetime: float) -> None:

@@ -6,7 +6,7 @@ leaves it out: a route without a cache never enters cache code, a GET never read
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -37,16 +37,19 @@ def cache(proxy: Core) -> Stage:
         if store is None or route.method not in SAFE_METHODS or not store.caches(route):
             return None
 
-        async def cached(ex: Exchange) -> web.StreamResponse:
+        paginated = route.pagination is not None  # only a collection can be asked for as a stream
+
+        def cached(ex: Exchange) -> Awaitable[web.StreamResponse]:
+            # a plain function handing back the cache's coroutine (or the inner stage's): one coroutine fewer
             request = http(ex)
-            if _streamed(route, request):
-                return await inner(ex)
+            if paginated and _streamed(route, request):
+                return inner(ex)
 
             async def fill(notes: Notes) -> web.StreamResponse:
                 ex.relay, ex.notes = False, notes
                 return await inner(ex)
 
-            return await store.serve(request, ex.match, ex.client, fill, ex.trace)
+            return store.serve(request, ex.match, ex.client, fill, ex.trace)
 
         return cached
 
@@ -75,9 +78,10 @@ def invalidate(proxy: Core) -> Stage:
 def params(route: Route, inner: Handler) -> Handler:
     """Query and path parameters, parsed and checked before anything is sent (400 otherwise)."""
 
-    async def parsed(ex: Exchange) -> web.StreamResponse:
+    def parsed(ex: Exchange) -> Awaitable[web.StreamResponse]:
+        # a plain function handing back the next stage's coroutine (a 400 raises here, inside the caller's await)
         ex.params = parse_params(route, ex.query, ex.match.path_params)
-        return await inner(ex)
+        return inner(ex)
 
     return parsed
 

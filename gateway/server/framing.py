@@ -23,9 +23,10 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway import httpedge, jsonio, logs
-from gateway.downstream import mark_answer
+from gateway.downstream import mark_private
 from gateway.errors import GatewayError, HeadersTooLarge, MethodNotAllowed, PayloadTooLarge, UriTooLong
-from gateway.metrics import NO_ROUTE, status_class
+from gateway.methods import SAFE
+from gateway.metrics import NO_ROUTE
 from gateway.server.stable import Dispatch
 from gateway.server.state import Gateway
 from gateway.trace import RequestTrace, trace_of
@@ -71,9 +72,17 @@ MAX_HEADER_BYTES = 8192
 MAX_HEADERS = 100
 
 
-def _check_sizes(request: web.Request) -> None:
-    """nginx-like limits (414/431), answered in JSON before anything is routed or forwarded."""
-    if len(request.raw_path) > MAX_URL_BYTES:
+def _checked(gateway: Gateway, request: web.Request) -> None:
+    """The request line, size and edge checks every request passes before anything else runs, in one pass.
+
+    nginx-like limits (414/431) are answered in JSON before anything is routed or forwarded.
+    Whether the request came over TCP (the Host check's only exception: the workers' Unix
+    sockets) is asked only when the answer could depend on it: an allowed Host, or none, and
+    no cross-site write pass either way, and that is nearly every request."""
+    raw_path = request.raw_path
+    if request.version not in httpedge.SUPPORTED_VERSIONS or raw_path[:1] != "/":
+        httpedge.check_request_line(request)  # 505, or 400 for an absolute-form target
+    if len(raw_path) > MAX_URL_BYTES:
         raise UriTooLong(f"the URL is longer than {MAX_URL_BYTES} bytes")
     raw = request.raw_headers
     if len(raw) > MAX_HEADERS:
@@ -81,6 +90,12 @@ def _check_sizes(request: web.Request) -> None:
     for name, value in raw:
         if len(name) + len(value) > MAX_HEADER_BYTES:
             raise HeadersTooLarge(f"a request header is longer than {MAX_HEADER_BYTES} bytes")
+    headers = request.headers
+    host, origin = headers.get("Host"), headers.get("Origin")
+    edge = gateway.runtime.edge
+    if (host is None or edge.allows(host)) and (origin is None or request.method in SAFE):
+        return
+    edge.check(request.method, _tcp_host(request), origin)
 
 
 def _tcp_host(request: web.Request) -> str | None:
@@ -92,16 +107,11 @@ def _tcp_host(request: web.Request) -> str | None:
 
 
 def _request_id(request: web.Request) -> str:
+    """The caller's ``X-Request-ID`` when it is a sane one, else a new id (``new_request_id``, inlined)."""
     incoming = request.headers.get("X-Request-ID")
-    return incoming if incoming and _REQUEST_ID.match(incoming) else new_request_id()
-
-
-def _checked(gateway: Gateway, request: web.Request) -> None:
-    """The request line, size and edge checks every request passes before anything else runs."""
-    httpedge.check_request_line(request)
-    _check_sizes(request)
-    headers = request.headers
-    gateway.runtime.edge.check(request.method, _tcp_host(request), headers.get("Origin"))
+    if incoming and _REQUEST_ID.match(incoming):
+        return incoming
+    return f"{_id_prefix}{next(_ids):016x}"
 
 
 def _answer(request: web.Request, rid: str, record: RequestTrace, exc: Exception) -> web.Response:
@@ -161,8 +171,8 @@ def stable(gateway: Gateway, dispatch: Dispatch, own_allow: Mapping[str, str]) -
         except Exception as exc:
             resp = _answer(request, rid, record, exc)
         resp.headers["X-Request-ID"] = rid
-        if not resp.prepared:  # (a stream was marked before its head went out)
-            mark_answer(request, resp, record)
+        if record.route is not None and not resp.prepared:  # (a stream was marked before its head went out)
+            mark_private(request, resp, keyed=record.keyed, no_store=record.no_store)
         # counted and logged once the answer is on the wire, as nginx's log phase does: the client
         # does not wait for the bookkeeping (aiohttp writes the response in this same turn of the
         # loop, before any callback queued now runs); a 405 on an own path too, under route "(none)"
@@ -179,19 +189,18 @@ def _account(
     """The stable-side metrics and the access line of one answered request."""
     route = record.route or NO_ROUTE
     method = request.method
-    m = gateway.metrics
-    m.requests.labels(route, method, status_class(status)).inc()
-    m.request_seconds.labels(route, method).observe(elapsed)
-    if access_log.isEnabledFor(logging.INFO):
+    counted, timed = gateway.metrics.answered(route, method, status)
+    counted.inc()
+    timed.observe(elapsed)
+    fast = logs.access_lines()
+    if fast is not None:  # gateway serve's own JSON logging: the same line without a LogRecord
+        fast.write_request(rid, method, request.path[:256], route, status, round(elapsed * 1000, 3), record)
+    elif access_log.isEnabledFor(logging.INFO):
         _log_access(request, rid, route, status, elapsed, record)
 
 
 def _log_access(request: web.Request, rid: str, route: str, status: int, elapsed: float, record: RequestTrace) -> None:
-    """One JSON line per stable request.  No query string, headers or key values: they may carry secrets."""
-    fast = logs.access_lines()
-    if fast is not None:  # gateway serve's own JSON logging: the same line without a LogRecord
-        fast.write_request(rid, request.method, request.path[:256], route, status, round(elapsed * 1000, 3), record)
-        return
+    """One JSON line per stable request, as a LogRecord.  No query string, headers or key values (secrets)."""
     fields = {
         "event": "request",
         "request_id": rid,
