@@ -73,8 +73,8 @@ async def _run(config_path: str, host: str, port: int, obs_port: int, ph_port: i
     for cmd in curl_examples(base, nb.id, short_id):
         print(f"  {cmd}")
     print(
-        f"\n{config_path} is watched: save an edit (docs/runbook.md) and the demo reloads it, or keeps serving"
-        " the old routes and says why if the edit is invalid.\nCtrl-C stops everything.",
+        f"\n{config_path} is watched: save an edit (docs/runbook.md) and the demo reloads it and says so, or"
+        " keeps serving the old routes and says why if the edit is invalid.\nCtrl-C stops everything.",
         flush=True,
     )
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from gateway import __version__
 from sandbox.runner import Sandboxes
 from tests.conftest import ROOT, ROUTES
 from tests.helpers.cli import run
-from tests.processes import serve
+from tests.processes import free_port, serve
 
 
 def test_check_accepts_the_shipped_file() -> None:
@@ -135,3 +136,30 @@ def test_every_command_that_logs_checks_its_log_level_the_same_way() -> None:
         out = run(cmd, "--log-level", "loud")
         assert out.returncode == 2, cmd
         assert "argument --log-level: 'loud' is not one of debug, info, warning, error" in out.stderr, cmd
+
+
+async def test_the_demo_says_when_a_saved_edit_is_loaded_not_only_when_it_is_refused(tmp_path: Path) -> None:
+    """The demo is where routes.yaml edits are rehearsed; at its quiet level (warning) a reload still shows."""
+    config = tmp_path / "routes.yaml"
+    config.write_text(ROUTES.read_text())
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "demo", str(config), "--port", str(free_port()),
+        "--observable-port", "0", "--posthog-port", "0",
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        async with asyncio.timeout(30):
+            while b"Ctrl-C stops everything" not in await proc.stdout.readline():
+                pass
+            text = config.read_text()
+            config.write_text(text.replace("description: A project's notebooks", "description: The edited notebooks", 1))
+            lines: list[str] = []
+            while not any("config reloaded from" in ln for ln in lines):
+                lines.append((await proc.stderr.readline()).decode())
+        reloaded = json.loads(next(ln for ln in lines if "config reloaded from" in ln))
+        assert reloaded["level"] == "info" and str(config) in reloaded["message"]
+        assert not any('"event":"request"' in ln for ln in lines), "no access lines at the demo's level"
+    finally:
+        proc.terminate()
+        await proc.wait()

@@ -39,6 +39,8 @@ from gateway.upstream import UpstreamClient
 from gateway.verdict import GoneCheck
 
 log = logging.getLogger("gateway")
+#: a reload's outcome, on the file watcher's logger: the demo shows it above its quieter level
+reload_log = logging.getLogger("gateway.reload")
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +160,7 @@ class Gateway:
             self.refused = (time.time(), exc)
             self.metrics.reloads.labels("failure").inc()
             self.metrics.config_failed.set_to_current_time()
-            log.error("config reload failed, still serving %s: %s", self.runtime.config.digest, exc)
+            reload_log.error("config reload failed, still serving %s: %s", self.runtime.config.digest, exc)
             raise
         self.runtime = self._build(config)
         self.refused = None
@@ -166,7 +168,7 @@ class Gateway:
         if self.peers is not None:
             self.peers.remember(config)  # what a replacement worker serves if the file breaks later
         self.prober.wake()  # confirm at once what the new config fixed (or broke)
-        log.info("config reloaded from %s (%s, %d routes)", target, config.digest, len(config.routes))
+        reload_log.info("config reloaded from %s (%s, %d routes)", target, config.digest, len(config.routes))
         return config
 
     def _shared_changed(self, up: bool, instances: int) -> None:
