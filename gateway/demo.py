@@ -7,6 +7,7 @@ then loads the real routes.yaml, so what you curl is exactly the shipped config.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 
@@ -62,6 +63,10 @@ async def _run(config_path: str, host: str, port: int, obs_port: int, ph_port: i
         await runner.cleanup()
         await sandboxes.close()
         raise
+    # the demo is where routes.yaml edits are rehearsed: from now on, say when one is loaded, not only refused
+    reload_log = logging.getLogger("gateway.reload")
+    if not reload_log.isEnabledFor(logging.INFO):
+        reload_log.setLevel(logging.INFO)
     base = f"http://{host}:{port}"
     nb = obs_state.by_kind("public")[0]
     ph = sandboxes.posthog_state

@@ -155,10 +155,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return _without_sandbox("demo", exc)
 
     _setup_logging(args.log_level)
-    # the demo is where routes.yaml edits are rehearsed: say when one is loaded, not only when refused
-    reload_log = logging.getLogger("gateway.reload")
-    if not reload_log.isEnabledFor(logging.INFO):
-        reload_log.setLevel(logging.INFO)
     try:
         return run_demo(args.config, args.host, args.port, args.observable_port, args.posthog_port)
     except OSError as exc:
