@@ -66,7 +66,8 @@ def test_base_url_with_userinfo_is_refused_without_echoing_it() -> None:
 
 
 @pytest.mark.parametrize(
-    "stable", ["GET /metrics", "POST /metrics", "GET /status", "POST /admin/reload", "GET /openapi.json", "GET /healthz/"]
+    "stable",
+    ["GET /metrics", "POST /metrics", "GET /status", "POST /admin/reload", "GET /openapi.json", "GET /healthz/"],
 )
 def test_a_stable_path_on_the_gateways_own_endpoint_is_refused(stable: str) -> None:
     got = problems(_doc(stable=stable, target='"GET /things"'))

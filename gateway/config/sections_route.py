@@ -53,7 +53,8 @@ def _check_stable_path(node: _Node, raw: str, tpl: PathTemplate) -> None:
     """A stable path the gateway could never serve: its own endpoint, a query, a placeholder twice."""
     if "?" in raw or "#" in raw:
         node.error(
-            "a stable path cannot carry a query or fragment (it would never match): declare query params under 'params:'"
+            "a stable path cannot carry a query or fragment (it would never match): "
+            "declare query params under 'params:'"
         )
         return
     if raw in OWN_PATHS or (raw.rstrip("/") or "/") in OWN_PATHS:
