@@ -199,7 +199,8 @@ class UpstreamSpec(Section):
     base_url: Annotated[str, AfterValidator(_base_url), Wording("an absolute http(s) URL")] = Field(
         json_schema_extra={"format": "uri"}
     )
-    """The absolute http(s) URL every target path is appended to; no query (credentials never go in URLs)."""
+    """The absolute http(s) URL every target path is appended to; no query, user or password (credentials
+    never go in URLs)."""
     description: str | None = None
     """For people: shown in ``gateway routes``."""
     timeouts: TimeoutsSpec | None = None
