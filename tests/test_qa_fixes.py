@@ -231,3 +231,17 @@ def test_the_cursor_key_reference_says_what_derive_key_uses() -> None:
     # what the row says: the derived key is the credentials' alone, whatever the config
     assert derive_key(None, ["a", "b"]) == derive_key(None, ["b", "a"]) != derive_key(None, ["a", "c"])
     assert "config digest" not in (ROOT / "docs" / "configuration.md").read_text()
+
+
+def test_routegate_check_refuses_a_secret_query_and_never_prints_the_secret(tmp_path: Path) -> None:
+    from tests.helpers.cli import run
+
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(
+        _doc(base_url="http://u:pw-in-url@127.0.0.1:9", target='"GET /notebooks/{id}?api_key=${POSTHOG_API_KEY}"')
+    )
+    out = run("check", str(routes), env={"API_KEY": "k", "POSTHOG_API_KEY": SECRET})
+    assert out.returncode == 1, out
+    assert f"{routes}:3: upstreams.api.base_url: base_url cannot carry a user or password" in out.stderr
+    assert f"{routes}:10: routes.things.targets[0]: a target's query string cannot take" in out.stderr
+    assert SECRET not in out.stdout + out.stderr and "pw-in-url" not in out.stdout + out.stderr
