@@ -9,6 +9,7 @@ ConfigMap an operator reads.  ``--check`` exits 1 if the committed file is stale
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from pathlib import Path
@@ -60,18 +61,47 @@ def render(source: str | None = None, overlay: str | None = None) -> str:
     return f"{HEADER}{base}\n\n# ---------------------------------------------------------------- deployment\n{overlay}"
 
 
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="deploy/render_routes.py",
+        description=(
+            "Render the deployed routes file from routes.yaml and deploy/routes.production.yaml "
+            "(the overlay's top-level sections replace routes.yaml's)."
+        ),
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 if the file is missing or stale (for CI)",
+    )
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=TARGET,
+        metavar="PATH",
+        help=f"the file to write or check (default {TARGET.relative_to(ROOT)})",
+    )
+    return p
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)  # --help and unknown flags exit here, before anything is written
+    target: Path = args.output.resolve()
     text = render()
-    if "--check" in argv:
-        if not TARGET.exists() or TARGET.read_text(encoding="utf-8") != text:
-            print(f"{TARGET.relative_to(ROOT)} is stale: run `make deploy-config`", file=sys.stderr)
+    if args.check:
+        if not target.exists() or target.read_text(encoding="utf-8") != text:
+            print(f"{_shown(target)} is stale: run `make deploy-config`", file=sys.stderr)
             return 1
         return 0
-    TARGET.parent.mkdir(parents=True, exist_ok=True)
-    tmp = TARGET.with_name(f".{TARGET.name}.tmp")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
-    tmp.replace(TARGET)  # atomic: a gateway watching the file never reads half of it
-    print(f"wrote {TARGET.relative_to(ROOT)}")
+    tmp.replace(target)  # atomic: a gateway watching the file never reads half of it
+    print(f"wrote {_shown(target)}")
     return 0
 
 

@@ -204,13 +204,21 @@ class _GuardedRunner(web.AppRunner):
         return server
 
 
+def _bound_port(runner: web.BaseRunner, asked: int) -> int:
+    """The TCP port actually bound (``--port 0`` picks a free one): the first address with a port."""
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2 and isinstance(address[1], int):
+            return address[1]
+    return asked
+
+
 async def _serve(
     runner: _GuardedRunner,
     host: str,
     port: int,
     sock: socket.socket | None,
     reuse_port: bool,
-    listening: Callable[[], None],
+    listening: Callable[[int], None],
 ) -> None:
     await runner.setup()
     try:
@@ -219,7 +227,7 @@ async def _serve(
             sites.append(web.SockSite(runner, sock))
         for site in sites:
             await site.start()
-        listening()
+        listening(_bound_port(runner, port))
         while True:
             await asyncio.sleep(3600)
     finally:
@@ -234,7 +242,7 @@ def run(
     port: int,
     sock: socket.socket | None,
     reuse_port: bool,
-    listening: Callable[[], None],
+    listening: Callable[[int], None],
     registry: CollectorRegistry | None = None,
 ) -> None:
     """``web.run_app`` with the connection caps; returns on SIGINT/SIGTERM, raises OSError if it cannot listen."""

@@ -67,6 +67,8 @@ async def _run(config_path: str, host: str, port: int, obs_port: int, ph_port: i
     reload_log = logging.getLogger("gateway.reload")
     if not reload_log.isEnabledFor(logging.INFO):
         reload_log.setLevel(logging.INFO)
+    # the port bound: --port 0 picks a free one
+    port = next((a[1] for a in runner.addresses if isinstance(a, tuple) and len(a) >= 2), port)
     base = f"http://{host}:{port}"
     nb = obs_state.by_kind("public")[0]
     ph = sandboxes.posthog_state

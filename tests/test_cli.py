@@ -153,7 +153,7 @@ async def test_the_demo_says_when_a_saved_edit_is_loaded_not_only_when_it_is_ref
             while b"Ctrl-C stops everything" not in await proc.stdout.readline():
                 pass
             text = config.read_text()
-            config.write_text(text.replace("description: A project's notebooks", "description: The edited notebooks", 1))
+            config.write_text(text.replace("description: A project's notebooks", "description: Edited notebooks", 1))
             lines: list[str] = []
             while not any("config reloaded from" in ln for ln in lines):
                 lines.append((await proc.stderr.readline()).decode())

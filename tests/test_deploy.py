@@ -372,6 +372,71 @@ def test_promtool_accepts_the_shipped_prometheus_files(name: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_promtool_accepts_the_kubernetes_prometheus_config() -> None:
+    result = run(tool("promtool"), "check", "config", str(DEPLOY / "prometheus" / "prometheus.kubernetes.yml"))
+    if "field kubernetes_sd_configs not found" in result.stdout + result.stderr:
+        pytest.skip("this promtool is built without Kubernetes service discovery (Debian's is)")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _relabelled(relabel: list[dict[str, Any]], labels: dict[str, str]) -> dict[str, str] | None:
+    """Prometheus's keep/drop/replace relabelling of one target (enough of it for these configs)."""
+    labels = dict(labels)
+    for rule in relabel:
+        value = rule.get("separator", ";").join(labels.get(n, "") for n in rule.get("source_labels", []))
+        matched = re.fullmatch(rule.get("regex", "(.*)"), value)
+        action = rule.get("action", "replace")
+        if action == "keep" and not matched:
+            return None
+        if action == "drop" and matched:
+            return None
+        if action == "replace" and matched:
+            labels[rule["target_label"]] = matched.expand(rule.get("replacement", "$1").replace("$1", "\\1"))
+    return labels
+
+
+def test_the_kubernetes_prometheus_job_scrapes_each_gateway_pod_as_job_routegate() -> None:
+    cfg = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.kubernetes.yml").read_text())
+    (job,) = [j for j in cfg["scrape_configs"] if j["job_name"] == "routegate"]
+    assert "static_configs" not in job, "a Service address spreads scrapes over the replicas"
+    assert [sd["role"] for sd in job["kubernetes_sd_configs"]] == ["pod"]
+    deployment = next(d for d in load_all(DEPLOY / "k8s" / "deployment.yaml") if d and d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]
+    (container,) = [c for c in pod["spec"]["containers"] if c["name"] == "gateway"]
+    (port,) = container["ports"]
+
+    def target(pod_labels: dict[str, str], port_name: str, phase: str = "Running") -> dict[str, str] | None:
+        meta = {f"__meta_kubernetes_pod_label_{re.sub(r'[^a-zA-Z0-9_]', '_', k)}": v for k, v in pod_labels.items()}
+        meta |= {
+            "__meta_kubernetes_pod_container_port_name": port_name,
+            "__meta_kubernetes_pod_phase": phase,
+            "__meta_kubernetes_namespace": "routegate",
+            "__meta_kubernetes_pod_name": "routegate-abc",
+        }
+        return _relabelled(job["relabel_configs"], meta)
+
+    kept = target(pod["metadata"]["labels"], port["name"])
+    assert kept is not None and kept["pod"] == "routegate-abc" and kept["namespace"] == "routegate"
+    assert target(pod["metadata"]["labels"], "metrics-other") is None
+    assert target(pod["metadata"]["labels"], port["name"], phase="Pending") is None
+    assert target({"app.kubernetes.io/name": "redis"}, port["name"]) is None
+
+
+def test_every_scrape_job_the_alerts_select_exists_in_each_prometheus_config() -> None:
+    rules = (DEPLOY / "prometheus" / "alerts.yml").read_text()
+    selected = set(re.findall(r'job\s*=~?\s*"([^"]+)"', rules))
+    assert selected == {"routegate"}, selected
+    compose = load_all(DEPLOY / "docker-compose.yml")[0]
+    configs = {
+        "prometheus.yml": yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text()),
+        "prometheus.kubernetes.yml": yaml.safe_load((DEPLOY / "prometheus" / "prometheus.kubernetes.yml").read_text()),
+        "docker-compose.yml": yaml.safe_load(compose["configs"]["prometheus_config"]["content"]),
+    }
+    for name, cfg in configs.items():
+        jobs = {j["job_name"] for j in cfg["scrape_configs"]}
+        assert selected <= jobs, f"{name}: the alerts select job(s) {sorted(selected - jobs)} it does not scrape"
+
+
 # --------------------------------------------------------------------------- Kubernetes
 
 

@@ -89,3 +89,79 @@ def test_every_error_code_the_gateway_answers_is_documented() -> None:
     assert {"bad_cursor", "upstream_route_gone", "host_not_allowed"} <= codes
     documented = set(re.findall(r"`([a-z_]+)`", (DOCS / "errors.md").read_text()))
     assert sorted(codes - documented) == [], "document these error codes in docs/errors.md"
+
+
+def _answered_statuses() -> dict[str, set[int]]:
+    """code → the statuses the gateway answers it with, read from its source: each ``SomeError(..., code="x")``
+    by the class's ``status`` (followed through its bases), each class's ``default_code``, and the upstream
+    4xx a write passes on (``client_error_for(status)(..., code="x")``: the statuses it maps)."""
+    import ast
+
+    classes: dict[str, tuple[list[str], int | None, str | None]] = {}
+    calls: list[tuple[str, str]] = []
+    for path in (ROOT / "gateway").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                status = code = None
+                for stmt in node.body:
+                    if isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant):
+                        for t in stmt.targets:
+                            if isinstance(t, ast.Name) and t.id == "status":
+                                status = stmt.value.value
+                            if isinstance(t, ast.Name) and t.id == "default_code":
+                                code = stmt.value.value
+                bases = [b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases]
+                classes[node.name] = (bases, status, code)
+            elif isinstance(node, ast.Call):
+                for kw in node.keywords:
+                    if kw.arg == "code" and isinstance(kw.value, ast.Constant) and isinstance(kw.value.value, str):
+                        func = node.func
+                        name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+                        if isinstance(func, ast.Call) and getattr(func.func, "id", "") == "client_error_for":
+                            name = "client_error_for"
+                        calls.append((name, kw.value.value))
+
+    def status_of(name: str) -> int | None:
+        if name not in classes:
+            return None
+        bases, status, _ = classes[name]
+        if status is not None:
+            return status
+        return next((s for b in bases if (s := status_of(b)) is not None), None)
+
+    from gateway.errors import _BY_STATUS
+
+    out: dict[str, set[int]] = {}
+    for name, (_, _, code) in classes.items():
+        if code is not None and (status := status_of(name)) is not None:
+            out.setdefault(code, set()).add(status)
+    for name, code in calls:
+        if name == "client_error_for":
+            out.setdefault(code, set()).update({400, 409, 422} & set(_BY_STATUS))
+        elif (status := status_of(name)) is not None:
+            out.setdefault(code, set()).add(status)
+    return out
+
+
+def test_every_error_code_is_documented_under_the_status_it_is_answered_with() -> None:
+    documented: dict[str, set[int]] = {}
+    for status, codes in re.findall(r"^\| (\d{3}) \| ([^|]+) \|", (DOCS / "errors.md").read_text(), re.MULTILINE):
+        for code in re.findall(r"`([a-z_]+)`", codes):
+            documented.setdefault(code, set()).add(int(status))
+    answered = _answered_statuses()
+    assert answered["cache_disabled"] == {409} and answered["unknown_route"] == {400}  # the reader reads
+    assert {400, 409, 422, 502} <= answered["upstream_rejected"]
+    wrong = {
+        code: (sorted(statuses), sorted(documented.get(code, set())))
+        for code, statuses in answered.items()
+        if code in documented and documented[code] != statuses
+    }
+    assert wrong == {}, "code: (answered, documented) — fix docs/errors.md"
+
+
+def test_the_header_limits_in_errors_md_are_the_gateways() -> None:
+    from gateway.server import MAX_HEADER_BYTES, MAX_HEADERS
+
+    row = next(line for line in (DOCS / "errors.md").read_text().splitlines() if line.startswith("| 431 |"))
+    assert f"{MAX_HEADER_BYTES // 1024} KiB" in row and f"{MAX_HEADERS} headers" in row, row

@@ -8,6 +8,8 @@ cannot listen; 4 ``probe`` found a broken route (``EXIT_CODES`` below).
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 
 from gateway.cli.common import DEFAULT_CONFIG, EXIT_CODES, is_loopback
@@ -20,6 +22,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if hasattr(args, "config_pos"):
         args.config = args.config or args.config_pos or DEFAULT_CONFIG
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader went away (``routegate openapi | head -1``): what it read is all it wanted, so this is
+        # no error; stdout points at /dev/null so that the interpreter's own flush at exit is quiet too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return code
-

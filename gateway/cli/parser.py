@@ -180,16 +180,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def port_number(value: str) -> int:
+    """A TCP port, 0 (any free one) to 65535: a larger one would be wrapped by getaddrinfo and bind another."""
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number (0-65535)") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (0-65535; 0 picks a free one)")
+    return port
+
+
 def listen_args(p: argparse.ArgumentParser, who: str, *, port: bool = True) -> None:
     """--host (and --port: the gateway's): one wording and one default wherever a command listens."""
     p.add_argument("--host", default="127.0.0.1", help=f"the address {who} (default 127.0.0.1)")
     if port:
-        p.add_argument("--port", type=int, default=8080, help="the gateway's port (default 8080)")
+        p.add_argument("--port", type=port_number, default=8080, help="the gateway's port (default 8080)")
 
 
 def sandbox_ports(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--observable-port", type=int, default=9001, help="the Observable sandbox's port (default 9001)")
-    p.add_argument("--posthog-port", type=int, default=9002, help="the PostHog sandbox's port (default 9002)")
+    p.add_argument(
+        "--observable-port", type=port_number, default=9001, help="the Observable sandbox's port (default 9001)"
+    )
+    p.add_argument("--posthog-port", type=port_number, default=9002, help="the PostHog sandbox's port (default 9002)")
 
 
 def log_level_arg(p: argparse.ArgumentParser, default: str, said: str) -> None:

@@ -128,9 +128,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(signal.SIGHUP, _reload)
 
     app.on_startup.append(_on_startup)
-    serving = f"routegate {__version__} serving {len(cfg.routes)} routes on http://{args.host}:{args.port}"
-    if args.workers > 1:
-        serving += f" (worker {os.getpid()} of {args.workers})"
+
+    def _serving(port: int) -> None:
+        """Once listening, not before: the port bound (``--port 0`` picks one), not the one asked for."""
+        line = f"routegate {__version__} serving {len(cfg.routes)} routes on http://{args.host}:{port}"
+        if args.workers > 1:
+            line += f" (worker {os.getpid()} of {args.workers})"
+        print(line, flush=True)
+
     try:
         connections.run(  # web.run_app, with the connection caps (gateway.connections)
             app,
@@ -138,7 +143,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             sock=own_socket,  # admin calls relayed by the other workers
-            listening=lambda: print(serving, flush=True),  # once listening, not before
+            listening=_serving,
             reuse_port=args.workers > 1,
             registry=gateway.registry,
         )

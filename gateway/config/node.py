@@ -23,6 +23,9 @@ class _Ctx:
         self.problems: list[Problem] = []
         #: mappings and lists already expanded: an anchor used twice is one object, and ``$${`` must unescape once
         self.expanded: set[int] = set()
+        #: key path → the text as written, for each string that interpolated ``${VAR}`` (where a secret may
+        #: have come from: a target's query string refuses them)
+        self.interpolated: dict[str, str] = {}
 
     def add(self, line: int, key: str, message: str) -> None:
         key = key or "(document)"  # the top level has no key path of its own
@@ -111,6 +114,8 @@ def _interpolate(ctx: _Ctx, value: Any, path: str, line: int) -> Any:
     if isinstance(value, str) and "${" in value:
         placeholder = "\x00"
         text = value.replace("$${", placeholder)
+        if _ENV_REF.search(text):
+            ctx.interpolated[path] = text
 
         def sub(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from gateway.config.model import BodySpec, Pagination, ParamSpec, PathTemplate, Route, Target, Template
 from gateway.config.model_upstream import Upstream
+from gateway.config.names import OWN_PATHS
 from gateway.config.node import _closest, _kind, _Node
 from gateway.config.schema import required_of, validate
 from gateway.config.sections_access import _fallback_on, _probe, _shape
@@ -19,7 +20,13 @@ from gateway.config.spec_calls import TargetSpec
 from gateway.config.spec_entry import RouteEntrySpec
 from gateway.config.spec_route import ParamSpec as ParamSpecModel
 from gateway.config.spec_route import RouteSpec
-from gateway.config.values import _NAME, _PARAM, parse_path, parse_request_line, parse_template
+from gateway.config.values import _ENV_REF, _NAME, _PARAM, parse_path, parse_request_line, parse_template
+
+#: told where a target's query string takes a value from the environment (the value is never echoed)
+_SECRET_IN_QUERY = (
+    "a target's query string cannot take a value from the environment (${{{name}}}): credentials never go in "
+    "URLs (they would show in /status, `routegate routes` and upstream logs); send it with the upstream's auth:"
+)
 
 
 def _stable_line(node: _Node, text: str) -> tuple[str, str] | None:
@@ -42,6 +49,34 @@ def _check_path_template(node: _Node, tpl: PathTemplate, stable: bool) -> None:
             node.error("paths cannot contain '.' or '..' segments")
 
 
+def _check_stable_path(node: _Node, raw: str, tpl: PathTemplate) -> None:
+    """A stable path the gateway could never serve: its own endpoint, a query, a placeholder twice."""
+    if "?" in raw or "#" in raw:
+        node.error(
+            "a stable path cannot carry a query or fragment (it would never match): "
+            "declare query params under 'params:'"
+        )
+        return
+    if raw in OWN_PATHS or (raw.rstrip("/") or "/") in OWN_PATHS:
+        node.error(f"{raw} is the gateway's own endpoint (answered before any route): choose another path")
+    seen: set[str] = set()
+    for seg in tpl.segments:
+        for name in seg.names:
+            if name in seen:
+                node.error(f"placeholder {{{name}}} appears twice in the stable path: give each its own name")
+                return
+            seen.add(name)
+
+
+def _check_query_secrets(node: _Node, raw: str | None) -> None:
+    """A ``${VAR}`` written in a target's query (its text as written, before interpolation)."""
+    if raw is None:
+        return
+    m = _ENV_REF.search(raw)
+    if m is not None:
+        node.error(_SECRET_IN_QUERY.format(name=m.group(1)))
+
+
 def _route(name: str, node: _Node, upstreams: dict[str, Upstream], root: _Node) -> Route | None:
     """A route: its own keys by ``RouteEntrySpec``, each section by its own model, then what spans them."""
     ctx = node.ctx
@@ -55,8 +90,9 @@ def _route(name: str, node: _Node, upstreams: dict[str, Upstream], root: _Node) 
     if spec.stable is not None:
         method, path_raw = parse_request_line(spec.stable)
     stable_path = parse_path(path_raw) if path_raw else None
-    if stable_path is not None:
+    if stable_path is not None and path_raw is not None:
         _check_path_template(node.child("stable"), stable_path, stable=True)
+        _check_stable_path(node.child("stable"), path_raw, stable_path)
     if spec.upstream is not None:
         all_declared = root.get("upstreams")
         declared = set(all_declared.value) if all_declared and isinstance(all_declared.value, dict) else set()
@@ -211,6 +247,8 @@ def _target(
         node.error(f"expected 'METHOD /path' or a mapping with 'request', got {_kind(raw)}")
         return None
     path_part, _, query_part = request.partition("?")
+    written = node.ctx.interpolated.get(request_node.path)
+    _check_query_secrets(request_node, written.partition("?")[2] if written is not None else None)
     parsed = _stable_line(request_node, path_part)
     if parsed is None:
         return None
@@ -228,6 +266,9 @@ def _target(
     body = BodySpec("passthrough" if writes else "none")
     if spec is not None:
         query += [(k, parse_template(str(v))) for k, v in (spec.query or {}).items()]
+        if (qn := node.get("query")) is not None:
+            for k, _ in qn.items():
+                _check_query_secrets(qn.child(k), node.ctx.interpolated.get(qn.child(k).path))
         redirect = spec.redirect or redirect
         if isinstance(spec.body, str):
             body = BodySpec(spec.body)

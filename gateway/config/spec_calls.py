@@ -94,9 +94,10 @@ class TargetSpec(Section):
 
     # the pattern is the editor's; gateway check's own check says which part is wrong
     request: Annotated[str, BeforeValidator(_request_line)] = Field(json_schema_extra={"pattern": STABLE})
-    """``METHOD /path?query`` with ``{param}`` templates; unset params are dropped from the query."""
+    """``METHOD /path?query`` with ``{param}`` templates; unset params are dropped from the query. No
+    ``${VAR}`` in the query: credentials go in the upstream's ``auth:``, never in URLs."""
     query: dict[str, Annotated[str | int | float, Wording("a string")]] | None = None
-    """More query parameters, same templates as in ``request``."""
+    """More query parameters, same templates as in ``request`` (and no ``${VAR}`` either)."""
     body: (
         Annotated[
             Annotated[Literal["passthrough", "none"], SCALAR] | Annotated[ConstBodySpec, MAPPING],

@@ -44,7 +44,8 @@ class ServerSpec(Section):
     client_timeouts: ClientTimeoutsSpec | None = None
     """Slow clients."""
     cursor_key: SecretRef | None = None
-    """Signs ``next_cursor`` (default: derived from the upstream credentials and the config digest)."""
+    """Signs ``next_cursor`` (default: derived from the upstream credentials only, so cursors survive reloads; set
+    it to keep them valid across a credential rotation)."""
     allowed_hosts: list[str] | None = None
     """Host names answered besides IPs and loopback; a leading ``*.`` matches subdomains, ``*`` any host."""
     max_connections: int | None = Field(None, ge=1, le=10_000_000)

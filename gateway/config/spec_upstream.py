@@ -158,11 +158,16 @@ class AuthSpec(Section):
 
 
 def _base_url(text: str) -> str:
-    """An absolute http(s) URL with no query: credentials never go in URLs."""
+    """An absolute http(s) URL with no userinfo nor query: credentials never go in URLs (aiohttp also refuses
+    userinfo beside an Authorization header, so every call would fail)."""
     try:
         url = URL(text)
     except ValueError as exc:
         raise ValueError(f"not a URL: {exc}") from None
+    if url.user is not None or url.password is not None:  # never echoed: it is a credential
+        raise ValueError(
+            "base_url cannot carry a user or password (credentials never go in URLs): use the upstream's auth:"
+        )
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError(f"{text!r} is not an absolute http(s) URL")
     if url.query_string or url.fragment:
@@ -194,7 +199,8 @@ class UpstreamSpec(Section):
     base_url: Annotated[str, AfterValidator(_base_url), Wording("an absolute http(s) URL")] = Field(
         json_schema_extra={"format": "uri"}
     )
-    """The absolute http(s) URL every target path is appended to; no query (credentials never go in URLs)."""
+    """The absolute http(s) URL every target path is appended to; no query, user or password (credentials
+    never go in URLs)."""
     description: str | None = None
     """For people: shown in ``gateway routes``."""
     timeouts: TimeoutsSpec | None = None
