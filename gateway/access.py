@@ -26,7 +26,8 @@ ANONYMOUS = "-"
 def presented_key(request: web.Request) -> str | None:
     """``Authorization: Bearer <key>``, ``X-API-Key: <key>``, or Basic with the key as password.
 
-    Basic exists so a browser can open the admin-guarded ``/status`` page (any user name).
+    Basic exists so a browser can open the admin-guarded ``/status`` page (any user name); it serves every
+    route alike (``curl -u :KEY``), as docs/configuration.md says.
     """
     header = request.headers.get("Authorization", "")
     if header[:7].lower() == "bearer ":

@@ -61,7 +61,8 @@ ClientRate = Annotated[
 
 
 class ClientKeySpec(Section):
-    """One client key: sent as ``Authorization: Bearer <key>`` or ``X-API-Key``, never forwarded."""
+    """One client key: sent as ``Authorization: Bearer <key>``, ``X-API-Key`` or Basic with the key as password; never
+    forwarded."""
 
     key: SecretRef
     """The key itself, from the environment or a file."""
