@@ -372,11 +372,22 @@ def test_promtool_accepts_the_shipped_prometheus_files(name: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_promtool_accepts_the_kubernetes_prometheus_config() -> None:
-    result = run(tool("promtool"), "check", "config", str(DEPLOY / "prometheus" / "prometheus.kubernetes.yml"))
+def test_promtool_accepts_the_kubernetes_prometheus_config(tmp_path: Path) -> None:
+    """Debian's promtool is built without Kubernetes discovery, so where it cannot read that block, it checks
+    the rest (rules, relabelling, every other key) with the discovery swapped for a static target; the
+    discovery block's own keys are the next test's."""
+    source = DEPLOY / "prometheus" / "prometheus.kubernetes.yml"
+    result = run(tool("promtool"), "check", "config", str(source))
     if "field kubernetes_sd_configs not found" in result.stdout + result.stderr:
-        pytest.skip("this promtool is built without Kubernetes service discovery (Debian's is)")
+        cfg = yaml.safe_load(source.read_text())
+        for job in cfg["scrape_configs"]:
+            if job.pop("kubernetes_sd_configs", None) is not None:
+                job["static_configs"] = [{"targets": ["127.0.0.1:8080"]}]
+        shutil.copy(DEPLOY / "prometheus" / "alerts.yml", tmp_path / "alerts.yml")
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(cfg))
+        result = run(tool("promtool"), "check", "config", str(tmp_path / "prometheus.yml"))
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout + result.stderr
 
 
 def _relabelled(relabel: list[dict[str, Any]], labels: dict[str, str]) -> dict[str, str] | None:
