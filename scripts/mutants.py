@@ -365,9 +365,8 @@ PIPELINE_EQUIVALENT: list[tuple[str, str, str, str]] = [
        "header names: the response's headers ignore case") for spelled in ("content-type", "CONTENT-TYPE")),
     ("gateway/proxy/respond.py", "await super().write_eof(data)", "await super().write_eof(None)",
      "aiohttp's Response.write_eof only asserts that its data is empty, and None is as empty as b''"),
-    ("gateway/proxy/respond.py", "self.pop(_ANSWER, None)", "self.pop(_ANSWER, )",
-     "_holding set the key on every _Relayed: pop always finds it"),
     ("gateway/proxy/respond.py", "self._body = None", 'self._body = ""', "an empty string holds no more than None"),
+    ("gateway/proxy/respond.py", "self._answer = None", 'self._answer = ""', "an empty string holds no answer either"),
     # --- gateway/proxy/status.py
     *(("gateway/proxy/status.py",
        'route.shape, resp.status, resp.headers.get("Content-Type", ""), resp.location is not None, route.name',
@@ -517,10 +516,6 @@ CALLS_EQUIVALENT: list[tuple[str, str, str, str]] = [
        f'headers = {{**headers, "{name}": JSON_TYPE}}',
        "header names are case-insensitive on the wire, and this is the only Content-Type set")
       for name in ("content-type", "CONTENT-TYPE")),
-    ("gateway/proxy/targets.py", "stream: bool = False,", "stream: bool = True,",
-     "only the gone check's sample call takes the default, reading nothing but the status; its unread answer is"
-     " dropped on return and aiohttp closes an unreleased response when it is collected (tried with"
-     " max_connections: 1: the next call still gets the one connection)"),
     ("gateway/proxy/targets.py", "headers.update(self.creds.headers_for(upstream, route.name))",
      "headers.update(self.creds.headers_for(upstream, None))",
      "only the route the missing-credential error names: the server fills it from the request"),

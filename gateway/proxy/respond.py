@@ -60,7 +60,7 @@ def rebuild(route: Route, resp: UpstreamResponse, params: Mapping[str, Any]) -> 
     if spec.raw:
         ctype = resp.headers.get("Content-Type", "application/octet-stream")
         headers["Content-Type"] = ctype
-        return _holding(_Relayed(status=status, body=resp.body, headers=headers), resp)
+        return _Relayed(resp, status=status, body=resp.body, headers=headers)
     if spec.item is not None:
         src = parse_json(route, resp) if resp.location is None else {}
         if route.shape is not None and resp.location is None:
@@ -72,9 +72,7 @@ def rebuild(route: Route, resp: UpstreamResponse, params: Mapping[str, Any]) -> 
             check_body(route.shape, src, route.name)
         data = resp.body
     if data is resp.body:
-        return _holding(
-            _Relayed(status=status, body=data, content_type=JSON_TYPE, charset="utf-8", headers=headers), resp
-        )
+        return _Relayed(resp, status=status, body=data, content_type=JSON_TYPE, charset="utf-8", headers=headers)
     return web.Response(status=status, body=data, content_type=JSON_TYPE, charset="utf-8", headers=headers)
 
 
@@ -97,26 +95,23 @@ async def stream(
     return await relay.relay(request, resp.stream, status, headers, upstream, route.name)
 
 
-#: the upstream answer whose body a response sends as it is
-_ANSWER = web.ResponseKey("routegate_upstream_answer", UpstreamResponse)
-
-
 class _Relayed(web.Response):
     """A response sending an upstream answer's body as it is.
 
     The answer (and so its count in server.max_buffered_bytes) lives until the body is
     written, then both are dropped: aiohttp keeps a keep-alive connection's last response
     until that connection's next request, which would hold the body long after it was sent.
+    The answer is a plain attribute, not a response key: the mapping's ``pop`` ran several
+    Python-level calls per answer.
     """
+
+    def __init__(self, answer: UpstreamResponse, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._answer: UpstreamResponse | None = answer
 
     async def write_eof(self, data: bytes = b"") -> None:
         try:
             await super().write_eof(data)
         finally:
-            self.pop(_ANSWER, None)
+            self._answer = None
             self._body = None
-
-
-def _holding(out: web.Response, answer: UpstreamResponse) -> web.Response:
-    out[_ANSWER] = answer
-    return out

@@ -86,19 +86,60 @@ class Targets:
 
     def upstream(self, route: Route) -> Send:
         """The innermost step: one exchange with the target the call is at, credentials on, with resilience
-        (gateway.upstream, gateway.resilience); the headers are made once per call, whichever targets it asks."""
+        (gateway.upstream, gateway.resilience), timed and counted (and written on the call's ``trace``);
+        the headers are made once per call, whichever targets it asks.  The exchange is this closure's own
+        work, not a method it awaits: every await level is passed again at each resumption of the call."""
         upstream = self.config.upstreams[route.upstream]
+        client = self.client
 
         async def send(call: Call) -> UpstreamResponse:
-            if call.headers is None:
-                call.headers = self.headers(upstream, route, call.request_id)
+            headers = call.headers
+            if headers is None:
+                headers = call.headers = self.headers(upstream, route, call.request_id)
             target = route.targets[call.target]
-            extra, at = call.extra_query, call.at
-            return await self.send(
-                upstream, route, target, call.params, call.body, extra, call.headers, at, call.stream, call.trace
-            )
+            path, query = target_request(target, call.params)
+            if call.at is not None:
+                path, query = _followed(upstream, route, target, call.params, call.at)
+            mode = target.body.mode
+            payload = target.body.const if mode == "const" else (call.body if mode == "passthrough" else None)
+            if payload is not None and "Content-Type" not in headers:
+                headers = {**headers, "Content-Type": JSON_TYPE}
+            started = time.perf_counter()
+            try:
+                resp = await client.send(
+                    upstream,
+                    target.method,
+                    path,
+                    [*query, *call.extra_query],
+                    headers,
+                    payload,
+                    follow=target.redirect == "follow",
+                    route=route.name,
+                    stream=call.stream,
+                )
+            except UpstreamError as exc:
+                if exc.kind not in NOT_SENT:  # refused before sending (breaker, budget, ...): no call to time or count
+                    self._count(upstream, route, call.trace, None, time.perf_counter() - started, exc.kind)
+                raise
+            self._count(upstream, route, call.trace, resp.status, resp.elapsed, status_class(resp.status))
+            return resp
 
         return send
+
+    def _count(
+        self,
+        upstream: Upstream,
+        route: Route,
+        trace: RequestTrace | None,
+        status: int | None,
+        seconds: float,
+        outcome: str,
+    ) -> None:
+        """One exchange timed and counted per upstream and route, and written on the request's record."""
+        self.metrics.upstream_seconds.labels(upstream.name, route.name).observe(seconds)
+        if trace is not None:
+            trace.upstream(status, seconds)  # for the request's access-log line
+        self.metrics.upstream_requests.labels(upstream.name, route.name, outcome).inc()
 
     def status(self, route: Route, inner: Send) -> Send:
         """The answering target's status mapped once (gateway.proxy.status): a 404/410's verdict, any failure;
@@ -110,7 +151,7 @@ class Targets:
             index = call.target
             target = route.targets[index]
             if resp.status in (404, 410):
-                ask = functools.partial(self._sample_status, upstream, route, target, call.trace)
+                ask = functools.partial(self._sample_status, upstream, route, index, call.trace)
                 raise await statuses.not_there(upstream, route, index, resp, self.redact, self.gone_check, ask)
             statuses.check_status(upstream, route, target, resp, self.redact)
             return resp
@@ -151,74 +192,26 @@ class Targets:
 
         return noted
 
-    async def send(
-        self,
-        upstream: Upstream,
-        route: Route,
-        target: Target,
-        params: Mapping[str, Any],
-        body: bytes | None,
-        extra_query: list[tuple[str, str]],
-        headers: dict[str, str],
-        at: str | None = None,
-        stream: bool = False,
-        trace: RequestTrace | None = None,
-    ) -> UpstreamResponse:
-        """One exchange with one target, timed and counted (and written on ``trace``)."""
-        path, query = target_request(target, params)
-        if at is not None:
-            path, query = _followed(upstream, route, target, params, at)
-        payload = (
-            target.body.const if target.body.mode == "const" else (body if target.body.mode == "passthrough" else None)
-        )
-        if payload is not None and "Content-Type" not in headers:
-            headers = {**headers, "Content-Type": JSON_TYPE}
-        started = time.perf_counter()
-        try:
-            resp = await self.client.send(
-                upstream,
-                target.method,
-                path,
-                [*query, *extra_query],
-                headers,
-                payload,
-                follow=target.redirect == "follow",
-                route=route.name,
-                stream=stream,
-            )
-        except UpstreamError as exc:
-            if exc.kind not in NOT_SENT:  # refused before sending (breaker, budget, ...): no call to time or count
-                seconds = time.perf_counter() - started
-                self.metrics.upstream_seconds.labels(upstream.name, route.name).observe(seconds)
-                if trace is not None:
-                    trace.upstream(None, seconds)
-                self.metrics.upstream_requests.labels(upstream.name, route.name, exc.kind).inc()
-            raise
-        m = self.metrics
-        m.upstream_seconds.labels(upstream.name, route.name).observe(resp.elapsed)
-        if trace is not None:
-            trace.upstream(resp.status, resp.elapsed)  # for the request's access-log line
-        m.upstream_requests.labels(upstream.name, route.name, status_class(resp.status)).inc()
-        return resp
-
     async def _sample_status(
         self,
         upstream: Upstream,
         route: Route,
-        target: Target,
+        index: int,
         trace: RequestTrace | None,
         path_params: Mapping[str, str],
         query: Mapping[str, str],
     ) -> int | None:
-        """What ``target`` answers for the probe's sample (None: no answer to judge by); the call is on
+        """What target ``index`` answers for the probe's sample (None: no answer to judge by); the call is on
         the request's record (``trace``) too: its access line counts every upstream call it caused."""
         try:
             params = parse_params(route, MultiDict(query), path_params)
-            headers = self.headers(upstream, route, f"sample-{time.monotonic_ns()}")
+            request_id = f"sample-{time.monotonic_ns()}"
+            headers = self.headers(upstream, route, request_id)
         except GatewayError:
             return None
+        call = Call(params, request_id, trace=trace, only=index, headers=headers)
         try:
-            resp = await self.send(upstream, route, target, params, None, [], headers, trace=trace)
+            resp = await self.upstream(route)(call)
         except UpstreamError as exc:
             self.failed(route, exc)  # no pipeline sees this call's failure: it is counted here
             return None
