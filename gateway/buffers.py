@@ -89,7 +89,8 @@ class Reservation:
 
     def close(self) -> None:
         held, self.held = self.held, 0
-        self.budget.give_back(held)
+        if held:  # most answers were handed over: nothing to give back, nothing to report
+            self.budget.give_back(held)
 
 
 #: the weak references ``Reservation.hand_to`` made (by id: a referent need not be hashable), alive until

@@ -23,7 +23,7 @@ from gateway.auth import Credentials
 from gateway.config import Config, Route, Target, Upstream
 from gateway.errors import GatewayError, UpstreamError
 from gateway.health import RouteHealth
-from gateway.mapping import ShapeDrift, parse_params, target_request
+from gateway.mapping import ShapeDrift, fixed_request, parse_params, target_request
 from gateway.metrics import Metrics, status_class
 from gateway.pipeline import calls
 from gateway.pipeline.calls import Call, CallPipeline, CallStage, Send
@@ -91,13 +91,14 @@ class Targets:
         work, not a method it awaits: every await level is passed again at each resumption of the call."""
         upstream = self.config.upstreams[route.upstream]
         client = self.client
+        fixed = [fixed_request(target) for target in route.targets]  # a path without parameters, made once
 
         async def send(call: Call) -> UpstreamResponse:
             headers = call.headers
             if headers is None:
                 headers = call.headers = self.headers(upstream, route, call.request_id)
             target = route.targets[call.target]
-            path, query = target_request(target, call.params)
+            path, query = fixed[call.target] or target_request(target, call.params)
             if call.at is not None:
                 path, query = _followed(upstream, route, target, call.params, call.at)
             mode = target.body.mode
