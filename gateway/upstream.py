@@ -32,6 +32,8 @@ USER_AGENT = f"routegate/{__version__}"
 #: methods that always carry a Content-Length, 0 when there is no body (as browsers and aiohttp do)
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _LARGE_BODY = 1 << 20
+#: the most loaded Upstream objects whose sessions are remembered by identity
+_MEMO_SIZE = 256
 
 
 @dataclass(slots=True, weakref_slot=True)  # weakref: its body's bytes are counted until it is freed
@@ -88,12 +90,26 @@ class UpstreamClient:
 
     def __init__(self, metrics: Metrics | None = None) -> None:
         self._sessions: dict[tuple[str, URL, int], aiohttp.ClientSession] = {}
+        #: each loaded Upstream's session, by the object's id (kept beside it: an id is reused only once
+        #: the object is gone): one dict lookup per call instead of hashing the key's URL
+        self._by_upstream: dict[int, tuple[Upstream, aiohttp.ClientSession]] = {}
         self.resilience = Resilience(metrics)
         #: the cap on answer bytes buffered across requests in flight (``server.max_buffered_bytes``)
         self.buffers = BufferBudget(report=_TurnReport(metrics.buffered_bytes.set) if metrics is not None else None)
 
     def _session(self, upstream: Upstream) -> aiohttp.ClientSession:
-        key = (upstream.name, upstream.base_url, upstream.max_connections)  # the URL, not str(): once per call
+        known = self._by_upstream.get(id(upstream))
+        if known is not None and known[0] is upstream:
+            return known[1]
+        session = self._session_for(upstream)
+        if len(self._by_upstream) >= _MEMO_SIZE:  # reloads make new Upstream objects: forget the old ones
+            self._by_upstream.clear()
+        self._by_upstream[id(upstream)] = (upstream, session)
+        return session
+
+    def _session_for(self, upstream: Upstream) -> aiohttp.ClientSession:
+        """The session of the upstream's name, base URL and pool size (a reload keeps it while those stay)."""
+        key = (upstream.name, upstream.base_url, upstream.max_connections)
         session = self._sessions.get(key)
         if session is None or session.closed:
             connector = aiohttp.TCPConnector(
@@ -116,6 +132,7 @@ class UpstreamClient:
 
     async def close(self) -> None:
         sessions, self._sessions = list(self._sessions.values()), {}
+        self._by_upstream.clear()
         for s in sessions:
             await s.close()
 
