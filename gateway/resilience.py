@@ -79,8 +79,12 @@ class _Guard:
         self.retries: deque[float] = deque()
 
     def note_call(self, now: float) -> None:
-        self.calls.append(now)
-        self._trim(now)
+        """One more call in the window; only the calls' log is trimmed here (``retry_allowed`` trims both)."""
+        calls = self.calls
+        calls.append(now)
+        edge = now - RETRY_WINDOW
+        while calls[0] <= edge:
+            calls.popleft()
 
     def retry_allowed(self, now: float, share: float) -> bool:
         """The retry budget: at most ``share`` of the calls of the window (and always the floor)."""

@@ -338,8 +338,8 @@ PIPELINE_EQUIVALENT: list[tuple[str, str, str, str]] = [
       for spelled in ('"vary"', '"VARY"')),
     *(("gateway/pipeline/conventions.py", line, line.replace(name, spelled),
        "header names: aiohttp's request and response headers ignore case")
-      for line, name in (('etag = resp.headers.get("ETag")', "ETag"),
-                         ('etag = resp.headers["ETag"] = etag_of(resp.body)  # a cached entry stored its own', "ETag"),
+      for line, name in (('etag = headers.get("ETag")', "ETag"),
+                         ('etag = headers["ETag"] = etag_of(body)  # a cached entry stored its own', "ETag"),
                          ('asked = http(ex).headers.get("If-None-Match")', "If-None-Match"))
       for spelled in (name.lower(), name.upper())),
     *(("gateway/pipeline/conventions.py",
