@@ -41,19 +41,19 @@ def parse_json(route: Route, resp: UpstreamResponse) -> Any:
 def head(route: Route, resp: UpstreamResponse, params: Mapping[str, Any]) -> tuple[int, dict[str, str]]:
     """The stable status and the declared response headers."""
     spec = route.response
-    location = resp.location or resp.url
     headers: dict[str, str] = {}
-    for name, expr in spec.headers:
-        value = evaluate(expr, {}, params, location, route.name, name)
-        if value is not None:
-            headers[name] = str(value)
+    if spec.headers:
+        location = resp.location or resp.url
+        for name, expr in spec.headers:
+            value = evaluate(expr, {}, params, location, route.name, name)
+            if value is not None:
+                headers[name] = str(value)
     return spec.status or (resp.status if resp.status < 300 else 200), headers
 
 
 def rebuild(route: Route, resp: UpstreamResponse, params: Mapping[str, Any]) -> web.StreamResponse:
     """The stable answer built from the upstream's whole answer: mapped, passed through, or raw."""
     spec = route.response
-    location = resp.location or resp.url
     status, headers = head(route, resp, params)
     if status == 204 or resp.status == 304:
         return web.Response(status=status if resp.status != 304 else 304, headers=headers)
@@ -65,7 +65,7 @@ def rebuild(route: Route, resp: UpstreamResponse, params: Mapping[str, Any]) -> 
         src = parse_json(route, resp) if resp.location is None else {}
         if route.shape is not None and resp.location is None:
             check_body(route.shape, src, route.name)
-        data = jsonio.dumps(apply_mapping(spec.item, src, params, location, route.name))
+        data = jsonio.dumps(apply_mapping(spec.item, src, params, resp.location or resp.url, route.name))
     else:
         src = parse_json(route, resp)  # pass-through still must be JSON
         if route.shape is not None:

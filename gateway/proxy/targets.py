@@ -210,7 +210,7 @@ class Targets:
             headers = self.headers(upstream, route, request_id)
         except GatewayError:
             return None
-        call = Call(params, request_id, trace=trace, only=index, headers=headers)
+        call = Call(params, request_id, trace=trace, target=index, headers=headers)
         try:
             resp = await self.upstream(route)(call)
         except UpstreamError as exc:
