@@ -182,7 +182,8 @@ class Resilience:
                     return resp
                 failure, reason = None, str(resp.status)
             finally:
-                guard.breaker.release(token)
+                if token is not None:  # only the half-open probe holds a token
+                    guard.breaker.release(token)
             delay = self._backoff(policy.backoff, policy.max_backoff, attempt)
             if after is not None:
                 delay = max(delay, after)

@@ -22,6 +22,7 @@ from multidict import MultiDict
 from gateway.auth import Credentials
 from gateway.config import Config, Route, Target, Upstream
 from gateway.errors import GatewayError, UpstreamError
+from gateway.fastmetrics import CounterChild, HistogramChild
 from gateway.health import RouteHealth
 from gateway.mapping import ShapeDrift, fixed_request, parse_params, target_request
 from gateway.metrics import Metrics, status_class
@@ -92,6 +93,7 @@ class Targets:
         upstream = self.config.upstreams[route.upstream]
         client = self.client
         fixed = [fixed_request(target) for target in route.targets]  # a path without parameters, made once
+        count = _Exchanges(self.metrics, upstream.name, route.name).count
 
         async def send(call: Call) -> UpstreamResponse:
             headers = call.headers
@@ -120,27 +122,12 @@ class Targets:
                 )
             except UpstreamError as exc:
                 if exc.kind not in NOT_SENT:  # refused before sending (breaker, budget, ...): no call to time or count
-                    self._count(upstream, route, call.trace, None, time.perf_counter() - started, exc.kind)
+                    count(call.trace, None, time.perf_counter() - started, exc.kind)
                 raise
-            self._count(upstream, route, call.trace, resp.status, resp.elapsed, status_class(resp.status))
+            count(call.trace, resp.status, resp.elapsed, resp.status)
             return resp
 
         return send
-
-    def _count(
-        self,
-        upstream: Upstream,
-        route: Route,
-        trace: RequestTrace | None,
-        status: int | None,
-        seconds: float,
-        outcome: str,
-    ) -> None:
-        """One exchange timed and counted per upstream and route, and written on the request's record."""
-        self.metrics.upstream_seconds.labels(upstream.name, route.name).observe(seconds)
-        if trace is not None:
-            trace.upstream(status, seconds)  # for the request's access-log line
-        self.metrics.upstream_requests.labels(upstream.name, route.name, outcome).inc()
 
     def status(self, route: Route, inner: Send) -> Send:
         """The answering target's status mapped once (gateway.proxy.status): a 404/410's verdict, any failure;
@@ -219,6 +206,34 @@ class Targets:
         except GatewayError:
             return None
         return resp.status
+
+
+class _Exchanges:
+    """A route's upstream series, each child looked up once (made at its first use, as ``labels`` makes it),
+    not per exchange: the duration histogram and the request counter per outcome."""
+
+    __slots__ = ("_labels", "_metrics", "_outcomes", "_seconds")
+
+    def __init__(self, metrics: Metrics, upstream: str, route: str) -> None:
+        self._metrics = metrics
+        self._labels = (upstream, route)
+        self._seconds: HistogramChild | None = None
+        #: by the answer's status (its class is the label) or the failure's kind
+        self._outcomes: dict[int | str, CounterChild] = {}
+
+    def count(self, trace: RequestTrace | None, status: int | None, seconds: float, outcome: int | str) -> None:
+        """One exchange timed and counted, and written on the request's record (``trace``) for its access line."""
+        timed = self._seconds
+        if timed is None:
+            timed = self._seconds = self._metrics.upstream_seconds.labels(*self._labels)
+        timed.observe(seconds)
+        if trace is not None:
+            trace.upstream(status, seconds)
+        counted = self._outcomes.get(outcome)
+        if counted is None:
+            label = status_class(outcome) if isinstance(outcome, int) else outcome
+            counted = self._outcomes[outcome] = self._metrics.upstream_requests.labels(*self._labels, label)
+        counted.inc()
 
 
 def _followed(
