@@ -60,7 +60,7 @@ def rebuild(route: Route, resp: UpstreamResponse, params: Mapping[str, Any]) -> 
     if spec.raw:
         ctype = resp.headers.get("Content-Type", "application/octet-stream")
         headers["Content-Type"] = ctype
-        return _Relayed(resp, status=status, body=resp.body, headers=headers)
+        return _holding(_Relayed(status=status, body=resp.body, headers=headers), resp)
     if spec.item is not None:
         src = parse_json(route, resp) if resp.location is None else {}
         if route.shape is not None and resp.location is None:
@@ -72,7 +72,9 @@ def rebuild(route: Route, resp: UpstreamResponse, params: Mapping[str, Any]) -> 
             check_body(route.shape, src, route.name)
         data = resp.body
     if data is resp.body:
-        return _Relayed(resp, status=status, body=data, content_type=JSON_TYPE, charset="utf-8", headers=headers)
+        return _holding(
+            _Relayed(status=status, body=data, content_type=JSON_TYPE, charset="utf-8", headers=headers), resp
+        )
     return web.Response(status=status, body=data, content_type=JSON_TYPE, charset="utf-8", headers=headers)
 
 
@@ -105,9 +107,8 @@ class _Relayed(web.Response):
     Python-level calls per answer.
     """
 
-    def __init__(self, answer: UpstreamResponse, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._answer: UpstreamResponse | None = answer
+    #: set by ``_holding`` right after the response is made (no ``__init__`` of its own to pass through)
+    _answer: UpstreamResponse | None = None
 
     async def write_eof(self, data: bytes = b"") -> None:
         try:
@@ -115,3 +116,8 @@ class _Relayed(web.Response):
         finally:
             self._answer = None
             self._body = None
+
+
+def _holding(out: _Relayed, answer: UpstreamResponse) -> _Relayed:
+    out._answer = answer
+    return out
