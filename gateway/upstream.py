@@ -36,7 +36,7 @@ _LARGE_BODY = 1 << 20
 _MEMO_SIZE = 256
 
 
-@dataclass(slots=True, weakref_slot=True)  # weakref: its body's bytes are counted until it is freed
+@dataclass(slots=True)
 class UpstreamResponse:
     status: int
     headers: CIMultiDictProxy[str]
@@ -47,6 +47,13 @@ class UpstreamResponse:
     elapsed: float
     #: a 2xx asked for with ``stream=True``: the body is not read, the caller relays and releases it
     stream: aiohttp.ClientResponse | None = None
+    #: the body's bytes as counted against server.max_buffered_bytes (gateway.buffers): given back when
+    #: this answer is freed, so the count is what is really held
+    held: Reservation | None = None
+
+    def __del__(self) -> None:
+        if self.held is not None:
+            self.held.close()
 
 
 class _TurnReport:
@@ -230,6 +237,7 @@ class UpstreamClient:
         if body is not None and len(body) > _LARGE_BODY:
             data = io.BytesIO(body)  # aiohttp streams a file-like body instead of warning about bytes
         held = Reservation(self.buffers)  # the body's bytes, counted against server.max_buffered_bytes
+        answer: UpstreamResponse | None = None  # once made, it holds the bytes until it is freed
         # one try; retrying (or not: a POST that may have arrived is never re-sent) is resilience's call
         try:
             resp = await self._session(upstream).request(
@@ -241,8 +249,7 @@ class UpstreamClient:
                     relayed = True
                     return UpstreamResponse(resp.status, resp.headers, b"", url, None, 0.0, stream=resp)
                 payload = await _read_bounded(resp, upstream, route, held)
-                answer = UpstreamResponse(resp.status, resp.headers, payload, url, None, 0.0)
-                held.hand_to(answer)
+                answer = UpstreamResponse(resp.status, resp.headers, payload, url, None, 0.0, held=held)
                 return answer
             finally:
                 if not relayed:
@@ -283,7 +290,8 @@ class UpstreamClient:
                 route=route,
             ) from None
         finally:
-            held.close()  # a failed read gives its bytes back at once (its chunks are dropped)
+            if answer is None:
+                held.close()  # a failed read gives its bytes back at once (its chunks are dropped)
 
 
 async def release(resp: aiohttp.ClientResponse) -> None:
