@@ -55,7 +55,7 @@ class RouteHealth:
         return state
 
     def up(self, route: str, source: str = "traffic") -> None:
-        state = self._state(route)
+        state = self._states.get(route) or self._state(route)
         now = self._clock()
         state.checked, state.source = now, source
         if state.up is True:
@@ -87,7 +87,7 @@ class RouteHealth:
             self._metrics.route_failure.remove(route, code)
 
     def answered_by(self, route: str, target: int) -> None:
-        self._state(route).target = target
+        (self._states.get(route) or self._state(route)).target = target  # made once, then one lookup
 
     def track(self, routes: Iterable[str]) -> None:
         """Export the config's routes (NaN until known); forget routes a reload removed,

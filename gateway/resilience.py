@@ -140,7 +140,7 @@ class Resilience:
         send: Callable[[], Awaitable[A]],
     ) -> A:
         """One exchange with retries, the breaker and pacing; the last answer or error wins."""
-        guard = self._guard(upstream.name)
+        guard = self._guards.get(upstream.name) or self._guard(upstream.name)
         policy = upstream.retries
         # pacing needs the credential only where something is kept per credential: a budget, shared
         # state, or a 429 hold-off seen on this upstream; elsewhere ``_pace`` would return at once
