@@ -169,7 +169,8 @@ class Targets:
 
     def answered(self, route: Route, inner: Send) -> Send:
         """Once the answer is judged: which target gave it (/status, ``gateway_fallback_total``), and its
-        Cache-Control/Expires for a cache fill asking; every route."""
+        Cache-Control/Expires for a cache fill asking; every route.  A route of one target only passes the
+        headers on: its first target is the only one that can answer (/status shows target 0 for it)."""
 
         async def noted(call: Call) -> UpstreamResponse:
             resp = await inner(call)
@@ -180,7 +181,13 @@ class Targets:
                 call.notes.append(resp.headers)
             return resp
 
-        return noted
+        async def noted_one(call: Call) -> UpstreamResponse:
+            resp = await inner(call)
+            if call.notes is not None:
+                call.notes.append(resp.headers)
+            return resp
+
+        return noted if len(route.targets) > 1 else noted_one
 
     async def _sample_status(
         self,
