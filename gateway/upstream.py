@@ -248,7 +248,10 @@ class UpstreamClient:
                 if stream and 200 <= resp.status < 300 and resp.status != 204:
                     relayed = True
                     return UpstreamResponse(resp.status, resp.headers, b"", url, None, 0.0, stream=resp)
-                payload = await _read_bounded(resp, upstream, route, held)
+                if _declared(resp, upstream, route, held):
+                    payload = await resp.read()
+                else:
+                    payload = await _read_bounded(resp, upstream, route, held)
                 answer = UpstreamResponse(resp.status, resp.headers, payload, url, None, 0.0, held=held)
                 return answer
             finally:
@@ -305,20 +308,32 @@ def _timeout(total: float, connect: float, read: float) -> aiohttp.ClientTimeout
     return aiohttp.ClientTimeout(total=total, connect=connect, sock_read=read)
 
 
+def _declared(resp: aiohttp.ClientResponse, upstream: Upstream, route: str, held: Reservation) -> bool:
+    """Whether the body can be read whole: a declared length within ``max_response_bytes`` (larger is
+    refused at once), counted in ``held`` before any byte is read; the declared length is the most
+    that can arrive.  A compressed or undeclared body is read by ``_read_bounded`` instead.
+
+    A plain call, not a coroutine: most answers declare their length, and this is on every call.
+    """
+    length = resp.content_length
+    if length is None:
+        return False
+    if length > upstream.max_response_bytes:
+        raise _too_large(upstream, route)
+    if "Content-Encoding" in resp.headers:
+        return False
+    held.take(length, upstream.name, route)
+    return True
+
+
 async def _read_bounded(resp: aiohttp.ClientResponse, upstream: Upstream, route: str, held: Reservation) -> bytes:
-    """The whole body, refusing more than ``max_response_bytes`` (checked before and while reading).
+    """The whole body, refusing more than ``max_response_bytes`` (checked while reading), where no length
+    was declared or the body is compressed.
 
     Every byte is counted in ``held`` before it is kept: past the process-wide cap the
     read stops with a 503 (``gateway.buffers``).
     """
     limit = upstream.max_response_bytes
-    length = resp.content_length
-    if length is not None:
-        if length > limit:
-            raise _too_large(upstream, route)
-        if "Content-Encoding" not in resp.headers:
-            held.take(length, upstream.name, route)
-            return await resp.read()  # the declared length is the most that can arrive
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_chunked(1 << 16):
