@@ -52,6 +52,7 @@ class Targets:
         redact: Redactor,
         gone_check: GoneCheck | None,
         failed: Callable[[Route, UpstreamError], None],
+        cached: Callable[[Route], bool] = lambda route: True,
     ) -> None:
         self.config = config
         self.client = client
@@ -62,6 +63,8 @@ class Targets:
         self.gone_check = gone_check
         #: counts a failure no pipeline sees (the gone check's own sample call)
         self.failed = failed
+        #: whether a route's answers may fill the response cache (its fills ask for the answer's headers)
+        self.cached = cached
         #: each route's call-level stack, composed once here
         self.pipelines: dict[str, CallPipeline] = {r.name: self._build(r) for r in config.routes}
 
@@ -170,7 +173,8 @@ class Targets:
     def answered(self, route: Route, inner: Send) -> Send:
         """Once the answer is judged: which target gave it (/status, ``gateway_fallback_total``), and its
         Cache-Control/Expires for a cache fill asking; every route.  A route of one target only passes the
-        headers on: its first target is the only one that can answer (/status shows target 0 for it)."""
+        headers on (its first target is the only one that can answer: /status shows target 0 for it), and
+        where no cache can fill from it the stage is the next step itself."""
 
         async def noted(call: Call) -> UpstreamResponse:
             resp = await inner(call)
@@ -187,7 +191,10 @@ class Targets:
                 call.notes.append(resp.headers)
             return resp
 
-        return noted if len(route.targets) > 1 else noted_one
+        if len(route.targets) > 1:
+            return noted
+        # one target and never a cache fill: nothing to note, so no step of its own to pass
+        return noted_one if self.cached(route) else inner
 
     async def _sample_status(
         self,
