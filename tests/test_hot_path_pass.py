@@ -111,3 +111,25 @@ async def test_html_from_the_upstream_never_passes_as_data(make_gateway: Any, ai
     resp = await gw.get("/v1/things/a")
     body = await resp.json()
     assert resp.status == 502 and body["error"]["code"] == "upstream_bad_json" and body["error"]["route"] == "thing"
+
+
+async def test_a_one_target_cached_route_still_reads_the_upstream_cache_control(
+    make_gateway: Any, aiohttp_server: Any
+) -> None:
+    """The ``answered`` stage stays where a cache fills from a one-target route: the fill is told the
+    upstream's Cache-Control (no-store is never kept), and a plain answer is kept."""
+    fake, _server, url = await start_fake(aiohttp_server)
+    yaml = YAML.format(url=url) + """  kept:
+    stable: GET /v1/kept/{name}
+    upstream: fake
+    targets: ["GET /things/{name}"]
+    cache: {ttl: 10m}
+"""
+    gw: TestClient[Any, Any] = await make_gateway(yaml, env={"FAKE_KEY": "k-123456", "ROUTEGATE_CACHE": "on"})
+    fake.script("/things/secret", Reply(200, b'{"id": "s"}', {**JSON, "Cache-Control": "no-store"}))
+    fake.script("/things/plain", Reply(200, b'{"id": "p"}', JSON))
+    for _ in range(2):
+        assert (await gw.get("/v1/kept/secret")).status == 200
+        assert (await gw.get("/v1/kept/plain")).status == 200
+    assert fake.count("/things/secret") == 2  # never stored
+    assert fake.count("/things/plain") == 1  # the second was a hit
