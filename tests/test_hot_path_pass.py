@@ -133,3 +133,16 @@ async def test_a_one_target_cached_route_still_reads_the_upstream_cache_control(
         assert (await gw.get("/v1/kept/plain")).status == 200
     assert fake.count("/things/secret") == 2  # never stored
     assert fake.count("/things/plain") == 1  # the second was a hit
+
+
+async def test_only_a_success_skips_the_status_mapping(make_gateway: Any, aiohttp_server: Any) -> None:
+    """2xx answers pass the status stage without ``check_status``; a 300 (the first status past them) is
+    still an unexpected redirect, never passed on as data."""
+    fake, gw = await _gateway(make_gateway, aiohttp_server)
+    fake.script("/things/a", Reply(300, b'{"choices": []}', JSON))
+    fake.script("/things/b", Reply(299, b'{"id": "b"}', JSON))
+    resp = await gw.get("/v1/things/a")
+    body = await resp.json()
+    assert resp.status == 502 and body["error"]["code"] == "bad_redirect" and body["error"]["route"] == "thing"
+    ok = await gw.get("/v1/things/b")
+    assert ok.status == 299 and await ok.json() == {"id": "b"}  # a success status is passed on as it came
