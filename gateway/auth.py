@@ -28,11 +28,22 @@ class Credentials:
         self._files: dict[str, tuple[int, int, str]] = {}
 
     def headers_for(self, upstream: Upstream, route: str) -> dict[str, str]:
+        """The auth headers of a call; a value with a line break (a secret file's stray CR/LF inside it)
+        is refused here, where it is resolved: the gateway's other headers are checked where they are made
+        (the config at load, the request id by its pattern), so no call scans them again."""
         out, missing = self._headers(upstream.auth)
         if missing:
             raise CredentialsMissing(
                 f"upstream {upstream.name!r} has no credentials configured ({'; '.join(missing)})",
                 code="upstream_credentials_missing",
+                route=route,
+            )
+        joined = "".join(out.values())
+        if "\r" in joined or "\n" in joined:
+            raise BadGateway(
+                f"a header for upstream {upstream.name!r} holds a line break; nothing was sent",
+                kind="config",
+                code="bad_upstream_header",
                 route=route,
             )
         return out

@@ -3,7 +3,7 @@
 ``max_response_bytes`` bounds one answer; without a cap across requests, N concurrent
 large answers cost N times that (16 answers once reached 914 MB in a 512 Mi pod).  The
 upstream client takes each chunk from the ``BufferBudget`` before it keeps it, and the
-bytes go back when the answer object is freed (``weakref.finalize``), so the count is
+bytes go back when the answer object is freed (its ``__del__``), so the count is
 what is really held: a finished request's answers, an ``all=true`` run's earlier pages, a
 pass-through body once it is sent.  A read that would pass the cap stops at once and the
 request is answered 503 ``upstream_buffer_full`` with ``Retry-After``: a busy gateway
@@ -12,7 +12,6 @@ sheds load instead of being OOM-killed with every request in flight.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 
 from gateway.errors import ServiceUnavailable
@@ -58,7 +57,8 @@ class BufferBudget:
 
 
 class Reservation:
-    """The bytes of one answer being read; given back on ``close`` unless handed to the answer."""
+    """The bytes of one answer: given back on ``close``, by the read that failed or by the answer
+    holding them when it is freed (gateway.upstream.UpstreamResponse)."""
 
     __slots__ = ("budget", "held")
 
@@ -70,28 +70,7 @@ class Reservation:
         self.budget.take(size, upstream, route)
         self.held += size
 
-    def hand_to(self, owner: object) -> None:
-        """The bytes stay counted until ``owner`` (the object holding the body) is freed.
-
-        A plain weak reference with a callback, kept alive in ``_HANDED`` until it fires: a
-        third of what ``weakref.finalize`` costs, once per upstream answer.
-        """
-        held, self.held = self.held, 0
-        if held:
-            budget = self.budget
-
-            def freed(ref: weakref.ref[object]) -> None:
-                del _HANDED[id(ref)]
-                budget.give_back(held)
-
-            ref = weakref.ref(owner, freed)
-            _HANDED[id(ref)] = ref
-
     def close(self) -> None:
         held, self.held = self.held, 0
-        self.budget.give_back(held)
-
-
-#: the weak references ``Reservation.hand_to`` made (by id: a referent need not be hashable), alive until
-#: their owner is freed
-_HANDED: dict[int, weakref.ref[object]] = {}
+        if held:  # an empty body took nothing: nothing to give back or report
+            self.budget.give_back(held)

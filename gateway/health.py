@@ -47,8 +47,15 @@ class RouteHealth:
     def get(self, route: str) -> RouteState:
         return self._states.get(route) or RouteState()
 
+    def _state(self, route: str) -> RouteState:
+        """The route's state, made on first use (not ``setdefault``, which builds one on every call)."""
+        state = self._states.get(route)
+        if state is None:
+            state = self._states[route] = RouteState()
+        return state
+
     def up(self, route: str, source: str = "traffic") -> None:
-        state = self._states.setdefault(route, RouteState())
+        state = self._states.get(route) or self._state(route)
         now = self._clock()
         state.checked, state.source = now, source
         if state.up is True:
@@ -60,7 +67,7 @@ class RouteHealth:
         self._metrics.route_changed.labels(route).set(now)
 
     def down(self, route: str, code: str, reason: str, source: str = "traffic") -> None:
-        state = self._states.setdefault(route, RouteState())
+        state = self._state(route)
         now = self._clock()
         state.checked, state.source = now, source
         if state.up is not False:
@@ -80,7 +87,7 @@ class RouteHealth:
             self._metrics.route_failure.remove(route, code)
 
     def answered_by(self, route: str, target: int) -> None:
-        self._states.setdefault(route, RouteState()).target = target
+        (self._states.get(route) or self._state(route)).target = target  # made once, then one lookup
 
     def track(self, routes: Iterable[str]) -> None:
         """Export the config's routes (NaN until known); forget routes a reload removed,

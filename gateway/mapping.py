@@ -144,6 +144,14 @@ def target_request(target: Target, params: Mapping[str, Any]) -> tuple[str, list
     return path, query
 
 
+def fixed_request(target: Target) -> tuple[str, list[tuple[str, str]]] | None:
+    """The target's path and query where they take no parameter (made once, at load), else None."""
+    templates = [*target.path.segments, *(tpl for _, tpl in target.query)]
+    if any(is_param for tpl in templates for is_param, _ in tpl.parts):
+        return None
+    return target_request(target, {})
+
+
 def _renamed(mapping: tuple[tuple[str, FieldExpr], ...]) -> frozenset[str]:
     """Upstream top-level fields a mapping takes whole (``updated_at: update_time`` renames update_time)."""
     return frozenset(e.path[0] for _, e in mapping if e.source == "field" and len(e.path) == 1)

@@ -79,8 +79,12 @@ class _Guard:
         self.retries: deque[float] = deque()
 
     def note_call(self, now: float) -> None:
-        self.calls.append(now)
-        self._trim(now)
+        """One more call in the window; only the calls' log is trimmed here (``retry_allowed`` trims both)."""
+        calls = self.calls
+        calls.append(now)
+        edge = now - RETRY_WINDOW
+        while calls[0] <= edge:
+            calls.popleft()
 
     def retry_allowed(self, now: float, share: float) -> bool:
         """The retry budget: at most ``share`` of the calls of the window (and always the floor)."""
@@ -136,10 +140,13 @@ class Resilience:
         send: Callable[[], Awaitable[A]],
     ) -> A:
         """One exchange with retries, the breaker and pacing; the last answer or error wins."""
-        guard = self._guard(upstream.name)
+        guard = self._guards.get(upstream.name) or self._guard(upstream.name)
         policy = upstream.retries
-        cred = credential_id(upstream, headers)
-        scred = self._shared_credential(upstream, cred)
+        # pacing needs the credential only where something is kept per credential: a budget, shared
+        # state, or a 429 hold-off seen on this upstream; elsewhere ``_pace`` would return at once
+        budgeted = bool(upstream.budget.limits) or (self.shared is not None and self.shared.configured)
+        cred: str | None = None
+        scred: str | None = None
         idempotent = method in IDEMPOTENT
         started = self.clock()
         guard.note_call(started)
@@ -147,7 +154,10 @@ class Resilience:
         while True:
             token = guard.breaker.admit(upstream.breaker, route)
             try:
-                await self._pace(guard, upstream, cred, route, scred)
+                if budgeted or guard.sends:
+                    if cred is None:
+                        cred, scred = self._credential(upstream, headers)
+                    await self._pace(guard, upstream, cred, route, scred)
                 resp = await send()
             except UpstreamError as exc:
                 if exc.kind in ("circuit_open", "budget", "throttled"):
@@ -163,6 +173,8 @@ class Resilience:
                     return resp
                 after = retry_after.seconds(resp.headers, resp.body)
                 if resp.status == 429 and after is not None:
+                    if cred is None:
+                        cred, scred = self._credential(upstream, headers)
                     self._block(guard, cred, after)
                     if scred is not None and self.shared is not None:
                         self.shared.publish_hold(upstream.name, scred, after)  # binds every process
@@ -170,7 +182,8 @@ class Resilience:
                     return resp
                 failure, reason = None, str(resp.status)
             finally:
-                guard.breaker.release(token)
+                if token is not None:  # only the half-open probe holds a token
+                    guard.breaker.release(token)
             delay = self._backoff(policy.backoff, policy.max_backoff, attempt)
             if after is not None:
                 delay = max(delay, after)
@@ -235,6 +248,11 @@ class Resilience:
     def _block(self, guard: _Guard, cred: str, seconds: float) -> None:
         sends = guard.sends.setdefault(cred, Sends())
         sends.blocked_until = max(sends.blocked_until, self.clock() + seconds)
+
+    def _credential(self, upstream: Upstream, headers: Mapping[str, str]) -> tuple[str, str | None]:
+        """The call's credential (its fingerprint) and its id in Redis (None: nothing shared)."""
+        cred = credential_id(upstream, headers)
+        return cred, self._shared_credential(upstream, cred)
 
     def _shared_credential(self, upstream: Upstream, cred: str) -> str | None:
         """The credential's id in Redis (its fingerprint, hashed again with Redis's salt); None when

@@ -32,9 +32,11 @@ USER_AGENT = f"routegate/{__version__}"
 #: methods that always carry a Content-Length, 0 when there is no body (as browsers and aiohttp do)
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _LARGE_BODY = 1 << 20
+#: the most loaded Upstream objects whose sessions are remembered by identity
+_MEMO_SIZE = 256
 
 
-@dataclass(slots=True, weakref_slot=True)  # weakref: its body's bytes are counted until it is freed
+@dataclass(slots=True)
 class UpstreamResponse:
     status: int
     headers: CIMultiDictProxy[str]
@@ -45,6 +47,13 @@ class UpstreamResponse:
     elapsed: float
     #: a 2xx asked for with ``stream=True``: the body is not read, the caller relays and releases it
     stream: aiohttp.ClientResponse | None = None
+    #: the body's bytes as counted against server.max_buffered_bytes (gateway.buffers): given back when
+    #: this answer is freed, so the count is what is really held
+    held: Reservation | None = None
+
+    def __del__(self) -> None:
+        if self.held is not None:
+            self.held.close()
 
 
 class _TurnReport:
@@ -88,12 +97,26 @@ class UpstreamClient:
 
     def __init__(self, metrics: Metrics | None = None) -> None:
         self._sessions: dict[tuple[str, URL, int], aiohttp.ClientSession] = {}
+        #: each loaded Upstream's session, by the object's id (kept beside it: an id is reused only once
+        #: the object is gone): one dict lookup per call instead of hashing the key's URL
+        self._by_upstream: dict[int, tuple[Upstream, aiohttp.ClientSession]] = {}
         self.resilience = Resilience(metrics)
         #: the cap on answer bytes buffered across requests in flight (``server.max_buffered_bytes``)
         self.buffers = BufferBudget(report=_TurnReport(metrics.buffered_bytes.set) if metrics is not None else None)
 
     def _session(self, upstream: Upstream) -> aiohttp.ClientSession:
-        key = (upstream.name, upstream.base_url, upstream.max_connections)  # the URL, not str(): once per call
+        known = self._by_upstream.get(id(upstream))
+        if known is not None and known[0] is upstream:
+            return known[1]
+        session = self._session_for(upstream)
+        if len(self._by_upstream) >= _MEMO_SIZE:  # reloads make new Upstream objects: forget the old ones
+            self._by_upstream.clear()
+        self._by_upstream[id(upstream)] = (upstream, session)
+        return session
+
+    def _session_for(self, upstream: Upstream) -> aiohttp.ClientSession:
+        """The session of the upstream's name, base URL and pool size (a reload keeps it while those stay)."""
+        key = (upstream.name, upstream.base_url, upstream.max_connections)
         session = self._sessions.get(key)
         if session is None or session.closed:
             connector = aiohttp.TCPConnector(
@@ -116,6 +139,7 @@ class UpstreamClient:
 
     async def close(self) -> None:
         sessions, self._sessions = list(self._sessions.values()), {}
+        self._by_upstream.clear()
         for s in sessions:
             await s.close()
 
@@ -133,6 +157,9 @@ class UpstreamClient:
         stream: bool = False,
     ) -> UpstreamResponse:
         """One logical upstream call, following same-origin redirects if asked.
+
+        ``headers`` come checked where they were made: none holds a line break (the config's at load,
+        a credential when resolved, gateway.auth; the request id by its pattern).
 
         ``stream``: a 2xx answer comes back unread (``UpstreamResponse.stream``); every other
         answer is read as usual.
@@ -205,19 +232,12 @@ class UpstreamClient:
         stream: bool = False,
     ) -> UpstreamResponse:
         t = upstream.timeouts
-        joined = "".join(headers.values())  # one scan, not a generator over the values
-        if "\r" in joined or "\n" in joined:
-            raise BadGateway(
-                f"a header for upstream {upstream.name!r} holds a line break; nothing was sent",
-                kind="config",
-                code="bad_upstream_header",
-                route=route,
-            )
         timeout = _timeout(t.total, t.connect, t.read)
         data: bytes | io.BytesIO | None = body if body is not None else (b"" if method in _BODY_METHODS else None)
         if body is not None and len(body) > _LARGE_BODY:
             data = io.BytesIO(body)  # aiohttp streams a file-like body instead of warning about bytes
         held = Reservation(self.buffers)  # the body's bytes, counted against server.max_buffered_bytes
+        answer: UpstreamResponse | None = None  # once made, it holds the bytes until it is freed
         # one try; retrying (or not: a POST that may have arrived is never re-sent) is resilience's call
         try:
             resp = await self._session(upstream).request(
@@ -228,13 +248,16 @@ class UpstreamClient:
                 if stream and 200 <= resp.status < 300 and resp.status != 204:
                     relayed = True
                     return UpstreamResponse(resp.status, resp.headers, b"", url, None, 0.0, stream=resp)
-                payload = await _read_bounded(resp, upstream, route, held)
-                answer = UpstreamResponse(resp.status, resp.headers, payload, url, None, 0.0)
-                held.hand_to(answer)
+                if _declared(resp, upstream, route, held):
+                    payload = await resp.read()
+                else:
+                    payload = await _read_bounded(resp, upstream, route, held)
+                answer = UpstreamResponse(resp.status, resp.headers, payload, url, None, 0.0, held=held)
                 return answer
             finally:
-                if not relayed:
-                    await release(resp)
+                if not relayed:  # what ``release`` does, without a coroutine of its own on every call
+                    resp.release()
+                    await resp.wait_for_close()
         except aiohttp.ServerDisconnectedError:
             raise BadGateway(
                 f"upstream {upstream.name!r} closed the connection without answering",
@@ -271,7 +294,8 @@ class UpstreamClient:
                 route=route,
             ) from None
         finally:
-            held.close()  # a failed read gives its bytes back at once (its chunks are dropped)
+            if answer is None:
+                held.close()  # a failed read gives its bytes back at once (its chunks are dropped)
 
 
 async def release(resp: aiohttp.ClientResponse) -> None:
@@ -285,20 +309,32 @@ def _timeout(total: float, connect: float, read: float) -> aiohttp.ClientTimeout
     return aiohttp.ClientTimeout(total=total, connect=connect, sock_read=read)
 
 
+def _declared(resp: aiohttp.ClientResponse, upstream: Upstream, route: str, held: Reservation) -> bool:
+    """Whether the body can be read whole: a declared length within ``max_response_bytes`` (larger is
+    refused at once), counted in ``held`` before any byte is read; the declared length is the most
+    that can arrive.  A compressed or undeclared body is read by ``_read_bounded`` instead.
+
+    A plain call, not a coroutine: most answers declare their length, and this is on every call.
+    """
+    length = resp.content_length
+    if length is None:
+        return False
+    if length > upstream.max_response_bytes:
+        raise _too_large(upstream, route)
+    if "Content-Encoding" in resp.headers:
+        return False
+    held.take(length, upstream.name, route)
+    return True
+
+
 async def _read_bounded(resp: aiohttp.ClientResponse, upstream: Upstream, route: str, held: Reservation) -> bytes:
-    """The whole body, refusing more than ``max_response_bytes`` (checked before and while reading).
+    """The whole body, refusing more than ``max_response_bytes`` (checked while reading), where no length
+    was declared or the body is compressed.
 
     Every byte is counted in ``held`` before it is kept: past the process-wide cap the
     read stops with a 503 (``gateway.buffers``).
     """
     limit = upstream.max_response_bytes
-    length = resp.content_length
-    if length is not None:
-        if length > limit:
-            raise _too_large(upstream, route)
-        if "Content-Encoding" not in resp.headers:
-            held.take(length, upstream.name, route)
-            return await resp.read()  # the declared length is the most that can arrive
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_chunked(1 << 16):

@@ -376,7 +376,7 @@ async def test_a_next_link_off_the_targets_path_is_a_502_naming_the_route(
 async def test_an_exchange_that_fails_is_counted_timed_and_on_the_access_line(
     make_gateway: Any, aiohttp_server: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Kills (``Targets.send``): a failed exchange not counted (or counted under other labels), its time
+    """Kills (``Targets.upstream``): a failed exchange not counted (or counted under other labels), its time
     measured wrong, left off the request's access line; a call refused before sending counted."""
     caplog.set_level(logging.INFO, logger="gateway.access")
     s = await _stack(make_gateway, aiohttp_server, tmp_path)

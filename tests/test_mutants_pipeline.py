@@ -411,7 +411,7 @@ async def test_the_declared_shape_is_checked_on_every_answer(make_gateway: Any, 
 
 
 async def test_an_idle_keep_alive_connection_holds_no_relayed_answer(make_gateway: Any, aiohttp_server: Any) -> None:
-    """``self.pop(None, None)`` in ``_Relayed.write_eof``: the answer stays counted in
+    """``self._answer = None`` left out of ``_Relayed.write_eof``: the answer stays counted in
     ``gateway_upstream_buffered_bytes`` while its connection waits for its next request."""
     gw, _ = await _gateway(make_gateway, aiohttp_server)
     async with aiohttp.ClientSession() as session:  # its connection stays open, idle

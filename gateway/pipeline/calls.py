@@ -43,14 +43,11 @@ class Call:
     #: that walk already has pages from ``only``: even the last target's misfit means it cannot go on there
     underway: bool = False
     trace: RequestTrace | None = None
-    #: the target asked (set by ``fallback``; the first, or ``only``, where there is none)
+    #: the target asked: set by ``fallback`` (to ``only`` where that is given); the first where there is no
+    #: fallback stage, which is where only one target can be asked (a route of one target that pages one way)
     target: int = 0
     #: the upstream request headers, made once per call by the ``upstream`` step
     headers: dict[str, str] | None = None
-
-    def __post_init__(self) -> None:
-        if self.only is not None:
-            self.target = self.only
 
 
 #: one call in, the upstream's answer out

@@ -46,11 +46,15 @@ def validator(route: Route, inner: Handler) -> Handler | None:
 
     async def validated(ex: Exchange) -> web.StreamResponse:
         resp = await inner(ex)
-        if resp.status != 200 or not isinstance(resp, web.Response) or not isinstance(resp.body, bytes):
+        if resp.status != 200 or not isinstance(resp, web.Response):
+            return resp
+        body = resp.body
+        if not isinstance(body, bytes):
             return resp  # errors, streams and relayed bodies carry no validator
-        etag = resp.headers.get("ETag")
+        headers = resp.headers
+        etag = headers.get("ETag")
         if etag is None:
-            etag = resp.headers["ETag"] = etag_of(resp.body)  # a cached entry stored its own
+            etag = headers["ETag"] = etag_of(body)  # a cached entry stored its own
         asked = http(ex).headers.get("If-None-Match")
         if asked is None or not matches(asked, etag):
             return resp

@@ -83,7 +83,9 @@ class Proxy:
         self.cursor_secret = _cursor_secret(config, creds)
         #: hides every configured secret in upstream-derived error text (the Gateway's, shared with the logs)
         self.redact = redactor if redactor is not None else Redactor(lambda: secret_values(config, creds))
-        self.targets = Targets(config, client, creds, metrics, self.health, self.redact, gone_check, self.failed)
+        self.targets = Targets(
+            config, client, creds, metrics, self.health, self.redact, gone_check, self.failed, self._may_fill
+        )
         #: each route's call-level stack (gateway.pipeline.calls), composed once by ``targets``
         self.calls: dict[str, CallPipeline] = self.targets.pipelines
         #: client auth and admission, the outermost stages (None: an open gateway / no limits)
@@ -140,6 +142,10 @@ class Proxy:
             return "collection", stages.collection(self, route), calls
         step, core = answer.single(self, route)
         return "call", core, (step, *calls)
+
+    def _may_fill(self, route: Route) -> bool:
+        """Whether the response cache may fill from ``route`` (a superset of where the ``cache`` stage runs)."""
+        return self.cache is not None and self.cache.caches(route)
 
     def failed(self, route: Route, exc: UpstreamError) -> None:
         """Count an upstream failure and mark the route down; called once per failure, by the ``account`` stage.

@@ -41,19 +41,19 @@ def parse_json(route: Route, resp: UpstreamResponse) -> Any:
 def head(route: Route, resp: UpstreamResponse, params: Mapping[str, Any]) -> tuple[int, dict[str, str]]:
     """The stable status and the declared response headers."""
     spec = route.response
-    location = resp.location or resp.url
     headers: dict[str, str] = {}
-    for name, expr in spec.headers:
-        value = evaluate(expr, {}, params, location, route.name, name)
-        if value is not None:
-            headers[name] = str(value)
+    if spec.headers:
+        location = resp.location or resp.url
+        for name, expr in spec.headers:
+            value = evaluate(expr, {}, params, location, route.name, name)
+            if value is not None:
+                headers[name] = str(value)
     return spec.status or (resp.status if resp.status < 300 else 200), headers
 
 
 def rebuild(route: Route, resp: UpstreamResponse, params: Mapping[str, Any]) -> web.StreamResponse:
     """The stable answer built from the upstream's whole answer: mapped, passed through, or raw."""
     spec = route.response
-    location = resp.location or resp.url
     status, headers = head(route, resp, params)
     if status == 204 or resp.status == 304:
         return web.Response(status=status if resp.status != 304 else 304, headers=headers)
@@ -65,7 +65,7 @@ def rebuild(route: Route, resp: UpstreamResponse, params: Mapping[str, Any]) -> 
         src = parse_json(route, resp) if resp.location is None else {}
         if route.shape is not None and resp.location is None:
             check_body(route.shape, src, route.name)
-        data = jsonio.dumps(apply_mapping(spec.item, src, params, location, route.name))
+        data = jsonio.dumps(apply_mapping(spec.item, src, params, resp.location or resp.url, route.name))
     else:
         src = parse_json(route, resp)  # pass-through still must be JSON
         if route.shape is not None:
@@ -97,26 +97,27 @@ async def stream(
     return await relay.relay(request, resp.stream, status, headers, upstream, route.name)
 
 
-#: the upstream answer whose body a response sends as it is
-_ANSWER = web.ResponseKey("routegate_upstream_answer", UpstreamResponse)
-
-
 class _Relayed(web.Response):
     """A response sending an upstream answer's body as it is.
 
     The answer (and so its count in server.max_buffered_bytes) lives until the body is
     written, then both are dropped: aiohttp keeps a keep-alive connection's last response
     until that connection's next request, which would hold the body long after it was sent.
+    The answer is a plain attribute, not a response key: the mapping's ``pop`` ran several
+    Python-level calls per answer.
     """
+
+    #: set by ``_holding`` right after the response is made (no ``__init__`` of its own to pass through)
+    _answer: UpstreamResponse | None = None
 
     async def write_eof(self, data: bytes = b"") -> None:
         try:
             await super().write_eof(data)
         finally:
-            self.pop(_ANSWER, None)
+            self._answer = None
             self._body = None
 
 
-def _holding(out: web.Response, answer: UpstreamResponse) -> web.Response:
-    out[_ANSWER] = answer
+def _holding(out: _Relayed, answer: UpstreamResponse) -> _Relayed:
+    out._answer = answer
     return out

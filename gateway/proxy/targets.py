@@ -22,8 +22,9 @@ from multidict import MultiDict
 from gateway.auth import Credentials
 from gateway.config import Config, Route, Target, Upstream
 from gateway.errors import GatewayError, UpstreamError
+from gateway.fastmetrics import CounterChild, HistogramChild
 from gateway.health import RouteHealth
-from gateway.mapping import ShapeDrift, parse_params, target_request
+from gateway.mapping import ShapeDrift, fixed_request, parse_params, target_request
 from gateway.metrics import Metrics, status_class
 from gateway.pipeline import calls
 from gateway.pipeline.calls import Call, CallPipeline, CallStage, Send
@@ -51,6 +52,7 @@ class Targets:
         redact: Redactor,
         gone_check: GoneCheck | None,
         failed: Callable[[Route, UpstreamError], None],
+        cached: Callable[[Route], bool] = lambda route: True,
     ) -> None:
         self.config = config
         self.client = client
@@ -61,6 +63,8 @@ class Targets:
         self.gone_check = gone_check
         #: counts a failure no pipeline sees (the gone check's own sample call)
         self.failed = failed
+        #: whether a route's answers may fill the response cache (its fills ask for the answer's headers)
+        self.cached = cached
         #: each route's call-level stack, composed once here
         self.pipelines: dict[str, CallPipeline] = {r.name: self._build(r) for r in config.routes}
 
@@ -86,17 +90,45 @@ class Targets:
 
     def upstream(self, route: Route) -> Send:
         """The innermost step: one exchange with the target the call is at, credentials on, with resilience
-        (gateway.upstream, gateway.resilience); the headers are made once per call, whichever targets it asks."""
+        (gateway.upstream, gateway.resilience), timed and counted (and written on the call's ``trace``);
+        the headers are made once per call, whichever targets it asks.  The exchange is this closure's own
+        work, not a method it awaits: every await level is passed again at each resumption of the call."""
         upstream = self.config.upstreams[route.upstream]
+        client = self.client
+        fixed = [fixed_request(target) for target in route.targets]  # a path without parameters, made once
+        count = _Exchanges(self.metrics, upstream.name, route.name).count
 
         async def send(call: Call) -> UpstreamResponse:
-            if call.headers is None:
-                call.headers = self.headers(upstream, route, call.request_id)
+            headers = call.headers
+            if headers is None:
+                headers = call.headers = self.headers(upstream, route, call.request_id)
             target = route.targets[call.target]
-            extra, at = call.extra_query, call.at
-            return await self.send(
-                upstream, route, target, call.params, call.body, extra, call.headers, at, call.stream, call.trace
-            )
+            path, query = fixed[call.target] or target_request(target, call.params)
+            if call.at is not None:
+                path, query = _followed(upstream, route, target, call.params, call.at)
+            mode = target.body.mode
+            payload = target.body.const if mode == "const" else (call.body if mode == "passthrough" else None)
+            if payload is not None and "Content-Type" not in headers:
+                headers = {**headers, "Content-Type": JSON_TYPE}
+            started = time.perf_counter()
+            try:
+                resp = await client.send(
+                    upstream,
+                    target.method,
+                    path,
+                    [*query, *call.extra_query],
+                    headers,
+                    payload,
+                    follow=target.redirect == "follow",
+                    route=route.name,
+                    stream=call.stream,
+                )
+            except UpstreamError as exc:
+                if exc.kind not in NOT_SENT:  # refused before sending (breaker, budget, ...): no call to time or count
+                    count(call.trace, None, time.perf_counter() - started, exc.kind)
+                raise
+            count(call.trace, resp.status, resp.elapsed, resp.status)
+            return resp
 
         return send
 
@@ -107,10 +139,12 @@ class Targets:
 
         async def judged(call: Call) -> UpstreamResponse:
             resp = await inner(call)
+            if resp.status < 300:
+                return resp  # a success: nothing to map (the common answer skips check_status)
             index = call.target
             target = route.targets[index]
             if resp.status in (404, 410):
-                ask = functools.partial(self._sample_status, upstream, route, target, call.trace)
+                ask = functools.partial(self._sample_status, upstream, route, index, call.trace)
                 raise await statuses.not_there(upstream, route, index, resp, self.redact, self.gone_check, ask)
             statuses.check_status(upstream, route, target, resp, self.redact)
             return resp
@@ -138,7 +172,9 @@ class Targets:
 
     def answered(self, route: Route, inner: Send) -> Send:
         """Once the answer is judged: which target gave it (/status, ``gateway_fallback_total``), and its
-        Cache-Control/Expires for a cache fill asking; every route."""
+        Cache-Control/Expires for a cache fill asking; every route.  A route of one target only passes the
+        headers on (its first target is the only one that can answer: /status shows target 0 for it), and
+        where no cache can fill from it the stage is the next step itself."""
 
         async def noted(call: Call) -> UpstreamResponse:
             resp = await inner(call)
@@ -149,82 +185,71 @@ class Targets:
                 call.notes.append(resp.headers)
             return resp
 
-        return noted
+        async def noted_one(call: Call) -> UpstreamResponse:
+            resp = await inner(call)
+            if call.notes is not None:
+                call.notes.append(resp.headers)
+            return resp
 
-    async def send(
-        self,
-        upstream: Upstream,
-        route: Route,
-        target: Target,
-        params: Mapping[str, Any],
-        body: bytes | None,
-        extra_query: list[tuple[str, str]],
-        headers: dict[str, str],
-        at: str | None = None,
-        stream: bool = False,
-        trace: RequestTrace | None = None,
-    ) -> UpstreamResponse:
-        """One exchange with one target, timed and counted (and written on ``trace``)."""
-        path, query = target_request(target, params)
-        if at is not None:
-            path, query = _followed(upstream, route, target, params, at)
-        payload = (
-            target.body.const if target.body.mode == "const" else (body if target.body.mode == "passthrough" else None)
-        )
-        if payload is not None and "Content-Type" not in headers:
-            headers = {**headers, "Content-Type": JSON_TYPE}
-        started = time.perf_counter()
-        try:
-            resp = await self.client.send(
-                upstream,
-                target.method,
-                path,
-                [*query, *extra_query],
-                headers,
-                payload,
-                follow=target.redirect == "follow",
-                route=route.name,
-                stream=stream,
-            )
-        except UpstreamError as exc:
-            if exc.kind not in NOT_SENT:  # refused before sending (breaker, budget, ...): no call to time or count
-                seconds = time.perf_counter() - started
-                self.metrics.upstream_seconds.labels(upstream.name, route.name).observe(seconds)
-                if trace is not None:
-                    trace.upstream(None, seconds)
-                self.metrics.upstream_requests.labels(upstream.name, route.name, exc.kind).inc()
-            raise
-        m = self.metrics
-        m.upstream_seconds.labels(upstream.name, route.name).observe(resp.elapsed)
-        if trace is not None:
-            trace.upstream(resp.status, resp.elapsed)  # for the request's access-log line
-        m.upstream_requests.labels(upstream.name, route.name, status_class(resp.status)).inc()
-        return resp
+        if len(route.targets) > 1:
+            return noted
+        # one target and never a cache fill: nothing to note, so no step of its own to pass
+        return noted_one if self.cached(route) else inner
 
     async def _sample_status(
         self,
         upstream: Upstream,
         route: Route,
-        target: Target,
+        index: int,
         trace: RequestTrace | None,
         path_params: Mapping[str, str],
         query: Mapping[str, str],
     ) -> int | None:
-        """What ``target`` answers for the probe's sample (None: no answer to judge by); the call is on
+        """What target ``index`` answers for the probe's sample (None: no answer to judge by); the call is on
         the request's record (``trace``) too: its access line counts every upstream call it caused."""
         try:
             params = parse_params(route, MultiDict(query), path_params)
-            headers = self.headers(upstream, route, f"sample-{time.monotonic_ns()}")
+            request_id = f"sample-{time.monotonic_ns()}"
+            headers = self.headers(upstream, route, request_id)
         except GatewayError:
             return None
+        call = Call(params, request_id, trace=trace, target=index, headers=headers)
         try:
-            resp = await self.send(upstream, route, target, params, None, [], headers, trace=trace)
+            resp = await self.upstream(route)(call)
         except UpstreamError as exc:
             self.failed(route, exc)  # no pipeline sees this call's failure: it is counted here
             return None
         except GatewayError:
             return None
         return resp.status
+
+
+class _Exchanges:
+    """A route's upstream series, each child looked up once (made at its first use, as ``labels`` makes it),
+    not per exchange: the duration histogram and the request counter per outcome."""
+
+    __slots__ = ("_labels", "_metrics", "_outcomes", "_seconds")
+
+    def __init__(self, metrics: Metrics, upstream: str, route: str) -> None:
+        self._metrics = metrics
+        self._labels = (upstream, route)
+        self._seconds: HistogramChild | None = None
+        #: by the answer's status (its class is the label) or the failure's kind
+        self._outcomes: dict[int | str, CounterChild] = {}
+
+    def count(self, trace: RequestTrace | None, status: int | None, seconds: float, outcome: int | str) -> None:
+        """One exchange timed and counted, and written on the request's record (``trace``) for its access line."""
+        timed = self._seconds
+        if timed is None:
+            timed = self._seconds = self._metrics.upstream_seconds.labels(*self._labels)
+        timed.observe(seconds)
+        if trace is not None:
+            trace.upstream(status, seconds)
+        counted = self._outcomes.get(outcome)
+        if counted is None:
+            label = status_class(outcome) if isinstance(outcome, int) else outcome
+            counted = self._outcomes[outcome] = self._metrics.upstream_requests.labels(*self._labels, label)
+        counted.inc()
 
 
 def _followed(
