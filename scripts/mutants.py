@@ -322,10 +322,6 @@ PIPELINE_EQUIVALENT: list[tuple[str, str, str, str]] = [
        "reads a few bytes more per call before refusing: a body over the limit is the same 413, one within it the same")
       for mutated in ("while chunk := await request.content.read(limit + 1 + size):",
                       "while chunk := await request.content.read(limit + 2 - size):")),
-    ("gateway/pipeline/body.py",
-     "f\"send the body as {JSON_TYPE}, not {ctype or 'an unspecified type'}\", route=route.name",
-     "f\"send the body as {JSON_TYPE}, not {ctype and 'an unspecified type'}\", route=route.name",
-     "aiohttp reports a missing or empty Content-Type as application/octet-stream: ctype is never empty"),
     ("gateway/pipeline/body.py", "parsed: Any = None", 'parsed: Any = ""',
      "an empty body gets here only where no target passes the body through (else missing_body), so nothing"
      " sends it; both validators refuse None and '' alike (the body must be a JSON object)"),
@@ -432,7 +428,8 @@ MESSAGES: list[tuple[str, str]] = [
     ("gateway/pagination/__init__.py", 'f"the collection has more than {pag.max_items} items'),
     ("gateway/pagination/__init__.py", '"page through it with cursors instead of all=true"'),
     ("gateway/pagination/__init__.py", 'assert base_url is not None, "'),
-    ("gateway/pipeline/body.py", 'f"send the body as {JSON_TYPE}, not {ctype or'),
+    ("gateway/pipeline/body.py", 'f"send the body as {JSON_TYPE}, not {_sent_type'),
+    ("gateway/pipeline/body.py", 'f"send the body as UTF-8 (RFC 8259), not charset='),
     ("gateway/pipeline/collection.py", 'raise AssertionError("the last target never hands over")'),
     ("gateway/pipeline/collection.py", 'f"the cursor was issued for {fan.name}='),
 ]

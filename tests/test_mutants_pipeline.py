@@ -197,6 +197,34 @@ async def test_a_json_suffix_media_type_is_json(make_gateway: Any, aiohttp_serve
     assert fake.count() == 1
 
 
+async def test_a_415_names_the_type_sent_and_a_charset_other_than_utf8_is_refused(
+    make_gateway: Any, aiohttp_server: Any
+) -> None:
+    """The 415 quotes the media type the client wrote (aiohttp reads an unparsable or missing one as
+    application/octet-stream, which the client never said); JSON in another charset is refused, not
+    read as UTF-8; nothing is forwarded."""
+    gw, fake = await _gateway(make_gateway, aiohttp_server)
+    for ctype, said in (
+        ("application/json, text/plain", "'application/json, text/plain'"),
+        (None, "an unspecified type"),
+    ):
+        headers = {} if ctype is None else {"Content-Type": ctype}
+        resp = await gw.post("/v1/things", data=b'{"a": 1}', headers=headers, skip_auto_headers=["Content-Type"])
+        err = await _error(resp, 415, "unsupported_media_type")
+        assert err["message"] == f"send the body as application/json, not {said}"
+    resp = await gw.post(
+        "/v1/things", data='{"a": "é"}'.encode("latin-1"), headers={"Content-Type": "application/json; charset=latin-1"}
+    )
+    err = await _error(resp, 415, "unsupported_media_type")
+    assert err["message"] == "send the body as UTF-8 (RFC 8259), not charset='latin-1'"
+    assert fake.count() == 0
+    for charset in ("utf-8", "UTF-8", "utf8"):
+        body = '{"a": "é"}'.encode()
+        resp = await gw.post("/v1/things", data=body, headers={"Content-Type": f"application/json; charset={charset}"})
+        assert resp.status == 200, await resp.text()
+    assert json.loads(fake.hits[-1].body) == {"a": "é"}
+
+
 async def test_a_passthrough_write_without_a_body_is_missing_body(make_gateway: Any, aiohttp_server: Any) -> None:
     """``_needs_body(None)``, the message or code dropped or changed, ``_needs_body`` with ``!=`` or
     another mode name, ``not in _BODY_METHODS``."""

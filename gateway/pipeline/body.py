@@ -33,9 +33,11 @@ async def read_body(server: ServerSettings, request: web.Request, route: Route, 
     ctype = request.content_type
     if raw and ctype != JSON_TYPE and not ctype.endswith("+json"):
         # a text/plain or form POST is what any web page may send cross-site: never forwarded
-        raise UnsupportedMediaType(
-            f"send the body as {JSON_TYPE}, not {ctype or 'an unspecified type'}", route=route.name
-        )
+        raise UnsupportedMediaType(f"send the body as {JSON_TYPE}, not {_sent_type(request)}", route=route.name)
+    charset = request.charset
+    if raw and charset is not None and charset.lower().replace("-", "") != "utf8":
+        # JSON between systems is UTF-8 (RFC 8259 §8.1): another charset's bytes would be read as the wrong text
+        raise UnsupportedMediaType(f"send the body as UTF-8 (RFC 8259), not charset={charset[:40]!r}", route=route.name)
     if not raw.strip():
         if _needs_body(route):
             raise BadRequest(
@@ -55,6 +57,15 @@ async def read_body(server: ServerSettings, request: web.Request, route: Route, 
     if route.validate is not None:
         parsed = VALIDATORS[route.validate](parsed, params)
     return None if parsed is None else jsonio.dumps(parsed)
+
+
+def _sent_type(request: web.Request) -> str:
+    """The media type as the client wrote it: aiohttp reads an unparsable or missing one as
+    application/octet-stream, which the client never said."""
+    said = request.headers.get("Content-Type", "").partition(";")[0].strip()
+    if not said:
+        return "an unspecified type"
+    return said if said.lower() == request.content_type else repr(said[:100])
 
 
 def _needs_body(route: Route) -> bool:
