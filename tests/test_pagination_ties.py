@@ -110,3 +110,7 @@ async def test_a_run_of_ties_too_long_for_a_cursor_is_a_502_not_a_loss(make_gate
     assert "more than 100 items share one paging value" in body["error"]["message"]
     body = await get_json(gw, "/v1/tied?limit=200", status=502)
     assert body["error"]["code"] == "pagination_ties"
+    # the data, not the route breaking: counted, but the route stays up (no alert pages for it)
+    metrics = await (await gw.get("/metrics")).text()
+    assert 'gateway_route_up{route="tied"} 1.0' in metrics
+    assert 'gateway_upstream_errors_total{kind="ties",route="tied",upstream="origin"} 2.0' in metrics

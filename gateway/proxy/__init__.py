@@ -41,8 +41,9 @@ from gateway.verdict import GoneCheck
 
 #: the gateway holding itself back, not the route breaking
 SELF_PACING = frozenset({"budget", "throttled", "circuit_open", buffers.KIND})
-#: counted, but not the route breaking: a walk cut by a target switch (gateway.pipeline.collection); new walks work
-NOT_DOWN = SELF_PACING | {"switched"}
+#: counted, but not the route breaking: a walk cut by a target switch (gateway.pipeline.collection), or a
+#: cursor that cannot carry a long run of tied items (gateway.pagination.cursor); new walks work
+NOT_DOWN = SELF_PACING | {"switched", "ties"}
 #: the stages a contract probe runs (gateway.proxy.Proxy.probe), besides the core
 PROBE_STAGES = frozenset({"account", "params"})
 #: the HTTP conventions around the proxy's own stages; each exists only on routes it applies to

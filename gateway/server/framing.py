@@ -34,7 +34,7 @@ from gateway.trace import RequestTrace, trace_of
 log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}\Z")  # \Z: "$" would let a final line break through
 #: request ids: a random per-process prefix and a counter (unique without a uuid4 per request)
 _ids = itertools.count()
 _id_prefix = os.urandom(8).hex()
