@@ -263,7 +263,7 @@ async def test_an_upstream_ignoring_the_paging_parameter_stalls_the_cursor_walk(
     assert first.status == 200 and page["next_cursor"], page
     await _stalled(gw, f"/v1/{path}?limit=3&cursor={page['next_cursor']}", route, registry, "pagination_stalled")
     await _stalled(gw, f"/v1/{path}?all=true", route, registry, "pagination_stalled")
-    assert len(seen) <= 5
+    assert len(seen) <= 6  # before: a page that ran out is asked again from above its last run first
 
 
 async def test_a_next_link_or_token_equal_to_the_current_one_stalls(make_gateway: Any, aiohttp_server: Any) -> None:

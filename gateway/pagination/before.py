@@ -6,19 +6,21 @@ newest-first and the position keeps one value per stream.  A page whose last val
 not move strictly backwards means the upstream ignored ``before``: a 502, not a loop, on
 ``all=true`` and across ``next_cursor`` requests alike (the cursor carries the value).
 
-Items can share the field's value (two notebooks saved in the same millisecond).  ``before``
-is strict, so a cursor that resumed with the last value handed out would lose the tied items
-the page still held.  Where a tie is left in the buffer the cursor instead carries the value
-the page was asked with and the identities of the tied items already handed out
-(``{"p", "v", "s"}``): the next request asks that page again and skips what was served.  A run
-of ties that crosses the upstream's own page boundary cannot be reached by a strict ``before``
-at all: the upstream's own clients miss those items too.
+Items can share the field's value (two notebooks saved in the same millisecond), and ``before``
+is strict: asking on from the last value handed out would skip the rest of a run of tied items
+that goes on past the end of a page.  So when a page runs out, the next one is asked from the
+value just above the run it ended in, and the run's items already handed out are skipped (by a
+digest of their id), as is anything newer (saved since).  A cursor that stops inside a run, or at
+the end of a page, carries the same: the value above the run and the run's identities
+(``{"p", "v", "s"}``).  That costs one item again per page and one request at the end; a run
+longer than the upstream's page cannot be reached whole by any client.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import Pagination
@@ -52,6 +54,31 @@ def _bad_cursor(route: str) -> BadRequest:
     )
 
 
+@dataclass(slots=True)
+class _Run:
+    """A stream's last value handed out, and what a cursor needs to resume inside the run of items at it."""
+
+    #: the last value handed out (None: nothing yet)
+    value: Any = None
+    #: a ``before`` that asks a page starting with this run (the value handed just above it; None: the top)
+    above: Any = None
+    #: the run's items' identities handed out by earlier requests (the cursor's)
+    earlier: list[str] = field(default_factory=list)
+    #: the run's items handed out by this request (identities taken only when a cursor is made)
+    here: list[Any] = field(default_factory=list)
+
+    def hand(self, value: Any, item: Any) -> None:
+        if self.value is not None and value == self.value:
+            self.here.append(item)
+            return
+        if self.value is not None:
+            self.above = self.value
+        self.value, self.earlier, self.here = value, [], [item]
+
+    def position(self) -> dict[str, Any]:
+        return {"p": self.above, "v": self.value, "s": [*self.earlier, *map(_identity, self.here)]}
+
+
 async def walk(
     route: str,
     pag: Pagination,
@@ -63,39 +90,49 @@ async def walk(
     keys = {key(s): s for s in streams}
     buffers: dict[str, list[Any]] = {k: [] for k in keys}
     fetched_to: dict[str, Any] = {}
-    #: per stream: the value of the last item handed out, the identities handed at it by earlier
-    #: requests (the cursor's) and the items handed at it by this one
-    ties: dict[str, tuple[Any, list[str], list[Any]]] = {}
-    #: streams whose cursor stopped inside a run of ties: their page is asked again, and this skipped
+    runs: dict[str, _Run] = {}
+    #: streams whose cursor stopped in a run: their first page is asked from above it, and what was served skipped
     skip: dict[str, tuple[Any, set[str]]] = {}
     for k in keys:
         at = position.pos.get(k)
         if isinstance(at, dict):
             fetched_to[k] = at["p"]
-            ties[k] = (at["v"], list(at["s"]), [])
+            runs[k] = _Run(at["v"], at["p"], list(at["s"]))
             skip[k] = (at["v"], set(at["s"]))
         else:
             fetched_to[k] = at
-    #: per stream, the value the page in its buffer was asked with (None: the first page)
-    asked_with = dict(fetched_to)
+            runs[k] = _Run(at)
     exhausted = {k for k in keys if k in position.ended}
+    #: streams that asked for a page in this walk
+    fetched: set[str] = set()
     #: streams still at the value a client's cursor gave: a value the upstream's cannot be compared
     #: with is the cursor's fault (400), not the route breaking
     from_cursor = {k for k in keys if position.pos.get(k) is not None}
 
     def unserved(k: str, items: list[Any]) -> list[Any]:
-        """The asked-again page without what the cursor's earlier requests handed out."""
-        value, served = skip.pop(k)
+        """The page asked from above the cursor's run, without the run's items served and anything newer
+        (saved since the cursor was made); once a page reaches the run, the skipping is over."""
+        value, served = skip[k]
         try:
-            return [
+            kept = [
                 item
                 for item in items
                 if (v := _field(pag, item, route)) < value or (v == value and _identity(item) not in served)
             ]
+            if _field(pag, items[-1], route) <= value:
+                del skip[k]
         except TypeError:
             raise _bad_cursor(route) from None
+        return kept
 
     async def refill(k: str) -> None:
+        if k in fetched and k not in skip:
+            # this walk's page ran out inside a run that may go on past the upstream's page boundary, where a
+            # strict ``before`` would skip the rest: ask again from above the run, skipping what was served
+            run = runs[k]
+            skip[k] = (run.value, {*run.earlier, *map(_identity, run.here)})
+            fetched_to[k] = run.above
+        fetched.add(k)
         while not buffers[k] and k not in exhausted:
             asked = fetched_to[k]
             query = [(pag.before_param, str(asked))] if asked is not None else []
@@ -117,18 +154,18 @@ async def walk(
                 raise stalled(route, f"the page did not move past {pag.before_param}; it may ignore it")
             buffers[k].extend(unserved(k, items) if k in skip else items)
             from_cursor.discard(k)
-            fetched_to[k] = last
-            asked_with[k] = asked
+            fetched_to[k] = last  # nothing new past the run (all of it served): on strictly before it
 
     def place(k: str) -> None:
-        """The stream's position after what it handed out: the last value, or inside a tie the tie's form
-        (identities are taken only here, once a batch is out, not for every item)."""
-        value, earlier, handed_here = ties[k]
+        """The stream's position after what it handed out: the last value, or where its run may go on (the
+        next item has its value, or the page ended with it) the run's form."""
+        run = runs[k]
         rest = buffers[k]
-        if rest and _field(pag, rest[0], route) == value:
-            position.pos[k] = {"p": asked_with[k], "v": value, "s": [*earlier, *map(_identity, handed_here)]}
+        ended = k in exhausted and not rest
+        if not ended and (not rest or _field(pag, rest[0], route) == run.value):
+            position.pos[k] = run.position()
         else:
-            position.pos[k] = value
+            position.pos[k] = run.value
 
     handed = 0
     while limit is None or handed < limit:
@@ -144,12 +181,7 @@ async def walk(
         while (limit is None or handed < limit) and all(buffers[k] for k in live):
             best = max(live, key=lambda k: _field(pag, buffers[k][0], route))
             item = buffers[best].pop(0)
-            value = _field(pag, item, route)
-            tie = ties.get(best)
-            if tie is not None and tie[0] == value:
-                tie[2].append(item)
-            else:
-                ties[best] = (value, [], [item])
+            runs[best].hand(_field(pag, item, route), item)
             out.append((keys[best], item))
             touched.add(best)
             handed += 1
