@@ -245,3 +245,35 @@ def test_routegate_check_refuses_a_secret_query_and_never_prints_the_secret(tmp_
     assert f"{routes}:3: upstreams.api.base_url: base_url cannot carry a user or password" in out.stderr
     assert f"{routes}:10: routes.things.targets[0]: a target's query string cannot take" in out.stderr
     assert SECRET not in out.stdout + out.stderr and "pw-in-url" not in out.stdout + out.stderr
+
+
+def test_probe_with_its_report_unread_still_exits_with_its_verdict() -> None:
+    """Found by review: a closed stdout turned every exit code into 0, so a cron job piping `probe` into a
+    reader that went away saw broken routes as fine.  The verdict (exit 4, the stderr summary) stands."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, ROUTES
+    from tests.processes import free_port
+
+    dead = {  # upstreams nothing listens on: every probe is broken at once
+        "OBSERVABLE_API_URL": f"http://127.0.0.1:{free_port()}",
+        "POSTHOG_URL": f"http://127.0.0.1:{free_port()}",
+        "OBSERVABLE_TOKEN": "abcdefgh",
+        "POSTHOG_API_KEY": "abcdefghij",
+        "PYTHONUNBUFFERED": "1",  # as the image runs it: each line is written (and refused) at once
+    }
+    with subprocess.Popen(
+        [sys.executable, "-m", "gateway", "probe", "--config", str(ROUTES)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, **dead},
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # the reader is gone before the first line
+        err = proc.stderr.read().decode()
+        code = proc.wait(timeout=120)
+    assert code == 4, err
+    assert "route(s) broken" in err and "Traceback" not in err, err

@@ -8,11 +8,10 @@ cannot listen; 4 ``probe`` found a broken route (``EXIT_CODES`` below).
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 
-from gateway.cli.common import DEFAULT_CONFIG, EXIT_CODES, is_loopback
+from gateway.cli.common import DEFAULT_CONFIG, EXIT_CODES, is_loopback, stdout_gone
 from gateway.cli.parser import build_parser
 
 __all__ = ["EXIT_CODES", "build_parser", "is_loopback", "main"]
@@ -24,10 +23,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.config = args.config or args.config_pos or DEFAULT_CONFIG
     try:
         code: int = args.func(args)
+    except BrokenPipeError:
+        # the reader went away while a command printed (``routegate openapi | head -1``): what it read is all
+        # it wanted, so no error (``probe`` catches this itself: its exit code is its verdict)
+        stdout_gone()
+        return 0
+    try:
         sys.stdout.flush()
     except BrokenPipeError:
-        # the reader went away (``routegate openapi | head -1``): what it read is all it wanted, so this is
-        # no error; stdout points at /dev/null so that the interpreter's own flush at exit is quiet too
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        stdout_gone()
     return code

@@ -16,6 +16,7 @@ from gateway.cli.common import (
     EXIT_USAGE,
     _load,
     _setup_logging,
+    stdout_gone,
 )
 
 
@@ -69,9 +70,13 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     results = asyncio.run(run())
     width = max((len(r.route) for r in results), default=0)
-    for r in results:
-        detail = f"{r.code}: {r.message}" if r.code else f"{r.duration * 1000:.0f} ms"
-        print(f"{r.outcome.upper():8} {r.route.ljust(width)}  {detail}")
+    try:
+        for r in results:
+            detail = f"{r.code}: {r.message}" if r.code else f"{r.duration * 1000:.0f} ms"
+            print(f"{r.outcome.upper():8} {r.route.ljust(width)}  {detail}")
+        sys.stdout.flush()
+    except BrokenPipeError:  # the report's reader went away: the verdict (exit code, stderr summary) still stands
+        stdout_gone()
     broken = [r.route for r in results if r.outcome == "broken"]
     if broken:
         print(f"gateway probe: {len(broken)} of {len(results)} route(s) broken: {', '.join(broken)}", file=sys.stderr)

@@ -60,3 +60,9 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def stdout_gone() -> None:
+    """The reader of stdout went away (``routegate openapi | head -1``): point stdout at /dev/null, so
+    that later prints and the interpreter's own flush at exit are quiet."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
