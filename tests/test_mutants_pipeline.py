@@ -218,7 +218,10 @@ async def test_a_415_names_the_type_sent_and_a_charset_other_than_utf8_is_refuse
     err = await _error(resp, 415, "unsupported_media_type")
     assert err["message"] == "send the body as UTF-8 (RFC 8259), not charset='latin-1'"
     assert fake.count() == 0
-    for charset in ("utf-8", "UTF-8", "utf8"):
+    unknown = {"Content-Type": "application/json; charset=nonsense"}
+    await _error(await gw.post("/v1/things", data=b'{"a": 1}', headers=unknown), 415, "unsupported_media_type")
+    assert fake.count() == 0
+    for charset in ("utf-8", "UTF-8", "utf8", "utf_8", "us-ascii"):  # UTF-8 by any name, and ASCII (its first half)
         body = '{"a": "é"}'.encode()
         resp = await gw.post("/v1/things", data=body, headers={"Content-Type": f"application/json; charset={charset}"})
         assert resp.status == 200, await resp.text()

@@ -57,6 +57,16 @@ def test_an_environment_value_in_a_target_query_mapping_is_refused() -> None:
     assert SECRET not in got[0]
 
 
+def test_an_environment_value_reaching_a_target_query_through_a_yaml_alias_is_refused() -> None:
+    """Found by review: an anchor is expanded once, at its first place, so its alias in a query was not seen."""
+    text = _doc(target="{request: 'GET /things/{id}', query: *h}").replace(
+        "    auth:\n", "    headers: &h {X-Token: '${TOKEN}'}\n    auth:\n", 1
+    )
+    got = problems(text, {"API_KEY": "k", "TOKEN": SECRET})
+    assert any("routes.things.targets[0].query.X-Token: a target's query string cannot take" in g for g in got), got
+    assert all(SECRET not in g for g in got)
+
+
 def test_an_environment_value_in_a_target_path_and_a_literal_query_stay_allowed() -> None:
     text = _doc(target='"GET /api/projects/${PROJECT_ID}/things/{id}?kind=notebook"')
     cfg = parse_config(text, "routes.yaml", {"API_KEY": "k", "PROJECT_ID": "42"})

@@ -21,8 +21,9 @@ class _Ctx:
         self.file = file
         self.env = env
         self.problems: list[Problem] = []
-        #: mappings and lists already expanded: an anchor used twice is one object, and ``$${`` must unescape once
-        self.expanded: set[int] = set()
+        #: mappings and lists already expanded, with the path they were first met at: an anchor used twice is
+        #: one object, and ``$${`` must unescape once
+        self.expanded: dict[int, str] = {}
         #: key path → the text as written, for each string that interpolated ``${VAR}`` (where a secret may
         #: have come from: a target's query string refuses them)
         self.interpolated: dict[str, str] = {}
@@ -97,12 +98,20 @@ def _closest(word: str, choices: AbstractSet[str]) -> str | None:
     return hits[0] if hits else None
 
 
+def _below(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith((prefix + ".", prefix + "["))
+
+
 def _interpolate(ctx: _Ctx, value: Any, path: str, line: int) -> Any:
     """Expand ``${VAR}`` and ``${VAR:-default}`` in every string; ``$${`` escapes."""
     if isinstance(value, LocatedDict | LocatedList):
-        if id(value) in ctx.expanded:
+        first = ctx.expanded.get(id(value))
+        if first is not None:  # an alias of an anchor expanded already: its interpolations are this path's too
+            ctx.interpolated.update(
+                {path + at[len(first) :]: text for at, text in list(ctx.interpolated.items()) if _below(at, first)}
+            )
             return value
-        ctx.expanded.add(id(value))
+        ctx.expanded[id(value)] = path
     if isinstance(value, LocatedDict):
         for k in list(value):
             value[k] = _interpolate(ctx, value[k], f"{path}.{k}" if path else k, value.key_lines[k])

@@ -8,6 +8,7 @@ it through (400), or refused by the route's ``validate`` function.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 from typing import Any
 
@@ -35,7 +36,7 @@ async def read_body(server: ServerSettings, request: web.Request, route: Route, 
         # a text/plain or form POST is what any web page may send cross-site: never forwarded
         raise UnsupportedMediaType(f"send the body as {JSON_TYPE}, not {_sent_type(request)}", route=route.name)
     charset = request.charset
-    if raw and charset is not None and charset.lower().replace("-", "") != "utf8":
+    if raw and charset is not None and not _utf8(charset):
         # JSON between systems is UTF-8 (RFC 8259 §8.1): another charset's bytes would be read as the wrong text
         raise UnsupportedMediaType(f"send the body as UTF-8 (RFC 8259), not charset={charset[:40]!r}", route=route.name)
     if not raw.strip():
@@ -57,6 +58,14 @@ async def read_body(server: ServerSettings, request: web.Request, route: Route, 
     if route.validate is not None:
         parsed = VALIDATORS[route.validate](parsed, params)
     return None if parsed is None else jsonio.dumps(parsed)
+
+
+def _utf8(charset: str) -> bool:
+    """UTF-8 by any of its names (utf8, UTF_8, ...), or ASCII, which is UTF-8's first half."""
+    try:
+        return codecs.lookup(charset).name in ("utf-8", "ascii")
+    except LookupError:
+        return False
 
 
 def _sent_type(request: web.Request) -> str:
