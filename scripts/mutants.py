@@ -223,6 +223,12 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
     ),
     ("gateway/pagination/next_url.py", "same = False", "same = None", "None is as false as False: only tested"),
     ("gateway/pagination/before.py", "advanced = False", "advanced = None", "None is as false as False: only tested"),
+    ("gateway/pagination/before.py", "if _field(pag, items[-1], route) <= value:",
+     "if _field(pag, items[-1], route) < value:",
+     "skipping on past a page that ends at the run's value changes nothing: every later page is strictly below it"),
+    *(("gateway/pagination/before.py", "ended = k in exhausted and not rest", mutated,
+       "a stream that ended is in the cursor's ended list: the position kept for it is never read")
+      for mutated in ("ended = None", "ended = k in exhausted and rest")),
     *(
         ("gateway/pagination/linked.py", line, mutated, "the same items are taken: a slice stops at the page's end")
         for line, mutated in (
@@ -422,6 +428,8 @@ MESSAGES: list[tuple[str, str]] = [
     ("gateway/pagination/before.py", 'raise stalled(route, f"'),
     ("gateway/pagination/before.py", 'raise ShapeDrift(f"upstream item lost its paging field'),
     ("gateway/pagination/before.py", '"the cursor is not valid for this route'),
+    ("gateway/pagination/cursor.py", 'f"more than {MAX_TIED} items share one paging value'),
+    ("gateway/pagination/cursor.py", '"(ask with a larger limit, or all=true)"'),
     ("gateway/pagination/cursor.py", '"the cursor is not valid for this route'),
     ("gateway/pagination/cursor.py", "raise ValueError("),  # never shown: every one becomes the same 400
     ("gateway/pagination/next_url.py", "\"the upstream's next link leaves its origin or base path"),
@@ -552,6 +560,7 @@ ROUTE_ONLY_FOR_ERRORS = (
     "stalled(",
     "items_of(",
     "_field(",
+    "_bad_cursor(",
     "check_advanced(",
     "require(",
     "NextLinks(",

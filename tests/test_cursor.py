@@ -91,6 +91,8 @@ async def test_even_a_validly_signed_cursor_is_checked_strictly(gw: TestClient[A
         {**payload, "p": {"public": {"p": None, "v": "2020", "s": ["0" * 16]}}},
         {**payload, "p": {"public": {"p": {"$gt": ""}, "v": "2020", "s": ["0" * 12]}}},
         {**payload, "p": {"public": {"p": None, "v": "2020", "s": ["0" * 12], "x": 1}}},
+        {**payload, "p": {"public": {"p": None, "v": "2020", "s": ["X" * 12]}}},
+        {**payload, "p": {"public": {"p": None, "v": {"$gt": ""}, "s": ["0" * 12]}}},
         {**payload, "e": ["private"]},  # ended a stream it does not walk
         {**payload, "r": "posthog_notebooks"},  # another route's
         {**payload, "m": {"f": "not-a-fingerprint"}},

@@ -182,3 +182,29 @@ async def test_a_run_on_the_first_page_survives_notebooks_saved_meanwhile(
     items += [{"id": 8, "t": 9}, {"id": 9, "t": 8}, {"id": 10, "t": 7}]
     rest = await get_json(gw, f"/v1/tied?limit=10&cursor={first['next_cursor']}")
     assert [i["id"] for i in first["items"] + rest["items"]] == [1, 2, 3, 4]
+
+
+async def test_a_cursor_carries_a_run_only_where_it_may_go_on(make_gateway: Any, aiohttp_server: Any) -> None:
+    """The run's form (asked again from above, ids skipped) only where the next item shares the value or the
+    page ended; elsewhere the plain value, and the next request asks strictly before it."""
+    items = [{"id": i, "t": 10 - i} for i in range(6)]
+    gw = await _tied_gateway(make_gateway, aiohttp_server, items, 4)
+    mid = await get_json(gw, "/v1/tied?limit=2")
+    end = await get_json(gw, "/v1/tied?limit=4")
+    assert _position(mid["next_cursor"]) == 9  # the next item (t 8) is another value: plain
+    assert _position(end["next_cursor"]) == {"p": 8, "v": 7, "s": [_position_id(3)]}  # the page ended: may go on
+
+
+def _position(cursor: str) -> Any:
+    import base64
+    import json
+
+    body = cursor.partition(".")[0]
+    return json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))["p"][""]
+
+
+def _position_id(item_id: int) -> str:
+    from gateway.pagination.before import TIE_ID_CHARS
+    from gateway.pagination.common import fingerprint
+
+    return fingerprint(item_id)[:TIE_ID_CHARS]
