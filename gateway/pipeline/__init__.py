@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from multidict import MultiDict, MultiDictProxy, MultiMapping
@@ -54,6 +54,8 @@ def http(ex: Exchange) -> web.Request:
     return ex.request
 
 
+#: a step of either stack: a stable request's handler, or an upstream call's (gateway.pipeline.calls)
+S = TypeVar("S")
 #: one stable request in, its answer out
 Handler = Callable[[Exchange], Awaitable[web.StreamResponse]]
 #: given a route and the next handler: the wrapping handler, or None where the stage does not apply
@@ -81,11 +83,21 @@ def build(
 ) -> Pipeline:
     """Wrap ``core`` in each stage that applies to ``route``; ``stages`` is listed outermost first;
     ``calls`` names the call-level stack ``core`` runs."""
-    handler = core
-    names = [core_name]
-    for name, stage in reversed(stages):
-        wrapped = stage(route, handler)
+    handler, names = wrap(route, core, stages, core_name)
+    return Pipeline(route.name, names, handler, calls)
+
+
+def wrap(
+    route: Route, innermost: S, stages: Sequence[tuple[str, Callable[[Route, S], S | None]]], name: str
+) -> tuple[S, tuple[str, ...]]:
+    """``innermost`` wrapped in each stage that applies to ``route`` (``stages`` outermost first), and the
+    names of the steps kept, outermost first: how both of a route's stacks are composed (this and
+    gateway.pipeline.calls)."""
+    step = innermost
+    names = [name]
+    for stage_name, stage in reversed(stages):
+        wrapped = stage(route, step)
         if wrapped is not None:
-            handler = wrapped
-            names.append(name)
-    return Pipeline(route.name, tuple(reversed(names)), handler, calls)
+            step = wrapped
+            names.append(stage_name)
+    return step, tuple(reversed(names))

@@ -19,6 +19,7 @@ from gateway import fallback as handover
 from gateway.cache import Notes
 from gateway.config import Route, Target
 from gateway.mapping import target_request
+from gateway.pipeline import wrap
 from gateway.trace import RequestTrace
 from gateway.upstream import UpstreamResponse, release
 
@@ -67,14 +68,8 @@ class CallPipeline:
 
 def compose(route: Route, innermost: Send, stages: Sequence[tuple[str, CallStage]], name: str) -> CallPipeline:
     """Wrap ``innermost`` in each stage that applies to ``route``; ``stages`` is listed outermost first."""
-    step = innermost
-    names = [name]
-    for stage_name, stage in reversed(stages):
-        wrapped = stage(route, step)
-        if wrapped is not None:
-            step = wrapped
-            names.append(stage_name)
-    return CallPipeline(route.name, tuple(reversed(names)), step)
+    step, names = wrap(route, innermost, stages, name)
+    return CallPipeline(route.name, names, step)
 
 
 def fallback(route: Route, inner: Send) -> Send | None:
