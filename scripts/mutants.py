@@ -223,8 +223,8 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
     ),
     ("gateway/pagination/next_url.py", "same = False", "same = None", "None is as false as False: only tested"),
     ("gateway/pagination/before.py", "advanced = False", "advanced = None", "None is as false as False: only tested"),
-    ("gateway/pagination/before.py", "if _field(pag, items[-1], route) <= value:",
-     "if _field(pag, items[-1], route) < value:",
+    ("gateway/pagination/before.py", "if _field(pag, items[-1], route) <= run.value:",
+     "if _field(pag, items[-1], route) < run.value:",
      "skipping on past a page that ends at the run's value changes nothing: every later page is strictly below it"),
     *(("gateway/pagination/before.py", "ended = k in exhausted and not rest", mutated,
        "a stream that ended is in the cursor's ended list: the position kept for it is never read")

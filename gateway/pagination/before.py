@@ -89,50 +89,45 @@ async def walk(
 ) -> AsyncIterator[list[Tagged]]:
     keys = {key(s): s for s in streams}
     buffers: dict[str, list[Any]] = {k: [] for k in keys}
-    fetched_to: dict[str, Any] = {}
     runs: dict[str, _Run] = {}
-    #: streams whose cursor stopped in a run: their first page is asked from above it, and what was served skipped
-    skip: dict[str, tuple[Any, set[str]]] = {}
     for k in keys:
         at = position.pos.get(k)
-        if isinstance(at, dict):
-            fetched_to[k] = at["p"]
-            runs[k] = _Run(at["v"], at["p"], list(at["s"]))
-            skip[k] = (at["v"], set(at["s"]))
-        else:
-            fetched_to[k] = at
-            runs[k] = _Run(at)
+        runs[k] = _Run(at["v"], at["p"], list(at["s"])) if isinstance(at, dict) else _Run(at)
+    fetched_to: dict[str, Any] = {k: run.value for k, run in runs.items()}
+    #: streams whose next page is asked from above their run: a cursor that stopped in one, then every
+    #: stream once its first page is asked (a page that runs out may end inside a run)
+    from_above = {k for k in keys if isinstance(position.pos.get(k), dict)}
+    #: streams skipping what their run served (and anything newer) until a page reaches the run
+    skipping: set[str] = set()
     exhausted = {k for k in keys if k in position.ended}
-    #: streams that asked for a page in this walk
-    fetched: set[str] = set()
     #: streams still at the value a client's cursor gave: a value the upstream's cannot be compared
     #: with is the cursor's fault (400), not the route breaking
     from_cursor = {k for k in keys if position.pos.get(k) is not None}
 
     def unserved(k: str, items: list[Any]) -> list[Any]:
-        """The page asked from above the cursor's run, without the run's items served and anything newer
-        (saved since the cursor was made); once a page reaches the run, the skipping is over."""
-        value, served = skip[k]
+        """A page asked from above a run, without the run's items served and anything newer (saved since);
+        once a page reaches the run, the skipping is over."""
+        run = runs[k]
+        served = {*run.earlier, *map(_identity, run.here)}
         try:
             kept = [
                 item
                 for item in items
-                if (v := _field(pag, item, route)) < value or (v == value and _identity(item) not in served)
+                if (v := _field(pag, item, route)) < run.value or (v == run.value and _identity(item) not in served)
             ]
-            if _field(pag, items[-1], route) <= value:
-                del skip[k]
+            if _field(pag, items[-1], route) <= run.value:
+                skipping.discard(k)
         except TypeError:
             raise _bad_cursor(route) from None
         return kept
 
     async def refill(k: str) -> None:
-        if k in fetched and k not in skip:
-            # this walk's page ran out inside a run that may go on past the upstream's page boundary, where a
-            # strict ``before`` would skip the rest: ask again from above the run, skipping what was served
-            run = runs[k]
-            skip[k] = (run.value, {*run.earlier, *map(_identity, run.here)})
-            fetched_to[k] = run.above
-        fetched.add(k)
+        if k in from_above:
+            # the page ran out, perhaps inside a run that goes on past the upstream's page boundary, where a
+            # strict ``before`` would skip the rest: ask from above the run, skipping what was served
+            fetched_to[k] = runs[k].above
+            skipping.add(k)
+        from_above.add(k)
         while not buffers[k] and k not in exhausted:
             asked = fetched_to[k]
             query = [(pag.before_param, str(asked))] if asked is not None else []
@@ -152,7 +147,7 @@ async def walk(
                 advanced = False
             if not advanced:
                 raise stalled(route, f"the page did not move past {pag.before_param}; it may ignore it")
-            buffers[k].extend(unserved(k, items) if k in skip else items)
+            buffers[k].extend(unserved(k, items) if k in skipping else items)
             from_cursor.discard(k)
             fetched_to[k] = last  # nothing new past the run (all of it served): on strictly before it
 
