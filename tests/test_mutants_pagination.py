@@ -168,7 +168,7 @@ def test_a_cursor_ends_only_streams_it_walks_once_each() -> None:
 
 
 def test_a_cursor_marks_are_two_known_fingerprints() -> None:
-    """Survivors in the marks check and ``_is_mark``: only ``f`` and ``h``, each 16 lowercase hex digits."""
+    """Survivors in the marks check and ``_is_hex``: only ``f`` and ``h``, each 16 lowercase hex digits."""
     assert _accepted("single", {"r": "single", "p": {"": 1}, "m": {"h": MARK}})[1].marks == {"h": MARK}
     for marks in (
         {"x": MARK},

@@ -158,7 +158,7 @@ def _checked(route: Route, data: Any, params: Mapping[str, Any]) -> tuple[list[s
                 raise ValueError("stream")
     if not all(isinstance(e, str) and e in pos for e in ended) or len(set(ended)) != len(ended):
         raise ValueError("ended")
-    if set(marks) - {"f", "h"} or not all(_is_mark(v) for v in marks.values()):
+    if set(marks) - {"f", "h"} or not all(_is_hex(v, 16) for v in marks.values()):
         raise ValueError("marks")
     pag = route.paging(target)
     assert pag is not None
@@ -167,12 +167,9 @@ def _checked(route: Route, data: Any, params: Mapping[str, Any]) -> tuple[list[s
     return list(pos), Position(dict(pos), set(ended), dict(marks), target=target)
 
 
-def _is_mark(value: Any) -> bool:
-    return isinstance(value, str) and len(value) == 16 and all(c in "0123456789abcdef" for c in value)
-
-
-def _is_tie_id(value: Any) -> bool:
-    return isinstance(value, str) and len(value) == TIE_ID_CHARS and all(c in "0123456789abcdef" for c in value)
+def _is_hex(value: Any, length: int) -> bool:
+    """A digest of ``length`` hex digits: a walk's mark (16) or a tied item's id (TIE_ID_CHARS)."""
+    return isinstance(value, str) and len(value) == length and all(c in "0123456789abcdef" for c in value)
 
 
 def _is_count(value: Any, hi: int) -> bool:
@@ -196,7 +193,7 @@ def _value_ok(style: str, value: Any) -> bool:
                 and _before_ok(value["v"])
                 and isinstance(tied, list)
                 and 0 < len(tied) <= MAX_TIED
-                and all(_is_tie_id(t) for t in tied)
+                and all(_is_hex(t, TIE_ID_CHARS) for t in tied)
             )
         return _before_ok(value)
     if style == "offset":
