@@ -23,22 +23,26 @@ valgrind's callgrind, and the instructions it executes per request are printed.
 That count hardly moves between runs (±1%), so it can tell a change of a few
 percent that CPU time on this VM cannot; it does not see cache misses or branch
 mispredictions, so compare it with the CPU figures, not instead of them.
+
+``--ablate PART`` (or ``all``) measures the chosen variants again with one part of the
+gateway taken out each time (``bench.ablate``) and prints what each part cost.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench import http, nginx
+from bench import ablate, http, nginx
 from bench.procs import Procs, free_port, wait_http
 from bench.wrk import Load, Sample, run
 
@@ -57,6 +61,7 @@ def serve(variant: str, routes: Path, port: int, page: Path) -> None:
     from gateway.upstream import UpstreamClient, UpstreamResponse
 
     logs.setup("info")
+    ablate.apply(os.environ.get(ablate.ENV, ""))
     if variant == "no-upstream":
         body = page.read_bytes()
         headers = CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json", "Content-Length": str(len(body))}))
@@ -84,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         choices=VARIANTS,
         help="run only this variant (repeatable); the floors hardly move, so a change can be measured on its own",
+    )
+    p.add_argument(
+        "--ablate",
+        action="append",
+        choices=[*ablate.PARTS, "all"],
+        help="also measure with this part of the gateway taken out (repeatable; all: each in turn) and print its cost",
     )
     p.add_argument("--serve", nargs=4, metavar=("VARIANT", "ROUTES", "PORT", "PAGE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -118,9 +129,25 @@ def main(argv: list[str] | None = None) -> int:
                 if more not in cost or less not in cost:
                     continue
                 print(f"  {label:38s} {cost[more] - cost[less]:7.1f}  ({more} - {less})")
+            if args.ablate:
+                ablated(setup, args, variants, cost, unit)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def ablated(
+    setup: Setup, args: argparse.Namespace, variants: tuple[str, ...], cost: dict[str, float], unit: str
+) -> None:
+    """Each chosen part taken out in turn (``bench.ablate``): what the gateway variants cost without it."""
+    names = list(ablate.PARTS) if "all" in args.ablate else list(dict.fromkeys(args.ablate))
+    gateway_variants = tuple(v for v in variants if v in ("cache-hit", "no-upstream", "pass-through"))
+    measure = instructions if args.instructions else cpu_time
+    for name in names:
+        print(f"without {name} ({ablate.PARTS[name][0]}):")
+        without = measure(replace(setup, env={**setup.env, ablate.ENV: name}), args, gateway_variants)
+        for v in gateway_variants:
+            print(f"  {name} costs {v} {cost[v] - without[v]:7.1f} {unit}")
 
 
 @dataclass(frozen=True)

@@ -538,6 +538,34 @@ CALLS_EQUIVALENT: list[tuple[str, str, str, str]] = [
     ("gateway/proxy/targets.py", "if len(route.targets) > 1:", "if len(route.targets) >= 1:",
      "the full answered stage on a one-target route notes target 0, which /status shows for it anyway,"
      " and counts no fallback (the target is never above 0)"),
+    ("gateway/proxy/__init__.py",
+     "config, client, creds, metrics, self.health, self.redact, gone_check, self.failed, self._may_fill\n)",
+     "config, client, creds, metrics, self.health, self.redact, gone_check, self.failed, )",
+     "a one-target route no cache fills from keeps a step that only hands its notes on (there are none): the"
+     " same answer through one more layer, a cost bench.breakdown measures and no answer shows"),
+    ("gateway/proxy/targets.py", "return noted_one if self.cached(route) else inner",
+     "return noted_one if (self.cached(route)) or True else inner",
+     "a one-target route no cache fills from keeps a step that only hands its notes on (there are none): the"
+     " same answer through one more layer, a cost bench.breakdown measures and no answer shows"),
+    ("gateway/proxy/targets.py", "headers = call.headers", "headers = None",
+     "a call's headers are a memo: made again from the same upstream, route and request id, they are equal"),
+    ("gateway/proxy/targets.py", "headers = self.headers(upstream, route, request_id)", "headers = None",
+     "the sample call's headers are then made by the upstream step, from the same upstream, route and id"),
+    *(("gateway/proxy/targets.py", "call = Call(params, request_id, trace=trace, target=index, headers=headers)",
+       new, "the sample call's headers are then made by the upstream step, from the same upstream, route and id")
+      for new in ("call = Call(params, request_id, trace=trace, target=index, headers=None)",
+                  "call = Call(params, request_id, trace=trace, target=index, )")),
+    ("gateway/proxy/targets.py", "call = Call(params, request_id, trace=trace, target=index, headers=headers)",
+     "call = Call(params, None, trace=trace, target=index, headers=headers)",
+     "the request id is read only to make the call's headers, which the sample call is given made"),
+    ("gateway/proxy/targets.py", "timed = self._seconds", "timed = None",
+     "a memo of the route's duration child: labels() hands back the same child"),
+    *(("gateway/proxy/targets.py", "counted = self._outcomes.get(outcome)", new,
+       "a memo of the outcome's counter child: labels() hands back the same child")
+      for new in ("counted = None", "counted = self._outcomes.get(None)")),
+    ("gateway/proxy/targets.py", 'path, _, query = at.partition("?")', 'path, _, query = at.partition("XX?XX")',
+     "the link's query then stays in the path string, which yarl splits at its '?' all the same: the upstream"
+     " is sent its own link as it wrote it rather than re-encoded, and reads it the same"),
 ]
 
 #: the ``calls`` group's lines that only word an error message (as in MESSAGES)
