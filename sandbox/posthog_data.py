@@ -297,8 +297,9 @@ class PostHogState(SandboxState):
         Like ``NotebookSerializer.update``: non-empty ``content`` sets ``version`` to the
         old one plus one; otherwise ``version`` is a plain writable field, stored as sent
         (so a stale one rolls the counter back).  ``text_content`` is never derived from
-        ``content``: the client sends it (PostHog's own front end does), else it goes stale.  ``old_version_check`` restores the
-        sandbox's earlier model: read-only version, bumped only when content changes.
+        ``content``: the client sends it (PostHog's own front end does), else it goes stale.
+        ``old_version_check`` restores the sandbox's earlier model: read-only version, bumped
+        only when content changes.
         """
         now = self._now_us()
         recorded: list[dict[str, Any]] = []
