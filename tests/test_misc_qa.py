@@ -296,6 +296,11 @@ def _syntax(text: str) -> str:
             r"routes.yaml:2: \(syntax\): could not find expected ':' \(line 3, column 1\), while scanning a simple"
             r" key from line 2, column 1; hint: this line's key has no ':' after it",
         ),
+        (  # a flow's slip may be on any of its lines: the problem's line, the flow's start named too
+            "upstreams:\n  api: {base_url: x\nroutes: []\n",
+            r"routes.yaml:3: \(syntax\): expected ',' or '}', but got ':' \(line 3, column 7\), while parsing a flow"
+            r" mapping from line 2, column 8; hint: the \[ or {",
+        ),
         (  # a bad indent: the line of the problem, the block it breaks named with its own
             "upstreams:\n  u: {}\n routes: {}\n",
             r"routes.yaml:3: \(syntax\): expected <block end>, but found '<block mapping start>' \(line 3, column 2\),"

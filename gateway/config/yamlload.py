@@ -104,9 +104,10 @@ def read_yaml(text: str) -> tuple[Any, list[tuple[int, str, LocatedDict]]]:
 
 
 _DUPLICATE_ANCHOR = re.compile(r"found duplicate anchor (?P<name>.+); first occurrence$")
-#: contexts whose start, not where PyYAML gave up, is where the slip is: an unclosed quote or bracket
-#: is noticed lines later (often at the end of the file), a key without ':' on the line after it
-_STARTS_AT_CONTEXT = ("while scanning a quoted scalar", "while scanning a simple key", "while parsing a flow")
+#: contexts whose start, not where PyYAML gave up, is where the slip is: an unclosed quote is noticed
+#: lines later (often at the end of the file), a key without ':' on the line after it.  Not a flow
+#: ([...], {...}): its slip may be on any of its lines, so the line named is the problem's
+_STARTS_AT_CONTEXT = ("while scanning a quoted scalar", "while scanning a simple key")
 
 
 def _at(mark: yaml.Mark) -> str:
@@ -153,5 +154,5 @@ _HINTS = (
     ("found unhashable key", "a key cannot be a mapping or list; quote it if it starts with { or ["),
     ("while scanning a simple key", "this line's key has no ':' after it"),
     ("while scanning a quoted scalar", "a quote opened on this line is never closed"),
-    ("while parsing a flow", "a [ or { opened on this line is not closed (or lacks a comma) where expected"),
+    ("while parsing a flow", "the [ or { named is not closed, or an item in it lacks a comma"),
 )
