@@ -13,8 +13,8 @@ import time
 
 from aiohttp import web
 
-from gateway.cli.common import netloc
 from gateway.config import ConfigError, load_config
+from gateway.netloc import netloc
 from sandbox import observable, posthog
 from sandbox.runner import gateway_env, start_sandboxes, until_stopped
 

@@ -62,12 +62,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def netloc(host: str, port: int | str) -> str:
-    """``host:port`` as a URL writes it: an IPv6 address in brackets (``[::1]:8190``), else ``::1:8190``
-    reads as a longer address and does not paste into curl or a browser."""
-    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
-
-
 def stdout_gone() -> None:
     """The reader of stdout went away (``routegate openapi | head -1``): point stdout at /dev/null, so
     that later prints and the interpreter's own flush at exit are quiet."""

@@ -15,8 +15,9 @@ import sys
 from aiohttp import web
 
 from gateway import __version__
-from gateway.cli.common import EXIT_INVALID, EXIT_UNBINDABLE, EXIT_USAGE, _load, is_loopback, netloc
+from gateway.cli.common import EXIT_INVALID, EXIT_UNBINDABLE, EXIT_USAGE, _load, is_loopback
 from gateway.config import ConfigError, parse_duration
+from gateway.netloc import netloc
 
 
 def _install_uvloop() -> None:
