@@ -33,9 +33,9 @@ class Credentials:
         (the config at load, the request id by its pattern), so no call scans them again."""
         out, missing, unusable = self._headers(upstream.auth)
         if missing:
-            what = "usable" if unusable else "configured"
+            what = "no usable credentials" if unusable else "no credentials configured"
             raise CredentialsMissing(
-                f"upstream {upstream.name!r} has no credentials {what} ({'; '.join(missing)})",
+                f"upstream {upstream.name!r} has {what} ({'; '.join(missing)})",
                 code="upstream_credentials_missing",
                 route=route,
             )

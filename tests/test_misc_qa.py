@@ -227,7 +227,7 @@ async def test_an_unusable_cookies_file_is_named_with_why(
 
     code, out, err = await _exec("probe", str(ROUTES), "--route", "observable_notebooks", env=env)
     assert code == 4, (out, err)
-    assert "has no credentials usable (" in out and f"cookie I: {where}" in out and reason in out, out
+    assert "has no usable credentials (" in out and f"cookie I: {where}" in out and reason in out, out
     assert "no credentials configured" not in out and SECRET not in out + err
     assert sandboxes.observable_state.count("GET", "/user/documents") == 0  # nothing sent without them
 
