@@ -31,10 +31,11 @@ class Credentials:
         """The auth headers of a call; a value with a line break (a secret file's stray CR/LF inside it)
         is refused here, where it is resolved: the gateway's other headers are checked where they are made
         (the config at load, the request id by its pattern), so no call scans them again."""
-        out, missing = self._headers(upstream.auth)
+        out, missing, unusable = self._headers(upstream.auth)
         if missing:
+            what = "no usable credentials" if unusable else "no credentials configured"
             raise CredentialsMissing(
-                f"upstream {upstream.name!r} has no credentials configured ({'; '.join(missing)})",
+                f"upstream {upstream.name!r} has {what} ({'; '.join(missing)})",
                 code="upstream_credentials_missing",
                 route=route,
             )
@@ -49,88 +50,125 @@ class Credentials:
         return out
 
     def missing(self, upstream: Upstream) -> list[str]:
-        """What to set for each credential of ``upstream`` that has no value now (``gateway check`` warns)."""
+        """For each credential of ``upstream`` with no value now, what to set, or which file that is
+        set could not be used and why (``gateway check`` warns)."""
         return self._headers(upstream.auth)[1]
 
-    def _headers(self, spec: AuthSpec | None) -> tuple[dict[str, str], list[str]]:
+    def _headers(self, spec: AuthSpec | None) -> tuple[dict[str, str], list[str], bool]:
+        """The headers, what is missing (a line each), and whether any of it is a source set but unusable."""
         out: dict[str, str] = {}
         missing: list[str] = []
+        unusable_any = False
         if spec is None:
-            return out, missing
+            return out, missing, unusable_any
+        named: list[tuple[str, str, Secret]] = []  # (kind, name, secret)
         if spec.bearer is not None:
-            token = self.resolve(spec.bearer)
-            if token is None:
-                missing.append(f"bearer token: set {spec.bearer.hint()}")
-            else:
-                out["Authorization"] = f"Bearer {token}"
+            named.append(("bearer", "", spec.bearer))
+        named += [("cookie", name, secret) for name, secret in spec.cookies]
+        named += [("header", name, secret) for name, secret in spec.headers]
         cookies = []
-        for name, secret in spec.cookies:
-            value = self.resolve(secret)
+        for kind, name, secret in named:
+            value, unusable = self._resolve(secret)
             if value is None:
-                missing.append(f"cookie {name}: set {secret.hint()}")
-            else:
+                # a file that is set but cannot be used is named with why; "set X" only when nothing is set
+                label = "bearer token" if kind == "bearer" else f"{kind} {name}"
+                missing.append(f"{label}: {'; '.join(unusable) if unusable else 'set ' + secret.hint()}")
+                unusable_any = unusable_any or bool(unusable)
+            elif kind == "bearer":
+                out["Authorization"] = f"Bearer {value}"
+            elif kind == "cookie":
                 cookies.append(f"{name}={value}")
-        if cookies:
-            out["Cookie"] = "; ".join(cookies)
-        for name, secret in spec.headers:
-            value = self.resolve(secret)
-            if value is None:
-                missing.append(f"header {name}: set {secret.hint()}")
             else:
                 out[name] = value
-        return out, missing
+        if cookies:
+            out["Cookie"] = "; ".join(cookies)
+        return out, missing, unusable_any
 
     def resolve(self, secret: Secret) -> str | None:
+        return self._resolve(secret)[0]
+
+    def _resolve(self, secret: Secret) -> tuple[str | None, list[str]]:
+        """The first source's value, else None and why each source that is set could not be used."""
+        unusable: list[str] = []
         for source in secret.sources:
-            value = self._from(source)
+            try:
+                value = self._from(source)
+            except Unusable as exc:
+                unusable.append(str(exc))
+                continue
             if value:
-                return value
-        return None
+                return value, []
+        return None, unusable
 
     def _from(self, source: SecretSource) -> str | None:
+        """The source's value; None when it is not set; ``Unusable`` when it is set (a file named)
+        but holds no value: the message names the file and why, never anything read from it."""
         if source.kind == "env":
             return self._env.get(source.name) or None
         path = source.name if source.kind == "file" else self._env.get(source.name, "")
         if not path:
             return None
-        text = self._read(path)
-        if text is None:
-            return None
+        where = f"the file {path}" if source.kind == "file" else f"{source.name}={path}"
+        text = self._read(path, where)
         if source.json_key is None:
-            return text.strip() or None
-        return _json_value(text, source.json_key)
+            if not text.strip():
+                raise Unusable(f"{where} is empty")
+            return text.strip()
+        return _json_value(text, source.json_key, where)
 
-    def _read(self, path: str) -> str | None:
+    def _read(self, path: str, where: str) -> str:
         try:
             st = os.stat(path)
-        except OSError:
-            return None
+        except OSError as exc:
+            raise Unusable(f"{where}: {_os_reason(exc)}") from None
         cached = self._files.get(path)
         if cached is not None and cached[0] == st.st_mtime_ns and cached[1] == st.st_size:
             return cached[2]
         try:
             with open(path, encoding="utf-8") as fh:
                 text = fh.read()
-        except OSError:
-            return None
+        except OSError as exc:
+            raise Unusable(f"{where}: {_os_reason(exc)}") from None
+        except UnicodeDecodeError:
+            raise Unusable(f"{where} is not UTF-8 text") from None
         self._files[path] = (st.st_mtime_ns, st.st_size, text)
         return text
 
 
-def _json_value(text: str, key: str) -> str | None:
+class Unusable(Exception):
+    """A credential source that is set but yields no value; the message is safe to show (no content)."""
+
+
+def _os_reason(exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory"
+    return exc.strerror or type(exc).__name__
+
+
+def _json_value(text: str, key: str, where: str) -> str:
     """A key of a JSON object, or the ``value`` of ``{"name": key}`` in a browser cookie export."""
     try:
         data: Any = json.loads(text)
-    except ValueError:
-        return None
+    except json.JSONDecodeError as exc:
+        # the decoder's own words (e.g. "Expecting property name enclosed in double quotes") and where:
+        # never the text around it, which may be the secret
+        raise Unusable(f"{where} is not valid JSON ({exc.msg}, line {exc.lineno}, column {exc.colno})") from None
     if isinstance(data, dict):
         value = data.get(key)
-        return str(value) if value else None
+        if value:
+            return str(value)
+        found = "an empty" if key in data else "no"
+        raise Unusable(f"{where} has {found} {key!r} key (expected a JSON object with {key!r}, or a browser export)")
     if isinstance(data, list):
         for entry in data:
             if isinstance(entry, dict) and entry.get("name") == key and entry.get("value"):
                 return str(entry["value"])
-    return None
+        raise Unusable(f"{where} has no cookie named {key!r} with a value (a browser export: [{{name, value}}, ...])")
+    raise Unusable(f"{where} holds JSON that is neither an object nor a list (expected {{{key!r}: ...}})")
 
 
 def secrets_of(spec: AuthSpec | None, creds: Credentials) -> list[str]:

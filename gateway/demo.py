@@ -14,6 +14,7 @@ import time
 from aiohttp import web
 
 from gateway.config import ConfigError, load_config
+from gateway.netloc import netloc
 from sandbox import observable, posthog
 from sandbox.runner import gateway_env, start_sandboxes, until_stopped
 
@@ -69,7 +70,7 @@ async def _run(config_path: str, host: str, port: int, obs_port: int, ph_port: i
         reload_log.setLevel(logging.INFO)
     # the port bound: --port 0 picks a free one
     port = next((a[1] for a in runner.addresses if isinstance(a, tuple) and len(a) >= 2), port)
-    base = f"http://{host}:{port}"
+    base = f"http://{netloc(host, port)}"
     nb = obs_state.by_kind("public")[0]
     ph = sandboxes.posthog_state
     short_id = ph.visible(1)[0].short_id

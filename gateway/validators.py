@@ -107,14 +107,55 @@ def observable_new_document(body: Any, params: Mapping[str, Any]) -> Any:
     return out
 
 
+# What PostHog's NotebookSerializer writes on update, and the type DRF validates each against.
+# Its read-only fields are dropped without a word (a PATCH of only those changes nothing but
+# last_modified_at), as is a misspelt field: both are refused here, naming the field.
+_NOTEBOOK_WRITABLE: Mapping[str, tuple[tuple[type, ...], str]] = {
+    "title": ((str, type(None)), "a string or null"),
+    "content": ((dict, type(None)), "an object (ProseMirror JSON) or null"),
+    "text_content": ((str, type(None)), "a string or null"),
+    "version": ((int,), "an integer"),
+    "deleted": ((bool,), "true or false"),
+}
+_NOTEBOOK_READ_ONLY = (
+    "id",
+    "short_id",
+    "created_at",
+    "created_by",
+    "last_modified_at",
+    "last_modified_by",
+    "user_access_level",
+    "updated_at",  # the gateway's name for last_modified_at
+)
+
+
+def _notebook_field_problems(body: Mapping[str, Any]) -> list[str]:
+    """A problem for each field PostHog would ignore, and each writable one of the wrong type."""
+    problems: list[str] = []
+    allowed = ", ".join(_NOTEBOOK_WRITABLE)
+    for key in sorted(set(body) - set(_NOTEBOOK_WRITABLE)):
+        if key in _NOTEBOOK_READ_ONLY:
+            problems.append(f"{key}: read-only (PostHog ignores it; writable: {allowed})")
+        else:
+            problems.append(f"{key}: unknown field (writable: {allowed})")
+    for key, (types, kind) in _NOTEBOOK_WRITABLE.items():
+        if key == "version" or key not in body:  # version: checked with content below
+            continue
+        value = body[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            problems.append(f"{key}: must be {kind}, got {_kind(value)}")
+    return problems
+
+
 def posthog_notebook_update(body: Any, params: Mapping[str, Any]) -> Any:
     """PostHog's PATCH checks ``version`` only when ``content`` is non-empty, and otherwise
     stores the ``version`` it is sent (NotebookSerializer.update): a title-only PATCH with a
     stale version would roll the counter back.  So content needs a version, and a version
-    needs content; the body is forwarded unchanged."""
+    needs content.  A field PostHog does not write (misspelt, or read-only) would be dropped
+    silently and the PATCH answered 200: refused too.  The body is forwarded unchanged."""
     if not isinstance(body, dict):
         raise Unprocessable("the body must be a JSON object", details=["body: expected an object"])
-    problems: list[str] = []
+    problems = _notebook_field_problems(body)
     has_content = bool(body.get("content"))
     if has_content and "version" not in body:
         problems.append("version: required with non-empty content (the notebook's current version, from a GET)")

@@ -106,7 +106,8 @@ def _parse_time_us(text: str) -> int | None:
 
 @dataclass
 class Notebook:
-    """One notebook; ``type`` is public, shared, private or trash."""
+    """One notebook; ``type`` is the list it is in (public, shared, private or trash), which
+    ``/user/documents?types=`` filters on and documents do not show."""
 
     id: str
     slug: str | None
@@ -265,10 +266,25 @@ class ObservableState(SandboxState):
         }
 
     def document_json(self, nb: Notebook) -> dict[str, Any]:
-        """A notebook as ``/document/...`` shows it: the item plus nodes and type."""
+        """A notebook as ``/document/...`` shows it: the item plus what Observable's documents carry.
+
+        The real documents have no ``type`` (the list a notebook is in is the ``types=`` asked for):
+        public ones have ``publish_level`` "public", trashed ones ``trashed: true``.  ``roles`` are
+        the signed-in user's on a team notebook (the sandbox has no teams), ``files`` the attachments
+        (none seeded), ``latest_version`` the newest version (the one shown: no history here).
+        """
         doc = self.item_json(nb)
-        doc["type"] = nb.type
-        doc["nodes"] = [dict(n) for n in nb.nodes]
+        owner = self._owner_json(nb.owner)
+        doc.update(
+            publish_level="public" if nb.type == "public" else None,
+            trashed=nb.type == "trash",
+            roles=[],
+            latest_version=nb.version,
+            creator=owner,
+            authors=[dict(owner, approved=True)],
+            files=[],
+            nodes=[dict(n) for n in nb.nodes],
+        )
         return doc
 
     def listing(self, owner: str, kind: str, before_us: int | None = None) -> list[Notebook]:

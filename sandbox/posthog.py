@@ -1,5 +1,6 @@
 """PostHog notebooks API sandbox: an aiohttp app emulating /api/projects/:id/notebooks/
-(DRF-style errors, limit/offset paging with absolute links, versioned PATCH, key scopes, throttling).
+(DRF-style errors, limit/offset paging with absolute links, versioned PATCH, key scopes, throttling),
+and its alias /api/environments/:id/notebooks/ (the same answers, with Deprecation and Sunset headers).
 
 Each modelled fact names its source in PostHog/posthog; where the sandbox used to model a
 fact differently, a switch (``old_version_check``, ``old_deleted_404``) brings that old
@@ -20,7 +21,6 @@ from .control import build_app
 from .posthog_data import (  # the state and data, re-exported: tests and the runner import them here
     ALL_SCOPES,
     DEFAULT_LIMIT,
-    MAX_LIMIT,
     SANDBOX_POSTHOG_KEY,
     SANDBOX_USER,
     PostHogNotebook,
@@ -32,7 +32,6 @@ from .posthog_data import (  # the state and data, re-exported: tests and the ru
 __all__ = [
     "ALL_SCOPES",
     "DEFAULT_LIMIT",
-    "MAX_LIMIT",
     "POSTHOG_STATE",
     "SANDBOX_POSTHOG_KEY",
     "SANDBOX_USER",
@@ -45,6 +44,7 @@ __all__ = [
 POSTHOG_STATE = web.AppKey("posthog_state", PostHogState)
 
 Handler = Callable[[web.Request, int], Awaitable[web.StreamResponse]]
+Handler0 = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _error(status: int, kind: str, code: str, detail: str, attr: str | None = None) -> web.Response:
@@ -163,7 +163,6 @@ async def notebooks(request: web.Request, project_id: int) -> web.StreamResponse
         offset = _query_int(request, "offset", 0, 0)
         if isinstance(offset, web.Response):
             return offset
-        limit = min(limit, MAX_LIMIT)
         items = state.visible(project_id)
         if state.list_paging == "cursor":
             start = paging.decode_token(request.query.get("cursor", "")) if "cursor" in request.query else 0
@@ -260,16 +259,36 @@ async def activity(request: web.Request, project_id: int) -> web.StreamResponse:
     return web.json_response(page)
 
 
+#: What ``/api/environments/...`` answers beside the ``/api/projects/...`` answer it aliases.  PostHog
+#: sends both headers there; their values are the sandbox's own (the facts name only the headers).
+DEPRECATION_HEADERS = {"Deprecation": "true", "Sunset": "Thu, 01 Jul 2027 00:00:00 GMT"}
+
+
+def _deprecated(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Handler0:
+    """``handler`` answering an ``/api/environments/{id}/...`` path, as PostHog's in-process rewrite
+    to ``/api/projects/{id}/...`` does: the same answer (errors too), plus the deprecation headers."""
+
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        response = await handler(request)
+        response.headers.update(DEPRECATION_HEADERS)
+        return response
+
+    return wrapper
+
+
 def create_app(state: PostHogState | None = None) -> web.Application:
     """The PostHog sandbox; its state is at ``app[POSTHOG_STATE]``."""
     app = build_app(state if state is not None else PostHogState(), POSTHOG_STATE)
-    base = "/api/projects/{pid}/notebooks"
-    for path, handler in (
-        (base, notebooks),
-        (base + "/{short_id}", notebook),
-        (base + "/{short_id}/activity", activity),
-    ):
-        guarded = _guarded(handler)
-        app.router.add_route("*", path, guarded)
-        app.router.add_route("*", path + "/", guarded)
+    for root in ("/api/projects", "/api/environments"):
+        base = root + "/{pid}/notebooks"
+        for path, handler in (
+            (base, notebooks),
+            (base + "/{short_id}", notebook),
+            (base + "/{short_id}/activity", activity),
+        ):
+            guarded = _guarded(handler)
+            if root == "/api/environments":
+                guarded = _deprecated(guarded)
+            app.router.add_route("*", path, guarded)  # the trailing slash is optional
+            app.router.add_route("*", path + "/", guarded)
     return app

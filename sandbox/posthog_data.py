@@ -21,8 +21,8 @@ SANDBOX_POSTHOG_KEY = "phx_sandbox_personal_api_key_0123456789"
 #: GET/HEAD read the viewset's ``scope_object``, other methods write it; the ``activity`` action
 #: declares ``required_scopes=["activity_log:read"]`` in products/notebooks/backend/api/notebook.py).
 ALL_SCOPES = frozenset({"notebook:read", "notebook:write", "activity_log:read"})
+#: DRF LimitOffsetPagination with PAGE_SIZE 100 and no ``max_limit``: any ``limit`` is served whole
 DEFAULT_LIMIT = 100
-MAX_LIMIT = 1000
 
 SANDBOX_USER: dict[str, Any] = {
     "id": 1,
@@ -285,7 +285,7 @@ class PostHogState(SandboxState):
             last_modified_us=now,
             last_modified_by=SANDBOX_USER,
             content=content,
-            text_content=text_content if text_content is not None else _text_of(content),
+            text_content=text_content,  # stored as sent: PostHog derives nothing from content
         )
         nb.activity.append(self._activity(nb, "created", SANDBOX_USER, now, None))
         self.projects[project_id][nb.short_id] = nb
@@ -296,8 +296,10 @@ class PostHogState(SandboxState):
 
         Like ``NotebookSerializer.update``: non-empty ``content`` sets ``version`` to the
         old one plus one; otherwise ``version`` is a plain writable field, stored as sent
-        (so a stale one rolls the counter back).  ``old_version_check`` restores the
-        sandbox's earlier model: read-only version, bumped only when content changes.
+        (so a stale one rolls the counter back).  ``text_content`` is never derived from
+        ``content``: the client sends it (PostHog's own front end does), else it goes stale.
+        ``old_version_check`` restores the sandbox's earlier model: read-only version, bumped
+        only when content changes.
         """
         now = self._now_us()
         recorded: list[dict[str, Any]] = []
@@ -319,11 +321,8 @@ class PostHogState(SandboxState):
                 }
             )
             setattr(nb, name, changes[name])
-            if name == "content":
-                if self.old_version_check:
-                    nb.version += 1
-                if "text_content" not in changes:
-                    nb.text_content = _text_of(nb.content)
+            if name == "content" and self.old_version_check:
+                nb.version += 1
         nb.last_modified_us = now
         nb.last_modified_by = SANDBOX_USER
         nb.activity.append(self._activity(nb, "updated", SANDBOX_USER, now, recorded))

@@ -88,7 +88,7 @@ SWITCHES: tuple[Switch, ...] = (
         "rate_limit_per_minute",
         _PH,
         "integer or null (default null: no limit)",
-        "PostHog's per-key throttling: 429 with Retry-After past N calls a minute",
+        "PostHog's per-key throttling: past N calls a minute, 429 throttled (no Retry-After)",
         '{"rate_limit_per_minute": 5}',
     ),
     Switch(

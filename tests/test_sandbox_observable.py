@@ -239,7 +239,10 @@ async def test_legacy_routes_are_404_until_switched_on(client: Client, state: Ob
 async def test_public_document_needs_no_auth(client: Client, state: ObservableState) -> None:
     nb = state.by_kind("public")[0]
     doc = await get_json(client, f"/document/{nb.id}")
-    assert doc["id"] == nb.id and doc["type"] == "public" and doc["version"] == nb.version
+    assert doc["id"] == nb.id and doc["publish_level"] == "public" and doc["version"] == nb.version
+    assert "type" not in doc and doc["trashed"] is False and doc["latest_version"] == nb.version
+    assert doc["creator"]["login"] == SANDBOX_LOGIN and [a["login"] for a in doc["authors"]] == [SANDBOX_LOGIN]
+    assert doc["roles"] == [] and doc["files"] == []
     assert doc["owner"]["login"] == SANDBOX_LOGIN and TIME_RE.match(doc["publish_time"])
     node = doc["nodes"][0]
     assert set(node) == {"id", "value", "pinned", "mode", "data", "name"}
@@ -254,7 +257,8 @@ async def test_private_document_needs_auth(client: Client, state: ObservableStat
         resp = await client.get(f"/document/{nb.id}")
         assert resp.status == 401 and await resp.json() == UNAUTHORIZED
         doc = await get_json(client, f"/document/{nb.id}", auth(state))
-        assert doc["type"] == kind and doc["publish_time"] is None
+        assert "type" not in doc and doc["publish_time"] is None and doc["publish_level"] is None
+        assert doc["trashed"] is (kind == "trash")
 
 
 async def test_unknown_document_is_404(client: Client, state: ObservableState) -> None:
@@ -373,7 +377,8 @@ async def test_new_document_is_created_and_listed_first(client: Client, state: O
     assert re.fullmatch(r"[0-9a-f]{16}", doc["id"]) and doc["id"] not in {
         nb.id for nb in ObservableState().notebooks.values()
     }
-    assert doc["type"] == "private" and doc["version"] == 5 and doc["title"] == "Made here"
+    assert doc["publish_level"] is None and doc["trashed"] is False and "type" not in doc
+    assert doc["version"] == 5 and doc["latest_version"] == 5 and doc["title"] == "Made here"
     assert TIME_RE.match(doc["update_time"])
     assert [n["id"] for n in doc["nodes"]] == [1, 4]
     assert doc["nodes"][1] == {

@@ -17,6 +17,7 @@ from aiohttp import web
 from gateway import __version__
 from gateway.cli.common import EXIT_INVALID, EXIT_UNBINDABLE, EXIT_USAGE, _load, is_loopback
 from gateway.config import ConfigError, parse_duration
+from gateway.netloc import netloc
 
 
 def _install_uvloop() -> None:
@@ -65,9 +66,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         taken = workers.port_taken(args.host, args.port)
         if taken is not None:
-            print(
-                f"gateway serve: cannot listen on {args.host}:{args.port}: {taken.strerror or taken}", file=sys.stderr
-            )
+            where = netloc(args.host, args.port)
+            print(f"gateway serve: cannot listen on {where}: {taken.strerror or taken}", file=sys.stderr)
             return EXIT_UNBINDABLE
         try:
             mates = Peers(peers.make_directory())  # the supervisor's: where workers find each other
@@ -131,7 +131,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     def _serving(port: int) -> None:
         """Once listening, not before: the port bound (``--port 0`` picks one), not the one asked for."""
-        line = f"routegate {__version__} serving {len(cfg.routes)} routes on http://{args.host}:{port}"
+        line = f"routegate {__version__} serving {len(cfg.routes)} routes on http://{netloc(args.host, port)}"
         if args.workers > 1:
             line += f" (worker {os.getpid()} of {args.workers})"
         print(line, flush=True)
@@ -148,6 +148,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
             registry=gateway.registry,
         )
     except OSError as exc:
-        print(f"gateway serve: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"gateway serve: cannot listen on {netloc(args.host, args.port)}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_UNBINDABLE
     return 0

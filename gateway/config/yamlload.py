@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -102,15 +103,42 @@ def read_yaml(text: str) -> tuple[Any, list[tuple[int, str, LocatedDict]]]:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+_DUPLICATE_ANCHOR = re.compile(r"found duplicate anchor (?P<name>.+); first occurrence$")
+#: contexts whose start, not where PyYAML gave up, is where the slip is: an unclosed quote is noticed
+#: lines later (often at the end of the file), a key without ':' on the line after it.  Not a flow
+#: ([...], {...}): its slip may be on any of its lines, so the line named is the problem's
+_STARTS_AT_CONTEXT = ("while scanning a quoted scalar", "while scanning a simple key")
+
+
+def _at(mark: yaml.Mark) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
 def syntax_message(exc: yaml.YAMLError) -> tuple[int, str]:
-    """(line, message) for a YAML syntax error: where it is (line and column) and, for the usual slips, a hint."""
+    """(line, message) for a YAML syntax error: where it is (line and column) and, for the usual slips, a hint.
+
+    PyYAML's errors are a problem at one place and, often, a context at another (where the quote,
+    bracket or key began; a duplicate anchor's first definition): each is named with its own line.
+    """
     if not isinstance(exc, yaml.MarkedYAMLError):
         return 0, str(exc)
-    mark = exc.problem_mark or exc.context_mark
-    text = f"{exc.problem or exc}" + (f" {exc.context}" if exc.context else "")
+    problem, context = exc.problem_mark, exc.context_mark
+    dup = _DUPLICATE_ANCHOR.match(exc.context or "")
+    if dup and problem is not None and context is not None:
+        first = f"first defined on line {context.line + 1}"
+        hint = f"give each anchor its own name, or write *{dup['name'].strip(chr(39))} to reuse the first"
+        return problem.line + 1, f"duplicate anchor {dup['name']} ({first}); hint: {hint}"
+    text = f"{exc.problem or exc}"
+    if exc.context and context is None:  # a context without a place of its own reads as part of the problem
+        text += f" {exc.context}"
+    if problem is not None:
+        text += f" ({_at(problem)})"
+    if exc.context and context is not None:
+        text += f", {exc.context} from {_at(context)}"
+    at_context = context is not None and (problem is None or (exc.context or "").startswith(_STARTS_AT_CONTEXT))
+    mark = context if at_context else problem
     if mark is None:
         return 0, text
-    text += f" (line {mark.line + 1}, column {mark.column + 1})"
     for needle, hint in _HINTS:
         if needle in text:
             text += f"; hint: {hint}"
@@ -124,4 +152,7 @@ _HINTS = (
     ("expected <block end>", "this line's indentation does not match the lines around it"),
     ("found undefined alias", "define the anchor (&name) before the alias (*name) uses it"),
     ("found unhashable key", "a key cannot be a mapping or list; quote it if it starts with { or ["),
+    ("while scanning a simple key", "this line's key has no ':' after it"),
+    ("while scanning a quoted scalar", "a quote opened on this line is never closed"),
+    ("while parsing a flow", "the [ or { named is not closed, or an item in it lacks a comma"),
 )

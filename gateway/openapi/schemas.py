@@ -71,7 +71,16 @@ BODY_SCHEMAS: Mapping[str, dict[str, Any]] = {
         "description": (
             "Non-empty `content` needs the notebook's current `version` (else 422 here, 409 upstream when stale);"
             " `version` without non-empty content is refused (PostHog would store it and roll the version back)."
+            " Any other field is refused: PostHog would ignore it."
         ),
+        "properties": {
+            "title": {"type": ["string", "null"]},
+            "content": {"type": ["object", "null"]},
+            "text_content": {"type": ["string", "null"]},
+            "version": {"type": "integer"},
+            "deleted": {"type": "boolean"},
+        },
+        "additionalProperties": False,
     },
 }
 
