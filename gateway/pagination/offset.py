@@ -52,6 +52,9 @@ async def walk(
     # dotted, like `items`: an envelope ({"data": {"next": ..., "results": [...]}}) is one edit away
     next_path, count_path = tuple(pag.next_key.split(".")), tuple(pag.count_key.split("."))
     size = limit if limit is not None else pag.page_size
+    #: all=true asks page_size items a page, the item before included (an upstream whose pages are
+    #: capped at page_size would otherwise answer every page short)
+    step = size if limit is not None else max(size - 1, 1)
     offset = start
     #: the identity of the last item served (None before the first; a cursor from before the marks had none)
     last: str | None = position.marks.get("l") if start else None
@@ -126,10 +129,10 @@ async def walk(
 
         async def bounded(o: int) -> Page:
             async with sem:
-                return await ask(o - 1, size + 1)
+                return await ask(o - 1, step + 1)
 
         ahead: deque[tuple[int, asyncio.Future[Page]]] = deque()
-        pending = iter(range(offset, count, size))
+        pending = iter(range(offset, count, step))
 
         def refill() -> None:
             while len(ahead) < 2 * concurrency and (o := next(pending, None)) is not None:
@@ -140,7 +143,7 @@ async def walk(
             # a page that came back short leaves the pages fetched after it misaligned: on one at a time
             while more and ahead and ahead[0][0] == offset:
                 o, task = ahead.popleft()
-                items, more, _ = await checked(o, size, await task)
+                items, more, _ = await checked(o, step, await task)
                 refill()
                 yield served(items)
         finally:
@@ -151,7 +154,7 @@ async def walk(
             return
     # unknown count, the collection grew meanwhile, or a short page: follow next one page at a time
     while more:
-        items, more, _ = await get(offset, size)
+        items, more, _ = await get(offset, step)
         if not items:
             break
         yield served(items)
