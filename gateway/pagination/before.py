@@ -40,6 +40,7 @@ from gateway.pagination.common import (  # TIE_ID_CHARS: the length of the ident
 
 __all__ = ["TIE_ID_CHARS", "walk"]
 
+
 def _field(pag: Pagination, item: Any, route: str) -> Any:
     value = item.get(pag.field) if isinstance(item, dict) else None
     if value is None:
