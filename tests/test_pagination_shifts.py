@@ -22,7 +22,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
 from gateway.pagination.shifts import MAX_RESTARTS, MESSAGE
+from gateway.server import GATEWAY
 from sandbox.runner import Sandboxes
+from tests.helpers.cache import Clock
 
 ROUTES = """
 upstreams:
@@ -37,6 +39,13 @@ routes:
     auth: none
     pagination: {style: offset, page_size: 5}
     targets: ["GET /list"]
+  listed_cached:
+    stable: GET /v1/listed-cached
+    upstream: origin
+    auth: none
+    pagination: {style: offset, page_size: 5}
+    targets: ["GET /list"]
+    cache: {ttl: 30s, stale_if_error: 1h}
   listed_raw:
     stable: GET /v1/listed-raw
     upstream: origin
@@ -250,6 +259,22 @@ async def test_an_edit_on_every_page_boundary(make_gateway: Any, aiohttp_server:
                 assert len(served) == len(set(served)), served
                 outcomes["409"] += 1
     assert outcomes["complete"] and outcomes["409"]  # both happen: an edit at or above the boundary is harmless
+
+
+async def test_a_stale_cached_page_does_not_stand_in_for_a_moved_list(make_gateway: Any, aiohttp_server: Any) -> None:
+    """``stale_if_error`` serves an old copy when the upstream fails; a list that moved is no failure
+    an old page can cover (it was read from another list than the client's next one): 409."""
+    gw, origin, _ = await _setup(make_gateway, aiohttp_server, 12)
+    clock = Clock()
+    gw.server.app[GATEWAY].caches.clock = clock
+    first = await (await gw.get("/v1/listed-cached?limit=4")).json()
+    cursor = first["next_cursor"]
+    second = await gw.get(f"/v1/listed-cached?limit=4&cursor={cursor}")
+    assert second.status == 200 and second.headers["X-Cache"] == "MISS"
+    clock.now += 31  # past the ttl, well within stale_if_error
+    origin.edit(origin.ids()[9])
+    again = await gw.get(f"/v1/listed-cached?limit=4&cursor={cursor}")
+    assert again.status == 409 and _shifted((await again.json())["error"], "listed_cached")
 
 
 # --------------------------------------------------------------------------- offset: all=true and NDJSON
