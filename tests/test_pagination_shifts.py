@@ -344,7 +344,7 @@ async def test_a_list_changing_during_walks_never_yields_a_hole_or_a_repeat(
     rng = random.Random(20261206)
     gw, origin, _ = await _setup(make_gateway, aiohttp_server, 0)
     seen = {"complete": 0, "409": 0}
-    for rnd in range(60):
+    for rnd in range(150):
         origin.items = []
         for i in range(rng.randint(1, 30)):
             origin.insert(f"r{rnd}-{i}")
@@ -488,6 +488,60 @@ async def test_a_feed_entry_removed_between_cursor_pages_is_a_409(make_gateway: 
 
 
 # --------------------------------------------------------------------------- the PostHog sandbox
+
+
+async def test_a_feed_changing_between_cursor_pages_never_yields_a_hole_or_a_repeat(
+    make_gateway: Any, aiohttp_server: Any
+) -> None:
+    """Randomized (seeded), page numbers: one change (an entry added, removed, or moved to the top)
+    between some cursor pages; each walk serves every entry that lasted exactly once, or is a 409."""
+    rng = random.Random(6122026)
+    gw, origin, _ = await _setup(make_gateway, aiohttp_server, 0)
+    seen = {"complete": 0, "409": 0}
+    for _ in range(80):
+        origin.events = [origin._event() for _ in range(rng.randint(1, 16))]
+        start = {e["created_at"] for e in origin.events}
+
+        def change(n: int) -> None:
+            if rng.random() >= 0.4:
+                return
+            kind = rng.choice(["add", "remove", "move"])
+            if kind == "add" or not origin.events:
+                origin.events.append(origin._event())
+                return
+            victim = origin.events.pop(rng.randrange(len(origin.events)))
+            if kind == "move":
+                origin.events.append(victim)  # newest again, as an edit makes a notebook
+
+        served, error = await _walk(gw, "/v1/feed", rng.randint(1, 7), change)
+        assert len(served) == len(set(served)), served
+        if error is None:
+            lasting = start & {e["created_at"] for e in origin.events}
+            assert lasting <= set(served), sorted(lasting - set(served))
+            seen["complete"] += 1
+        else:
+            assert _shifted(error, "feed"), error
+            seen["409"] += 1
+    assert seen["complete"] > 10 and seen["409"] > 3, seen
+
+
+def test_a_cursor_carries_the_last_item_s_identity_and_nothing_else_in_its_place() -> None:
+    """The ``l`` mark is a 12-hex identity (gateway.pagination.common.identity); any other is a 400."""
+    from gateway.config import parse_config
+    from gateway.errors import BadRequest
+    from gateway.pagination.common import Position, identity
+    from gateway.pagination.cursor import decode_cursor, derive_key, encode_cursor
+
+    cfg = parse_config(ROUTES.replace("${ORIGIN_URL}", "http://127.0.0.1:9"), "routes.yaml", env={})
+    route = next(r for r in cfg.routes if r.name == "listed")
+    key = derive_key("k", [])
+    good = Position({"": 4}, marks={"l": identity({"id": "n003"})})
+    _, back = decode_cursor(route, encode_cursor(route, [None], good, key, {}) or "", key, {})
+    assert back.marks == {"l": identity({"id": "n003"})} and back.pos == {"": 4}
+    for wrong in ("f" * 16, "F" * 12, "z" * 12, ""):
+        cursor = encode_cursor(route, [None], Position({"": 4}, marks={"l": wrong}), key, {})
+        with pytest.raises(BadRequest):
+            decode_cursor(route, cursor or "", key, {})
 
 
 async def test_the_qa_walks_on_the_posthog_sandbox(gw: TestClient[Any, Any], sandboxes: Sandboxes) -> None:
