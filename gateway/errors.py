@@ -22,7 +22,8 @@ json, the config) are mapped into this tree where they are caught, never later::
     └── UpstreamError          5xx: the upstream or the gateway's wiring to it
         ├── BadGateway           502
         ├── ServiceUnavailable   503
-        └── GatewayTimeout       504
+        ├── GatewayTimeout       504
+        └── CollectionChanged    409 (the upstream's list moved under a paged walk: start again)
 """
 
 from __future__ import annotations
@@ -167,6 +168,17 @@ class GatewayTimeout(UpstreamError):
     status = 504
     default_code = "upstream_timeout"
     kind = "timeout"
+
+
+class CollectionChanged(UpstreamError):
+    """The upstream's collection moved under a paged walk (an item added, edited or removed before the
+    page asked for): serving the page would miss or repeat an item (gateway.pagination.offset).  An
+    upstream event, so it is counted with the route's upstream errors, but neither the caller's mistake
+    nor the route breaking (``kind`` ``shifted`` is in gateway.proxy.NOT_DOWN): the walk starts again."""
+
+    status = 409
+    default_code = "collection_changed"
+    kind = "shifted"
 
 
 _BY_STATUS: dict[int, type[GatewayError]] = {

@@ -38,7 +38,8 @@ async def test_offset_walk_without_a_count_advances_by_each_page(make_gateway: A
     gw, origin, _ = await _gateway(make_gateway, aiohttp_server)
     assert await _ids(gw, "/v1/uncounted?all=true") == (list(range(TOTAL)), None)
     offsets = [q for p, q in origin.seen if p == "/offset/uncounted"]
-    assert offsets == ["limit=3&offset=0", "limit=3&offset=3", "limit=3&offset=6"]
+    # after the first, each page is asked from the item before it, which it must start with
+    assert offsets == ["limit=3&offset=0", "limit=3&offset=2", "limit=3&offset=4", "limit=3&offset=6"]
     ids, cursor = await _ids(gw, "/v1/uncounted?limit=7")
     assert ids == list(range(7)) and cursor is not None
     assert await _ids(gw, f"/v1/uncounted?limit=7&cursor={cursor}") == ([7], None)
@@ -217,7 +218,7 @@ async def test_upstream_max_age_zero_is_never_served_from_the_cache(make_gateway
 async def test_the_strictest_freshness_of_every_page_wins(make_gateway: Any, aiohttp_server: Any) -> None:
     """Survivor: the strictest freshness not winning across upstream calls (``min`` → ``max``).
 
-    An ``all=true`` answer is built from 3 upstream pages; the first may be kept 600 s, the
+    An ``all=true`` answer is built from 4 upstream pages; the first may be kept 600 s, the
     others 5 s: the stable answer is fresh for 5 s, not 600.
     """
     gw, origin, clock = await _gateway(make_gateway, aiohttp_server)
@@ -229,7 +230,7 @@ async def test_the_strictest_freshness_of_every_page_wins(make_gateway: Any, aio
     resp = await gw.get(url)
     assert resp.headers["X-Cache"] == "MISS"
     assert [it["id"] for it in (await resp.json())["items"]] == list(range(TOTAL))
-    assert origin.fetches("/offset/fresh") == 6
+    assert origin.fetches("/offset/fresh") == 8  # 4 pages a walk: each after the first from the item before
 
 
 async def test_a_reloaded_mapping_is_never_answered_from_the_old_shape(make_gateway: Any, aiohttp_server: Any) -> None:

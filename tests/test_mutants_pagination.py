@@ -598,13 +598,13 @@ class Offsets:
         offset, limit = int(request.query["offset"]), min(int(request.query["limit"]), 3)
         total = 7
         start = offset
-        # the offset ignored, or from the third page on the first page again
-        if variant in ("ignore", "capignore") or (variant == "restart" and offset >= 6):
+        # the offset ignored, or from the third page (asked from the item before it, 5) on the first page again
+        if variant in ("ignore", "capignore") or (variant == "restart" and offset >= 5):
             start = 0
-        elif variant == "lag" and offset >= 6:  # the page before, again
-            start = 3
+        elif variant == "lag" and offset >= 5:  # the page before (asked from 2), again
+            start = 2
         ids = list(range(total))[start : start + limit]
-        if variant in ("capempty", "emptycount") and offset >= 3:
+        if variant in ("capempty", "emptycount") and offset >= 2:
             ids = []
         if variant == "ignorecount":
             ids = [0, 1, 2][:limit]
@@ -624,8 +624,8 @@ class Offsets:
             body = {"results": [], "next": None, "count": 0}
         elif variant == "nonext":
             del body["next"]
-        elif variant == "envelope":  # a middle page's next is null: the count, read first, rules
-            body = {"data": {**body, "count": total, "next": None if offset == 3 else body["next"]}}
+        elif variant == "envelope":  # next and count one level down
+            body = {"data": {**body, "count": total}}
         return web.json_response(body)
 
 
@@ -651,12 +651,18 @@ async def test_an_offset_walk_reads_its_count_and_next_as_declared(make_gateway:
     assert await _ids(gw, "/v1/enveloped?all=true") == (200, list(range(7)), None)
     for variant in ("text", "grown"):
         assert await _ids(gw, f"/v1/offsets/{variant}?all=true") == (200, list(range(7)), None), variant
-    assert [q for v, q in origin.seen if v == "grown"] == [
+    assert [q for v, q in origin.seen if v == "grown"] == [  # each after the first from the item before it
         "limit=3&offset=0",
-        "limit=3&offset=3",
-        "limit=3&offset=6",
+        "limit=3&offset=2",
+        "limit=3&offset=4",
     ]
-    assert await _ids(gw, "/v1/offsets/stale?all=true") == (200, [0, 1, 2], None)
+    # a page that contradicts its own count (no next page though the count says more) is drift
+    status, error, _ = await _ids(gw, "/v1/offsets/stale?all=true")
+    assert status == 502 and error == {
+        "code": "shape_drift",
+        "message": "upstream page contradicts itself: it has no next page after 3 items though its count is 7",
+        "route": "offsets",
+    }
     assert await _ids(gw, "/v1/offsets/none?all=true") == (200, [], None)
     assert await _ids(gw, "/v1/offsets/none?limit=5") == (200, [], None)
     for url, where in (("/v1/flat?all=true", "data.results"), ("/v1/rooted?all=true", "the body")):
@@ -667,10 +673,11 @@ async def test_an_offset_walk_reads_its_count_and_next_as_declared(make_gateway:
             "route": url[4:].partition("?")[0],
         }, url
     # with the count known, the rest is fetched at once: pages ignoring the offset are still
-    # caught, and an empty page among them is served as empty
+    # caught, and an empty page among them (the item before it gone) is the list moving: 409
     status, error, _ = await _ids(gw, "/v1/offsets/ignorecount?all=true")
     assert status == 502 and isinstance(error, dict) and error["code"] == "pagination_stalled", error
-    assert await _ids(gw, "/v1/offsets/emptycount?all=true") == (200, [0, 1, 2], None)
+    status, error, _ = await _ids(gw, "/v1/offsets/emptycount?all=true")
+    assert status == 409 and isinstance(error, dict) and error["code"] == "collection_changed", error
     status, error, _ = await _ids(gw, "/v1/offsets/nonext?all=true")
     assert status == 502 and error == {
         "code": "shape_drift",
@@ -686,10 +693,15 @@ async def test_an_offset_walk_stops_an_upstream_ignoring_the_offset(make_gateway
     gw, _ = await _offsets(make_gateway, aiohttp_server)
     status, error, _ = await _ids(gw, "/v1/offsets/capignore?limit=5")
     assert status == 502 and isinstance(error, dict) and error["code"] == "pagination_stalled", error
-    # a capped page, then an empty one though `next` said more: the stable page ends there
-    assert await _ids(gw, "/v1/offsets/capempty?limit=5") == (200, [0, 1, 2], None)
+    # a capped page, then an empty one though `next` said more: the item served last is gone, a 409
+    status, error, _ = await _ids(gw, "/v1/offsets/capempty?limit=5")
+    assert status == 409 and isinstance(error, dict) and error["code"] == "collection_changed", error
     status, ids, cursor = await _ids(gw, "/v1/offsets/ignore?limit=1")
     assert (status, ids) == (200, [0]) and cursor
+    # the second page is asked from offset 0 (the item before it): an upstream ignoring the offset
+    # shows from the third on
+    status, ids, cursor = await _ids(gw, f"/v1/offsets/ignore?limit=1&cursor={cursor}")
+    assert (status, ids) == (200, [1]) and cursor
     status, error, _ = await _ids(gw, f"/v1/offsets/ignore?limit=1&cursor={cursor}")
     assert status == 502 and isinstance(error, dict) and error["code"] == "pagination_stalled", error
     for variant in ("restart", "lag"):

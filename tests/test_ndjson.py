@@ -139,12 +139,16 @@ async def test_fetching_runs_at_most_two_windows_ahead_of_a_stalled_reader() -> 
     asked: list[int] = []
 
     async def fetch(stream: str | None, extra: list[tuple[str, str]], at: str | None) -> Answer:
-        offset = int(dict(extra)["offset"])
+        offset, limit = int(dict(extra)["offset"]), int(dict(extra)["limit"])
         asked.append(offset)
         await asyncio.sleep(0)
-        n = 100 if offset < 10_000 else 0
+        n = max(0, min(limit, 10_000 - offset))
         return Answer(
-            {"count": 10_000, "next": "more" if offset + n < 10_000 else None, "results": [{"o": offset}] * n}
+            {
+                "count": 10_000,
+                "next": "more" if offset + n < 10_000 else None,
+                "results": [{"o": o} for o in range(offset, offset + n)],
+            }
         )
 
     it = pages(route, [None], Position(), None, fetch, 3)
@@ -155,4 +159,6 @@ async def test_fetching_runs_at_most_two_windows_ahead_of_a_stalled_reader() -> 
     assert len(asked) <= 2 + 2 * 3  # two pages handed out, at most 2 x concurrency fetched ahead
     assert len(asked) >= 4  # but it does fetch ahead, concurrently
     rest = [p async for p in it]
-    assert len(rest) == 98 and sorted(asked) == list(range(0, 10_000, 100))
+    # each page after the first asked from the item before it (gateway.pagination.offset)
+    # each page after the first asked from the item before it, 99 new items a page (gateway.pagination.offset)
+    assert len(rest) == 99 and sorted(asked) == [0, *range(99, 9_901, 99)]

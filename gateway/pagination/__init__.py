@@ -11,7 +11,10 @@ Where the items, the next token and the stop signal live is declared in ``routes
 (``styles.STYLE_KEYS``).  Whatever the style, a page repeating one already served, a
 token or link equal to the current one, or an upstream ignoring the paging parameter is
 a 502 ``pagination_stalled``, on ``all=true`` and across ``next_cursor`` requests alike.
-Items are yielded page by page so a caller can stream them without holding the collection.
+A list that moves under an ``offset`` or ``page`` walk (an item added, edited or removed before
+the page asked for) is a 409 ``collection_changed`` (``shifts``), never a page missing or
+repeating an item.  Items are yielded page by page so a caller can stream them without holding
+the collection.
 """
 
 from __future__ import annotations

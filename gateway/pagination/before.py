@@ -26,11 +26,19 @@ from typing import Any
 from gateway.config import Pagination
 from gateway.errors import BadRequest
 from gateway.mapping import ShapeDrift
-from gateway.pagination.common import Fetch, Position, Tagged, fingerprint, has_more, items_of, key, stalled
+from gateway.pagination.common import (  # TIE_ID_CHARS: the length of the identities a cursor carries
+    TIE_ID_CHARS,
+    Fetch,
+    Position,
+    Tagged,
+    has_more,
+    identity,
+    items_of,
+    key,
+    stalled,
+)
 
-#: the identities a cursor carries are this long: 48 bits, so that a hundred of them fit a cursor
-#: and two of them colliding (an item taken for served) is a one in 10^10 chance
-TIE_ID_CHARS = 12
+__all__ = ["TIE_ID_CHARS", "walk"]
 
 
 def _field(pag: Pagination, item: Any, route: str) -> Any:
@@ -38,12 +46,6 @@ def _field(pag: Pagination, item: Any, route: str) -> Any:
     if value is None:
         raise ShapeDrift(f"upstream item lost its paging field {pag.field!r}", code="shape_drift", route=route)
     return value
-
-
-def _identity(item: Any) -> str:
-    """What recognises a tied item in a later request: its ``id`` where it has one (its other
-    fields, a like count say, may change meanwhile without moving it), else the whole item."""
-    return fingerprint(item["id"] if isinstance(item, dict) and "id" in item else item)[:TIE_ID_CHARS]
 
 
 def _bad_cursor(route: str) -> BadRequest:
@@ -76,7 +78,7 @@ class _Run:
         self.value, self.earlier, self.here = value, [], [item]
 
     def position(self) -> dict[str, Any]:
-        return {"p": self.above, "v": self.value, "s": [*self.earlier, *map(_identity, self.here)]}
+        return {"p": self.above, "v": self.value, "s": [*self.earlier, *map(identity, self.here)]}
 
 
 async def walk(
@@ -108,12 +110,12 @@ async def walk(
         """A page asked from above a run, without the run's items served and anything newer (saved since);
         once a page reaches the run, the skipping is over."""
         run = runs[k]
-        served = {*run.earlier, *map(_identity, run.here)}
+        served = {*run.earlier, *map(identity, run.here)}
         try:
             kept = [
                 item
                 for item in items
-                if (v := _field(pag, item, route)) < run.value or (v == run.value and _identity(item) not in served)
+                if (v := _field(pag, item, route)) < run.value or (v == run.value and identity(item) not in served)
             ]
             if _field(pag, items[-1], route) <= run.value:
                 skipping.discard(k)

@@ -105,6 +105,17 @@ def fingerprint(item: Any) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
+#: the identities a cursor carries are this long: 48 bits, so that a hundred of them fit a cursor
+#: and two of them colliding (an item taken for served) is a one in 10^10 chance
+TIE_ID_CHARS = 12
+
+
+def identity(item: Any) -> str:
+    """What recognises an item in a later request: its ``id`` where it has one (its other fields, a
+    like count or a title say, may change meanwhile without it becoming another item), else the whole item."""
+    return fingerprint(item["id"] if isinstance(item, dict) and "id" in item else item)[:TIE_ID_CHARS]
+
+
 def stalled(route: str, why: str = "the next page repeated one already served") -> ShapeDrift:
     return ShapeDrift(
         f"upstream pagination did not advance ({why}); stopped",

@@ -2,7 +2,8 @@
 
 A cursor is ``base64url(JSON) "." base64url(HMAC-SHA256)``.  The JSON names its route,
 the streams it walks with one position each, the streams that ended, fingerprints that
-let a later request notice a stalled upstream, where the route's targets page differently
+let a later request notice a stalled upstream or a list that moved under the walk (``l``: the
+identity of the last item served, gateway.pagination.shifts), where the route's targets page differently
 the target walked (``common.Position``), and a digest binding it to the request's path values
 (``binding``).
 
@@ -35,8 +36,7 @@ from typing import Any
 from gateway import jsonio
 from gateway.config import Route
 from gateway.errors import BadGateway, BadRequest
-from gateway.pagination.before import TIE_ID_CHARS
-from gateway.pagination.common import Position, key
+from gateway.pagination.common import TIE_ID_CHARS, Position, key
 
 #: longer than any cursor the gateway issues (a few streams, a next link of a few hundred bytes)
 MAX_CURSOR_CHARS = 4096
@@ -158,7 +158,7 @@ def _checked(route: Route, data: Any, params: Mapping[str, Any]) -> tuple[list[s
                 raise ValueError("stream")
     if not all(isinstance(e, str) and e in pos for e in ended) or len(set(ended)) != len(ended):
         raise ValueError("ended")
-    if set(marks) - {"f", "h"} or not all(_is_hex(v, 16) for v in marks.values()):
+    if set(marks) - {"f", "h", "l"} or not all(_is_hex(v, TIE_ID_CHARS if k == "l" else 16) for k, v in marks.items()):
         raise ValueError("marks")
     pag = route.paging(target)
     assert pag is not None
@@ -168,7 +168,8 @@ def _checked(route: Route, data: Any, params: Mapping[str, Any]) -> tuple[list[s
 
 
 def _is_hex(value: Any, length: int) -> bool:
-    """A digest of ``length`` hex digits: a walk's mark (16) or a tied item's id (TIE_ID_CHARS)."""
+    """A digest of ``length`` hex digits: a walk's mark (16), a tied item's or the last served item's
+    identity (TIE_ID_CHARS)."""
     return isinstance(value, str) and len(value) == length and all(c in "0123456789abcdef" for c in value)
 
 

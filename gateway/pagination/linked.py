@@ -5,6 +5,11 @@ comes next (None ends the walk).  Upstream page sizes are the upstream's; the st
 page is assembled from as many upstream pages as ``limit`` takes, and the position is
 ``{"t": token of the current upstream page, "s": items of it already served}``, so the
 next request resumes mid-page without losing or repeating an item.
+
+Page numbers (``page``) shift under a list that changes (an item added at the top moves every
+item down one place): there the item served last is checked where the walk resumes, and a
+cursor stopping at the end of an upstream page resumes by asking that page again (one more
+request) so the check has a place to look (``gateway.pagination.shifts``).
 """
 
 from __future__ import annotations
@@ -13,7 +18,18 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from gateway.config import Pagination
-from gateway.pagination.common import Answer, Fetch, Position, Tagged, check_advanced, fingerprint, items_of, stalled
+from gateway.pagination.common import (
+    Answer,
+    Fetch,
+    Position,
+    Tagged,
+    check_advanced,
+    fingerprint,
+    identity,
+    items_of,
+    stalled,
+)
+from gateway.pagination.shifts import shifted
 
 
 class Strategy(Protocol):
@@ -36,12 +52,19 @@ async def walk(
 ) -> AsyncIterator[list[Tagged]]:
     state = position.pos.get("") or {"t": None, "s": 0}
     token, skip = state["t"], int(state["s"])
+    #: page numbers move under a list that changes (``shifts``): each page is checked against the item
+    #: served last (``last``) and the page before it (``before``), and a cursor never stops between pages
+    numbered = pag.style == "page"
+    last: str | None = position.marks.get("l") if numbered else None
+    before: set[str] = set()
     handed = 0
     while limit is None or handed < limit:
         query, path = strategy.request(token)
         answer = await fetch(None, query, path)
         items = items_of(pag, answer.body, route)
         check_advanced(route, position, items[0] if items else None, token is not None)
+        if numbered:
+            _check_place(route, items, skip, last, before)
         nxt = strategy.advance(token, answer, items) if items else None
         if nxt is not None and nxt == token:
             raise stalled(route, "the next page token or link is the current one")
@@ -49,7 +72,13 @@ async def walk(
         take = items[skip : skip + max(room, 0)]
         handed += len(take)
         out: list[Tagged] = [(None, it) for it in take]
-        if skip + len(take) < len(items):  # the stable page is full mid-way through this one
+        if numbered:
+            before = {identity(it) for it in items}
+            if take:
+                last = position.marks["l"] = identity(take[-1])
+        if skip + len(take) < len(items) or (numbered and nxt is not None and handed == limit):
+            # the stable page is full mid-way through this one, or (page numbers) at its end: the next
+            # request asks this page again, to check the item served last is still where it was
             position.pos[""] = {"t": token, "s": skip + len(take)}
             yield out
             return
@@ -65,3 +94,14 @@ async def walk(
         position.pos[""] = {"t": token, "s": 0}
         if out:
             yield out
+
+
+def _check_place(route: str, items: list[Any], skip: int, last: str | None, before: set[str]) -> None:
+    """A numbered page asked again must still hold the item served last where it was (``skip - 1``); a
+    new page must not hold it, nor any item of the page before it (the list moved down under the walk)."""
+    if skip:
+        if last is not None and (len(items) < skip or identity(items[skip - 1]) != last):
+            raise shifted(route)
+        return
+    if any((i := identity(it)) == last or i in before for it in items):
+        raise shifted(route)

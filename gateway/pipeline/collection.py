@@ -21,7 +21,7 @@ from gateway.config import Route, Upstream
 from gateway.errors import BadGateway, BadRequest
 from gateway.fallback import HandOver
 from gateway.mapping import apply_mapping
-from gateway.pagination import Answer, Position, Tagged, decode_cursor, encode_cursor, pages
+from gateway.pagination import Answer, Position, Tagged, decode_cursor, encode_cursor, pages, shifts
 from gateway.pipeline.calls import Call, link_below
 from gateway.pipeline.core import Core
 from gateway.session import unless_signed_out as _held_unless_signed_out
@@ -71,19 +71,18 @@ async def serve(
         if (route.paging(position.target) or pag).style == "next_url":
             _check_link_cursor(route, params, position)
 
-    mapped = unless_signed_out(
-        proxy,
-        route,
-        stable_pages(proxy, route, params, streams, position, None if everything else limit, request_id, notes, trace),
-        notes,
-    )
+    def walk(at: Position) -> AsyncGenerator[list[Any], None]:
+        size = None if everything else limit
+        return unless_signed_out(
+            proxy, route, stable_pages(proxy, route, params, streams, at, size, request_id, notes, trace), notes
+        )
+
     if as_ndjson and everything:
         assert request is not None
         done = functools.partial(proxy.health.up, route.name)
-        return await ndjson.stream(request, mapped, route.name, request_id, done, trace, proxy.scrub)
-    items: list[Any] = []
-    async for page in mapped:
-        items.extend(page)
+        return await ndjson.stream(request, walk(position), route.name, request_id, done, trace, proxy.scrub)
+    # all=true starts again where the list moves under it (gateway.pagination.shifts); a page cannot
+    items = await shifts.collect(walk, position, shifts.MAX_RESTARTS if everything and not cursor else 0)
     next_cursor = None if everything else encode_cursor(route, streams, position, proxy.cursor_secret, params)
     proxy.health.up(route.name)
     if as_ndjson:

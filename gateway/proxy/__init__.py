@@ -41,9 +41,10 @@ from gateway.verdict import GoneCheck
 
 #: the gateway holding itself back, not the route breaking
 SELF_PACING = frozenset({"budget", "throttled", "circuit_open", buffers.KIND})
-#: counted, but not the route breaking: a walk cut by a target switch (gateway.pipeline.collection), or a
-#: cursor that cannot carry a long run of tied items (gateway.pagination.cursor); new walks work
-NOT_DOWN = SELF_PACING | {"switched", "ties"}
+#: counted, but not the route breaking: a walk cut by a target switch (gateway.pipeline.collection), a
+#: cursor that cannot carry a long run of tied items (gateway.pagination.cursor), or a list that moved under
+#: a walk (gateway.pagination.shifts); new walks work
+NOT_DOWN = SELF_PACING | {"switched", "ties", "shifted"}
 #: the stages a contract probe runs (gateway.proxy.Proxy.probe), besides the core
 PROBE_STAGES = frozenset({"account", "params"})
 #: the HTTP conventions around the proxy's own stages; each exists only on routes it applies to
