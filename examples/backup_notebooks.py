@@ -227,6 +227,7 @@ class Pacer:
         self.until = 0.0
         self.stalled_since: float | None = None
         self.pauses = 0
+        self._said_at: float | None = None
 
     async def ready(self) -> None:
         """Returns once no pause is in force; each waiter adds its own jitter, so they do not resume in lockstep."""
@@ -246,7 +247,12 @@ class Pacer:
         if t + seconds > self.until:
             self.until = t + seconds
             self.pauses += 1
-            log(f"the gateway says wait {seconds:.1f}s ({error.status} {error.code}): every worker pauses")
+            if self._said_at is None or t - self._said_at >= 30:  # a steady rate limit is one line per 30s
+                self._said_at = t
+                log(
+                    f"the gateway says wait {seconds:.1f}s ({error.status} {error.code}): every worker pauses "
+                    f"({self.pauses} pause(s) so far; waiting spends no retries)"
+                )
         return self.until - t
 
     def passed(self) -> None:
