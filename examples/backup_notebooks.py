@@ -236,6 +236,7 @@ class Pacer:
 
     def hold(self, seconds: float, error: ApiError) -> float:
         """Start (or extend) the shared pause; the seconds to wait from now."""
+        seconds = max(seconds, 0.1)  # "Retry-After: 0" again and again must not become a busy loop
         t = self.clock()
         if self.stalled_since is None:
             self.stalled_since = t
@@ -745,8 +746,13 @@ async def run(args: argparse.Namespace, sleep: Sleep = asyncio.sleep, clock: Clo
     if args.api_key:
         headers["Authorization"] = f"Bearer {args.api_key}"
     timeout = aiohttp.ClientTimeout(total=120, connect=10)
-    index.set("gateway", args.gateway)
-    index.set("run_started_at", now())
+    try:
+        index.set("gateway", args.gateway)
+        index.set("run_started_at", now())
+        index.save()
+    except OSError as exc:
+        log(f"error: --out {str(out)!r} is not writable: {_one_line(str(exc))}")
+        return EXIT_USAGE
     failed: list[str] = []
     listing_failures: list[str] = []
     complete = False

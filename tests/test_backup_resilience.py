@@ -474,6 +474,11 @@ def test_an_out_that_cannot_be_a_backup_directory_is_a_usage_error(
     assert bn.main(["--gateway", "http://127.0.0.1:1", "--out", str(other)]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "index.json" in err
+    (other / "index.json").unlink()
+    (other / "index.json").mkdir()
+    assert bn.main(["--gateway", "http://127.0.0.1:1", "--out", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "index.json" in err
 
 
 async def test_usage_mistakes_run_as_a_user_runs_it_show_no_traceback(tmp_path: Path) -> None:
