@@ -6,7 +6,7 @@
 
 This is the job routegate exists for: it only knows the gateway's stable URLs, so when
 Observable or PostHog move a route, an edit to routes.yaml (and a reload) fixes it, even
-in the middle of a run, because transient answers (429, 5xx) are retried with backoff.
+in the middle of a run, because transient answers (5xx) are retried with backoff.
 
 What lands in DIR::
 
@@ -21,8 +21,16 @@ What lands in DIR::
 * Resumable: every file is written to a temporary name and renamed into place, and the
   index is rewritten the same way as the run goes, so a run killed at any point leaves a
   consistent directory; the next run fetches only what is missing or changed.
+* Careful with the gateway: a 429, or a 503 with ``Retry-After``, is the gateway pacing the run:
+  every worker waits as told (one shared pause), without spending the retries, which are for
+  failures. A code no retry can heal (the gateway's upstream credentials refused or missing)
+  stops the run at once; a route whose mapping broke (``upstream_route_gone``, ``shape_drift``
+  ...) is retried long enough for an operator's reload, and stops the run once it has failed
+  ``BROKEN_AFTER`` notebooks. A listing answered 409 ``collection_changed`` is read again from
+  its first page; only a listing read to its end marks notebooks ``gone_since``.
 * Exit status: 0 everything listed was backed up; 1 some notebook or listing failed after
-  retries (everything else is saved; run again); 2 usage error; 130 interrupted.
+  retries, or the run was stopped (everything else is saved; run again); 2 usage error;
+  130 interrupted.
 
 Only the standard library and aiohttp are used.
 """
@@ -36,14 +44,16 @@ import json
 import os
 import random
 import re
+import secrets
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -51,9 +61,36 @@ OBSERVABLE_TYPES = ("public", "shared", "private", "trash")
 DEFAULT_TYPES = "public,shared,private"
 PAGE = 50  # the gateway's default page; listing one page ahead keeps memory flat
 CONCURRENCY = 4  # notebooks fetched at once
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+RETRY_STATUSES = frozenset({500, 502, 503, 504})
+MAX_RETRIES = 100
 BACKOFF_BASE = 0.5  # seconds; doubles per attempt
 BACKOFF_CAP = 30.0
+PAUSE_CAP = 60.0  # the longest single pause a Retry-After can impose
+PACED_LIMIT = 300.0  # seconds of being told to wait with no request getting through: the run stops
+LISTING_RESTARTS = 3  # a listing that changed while being read is read again from its first page
+#: the gateway's upstream credentials are refused or missing: every request would fail the same way
+FATAL_CODES = frozenset({"upstream_auth_rejected", "upstream_credentials_missing"})
+#: the route's mapping no longer fits the upstream: retrying does not heal it, an operator's
+#: routes.yaml edit and reload does; retried (to give the reload time), and after BROKEN_AFTER
+#: notebooks of one route failed with one of these, the run stops
+BROKEN_ROUTE_CODES = frozenset(
+    {
+        "upstream_route_gone",
+        "upstream_rejected",
+        "shape_drift",
+        "upstream_bad_json",
+        "pagination_stalled",
+        "pagination_switched",
+        "pagination_bad_link",
+        "bad_redirect",
+        "redirect_loop",
+        "redirect_off_host",
+        "bad_upstream_header",
+    }
+)
+BROKEN_AFTER = 3
+#: 502s that no retry and no reload heals within a run (a size limit): fail that notebook or listing at once
+FINAL_CODES = frozenset({"upstream_too_large", "collection_too_large", "pagination_ties"})
 INDEX_SAVE_EVERY = 0.25  # seconds between index rewrites while notebooks are being saved
 INDEX_FORMAT = 1
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")  # ids become file names: nothing else is accepted
@@ -77,7 +114,7 @@ def log(message: str) -> None:
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write to a temporary sibling, fsync, rename: readers see the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")  # unique per write
     with tmp.open("w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, ensure_ascii=False)
         f.write("\n")
@@ -155,24 +192,92 @@ class Index:
 class ApiError(Exception):
     """A final (non-retried, or retried in vain) answer from the gateway."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{status} {code}: {message}")
+    def __init__(self, status: int, code: str, message: str, route: str | None = None) -> None:
+        where = f" (route {route})" if route else ""
+        super().__init__(f"{status} {code}{where}: {message}")
         self.status = status
         self.code = code
+        self.route = route
 
 
 class Fatal(Exception):
-    """Nothing else can succeed either (the gateway refuses our key): stop the run."""
+    """Nothing else can succeed either (refused credentials, a broken route): stop the run."""
+
+
+Sleep = Callable[[float], Awaitable[None]]
+Clock = Callable[[], float]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class Pacer:
+    """The gateway's "wait" (a 429, or a 503 with ``Retry-After``), shared by every worker.
+
+    When one request is told to wait, the others hold off too instead of racing into the same
+    limit, and no retry is spent: a rate limit slows the run down, it never fails a notebook.
+    Being told to wait for ``limit`` seconds with no request getting through stops the run.
+    """
+
+    def __init__(self, sleep: Sleep, clock: Clock, limit: float = PACED_LIMIT) -> None:
+        self.sleep = sleep
+        self.clock = clock
+        self.limit = limit
+        self.until = 0.0
+        self.stalled_since: float | None = None
+        self.pauses = 0
+        self._said_at: float | None = None
+
+    async def ready(self) -> None:
+        """Returns once no pause is in force; each waiter adds its own jitter, so they do not resume in lockstep."""
+        while (left := self.until - self.clock()) > 0:
+            await self.sleep(left * (1 + random.random() * 0.2))
+
+    def hold(self, seconds: float, error: ApiError) -> float:
+        """Start (or extend) the shared pause; the seconds to wait from now."""
+        seconds = max(seconds, 0.1)  # "Retry-After: 0" again and again must not become a busy loop
+        t = self.clock()
+        if self.stalled_since is None:
+            self.stalled_since = t
+        elif t - self.stalled_since >= self.limit:
+            raise Fatal(
+                f"the gateway has said to wait for {t - self.stalled_since:.0f}s with no request getting "
+                f"through (last: {_one_line(str(error))}); stopping"
+            )
+        if t + seconds > self.until:
+            self.until = t + seconds
+            self.pauses += 1
+            if self._said_at is None or t - self._said_at >= 30:  # a steady rate limit is one line per 30s
+                self._said_at = t
+                log(
+                    f"the gateway says wait {seconds:.1f}s ({error.status} {error.code}): every worker pauses "
+                    f"({self.pauses} pause(s) so far; waiting spends no retries)"
+                )
+        return self.until - t
+
+    def passed(self) -> None:
+        """A request got through: whatever pausing there was, the run is moving."""
+        self.stalled_since = None
 
 
 class Gateway:
-    """GETs against the stable API, retrying what may go away by itself."""
+    """GETs against the stable API: pacing as the gateway says, retrying what may go away by itself."""
 
-    def __init__(self, session: aiohttp.ClientSession, base: str, retries: int) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base: str,
+        retries: int,
+        sleep: Sleep = asyncio.sleep,
+        clock: Clock = time.monotonic,
+    ) -> None:
         self.session = session
         self.base = base.rstrip("/")
         self.retries = retries
         self.retried = 0
+        self.sleep = sleep
+        self.pacer = Pacer(sleep, clock)
 
     async def get(self, path: str, params: dict[str, str] | None = None) -> Any:
         fetched = await self.fetch(path, params)
@@ -186,13 +291,17 @@ class Gateway:
         conditional = {"If-None-Match": etag} if etag else None
         attempt = 0
         while True:
+            await self.pacer.ready()
             retry_after: float | None = None
             try:
                 async with self.session.get(self.base + path, params=params, headers=conditional) as resp:
                     if resp.status == 304 and etag:
+                        self.pacer.passed()
                         return None
                     if resp.status == 200:
-                        return await resp.json(content_type=None), resp.headers.get("ETag")
+                        body = await resp.json(content_type=None)
+                        self.pacer.passed()
+                        return body, resp.headers.get("ETag")
                     error = await _error_of(resp)
                     retry_after = _retry_after(resp.headers.get("Retry-After"))
             except aiohttp.ClientConnectorError as exc:  # nothing listens: the gateway itself is down
@@ -202,19 +311,27 @@ class Gateway:
             except ValueError as exc:  # a 200 whose body is not JSON: truncated, or not the gateway
                 error = ApiError(0, "bad_json", str(exc))
             if error.status in (401, 403):
-                raise Fatal(f"the gateway refused the request ({error}); check --api-key") from None
-            if error.status not in RETRY_STATUSES and error.status != 0:
+                raise Fatal(f"the gateway refused the request ({_one_line(str(error))}); check --api-key") from None
+            if error.code in FATAL_CODES:
+                raise Fatal(
+                    f"{error.code} on route {error.route or path}: {_one_line(str(error))}; no request can "
+                    "succeed until the gateway's upstream credentials are renewed; stopping"
+                ) from None
+            if error.status == 429 or (error.status == 503 and retry_after is not None):
+                self.pacer.hold(retry_after if retry_after is not None else 1.0, error)
+                continue  # pacing, not failing: no retry is spent
+            if (error.status not in RETRY_STATUSES and error.status != 0) or error.code in FINAL_CODES:
                 raise error
             if attempt >= self.retries:
                 if error.code == "unreachable":
-                    raise Fatal(f"the gateway at {self.base} is unreachable: {error}") from None
+                    raise Fatal(f"the gateway at {self.base} is unreachable: {_one_line(str(error))}") from None
                 raise error
-            delay = retry_after if retry_after is not None else min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)
+            delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(attempt, 10))
             delay *= 1 + random.random() * 0.2  # jitter: parallel workers do not retry in lockstep
             attempt += 1
             self.retried += 1
-            log(f"retry {attempt}/{self.retries} of GET {path} in {delay:.1f}s: {error}")
-            await asyncio.sleep(delay)
+            log(f"retry {attempt}/{self.retries} of GET {path} in {delay:.1f}s: {_one_line(str(error))}")
+            await self.sleep(delay)
 
     async def pages(self, path: str, params: dict[str, str]) -> AsyncIterator[list[dict[str, Any]]]:
         """Each page of a stable collection, following ``next_cursor``."""
@@ -222,9 +339,10 @@ class Gateway:
         while True:
             body = await self.get(path, query)
             items = body.get("items") if isinstance(body, dict) else None
-            if not isinstance(items, list):
-                raise ApiError(200, "bad_listing", f"{path} did not answer {{items, next_cursor}}")
-            yield [it for it in items if isinstance(it, dict)]
+            if not isinstance(items, list) or not all(isinstance(it, dict) for it in items):
+                # not the gateway's collection: nothing in it can be trusted (nor said to be gone)
+                raise ApiError(200, "bad_listing", f"{path} did not answer {{items: [objects], next_cursor}}")
+            yield items
             cursor = body.get("next_cursor")
             if not cursor:
                 return
@@ -235,8 +353,11 @@ async def _error_of(resp: aiohttp.ClientResponse) -> ApiError:
     try:
         body = await resp.json(content_type=None)
         err = body["error"]
-        return ApiError(resp.status, str(err.get("code")), str(err.get("message")))
-    except (ValueError, KeyError, TypeError, aiohttp.ContentTypeError):
+        route = err.get("route")
+        return ApiError(
+            resp.status, str(err.get("code")), str(err.get("message")), route if isinstance(route, str) else None
+        )
+    except (ValueError, KeyError, TypeError, AttributeError, aiohttp.ContentTypeError):
         return ApiError(resp.status, "http_error", resp.reason or "")
 
 
@@ -244,9 +365,10 @@ def _retry_after(value: str | None) -> float | None:
     if value is None:
         return None
     try:
-        return min(BACKOFF_CAP, max(0.0, float(value)))
+        seconds = float(value)
     except ValueError:
         return None
+    return min(PAUSE_CAP, max(0.0, seconds)) if seconds == seconds else None  # NaN is no answer
 
 
 # --------------------------------------------------------------------------- progress
@@ -344,6 +466,9 @@ def posthog_source(project: str) -> Source:
 class Outcome:
     failed: list[str] = field(default_factory=list)
     listing_failed: str | None = None
+    #: the listing was read from its first page to its last without a failure or a restart in between:
+    #: only then may an index entry missing from it be marked gone
+    listing_complete: bool = False
 
 
 class Backup:
@@ -354,6 +479,8 @@ class Backup:
         self.out = out
         self.index = index
         self.concurrency = concurrency
+        #: (code, route) -> notebooks failed that way: a route broken for all of them stops the run
+        self.broken: dict[tuple[str, str], int] = {}
 
     def unchanged(self, src: Source, item: dict[str, Any]) -> bool:
         entry = self.index.notebooks.get(src.key(str(item["id"])))
@@ -387,6 +514,7 @@ class Backup:
                 progress.gone += 1
                 return
             self._failed(key, str(exc), outcome, progress)
+            self._count_broken(exc, src.detail_path(nb_id))
             return
         if fetched is None:  # 304: the saved file is the current document; only the index learns the listing
             assert kept is not None
@@ -417,28 +545,66 @@ class Backup:
         self.index.record(key, entry)
         progress.fetched += 1
 
+    def _count_broken(self, exc: ApiError, path: str) -> None:
+        """A mapping breakage that failed BROKEN_AFTER notebooks of one route is the route's, not theirs."""
+        if exc.code not in BROKEN_ROUTE_CODES:
+            return
+        where = (exc.code, exc.route or path)
+        self.broken[where] = n = self.broken.get(where, 0) + 1
+        if n >= BROKEN_AFTER:
+            raise Fatal(
+                f"{exc.code} on route {where[1]}: {n} notebooks failed the same way after their retries; the route "
+                "is broken, not the notebooks (an operator fixes routes.yaml and reloads); stopping"
+            )
+
     async def run_source(self, src: Source) -> Outcome:
         outcome = Outcome()
         progress = Progress(src.label)
         # bounded: the next page is listed only once this one is nearly handed out
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=self.concurrency)
         seen: set[str] = set()
+        #: key -> the fingerprint handed out: a restarted listing hands out again only what changed since
+        queued: dict[str, tuple[Any, ...]] = {}
 
         async def worker() -> None:
             while (item := await queue.get()) is not None:
                 await self.save_one(src, item, outcome, progress)
                 progress.show()
 
+        async def walk() -> None:
+            seen.clear()  # only the walk that reaches the last page says what exists
+            async for page in self.gateway.pages(src.list_path, src.list_params):
+                for item in page:
+                    key = src.key(str(item.get("id")))
+                    seen.add(key)
+                    mark = tuple(item.get(f) for f in src.fingerprint)
+                    if key in queued and queued[key] == mark:
+                        continue  # listed twice (a restart, or a page that shifted): saved once
+                    if key not in queued:
+                        progress.listed += 1
+                    queued[key] = mark
+                    await queue.put(item)
+            outcome.listing_complete = True
+
         async def lister() -> None:
-            try:
-                async for page in self.gateway.pages(src.list_path, src.list_params):
-                    progress.listed += len(page)
-                    for item in page:
-                        seen.add(src.key(str(item.get("id"))))
-                        await queue.put(item)
-            except ApiError as exc:
-                outcome.listing_failed = f"listing {src.list_path} failed: {exc}"
-                log(f"{src.label}: {outcome.listing_failed}")
+            restarts = 0
+            while True:
+                try:
+                    await walk()
+                    break
+                except ApiError as exc:
+                    if exc.code == "collection_changed" and restarts < LISTING_RESTARTS:
+                        restarts += 1
+                        log(
+                            f"{src.label}: the listing changed while it was read (409 collection_changed); "
+                            f"reading it again from the first page ({restarts}/{LISTING_RESTARTS})"
+                        )
+                        await self.gateway.sleep(BACKOFF_BASE * restarts)
+                        continue
+                    more = f" (it kept changing: read {restarts + 1} times)" if restarts else ""
+                    outcome.listing_failed = f"listing {src.list_path} failed: {exc}{more}"
+                    log(f"{src.label}: {outcome.listing_failed}")
+                    break
             progress.listing = False
             for _ in range(self.concurrency):
                 await queue.put(None)
@@ -453,7 +619,7 @@ class Backup:
             if fatal is not None:
                 raise fatal from None
             raise
-        if outcome.listing_failed is None:
+        if outcome.listing_complete:
             self._mark_gone(src, seen)
         progress.show(final=True)
         return outcome
@@ -478,12 +644,33 @@ def _version_of(item: dict[str, Any], kept: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- command line
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line (no usage block, no traceback) and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {_one_line(message)} (see --help)\n")
+
+
+def _gateway_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be the gateway's base URL, or None: the client would fail on it mid-run."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number in 0..65535
+    except ValueError as exc:
+        return f"--gateway {url!r} is not a URL: {exc}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"--gateway must be an http:// or https:// URL such as http://127.0.0.1:8080, got {url!r}"
+    if parts.query or parts.fragment or parts.username or parts.password:
+        return f"--gateway takes the base URL only (no query, fragment or user:password), got {url!r}"
+    return None
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="backup_notebooks.py",
         description="Back up every Observable and PostHog notebook through routegate's stable API: "
         "one JSON file per notebook plus index.json; incremental and resumable.",
-        epilog="Exit status: 0 all backed up, 1 some notebook or listing failed (run again), "
+        epilog="Exit status: 0 all backed up, 1 some notebook or listing failed or the run was stopped (run again), "
         "2 usage error, 130 interrupted (run again to resume).",
     )
     parser.add_argument("--gateway", required=True, help="the gateway's base URL, e.g. http://127.0.0.1:8080")
@@ -504,33 +691,49 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the PostHog project id (default: $POSTHOG_PROJECT_ID; unset skips PostHog)",
     )
     parser.add_argument(
-        "--retries", type=int, default=6, help="retries of a 429/5xx/connection failure, backing off (default 6)"
+        "--retries",
+        type=int,
+        default=6,
+        help=f"retries of a 5xx or lost connection, backing off (default 6, at most {MAX_RETRIES}); "
+        "a 429 or a 503 with Retry-After waits as told without spending them",
     )
     args = parser.parse_args(argv)
+    if problem := _gateway_url_problem(args.gateway):
+        parser.error(problem)
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {str(args.out)!r} exists and is not a directory")
+    if args.api_key and not re.fullmatch(r"[!-~]+", args.api_key):
+        parser.error("--api-key must be printable ASCII without spaces (it is sent in a header); not shown here")
+    args.api_key = args.api_key or None
     types = [t.strip() for t in args.observable_types.split(",") if t.strip()]
     bad = [t for t in types if t not in OBSERVABLE_TYPES]
     if bad:
         parser.error(f"--observable-types: unknown {', '.join(bad)} (known: {', '.join(OBSERVABLE_TYPES)})")
     args.types = list(dict.fromkeys(types))
-    if args.posthog_project is not None and not str(args.posthog_project).isdigit():
+    if args.posthog_project is not None and not re.fullmatch(r"[0-9]{1,18}", str(args.posthog_project)):
         parser.error(f"--posthog-project must be a numeric project id, got {args.posthog_project!r}")
-    if args.retries < 0:
-        parser.error("--retries must be 0 or more")
+    if not 0 <= args.retries <= MAX_RETRIES:
+        parser.error(f"--retries must be 0 to {MAX_RETRIES}, got {args.retries}")
     if not args.types and args.posthog_project is None:
         parser.error("nothing to back up: give --observable-types and/or --posthog-project")
     return args
 
 
-async def run(args: argparse.Namespace) -> int:
+async def run(args: argparse.Namespace, sleep: Sleep = asyncio.sleep, clock: Clock = time.monotonic) -> int:
+    """The backup; ``sleep`` and ``clock`` are what every wait uses (tests pass a fake pair)."""
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_tmp(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_tmp(out)
+    except (OSError, ValueError) as exc:
+        log(f"error: --out {str(out)!r} cannot be used as the backup directory: {_one_line(str(exc))}")
+        return EXIT_USAGE
     index = Index(out)
     try:
         index.load()
-    except ValueError as exc:
-        log(f"error: {exc}")
-        return EXIT_PARTIAL
+    except (OSError, ValueError) as exc:
+        log(f"error: --out {str(out)!r} holds an index.json this script cannot use: {_one_line(str(exc))}")
+        return EXIT_USAGE
     sources: list[Source] = []
     if args.types:
         sources.append(observable_source(args.types))
@@ -543,14 +746,20 @@ async def run(args: argparse.Namespace) -> int:
     if args.api_key:
         headers["Authorization"] = f"Bearer {args.api_key}"
     timeout = aiohttp.ClientTimeout(total=120, connect=10)
-    index.set("gateway", args.gateway)
-    index.set("run_started_at", now())
+    try:
+        index.set("gateway", args.gateway)
+        index.set("run_started_at", now())
+        index.save()
+    except OSError as exc:
+        log(f"error: --out {str(out)!r} is not writable: {_one_line(str(exc))}")
+        return EXIT_USAGE
     failed: list[str] = []
     listing_failures: list[str] = []
     complete = False
     try:
         async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
-            backup = Backup(Gateway(session, args.gateway, args.retries), out, index, CONCURRENCY)
+            gateway = Gateway(session, args.gateway, args.retries, sleep=sleep, clock=clock)
+            backup = Backup(gateway, out, index, CONCURRENCY)
             for src in sources:
                 outcome = await backup.run_source(src)
                 failed += outcome.failed
