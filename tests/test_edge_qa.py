@@ -1,0 +1,323 @@
+"""The QA pass's edge defects, driven through real HTTP: a client that hangs up mid-answer is a 499
+(never a 500), a HEAD of ``all=true`` never walks or streams, collections say ``Vary: Accept``,
+``all``/``limit`` are read strictly, and an upstream 403 is a missing permission, not a dead key."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from prometheus_client import CollectorRegistry, generate_latest
+
+from gateway import logs
+from gateway.server import build_app
+from sandbox.runner import Sandboxes
+from tests.conftest import ROUTES
+from tests.fake_upstream import Reply, start_fake
+from tests.processes import free_port
+from tests.test_metrics import scrape, value
+
+PH = "/v1/posthog/projects/1/notebooks"
+ND = {"Accept": "application/x-ndjson"}
+Lines = tuple[logs.AccessLines, io.StringIO]
+
+YAML = """
+upstreams:
+  origin:
+    base_url: ${ORIGIN_URL}
+    retries: {attempts: 1}
+routes:
+  listed:
+    stable: GET /v1/listed
+    upstream: origin
+    auth: none
+    pagination: {style: cursor, token: next, items: results}
+    targets: ["GET /listed"]
+  raw:
+    stable: GET /v1/raw
+    upstream: origin
+    auth: none
+    targets: ["GET /raw"]
+    response: {raw: true}
+"""
+
+PAGES = 8
+
+
+def _page(n: int) -> Reply:
+    """Page ``n`` of the fake's cursor-paged list: three items, the next token, a slow answer."""
+    body = {"results": [{"id": f"{n}-{i}"} for i in range(3)], "next": f"t{n + 1}" if n + 1 < PAGES else None}
+    return Reply(body=json.dumps(body).encode(), delay=0.3)
+
+
+async def _fake_gateway(make_gateway: Any, aiohttp_server: Any) -> tuple[TestClient[Any, Any], Any]:
+    fake, _, base = await start_fake(aiohttp_server)
+    fake.script("/listed", *(_page(n) for n in range(PAGES)))
+    gw = await make_gateway(YAML, env={"ORIGIN_URL": base})
+    return gw, fake
+
+
+@contextlib.asynccontextmanager
+async def _served(yaml_text: str, env: dict[str, str], tmp_path: Path) -> AsyncIterator[tuple[str, int, Any]]:
+    """The gateway served as ``gateway serve`` serves it (aiohttp's defaults: a handler is not
+    cancelled when its client leaves; the test client's server cancels it): (host, port, registry)."""
+    path = tmp_path / "routes-served.yaml"
+    path.write_text(yaml_text)
+    registry = CollectorRegistry()
+    runner = web.AppRunner(build_app(path, registry=registry, env=env))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield "127.0.0.1", port, registry
+    finally:
+        await runner.cleanup()
+
+
+async def _access(stream: io.StringIO, rid: str, timeout: float = 10.0) -> dict[str, Any]:
+    """The access line of request ``rid``, once the gateway has written it."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + timeout
+    while loop.time() < until:
+        for line in stream.getvalue().splitlines():
+            record = json.loads(line)
+            if record.get("event") == "request" and record.get("request_id") == rid:
+                return dict(record)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no access line for {rid}: {stream.getvalue()}")
+
+
+async def _hang_up(host: str, port: int, path: str, rid: str, accept: str, until: bytes) -> bytes:
+    """GET ``path`` over a real socket, read until ``until`` arrived in the body, then hang up."""
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: {accept}\r\nX-Request-ID: {rid}\r\n\r\n".encode())
+    await writer.drain()
+    got = b""
+    while until not in got.partition(b"\r\n\r\n")[2]:
+        chunk = await asyncio.wait_for(reader.read(4096), 5)
+        assert chunk, got
+        got += chunk
+    writer.transport.abort()  # gone, mid-answer
+    return got
+
+
+def _no_internal_error(stream: io.StringIO) -> None:
+    text = stream.getvalue()
+    assert "internal error" not in text and "Traceback" not in text and '"level":"error"' not in text, text
+
+
+# --------------------------------------------------------------------------- 1. client aborts, HEAD
+
+
+@pytest.mark.parametrize("server", ["served", "test-client"])
+async def test_a_client_hanging_up_mid_stream_is_a_499_and_the_walk_stops(
+    aiohttp_server: Any, access_lines: Lines, tmp_path: Path, server: str, make_gateway: Any
+) -> None:
+    """Either way aiohttp tells the handler (a failed write when served, a cancellation under the
+    test client's server): an access line 499 ``client_closed``, 4xx, no traceback, the walk stopped."""
+    _, stream = access_lines
+    fake, _, base = await start_fake(aiohttp_server)
+    fake.script("/listed", *(_page(n) for n in range(PAGES)))
+    async with contextlib.AsyncExitStack() as stack:
+        if server == "served":
+            host, port, registry = await stack.enter_async_context(_served(YAML, {"ORIGIN_URL": base}, tmp_path))
+        else:
+            gw = await make_gateway(YAML, env={"ORIGIN_URL": base})
+            host, port = gw.host, gw.port
+        head = await _hang_up(host, port, "/v1/listed?all=true", "abort-nd", "application/x-ndjson", b'"0-2"')
+        assert head.startswith(b"HTTP/1.1 200") and b"application/x-ndjson" in head
+        line = await _access(stream, "abort-nd")
+        assert line["status"] == 499 and line["error"] == "client_closed", line
+        _no_internal_error(stream)
+        # the walk stopped: at most the page in flight when the client left, and nothing after
+        calls = fake.count("/listed")
+        assert calls <= 3, calls
+        await asyncio.sleep(0.8)
+        assert fake.count("/listed") == calls < PAGES
+        text = generate_latest(registry).decode() if server == "served" else await scrape(gw)
+        assert value(text, "gateway_requests_total", method="GET", route="listed", status_class="4xx") == 1
+        assert value(text, "gateway_requests_total", method="GET", route="listed", status_class="5xx") is None
+        assert value(text, "gateway_upstream_errors_total", upstream="origin", route="listed", kind="5xx") is None
+        assert value(text, "gateway_route_up", route="listed") != 0  # a client that left breaks no route
+
+
+@pytest.mark.parametrize("server", ["served", "test-client"])
+async def test_a_client_hanging_up_on_a_relayed_body_is_a_499(
+    aiohttp_server: Any, access_lines: Lines, tmp_path: Path, server: str, make_gateway: Any
+) -> None:
+    _, stream = access_lines
+    fake, _, base = await start_fake(aiohttp_server)
+    fake.script("/raw", "flood")  # 16 MiB, chunked: far more than the socket buffers hold
+    async with contextlib.AsyncExitStack() as stack:
+        if server == "served":
+            host, port, registry = await stack.enter_async_context(_served(YAML, {"ORIGIN_URL": base}, tmp_path))
+        else:
+            gw = await make_gateway(YAML, env={"ORIGIN_URL": base})
+            host, port = gw.host, gw.port
+        await _hang_up(host, port, "/v1/raw", "abort-raw", "*/*", b"[")
+        line = await _access(stream, "abort-raw")
+        assert line["status"] == 499 and line["error"] == "client_closed", line
+        _no_internal_error(stream)
+        text = generate_latest(registry).decode() if server == "served" else await scrape(gw)
+        assert value(text, "gateway_requests_total", method="GET", route="raw", status_class="4xx") == 1
+        assert value(text, "gateway_requests_total", method="GET", route="raw", status_class="5xx") is None
+
+
+async def test_a_complete_stream_is_still_a_200(make_gateway: Any, aiohttp_server: Any, access_lines: Lines) -> None:
+    _, stream = access_lines
+    gw, fake = await _fake_gateway(make_gateway, aiohttp_server)
+    resp = await gw.get("/v1/listed?all=true", headers={**ND, "X-Request-ID": "whole"})
+    body = await resp.read()
+    assert resp.status == 200 and len(body.splitlines()) == 3 * PAGES
+    line = await _access(stream, "whole")
+    assert line["status"] == 200 and line["error"] is None and line["upstream_calls"] == PAGES
+    assert fake.count("/listed") == PAGES
+
+
+@pytest.mark.parametrize("accept", ["application/x-ndjson", "application/json"])
+async def test_a_head_of_all_answers_a_get_s_head_from_one_upstream_page(
+    gw: TestClient[Any, Any], access_lines: Lines, accept: str
+) -> None:
+    _, stream = access_lines
+    get = await gw.get(PH, params={"all": "true"}, headers={"Accept": accept, "X-Request-ID": "get"})
+    await get.read()
+    assert (await _access(stream, "get"))["upstream_calls"] == 3  # 250 notebooks, 100 a page
+    head = await gw.head(PH, params={"all": "true"}, headers={"Accept": accept, "X-Request-ID": "head"})
+    assert head.status == 200
+    assert await head.read() == b""
+    assert head.headers["Content-Type"] == get.headers["Content-Type"]
+    assert head.headers["Content-Type"].startswith(accept)
+    for name in ("Cache-Control", "Vary"):
+        assert head.headers[name] == get.headers[name], name
+    line = await _access(stream, "head")
+    assert line["status"] == 200 and line["upstream_calls"] == 1 and line["error"] is None, line
+    _no_internal_error(stream)
+
+
+async def test_a_head_of_all_that_fails_on_its_first_page_has_the_get_s_status(
+    gw: TestClient[Any, Any], sandboxes: Sandboxes
+) -> None:
+    sandboxes.posthog_state.apply_switches({"faults": {"/api/projects/1/notebooks": {"status": 500}}})
+    for accept in ("application/x-ndjson", "application/json"):
+        get = await gw.get(PH, params={"all": "true"}, headers={"Accept": accept})
+        head = await gw.head(PH, params={"all": "true"}, headers={"Accept": accept})
+        assert get.status == head.status == 502
+        assert await head.read() == b""
+
+
+async def test_a_head_of_all_leaves_the_cache_to_the_get(
+    make_gateway: Any, sandbox_env: dict[str, str], access_lines: Lines
+) -> None:
+    """A HEAD's bodiless answer is never stored, nor handed to a GET that asked at the same time."""
+    _, stream = access_lines
+    gw = await make_gateway(env={**sandbox_env, "ROUTEGATE_CACHE": "on"})
+    heads = [gw.head(PH, params={"all": "true"}) for _ in range(3)]
+    got = await asyncio.gather(gw.get(PH, params={"all": "true"}), *heads, gw.get(PH, params={"all": "true"}))
+    for resp in got[1:-1]:
+        assert resp.status == 200 and "X-Cache" not in resp.headers
+    for resp in (got[0], got[-1]):
+        assert resp.status == 200 and len((await resp.json())["items"]) == 250
+    again = await gw.get(PH, params={"all": "true"})
+    assert again.headers["X-Cache"] == "HIT" and len((await again.json())["items"]) == 250
+    _no_internal_error(stream)
+
+
+async def test_a_head_of_a_page_is_the_page_s_head(gw: TestClient[Any, Any]) -> None:
+    for headers in ({}, ND):
+        get = await gw.get(PH, params={"limit": "5"}, headers=headers)
+        head = await gw.head(PH, params={"limit": "5"}, headers=headers)
+        assert head.status == 200 and await head.read() == b""
+        for name in ("Content-Type", "Content-Length", "Vary", "X-Next-Cursor", "ETag"):
+            assert head.headers.get(name) == get.headers.get(name), name
+
+
+# --------------------------------------------------------------------------- 2. Vary: Accept
+
+
+def _vary(resp: Any) -> list[str]:
+    return [v.strip().lower() for v in resp.headers.get("Vary", "").split(",") if v.strip()]
+
+
+async def test_every_collection_answer_varies_on_accept(gw: TestClient[Any, Any]) -> None:
+    for params in ({"limit": "5"}, {"all": "true"}):
+        for headers in ({}, ND, {"Accept-Encoding": "gzip"}, {**ND, "Accept-Encoding": "gzip"}):
+            resp = await gw.get(PH, params=params, headers=headers)
+            await resp.read()
+            assert resp.status == 200
+            vary = _vary(resp)
+            assert "accept" in vary and len(vary) == len(set(vary)), (params, headers, vary)
+    big = await gw.get(PH, params={"all": "true"}, headers={"Accept-Encoding": "gzip"})
+    assert {"accept", "accept-encoding"} <= set(_vary(big)) and big.headers["Content-Encoding"] == "gzip"
+    one = await gw.get(f"{PH}/{(await (await gw.get(PH, params={'limit': '1'})).json())['items'][0]['id']}")
+    assert "accept" not in _vary(one)  # an entity has one form
+
+
+async def test_vary_accept_is_kept_on_a_304_and_on_cache_hits(make_gateway: Any, sandbox_env: dict[str, str]) -> None:
+    gw = await make_gateway(env={**sandbox_env, "ROUTEGATE_CACHE": "on"})
+    first = await gw.get(PH, params={"limit": "3"})
+    hit = await gw.get(PH, params={"limit": "3"})
+    assert hit.headers["X-Cache"] == "HIT" and "accept" in _vary(hit)
+    again = await gw.get(PH, params={"limit": "3"}, headers={"If-None-Match": first.headers["ETag"]})
+    assert again.status == 304 and "accept" in _vary(again)
+
+
+async def test_an_ndjson_stream_and_a_keyed_gateway_keep_every_vary(
+    make_gateway: Any, sandbox_env: dict[str, str]
+) -> None:
+    key = "ak_" + "a" * 30
+    clients = "\nclients:\n  keys:\n    alice: {key: {env: ALICE_KEY}}\n"
+    gw = await make_gateway(ROUTES.read_text() + clients, env={**sandbox_env, "ALICE_KEY": key})
+    for params in ({"all": "true"}, {"limit": "2"}):
+        resp = await gw.get(PH, params=params, headers={**ND, "X-API-Key": key})
+        assert resp.status == 200, await resp.text()
+        await resp.read()
+        vary = _vary(resp)
+        assert {"accept", "authorization", "x-api-key"} <= set(vary) and len(vary) == len(set(vary)), vary
+
+
+# --------------------------------------------------------------------------- 3. strict flags
+
+
+@pytest.mark.parametrize("raw", ["yes", "1", "TRUE", "True", "", "no", "0", "on", " true"])
+async def test_all_is_true_or_false_and_nothing_else(gw: TestClient[Any, Any], raw: str) -> None:
+    resp = await gw.get(PH, params={"all": raw})
+    body = await resp.json()
+    assert resp.status == 400 and body["error"]["code"] == "bad_query", body
+    assert body["error"]["route"] == "posthog_notebooks"
+
+
+async def test_all_false_is_a_page_and_all_true_everything(gw: TestClient[Any, Any]) -> None:
+    page = await (await gw.get(PH, params={"all": "false"})).json()
+    assert len(page["items"]) == 50 and page["next_cursor"]
+    whole = await (await gw.get(PH, params={"all": "true"})).json()
+    assert len(whole["items"]) == 250 and whole["next_cursor"] is None
+
+
+@pytest.mark.parametrize("raw", ["1_0", "\uff15", "\u0665", "+5", " 5", "5 ", "0x10", "5.0", "0", "201", "9" * 40])
+async def test_limit_is_plain_ascii_digits(gw: TestClient[Any, Any], raw: str) -> None:
+    resp = await gw.get(PH, params={"limit": raw})
+    body = await resp.json()
+    assert resp.status == 400 and body["error"]["code"] == "bad_limit", body
+
+
+async def test_limit_in_ascii_digits_still_works(gw: TestClient[Any, Any]) -> None:
+    for raw, n in (("10", 10), ("007", 7), ("200", 200)):
+        assert len((await (await gw.get(PH, params={"limit": raw})).json())["items"]) == n
+
+
+async def test_all_true_with_a_limit_is_a_400_not_everything(gw: TestClient[Any, Any], sandboxes: Sandboxes) -> None:
+    for headers in ({}, ND):
+        resp = await gw.get(PH, params={"all": "true", "limit": "2"}, headers=headers)
+        body = await resp.json()
+        assert resp.status == 400 and body["error"]["code"] == "bad_query", body
+        assert "limit" in body["error"]["message"] and "all=true" in body["error"]["message"]
+    ok = await gw.get(PH, params={"all": "false", "limit": "2"})
+    assert len((await ok.json())["items"]) == 2
