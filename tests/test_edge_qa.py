@@ -22,6 +22,7 @@ from gateway.server import build_app
 from sandbox.runner import Sandboxes
 from tests.conftest import ROUTES
 from tests.fake_upstream import Reply, start_fake
+from tests.helpers.cache import _gw as cache_gateway
 from tests.processes import free_port
 from tests.test_metrics import scrape, value
 
@@ -321,3 +322,106 @@ async def test_all_true_with_a_limit_is_a_400_not_everything(gw: TestClient[Any,
         assert "limit" in body["error"]["message"] and "all=true" in body["error"]["message"]
     ok = await gw.get(PH, params={"all": "false", "limit": "2"})
     assert len((await ok.json())["items"]) == 2
+
+
+# --------------------------------------------------------------------------- 4. a 403 is not a dead key
+
+ACTIVITY = "/v1/posthog/projects/1/notebooks/{}/activity"
+NOTEBOOK_SCOPES = ["notebook:read", "notebook:write"]
+
+
+async def test_a_missing_scope_is_upstream_forbidden_not_a_credential_to_renew(
+    make_gateway: Any, sandbox_env: dict[str, str], sandboxes: Sandboxes
+) -> None:
+    registry = CollectorRegistry()
+    gw = await make_gateway(registry=registry)
+    state = sandboxes.posthog_state
+    key = sandbox_env["POSTHOG_API_KEY"]
+    short_id = state.visible(1)[0].short_id
+    assert (await gw.get(ACTIVITY.format(short_id))).status == 200
+    state.apply_switches({"key_scopes": {key: NOTEBOOK_SCOPES}})
+    resp = await gw.get(ACTIVITY.format(short_id))
+    err = (await resp.json())["error"]
+    assert resp.status == 502 and err["code"] == "upstream_forbidden", err
+    assert err["route"] == "posthog_notebook_activity"
+    assert err["message"] == (
+        "upstream 'posthog' refused this call with the configured credential (403): it lacks a permission or"
+        " scope this route needs (API key missing required scope 'activity_log:read'); grant it"
+    )
+    assert "renew" not in err["message"].lower() and key not in err["message"]
+    text = await scrape(gw)
+    labels = {"upstream": "posthog", "route": "posthog_notebook_activity"}
+    assert value(text, "gateway_upstream_errors_total", **labels, kind="forbidden") == 1
+    assert value(text, "gateway_upstream_errors_total", **labels, kind="credentials_rejected") is None
+    info = {"route": "posthog_notebook_activity", "code": "upstream_forbidden"}
+    assert value(text, "gateway_route_failure_info", **info) == 1  # the route is down: every call fails alike
+    # the notebooks, which the key may still read, are unaffected; a key PostHog does not know is still a 401
+    assert (await gw.get(PH, params={"limit": "1"})).status == 200
+    state.apply_switches({"key_scopes": {key: None}})
+    assert (await gw.get(ACTIVITY.format(short_id))).status == 200
+
+
+async def test_an_unknown_key_is_still_a_credential_to_renew(
+    make_gateway: Any, sandbox_env: dict[str, str]
+) -> None:
+    gw = await make_gateway(env={**sandbox_env, "POSTHOG_API_KEY": "phx_" + "x" * 40})
+    resp = await gw.get(PH, params={"limit": "1"})
+    err = (await resp.json())["error"]
+    assert resp.status == 502 and err["code"] == "upstream_auth_rejected" and err["message"].endswith("renew them")
+    text = await scrape(gw)
+    kind = {"upstream": "posthog", "route": "posthog_notebooks", "kind": "credentials_rejected"}
+    assert value(text, "gateway_upstream_errors_total", **kind) == 1
+
+
+async def test_a_403_gets_no_stale_copy(make_gateway: Any, sandbox_env: dict[str, str], sandboxes: Sandboxes) -> None:
+    """What the credential may no longer read is not served from the cache either (a 5xx would be)."""
+    gw, clock = await cache_gateway(make_gateway, sandbox_env)
+    state = sandboxes.posthog_state
+    url = f"/v1/posthog/projects/1/notebooks/{state.visible(1)[0].short_id}"
+    assert (await gw.get(url)).status == 200
+    clock.now += 90  # past the ttl, inside the stale window
+    state.apply_switches({"key_scopes": {sandbox_env["POSTHOG_API_KEY"]: ["notebook:write"]}})
+    resp = await gw.get(url)
+    assert resp.status == 502 and "X-Cache" not in resp.headers
+    assert (await resp.json())["error"]["code"] == "upstream_forbidden"
+    state.apply_switches({"key_scopes": {sandbox_env["POSTHOG_API_KEY"]: None}})
+    state.apply_switches({"faults": {"/api/projects/1/notebooks": {"status": 500}}})
+    assert (await gw.get(url)).headers["X-Cache"] == "STALE"  # the control: the same entry, a 5xx
+
+
+SESSION = """
+upstreams:
+  origin:
+    base_url: ${ORIGIN_URL}
+    retries: {attempts: 1}
+    auth:
+      bearer: {env: ORIGIN_KEY}
+      check: {request: GET /me, expect: login}
+routes:
+  mine:
+    stable: GET /v1/mine
+    upstream: origin
+    pagination: {style: cursor, token: next, items: results}
+    targets: ["GET /mine"]
+"""
+
+
+async def test_a_session_check_answered_403_is_no_verdict_on_the_session(
+    make_gateway: Any, aiohttp_server: Any
+) -> None:
+    """A check path the credential may not read says nothing about the session: an empty list is
+    served (not cached), and the credential is not reported dead ("renew it" would be wrong)."""
+    fake, _, base = await start_fake(aiohttp_server)
+    fake.script("/mine", Reply(body=b'{"results": [], "next": null}'))
+    fake.script("/me", Reply(403, body=b'{"detail": "missing scope user:read"}'))
+    registry = CollectorRegistry()
+    gw = await make_gateway(SESSION, env={"ORIGIN_URL": base, "ORIGIN_KEY": "k" * 32}, registry=registry)
+    resp = await gw.get("/v1/mine")
+    assert resp.status == 200 and (await resp.json())["items"] == []
+    assert fake.count("/me") >= 1
+    text = await scrape(gw)
+    assert value(text, "gateway_upstream_credential_valid", upstream="origin", credential="bearer") != 0
+    fake.script("/me", Reply(401))
+    gw2 = await make_gateway(SESSION, env={"ORIGIN_URL": base, "ORIGIN_KEY": "k" * 32})
+    err = (await (await gw2.get("/v1/mine")).json())["error"]
+    assert err["code"] == "upstream_auth_rejected"  # the control: a 401 there is a dead session

@@ -584,8 +584,12 @@ async def test_each_upstream_status_is_the_error_it_means(make_gateway: Any, aio
     reads = [
         (401, said, 502, "upstream_auth_rejected",
          "upstream 'origin' rejected the gateway's credentials (401): said so; renew them"),
-        (403, b"", 502, "upstream_auth_rejected",
-         "upstream 'origin' rejected the gateway's credentials (403); renew them"),
+        (403, b"", 502, "upstream_forbidden",
+         "upstream 'origin' refused this call with the configured credential (403): it lacks a permission"
+         " or scope this route needs; grant it"),
+        (403, said, 502, "upstream_forbidden",
+         "upstream 'origin' refused this call with the configured credential (403): it lacks a permission"
+         " or scope this route needs (said so); grant it"),
         (429, said, 503, "upstream_rate_limited", "upstream 'origin' is rate limiting the gateway: said so"),
         (429, b"", 503, "upstream_rate_limited", "upstream 'origin' is rate limiting the gateway"),
         (400, said, 502, "upstream_rejected",
@@ -602,7 +606,7 @@ async def test_each_upstream_status_is_the_error_it_means(make_gateway: Any, aio
         (500, said, 502, "upstream_failed", "upstream 'origin' failed with 500: said so"),
         (503, b"", 502, "upstream_failed", "upstream 'origin' failed with 503"),
     ]
-    kinds = {401: "credentials_rejected", 403: "credentials_rejected", 429: "throttled", 400: "4xx", 422: "4xx",
+    kinds = {401: "credentials_rejected", 403: "forbidden", 429: "throttled", 400: "4xx", 422: "4xx",
              418: "4xx", 499: "4xx", 300: "redirect", 399: "redirect", 500: "5xx", 503: "5xx"}
     for status, body, answered, code, message in reads:
         headers = {"Retry-After": "7"} if status == 429 and body else {}

@@ -50,8 +50,9 @@ Notes = list[MultiMapping[str]]
 #: produces the answer a fill stores; the proxy adds each upstream answer's headers to the notes
 Produce = Callable[[Notes], Awaitable[web.StreamResponse]]
 
-#: failures where the last good copy stands in; a rejected or missing credential is not one of them
-_NO_STALE_KINDS = frozenset({"credentials", "credentials_rejected"})
+#: failures where the last good copy stands in; a rejected or missing credential is not one of them,
+#: nor a credential refused this call (403, gateway.proxy.status): what it may no longer read is not served
+_NO_STALE_KINDS = frozenset({"credentials", "credentials_rejected", "forbidden"})
 #: response headers that belong to one exchange, not to the stored representation
 _NOT_STORED = frozenset(
     {"content-length", "transfer-encoding", "connection", "date", "server", "x-request-id", "x-cache", "age", "warning"}
