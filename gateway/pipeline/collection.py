@@ -56,15 +56,9 @@ async def serve(
     if query is None:
         assert request is not None
         query = request.query
+    # all=true wins over limit, which is still checked (generated clients send its declared default)
+    limit = _limit(query.get("limit"), pag.default_limit, pag.max_limit, route.name)
     everything = all_flag(query.get("all"), route.name)
-    raw_limit = query.get("limit")
-    limit = _limit(raw_limit, pag.default_limit, pag.max_limit, route.name)
-    if everything and raw_limit is not None:
-        raise BadRequest(
-            "limit pages a collection and all=true asks for all of it: send one or the other",
-            code="bad_query",
-            route=route.name,
-        )
     fan = next((p for p in route.params if p.fan_out), None)
     streams: list[str | None] = list(params[fan.name]) if fan else [None]
     position = Position()
