@@ -172,6 +172,31 @@ async def test_a_client_hanging_up_on_a_relayed_body_is_a_499(
         assert value(text, "gateway_requests_total", method="GET", route="raw", status_class="5xx") is None
 
 
+@pytest.mark.parametrize("path", ["/v1/raw", "/v1/listed?all=true"])
+async def test_a_client_gone_before_the_head_went_out_is_a_499(
+    aiohttp_server: Any, access_lines: Lines, tmp_path: Path, path: str
+) -> None:
+    """The client leaves while the gateway still waits on the upstream: the first write (the head) fails."""
+    _, stream = access_lines
+    fake, _, base = await start_fake(aiohttp_server)
+    fake.script("/raw", Reply(body=b"x" * 100, delay=0.5))
+    fake.script("/listed", _page(0))
+    async with _served(YAML, {"ORIGIN_URL": base}, tmp_path) as (host, port, registry):
+        _, writer = await asyncio.open_connection(host, port)
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/x-ndjson\r\n"
+            "X-Request-ID: early\r\n\r\n".encode()
+        )
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.transport.abort()
+        line = await _access(stream, "early")
+        assert line["status"] == 499 and line["error"] == "client_closed", line
+        _no_internal_error(stream)
+        text = generate_latest(registry).decode()
+        assert value(text, "gateway_requests_total", method="GET", route=line["route"], status_class="5xx") is None
+
+
 async def test_a_complete_stream_is_still_a_200(make_gateway: Any, aiohttp_server: Any, access_lines: Lines) -> None:
     _, stream = access_lines
     gw, fake = await _fake_gateway(make_gateway, aiohttp_server)
@@ -365,9 +390,7 @@ async def test_a_missing_scope_is_upstream_forbidden_not_a_credential_to_renew(
     assert (await gw.get(ACTIVITY.format(short_id))).status == 200
 
 
-async def test_an_unknown_key_is_still_a_credential_to_renew(
-    make_gateway: Any, sandbox_env: dict[str, str]
-) -> None:
+async def test_an_unknown_key_is_still_a_credential_to_renew(make_gateway: Any, sandbox_env: dict[str, str]) -> None:
     gw = await make_gateway(env={**sandbox_env, "POSTHOG_API_KEY": "phx_" + "x" * 40})
     resp = await gw.get(PH, params={"limit": "1"})
     err = (await resp.json())["error"]
