@@ -197,6 +197,30 @@ async def test_a_client_gone_before_the_head_went_out_is_a_499(
         assert value(text, "gateway_requests_total", method="GET", route=line["route"], status_class="5xx") is None
 
 
+async def test_a_json_walk_for_a_client_that_left_stops_too(
+    aiohttp_server: Any, access_lines: Lines, tmp_path: Path
+) -> None:
+    """``all=true`` as one JSON document: nothing is sent before the walk ends, so the gateway looks
+    between pages whether the caller is still there (served as ``gateway serve`` serves)."""
+    _, stream = access_lines
+    fake, _, base = await start_fake(aiohttp_server)
+    fake.script("/listed", *(_page(n) for n in range(PAGES)))
+    async with _served(YAML, {"ORIGIN_URL": base}, tmp_path) as (host, port, registry):
+        _, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET /v1/listed?all=true HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-ID: json-gone\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.45)  # page 1 is in, page 2 on its way
+        writer.transport.abort()
+        line = await _access(stream, "json-gone")
+        assert line["status"] == 499 and line["error"] == "client_closed", line
+        _no_internal_error(stream)
+        calls = fake.count("/listed")
+        await asyncio.sleep(0.8)
+        assert fake.count("/listed") == calls <= 3
+        text = generate_latest(registry).decode()
+        assert value(text, "gateway_requests_total", method="GET", route="listed", status_class="4xx") == 1
+
+
 async def test_a_complete_stream_is_still_a_200(make_gateway: Any, aiohttp_server: Any, access_lines: Lines) -> None:
     _, stream = access_lines
     gw, fake = await _fake_gateway(make_gateway, aiohttp_server)

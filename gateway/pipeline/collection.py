@@ -91,8 +91,16 @@ async def serve(
         done = functools.partial(proxy.health.up, route.name)
         return await ndjson.stream(request, mapped, route.name, request_id, done, trace, proxy.scrub)
     items: list[Any] = []
-    async for page in mapped:
-        items.extend(page)
+    # a walk for this caller alone stops once the caller has gone (the framing logs a 499); a cache
+    # fill's goes on: its answer is stored, and other requests may be waiting on it
+    watched = request if notes is None else None
+    try:
+        async for page in mapped:
+            items.extend(page)
+            if watched is not None and watched.transport is None:
+                raise ConnectionResetError("the client closed the connection")
+    finally:
+        await mapped.aclose()
     next_cursor = None if everything else encode_cursor(route, streams, position, proxy.cursor_secret, params)
     proxy.health.up(route.name)
     resp = ndjson.page(items, next_cursor) if as_ndjson else _json_page(items, next_cursor)
