@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import logs
 from gateway.server import build_app
@@ -24,7 +25,6 @@ from tests.conftest import ROUTES
 from tests.fake_upstream import Reply, start_fake
 from tests.helpers.cache import _gw as cache_gateway
 from tests.processes import free_port
-from tests.test_metrics import scrape, value
 
 PH = "/v1/posthog/projects/1/notebooks"
 ND = {"Accept": "application/x-ndjson"}
@@ -51,6 +51,21 @@ routes:
 """
 
 PAGES = 8
+
+
+def value(text: str, name: str, **labels: str) -> float | None:
+    """The sample ``name{labels}`` of a /metrics text (exactly those labels); None when absent."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None
+
+
+async def scrape(gw: TestClient[Any, Any]) -> str:
+    resp = await gw.get("/metrics")
+    assert resp.status == 200
+    return str(await resp.text())
 
 
 def _page(n: int) -> Reply:
