@@ -122,8 +122,10 @@ async def _head_of_all(
         await mapped.aclose()
     ctype = ndjson.NDJSON_TYPE if as_ndjson else f"{JSON_TYPE}; charset=utf-8"
     resp = web.StreamResponse(headers={"Content-Type": ctype, "X-Request-ID": request_id})
-    # a GET's JSON is compressed once it is large (gateway.pipeline.conventions): a HEAD cannot tell
-    vary(resp, "Accept") if as_ndjson else vary(resp, "Accept", "Accept-Encoding")
+    if as_ndjson:
+        vary(resp, "Accept")
+    else:  # a GET's JSON is compressed once it is large (gateway.pipeline.conventions): a HEAD cannot tell
+        vary(resp, "Accept", "Accept-Encoding")
     return resp
 
 
