@@ -7,7 +7,8 @@ only that header, and nginx does not follow it either).  So every answer of a st
 route, error answers included, is marked ``Cache-Control: private`` (``no-store`` for
 writes, and for reads of a route with ``no_store: true``): a shared cache must not store
 it, whoever asked.  ``Vary`` names the headers that carry client keys, for caches that
-store private answers (a browser's).
+store private answers (a browser's).  A collection's answer also depends on ``Accept`` (JSON or
+NDJSON at the same URL, different bodies and ETags), so it names ``Accept`` too (``vary``).
 """
 
 from __future__ import annotations
@@ -29,11 +30,18 @@ def mark_private(request: web.Request, resp: web.StreamResponse, *, keyed: bool,
     if current is None or "no-store" not in current.lower():
         headers["Cache-Control"] = "private" if request.method in _READS and not no_store else "no-store"
     if keyed:
-        have = {v.strip().lower() for v in resp.headers.get("Vary", "").split(",") if v.strip()}
-        if "*" not in have:
-            missing = [h for h in KEY_HEADERS if h.lower() not in have]
-            if missing:
-                resp.headers["Vary"] = ", ".join([*filter(None, [resp.headers.get("Vary", "").strip()]), *missing])
+        vary(resp, *KEY_HEADERS)
+
+
+def vary(resp: web.StreamResponse, *names: str) -> None:
+    """Add ``names`` to ``resp``'s ``Vary``, keeping what is there as it is (``*`` already covers all)."""
+    current = resp.headers.get("Vary", "").strip()
+    have = {v.strip().lower() for v in current.split(",") if v.strip()}
+    if "*" in have:
+        return
+    missing = [name for name in names if name.lower() not in have]
+    if missing:
+        resp.headers["Vary"] = ", ".join([current, *missing] if current else missing)
 
 
 def mark_answer(request: web.Request, resp: web.StreamResponse, trace: RequestTrace | None) -> None:

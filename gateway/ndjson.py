@@ -28,7 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import jsonio
-from gateway.downstream import mark_answer
+from gateway.downstream import mark_answer, vary
 from gateway.errors import GatewayError, UpstreamError
 from gateway.trace import RequestTrace
 
@@ -81,33 +81,51 @@ async def stream(
     scrub: Callable[[GatewayError], None] | None = None,
 ) -> web.StreamResponse:
     """Write every page as it comes; ``done()`` once all were written.  A failure midway: see above;
-    it is redacted (``scrub``) before its line is written, and noted on the request's ``trace``."""
+    it is redacted (``scrub``) before its line is written, and noted on the request's ``trace``.
+
+    A client that goes away ends the walk at once (no upstream page is fetched for nobody) and is
+    noted on ``trace`` as a client abort (access line 499 ``client_closed``), not as a failure."""
     try:
         first = await anext(pages, None)  # fails as an ordinary error response: nothing is sent yet
         resp = web.StreamResponse(headers={"Content-Type": NDJSON_TYPE, "X-Request-ID": request_id})
+        vary(resp, "Accept")  # the JSON answer shares the URL
         mark_answer(request, resp, trace)  # Cache-Control/Vary go out with the head
-        await resp.prepare(request)
-        current = first
         try:
-            while current is not None:
-                if current:
-                    await resp.write(lines(current))
-                current = await anext(pages, None)
-        except GatewayError as exc:
-            if exc.route is None:
-                exc.route = route
-            if scrub is not None:
-                scrub(exc)
+            await resp.prepare(request)
+            current = first
+            try:
+                while current is not None:
+                    if current:
+                        await resp.write(lines(current))
+                    if request.transport is None:  # the caller hung up meanwhile: fetch nothing more
+                        raise ConnectionResetError("the client closed the connection")
+                    current = await anext(pages, None)
+            except GatewayError as exc:
+                _broke_off(exc, route, trace, scrub)
+                await resp.write(lines([exc.body()]))
+                if request.transport is not None:
+                    request.transport.close()  # flushes what is buffered, then no end-of-body marker
+                return resp
+            await resp.write_eof()
+        except ConnectionError:  # aiohttp's ClientConnectionResetError: the caller is gone
             if trace is not None:
-                trace.error = exc.code
-                if isinstance(exc, UpstreamError):
-                    trace.broke_off(exc)  # counted by the route's ``account`` stage: no exception leaves
-            await resp.write(lines([exc.body()]))
-            if request.transport is not None:
-                request.transport.close()  # flushes what is buffered, then no end-of-body marker
+                trace.went_away()
             return resp
-        await resp.write_eof()
         done()
         return resp
     finally:
         await pages.aclose()
+
+
+def _broke_off(
+    exc: GatewayError, route: str, trace: RequestTrace | None, scrub: Callable[[GatewayError], None] | None
+) -> None:
+    """A failure after the head went out: named, redacted, and noted for the access line and ``account``."""
+    if exc.route is None:
+        exc.route = route
+    if scrub is not None:
+        scrub(exc)
+    if trace is not None:
+        trace.error = exc.code
+        if isinstance(exc, UpstreamError):
+            trace.broke_off(exc)  # counted by the route's ``account`` stage: no exception leaves

@@ -72,9 +72,20 @@ async def relay(
         try:
             await out.write(chunk)
         except ConnectionError:
-            return out, None  # the caller went away: nobody to tell, and not the route's fault
-    await out.write_eof()
+            return _gone(request, out), None  # nobody to tell, and not the route's fault
+    try:
+        await out.write_eof()
+    except ConnectionError:
+        return _gone(request, out), None
     return out, None
+
+
+def _gone(request: web.Request, out: web.StreamResponse) -> web.StreamResponse:
+    """The caller went away mid-body: a client abort for the access line (499 ``client_closed``)."""
+    trace = trace_of(request)
+    if trace is not None:
+        trace.went_away()
+    return out
 
 
 def _cut(request: web.Request, out: web.StreamResponse) -> web.StreamResponse:

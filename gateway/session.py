@@ -10,10 +10,12 @@ collection comes back empty.  One answer stands for ``memo`` seconds per upstrea
 credential value (a renewed cookie is checked afresh), and concurrent callers share one
 request, so a burst of empty lists costs one check.
 
-Verdicts: ``live`` (the field is there), ``dead`` (a 200 without it, or 401/403) and
+Verdicts: ``live`` (the field is there), ``dead`` (a 200 without it, or 401) and
 ``unknown`` (the check itself failed: transport error, timeout, another status, not
-JSON).  An empty collection is then a 502 ``upstream_auth_rejected`` (dead), or served
-but never cached (unknown).  ``gateway_upstream_credential_valid`` follows live (1) and
+JSON; a 403 too: the upstream knows the credential but it may not read the check's
+path, which says nothing about the session, and "renew it" would be the wrong fix).
+An empty collection is then a 502 ``upstream_auth_rejected`` (dead), or served but never
+cached (unknown).  ``gateway_upstream_credential_valid`` follows live (1) and
 dead (0); an unknown verdict leaves it as it was.
 """
 
@@ -150,8 +152,10 @@ class SessionChecks:
     def _judge(self, spec: SessionCheck, resp: UpstreamResponse, now: float) -> CheckResult:
         request = f"GET {spec.path}"
         field = ".".join(spec.expect)
-        if resp.status in (401, 403):
-            return CheckResult("dead", f"{request} was answered {resp.status}", now)
+        if resp.status == 401:
+            return CheckResult("dead", f"{request} was answered 401", now)
+        if resp.status == 403:  # signed in, not allowed to read it: no verdict on the session
+            return CheckResult("unknown", f"{request} was answered 403: the credential may not read it", now)
         if resp.status != 200:
             return CheckResult("unknown", f"{request} was answered {resp.status}", now)
         try:

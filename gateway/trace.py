@@ -15,6 +15,11 @@ from aiohttp.web_urldispatcher import AbstractRoute, UrlMappingMatchInfo
 
 from gateway.errors import UpstreamError
 
+#: the access line's status and error code for a client that went away before its answer was all
+#: written (nginx's 499): counted under 4xx, never as the gateway failing
+CLIENT_CLOSED_STATUS = 499
+CLIENT_CLOSED = "client_closed"
+
 
 @dataclass(slots=True)
 class RequestTrace:
@@ -39,6 +44,8 @@ class RequestTrace:
     #: an upstream failure that cut an answer already under way (a relayed body, an NDJSON stream):
     #: no exception can leave then, so the pipeline's ``account`` stage takes it from here
     cut: UpstreamError | None = None
+    #: the client went away mid-answer (``went_away``): the access line and metrics say 499
+    closed: bool = False
 
     def upstream(self, status: int | None, seconds: float) -> None:
         """Record one upstream exchange."""
@@ -51,6 +58,12 @@ class RequestTrace:
         """An answer was cut after its head went out: noted for the access line and the ``account`` stage."""
         self.error = failure.code
         self.cut = failure.with_traceback(None)  # no frames (and the bodies they hold) kept alive
+
+    def went_away(self) -> None:
+        """The client closed its connection before the answer was all written: not the gateway's
+        failure nor the route's, so it is logged and counted as 499 ``client_closed``."""
+        self.closed = True
+        self.error = CLIENT_CLOSED
 
 
 class StableMatch(UrlMappingMatchInfo):

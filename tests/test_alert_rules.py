@@ -49,7 +49,7 @@ def as_promql(expr: str) -> str:
 async def test_prometheus_config_and_rules_pass_promtool() -> None:
     code, out = await promtool("check", "config", str(PROMETHEUS / "prometheus.yml"))
     assert code == 0, out
-    assert "SUCCESS: 10 rules found" in out
+    assert "SUCCESS: 11 rules found" in out
 
 
 async def test_alert_rules_unit_tests_pass() -> None:
@@ -72,6 +72,7 @@ def test_the_issue_asks_for_these_alerts() -> None:
         "RoutegateCredentialExpiresSoon",
         "RoutegateCredentialExpiring",
         "RoutegateCredentialRejected",
+        "RoutegateCredentialForbidden",
     } <= names
     for rule in alert_rules():
         assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]

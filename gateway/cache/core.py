@@ -51,8 +51,9 @@ Notes = list[MultiMapping[str]]
 Produce = Callable[[Notes], Awaitable[web.StreamResponse]]
 
 #: failures where the last good copy stands in; a rejected or missing credential is not one of them, nor a
+#: credential refused this call (403, gateway.proxy.status: what it may no longer read is not served), nor a
 #: list that moved under a walk (an old page read from another list cannot continue the client's)
-_NO_STALE_KINDS = frozenset({"credentials", "credentials_rejected", "shifted"})
+_NO_STALE_KINDS = frozenset({"credentials", "credentials_rejected", "forbidden", "shifted"})
 #: response headers that belong to one exchange, not to the stored representation
 _NOT_STORED = frozenset(
     {"content-length", "transfer-encoding", "connection", "date", "server", "x-request-id", "x-cache", "age", "warning"}

@@ -124,7 +124,7 @@ def _operation(route: Route, config: Config) -> dict[str, Any]:
             {
                 "name": "all",
                 "in": "query",
-                "description": "Aggregate every page into one response.",
+                "description": "Aggregate every page into one response (`limit` is then ignored).",
                 "schema": {"type": "boolean", "default": False},
             },
         ]

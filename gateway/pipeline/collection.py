@@ -3,6 +3,8 @@
 Limits, ``all`` and the cursor are checked before any upstream call (400 otherwise); the
 upstream's pages are fetched (gateway.pagination), each item checked against ``shape`` and
 mapped, and an empty signed-in answer confirmed by the session check before it is served.
+Every answer names ``Accept`` in ``Vary``: JSON and NDJSON share the URL.  A HEAD of
+``all=true`` never walks: the first page decides its status, as it does a stream's.
 """
 
 from __future__ import annotations
@@ -18,17 +20,21 @@ from multidict import MultiMapping
 from gateway import jsonio, ndjson
 from gateway.cache import CacheUnavailable, Notes, ResponseCache, forbid_store
 from gateway.config import Route, Upstream
+from gateway.downstream import vary
 from gateway.errors import BadGateway, BadRequest
 from gateway.fallback import HandOver
 from gateway.mapping import apply_mapping
 from gateway.pagination import Answer, Position, Tagged, decode_cursor, encode_cursor, pages, shifts
 from gateway.pipeline.calls import Call, link_below
+from gateway.pipeline.conventions import all_flag
 from gateway.pipeline.core import Core
 from gateway.session import unless_signed_out as _held_unless_signed_out
 from gateway.shape import check_fields
 from gateway.trace import RequestTrace
 
 JSON_TYPE = "application/json"
+#: the longest ``limit`` read (ten ASCII digits): more is no number a route allows
+_LIMIT_DIGITS = 10
 
 
 async def serve(
@@ -50,8 +56,9 @@ async def serve(
     if query is None:
         assert request is not None
         query = request.query
+    # all=true wins over limit, which is still checked (generated clients send its declared default)
     limit = _limit(query.get("limit"), pag.default_limit, pag.max_limit, route.name)
-    everything = _flag(query.get("all"), route.name)
+    everything = all_flag(query.get("all"), route.name)
     fan = next((p for p in route.params if p.fan_out), None)
     streams: list[str | None] = list(params[fan.name]) if fan else [None]
     position = Position()
@@ -77,17 +84,56 @@ async def serve(
             proxy, route, stable_pages(proxy, route, params, streams, at, size, request_id, notes, trace), notes
         )
 
+    if everything and request is not None and request.method == "HEAD":
+        return await _head_of_all(walk(position), as_ndjson, request_id, notes)
     if as_ndjson and everything:
         assert request is not None
         done = functools.partial(proxy.health.up, route.name)
         return await ndjson.stream(request, walk(position), route.name, request_id, done, trace, proxy.scrub)
+    # a walk for this caller alone stops once the caller has gone (the framing logs a 499); a cache
+    # fill's goes on: its answer is stored, and other requests may be waiting on it
+    watched = request if notes is None else None
+
+    def watched_walk(at: Position) -> AsyncGenerator[list[Any], None]:
+        return walk(at) if watched is None else _while_there(walk(at), watched)
+
     # all=true starts again where the list moves under it (gateway.pagination.shifts); a page cannot
-    items = await shifts.collect(walk, position, shifts.MAX_RESTARTS if everything and not cursor else 0)
+    items = await shifts.collect(watched_walk, position, shifts.MAX_RESTARTS if everything and not cursor else 0)
     next_cursor = None if everything else encode_cursor(route, streams, position, proxy.cursor_secret, params)
     proxy.health.up(route.name)
+    resp = ndjson.page(items, next_cursor) if as_ndjson else _json_page(items, next_cursor)
+    vary(resp, "Accept")
+    return resp
+
+
+async def _while_there(pages: AsyncGenerator[list[Any], None], request: web.Request) -> AsyncGenerator[list[Any], None]:
+    """``pages`` until the client has gone: no next upstream page is fetched for nobody."""
+    async with contextlib.aclosing(pages):
+        async for page in pages:
+            yield page
+            if request.transport is None:
+                raise ConnectionResetError("the client closed the connection")
+
+
+async def _head_of_all(
+    mapped: AsyncGenerator[list[Any], None], as_ndjson: bool, request_id: str, notes: Notes | None
+) -> web.StreamResponse:
+    """HEAD of ``all=true``: the status and head a GET would get once its first page is in (what
+    decides a stream's status too), without the body; the walk stops there (the upstream budget is
+    not spent on a body nobody reads).  No ETag, Content-Length or Content-Encoding: they would need
+    the whole walk."""
+    forbid_store(notes)  # (the cache stage lets a HEAD of all=true by; this holds if it did not)
+    try:
+        await anext(mapped, None)  # a failure here is the GET's error answer, without its body
+    finally:
+        await mapped.aclose()
+    ctype = ndjson.NDJSON_TYPE if as_ndjson else f"{JSON_TYPE}; charset=utf-8"
+    resp = web.StreamResponse(headers={"Content-Type": ctype, "X-Request-ID": request_id})
     if as_ndjson:
-        return ndjson.page(items, next_cursor)
-    return _json_page(items, next_cursor)
+        vary(resp, "Accept")
+    else:  # a GET's JSON is compressed once it is large (gateway.pipeline.conventions): a HEAD cannot tell
+        vary(resp, "Accept", "Accept-Encoding")
+    return resp
 
 
 async def stable_pages(
@@ -123,14 +169,22 @@ async def stable_pages(
     else:
         fetch = functools.partial(fetch_from, None, False)
         source = pages(route, streams, position, limit, fetch, upstream.concurrency, upstream.base_url)
-    # drift in a page (pagination.py: lost list, stalled paging) or in an item counts alike (``account``)
-    async for page in source:
-        out: list[Any] = []
-        for stream, item in page:
-            if route.shape is not None:
-                check_fields(route.shape, item, route.name)
-            out.append(item if mapping is None else apply_mapping(mapping, item, params_of(stream), None, route.name))
-        yield out
+    # drift in a page (pagination.py: lost list, stalled paging) or in an item counts alike (``account``);
+    # closed with this generator: a walk given up (a client gone, a HEAD) stops its prefetches at once
+    try:
+        async for page in source:
+            out: list[Any] = []
+            for stream, item in page:
+                if route.shape is not None:
+                    check_fields(route.shape, item, route.name)
+                out.append(
+                    item if mapping is None else apply_mapping(mapping, item, params_of(stream), None, route.name)
+                )
+            yield out
+    finally:
+        close = getattr(source, "aclose", None)  # (typed an iterator; it is an async generator)
+        if close is not None:
+            await close()
 
 
 async def _walk(
@@ -213,26 +267,14 @@ def _check_link_cursor(route: Route, params: Mapping[str, Any], position: Positi
 
 
 def _limit(raw: str | None, default: int, maximum: int, route: str) -> int:
+    """``limit`` in plain ASCII digits (no sign, space, ``_`` or other scripts' digits, which
+    Python's ``int()`` would take), from 1 to the route's ``max_limit``."""
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
+    value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= _LIMIT_DIGITS else 0
     if not 1 <= value <= maximum:
         raise BadRequest(f"limit must be an integer from 1 to {maximum}, got {raw!r}", code="bad_limit", route=route)
     return value
-
-
-def _flag(raw: str | None, route: str) -> bool:
-    if raw is None:
-        return False
-    low = raw.lower()
-    if low in ("true", "1", "yes"):
-        return True
-    if low in ("false", "0", "no", ""):
-        return False
-    raise BadRequest(f"all must be true or false, got {raw!r}", code="bad_query", route=route)
 
 
 def _json_page(items: list[Any], next_cursor: str | None) -> web.Response:

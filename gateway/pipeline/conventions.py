@@ -13,11 +13,12 @@ import hashlib
 from aiohttp import web
 
 from gateway.config import Route
+from gateway.downstream import vary
+from gateway.errors import BadRequest
 from gateway.pipeline import Exchange, Handler, http
 
 #: answers smaller than this are sent as they are: compressing them saves less than it costs
 COMPRESS_MIN_BYTES = 1024
-_TRUE = frozenset({"true", "1", "yes"})
 #: headers a 304 repeats from the answer it stands for (RFC 9110 15.4.5) plus the gateway's own
 _KEPT_ON_304 = ("ETag", "Cache-Control", "Vary", "Date", "Age", "X-Cache", "Expires", "Content-Location")
 
@@ -64,19 +65,27 @@ def validator(route: Route, inner: Handler) -> Handler | None:
     return validated
 
 
+def all_flag(raw: str | None, route: str) -> bool:
+    """The one rule for ``all``: absent or ``false`` is a page, ``true`` is everything, anything else
+    (``yes``, ``1``, ``TRUE``, empty) is a 400 ``bad_query`` before any upstream call, as the OpenAPI
+    enum says.  The collection stage reads it; ``wants_all`` relies on that 400 having been raised."""
+    if raw is None or raw == "false":
+        return False
+    if raw == "true":
+        return True
+    raise BadRequest(f"all must be true or false, got {raw!r}", code="bad_query", route=route)
+
+
 def wants_all(request: web.Request) -> bool:
-    return request.query.get("all", "").lower() in _TRUE
+    """``all=true`` exactly (``all_flag``: any other value never reached an answer worth compressing)."""
+    return request.query.get("all") == "true"
 
 
 def compress_large(resp: web.StreamResponse) -> None:
     """Let aiohttp compress ``resp`` as ``Accept-Encoding`` allows, if it is large enough to gain."""
     if isinstance(resp, web.Response) and isinstance(resp.body, bytes) and len(resp.body) >= COMPRESS_MIN_BYTES:
         resp.enable_compression()
-        vary = resp.headers.get("Vary")
-        if vary is None:
-            resp.headers["Vary"] = "Accept-Encoding"
-        elif "accept-encoding" not in vary.lower():
-            resp.headers["Vary"] = f"{vary}, Accept-Encoding"
+        vary(resp, "Accept-Encoding")
 
 
 def compress(route: Route, inner: Handler) -> Handler | None:

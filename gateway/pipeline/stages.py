@@ -29,6 +29,12 @@ def _streamed(route: Route, request: web.Request) -> bool:
     return route.pagination is not None and ndjson.wants_ndjson(request.headers.get("Accept", ""))
 
 
+def _head_of_all(request: web.Request) -> bool:
+    """A HEAD of ``all=true`` fetches one page for its status (gateway.pipeline.collection): no body to
+    store, and a GET must never join (coalesce with) its fill and be handed that empty answer."""
+    return request.method == "HEAD" and request.query.get("all") == "true"
+
+
 def cache(proxy: Core) -> Stage:
     """Reads of a caching route: HIT/MISS/STALE/BYPASS (gateway.cache); the fill stores the answer whole."""
 
@@ -42,7 +48,7 @@ def cache(proxy: Core) -> Stage:
         def cached(ex: Exchange) -> Awaitable[web.StreamResponse]:
             # a plain function handing back the cache's coroutine (or the inner stage's): one coroutine fewer
             request = http(ex)
-            if paginated and _streamed(route, request):
+            if paginated and (_streamed(route, request) or _head_of_all(request)):
                 return inner(ex)
 
             async def fill(notes: Notes) -> web.StreamResponse:

@@ -1,5 +1,9 @@
 """Upstream statuses mapped once: 404/410 (a missing entity or a gone route), every other failure, ``shape``.
 
+A 401 is a credential the upstream does not accept (renew it: ``credentials_rejected``); a 403
+is a credential it accepts but that may not make this call, such as a PostHog key without the
+route's scope (grant it: ``forbidden``): two diagnoses, two alerts, two fixes.
+
 Nothing here counts a failure: the error leaves the route's pipeline through its ``account``
 stage (gateway.pipeline.account), which counts it once and marks the route down.
 """
@@ -14,6 +18,9 @@ from gateway.redact import Redactor
 from gateway.shape import check_response
 from gateway.upstream import UpstreamResponse
 from gateway.verdict import Ask, GoneCheck
+
+#: the ``upstream_errors`` kind of an upstream 403 (no stale copy stands in: gateway.cache)
+FORBIDDEN_KIND = "forbidden"
 
 
 async def not_there(
@@ -59,13 +66,21 @@ def check_status(upstream: Upstream, route: Route, target: Target, resp: Upstrea
     detail = redact(upstream_message(resp.body), fresh=True)
     name = upstream.name
     exc: Exception
-    if status in (401, 403):
+    if status == 401:  # not authenticated: the credential is missing, expired or revoked
         exc = BadGateway(
             f"upstream {name!r} rejected the gateway's credentials ({status})"
             + (f": {detail}" if detail else "")
             + "; renew them",
             kind="credentials_rejected",
             code="upstream_auth_rejected",
+            route=route.name,
+        )
+    elif status == 403:  # authenticated, not allowed: renewing a working credential would not help
+        exc = BadGateway(
+            f"upstream {name!r} refused this call with the configured credential ({status}): it lacks a"
+            " permission or scope this route needs" + (f" ({detail})" if detail else "") + "; grant it",
+            kind=FORBIDDEN_KIND,
+            code="upstream_forbidden",
             route=route.name,
         )
     elif status == 429:

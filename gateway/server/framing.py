@@ -29,7 +29,7 @@ from gateway.methods import SAFE
 from gateway.metrics import NO_ROUTE
 from gateway.server.stable import Dispatch
 from gateway.server.state import Gateway
-from gateway.trace import RequestTrace, trace_of
+from gateway.trace import CLIENT_CLOSED, CLIENT_CLOSED_STATUS, RequestTrace, trace_of
 
 log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
@@ -125,11 +125,21 @@ def _answer(request: web.Request, rid: str, record: RequestTrace, exc: Exception
     elif isinstance(exc, web.HTTPException):
         err = GatewayError(exc.reason, code=exc.reason.lower().replace(" ", "_"))
         err.status = exc.status
+    elif isinstance(exc, ConnectionError) and _client_gone(request):
+        # writing to a caller that hung up: no gateway fault, no traceback (the answer goes nowhere)
+        record.went_away()
+        err = GatewayError("the client closed the connection", code=CLIENT_CLOSED, route=record.route)
+        err.status = CLIENT_CLOSED_STATUS
     else:
         log.exception("internal error handling %s %s (request %s)", request.method, request.path, rid, exc_info=exc)
         err = GatewayError("internal gateway error; see the gateway log", route=record.route)
     record.error = err.code
     return error_response(err)
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def own(gateway: Gateway, handler: OwnHandler) -> Handler:
@@ -170,6 +180,12 @@ def stable(gateway: Gateway, dispatch: Dispatch, own_allow: Mapping[str, str]) -
             resp = await dispatch(request, rid, record)
         except Exception as exc:
             resp = _answer(request, rid, record, exc)
+        except asyncio.CancelledError:
+            if _client_gone(request):  # cancelled because the client left (aiohttp's handler_cancellation)
+                record.went_away()
+                elapsed = time.perf_counter() - started
+                _account(request, rid, CLIENT_CLOSED_STATUS, elapsed, record, gateway)
+            raise
         resp.headers["X-Request-ID"] = rid
         if record.route is not None and not resp.prepared:  # (a stream was marked before its head went out)
             mark_private(request, resp, keyed=record.keyed, no_store=record.no_store)
@@ -177,7 +193,8 @@ def stable(gateway: Gateway, dispatch: Dispatch, own_allow: Mapping[str, str]) -
         # does not wait for the bookkeeping (aiohttp writes the response in this same turn of the
         # loop, before any callback queued now runs); a 405 on an own path too, under route "(none)"
         elapsed = time.perf_counter() - started
-        asyncio.get_running_loop().call_soon(_account, request, rid, resp.status, elapsed, record, gateway)
+        status = CLIENT_CLOSED_STATUS if record.closed else resp.status
+        asyncio.get_running_loop().call_soon(_account, request, rid, status, elapsed, record, gateway)
         return resp
 
     return framed
