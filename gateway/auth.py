@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from gateway.config import AuthSpec, Secret, SecretSource, Upstream
 from gateway.errors import BadGateway
+
+#: what no header value may hold (a tab may)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class CredentialsMissing(BadGateway):
@@ -104,7 +108,7 @@ class Credentials:
         """The source's value; None when it is not set; ``Unusable`` when it is set (a file named)
         but holds no value: the message names the file and why, never anything read from it."""
         if source.kind == "env":
-            return self._env.get(source.name) or None
+            return self._env.get(source.name) or None  # a line break in it: bad_upstream_header (headers_for)
         path = source.name if source.kind == "file" else self._env.get(source.name, "")
         if not path:
             return None
@@ -113,8 +117,8 @@ class Credentials:
         if source.json_key is None:
             if not text.strip():
                 raise Unusable(f"{where} is empty")
-            return text.strip()
-        return _json_value(text, source.json_key, where)
+            return _one_line(text.strip(), where)
+        return _one_line(_json_value(text, source.json_key, where), where)
 
     def _read(self, path: str, where: str) -> str:
         try:
@@ -125,7 +129,7 @@ class Credentials:
         if cached is not None and cached[0] == st.st_mtime_ns and cached[1] == st.st_size:
             return cached[2]
         try:
-            with open(path, encoding="utf-8") as fh:
+            with open(path, encoding="utf-8-sig") as fh:  # a leading BOM (Notepad, PowerShell) is no part of a key
                 text = fh.read()
         except OSError as exc:
             raise Unusable(f"{where}: {_os_reason(exc)}") from None
@@ -137,6 +141,17 @@ class Credentials:
 
 class Unusable(Exception):
     """A credential source that is set but yields no value; the message is safe to show (no content)."""
+
+
+def _one_line(value: str, where: str) -> str:
+    """A credential goes into one header line: a line break or another control character in a file's
+    value is the file written wrong (two values, a stray character), said here with the file's name
+    rather than later as a header the upstream call cannot send."""
+    found = _CONTROL.search(value)
+    if found is not None:
+        what = "more than one line" if found.group() in "\r\n" else "a control character"
+        raise Unusable(f"{where} holds {what} (a credential is one line)")
+    return value
 
 
 def _os_reason(exc: OSError) -> str:

@@ -152,10 +152,13 @@ def posthog_notebook_update(body: Any, params: Mapping[str, Any]) -> Any:
     stores the ``version`` it is sent (NotebookSerializer.update): a title-only PATCH with a
     stale version would roll the counter back.  So content needs a version, and a version
     needs content.  A field PostHog does not write (misspelt, or read-only) would be dropped
-    silently and the PATCH answered 200: refused too.  The body is forwarded unchanged."""
+    silently and the PATCH answered 200: refused too, as is an empty body (it would change nothing
+    but the notebook's place in the list).  The body is forwarded unchanged."""
     if not isinstance(body, dict):
         raise Unprocessable("the body must be a JSON object", details=["body: expected an object"])
     problems = _notebook_field_problems(body)
+    if not body:  # PostHog would answer 200 and bump last_modified_at: the notebook jumps to the list's top
+        problems.append(f"body: nothing to update (writable: {', '.join(_NOTEBOOK_WRITABLE)})")
     has_content = bool(body.get("content"))
     if has_content and "version" not in body:
         problems.append("version: required with non-empty content (the notebook's current version, from a GET)")

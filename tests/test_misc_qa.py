@@ -163,6 +163,7 @@ async def test_the_throttle_switch_says_no_retry_after_and_none_is_sent(sandboxe
         ({"deleted": "yes"}, "deleted: must be true or false, got a string"),
         ({"title": 3}, "title: must be a string or null, got a number"),
         ({"text_content": ["a"]}, "text_content: must be a string or null, got a list"),
+        ({}, "body: nothing to update (writable: title, content, text_content, version, deleted)"),
     ],
 )
 async def test_a_patch_with_a_field_posthog_would_ignore_is_refused_and_never_sent(
@@ -245,6 +246,30 @@ async def test_a_usable_cookies_file_still_works_and_an_unset_one_still_says_wha
     assert code == 0 and out.startswith("OK"), (out, err)
     code, out, err = await _exec("probe", str(ROUTES), "--route", "observable_notebooks", env=env)
     assert code == 4 and "no credentials configured (cookie I: set OBSERVABLE_SESSION or" in out, out
+
+
+async def test_a_key_file_with_a_bom_is_read_and_one_with_two_lines_is_named_with_why(
+    sandboxes: Sandboxes, tmp_path: Path
+) -> None:
+    """A BOM (Notepad, PowerShell) is no part of a key; a second line is the file written wrong, said with its
+    name by ``check`` and the probe, never as a header that cannot be sent, nor as a key to renew."""
+    key = next(iter(sandboxes.posthog_state.api_keys))
+    path = tmp_path / "key"
+    env = {
+        "POSTHOG_API_KEY_FILE": str(path),
+        "POSTHOG_URL": sandboxes.posthog_url,
+        "OBSERVABLE_API_URL": sandboxes.observable_url,
+    }
+    path.write_bytes(b"\xef\xbb\xbf" + key.encode() + b"\r\n")
+    code, out, err = await _exec("probe", str(ROUTES), "--route", "posthog_notebooks", env=env)
+    assert code == 0 and out.startswith("OK"), (out, err)
+    path.write_text(f"{key}\nphx_second\n")
+    code, out, err = await _exec("check", str(ROUTES), env=env)
+    warning = next(ln for ln in err.splitlines() if "upstreams.posthog.auth" in ln)
+    assert f"POSTHOG_API_KEY_FILE={path} holds more than one line" in warning and key not in err + out, warning
+    code, out, err = await _exec("probe", str(ROUTES), "--route", "posthog_notebooks", env=env)
+    assert code == 4 and "has no usable credentials (" in out and "holds more than one line" in out, out
+    assert key not in out + err and "phx_second" not in out + err
 
 
 # -- 4: a YAML error names the right lines ----------------------------------------------------------------

@@ -71,8 +71,9 @@ BODY_SCHEMAS: Mapping[str, dict[str, Any]] = {
         "description": (
             "Non-empty `content` needs the notebook's current `version` (else 422 here, 409 upstream when stale);"
             " `version` without non-empty content is refused (PostHog would store it and roll the version back)."
-            " Any other field is refused: PostHog would ignore it."
+            " Any other field is refused: PostHog would ignore it; so is an empty body."
         ),
+        "minProperties": 1,
         "properties": {
             "title": {"type": ["string", "null"]},
             "content": {"type": ["object", "null"]},
