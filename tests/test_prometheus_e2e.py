@@ -203,7 +203,6 @@ async def test_alerts_name_the_broken_route_and_resolve_after_routes_yaml_is_fix
     ]
 
 
-
 async def test_a_single_403_on_a_write_route_pages_though_its_series_appears_at_1(
     prometheus: Prometheus, gateway_server: TestServer, sandboxes: Sandboxes, sandbox_env: dict[str, str]
 ) -> None:
@@ -228,6 +227,7 @@ async def test_a_single_403_on_a_write_route_pages_though_its_series_appears_at_
     # what the alert used to read alone sees nothing: the jump from no series to 1 is no increase
     assert await prometheus.value(f"increase({forbidden}[10m]) > 0") == []
     assert await prometheus.alerts("RoutegateCredentialRejected") == {}  # a 403 is no credential to renew
+
 
 async def _eq(value: Any, expected: float) -> bool:
     return bool(await value == expected)
