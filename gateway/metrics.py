@@ -8,6 +8,8 @@ the workers' values (``livesum`` for per-worker amounts, ``max`` for timestamps,
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
 
 from gateway.fastmetrics import CounterChild, FastCounter, FastHistogram, HistogramChild
@@ -244,6 +246,16 @@ class Metrics:
             multiprocess_mode="max",
             registry=registry,
         )
+        # the alerts on a counter's increase also fire for a child that appeared within their window (a
+        # child appears at its first count, already above zero); a Prometheus without history of a
+        # gateway that started long before cannot tell an old child from a new one, and this says which
+        self.started = Gauge(
+            "gateway_start_time_seconds",
+            "When the gateway started (with --workers, the first worker): its counters count from then.",
+            multiprocess_mode="min",
+            registry=registry,
+        )
+        self.started.set(time.time())
         # admission control (gateway.limits)
         self.limited = Counter(
             "gateway_requests_limited_total",

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.server import GATEWAY
 from sandbox.runner import Sandboxes
 from tests.conftest import ROOT, need_binary
 
@@ -142,3 +144,23 @@ async def test_alerts_and_panels_only_read_metrics_the_gateway_exports(make_gate
         referenced |= set(_METRIC.findall(expr))
     assert referenced - exported == set(), "alerts or panels read metrics nobody exports"
     assert len(referenced) > 15
+
+
+async def test_the_start_time_the_new_child_alerts_read_is_when_the_gateway_started(make_gateway: Any) -> None:
+    """The alerts tell a gateway that started within their window (all its counts are new) from one a
+    fresh Prometheus never saw by this gauge: it must be the start, not the last reload."""
+    before = time.time()
+    gw = await make_gateway()
+    after = time.time()
+
+    async def started() -> float:
+        text = await (await gw.get("/metrics")).text()
+        samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+        values = [s.value for s in samples if s.name == "gateway_start_time_seconds"]
+        assert len(values) == 1, values
+        return values[0]
+
+    first = await started()
+    assert before - 1 <= first <= after + 1
+    gw.app[GATEWAY].reload()  # what SIGHUP, the file watcher and POST /admin/reload do
+    assert await started() == first

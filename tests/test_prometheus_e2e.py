@@ -203,6 +203,32 @@ async def test_alerts_name_the_broken_route_and_resolve_after_routes_yaml_is_fix
     ]
 
 
+async def test_a_single_403_on_a_write_route_pages_though_its_series_appears_at_1(
+    prometheus: Prometheus, gateway_server: TestServer, sandboxes: Sandboxes, sandbox_env: dict[str, str]
+) -> None:
+    """One PATCH refused 403 (a key without notebook:write; no probe calls a write route): the error's
+    child appears on /metrics already at 1, which increase() does not count, and the alert still fires."""
+    forbidden = 'gateway_upstream_errors_total{job="routegate",kind="forbidden"}'
+    await until(lambda: prometheus.value('gateway_start_time_seconds{job="routegate"}'), "the first scrape")
+    assert await prometheus.value(forbidden) == []  # no zero child before the first 403
+    state = sandboxes.posthog_state
+    short_id = state.visible(1)[0].short_id
+    state.apply_switches({"key_scopes": {sandbox_env["POSTHOG_API_KEY"]: ["notebook:read", "activity_log:read"]}})
+    url = f"http://127.0.0.1:{gateway_server.port}/v1/posthog/projects/1/notebooks/{short_id}"
+    async with aiohttp.ClientSession() as client, client.patch(url, json={"title": "renamed"}) as resp:
+        err = (await resp.json())["error"]
+    assert resp.status == 502 and err["code"] == "upstream_forbidden", err
+
+    firing = await until(lambda: prometheus.alerts("RoutegateCredentialForbidden"), "RoutegateCredentialForbidden")
+    assert set(firing) == {"posthog_notebook_update"}
+    alert = firing["posthog_notebook_update"]
+    assert alert["labels"]["upstream"] == "posthog" and alert["labels"]["severity"] == "critical"
+    assert [float(r["value"][1]) for r in await prometheus.value(forbidden)] == [1.0]
+    # what the alert used to read alone sees nothing: the jump from no series to 1 is no increase
+    assert await prometheus.value(f"increase({forbidden}[10m]) > 0") == []
+    assert await prometheus.alerts("RoutegateCredentialRejected") == {}  # a 403 is no credential to renew
+
+
 async def _eq(value: Any, expected: float) -> bool:
     return bool(await value == expected)
 
