@@ -80,10 +80,13 @@ async def serve(
         if (route.paging(position.target) or pag).style == "next_url":
             _check_link_cursor(route, params, position)
 
+    # the route's cached pages, dropped where a walk finds the list moved (none: nothing to drop)
+    cached = proxy.cache if proxy.cache is not None and proxy.cache.caches(route) else None
+
     def walk(at: Position) -> AsyncGenerator[list[Any], None]:
         size = None if everything else limit
         mapped = stable_pages(proxy, route, params, streams, at, size, request_id, notes, trace)
-        return _forgetting(proxy.cache, route.name, unless_signed_out(proxy, route, mapped, notes))
+        return _forgetting(cached, route.name, unless_signed_out(proxy, route, mapped, notes))
 
     if everything and request is not None and request.method == "HEAD":
         return await _head_of_all(walk(position), as_ndjson, request_id, notes)
