@@ -47,8 +47,10 @@ from gateway.trace import RequestTrace
 
 #: the upstream response headers a fill saw (read for Cache-Control/Expires), handed to it explicitly
 Notes = list[MultiMapping[str]]
-#: produces the answer a fill stores; the proxy adds each upstream answer's headers to the notes
-Produce = Callable[[Notes], Awaitable[web.StreamResponse]]
+#: produces the answer a fill stores; the proxy adds each upstream answer's headers to the notes.  The flag
+#: says whether other requests may wait on the answer (a coalesced fill): only then does it outlive its
+#: caller leaving; a fill for one caller alone (no-store, no-cache, nothing to key on) stops with it
+Produce = Callable[[Notes, bool], Awaitable[web.StreamResponse]]
 
 #: failures where the last good copy stands in; a rejected or missing credential is not one of them, nor a
 #: credential refused this call (403, gateway.proxy.status: what it may no longer read is not served), nor a
@@ -149,11 +151,11 @@ class ResponseCache:
         identity = self._identity(client, route)
         if identity is None:
             # no identity to key on (or no credential: the proxy reports that) - never share
-            return await produce([])
+            return await produce([], False)
         key = self._key(request, match, policy, *identity)
         wants = client_directives(request.headers)
         if wants.no_store:
-            resp = await produce([])
+            resp = await produce([], False)
             self._count(route, "bypass", trace)
             resp.headers["X-Cache"] = "BYPASS"
             resp.headers["Age"] = "0"
@@ -176,7 +178,7 @@ class ResponseCache:
         seq = found.seq if found is not None else None
         try:
             if wants.no_cache:  # the caller wants the upstream's answer: no sharing, but it refreshes the entry
-                filled = await self._run_fill(key, policy.spec, seq, produce)
+                filled = await self._run_fill(key, policy.spec, seq, produce, shared=False)
             else:
                 filled = await self._coalesced_fill(key, route, policy.spec, seq, produce)
         except UpstreamError as exc:
@@ -258,7 +260,7 @@ class ResponseCache:
         if task is not None:
             self._metrics.cache_coalesced.labels(route.name).inc()
         else:
-            task = asyncio.ensure_future(self._run_fill(key, spec, seq, produce))
+            task = asyncio.ensure_future(self._run_fill(key, spec, seq, produce, shared=True))
             self._inflight[key.text] = task
             task.add_done_callback(functools.partial(self._fill_done, key.text))
         try:
@@ -271,9 +273,11 @@ class ResponseCache:
             del self._inflight[text]
         _consume(task)
 
-    async def _run_fill(self, key: CacheKey, spec: RouteCache, seq: int | None, produce: Produce) -> Entry:
+    async def _run_fill(
+        self, key: CacheKey, spec: RouteCache, seq: int | None, produce: Produce, *, shared: bool
+    ) -> Entry:
         notes: Notes = []
-        resp = await produce(notes)
+        resp = await produce(notes, shared)
         now = self.now()
         verdict = upstream_verdict(notes, now)
         fresh = spec.ttl if verdict.max_fresh is None else min(spec.ttl, verdict.max_fresh)

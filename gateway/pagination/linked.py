@@ -29,7 +29,7 @@ from gateway.pagination.common import (
     items_of,
     stalled,
 )
-from gateway.pagination.shifts import shifted
+from gateway.pagination.shifts import require_last, shifted
 
 
 class Strategy(Protocol):
@@ -55,7 +55,8 @@ async def walk(
     #: page numbers move under a list that changes (``shifts``): each page is checked against the item
     #: served last (``last``) and the page before it (``before``), and a cursor never stops between pages
     numbered = pag.style == "page"
-    last: str | None = position.marks.get("l") if numbered else None
+    #: (a resumed cursor without ``last``, issued before the check, is refused before any call: ``shifts``)
+    last = require_last(route, position, token is not None or skip > 0) if numbered else None
     before: set[str] = set()
     handed = 0
     while limit is None or handed < limit:
@@ -100,7 +101,7 @@ def _check_place(route: str, items: list[Any], skip: int, last: str | None, befo
     """A numbered page asked again must still hold the item served last where it was (``skip - 1``); a
     new page must not hold it, nor any item of the page before it (the list moved down under the walk)."""
     if skip:
-        if last is not None and (len(items) < skip or identity(items[skip - 1]) != last):
+        if len(items) < skip or identity(items[skip - 1]) != last:
             raise shifted(route)
         return
     if any((i := identity(it)) == last or i in before for it in items):

@@ -3,7 +3,8 @@
 Every page after the walk's first is asked from one item before where the last one ended
 (``offset - 1``, ``limit + 1``), and that item must be the one served last (its identity, the
 cursor's ``l`` mark): otherwise the list moved under the walk (an item added, edited or removed
-before this page) and the page would miss or repeat an item, a 409 (``shifts``).  Where the
+before this page) and the page would miss or repeat an item, a 409 (``shifts``); a cursor without
+that mark (issued before the check) is refused before any call.  Where the
 page does not start with it but with the same item as a page at another offset, the upstream
 ignores ``offset``: a 502 ``pagination_stalled``, not a loop.
 
@@ -25,7 +26,7 @@ from gateway.config import Pagination
 from gateway.errors import GatewayError
 from gateway.mapping import ShapeDrift
 from gateway.pagination.common import Fetch, Position, Tagged, dig, has_more, identity, items_of, require, stalled
-from gateway.pagination.shifts import shifted
+from gateway.pagination.shifts import require_last, shifted
 
 #: an upstream page, trimmed to what was asked: its items, whether more follow, its count
 Page = tuple[list[Any], bool, int | None]
@@ -56,8 +57,8 @@ async def walk(
     #: capped at page_size would otherwise answer every page short)
     step = size if limit is not None else max(size - 1, 1)
     offset = start
-    #: the identity of the last item served (None before the first; a cursor from before the marks had none)
-    last: str | None = position.marks.get("l") if start else None
+    #: the identity of the last item served (None before the first); a resumed cursor without it is a 409
+    last: str | None = require_last(route, position, start > 0)
 
     async def ask(at: int, n: int) -> Page:
         """The upstream's page of ``n`` items from ``at``: never more (the rest is ``more``)."""

@@ -12,6 +12,10 @@ again from the first page); an ``all=true`` walk starts again by itself (``colle
 ``MAX_RESTARTS`` times.  An NDJSON stream that already sent lines cannot unsend them: it ends
 with the error line (gateway.ndjson).  Counted as an upstream error of kind ``shifted``; the
 route is not marked down (gateway.proxy.NOT_DOWN).
+
+A cursor resuming an ``offset`` or ``page`` walk must carry the item served last (the ``l`` mark);
+one issued before this check existed (marks ``f``/``h`` only) cannot be checked, so it is refused
+before any upstream call (``CursorOutdated``, 409 ``cursor_outdated``) rather than served unchecked.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import contextlib
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
-from gateway.errors import CollectionChanged
+from gateway.errors import CollectionChanged, Conflict
 from gateway.pagination.common import Position
 
 #: how many times an ``all=true`` walk starts again by itself before answering 409
@@ -32,8 +36,30 @@ MESSAGE = (
 )
 
 
+OUTDATED = (
+    "this cursor was issued by an earlier version of the gateway, before it could check that the list"
+    " did not move under the walk, so it cannot be resumed safely; start again from the first page"
+)
+
+
+class CursorOutdated(Conflict):
+    """A resumed cursor the gateway can no longer vouch for (it predates the ``l`` mark): not the
+    client's mistake (a 409, not a 400 ``bad_cursor``), nor the upstream's (not counted, not down)."""
+
+    default_code = "cursor_outdated"
+
+
 def shifted(route: str) -> CollectionChanged:
     return CollectionChanged(MESSAGE, code="collection_changed", route=route)
+
+
+def require_last(route: str, position: Position, resumed: bool) -> str | None:
+    """The identity of the item served last, which a resumed walk checks the list against; a resumed
+    cursor without it (issued before the check) is refused, never walked unchecked."""
+    last = position.marks.get("l")
+    if resumed and last is None:
+        raise CursorOutdated(OUTDATED, route=route)
+    return last if resumed else None
 
 
 async def collect(

@@ -46,6 +46,9 @@ class Exchange:
     relay: bool = True
     #: while a cache fill runs: the upstream answers' headers (Cache-Control/Expires) and store vetoes
     notes: list[MultiMapping[str]] | None = None
+    #: the answer being produced is a cache fill other requests may wait on (``_coalesced_fill``): its walk
+    #: goes on when this caller leaves; False (no cache, no-store, no-cache): the walk is this caller's alone
+    shared: bool = False
 
 
 def http(ex: Exchange) -> web.Request:

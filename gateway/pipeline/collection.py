@@ -21,7 +21,7 @@ from gateway import jsonio, ndjson
 from gateway.cache import CacheUnavailable, Notes, ResponseCache, forbid_store
 from gateway.config import Route, Upstream
 from gateway.downstream import vary
-from gateway.errors import BadGateway, BadRequest
+from gateway.errors import BadGateway, BadRequest, CollectionChanged
 from gateway.fallback import HandOver
 from gateway.mapping import apply_mapping
 from gateway.pagination import Answer, Position, Tagged, decode_cursor, encode_cursor, pages, shifts
@@ -48,9 +48,11 @@ async def serve(
     *,
     query: MultiMapping[str] | None = None,
     trace: RequestTrace | None = None,
+    shared: bool = False,
 ) -> web.StreamResponse:
     """A collection page (or ``all=true``), JSON or NDJSON; ``query`` stands in for the request's
-    (a probe has no request, and never streams); ``trace``: the request's record (upstream calls)."""
+    (a probe has no request, and never streams); ``trace``: the request's record (upstream calls);
+    ``shared``: a cache fill other requests may wait on (its walk goes on when this caller leaves)."""
     pag = route.pagination
     assert pag is not None
     if query is None:
@@ -78,11 +80,13 @@ async def serve(
         if (route.paging(position.target) or pag).style == "next_url":
             _check_link_cursor(route, params, position)
 
+    # the route's cached pages, dropped where a walk finds the list moved (none: nothing to drop)
+    cached = proxy.cache if proxy.cache is not None and proxy.cache.caches(route) else None
+
     def walk(at: Position) -> AsyncGenerator[list[Any], None]:
         size = None if everything else limit
-        return unless_signed_out(
-            proxy, route, stable_pages(proxy, route, params, streams, at, size, request_id, notes, trace), notes
-        )
+        mapped = stable_pages(proxy, route, params, streams, at, size, request_id, notes, trace)
+        return _forgetting(cached, route.name, unless_signed_out(proxy, route, mapped, notes))
 
     if everything and request is not None and request.method == "HEAD":
         return await _head_of_all(walk(position), as_ndjson, request_id, notes)
@@ -90,9 +94,9 @@ async def serve(
         assert request is not None
         done = functools.partial(proxy.health.up, route.name)
         return await ndjson.stream(request, walk(position), route.name, request_id, done, trace, proxy.scrub)
-    # a walk for this caller alone stops once the caller has gone (the framing logs a 499); a cache
-    # fill's goes on: its answer is stored, and other requests may be waiting on it
-    watched = request if notes is None else None
+    # a walk for this caller alone (no cache, or a fill for it alone: no-store, no-cache) stops once the
+    # caller has gone (the framing logs a 499); a shared fill's goes on: other requests may wait on it
+    watched = None if shared else request
 
     def watched_walk(at: Position) -> AsyncGenerator[list[Any], None]:
         return walk(at) if watched is None else _while_there(walk(at), watched)
@@ -113,6 +117,28 @@ async def _while_there(pages: AsyncGenerator[list[Any], None], request: web.Requ
             yield page
             if request.transport is None:
                 raise ConnectionResetError("the client closed the connection")
+
+
+async def _forgetting(
+    cache: ResponseCache | None, route: str, pages: AsyncGenerator[list[Any], None]
+) -> AsyncGenerator[list[Any], None]:
+    """``pages``; where the walk finds the list moved (or a cursor it cannot check), the route's cached
+    pages are dropped before the 409 goes out: a client starting again from the first page must get a
+    fresh one, not a cached page whose cursor answers the same 409 until its TTL runs out."""
+    async with contextlib.aclosing(pages):
+        try:
+            async for page in pages:
+                yield page
+        except (CollectionChanged, shifts.CursorOutdated):
+            await _forget(cache, route)
+            raise
+
+
+async def _forget(cache: ResponseCache | None, route: str) -> None:
+    """Drop the route's cached pages (an unreachable cache is left alone: the error answer matters more)."""
+    if cache is not None:
+        with contextlib.suppress(CacheUnavailable):
+            await cache.purge(route, None)
 
 
 async def _head_of_all(
@@ -219,9 +245,7 @@ async def _walk(
         except HandOver:
             if not underway:
                 continue  # nothing served from this target yet: the next one starts the walk afresh
-        if cache is not None:
-            with contextlib.suppress(CacheUnavailable):
-                await cache.purge(route.name, None)
+        await _forget(cache, route.name)
         raise BadGateway(
             f"upstream {upstream.name!r} stopped serving {route.targets[index].text} in the middle of a walk,"
             " and the next target pages differently, so the walk cannot resume there; start it again"

@@ -51,8 +51,8 @@ def cache(proxy: Core) -> Stage:
             if paginated and (_streamed(route, request) or _head_of_all(request)):
                 return inner(ex)
 
-            async def fill(notes: Notes) -> web.StreamResponse:
-                ex.relay, ex.notes = False, notes
+            async def fill(notes: Notes, shared: bool) -> web.StreamResponse:
+                ex.relay, ex.notes, ex.shared = False, notes, shared
                 return await inner(ex)
 
             return store.serve(request, ex.match, ex.client, fill, ex.trace)
@@ -115,7 +115,16 @@ def collection(proxy: Core, route: Route) -> Handler:
     async def collected(ex: Exchange) -> web.StreamResponse:
         as_ndjson = ex.request is not None and _streamed(route, ex.request)
         return await serve(
-            proxy, ex.request, route, ex.params, ex.request_id, as_ndjson, ex.notes, query=ex.query, trace=ex.trace
+            proxy,
+            ex.request,
+            route,
+            ex.params,
+            ex.request_id,
+            as_ndjson,
+            ex.notes,
+            query=ex.query,
+            trace=ex.trace,
+            shared=ex.shared,
         )
 
     return collected
