@@ -26,8 +26,14 @@ What lands in DIR::
   failures. A code no retry can heal (the gateway's upstream credentials refused or missing)
   stops the run at once; a route whose mapping broke (``upstream_route_gone``, ``shape_drift``
   ...) is retried long enough for an operator's reload, and stops the run once it has failed
-  ``BROKEN_AFTER`` notebooks. A listing answered 409 ``collection_changed`` is read again from
-  its first page; only a listing read to its end marks notebooks ``gone_since``.
+  ``BROKEN_AFTER`` notebooks. ``upstream_forbidden`` (the upstream refused the gateway's
+  credential this call: a missing permission or scope) is never retried: a listing refused so
+  stops the run, notebooks refused so count towards ``BROKEN_AFTER``.
+* Listing first: a source's whole listing is read (a handful of requests) before any
+  notebook is downloaded, so the window in which an edit can make the gateway answer 409
+  ``collection_changed`` is only as long as the listing itself, not the whole run. A listing
+  answered 409 is read again from its first page; only a listing read to its end marks
+  notebooks ``gone_since``.
 * Exit status: 0 everything listed was backed up; 1 some notebook or listing failed after
   retries, or the run was stopped (everything else is saved; run again); 2 usage error;
   130 interrupted.
@@ -59,7 +65,7 @@ import aiohttp
 
 OBSERVABLE_TYPES = ("public", "shared", "private", "trash")
 DEFAULT_TYPES = "public,shared,private"
-PAGE = 50  # the gateway's default page; listing one page ahead keeps memory flat
+PAGE = 50  # the gateway's default page
 CONCURRENCY = 4  # notebooks fetched at once
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
 MAX_RETRIES = 100
@@ -91,6 +97,10 @@ BROKEN_ROUTE_CODES = frozenset(
 BROKEN_AFTER = 3
 #: 502s that no retry and no reload heals within a run (a size limit): fail that notebook or listing at once
 FINAL_CODES = frozenset({"upstream_too_large", "collection_too_large", "pagination_ties"})
+#: the upstream refused the gateway's credential for this call (a 403: a permission or scope it lacks);
+#: a permission does not appear by retrying: never retried; a listing refused so stops the run, and
+#: notebooks refused so count towards BROKEN_AFTER (a missing scope refuses them all)
+FORBIDDEN_CODES = frozenset({"upstream_forbidden"})
 INDEX_SAVE_EVERY = 0.25  # seconds between index rewrites while notebooks are being saved
 INDEX_FORMAT = 1
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")  # ids become file names: nothing else is accepted
@@ -320,7 +330,11 @@ class Gateway:
             if error.status == 429 or (error.status == 503 and retry_after is not None):
                 self.pacer.hold(retry_after if retry_after is not None else 1.0, error)
                 continue  # pacing, not failing: no retry is spent
-            if (error.status not in RETRY_STATUSES and error.status != 0) or error.code in FINAL_CODES:
+            if (
+                (error.status not in RETRY_STATUSES and error.status != 0)
+                or error.code in FINAL_CODES
+                or error.code in FORBIDDEN_CODES
+            ):
                 raise error
             if attempt >= self.retries:
                 if error.code == "unreachable":
@@ -472,7 +486,7 @@ class Outcome:
 
 
 class Backup:
-    """Lists a source one page ahead of a small pool of workers that fetch and save notebooks."""
+    """Lists a source to its end, then hands its notebooks to a small pool of workers that fetch and save them."""
 
     def __init__(self, gateway: Gateway, out: Path, index: Index, concurrency: int) -> None:
         self.gateway = gateway
@@ -546,74 +560,46 @@ class Backup:
         progress.fetched += 1
 
     def _count_broken(self, exc: ApiError, path: str) -> None:
-        """A mapping breakage that failed BROKEN_AFTER notebooks of one route is the route's, not theirs."""
-        if exc.code not in BROKEN_ROUTE_CODES:
+        """A mapping breakage or refusal that failed BROKEN_AFTER notebooks of one route is the route's, not theirs."""
+        if exc.code not in BROKEN_ROUTE_CODES and exc.code not in FORBIDDEN_CODES:
             return
         where = (exc.code, exc.route or path)
         self.broken[where] = n = self.broken.get(where, 0) + 1
-        if n >= BROKEN_AFTER:
+        if n < BROKEN_AFTER:
+            return
+        if exc.code in FORBIDDEN_CODES:
             raise Fatal(
-                f"{exc.code} on route {where[1]}: {n} notebooks failed the same way after their retries; the route "
-                "is broken, not the notebooks (an operator fixes routes.yaml and reloads); stopping"
+                f"{exc.code} on route {where[1]}: the upstream refused {n} notebooks to the gateway's credential "
+                f"(last: {_one_line(str(exc))}); it lacks a permission or scope the route needs (grant it; "
+                "retrying does not help); stopping"
             )
+        raise Fatal(
+            f"{exc.code} on route {where[1]}: {n} notebooks failed the same way after their retries; the route "
+            "is broken, not the notebooks (an operator fixes routes.yaml and reloads); stopping"
+        )
 
     async def run_source(self, src: Source) -> Outcome:
         outcome = Outcome()
         progress = Progress(src.label)
-        # bounded: the next page is listed only once this one is nearly handed out
-        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=self.concurrency)
-        seen: set[str] = set()
-        #: key -> the fingerprint handed out: a restarted listing hands out again only what changed since
-        queued: dict[str, tuple[Any, ...]] = {}
+        # the whole listing first: downloads during it would stretch the window an edit can hit (409)
+        listed: dict[str, dict[str, Any]] = {}
+        seen = await self._list(src, listed, outcome, progress)
+        progress.listing = False
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        for item in listed.values():
+            queue.put_nowait(item)
+        for _ in range(self.concurrency):
+            queue.put_nowait(None)
 
         async def worker() -> None:
             while (item := await queue.get()) is not None:
                 await self.save_one(src, item, outcome, progress)
                 progress.show()
 
-        async def walk() -> None:
-            seen.clear()  # only the walk that reaches the last page says what exists
-            async for page in self.gateway.pages(src.list_path, src.list_params):
-                for item in page:
-                    key = src.key(str(item.get("id")))
-                    seen.add(key)
-                    mark = tuple(item.get(f) for f in src.fingerprint)
-                    if key in queued and queued[key] == mark:
-                        continue  # listed twice (a restart, or a page that shifted): saved once
-                    if key not in queued:
-                        progress.listed += 1
-                    queued[key] = mark
-                    await queue.put(item)
-            outcome.listing_complete = True
-
-        async def lister() -> None:
-            restarts = 0
-            while True:
-                try:
-                    await walk()
-                    break
-                except ApiError as exc:
-                    if exc.code == "collection_changed" and restarts < LISTING_RESTARTS:
-                        restarts += 1
-                        log(
-                            f"{src.label}: the listing changed while it was read (409 collection_changed); "
-                            f"reading it again from the first page ({restarts}/{LISTING_RESTARTS})"
-                        )
-                        await self.gateway.sleep(BACKOFF_BASE * restarts)
-                        continue
-                    more = f" (it kept changing: read {restarts + 1} times)" if restarts else ""
-                    outcome.listing_failed = f"listing {src.list_path} failed: {exc}{more}"
-                    log(f"{src.label}: {outcome.listing_failed}")
-                    break
-            progress.listing = False
-            for _ in range(self.concurrency):
-                await queue.put(None)
-
         try:
             async with asyncio.TaskGroup() as tg:
                 for _ in range(self.concurrency):
                     tg.create_task(worker())
-                tg.create_task(lister())
         except ExceptionGroup as group:
             fatal = next((e for e in group.exceptions if isinstance(e, Fatal)), None)
             if fatal is not None:
@@ -623,6 +609,49 @@ class Backup:
             self._mark_gone(src, seen)
         progress.show(final=True)
         return outcome
+
+    async def _list(
+        self, src: Source, listed: dict[str, dict[str, Any]], outcome: Outcome, progress: Progress
+    ) -> set[str]:
+        """Read the listing to its end into ``listed`` (key -> latest item), again from the first page on a 409.
+
+        Returns the keys of the walk that reached the last page (only it says what exists), or an
+        empty set when the listing failed; ``listed`` keeps what every walk listed, so a failed
+        listing still backs up what it got to.
+        """
+        restarts = 0
+        while True:
+            seen: set[str] = set()
+            try:
+                async for page in self.gateway.pages(src.list_path, src.list_params):
+                    for item in page:
+                        key = src.key(str(item.get("id")))
+                        seen.add(key)
+                        if key not in listed:
+                            progress.listed += 1
+                        listed[key] = item  # listed again (a restart, a shifted page): fetched once, as last listed
+                    progress.show()
+                outcome.listing_complete = True
+                return seen
+            except ApiError as exc:
+                if exc.code in FORBIDDEN_CODES:
+                    raise Fatal(
+                        f"{exc.code} on route {exc.route or src.list_path}: {_one_line(str(exc))}; the gateway's "
+                        "credential lacks a permission or scope the listing needs (grant it; retrying does not "
+                        "help); stopping"
+                    ) from None
+                if exc.code == "collection_changed" and restarts < LISTING_RESTARTS:
+                    restarts += 1
+                    log(
+                        f"{src.label}: the listing changed while it was read (409 collection_changed); "
+                        f"reading it again from the first page ({restarts}/{LISTING_RESTARTS})"
+                    )
+                    await self.gateway.sleep(BACKOFF_BASE * restarts)
+                    continue
+                more = f" (it kept changing: read {restarts + 1} times)" if restarts else ""
+                outcome.listing_failed = f"listing {src.list_path} failed: {exc}{more}"
+                log(f"{src.label}: {outcome.listing_failed}")
+                return set()
 
     def _mark_gone(self, src: Source, seen: set[str]) -> None:
         """A complete listing no longer shows these: keep their files, say so in the index."""

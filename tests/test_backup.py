@@ -165,13 +165,15 @@ async def test_an_interrupted_run_resumes_where_it_stopped(stack: Stack) -> None
 async def test_upstream_route_changes_mid_run_and_a_reload_rescues_it(stack: Stack) -> None:
     """Observable drops /user/documents while the backup runs; the operator adds the old
     per-kind route as a fallback target and reloads; the same run completes."""
-    stack.obs.apply_switches({"latency_ms": 5})
-    proc = await stack.start("--observable-types", "public", "--posthog-project", "1")
-    # the first listing page (50 of 60) is being fetched; the second page is not listed yet
-    await wait_for(lambda: stack.document_fetches() >= 10, "the run to be under way")
+    stack.obs.apply_switches({"latency_ms": 300})
     listed_before = stack.obs.count("GET", "/user/documents")
-    stack.obs.apply_switches({"faults": {"/user/documents": {"status": 404}}, "legacy_routes": True})
-    # the backup gets 502 upstream_route_gone for the next page, and keeps retrying it
+    proc = await stack.start("--observable-types", "public", "--posthog-project", "1")
+    # the run's first listing request has arrived and waits out its latency (the listing is read
+    # before any download, so the route breaks while it is being read)
+    await wait_for(lambda: stack.obs.count("GET", "/user/documents") > listed_before, "the run to be under way")
+    listed_before = stack.obs.count("GET", "/user/documents")
+    stack.obs.apply_switches({"faults": {"/user/documents": {"status": 404}}, "legacy_routes": True, "latency_ms": 5})
+    # the backup gets 502 upstream_route_gone for that page, and keeps retrying it
     await wait_for(lambda: stack.obs.count("GET", "/user/documents") >= listed_before + 2, "the retries")
     assert proc.returncode is None
 
@@ -189,7 +191,7 @@ async def test_upstream_route_changes_mid_run_and_a_reload_rescues_it(stack: Sta
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     assert "upstream_route_gone" in err.decode() and "retry 2/" in err.decode()
-    assert stack.obs.count("GET", "/user/public") >= 1  # the second page came from the fallback
+    assert stack.obs.count("GET", "/user/public") >= 1  # the listing came from the fallback
     assert_backed_up(stack, types=("public",))
 
 
