@@ -97,6 +97,12 @@ BROKEN_ROUTE_CODES = frozenset(
 BROKEN_AFTER = 3
 #: 502s that no retry and no reload heals within a run (a size limit): fail that notebook or listing at once
 FINAL_CODES = frozenset({"upstream_too_large", "collection_too_large", "pagination_ties"})
+#: 409s after which a listing is read again from its first page: the list moved under the walk, or
+#: the gateway was upgraded mid-walk and can no longer vouch for the cursor it issued before
+RESTART_CODES = {
+    "collection_changed": "the listing changed while it was read",
+    "cursor_outdated": "the gateway was upgraded while the listing was read",
+}
 #: the upstream refused the gateway's credential for this call (a 403: a permission or scope it lacks);
 #: a permission does not appear by retrying: never retried; a listing refused so stops the run, and
 #: notebooks refused so count towards BROKEN_AFTER (a missing scope refuses them all)
@@ -640,10 +646,10 @@ class Backup:
                         "credential lacks a permission or scope the listing needs (grant it; retrying does not "
                         "help); stopping"
                     ) from None
-                if exc.code == "collection_changed" and restarts < LISTING_RESTARTS:
+                if exc.code in RESTART_CODES and restarts < LISTING_RESTARTS:
                     restarts += 1
                     log(
-                        f"{src.label}: the listing changed while it was read (409 collection_changed); "
+                        f"{src.label}: {RESTART_CODES[exc.code]} (409 {exc.code}); "
                         f"reading it again from the first page ({restarts}/{LISTING_RESTARTS})"
                     )
                     await self.gateway.sleep(BACKOFF_BASE * restarts)

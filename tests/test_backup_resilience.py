@@ -201,14 +201,14 @@ async def test_one_odd_notebook_fails_alone(
 # --------------------------------------------------------------------------- 4. a listing that changes while it is read
 
 
-def changing(times: int) -> Hook:
-    """The cursor page answers 409 collection_changed ``times`` times (-1: always)."""
+def changing(times: int, code: str = "collection_changed") -> Hook:
+    """The cursor page answers 409 ``code`` ``times`` times (-1: always)."""
     left = {"n": times}
 
     def hook(request: web.Request, gw: FakeGateway) -> web.Response | None:
         if request.path == LIST and "cursor" in request.query and left["n"] != 0:
             left["n"] -= 1
-            return error(409, "collection_changed", "observable_notebooks")
+            return error(409, code, "observable_notebooks")
         return None
 
     return hook
@@ -260,6 +260,22 @@ async def test_a_listing_that_changed_is_read_again_from_the_first_page(
     assert "gone_since" in notebooks["observable/nb003"]  # only the aborted walk listed it
     gone = {k for k, e in notebooks.items() if "gone_since" in e}
     assert gone == {"observable/old999", "observable/nb003"}
+
+
+async def test_a_cursor_outdated_by_a_gateway_upgrade_reads_the_listing_again(
+    fake: tuple[FakeGateway, str], fake_time: FakeTime, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A gateway upgraded mid-walk refuses the cursors it issued before (409 cursor_outdated): the
+    listing starts again from its first page, as after a list that moved."""
+    gw, url = fake
+    gw.hook = changing(1, "cursor_outdated")
+    code = await backup(url, tmp_path / "out", fake_time)
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    assert "409 cursor_outdated" in err and "from the first page" in err
+    assert [h.cursor for h in gw.listings()] == [None, "50", None, "50"]
+    paths = [h.path for h in gw.details()]
+    assert len(paths) == len(set(paths)) == len(gw.notebooks)
 
 
 async def test_a_listing_that_keeps_changing_fails_and_marks_nothing_gone(
