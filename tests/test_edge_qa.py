@@ -8,23 +8,20 @@ import asyncio
 import contextlib
 import io
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import logs
-from gateway.server import build_app
 from sandbox.runner import Sandboxes
 from tests.conftest import ROUTES
 from tests.fake_upstream import Reply, start_fake
 from tests.helpers.cache import _gw as cache_gateway
-from tests.processes import free_port
+from tests.helpers.serving import _access, _no_internal_error, _served
 
 PH = "/v1/posthog/projects/1/notebooks"
 ND = {"Accept": "application/x-ndjson"}
@@ -81,36 +78,6 @@ async def _fake_gateway(make_gateway: Any, aiohttp_server: Any) -> tuple[TestCli
     return gw, fake
 
 
-@contextlib.asynccontextmanager
-async def _served(yaml_text: str, env: dict[str, str], tmp_path: Path) -> AsyncIterator[tuple[str, int, Any]]:
-    """The gateway served as ``gateway serve`` serves it (aiohttp's defaults: a handler is not
-    cancelled when its client leaves; the test client's server cancels it): (host, port, registry)."""
-    path = tmp_path / "routes-served.yaml"
-    path.write_text(yaml_text)
-    registry = CollectorRegistry()
-    runner = web.AppRunner(build_app(path, registry=registry, env=env))
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield "127.0.0.1", port, registry
-    finally:
-        await runner.cleanup()
-
-
-async def _access(stream: io.StringIO, rid: str, timeout: float = 10.0) -> dict[str, Any]:
-    """The access line of request ``rid``, once the gateway has written it."""
-    loop = asyncio.get_running_loop()
-    until = loop.time() + timeout
-    while loop.time() < until:
-        for line in stream.getvalue().splitlines():
-            record = json.loads(line)
-            if record.get("event") == "request" and record.get("request_id") == rid:
-                return dict(record)
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no access line for {rid}: {stream.getvalue()}")
-
-
 async def _hang_up(host: str, port: int, path: str, rid: str, accept: str, until: bytes) -> bytes:
     """GET ``path`` over a real socket, read until ``until`` arrived in the body, then hang up."""
     reader, writer = await asyncio.open_connection(host, port)
@@ -123,11 +90,6 @@ async def _hang_up(host: str, port: int, path: str, rid: str, accept: str, until
         got += chunk
     writer.transport.abort()  # gone, mid-answer
     return got
-
-
-def _no_internal_error(stream: io.StringIO) -> None:
-    text = stream.getvalue()
-    assert "internal error" not in text and "Traceback" not in text and '"level":"error"' not in text, text
 
 
 # --------------------------------------------------------------------------- 1. client aborts, HEAD

@@ -19,9 +19,9 @@ from prometheus_client import CollectorRegistry
 from gateway import logs
 from gateway.pagination.shifts import OUTDATED
 from tests.fake_upstream import Reply, start_fake
-from tests.test_cursor import _payload, _secret, _signed
-from tests.test_edge_qa import _access, _no_internal_error, _served
-from tests.test_pagination_shifts import ROUTES, Origin
+from tests.helpers.cursors import _payload, _secret, _signed
+from tests.helpers.serving import _access, _no_internal_error, _served
+from tests.helpers.shifts import ROUTES, Origin
 
 Lines = tuple[logs.AccessLines, io.StringIO]
 
