@@ -93,13 +93,13 @@ async def serve(
     if as_ndjson and everything:
         assert request is not None
         done = functools.partial(proxy.health.up, route.name)
-        return await ndjson.stream(request, walk(position), route.name, request_id, done, trace, proxy.scrub)
-    # a walk for this caller alone (no cache, or a fill for it alone: no-store, no-cache) stops once the
-    # caller has gone (the framing logs a 499); a shared fill's goes on: other requests may wait on it
-    watched = None if shared else request
+        pages = _while_there(walk(position), request)  # a stream is never a cache fill: its caller's alone
+        return await ndjson.stream(request, pages, route.name, request_id, done, trace, proxy.scrub)
 
     def watched_walk(at: Position) -> AsyncGenerator[list[Any], None]:
-        return walk(at) if watched is None else _while_there(walk(at), watched)
+        # a walk for this caller alone (no cache, or a fill for it alone: no-store, no-cache) stops once the
+        # caller has gone (the framing logs a 499); a shared fill's goes on: other requests may wait on it
+        return walk(at) if shared or request is None else _while_there(walk(at), request)
 
     # all=true starts again where the list moves under it (gateway.pagination.shifts); a page cannot
     items = await shifts.collect(watched_walk, position, shifts.MAX_RESTARTS if everything and not cursor else 0)
