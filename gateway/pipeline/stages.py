@@ -18,6 +18,7 @@ from gateway.pipeline import Exchange, Handler, Stage, http
 from gateway.pipeline.account import account
 from gateway.pipeline.body import read_body
 from gateway.pipeline.collection import serve
+from gateway.pipeline.conventions import wants_all
 from gateway.pipeline.core import Core
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -32,7 +33,7 @@ def _streamed(route: Route, request: web.Request) -> bool:
 def _head_of_all(request: web.Request) -> bool:
     """A HEAD of ``all=true`` fetches one page for its status (gateway.pipeline.collection): no body to
     store, and a GET must never join (coalesce with) its fill and be handed that empty answer."""
-    return request.method == "HEAD" and request.query.get("all") == "true"
+    return request.method == "HEAD" and wants_all(request)
 
 
 def cache(proxy: Core) -> Stage:
