@@ -123,6 +123,13 @@ class Metrics:
             ["route"],
             registry=registry,
         )
+        self.collection_restarts = Counter(
+            "gateway_collection_restarts_total",
+            "all=true walks started again from the first page because the list moved under them"
+            " (each restart reads the pages so far again).",
+            ["route"],
+            registry=registry,
+        )
         self.cache_invalidations = Counter(
             "gateway_cache_invalidations_total",
             "Cache invalidations by cause: a write through the route, or an admin purge.",

@@ -181,6 +181,8 @@ async def test_all_true_starts_again_when_the_list_moves_during_the_walk(
     assert [it["id"] for it in body["items"]] == origin.ids()
     assert [a for a in origin.asked if a[1] == 0] == [("list", 0, 5), ("list", 0, 5)]  # started again once
     assert _errors(registry, "listed", "shifted") == 0  # answered in full: nothing failed
+    # the operator still sees the walk read its pages again
+    assert registry.get_sample_value("gateway_collection_restarts_total", {"route": "listed"}) == 1
 
 
 async def test_all_true_gives_up_after_three_restarts(make_gateway: Any, aiohttp_server: Any) -> None:
@@ -191,15 +193,17 @@ async def test_all_true_gives_up_after_three_restarts(make_gateway: Any, aiohttp
     assert len([a for a in origin.asked if a[1] == 0]) == MAX_RESTARTS + 1
     assert _errors(registry, "listed", "shifted") == 1
     assert registry.get_sample_value("gateway_route_up", {"route": "listed"}) != 0  # never marked down
+    assert registry.get_sample_value("gateway_collection_restarts_total", {"route": "listed"}) == MAX_RESTARTS
 
 
 async def test_all_true_from_a_cursor_does_not_start_again(make_gateway: Any, aiohttp_server: Any) -> None:
     """The rest of a walk from a cursor cannot start from the first page (the client holds it): 409."""
-    gw, origin, _ = await _setup(make_gateway, aiohttp_server, 12)
+    gw, origin, registry = await _setup(make_gateway, aiohttp_server, 12)
     status, body = await _get(gw, "/v1/listed?limit=4")
     origin.edit(origin.ids()[8])
     status, body = await _get(gw, f"/v1/listed?all=true&cursor={body['next_cursor']}")
     assert status == 409 and _shifted(body["error"]), body
+    assert not registry.get_sample_value("gateway_collection_restarts_total", {"route": "listed"})
 
 
 async def test_an_ndjson_stream_under_way_ends_with_the_error_line(make_gateway: Any, aiohttp_server: Any) -> None:

@@ -63,11 +63,17 @@ def require_last(route: str, position: Position, resumed: bool) -> str | None:
 
 
 async def collect(
-    walk: Callable[[Position], AsyncGenerator[list[Any], None]], position: Position, restarts: int = MAX_RESTARTS
+    walk: Callable[[Position], AsyncGenerator[list[Any], None]],
+    position: Position,
+    restarts: int = MAX_RESTARTS,
+    restarted: Callable[[], None] | None = None,
 ) -> list[Any]:
     """Every item of an ``all=true`` walk from ``position``; where the list moves under the walk, the
     walk starts again from the first page (a fresh ``Position``), up to ``restarts`` times (none for a
-    walk resumed from a cursor: its first page is the client's, which the client must ask again)."""
+    walk resumed from a cursor: its first page is the client's, which the client must ask again).
+
+    ``restarted`` is told of each restart: a walk that answers in full after one has still read its
+    pages again, which the operator sees (``gateway_collection_restarts_total``), not the client."""
     for attempt in range(restarts + 1):
         items: list[Any] = []
         try:
@@ -78,5 +84,7 @@ async def collect(
         except CollectionChanged:
             if attempt == restarts:
                 raise
+            if restarted is not None:
+                restarted()
             position = Position()
     raise AssertionError("unreachable: the last attempt returns or raises")

@@ -102,7 +102,9 @@ async def serve(
         return walk(at) if shared or request is None else _while_there(walk(at), request)
 
     # all=true starts again where the list moves under it (gateway.pagination.shifts); a page cannot
-    items = await shifts.collect(watched_walk, position, shifts.MAX_RESTARTS if everything and not cursor else 0)
+    restarts = shifts.MAX_RESTARTS if everything and not cursor else 0
+    restarted = proxy.metrics.collection_restarts.labels(route.name).inc if restarts else None
+    items = await shifts.collect(watched_walk, position, restarts, restarted)
     next_cursor = None if everything else encode_cursor(route, streams, position, proxy.cursor_secret, params)
     proxy.health.up(route.name)
     resp = ndjson.page(items, next_cursor) if as_ndjson else _json_page(items, next_cursor)
