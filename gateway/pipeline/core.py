@@ -9,6 +9,7 @@ from gateway.cache import ResponseCache
 from gateway.config import Config, Route
 from gateway.errors import GatewayError, UpstreamError
 from gateway.health import RouteHealth
+from gateway.metrics import Metrics
 from gateway.pipeline.calls import CallPipeline
 from gateway.session import SessionChecks
 from gateway.upstream import UpstreamResponse
@@ -21,6 +22,7 @@ class Core(Protocol):
     cache: ResponseCache | None
     cursor_secret: bytes
     health: RouteHealth
+    metrics: Metrics
     sessions: SessionChecks | None
     #: each route's call-level stack (gateway.pipeline.calls): what one upstream call of it passes
     calls: dict[str, CallPipeline]
