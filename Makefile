@@ -49,7 +49,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check gateway sandbox tests examples deploy bench
 	$(BIN)/mypy
-	$(BIN)/mypy --strict examples/backup_notebooks.py deploy/render_routes.py
+	$(BIN)/mypy --strict examples/backup_notebooks.py examples/notebook_backup deploy/render_routes.py
 	$(BIN)/mypy --strict bench
 
 # deploy/k8s/config/routes.yaml = routes.yaml + deploy/routes.production.yaml (served by the image,
