@@ -5,8 +5,10 @@ from __future__ import annotations
 import email.utils
 import gzip
 import json
+import zlib
 from typing import Any
 
+import pytest
 from aiohttp import ClientSession
 
 from sandbox.runner import Sandboxes
@@ -97,6 +99,38 @@ async def test_all_true_collections_are_compressed_as_accept_encoding_allows(
     # a page is small: sent as it is even when gzip is welcome
     page = await gw.get(f"{LIST}?limit=2", headers={"Accept-Encoding": "gzip"})
     assert page.status == 200 and "Content-Encoding" not in page.headers
+
+
+@pytest.mark.parametrize(
+    ("accept", "coding"),
+    [
+        ("deflate;q=0, gzip", "gzip"),  # deflate refused: aiohttp alone sent it, as the first coding named
+        ("gzip;q=1.0, deflate;q=0.1", "gzip"),
+        ("deflate, gzip", "gzip"),  # alike: gzip, what curl --compressed and browsers expect
+        ("deflate;q=1, gzip;q=0.5", "deflate"),
+        ("gzip;q=0, deflate;q=0", None),
+        ("*;q=0.5", "gzip"),
+        ("br, *;q=0", None),
+        ("GZIP", "gzip"),
+    ],
+)
+async def test_compression_follows_the_client_s_preference(
+    make_gateway: Any, sandbox_env: dict[str, str], accept: str, coding: str | None
+) -> None:
+    gw, _ = await _gw(make_gateway, sandbox_env)
+    async with (
+        ClientSession(auto_decompress=False) as raw,
+        raw.get(gw.make_url(f"{LIST}?all=true"), headers={"Accept-Encoding": accept}) as resp,
+    ):
+        assert resp.status == 200
+        assert resp.headers.get("Content-Encoding") == coding
+        assert "Accept-Encoding" in resp.headers["Vary"]
+        body = await resp.read()
+    if coding == "gzip":
+        body = gzip.decompress(body)
+    elif coding == "deflate":
+        body = zlib.decompress(body)
+    assert json.loads(body)["items"]
 
 
 async def test_metrics_and_openapi_are_compressed_when_asked(make_gateway: Any, sandbox_env: dict[str, str]) -> None:

@@ -2,8 +2,8 @@
 
 * ``validator`` (GET routes): an ``ETag`` from the body; ``If-None-Match`` naming it is
   answered ``304`` without a body, so a client that kept the answer pays no body for it.
-* ``compress`` (collection routes): an ``all=true`` answer is compressed when the client
-  sends ``Accept-Encoding`` (aiohttp negotiates gzip/deflate); pages stay small and plain.
+* ``compress`` (collection routes): an ``all=true`` answer is compressed as the client's
+  ``Accept-Encoding`` prefers (gzip or deflate, ``q`` weights honoured); pages stay small and plain.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 
 from aiohttp import web
+from aiohttp.web_response import ContentCoding
 
 from gateway.config import Route
 from gateway.downstream import vary
@@ -81,11 +82,44 @@ def wants_all(request: web.Request) -> bool:
     return request.query.get("all") == "true"
 
 
-def compress_large(resp: web.StreamResponse) -> None:
-    """Let aiohttp compress ``resp`` as ``Accept-Encoding`` allows, if it is large enough to gain."""
+#: the codings the gateway compresses with, the one it prefers first when a client weighs both alike
+_CODINGS = {"gzip": ContentCoding.gzip, "deflate": ContentCoding.deflate}
+
+
+def coding_for(accept_encoding: str) -> ContentCoding | None:
+    """The coding ``Accept-Encoding`` prefers among gzip and deflate (RFC 9110 12.5.3), None for none.
+
+    aiohttp's own choice is the first coding named anywhere in the header, so ``deflate;q=0, gzip``
+    got the deflate the client refused; here ``q`` weights count, ``*`` stands for a coding not
+    named, and ties go to gzip (what ``curl --compressed`` and browsers expect first)."""
+    weights: dict[str, float] = {}
+    for part in accept_encoding.lower().split(","):
+        name, _, params = part.partition(";")
+        q = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0  # a malformed weight accepts nothing rather than guess
+        weights[name.strip()] = q
+    wildcard = weights.get("*", 0.0)
+    best, best_q = None, 0.0
+    for name, coding in _CODINGS.items():
+        q = weights.get(name, wildcard)
+        if q > best_q:
+            best, best_q = coding, q
+    return best
+
+
+def compress_large(request: web.Request, resp: web.StreamResponse) -> None:
+    """Compress ``resp`` as ``Accept-Encoding`` prefers, if it is large enough to gain."""
     if isinstance(resp, web.Response) and isinstance(resp.body, bytes) and len(resp.body) >= COMPRESS_MIN_BYTES:
-        resp.enable_compression()
-        vary(resp, "Accept-Encoding")
+        vary(resp, "Accept-Encoding")  # the answer depends on the header whether or not it is compressed
+        coding = coding_for(request.headers.get("Accept-Encoding", ""))
+        if coding is not None:
+            resp.enable_compression(coding)
 
 
 def compress(route: Route, inner: Handler) -> Handler | None:
@@ -95,8 +129,9 @@ def compress(route: Route, inner: Handler) -> Handler | None:
 
     async def compressed(ex: Exchange) -> web.StreamResponse:
         resp = await inner(ex)
-        if resp.status == 200 and wants_all(http(ex)):
-            compress_large(resp)
+        request = http(ex)
+        if resp.status == 200 and wants_all(request):
+            compress_large(request, resp)
         return resp
 
     return compressed

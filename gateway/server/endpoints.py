@@ -34,7 +34,7 @@ async def metrics(request: web.Request, rid: str) -> web.Response:
     # gateway serve --workers N: every worker's values, whichever worker answers
     body = workers.scrape(registry) if workers.multiprocess_enabled() else generate_latest(registry)
     resp = web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-    compress_large(resp)  # as Accept-Encoding allows (gateway.pipeline.conventions)
+    compress_large(request, resp)  # as Accept-Encoding prefers (gateway.pipeline.conventions)
     return resp
 
 
@@ -78,5 +78,5 @@ async def openapi(request: web.Request, rid: str) -> web.Response:
     gw = request.app[GATEWAY]
     body = gw.openapi.get(gw.runtime.config)
     resp = web.Response(body=body, content_type="application/json", charset="utf-8")
-    compress_large(resp)
+    compress_large(request, resp)
     return resp
