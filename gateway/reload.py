@@ -13,6 +13,7 @@ atomically (write a temp file, then rename) avoids even that.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -44,6 +45,11 @@ class FileWatcher:
     returns the digest being served, so a file already loaded by SIGHUP or the admin
     endpoint is not loaded twice, unless ``failing``: the last reload failed, and the
     file now holds what is served again (an invalid save undone).
+
+    ``reread`` loads the file by its path (``Gateway.reload``), for a file that is gone or
+    cannot be read: the gateway refuses it as it would a bad edit, so the failure is
+    counted and shown (the reload metrics, ``/status``, RoutegateConfigReloadFailed), once
+    per state of the file, not only logged.
     """
 
     def __init__(
@@ -54,14 +60,17 @@ class FileWatcher:
         *,
         interval: float = 1.0,
         failing: Callable[[], bool] = lambda: False,
+        reread: Callable[[], object] | None = None,
     ) -> None:
         self.path = Path(path)
         self.apply = apply
         self.served = served
         self.failing = failing
+        self.reread = reread
         self.interval = interval
         self._seen: Signature = _UNKNOWN  # the first poll compares the file with what is served
         self._refused: str | None = None
+        self._unreadable: Signature = _UNKNOWN  # a file state whose read failed, counted once
 
     async def run(self) -> None:
         """Poll forever (until cancelled); an unexpected error is logged and polling goes on."""
@@ -88,15 +97,18 @@ class FileWatcher:
         if sig is None:
             self._seen = sig
             log.error("routes file %s is gone; still serving the previous config", self.path)
+            self._refuse(sig)
             return False
         try:
             text = self.path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             log.error("cannot read routes file %s (%s); still serving the previous config", self.path, exc)
-            return False  # _seen unchanged: the next poll tries again
+            self._refuse(sig)
+            return False  # _seen unchanged: the next poll tries again (counted once, above)
         if signature(self.path) != sig:
             return False  # written to while we read: the next poll waits for it to settle again
         self._seen = sig
+        self._unreadable = _UNKNOWN  # read again: a later loss of the file is counted again
         new = digest(text)
         if new == self._refused or (new == self.served() and not self.failing()):
             return False
@@ -110,3 +122,12 @@ class FileWatcher:
             return False
         self._refused = None
         return True
+
+    def _refuse(self, sig: Signature) -> None:
+        """A file that is gone or unreadable, counted as a refused reload once per state of the file."""
+        if self.reread is None or sig == self._unreadable:
+            return
+        self._unreadable = sig
+        self._refused = None  # whatever comes back next is tried, even the content refused before
+        with contextlib.suppress(ConfigError):  # Gateway.reload has logged and counted it
+            self.reread()

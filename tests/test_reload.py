@@ -228,3 +228,37 @@ async def test_watcher_waits_for_a_write_in_progress_to_settle(start: Start, san
     resp = await gw.get(f"/v1/posthog/projects/1/notebooks/{short_id}")
     assert (await resp.json())["generation"] == "B"
     assert await watcher.poll() is False  # nothing changed since
+
+
+async def test_a_routes_file_that_disappears_is_a_refused_reload_operators_see(start: Start) -> None:
+    """Gone (a ConfigMap key renamed, a deploy that deleted it) or not UTF-8: the old config keeps serving,
+    and the failure is counted and shown once, as for a bad edit, until the file is back."""
+    a = generation("A")
+    gw, path, registry = await start(a, watch=0.05)
+
+    async def failures(n: int) -> bool:
+        return reloads(registry, "failure") == n
+
+    path.unlink()
+    await wait_for(lambda: failures(1))
+    assert registry.get_sample_value("gateway_config_last_reload_failure_timestamp_seconds")
+    page = await (await gw.get("/status")).text()
+    assert "reload refused" in page and "cannot read: No such file or directory" in page
+    assert (await (await gw.get("/readyz")).json())["digest"] == digest(a)  # still serving
+    await asyncio.sleep(0.3)
+    assert reloads(registry, "failure") == 1  # counted once while it stays gone
+    successes = reloads(registry, "success")
+    path.write_text(a)  # back as it was: the failure is cleared by a success
+    await wait_for(lambda: _async(reloads(registry, "success") == successes + 1))
+    assert "reload refused" not in await (await gw.get("/status")).text()
+    # a file saved in another encoding: refused with its line, counted once
+    path.write_bytes(a.encode() + b"# caf\xe9\n")
+    await wait_for(lambda: failures(2))
+    page = await (await gw.get("/status")).text()
+    assert "not UTF-8 text: byte 0xe9" in page
+    await asyncio.sleep(0.3)
+    assert reloads(registry, "failure") == 2
+    refused = await gw.post("/admin/reload", headers=ADMIN)  # a JSON 422 naming the line, not a 500
+    assert refused.status == 422 and "not UTF-8" in await refused.text()
+    path.unlink()  # gone again after having been read: counted again
+    await wait_for(lambda: failures(4))

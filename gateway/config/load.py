@@ -29,6 +29,10 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([Problem(str(p), 0, "(file)", f"cannot read: {exc.strerror or exc}")]) from exc
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        why = f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} cannot be decoded (save the file as UTF-8)"
+        raise ConfigError([Problem(str(p), line, "(file)", why)]) from exc
     return parse_config(text, str(p), env)
 
 

@@ -104,6 +104,7 @@ def watch_routes(gateway: Gateway, interval: float) -> Callable[[web.Application
             lambda: gateway.runtime.config.digest,
             interval=interval,
             failing=lambda: gateway.refused is not None,
+            reread=lambda: gateway.reload(path),
         )
         task = asyncio.create_task(watcher.run(), name="routegate-watch")
         log.info("watching %s for changes every %gs", path, interval)
