@@ -762,3 +762,13 @@ def test_kubectl_kustomize_builds_the_same_base() -> None:
         ours = next(d for d in mine if key(d) == key(doc))
         assert doc["metadata"]["labels"] == ours["metadata"]["labels"]
         assert doc.get("spec") == ours.get("spec") and doc.get("data") == ours.get("data")
+
+
+def test_every_variable_the_deployed_routes_read_is_in_the_deploy_docs_table() -> None:
+    """ROUTEGATE_PUBLIC_HOST was in .env.example and nowhere in the docs: on Kubernetes the Secret never
+    feeds it, so an operator following docs/deploying.md got a 421 on every request through the ingress."""
+    names = {n for n in _env_names(yaml.safe_load(RENDERED.read_text())) if not n.endswith("_FILE")}
+    table = (ROOT / "docs" / "deploying.md").read_text().split("## The secrets, and where each one goes")[1]
+    documented = set(re.findall(r"`([A-Z_][A-Z0-9_]*)`", table.split("\n## ")[0]))
+    assert "ROUTEGATE_PUBLIC_HOST" in names
+    assert names <= documented, f"not in docs/deploying.md's table: {sorted(names - documented)}"
