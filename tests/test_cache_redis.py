@@ -6,12 +6,15 @@ import asyncio
 import time
 from typing import Any
 
+import aiohttp
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from sandbox.runner import Sandboxes
+from tests.conftest import ROOT
 from tests.helpers.cache import ALICE, BOB, CLIENTS, KEYS, LIST, OPS, POSTHOG
 from tests.helpers.redis import RedisServer
+from tests.processes import serve
 
 REDIS_CACHE = """
 cache:
@@ -137,3 +140,26 @@ async def test_redis_backend_without_a_url_serves_from_the_upstream(
     assert sandboxes.posthog_state.count("GET", "/api/projects/1/notebooks/") == 2
     errors = registry.get_sample_value("gateway_cache_backend_errors_total", {"backend": "redis", "op": "connect"})
     assert errors is not None and errors >= 2
+
+
+async def test_replicas_with_different_hash_seeds_share_one_cache_entry(
+    sandbox_env: dict[str, str], sandboxes: Sandboxes, redis_server: RedisServer
+) -> None:
+    """The route fingerprint in the cache key was a repr of the route, whose frozensets (a shape's
+    ``string|null``) are ordered by the per-process hash seed: replicas missed each other's entries
+    and a restarted gateway its own, stale copies included."""
+    env = {**sandbox_env, "ROUTEGATE_CACHE": "on", "ROUTEGATE_REDIS_URL": redis_server.url}
+    args = ("--workers", "1", "--no-probes", "--watch-interval", "off", "--log-level", "warning")
+    short_id = sandboxes.posthog_state.visible(1)[0].short_id
+    url = f"/v1/posthog/projects/1/notebooks/{short_id}"  # its shape has `string|null` fields
+    routes = ROOT / "routes.yaml"
+    async with (
+        serve(routes, {**env, "PYTHONHASHSEED": "0"}, *args) as (one, _p1, _l1),
+        serve(routes, {**env, "PYTHONHASHSEED": "1"}, *args) as (two, _p2, _l2),
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.get(one + url) as resp:
+            assert resp.status == 200 and resp.headers["X-Cache"] == "MISS", await resp.text()
+        async with http.get(two + url) as resp:
+            assert resp.status == 200 and resp.headers["X-Cache"] == "HIT"
+    assert sandboxes.posthog_state.count("GET", f"/api/projects/1/notebooks/{short_id}/") == 1

@@ -17,11 +17,12 @@ still running when the write happened.
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import functools
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from urllib.parse import quote
 
 from multidict import MultiMapping
@@ -153,10 +154,28 @@ def credential_id(auth_headers: Mapping[str, str]) -> str:
 
 
 def fingerprint(route: Route, upstream: Upstream) -> str:
-    """Changes when the route's mapping or upstream does (not for edits elsewhere in the file)."""
+    """Changes when the route's mapping or upstream does (not for edits elsewhere in the file).
+
+    The same in every process: replicas sharing a Redis cache must compute one key for one URL,
+    and a ``repr`` of the route is not that (a frozenset's order follows the per-process
+    ``PYTHONHASHSEED``), hence ``_canonical``."""
     stable = replace(route, line=0, description="", targets=tuple(replace(t, line=0) for t in route.targets))
-    text = f"{stable!r}|{upstream.base_url}|{upstream.headers!r}"
+    text = f"{_canonical(stable)!r}|{upstream.base_url}|{_canonical(upstream.headers)!r}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _canonical(value: object) -> object:
+    """``value`` with every set sorted and every dataclass spelled out: a ``repr`` that does not
+    depend on the process's hash seed."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return (type(value).__name__, tuple((f.name, _canonical(getattr(value, f.name))) for f in fields(value)))
+    if isinstance(value, (set, frozenset)):
+        return ("set", tuple(sorted((_canonical(v) for v in value), key=repr)))
+    if isinstance(value, Mapping):
+        return ("map", tuple(sorted(((repr(k), _canonical(v)) for k, v in value.items()), key=lambda kv: kv[0])))
+    if isinstance(value, (tuple, list)):
+        return tuple(_canonical(v) for v in value)
+    return value
 
 
 def make_key(
