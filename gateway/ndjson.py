@@ -39,7 +39,7 @@ _JSON_TYPES = frozenset({"application/json", "application/*", "*/*"})
 
 def wants_ndjson(accept: str) -> bool:
     """Does the ``Accept`` header prefer NDJSON to JSON?  (Ties go to NDJSON: it was named.)"""
-    if "ndjson" not in accept:
+    if "ndjson" not in accept.lower():  # media types ignore case (RFC 9110 8.3.1)
         return False
     best_nd = best_json = 0.0
     for part in accept.split(","):

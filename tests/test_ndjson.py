@@ -75,6 +75,8 @@ async def test_a_page_carries_its_cursor_in_a_header(gw: TestClient[Any, Any]) -
     [
         ("application/x-ndjson", True),
         ("application/ndjson", True),
+        ("application/x-NDJSON", True),  # media types ignore case
+        ("Application/X-Ndjson; Q=0.5, application/json;q=0.1", True),
         ("application/x-ndjson, application/json;q=0.5", True),
         ("application/json, application/x-ndjson;q=0.9", False),
         ("application/x-ndjson;q=0", False),
@@ -94,6 +96,8 @@ async def test_json_is_still_the_default_and_items_routes_ignore_ndjson(gw: Test
     short_id = (await resp.json())["items"][0]["id"]
     one = await gw.get(f"{PH}/{short_id}", headers=ND)  # not a collection: its JSON document
     assert one.status == 200 and (await one.json())["id"] == short_id
+    shout = await gw.get(PH, params={"limit": "2"}, headers={"Accept": "Application/X-NDJSON"})  # case ignored
+    assert shout.status == 200 and shout.headers["Content-Type"].startswith("application/x-ndjson")
 
 
 async def test_failure_before_the_first_byte_is_an_ordinary_error(

@@ -57,8 +57,8 @@ def validator(route: Route, inner: Handler) -> Handler | None:
         etag = headers.get("ETag")
         if etag is None:
             etag = headers["ETag"] = etag_of(body)  # a cached entry stored its own
-        asked = http(ex).headers.get("If-None-Match")
-        if asked is None or not matches(asked, etag):
+        lines = http(ex).headers.getall("If-None-Match", None)
+        if lines is None or not matches(", ".join(lines), etag):  # repeated lines are one list (RFC 9110 5.3)
             return resp
         kept = {name: resp.headers[name] for name in _KEPT_ON_304 if name in resp.headers}
         return web.Response(status=304, headers=kept)
