@@ -176,8 +176,26 @@ def posthog_notebook_update(body: Any, params: Mapping[str, Any]) -> Any:
     return body
 
 
+def posthog_notebook_create(body: Any, params: Mapping[str, Any]) -> Any:
+    """PostHog's create drops a field it does not write as silently as its PATCH does: ``{"titel": ...}``
+    made an untitled, empty notebook and answered 201.  Refused here, naming the field, as are
+    writable fields of the wrong type.  An empty body is a new untitled notebook, as PostHog makes it.
+    The body is forwarded unchanged."""
+    if not isinstance(body, dict):
+        raise Unprocessable("the body must be a JSON object", details=["body: expected an object"])
+    problems = _notebook_field_problems(body)
+    if "version" in body and not _is_int(body["version"]):
+        problems.append(f"version: must be an integer, got {body['version']!r}")
+    if problems:
+        raise Unprocessable(
+            f"the new notebook is invalid: {len(problems)} problem(s)", code="invalid_document", details=problems
+        )
+    return body
+
+
 VALIDATORS: Mapping[str, Validator] = {
     "observable_new_document": observable_new_document,
+    "posthog_notebook_create": posthog_notebook_create,
     "posthog_notebook_update": posthog_notebook_update,
 }
 

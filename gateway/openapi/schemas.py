@@ -66,6 +66,18 @@ BODY_SCHEMAS: Mapping[str, dict[str, Any]] = {
             "title": {"type": "string"},
         },
     },
+    "posthog_notebook_create": {
+        "type": "object",
+        "description": "Any other field is refused: PostHog would ignore it. `{}` is a new untitled notebook.",
+        "properties": {
+            "title": {"type": ["string", "null"]},
+            "content": {"type": ["object", "null"]},
+            "text_content": {"type": ["string", "null"]},
+            "version": {"type": "integer"},
+            "deleted": {"type": "boolean"},
+        },
+        "additionalProperties": False,
+    },
     "posthog_notebook_update": {
         "type": "object",
         "description": (
