@@ -92,7 +92,7 @@ def _convert(spec: ParamSpec, raw: str) -> Any:
             return True
         if low in _FALSE:
             return False
-        raise ValueError(f"query parameter {spec.name!r} must be true or false, got {raw!r}")
+        raise ValueError(f"query parameter {spec.name!r} must be true or false (or 1/0, yes/no), got {raw!r}")
     _check_enum(spec, raw)
     return raw
 

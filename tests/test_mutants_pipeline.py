@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, make_mocked_request
 
 from gateway.pipeline.conventions import compress_large
 from tests.fake_upstream import CUT, FakeUpstream, Reply, start_fake
@@ -320,11 +320,11 @@ def test_compression_adds_accept_encoding_to_a_vary_it_finds() -> None:
         ("Origin, ACCEPT-ENCODING", "Origin, ACCEPT-ENCODING"),
     ):
         resp = web.Response(body=b"x" * 2048, headers={"Vary": before})
-        compress_large(resp)
+        compress_large(make_mocked_request("GET", "/", headers={"Accept-Encoding": "gzip"}), resp)
         assert resp.headers.getall("Vary") == [after], before
         assert "XXVaryXX" not in resp.headers
     small = web.Response(body=b"x" * 10, headers={"Vary": "Origin"})
-    compress_large(small)
+    compress_large(make_mocked_request("GET", "/", headers={"Accept-Encoding": "gzip"}), small)
     assert small.headers["Vary"] == "Origin"
 
 
@@ -695,8 +695,11 @@ async def test_a_read_carries_a_validator_and_answers_304_to_it(make_gateway: An
     fake.script("/things/1", 500)
     resp = await gw.get("/v1/things/1", headers={"If-None-Match": "*"})
     assert resp.status == 502 and "ETag" not in resp.headers
+    resp = await gw.post("/v1/passed", json={"a": 1})
+    assert resp.status == 200 and "ETag" not in resp.headers  # writes carry no validator
+    # ... and a condition on a write is refused, not forwarded without it (conventions.preconditions)
     resp = await gw.post("/v1/passed", json={"a": 1}, headers={"If-None-Match": "*"})
-    assert resp.status == 200 and "ETag" not in resp.headers
+    assert resp.status == 400 and (await resp.json())["error"]["code"] == "precondition_unsupported"
 
 
 # --------------------------------------------------------------------------- admission.py, account.py

@@ -45,8 +45,9 @@ async def test_each_route_lists_only_the_stages_it_configures(make_gateway: Any,
     assert stages["ph_list"] == ("validator", "compress", "cache", "account", "params", "collection")
     assert stages["ph_nb"] == ("validator", "cache", "account", "params", "call")
     assert stages["ph_raw"] == ("validator", "account", "params", "call")  # no cache, no pagination
-    assert stages["ph_create"] == ("account", "params", "body", "invalidate", "call")  # a write, where a cache exists
-    assert stages["ph_delete"] == ("account", "params", "invalidate", "call")  # DELETE sends no body
+    # a write, where a cache exists (``preconditions``: an If-Match it cannot honour is refused)
+    assert stages["ph_create"] == ("preconditions", "account", "params", "body", "invalidate", "call")
+    assert stages["ph_delete"] == ("preconditions", "account", "params", "invalidate", "call")  # DELETE sends no body
     # the call-level stack each core runs: one target, no shape, so no fallback or shape code
     calls = {name: p.calls for name, p in _proxy(gw).pipelines.items()}
     assert calls["ph_list"] == ("answered", "status", "upstream")  # its items are mapped by ``collection``
@@ -61,7 +62,8 @@ async def test_a_route_without_cache_runs_no_cache_code(
     proxy = _proxy(gw)
     assert proxy.cache is None
     assert proxy.pipelines["plain"].stages == ("validator", "account", "params", "call")
-    assert proxy.pipelines["create"].stages == ("account", "params", "body", "call")  # nothing to invalidate
+    # nothing to invalidate
+    assert proxy.pipelines["create"].stages == ("preconditions", "account", "params", "body", "call")
     short_id = sandboxes.posthog_state.visible(1)[0].short_id
     resp = await gw.get(f"/v1/plain/projects/1/notebooks/{short_id}")
     assert resp.status == 200 and "X-Cache" not in resp.headers

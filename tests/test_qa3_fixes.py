@@ -47,3 +47,32 @@ async def test_a_create_of_writable_fields_or_of_nothing_is_forwarded(
     untitled = await gw.post(PH_BASE, json={})  # an untitled notebook, as PostHog makes one
     assert untitled.status == 201, await untitled.text()
     assert sandboxes.posthog_state.count("POST", "/api/projects/1/notebooks/") == 2
+
+
+@pytest.mark.parametrize(
+    ("method", "header"),
+    [
+        ("PATCH", ("If-Match", 'W/"000000000000000000000000"')),
+        ("PATCH", ("If-None-Match", "*")),
+        ("DELETE", ("If-Match", '"nope"')),
+        ("PATCH", ("If-Unmodified-Since", "Sat, 05 Dec 2026 00:00:00 GMT")),
+    ],
+)
+async def test_a_conditional_write_is_refused_never_forwarded_without_its_condition(
+    sandboxes: Sandboxes, gw: TestClient[Any, Any], method: str, header: tuple[str, str]
+) -> None:
+    """The write was applied with its condition ignored: a read-modify-write expecting a 412 overwrote
+    whatever changed in between."""
+    state = sandboxes.posthog_state
+    nb = state.visible(1)[0]
+    title = nb.title
+    body = {"title": "x"} if method == "PATCH" else None
+    resp = await gw.request(method, f"{PH_BASE}/{nb.short_id}", json=body, headers=dict([header]))
+    assert resp.status == 400, await resp.text()
+    err = (await resp.json())["error"]
+    assert err["code"] == "precondition_unsupported" and header[0] in err["message"]
+    assert state.count("PATCH", f"/api/projects/1/notebooks/{nb.short_id}/") == 0
+    assert nb.title == title and not nb.deleted
+    # the same write without the condition goes through
+    resp = await gw.request(method, f"{PH_BASE}/{nb.short_id}", json=body)
+    assert resp.status in (200, 204), await resp.text()

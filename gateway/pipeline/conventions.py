@@ -2,6 +2,8 @@
 
 * ``validator`` (GET routes): an ``ETag`` from the body; ``If-None-Match`` naming it is
   answered ``304`` without a body, so a client that kept the answer pays no body for it.
+* ``preconditions`` (write routes): ``If-Match`` and the other conditional headers are refused
+  with a 400, since nothing here or upstream would honour them.
 * ``compress`` (collection routes): an ``all=true`` answer is compressed as the client's
   ``Accept-Encoding`` prefers (gzip or deflate, ``q`` weights honoured); pages stay small and plain.
 """
@@ -64,6 +66,36 @@ def validator(route: Route, inner: Handler) -> Handler | None:
         return web.Response(status=304, headers=kept)
 
     return validated
+
+
+#: the conditional request headers (RFC 9110 13.1): on a write, none can be honoured here
+_PRECONDITIONS = ("If-Match", "If-None-Match", "If-Unmodified-Since", "If-Modified-Since")
+
+
+def preconditions(route: Route, inner: Handler) -> Handler | None:
+    """A conditional write is refused, never forwarded without its condition (write routes).
+
+    The gateway's ETags are weak validators of its own answers (``If-Match`` compares strongly),
+    and the upstreams ignore these headers: forwarding the write without them would make a
+    read-modify-write that expects a 412 overwrite someone else's edit.  A 400 says so, and what
+    guards a write instead (PostHog's ``version`` with ``content``)."""
+    if route.method in ("GET", "HEAD"):
+        return None
+
+    async def unconditional(ex: Exchange) -> web.StreamResponse:
+        headers = http(ex).headers
+        sent = [name for name in _PRECONDITIONS if name in headers]
+        if sent:
+            raise BadRequest(
+                f"{', '.join(sent)} cannot be honoured on a write: the gateway does not check preconditions"
+                " for writes and the upstream ignores them; send the write without it (for a PostHog"
+                " notebook, `version` with `content` guards against a concurrent edit: a stale one is a 409)",
+                code="precondition_unsupported",
+                route=route.name,
+            )
+        return await inner(ex)
+
+    return unconditional
 
 
 def all_flag(raw: str | None, route: str) -> bool:

@@ -50,6 +50,7 @@ PROBE_STAGES = frozenset({"account", "params"})
 #: the HTTP conventions around the proxy's own stages; each exists only on routes it applies to
 STAGES: tuple[tuple[str, Stage], ...] = (
     ("validator", conventions.validator),
+    ("preconditions", conventions.preconditions),
     ("compress", conventions.compress),
 )
 
