@@ -261,7 +261,6 @@ def _errors(route: Route, config: Config) -> dict[str, Any]:
     return out
 
 
-
 def _object(mapping: tuple[tuple[str, FieldExpr], ...], route: Route) -> dict[str, Any]:
     return {
         "type": "object",
