@@ -57,7 +57,7 @@ def test_parameters_bodies_and_envelopes_follow_routes_yaml() -> None:
     validate(doc)
     nb = doc["paths"]["/v1/observable/notebooks"]["get"]
     params = {p["name"]: p for p in nb["parameters"]}
-    assert set(params) == {"type", "limit", "cursor", "all", "Cache-Control"}
+    assert set(params) == {"type", "limit", "cursor", "all", "Cache-Control", "If-None-Match"}
     assert params["Cache-Control"]["in"] == "header"  # a caching route: the caller's directives, and
     assert set(nb["responses"]["200"]["headers"]) >= {"X-Cache", "Age"}  # what the cache answers with
     assert params["type"]["style"] == "form" and params["type"]["explode"] is False  # type=public,shared
@@ -68,7 +68,7 @@ def test_parameters_bodies_and_envelopes_follow_routes_yaml() -> None:
     item = page["properties"]["items"]["items"]
     assert set(item["required"]) == {"id", "slug", "title", "type", "version", "likes", "updated_at"}
     detail = doc["paths"]["/v1/observable/notebooks/{id}"]["get"]
-    assert [p["name"] for p in detail["parameters"]] == ["id", "Cache-Control"]  # no pagination on an item
+    assert [p["name"] for p in detail["parameters"]] == ["id", "Cache-Control", "If-None-Match"]  # no pagination
     assert detail["parameters"][0]["in"] == "path" and detail["parameters"][0]["required"] is True
     create_params = doc["paths"]["/v1/observable/notebooks"]["post"].get("parameters", [])
     assert "Cache-Control" not in {p["name"] for p in create_params}  # writes are not cached

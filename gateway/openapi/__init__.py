@@ -15,6 +15,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.config import Config, FieldExpr, ParamSpec, Route
+from gateway.openapi.conventions import HEADERS, add_conditional, add_ndjson
 from gateway.openapi.own import _own_paths
 from gateway.openapi.schemas import _ERRORS, BODY_SCHEMAS, ERROR_SCHEMA, PATH_PARAM_SCHEMA, _error_response
 
@@ -41,6 +42,7 @@ def build(config: Config) -> dict[str, Any]:
                 "schema": {"type": "string"},
             },
             "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "string"}},
+            **HEADERS,
         },
     }
     if secured or config.access.admins:
@@ -131,8 +133,6 @@ def _operation(route: Route, config: Config) -> dict[str, Any]:
     cached = route.cache is not None and route.method == "GET"  # (when the cache is on: ROUTEGATE_CACHE)
     if cached:
         params.append(_CACHE_CONTROL)
-    if params:
-        op["parameters"] = params
     body = _request_body(route)
     if body is not None:
         op["requestBody"] = body
@@ -140,7 +140,11 @@ def _operation(route: Route, config: Config) -> dict[str, Any]:
     if cached:
         for response in success.values():
             response["headers"].update(_CACHE_HEADERS)
-    op["responses"] = {**success, **_errors(route, config)}
+    add_ndjson(route, success)
+    not_modified = add_conditional(route, params, success, _CACHE_HEADERS if cached else {})
+    if params:
+        op["parameters"] = params
+    op["responses"] = {**success, **not_modified, **_errors(route, config)}
     return op
 
 
@@ -152,8 +156,14 @@ _CACHE_CONTROL: dict[str, Any] = {
     "schema": {"type": "string"},
 }
 _CACHE_HEADERS: dict[str, Any] = {
-    "X-Cache": {"description": "How the cache answered.", "schema": {"enum": ["HIT", "MISS", "STALE", "BYPASS"]}},
-    "Age": {"description": "Seconds since the upstream produced this answer.", "schema": {"type": "integer"}},
+    "X-Cache": {
+        "description": "How the response cache answered (when it is on; NDJSON answers bypass it and have none).",
+        "schema": {"enum": ["HIT", "MISS", "STALE", "BYPASS"]},
+    },
+    "Age": {
+        "description": "Seconds since the upstream produced this answer (with `X-Cache`).",
+        "schema": {"type": "integer"},
+    },
 }
 
 
@@ -249,7 +259,6 @@ def _errors(route: Route, config: Config) -> dict[str, Any]:
     out = {str(s): _error_response(_ERRORS[s], retry=s in (429, 503)) for s in sorted(statuses)}
     out["default"] = _error_response("Any other error, in the same envelope.")
     return out
-
 
 
 def _object(mapping: tuple[tuple[str, FieldExpr], ...], route: Route) -> dict[str, Any]:
