@@ -4,21 +4,22 @@ A cursor is ``base64url(JSON) "." base64url(HMAC-SHA256)``.  The JSON names its 
 the streams it walks with one position each, the streams that ended, fingerprints that
 let a later request notice a stalled upstream or a list that moved under the walk (``l``: the
 identity of the last item served, gateway.pagination.shifts), where the route's targets page differently
-the target walked (``common.Position``), and a digest binding it to the request's path values
-(``binding``).
+the target walked (``common.Position``), a digest binding it to the request's path values
+(``binding``), and the route's paging fingerprint (``g``: gateway.pagination.stale).
 
 Why signed: a cursor is the one piece of client input that steers upstream calls
 (which streams, which next link).  With an HMAC no client can invent one, and the
 strict checks below still hold if the key leaks: the route, the streams against the
 fan-out ``enum`` and their count, and every value's type.  Anything else is a 400
-``bad_cursor`` and nothing is sent upstream.
+``bad_cursor`` and nothing is sent upstream, except a cursor this deployment issued for this
+route before a reload changed how it pages: 409 ``route_changed`` (gateway.pagination.stale).
 
 The key (``cursor_key``): ``server.cursor_key`` when configured (a secret, ``{env: ...}``),
 so every worker and replica given that secret agrees; otherwise derived from the
 upstream credentials the deployment already shares, so it changes when they do (cursors
 issued before then answer 400 ``bad_cursor``: start the walk again).  A reload that only
-edits routes keeps the key: the runbook's fix mid-backup must not break the backup's walk;
-the strict checks refuse a cursor the edited route can no longer follow.
+edits routes keeps the key: the runbook's fix mid-backup must not look like a forged cursor;
+a cursor the edited route can no longer follow is a 409 ``route_changed`` (start again).
 The key is never logged.
 """
 
@@ -36,6 +37,7 @@ from typing import Any
 from gateway import jsonio
 from gateway.config import Route
 from gateway.errors import BadGateway, BadRequest
+from gateway.pagination import stale
 from gateway.pagination.common import TIE_ID_CHARS, Position, key
 
 #: longer than any cursor the gateway issues (a few streams, a next link of a few hundred bytes)
@@ -102,6 +104,7 @@ def encode_cursor(
         "r": route.name,
         "p": {key(s): position.pos.get(key(s)) for s in streams},
         "e": sorted(position.ended),
+        "g": stale.fingerprint(route),
     }
     if position.marks:
         payload["m"] = dict(sorted(position.marks.items()))
@@ -116,7 +119,8 @@ def encode_cursor(
 def decode_cursor(route: Route, text: str, secret: bytes, params: Mapping[str, Any]) -> tuple[list[str], Position]:
     """The streams the cursor was issued for, and their positions.  400 ``bad_cursor`` unless
     it is one this deployment issued for this route and these path values, with values of the
-    right kinds."""
+    right kinds; 409 ``route_changed`` for one issued for this route before a reload changed how
+    it pages (``stale``)."""
     try:
         if len(text) > MAX_CURSOR_CHARS:
             raise ValueError("length")
@@ -135,8 +139,14 @@ def decode_cursor(route: Route, text: str, secret: bytes, params: Mapping[str, A
 
 def _checked(route: Route, data: Any, params: Mapping[str, Any]) -> tuple[list[str], Position]:
     """Every field of a decoded cursor against what this route could have issued; ValueError if not."""
-    if not isinstance(data, dict) or set(data) - {"r", "p", "e", "m", "k", "a"} or data.get("r") != route.name:
+    if not isinstance(data, dict) or set(data) - {"r", "p", "e", "m", "k", "a", "g"} or data.get("r") != route.name:
         raise ValueError("route")
+    issued_for = data.get("g")
+    if issued_for is not None:  # None: a cursor from before fingerprints, checked strictly below
+        if not _is_hex(issued_for, 16):
+            raise ValueError("fingerprint")
+        if issued_for != stale.fingerprint(route):  # signed by us for this route: the route changed since
+            raise stale.RouteChanged(stale.MESSAGE, route=route.name)
     target = data.get("k", 0)
     if not _is_count(target, len(route.targets) - 1) or (target and not route.mixed_paging):
         raise ValueError("target")
