@@ -68,12 +68,14 @@ def _sign(secret: bytes, body: str) -> str:
     return _b64(hmac.new(secret, body.encode(), hashlib.sha256).digest()[:_SIG_BYTES])
 
 
-def binding(route: Route, params: Mapping[str, Any], target: int) -> str:
+def binding(route: Route, params: Mapping[str, Any], target: int | None = None) -> str:
     """What a cursor holds only for: the route's path values (another login's or project's walk
-    is not this one's: its position would skip or repeat items) and, where targets page
-    differently, the target walked as routes.yaml now says it (a reload may change it)."""
+    is not this one's: its position would skip or repeat items).  ``target``: the form of cursors
+    issued before route fingerprints, which also bound, where targets page differently, the target
+    walked as routes.yaml said it; the fingerprint (``g``, gateway.pagination.stale) carries that now,
+    so that a reload changing it is told apart from another walk's cursor."""
     parts = [str(params.get(name, "")) for name in sorted(route.path.names)]
-    if route.mixed_paging:
+    if target is not None and route.mixed_paging:
         parts.append(route.targets[target].label)  # a target out of range was refused before (_checked)
     if not parts:
         return ""
@@ -110,7 +112,7 @@ def encode_cursor(
         payload["m"] = dict(sorted(position.marks.items()))
     if position.target:
         payload["k"] = position.target
-    if bound := binding(route, params, position.target):
+    if bound := binding(route, params):
         payload["a"] = bound
     body = _b64(json.dumps(payload, separators=(",", ":")).encode())
     return f"{body}.{_sign(secret, body)}"
@@ -143,14 +145,14 @@ def _checked(route: Route, data: Any, params: Mapping[str, Any]) -> tuple[list[s
         raise ValueError("route")
     issued_for = data.get("g")
     if issued_for is not None:  # None: a cursor from before fingerprints, checked strictly below
-        if not _is_hex(issued_for, 16):
-            raise ValueError("fingerprint")
-        if issued_for != stale.fingerprint(route):  # signed by us for this route: the route changed since
+        if not _is_hex(issued_for, 16) or data.get("a", "") != binding(route, params):
+            raise ValueError("binding")  # another walk's cursor (other path values): the client's mistake
+        if issued_for != stale.fingerprint(route):  # issued by us for this walk: the route changed since
             raise stale.RouteChanged(stale.MESSAGE, route=route.name)
     target = data.get("k", 0)
     if not _is_count(target, len(route.targets) - 1) or (target and not route.mixed_paging):
         raise ValueError("target")
-    if data.get("a", "") != binding(route, params, target):
+    if issued_for is None and data.get("a", "") != binding(route, params, target):
         raise ValueError("binding")
     pos, ended, marks = data["p"], data.get("e", []), data.get("m", {})
     if not isinstance(pos, dict) or not isinstance(ended, list) or not isinstance(marks, dict):

@@ -10,10 +10,11 @@ any upstream call and counted neither against the upstream nor the route's healt
 
 To tell it apart from a forged or misused cursor, a cursor carries the route's paging fingerprint
 (``g``, ``fingerprint``): what its position depends on, and nothing a reload changes for other
-reasons (the limits, the description, the cache).  The signature and the route name are checked
-first (gateway.pagination.cursor): only a cursor this deployment issued for this very route, whose
-fingerprint differs from the route's now, is "the route changed".  A cursor without one (issued
-before fingerprints) is checked strictly as before.
+reasons (the limits, the description, the cache).  The signature, the route name and the path
+values the cursor is bound to are checked first (gateway.pagination.cursor), each a 400
+``bad_cursor``: only a cursor this deployment issued for this very walk, whose fingerprint differs
+from the route's now, is "the route changed".  A cursor without one (issued before fingerprints)
+is checked strictly as before.
 """
 
 from __future__ import annotations
