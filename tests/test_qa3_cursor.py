@@ -75,9 +75,14 @@ async def _bad_cursor(gw: TestClient[Any, Any], path: str, cursor: str) -> None:
 
 def _route_counts(text: str, route: str) -> dict[str, float]:
     """Every upstream-error count and the health gauge of ``route`` in one scrape."""
-    wanted = ("gateway_upstream_errors_total", "gateway_route_up", "gateway_circuit_opened_total")
+    wanted = (
+        "gateway_upstream_errors_total",
+        "gateway_upstream_requests_total",
+        "gateway_route_up",
+        "gateway_route_failure_info",
+    )
     return {
-        f"{s.name}{sorted(s.labels.items())}": s.value
+        s.name + "|" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())): s.value
         for fam in text_string_to_metric_families(text)
         for s in fam.samples
         if s.name in wanted and s.labels.get("route") == route
@@ -99,8 +104,11 @@ async def test_the_runbook_s_pagination_fix_makes_a_cursor_in_progress_a_409_rou
     await _reload(gw)
     route = next(r for r in gw.app[GATEWAY].runtime.config.routes if r.name == "posthog_notebooks")
     assert route.pagination is not None and route.pagination.style == "cursor"
+    assert (await gw.get(PH, params={"limit": "1"})).status == 200  # the route works on its new paging
     sandboxes.posthog_state.reset_counters()
     counted = _route_counts(await (await gw.get("/metrics")).text(), "posthog_notebooks")
+    assert counted["gateway_route_up|route=posthog_notebooks"] == 1, counted
+    assert any(k.startswith("gateway_upstream_requests_total|") and v for k, v in counted.items()), counted
 
     # the client passed the cursor exactly as returned: a 409 that says to start again, nothing sent upstream
     for params in ({}, {"limit": "7"}, {"all": "true"}):
