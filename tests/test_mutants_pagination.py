@@ -23,6 +23,7 @@ from yarl import URL
 from gateway.config import Config, Route, load_config
 from gateway.errors import BadRequest
 from gateway.mapping import ShapeDrift
+from gateway.pagination import stale
 from gateway.pagination.common import Answer, Position, fingerprint
 from gateway.pagination.cursor import MAX_CURSOR_CHARS, _sign, binding, decode_cursor, derive_key, encode_cursor
 from gateway.pagination.next_url import NextLinks
@@ -279,10 +280,13 @@ def test_the_key_and_cursor_format_stay_what_earlier_versions_issued() -> None:
         "r": "single",
         "p": {"": 7},
         "e": [],
+        "g": stale.fingerprint(ROUTES["single"]),
     }
+    # a cursor the version before route fingerprints issued (no "g") is still read, checked strictly
+    assert decode_cursor(ROUTES["typed"], KNOWN_CURSOR_BEFORE_G, SECRET, {}) == (["a", "b"], decoded)
     assert encode_cursor(ROUTES["typed"], ["a", "b"], Position({"a": 1}, {"a", "b"}), SECRET, {}) is None
     # a signature ending in "X" (one in 64) is issued whole
-    assert encode_cursor(ROUTES["single"], [None], Position({"": 21}), SECRET, {}) == KNOWN_CURSOR_X
+    assert encode_cursor(ROUTES["single"], [None], Position({"": 15}), SECRET, {}) == KNOWN_CURSOR_X
     # cursors carry no base64 padding, whatever their length, and read back as issued
     for n in range(40):
         issued = encode_cursor(ROUTES["single"], [None], Position({"": "x" * n}), SECRET, {})
@@ -300,12 +304,19 @@ def test_item_fingerprints_stay_what_earlier_versions_computed() -> None:
 
 #: computed by the code of this commit: a change here breaks every cursor issued before it
 KNOWN_FINGERPRINT = "8b36ab2ea56121a7"
-KNOWN_CURSOR_X = "eyJyIjoic2luZ2xlIiwicCI6eyIiOjIxfSwiZSI6W119.5Sz9VWox3Mw6HHDFuT3QasIX"
+#: (the cursors since they carry the route's paging fingerprint "g": gateway.pagination.stale)
+KNOWN_CURSOR_X = (
+    "eyJyIjoic2luZ2xlIiwicCI6eyIiOjE1fSwiZSI6W10sImciOiJkMjkxYjc2NDFjNjg4NGUwIn0.YtvuPcRpfh6uLUE8IpxyUOEX"
+)
 KNOWN_CONFIGURED_KEY = "2e7e9a84b0079fcd0fb7e7ba6252f720"
 KNOWN_DERIVED_KEY = "a0ac65b42e8e4fb4b35e8d0f7a6407c6"
-KNOWN_CURSOR = (
+KNOWN_CURSOR_BEFORE_G = (
     "eyJyIjoidHlwZWQiLCJwIjp7ImEiOjUsImIiOm51bGx9LCJlIjpbImIiXSwibSI6eyJmIjoiMDEyMzQ1Njc4OWFiY2RlZiIsImgi"
     "OiIwMTIzNDU2Nzg5YWJjZGVmIn19.7FAmyXMshAv5mvoMBfki-YgK"
+)
+KNOWN_CURSOR = (
+    "eyJyIjoidHlwZWQiLCJwIjp7ImEiOjUsImIiOm51bGx9LCJlIjpbImIiXSwiZyI6Ijk1ZGQyNDRkZjJkNWZhOWIiLCJtIjp7ImYi"
+    "OiIwMTIzNDU2Nzg5YWJjZGVmIiwiaCI6IjAxMjM0NTY3ODlhYmNkZWYifX0.-0kVO-Ty4CRQAcTxOzh98lg9"
 )
 
 

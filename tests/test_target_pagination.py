@@ -207,11 +207,13 @@ def test_the_cursor_names_the_target_and_is_checked_against_it() -> None:
         body = base64.urlsafe_b64encode(raw).decode().rstrip("=")
         with pytest.raises(Exception, match="not valid"):
             decode_cursor(mixed, f"{body}.{_sign(secret, body)}", secret, {})
-    # a reload that changes the walked target (its path or how it pages) refuses its old cursors
+    # a reload that changes the walked target (its path or how it pages) refuses its old cursors:
+    # the operator's change, not the client's mistake (409 route_changed, gateway.pagination.stale)
     for edit in (("GET /b", "GET /c"), ("style: page, items: results", "style: cursor, token: next")):
         edited = parse_config(MIXED.replace(*edit), env={}).routes[0]
-        with pytest.raises(Exception, match="not valid"):
+        with pytest.raises(Exception, match="route was changed") as err:
             decode_cursor(edited, cursor, secret, {})
+        assert getattr(err.value, "code", None) == "route_changed" and getattr(err.value, "status", None) == 409
     # a route whose targets page alike never issues a target; one naming a target is refused
     forged = encode_cursor(plain, [None], Position({"": "2024"}, target=1), secret, {})
     with pytest.raises(Exception, match="not valid"):

@@ -29,11 +29,13 @@ BROKEN_ROUTE_CODES = frozenset(
 )
 #: 502s that no retry and no reload heals within a run (a size limit): fail that notebook or listing at once
 FINAL_CODES = frozenset({"upstream_too_large", "collection_too_large", "pagination_ties"})
-#: 409s after which a listing is read again from its first page: the list moved under the walk, or
-#: the gateway was upgraded mid-walk and can no longer vouch for the cursor it issued before
+#: 409s after which a listing is read again from its first page: the list moved under the walk, the
+#: gateway was upgraded mid-walk and can no longer vouch for the cursor it issued before, or an
+#: operator's reload changed how the route pages (the runbook's fix while the listing was read)
 RESTART_CODES = {
     "collection_changed": "the listing changed while it was read",
     "cursor_outdated": "the gateway was upgraded while the listing was read",
+    "route_changed": "the gateway's route was changed (a reload) while the listing was read",
 }
 #: the upstream refused the gateway's credential for this call (a 403: a permission or scope it lacks);
 #: a permission does not appear by retrying: never retried; a listing refused so stops the run, and

@@ -4,21 +4,22 @@ A cursor is ``base64url(JSON) "." base64url(HMAC-SHA256)``.  The JSON names its 
 the streams it walks with one position each, the streams that ended, fingerprints that
 let a later request notice a stalled upstream or a list that moved under the walk (``l``: the
 identity of the last item served, gateway.pagination.shifts), where the route's targets page differently
-the target walked (``common.Position``), and a digest binding it to the request's path values
-(``binding``).
+the target walked (``common.Position``), a digest binding it to the request's path values
+(``binding``), and the route's paging fingerprint (``g``: gateway.pagination.stale).
 
 Why signed: a cursor is the one piece of client input that steers upstream calls
 (which streams, which next link).  With an HMAC no client can invent one, and the
 strict checks below still hold if the key leaks: the route, the streams against the
 fan-out ``enum`` and their count, and every value's type.  Anything else is a 400
-``bad_cursor`` and nothing is sent upstream.
+``bad_cursor`` and nothing is sent upstream, except a cursor this deployment issued for this
+route before a reload changed how it pages: 409 ``route_changed`` (gateway.pagination.stale).
 
 The key (``cursor_key``): ``server.cursor_key`` when configured (a secret, ``{env: ...}``),
 so every worker and replica given that secret agrees; otherwise derived from the
 upstream credentials the deployment already shares, so it changes when they do (cursors
 issued before then answer 400 ``bad_cursor``: start the walk again).  A reload that only
-edits routes keeps the key: the runbook's fix mid-backup must not break the backup's walk;
-the strict checks refuse a cursor the edited route can no longer follow.
+edits routes keeps the key: the runbook's fix mid-backup must not look like a forged cursor;
+a cursor the edited route can no longer follow is a 409 ``route_changed`` (start again).
 The key is never logged.
 """
 
@@ -36,6 +37,7 @@ from typing import Any
 from gateway import jsonio
 from gateway.config import Route
 from gateway.errors import BadGateway, BadRequest
+from gateway.pagination import stale
 from gateway.pagination.common import TIE_ID_CHARS, Position, key
 
 #: longer than any cursor the gateway issues (a few streams, a next link of a few hundred bytes)
@@ -66,12 +68,14 @@ def _sign(secret: bytes, body: str) -> str:
     return _b64(hmac.new(secret, body.encode(), hashlib.sha256).digest()[:_SIG_BYTES])
 
 
-def binding(route: Route, params: Mapping[str, Any], target: int) -> str:
+def binding(route: Route, params: Mapping[str, Any], target: int | None = None) -> str:
     """What a cursor holds only for: the route's path values (another login's or project's walk
-    is not this one's: its position would skip or repeat items) and, where targets page
-    differently, the target walked as routes.yaml now says it (a reload may change it)."""
+    is not this one's: its position would skip or repeat items).  ``target``: the form of cursors
+    issued before route fingerprints, which also bound, where targets page differently, the target
+    walked as routes.yaml said it; the fingerprint (``g``, gateway.pagination.stale) carries that now,
+    so that a reload changing it is told apart from another walk's cursor."""
     parts = [str(params.get(name, "")) for name in sorted(route.path.names)]
-    if route.mixed_paging:
+    if target is not None and route.mixed_paging:
         parts.append(route.targets[target].label)  # a target out of range was refused before (_checked)
     if not parts:
         return ""
@@ -102,12 +106,13 @@ def encode_cursor(
         "r": route.name,
         "p": {key(s): position.pos.get(key(s)) for s in streams},
         "e": sorted(position.ended),
+        "g": stale.fingerprint(route),
     }
     if position.marks:
         payload["m"] = dict(sorted(position.marks.items()))
     if position.target:
         payload["k"] = position.target
-    if bound := binding(route, params, position.target):
+    if bound := binding(route, params):
         payload["a"] = bound
     body = _b64(json.dumps(payload, separators=(",", ":")).encode())
     return f"{body}.{_sign(secret, body)}"
@@ -116,7 +121,8 @@ def encode_cursor(
 def decode_cursor(route: Route, text: str, secret: bytes, params: Mapping[str, Any]) -> tuple[list[str], Position]:
     """The streams the cursor was issued for, and their positions.  400 ``bad_cursor`` unless
     it is one this deployment issued for this route and these path values, with values of the
-    right kinds."""
+    right kinds; 409 ``route_changed`` for one issued for this route before a reload changed how
+    it pages (``stale``)."""
     try:
         if len(text) > MAX_CURSOR_CHARS:
             raise ValueError("length")
@@ -135,12 +141,18 @@ def decode_cursor(route: Route, text: str, secret: bytes, params: Mapping[str, A
 
 def _checked(route: Route, data: Any, params: Mapping[str, Any]) -> tuple[list[str], Position]:
     """Every field of a decoded cursor against what this route could have issued; ValueError if not."""
-    if not isinstance(data, dict) or set(data) - {"r", "p", "e", "m", "k", "a"} or data.get("r") != route.name:
+    if not isinstance(data, dict) or set(data) - {"r", "p", "e", "m", "k", "a", "g"} or data.get("r") != route.name:
         raise ValueError("route")
+    issued_for = data.get("g")
+    if issued_for is not None:  # None: a cursor from before fingerprints, checked strictly below
+        if not _is_hex(issued_for, 16) or data.get("a", "") != binding(route, params):
+            raise ValueError("binding")  # another walk's cursor (other path values): the client's mistake
+        if issued_for != stale.fingerprint(route):  # issued by us for this walk: the route changed since
+            raise stale.RouteChanged(stale.MESSAGE, route=route.name)
     target = data.get("k", 0)
     if not _is_count(target, len(route.targets) - 1) or (target and not route.mixed_paging):
         raise ValueError("target")
-    if data.get("a", "") != binding(route, params, target):
+    if issued_for is None and data.get("a", "") != binding(route, params, target):
         raise ValueError("binding")
     pos, ended, marks = data["p"], data.get("e", []), data.get("m", {})
     if not isinstance(pos, dict) or not isinstance(ended, list) or not isinstance(marks, dict):
