@@ -23,7 +23,7 @@ from gateway.error_kinds import NOT_UPSTREAM_FAILURE, UPSTREAM_FAILURE
 from sandbox.runner import Sandboxes
 from tests.conftest import ROOT, ROUTES, need_binary
 from tests.helpers.workers import _pids
-from tests.processes import serve
+from tests.processes import free_port, serve
 
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "routegate.json"
@@ -346,3 +346,110 @@ async def test_with_workers_a_route_removed_by_a_reload_no_longer_reads_as_down(
             ups = list(seen.get("gateway_route_up", {}).values())
             assert all(v != v for v in ups), seen
             assert "gateway_route_failure_info" not in seen, seen
+
+
+# --------------------------------------------------------------------------- a real Prometheus on it
+
+
+async def until(check: Any, what: str, timeout: float = 25.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (got := await check()):
+        assert time.monotonic() < deadline, f"timed out after {timeout:g}s waiting for {what}"
+        await asyncio.sleep(0.25)
+    return got
+
+
+@asynccontextmanager
+async def prometheus(target: str, tmp_path: Path) -> AsyncIterator[Any]:
+    """A real Prometheus scraping ``target`` every second with the shipped rules (``for:`` cut to 1s);
+    yields a function: the firing RoutegateRouteDown alerts by route."""
+    binary = need_binary("prometheus")
+    rules = yaml.safe_load(ALERTS.read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            if "for" in rule:
+                rule["for"] = "1s"
+    (tmp_path / "alerts.yml").write_text(yaml.safe_dump(rules))
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
+        "rule_files": ["alerts.yml"],
+        "scrape_configs": [{"job_name": "routegate", "static_configs": [{"targets": [target]}]}],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    url = f"http://127.0.0.1:{free_port()}"
+    log = (tmp_path / "prometheus.log").open("wb")
+    proc = await asyncio.create_subprocess_exec(
+        binary,
+        f"--config.file={tmp_path / 'prometheus.yml'}",
+        f"--storage.tsdb.path={tmp_path / 'data'}",
+        f"--web.listen-address={url.removeprefix('http://')}",
+        "--log.level=warn",
+        stdout=log,
+        stderr=log,
+    )
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+
+    async def ready() -> bool:
+        assert proc.returncode is None, (tmp_path / "prometheus.log").read_text()[-3000:]
+        try:
+            async with session.get(url + "/-/ready") as r:
+                return r.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    async def route_down() -> dict[str, dict[str, str]]:
+        async with session.get(url + "/api/v1/alerts") as r:
+            alerts = (await r.json())["data"]["alerts"]
+        return {
+            a["labels"]["route"]: a["labels"]
+            for a in alerts
+            if a["labels"]["alertname"] == "RoutegateRouteDown" and a["state"] == "firing"
+        }
+
+    try:
+        await until(ready, "Prometheus to start", timeout=30)
+        yield route_down
+    finally:
+        await session.close()
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        log.close()
+
+
+async def test_real_prometheus_pages_once_per_route_with_workers_and_stops_for_a_removed_route(
+    sandboxes: Sandboxes, sandbox_env: dict[str, str], tmp_path: Path
+) -> None:
+    state = sandboxes.posthog_state
+    config = tmp_path / "routes.yaml"
+    text = ROUTES.read_text()
+    config.write_text(text)
+    short_id = state.visible(1)[0].short_id
+    async with (
+        two_workers(config, sandbox_env) as (base, proc, (a, b)),
+        prometheus(base.removeprefix("http://"), tmp_path) as route_down,
+    ):
+        state.apply_switches({"key_scopes": {sandbox_env["POSTHOG_API_KEY"]: ["notebook:read", "notebook:write"]}})
+        assert (await call(a, base + ACTIVITY.format(short_id)))[0] == 502  # upstream_forbidden
+        state.apply_switches({"faults": {"/api/": {"status": 404}}})
+        assert (await call(a, base + NOTEBOOKS))[1]["error"]["code"] == "upstream_route_gone"
+        state.apply_switches({"faults": {"/api/": {"drop_field": "last_modified_at"}}})
+        assert (await call(b, base + NOTEBOOKS))[1]["error"]["code"] == "shape_drift"
+        both = {"posthog_notebooks", "posthog_notebook_activity"}
+        firing = await until(lambda: _having(route_down(), both), "RoutegateRouteDown for both routes")
+        assert firing["posthog_notebooks"]["code"] == "shape_drift"
+        assert firing["posthog_notebook_activity"]["code"] == "upstream_forbidden"
+
+        config.write_text(re.sub(r"(?ms)^  posthog_notebook_activity:\n.*?(?=^  \S|\Z)", "", text))
+        proc.send_signal(signal.SIGHUP)
+        firing = await until(lambda: _having(route_down(), {"posthog_notebooks"}), "the removed route's alert to end")
+        assert firing["posthog_notebooks"]["code"] == "shape_drift"
+
+
+async def _having(alerts: Any, routes: set[str]) -> dict[str, dict[str, str]] | None:
+    got: dict[str, dict[str, str]] = await alerts
+    return got if set(got) == routes else None
