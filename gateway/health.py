@@ -82,6 +82,7 @@ class RouteHealth:
 
     def _clear_failure(self, route: str, code: str) -> None:
         # 0 first: with gateway serve --workers N the value lives in a shared file that remove() leaves alone
+        # (its /metrics then drops it: gateway.route_series)
         self._metrics.route_failure.labels(route, code).set(0)
         with contextlib.suppress(KeyError):
             self._metrics.route_failure.remove(route, code)
@@ -99,6 +100,9 @@ class RouteHealth:
             state = self._states.pop(name)
             if state.code:
                 self._clear_failure(name, state.code)
+            # NaN ("not known") first: with gateway serve --workers N the workers' files keep the last
+            # value whatever remove() does, and a 0 kept there would page for a route that is gone
+            self._metrics.route_up.labels(name).set(math.nan)
             for gauge in (self._metrics.route_up, self._metrics.route_changed):
                 with contextlib.suppress(KeyError):
                     gauge.remove(name)

@@ -168,7 +168,8 @@ class Metrics:
         )
         self.route_up = Gauge(
             "gateway_route_up",
-            "1 while the route works, 0 once it broke (live traffic and probes); NaN until known.",
+            "1 while the route works, 0 once it broke (live traffic and probes); NaN until known"
+            " (with --workers, also once a reload removed the route: its series cannot be dropped there).",
             ["route"],
             multiprocess_mode="livemostrecent",
             registry=registry,
@@ -183,7 +184,8 @@ class Metrics:
         )
         self.route_failure = Gauge(
             "gateway_route_failure_info",
-            "1 for the error code that broke a down route (absent while it is up).",
+            "1 for the error code that broke a down route (absent while it is up); one code per route,"
+            " with --workers the one set most recently (gateway.route_series).",
             ["route", "code"],
             multiprocess_mode="livemostrecent",
             registry=registry,

@@ -160,7 +160,7 @@ class Resilience:
                     await self._pace(guard, upstream, cred, route, scred)
                 resp = await send()
             except UpstreamError as exc:
-                if exc.kind in ("circuit_open", "budget", "throttled"):
+                if exc.kind in ("circuit_open", "budget", "held_off"):
                     raise  # raised here, before anything was sent
                 guard.breaker.record(upstream.breaker, token, exc.kind not in FAILURES)
                 if exc.kind not in FAILURES or not (idempotent or exc.kind in UNSENT):
@@ -351,7 +351,7 @@ class Resilience:
         seconds = max(1, math.ceil(wait))
         if code == "upstream_rate_limited":
             message = f"upstream {upstream.name!r} is rate limiting the gateway's credential (told to hold off)"
-            kind = "throttled"
+            kind = "held_off"  # never sent: not the upstream's 429 (kind throttled), which it answered
         else:
             limits = ", ".join(f"{n}/{per_text(p)}" for n, p in upstream.budget.limits)
             message = f"the gateway's request budget for upstream {upstream.name!r} ({limits}) is used up"

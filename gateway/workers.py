@@ -133,21 +133,24 @@ def scrape(own: CollectorRegistry) -> bytes:
     Collectors that are not value-backed (computed at scrape time, like credential
     expiry, or an ``Info``) exist only in the answering worker's registry; they are
     the same in every worker (they come from the config), so they are taken from it.
+    The route health series are merged per route, not per series (gateway.route_series).
     """
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    merged = CollectorRegistry()
-    MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
-    families = list(merged.collect())
+    from gateway import route_series
+
+    families = list(MultiProcessCollector(None).collect())  # type: ignore[no-untyped-call]
+    route_series.merge(families, os.environ[MULTIPROC_ENV])  # one code per down route, as one process has
     names = {f.name for f in families}
-    extra = [f for f in own.collect() if f.name not in names]
+    families += [f for f in own.collect() if f.name not in names]
 
-    class _Extra:
+    class _All:
         def collect(self) -> list[object]:
-            return list(extra)
+            return list(families)
 
-    merged.register(_Extra())  # type: ignore[arg-type]
+    merged = CollectorRegistry()
+    merged.register(_All())  # type: ignore[arg-type]
     return generate_latest(merged)
 
 

@@ -40,7 +40,7 @@ from gateway.upstream import UpstreamClient, UpstreamResponse
 from gateway.verdict import GoneCheck
 
 #: the gateway holding itself back, not the route breaking
-SELF_PACING = frozenset({"budget", "throttled", "circuit_open", buffers.KIND})
+SELF_PACING = frozenset({"budget", "held_off", "throttled", "circuit_open", buffers.KIND})
 #: counted, but not the route breaking: a walk cut by a target switch (gateway.pipeline.collection), a
 #: cursor that cannot carry a long run of tied items (gateway.pagination.cursor), or a list that moved under
 #: a walk (gateway.pagination.shifts); new walks work

@@ -21,6 +21,7 @@ from multidict import MultiDict
 
 from gateway.auth import Credentials
 from gateway.config import Config, Route, Target, Upstream
+from gateway.error_kinds import NOT_SENT  # refused before any request left the gateway: not counted
 from gateway.errors import GatewayError, UpstreamError
 from gateway.fastmetrics import CounterChild, HistogramChild
 from gateway.health import RouteHealth
@@ -35,8 +36,6 @@ from gateway.upstream import UpstreamClient, UpstreamResponse, release
 from gateway.verdict import GoneCheck
 
 JSON_TYPE = "application/json"
-#: failures raised before any request left the gateway: not counted as upstream requests
-NOT_SENT = frozenset({"credentials", "budget", "throttled", "circuit_open", "config"})
 
 
 class Targets:
