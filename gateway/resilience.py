@@ -40,7 +40,7 @@ from gateway.errors import ServiceUnavailable, UpstreamError
 from gateway.methods import IDEMPOTENT
 from gateway.metrics import Metrics
 from gateway.sends import Sends, credential_id, handover, local_slot, per_text
-from gateway.shared import SharedState, local_share
+from gateway.shared import Busy, SharedState, busy_error, local_share
 
 
 class Answer(Protocol):
@@ -330,6 +330,8 @@ class Resilience:
             bisect.insort(sends.times, held)  # the local slot is held while Redis is asked (others run meanwhile)
             try:
                 slot = await shared.reserve(upstream.name, scred, budget.limits, limit, at - now, seeds)
+            except Busy:
+                raise busy_error(route) from None  # this process is busy, Redis is not down: no fallback
             finally:
                 sends.times.remove(held)
             if slot is None:
