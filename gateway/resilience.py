@@ -120,6 +120,11 @@ class Resilience:
         for up in upstreams:
             self.breaker(up.name)
 
+    def follow_shared(self) -> None:
+        """After a refresh of the shared state: each breaker's gauge follows the ones other processes opened."""
+        for guard in self._guards.values():
+            guard.breaker.follow()
+
     def breaker(self, upstream: str) -> Breaker:
         return self._guard(upstream).breaker
 
@@ -321,7 +326,7 @@ class Resilience:
                 share = local_share(budget.limits, shared.instances) if shared is not None else budget.limits
                 at = local_slot(sends.times, share, at)
                 if at - now > limit:
-                    raise self._paced_out(upstream, route, at - now, "upstream_budget_exhausted")
+                    raise self._paced_out(upstream, route, at - now, "upstream_budget_exhausted", local=True)
             if not remote:
                 break
             assert shared is not None and scred is not None
@@ -347,7 +352,10 @@ class Resilience:
         bisect.insort(sends.times, at)
         return now, at
 
-    def _paced_out(self, upstream: Upstream, route: str, wait: float, code: str) -> ServiceUnavailable:
+    def _paced_out(
+        self, upstream: Upstream, route: str, wait: float, code: str, local: bool = False
+    ) -> ServiceUnavailable:
+        """The 503 of a call paced out; ``local``: refused by this process's share of a shared budget."""
         if self.metrics is not None:
             self.metrics.paced.labels(upstream.name, "rejected").inc()
         seconds = max(1, math.ceil(wait))
@@ -358,11 +366,13 @@ class Resilience:
             limits = ", ".join(f"{n}/{per_text(p)}" for n, p in upstream.budget.limits)
             message = f"the gateway's request budget for upstream {upstream.name!r} ({limits}) is used up"
             shared = self.shared
-            if shared is not None and shared.configured and not shared.active:
-                # not this caller's doing: the other processes' share is unknown while Redis is away
+            if shared is not None and shared.configured and (local or not shared.active):
+                # not this caller's doing: the other processes' share is unknown while Redis is away, and
+                # for one window after it is back (they may not have written their sends yet)
+                was = "was unreachable moments ago" if shared.active else "is unreachable"
                 message = (
                     f"the request budget for upstream {upstream.name!r} ({limits}) is shared through Redis, which"
-                    " is unreachable: this process keeps to its share, counting the shared window as used"
+                    f" {was}: this process keeps to its share, counting the shared window as used"
                     " until it has passed (docs/scale-out.md)"
                 )
             kind = "budget"

@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
+from gateway import shared as shared_module
 from gateway.server import GATEWAY
 from tests.fake_upstream import Reply, start_fake
 from tests.helpers.redis import RedisServer
@@ -121,3 +122,119 @@ async def test_a_burst_of_concurrent_requests_never_makes_the_gateway_fall_back_
     assert "redis failed" not in caplog.text
     assert _metric(metrics, "gateway_shared_state_failures_total") == 0
     assert "gateway_shared_state_up 1.0" in metrics
+
+
+async def _gauge(gw: Any, name: str) -> float | None:
+    for line in (await (await gw.get("/metrics")).text()).splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def test_a_replica_honouring_another_replicas_open_breaker_says_so_and_its_gauge_says_open(
+    aiohttp_server: Any, make_gateway: Any, redis_server: RedisServer
+) -> None:
+    fake, _server, url = await start_fake(aiohttp_server)
+    fake.script("/things/x", 503)
+    text = YAML.format(url=url).replace("cooldown: 30s", "cooldown: 3s")
+    one, two = [await make_gateway(text, env=_env(redis_server), registry=CollectorRegistry()) for _ in range(2)]
+    for gw in (one, two):
+        deadline = time.monotonic() + 5
+        while not gw.app[GATEWAY].shared.active:
+            assert time.monotonic() < deadline, "shared state never came up"
+            await asyncio.sleep(0.05)
+    gauge = 'gateway_upstream_circuit_state{upstream="fake"}'
+    assert await _gauge(two, gauge) == 0.0
+    for _ in range(2):
+        assert (await one.get("/v1/things/x", headers=BOB)).status == 502  # the upstream failing (503)
+    resp = await one.get("/v1/things/x", headers=BOB)
+    assert (await resp.json())["error"]["code"] == "circuit_open"  # open in the first replica
+    await asyncio.sleep(0.8)  # a refresh: the second replica has read the shared breaker
+    seen = len(fake.hits)
+    resp = await two.get("/v1/things/x", headers=BOB)
+    error = (await resp.json())["error"]
+    assert resp.status == 503 and error["code"] == "circuit_open", error
+    assert "another gateway process opened its circuit (shared through Redis)" in error["message"], error
+    assert "consecutive failures" not in error["message"]
+    assert 1 <= int(resp.headers["Retry-After"]) <= 3
+    assert len(fake.hits) == seen  # failed fast
+    assert await _gauge(two, gauge) == 2.0  # open, as long as it fails fast
+    # the shared breaker's cool-down ends: the gauge goes back with no call through the second replica
+    deadline = time.monotonic() + 5
+    while (value := await _gauge(two, gauge)) != 0.0:
+        assert time.monotonic() < deadline, value
+        await asyncio.sleep(0.1)
+    assert len(fake.hits) == seen
+
+
+async def test_a_request_that_finds_no_free_redis_connection_is_refused_alone_without_a_fallback(
+    aiohttp_server: Any,
+    make_gateway: Any,
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past the bounded wait for a pooled connection, only that request is refused (503, Retry-After):
+    the process keeps sharing through Redis, and the failure is counted as ``busy``."""
+    monkeypatch.setattr(shared_module, "POOL_WAIT", 0.2)
+    fake, _server, url = await start_fake(aiohttp_server)
+    gw = await _gateway(make_gateway, url, redis_server)
+    shared = gw.app[GATEWAY].shared
+    epoch = shared.epoch
+    slots = shared._slots
+    for _ in range(shared_module.POOL):
+        await slots.acquire()  # every connection busy (as under a burst far beyond the pool)
+    try:
+        for who in (BOB, ALICE):  # a budget reservation, a client's bucket
+            resp = await gw.get("/v1/things/y", headers=who)
+            error = (await resp.json())["error"]
+            assert resp.status == 503 and error["code"] == "shared_state_busy", error
+            assert resp.headers["Retry-After"] == "1" and error["route"] == "get_thing"
+    finally:
+        for _ in range(shared_module.POOL):
+            slots.release()
+    assert len(fake.hits) == 0
+    metrics = await (await gw.get("/metrics")).text()
+    assert _metric(metrics, 'gateway_shared_state_failures_total{reason="busy"}') >= 2
+    assert _metric(metrics, 'gateway_shared_state_failures_total{reason="connection"}') == 0
+    assert shared.epoch == epoch and shared.active and "redis failed" not in caplog.text
+    assert (await gw.get("/v1/things/y", headers=BOB)).status == 200  # the next request, once a connection is free
+
+
+async def test_a_budget_refused_by_the_local_share_names_redis_and_the_outage_is_counted(
+    aiohttp_server: Any, make_gateway: Any, redis_server: RedisServer
+) -> None:
+    """While Redis is away, and for one window after it is back, the local share is what refuses: the
+    503 says the budget is shared through Redis (docs/scale-out.md), not merely that it "is used up"."""
+    _fake, _server, url = await start_fake(aiohttp_server)
+    text = YAML.format(url=url).replace("[480/1m, 4800/1h], max_wait: 5s", "[10/6s], max_wait: 0s")
+    text = text.replace("retry_after: 1s", "retry_after: 200ms")
+    gw = await make_gateway(text, env=_env(redis_server), registry=CollectorRegistry())
+    shared = gw.app[GATEWAY].shared
+    deadline = time.monotonic() + 5
+    while not shared.active:
+        assert time.monotonic() < deadline, "shared state never came up"
+        await asyncio.sleep(0.05)
+    assert (await gw.get("/v1/things/z", headers=BOB)).status == 200  # shared: Redis took the slot
+    await asyncio.to_thread(redis_server.stop)
+    deadline = time.monotonic() + 3
+    while shared.active:
+        assert time.monotonic() < deadline, "the fallback never engaged"
+        await asyncio.sleep(0.05)
+    resp = await gw.get("/v1/things/z", headers=BOB)
+    error = (await resp.json())["error"]
+    assert resp.status == 503 and error["code"] == "upstream_budget_exhausted", error
+    assert "shared through Redis, which is unreachable" in error["message"], error
+    await asyncio.to_thread(redis_server.start)
+    deadline = time.monotonic() + 3
+    while not shared.active:
+        assert time.monotonic() < deadline, "sharing never resumed"
+        await asyncio.sleep(0.05)
+    resp = await gw.get("/v1/things/z", headers=BOB)
+    error = (await resp.json())["error"]
+    assert resp.status == 503 and error["code"] == "upstream_budget_exhausted", error
+    assert "shared through Redis, which was unreachable" in error["message"], error  # the local share still binds
+    assert "is used up" not in error["message"]
+    metrics = await (await gw.get("/metrics")).text()
+    assert _metric(metrics, 'gateway_shared_state_failures_total{reason="connection"}') >= 1
+    assert _metric(metrics, 'gateway_shared_state_failures_total{reason="busy"}') == 0

@@ -174,6 +174,7 @@ class Gateway:
     def _shared_changed(self, up: bool, instances: int) -> None:
         self.metrics.shared_up.set((1.0 if up else 0.0) if self.shared.configured else math.nan)
         self.metrics.shared_instances.set(instances)
+        self.client.resilience.follow_shared()  # a breaker another process opened (or closed) shows in the gauge
 
     def _shared_failed(self, reason: str) -> None:
         self.metrics.shared_failures.labels(reason).inc()
