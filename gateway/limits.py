@@ -17,7 +17,8 @@ from collections.abc import Callable
 from gateway.config import Config, RateLimit
 from gateway.errors import TooManyRequests
 from gateway.metrics import Metrics
-from gateway.shared import Busy, SharedState, busy_error
+from gateway.redis_pool import Busy
+from gateway.shared import SharedState, busy_error
 
 
 class TokenBucket:

@@ -39,8 +39,9 @@ from gateway.config import Upstream
 from gateway.errors import ServiceUnavailable, UpstreamError
 from gateway.methods import IDEMPOTENT
 from gateway.metrics import Metrics
+from gateway.redis_pool import Busy
 from gateway.sends import Sends, credential_id, handover, local_slot, per_text
-from gateway.shared import Busy, SharedState, busy_error, local_share
+from gateway.shared import SharedState, busy_error, local_share
 
 
 class Answer(Protocol):
@@ -330,15 +331,21 @@ class Resilience:
             if not remote:
                 break
             assert shared is not None and scred is not None
-            seeds = [t - now for t in sends.times if t > sends.shared_at] if sends.seed else []
+            # one call writes the seeds (the script writes them even when it refuses the slot): were every
+            # concurrent call to write them again, the window would fill with copies
+            seeding, sends.seed = sends.seed, False
+            seeds = sends.seeds(now, longest) if seeding else []
             held = at
             bisect.insort(sends.times, held)  # the local slot is held while Redis is asked (others run meanwhile)
+            sends.phantom.append(held)
             try:
                 slot = await shared.reserve(upstream.name, scred, budget.limits, limit, at - now, seeds)
             except Busy:
+                sends.seed = sends.seed or seeding  # Redis was not asked: the next call writes them
                 raise busy_error(route) from None  # this process is busy, Redis is not down: no fallback
             finally:
                 sends.times.remove(held)
+                sends.phantom.remove(held)
             if slot is None:
                 now = self.clock()  # the failed call took time: hand over as of now
                 continue
@@ -347,7 +354,6 @@ class Resilience:
                 raise self._paced_out(upstream, route, wait, "upstream_budget_exhausted")
             now = self.clock()
             at = sends.shared_at = now + wait
-            sends.seed = False
             break
         bisect.insort(sends.times, at)
         return now, at

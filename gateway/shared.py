@@ -32,11 +32,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MaxConnectionsError
 from redis.exceptions import TimeoutError as RedisTimeout
 
+from gateway import redis_pool
 from gateway.config import Config
 from gateway.errors import ServiceUnavailable
+from gateway.redis_pool import Busy
 from gateway.shared_lua import SCRIPTS
 
 log = logging.getLogger("gateway.shared")
@@ -47,21 +48,11 @@ REFRESH = 0.5
 HEARTBEAT_TTL_MS = 3000
 #: a budget whose shared use someone asked about (``used``) is re-read at each refresh for this long
 WATCH_FOR = 3600.0
-#: Redis calls one process runs at once; more wait for a free one (a burst of requests is not an outage)
-POOL = 50
-#: the longest a call waits for a free connection before that one request is refused (``Busy``)
-POOL_WAIT = 2.0
-
-
-class Busy(Exception):
-    """No pooled Redis connection came free within ``POOL_WAIT``: this process is busy, Redis is not
-    down, so nothing falls back to local shares; only the request that waited is refused."""
-
-
 def busy_error(route: str) -> ServiceUnavailable:
-    """The 503 a request gets when it could not reach the shared state in time (``Busy``)."""
+    """The 503 a request gets when no Redis connection came free in time (``Busy``): nothing falls
+    back to local shares, only this request is refused."""
     return ServiceUnavailable(
-        f"the gateway is too busy to reach its shared state (Redis) within {POOL_WAIT:g}s; retry in 1s",
+        f"the gateway is too busy to reach its shared state (Redis) within {redis_pool.POOL_WAIT:g}s; retry in 1s",
         kind="budget",  # refused before anything was sent, like a paced-out call (no breaker failure)
         code="shared_state_busy",
         route=route,
@@ -104,7 +95,7 @@ class SharedState:
         self.last_ok: float | None = None
         self._redis: Any = None
         self._scripts: dict[str, Any] = {}
-        self._slots = asyncio.Semaphore(POOL)
+        self._slots = redis_pool.Slots()
         self._salt: bytes | None = None
         self._holds: dict[str, float] = {}
         self._breakers: dict[str, float] = {}
@@ -149,26 +140,10 @@ class SharedState:
         if url is None:
             self._report()
             return
-        try:
-            import redis.asyncio as aioredis
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-        except ImportError:  # pragma: no cover - redis is a dependency
-            log.error("shared state needs the redis package; every process keeps its own")
-            return
-        # a blocking pool: a call beyond its connections waits instead of raising MaxConnectionsError
-        # (the default pool's answer to a burst); ``_slots`` bounds that wait and keeps it apart from
-        # the time Redis takes, so a busy process is never taken for a Redis outage
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=POOL + 2,  # a spare pair for the breaker removal and the shutdown's heartbeat removal
-            timeout=self.timeout,
-            socket_timeout=self.timeout,
-            socket_connect_timeout=self.timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
-        self._redis = aioredis.Redis.from_pool(pool)
-        self._slots = asyncio.Semaphore(POOL)
+        # a burst waits for a pooled connection (bounded, apart from Redis's own timeout): a busy
+        # process is never taken for a Redis outage
+        self._redis = redis_pool.client(url, self.timeout)
+        self._slots = redis_pool.Slots()
         self._scripts = {name: self._redis.register_script(src) for name, src in SCRIPTS.items()}
         self._report()
 
@@ -191,27 +166,25 @@ class SharedState:
     async def _call(self, name: str, keys: Sequence[str], args: Sequence[object]) -> Any:
         """One script run; a failure of Redis marks it down (the callers fall back to local shares).
 
-        Waiting for one of this process's ``POOL`` connections is not Redis failing: past
-        ``POOL_WAIT`` it raises ``Busy`` and nothing else changes.
+        Waiting for one of this process's connections is not Redis failing: past
+        ``redis_pool.POOL_WAIT`` it raises ``Busy`` and nothing else changes.
         """
         if self._redis is None or time.monotonic() < self._down_until:
             raise ConnectionError("shared state unavailable")
-        slots = self._slots
         try:
-            async with asyncio.timeout(POOL_WAIT):
-                await slots.acquire()
-        except TimeoutError:
+            async with self._slots.slot():
+                return await self._run(name, keys, args)
+        except Busy:
             self._failed("busy")
-            raise Busy from None
+            raise
+
+    async def _run(self, name: str, keys: Sequence[str], args: Sequence[object]) -> Any:
         try:
             async with asyncio.timeout(self.timeout * 2):
                 result = await self._scripts[name](keys=list(keys), args=list(args))
             self.answered = time.monotonic()
             return result
         except Exception as exc:
-            if isinstance(exc, MaxConnectionsError):  # the pool's own limit (not reached through _slots)
-                self._failed("busy")
-                raise Busy from None
             self._failed(failure_reason(exc))
             if self.up:
                 self.lost = time.monotonic()
@@ -225,8 +198,6 @@ class SharedState:
             self._down_until = time.monotonic() + self.retry_after
             self._report()
             raise ConnectionError("shared state unavailable") from None
-        finally:
-            slots.release()
 
     def _failed(self, reason: str) -> None:
         if self.on_failure is not None:

@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from gateway import shared as shared_module
+from gateway import redis_pool
 from gateway.server import GATEWAY
 from tests.fake_upstream import Reply, start_fake
 from tests.helpers.redis import RedisServer
@@ -176,13 +176,13 @@ async def test_a_request_that_finds_no_free_redis_connection_is_refused_alone_wi
 ) -> None:
     """Past the bounded wait for a pooled connection, only that request is refused (503, Retry-After):
     the process keeps sharing through Redis, and the failure is counted as ``busy``."""
-    monkeypatch.setattr(shared_module, "POOL_WAIT", 0.2)
+    monkeypatch.setattr(redis_pool, "POOL_WAIT", 0.2)
     fake, _server, url = await start_fake(aiohttp_server)
     gw = await _gateway(make_gateway, url, redis_server)
     shared = gw.app[GATEWAY].shared
     epoch = shared.epoch
-    slots = shared._slots
-    for _ in range(shared_module.POOL):
+    slots = shared._slots._free
+    for _ in range(redis_pool.POOL):
         await slots.acquire()  # every connection busy (as under a burst far beyond the pool)
     try:
         for who in (BOB, ALICE):  # a budget reservation, a client's bucket
@@ -191,7 +191,7 @@ async def test_a_request_that_finds_no_free_redis_connection_is_refused_alone_wi
             assert resp.status == 503 and error["code"] == "shared_state_busy", error
             assert resp.headers["Retry-After"] == "1" and error["route"] == "get_thing"
     finally:
-        for _ in range(shared_module.POOL):
+        for _ in range(redis_pool.POOL):
             slots.release()
     assert len(fake.hits) == 0
     metrics = await (await gw.get("/metrics")).text()
@@ -238,3 +238,71 @@ async def test_a_budget_refused_by_the_local_share_names_redis_and_the_outage_is
     metrics = await (await gw.get("/metrics")).text()
     assert _metric(metrics, 'gateway_shared_state_failures_total{reason="connection"}') >= 1
     assert _metric(metrics, 'gateway_shared_state_failures_total{reason="busy"}') == 0
+
+
+async def test_a_burst_of_cached_requests_keeps_the_redis_cache_in_use(
+    aiohttp_server: Any, make_gateway: Any, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The response cache's Redis client waits for a pooled connection too: a burst is not taken for
+    Redis failing (which would send every request of the next ``retry_after`` to the upstream)."""
+    fake, _server, url = await start_fake(aiohttp_server)
+    text = YAML.format(url=url).replace("enabled: off", "enabled: on")
+    target = '    targets: ["GET /things/{name}"]'
+    text = text.replace(target, target + "\n    cache: {ttl: 30s}")
+    gw = await make_gateway(text, env=_env(redis_server), registry=CollectorRegistry())
+    base = str(gw.make_url("")).rstrip("/")
+
+    async def one(s: aiohttp.ClientSession, path: str) -> str | None:
+        async with s.get(base + path, headers=BOB) as r:
+            await r.read()
+            assert r.status == 200, (r.status, await r.text())
+            return r.headers.get("X-Cache")
+
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as s:
+        first = await asyncio.gather(*(one(s, f"/v1/things/c{i % 100}") for i in range(200)))
+        again = await asyncio.gather(*(one(s, f"/v1/things/c{i % 100}") for i in range(200)))
+    assert set(first) <= {"MISS", "HIT"} and len(fake.hits) == 100  # each path fetched once, the rest shared
+    assert again == ["HIT"] * 200
+    metrics = await (await gw.get("/metrics")).text()
+    assert _metric(metrics, "gateway_cache_backend_errors_total") == 0
+    assert "cache: redis" not in caplog.text
+
+
+async def test_coming_back_writes_only_the_real_sends_into_the_shared_window_and_only_once(
+    aiohttp_server: Any, make_gateway: Any, redis_server: RedisServer
+) -> None:
+    """Back from the local fallback, the sends made meanwhile are written to Redis once, by one call:
+    not the padding that made the local share count the window as used (it would fill the hourly
+    window of every replica), nor again by each call of a concurrent burst (with the slots the others
+    hold while they ask Redis), which filled the minute window for everyone after a fallback."""
+    fake, _server, url = await start_fake(aiohttp_server)
+    text = YAML.format(url=url).replace("[480/1m, 4800/1h], max_wait: 5s", "[40/2s, 400/1h], max_wait: 0s")
+    gw = await make_gateway(text.replace("retry_after: 1s", "retry_after: 200ms"), env=_env(redis_server))
+    shared = gw.app[GATEWAY].shared
+
+    async def until(active: bool) -> None:
+        deadline = time.monotonic() + 5
+        while shared.active != active:
+            assert time.monotonic() < deadline, f"shared state never became {'active' if active else 'inactive'}"
+            await asyncio.sleep(0.05)
+
+    await until(True)
+    assert (await gw.get("/v1/things/d", headers=BOB)).status == 200
+    await asyncio.to_thread(redis_server.stop)
+    await until(False)
+    assert (await gw.get("/v1/things/d", headers=BOB)).status == 503  # the 2 s window counted as used
+    await asyncio.sleep(2.3)  # ... until it has passed
+    assert [(await gw.get("/v1/things/d", headers=BOB)).status for _ in range(3)] == [200] * 3  # local sends
+    await asyncio.to_thread(redis_server.start)
+    await until(True)
+    statuses = await asyncio.gather(*(gw.get("/v1/things/d", headers=BOB) for _ in range(30)))
+    assert [r.status for r in statuses] == [200] * 30  # 1 + 3 + 30 sends: within 40/2s
+    store = aioredis.Redis.from_url(redis_server.url)
+    try:
+        keys = [k async for k in store.scan_iter(match="rgqa3:s:b:*")]
+        written = sum([await store.zcard(k) for k in keys])
+    finally:
+        await store.aclose()
+    assert written == 3 + 30, written  # the local sends once and the burst (Redis restarted empty)
+    assert len(fake.hits) == 1 + 3 + 30
