@@ -2,7 +2,9 @@
 
 Redis is an optimisation, never a dependency of serving: every operation has a short
 timeout, a failure is counted and turns into "not cached", and after one the backend
-stays out of the way for ``retry_after`` so a dead Redis costs no latency.
+stays out of the way for ``retry_after`` so a dead Redis costs no latency.  A burst that
+finds every pooled connection busy is no failure (gateway.redis_pool): the calls wait a
+bounded time, and one that finds none goes uncached alone.
 Invalidations that could not be written are kept (bounded) and written first when
 Redis answers again, so a replica never serves an entry a write made invalid.
 
