@@ -117,9 +117,9 @@ class Resilience:
         self.shared: SharedState | None = None
 
     def register(self, upstreams: Iterable[Upstream]) -> None:
-        """Export every upstream's breaker state from the start."""
+        """Export every upstream's breaker state from the start (and whether its policy lets it open)."""
         for up in upstreams:
-            self.breaker(up.name)
+            self.breaker(up.name).enabled = up.breaker.failures != 0
 
     def follow_shared(self) -> None:
         """After a refresh of the shared state: each breaker's gauge follows the ones other processes opened."""
