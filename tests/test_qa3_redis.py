@@ -8,6 +8,7 @@ import asyncio
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -17,8 +18,10 @@ from prometheus_client import CollectorRegistry
 
 from gateway import redis_pool
 from gateway.server import GATEWAY
+from tests.conftest import ROUTES
 from tests.fake_upstream import Reply, start_fake
 from tests.helpers.redis import RedisServer
+from tests.processes import serve
 
 YAML = """
 cache:
@@ -306,3 +309,70 @@ async def test_coming_back_writes_only_the_real_sends_into_the_shared_window_and
         await store.aclose()
     assert written == 3 + 30, written  # the local sends once and the burst (Redis restarted empty)
     assert len(fake.hits) == 1 + 3 + 30
+
+
+SHIPPED_CLIENTS = """
+clients:
+  keys:
+    alice: {key: {env: ALICE_KEY}, rate_limit: 5/10s}
+    bob: {key: {env: BOB_KEY}}
+"""
+NOTEBOOKS = "/v1/posthog/projects/1/notebooks"
+
+
+async def test_the_qa_report_two_replicas_of_the_shipped_routes_an_abusive_key_and_a_burst(
+    sandbox_env: dict[str, str], redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """QA's reproduction, smaller: two `gateway serve` replicas of the shipped routes.yaml sharing a
+    Redis; a key limited to 5/10s floods one over 100 connections while an unlimited key asks both
+    every 0.2 s (``no-cache``), then sends 180 uncached requests at once.  Before, the flood and the
+    burst each made a replica fall back (MaxConnectionsError) and refuse PostHog calls for a window
+    (and, once back, write its padding to Redis: "used up; retry in 3597s")."""
+    routes = tmp_path / "r.yaml"
+    routes.write_text(ROUTES.read_text() + SHIPPED_CLIENTS)
+    env = {**sandbox_env, "ROUTEGATE_CACHE": "on", "ROUTEGATE_REDIS_URL": redis_server.url}
+    env |= {"ALICE_KEY": "alice-key", "BOB_KEY": "bob-key"}
+    alice_h = {"Authorization": "Bearer alice-key"}
+    bob_h = {"Authorization": "Bearer bob-key", "Cache-Control": "no-cache"}
+    args = ("--no-probes", "--watch-interval", "off", "--log-level", "info")
+    async with serve(routes, env, *args) as (one, _p1, log_one), serve(routes, env, *args) as (two, _p2, log_two):
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as s:
+            for base in (one, two):  # both share through Redis before the load starts
+                deadline = time.monotonic() + 10
+                while "gateway_shared_state_up 1.0" not in await (await s.get(base + "/metrics")).text():
+                    assert time.monotonic() < deadline, "shared state never came up"
+                    await asyncio.sleep(0.1)
+            stop = asyncio.Event()
+            alice: list[int] = []
+            bob: list[int] = []
+
+            async def flood() -> None:
+                while not stop.is_set():
+                    async with s.get(one + NOTEBOOKS + "?limit=2", headers=alice_h) as r:
+                        await r.read()
+                        alice.append(r.status)
+
+            flooding = [asyncio.create_task(flood()) for _ in range(100)]
+            try:
+                for _ in range(12):
+                    for base in (one, two):
+                        async with s.get(base + NOTEBOOKS + "?limit=2", headers=bob_h) as r:
+                            bob.append(r.status)
+                    await asyncio.sleep(0.2)
+            finally:
+                stop.set()
+                await asyncio.gather(*flooding)
+
+            async def uncached(i: int) -> int:
+                async with s.get(f"{one}{NOTEBOOKS}?limit={i % 50 + 1}", headers=bob_h) as r:
+                    await r.read()
+                    return r.status
+
+            burst = await asyncio.gather(*(uncached(i) for i in range(180)))
+            after = await uncached(7)
+    assert bob == [200] * 24, bob
+    assert len(alice) > 200 and set(alice) == {200, 429} and alice.count(200) <= 5 + 6, len(alice)
+    assert burst == [200] * 180 and after == 200, sorted(set(burst))
+    said = [line for line in log_one + log_two if "gateway.shared" in line]
+    assert said and not [line for line in said if "redis failed" in line], said  # the first "redis answers" only
