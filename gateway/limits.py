@@ -17,7 +17,8 @@ from collections.abc import Callable
 from gateway.config import Config, RateLimit
 from gateway.errors import TooManyRequests
 from gateway.metrics import Metrics
-from gateway.shared import SharedState
+from gateway.redis_pool import Busy
+from gateway.shared import SharedState, busy_error
 
 
 class TokenBucket:
@@ -55,6 +56,8 @@ class Limits:
         #: local shares used while Redis is down
         self.shared: SharedState | None = None
         self._fallback: dict[str, TokenBucket] = {}
+        #: per client, until when (``clock``) the shared bucket surely has no token: Redis said so
+        self._empty_until: dict[str, float] = {}
 
     def configure(self, config: Config) -> None:
         """Adopt a (re)loaded config; buckets of keys whose limit is unchanged keep their state."""
@@ -66,6 +69,7 @@ class Limits:
             if self._limits.get(name) == bucket.limit  # a changed limit starts a full bucket
         }
         self._fallback = {}
+        self._empty_until = {}
 
     @property
     def configured(self) -> bool:
@@ -75,7 +79,8 @@ class Limits:
     async def admit(self, client: str, route: str) -> None:
         """``enter``, with the client's rate limit taken from the bucket every process shares.
 
-        No Redis round trip for a client without a limit; while Redis is down the key gets
+        No Redis round trip for a client without a limit, nor for one Redis said is over its limit,
+        until its bucket can hold a token again (``_empty_until``); while Redis is down the key gets
         a local bucket of its share (rate and burst divided by the live process count), which
         starts empty and fills at that share.
         """
@@ -85,7 +90,17 @@ class Limits:
             self.enter(client, route)
             return
         self._capacity(route)
-        wait = await shared.take(client, limit.rate, limit.burst) if shared.active else None
+        asked = self.clock()
+        if (empty := self._empty_until.get(client, 0.0) - asked) > 0.0:
+            raise self._rate_limited(client, limit, route, empty)  # no Redis round trip for a client over its limit
+        try:
+            wait = await shared.take(client, limit.rate, limit.burst) if shared.active else None
+        except Busy:
+            raise busy_error(route) from None  # this process is busy, Redis is not down: no fallback
+        if wait is not None and wait > 0.0:
+            # the shared bucket refills at a fixed rate from when Redis answered (after ``asked``) and the
+            # other processes only take from it: until asked + wait it has no token for anyone
+            self._empty_until[client] = max(self._empty_until.get(client, 0.0), asked + wait)
         if wait is None:
             n = max(1, shared.instances)
             bucket = self._fallback.get(client)

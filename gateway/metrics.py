@@ -91,6 +91,14 @@ class Metrics:
             registry=registry,
         )
         self.shared_instances.set(1)
+        self.shared_failures = Counter(
+            "gateway_shared_state_failures_total",
+            "Shared-state Redis calls that failed, by reason: timeout, connection or error (each a switch to "
+            "local shares, unless already falling back), busy (no pooled connection free in time: only that "
+            "request was refused, no fallback).",
+            ["reason"],
+            registry=registry,
+        )
         self.circuit_state = Gauge(
             "gateway_upstream_circuit_state",
             "The upstream's circuit breaker: 0 closed, 1 half-open (probing), 2 open (failing fast).",

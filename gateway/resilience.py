@@ -39,8 +39,9 @@ from gateway.config import Upstream
 from gateway.errors import ServiceUnavailable, UpstreamError
 from gateway.methods import IDEMPOTENT
 from gateway.metrics import Metrics
+from gateway.redis_pool import Busy
 from gateway.sends import Sends, credential_id, handover, local_slot, per_text
-from gateway.shared import SharedState, local_share
+from gateway.shared import SharedState, busy_error, local_share
 
 
 class Answer(Protocol):
@@ -116,9 +117,14 @@ class Resilience:
         self.shared: SharedState | None = None
 
     def register(self, upstreams: Iterable[Upstream]) -> None:
-        """Export every upstream's breaker state from the start."""
+        """Export every upstream's breaker state from the start (and whether its policy lets it open)."""
         for up in upstreams:
-            self.breaker(up.name)
+            self.breaker(up.name).enabled = up.breaker.failures != 0
+
+    def follow_shared(self) -> None:
+        """After a refresh of the shared state: each breaker's gauge follows the ones other processes opened."""
+        for guard in self._guards.values():
+            guard.breaker.follow()
 
     def breaker(self, upstream: str) -> Breaker:
         return self._guard(upstream).breaker
@@ -321,17 +327,25 @@ class Resilience:
                 share = local_share(budget.limits, shared.instances) if shared is not None else budget.limits
                 at = local_slot(sends.times, share, at)
                 if at - now > limit:
-                    raise self._paced_out(upstream, route, at - now, "upstream_budget_exhausted")
+                    raise self._paced_out(upstream, route, at - now, "upstream_budget_exhausted", local=True)
             if not remote:
                 break
             assert shared is not None and scred is not None
-            seeds = [t - now for t in sends.times if t > sends.shared_at] if sends.seed else []
+            # one call writes the seeds (the script writes them even when it refuses the slot): were every
+            # concurrent call to write them again, the window would fill with copies
+            seeding, sends.seed = sends.seed, False
+            seeds = sends.seeds(now, longest) if seeding else []
             held = at
             bisect.insort(sends.times, held)  # the local slot is held while Redis is asked (others run meanwhile)
+            sends.phantom.append(held)
             try:
                 slot = await shared.reserve(upstream.name, scred, budget.limits, limit, at - now, seeds)
+            except Busy:
+                sends.seed = sends.seed or seeding  # Redis was not asked: the next call writes them
+                raise busy_error(route) from None  # this process is busy, Redis is not down: no fallback
             finally:
                 sends.times.remove(held)
+                sends.phantom.remove(held)
             if slot is None:
                 now = self.clock()  # the failed call took time: hand over as of now
                 continue
@@ -340,12 +354,14 @@ class Resilience:
                 raise self._paced_out(upstream, route, wait, "upstream_budget_exhausted")
             now = self.clock()
             at = sends.shared_at = now + wait
-            sends.seed = False
             break
         bisect.insort(sends.times, at)
         return now, at
 
-    def _paced_out(self, upstream: Upstream, route: str, wait: float, code: str) -> ServiceUnavailable:
+    def _paced_out(
+        self, upstream: Upstream, route: str, wait: float, code: str, local: bool = False
+    ) -> ServiceUnavailable:
+        """The 503 of a call paced out; ``local``: refused by this process's share of a shared budget."""
         if self.metrics is not None:
             self.metrics.paced.labels(upstream.name, "rejected").inc()
         seconds = max(1, math.ceil(wait))
@@ -356,11 +372,13 @@ class Resilience:
             limits = ", ".join(f"{n}/{per_text(p)}" for n, p in upstream.budget.limits)
             message = f"the gateway's request budget for upstream {upstream.name!r} ({limits}) is used up"
             shared = self.shared
-            if shared is not None and shared.configured and not shared.active:
-                # not this caller's doing: the other processes' share is unknown while Redis is away
+            if shared is not None and shared.configured and (local or not shared.active):
+                # not this caller's doing: the other processes' share is unknown while Redis is away, and
+                # for one window after it is back (they may not have written their sends yet)
+                was = "was unreachable moments ago" if shared.active else "is unreachable"
                 message = (
                     f"the request budget for upstream {upstream.name!r} ({limits}) is shared through Redis, which"
-                    " is unreachable: this process keeps to its share, counting the shared window as used"
+                    f" {was}: this process keeps to its share, counting the shared window as used"
                     " until it has passed (docs/scale-out.md)"
                 )
             kind = "budget"

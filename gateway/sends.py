@@ -27,7 +27,7 @@ def credential_id(upstream: Upstream, headers: Mapping[str, str]) -> str:
 class Sends:
     """One credential's send log (reserved slots may lie in the near future) and upstream block."""
 
-    __slots__ = ("blocked_until", "epoch", "grace_until", "seed", "shared_at", "times")
+    __slots__ = ("blocked_until", "epoch", "grace_until", "phantom", "seed", "shared_at", "times")
 
     def __init__(self, epoch: int = 0) -> None:
         self.times: deque[float] = deque()
@@ -38,6 +38,29 @@ class Sends:
         self.shared_at = -math.inf
         self.grace_until = 0.0
         self.seed = False
+        #: entries of ``times`` that are no send (``handover``'s padding, slots held while Redis is
+        #: asked): they bind here, but are never written to Redis as sends (``seeds``)
+        self.phantom: list[float] = []
+
+    def seeds(self, now: float, longest: float) -> list[float]:
+        """The sends to write into the shared window on resuming (seconds from ``now``): this
+        process's own sends since its last shared slot, once (the caller clears ``seed``).
+
+        Not the padding: written to Redis, one replica's "the others may have used the window"
+        would become a full window for every replica, for a whole window.  Not the slots other
+        calls hold while they ask Redis: each reserves its own.
+        """
+        self.phantom = [t for t in self.phantom if t > now - longest]
+        left = list(self.phantom)
+        out: list[float] = []
+        for t in self.times:
+            if t <= self.shared_at:
+                continue
+            if t in left:
+                left.remove(t)
+            else:
+                out.append(t - now)
+        return out
 
 
 def local_slot(times: deque[float], limits: Iterable[tuple[int, float]], at: float) -> float:
@@ -75,6 +98,7 @@ def handover(
     last = max(max(shared.lost, shared.answered) + ahead, sends.shared_at)
     if last > now - per:
         sends.times = deque(sorted([*sends.times, *[last] * count]))
+        sends.phantom += [last] * count
 
 
 def per_text(seconds: float) -> str:

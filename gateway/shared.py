@@ -31,7 +31,13 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeout
+
+from gateway import redis_pool
 from gateway.config import Config
+from gateway.errors import ServiceUnavailable
+from gateway.redis_pool import Busy
 from gateway.shared_lua import SCRIPTS
 
 log = logging.getLogger("gateway.shared")
@@ -42,12 +48,38 @@ REFRESH = 0.5
 HEARTBEAT_TTL_MS = 3000
 #: a budget whose shared use someone asked about (``used``) is re-read at each refresh for this long
 WATCH_FOR = 3600.0
+def busy_error(route: str) -> ServiceUnavailable:
+    """The 503 a request gets when no Redis connection came free in time (``Busy``): nothing falls
+    back to local shares, only this request is refused."""
+    return ServiceUnavailable(
+        f"the gateway is too busy to reach its shared state (Redis) within {redis_pool.POOL_WAIT:g}s; retry in 1s",
+        kind="budget",  # refused before anything was sent, like a paced-out call (no breaker failure)
+        code="shared_state_busy",
+        route=route,
+        headers={"Retry-After": "1"},
+    )
+
+
+def failure_reason(exc: BaseException) -> str:
+    """How a Redis call failed, for ``gateway_shared_state_failures_total{reason}``."""
+    if isinstance(exc, TimeoutError | RedisTimeout):
+        return "timeout"
+    if isinstance(exc, ConnectionError | OSError | RedisConnectionError):
+        return "connection"
+    return "error"
+
 
 class SharedState:
     """One process's view of the shared state; ``active`` while Redis answers."""
 
-    def __init__(self, on_change: Callable[[bool, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_change: Callable[[bool, int], None] | None = None,
+        on_failure: Callable[[str], None] | None = None,
+    ) -> None:
         self.on_change = on_change
+        #: told each failed Redis call's reason (``failure_reason``, or ``busy``)
+        self.on_failure = on_failure
         self.id = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.url: str | None = None
         self.prefix = "routegate"
@@ -63,6 +95,7 @@ class SharedState:
         self.last_ok: float | None = None
         self._redis: Any = None
         self._scripts: dict[str, Any] = {}
+        self._slots = redis_pool.Slots()
         self._salt: bytes | None = None
         self._holds: dict[str, float] = {}
         self._breakers: dict[str, float] = {}
@@ -107,16 +140,10 @@ class SharedState:
         if url is None:
             self._report()
             return
-        try:
-            import redis.asyncio as aioredis
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-        except ImportError:  # pragma: no cover - redis is a dependency
-            log.error("shared state needs the redis package; every process keeps its own")
-            return
-        self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout, retry=Retry(NoBackoff(), 0)
-        )
+        # a burst waits for a pooled connection (bounded, apart from Redis's own timeout): a busy
+        # process is never taken for a Redis outage
+        self._redis = redis_pool.client(url, self.timeout)
+        self._slots = redis_pool.Slots()
         self._scripts = {name: self._redis.register_script(src) for name, src in SCRIPTS.items()}
         self._report()
 
@@ -137,15 +164,28 @@ class SharedState:
         task.add_done_callback(self._tasks.discard)
 
     async def _call(self, name: str, keys: Sequence[str], args: Sequence[object]) -> Any:
-        """One script run; any failure marks Redis down (the callers fall back to local shares)."""
+        """One script run; a failure of Redis marks it down (the callers fall back to local shares).
+
+        Waiting for one of this process's connections is not Redis failing: past
+        ``redis_pool.POOL_WAIT`` it raises ``Busy`` and nothing else changes.
+        """
         if self._redis is None or time.monotonic() < self._down_until:
             raise ConnectionError("shared state unavailable")
+        try:
+            async with self._slots.slot():
+                return await self._run(name, keys, args)
+        except Busy:
+            self._failed("busy")
+            raise
+
+    async def _run(self, name: str, keys: Sequence[str], args: Sequence[object]) -> Any:
         try:
             async with asyncio.timeout(self.timeout * 2):
                 result = await self._scripts[name](keys=list(keys), args=list(args))
             self.answered = time.monotonic()
             return result
         except Exception as exc:
+            self._failed(failure_reason(exc))
             if self.up:
                 self.lost = time.monotonic()
                 # the type only: a connection error's text can carry the host, never log the URL
@@ -159,6 +199,10 @@ class SharedState:
             self._report()
             raise ConnectionError("shared state unavailable") from None
 
+    def _failed(self, reason: str) -> None:
+        if self.on_failure is not None:
+            self.on_failure(reason)
+
     async def refresh(self) -> None:
         """Heartbeat, live count, and the hold-offs and breakers everyone must honour."""
         if self._redis is None:
@@ -169,8 +213,8 @@ class SharedState:
             now_ms, n, salt, holds, breakers = await self._call(
                 "beat", keys, [self.id, HEARTBEAT_TTL_MS, os.urandom(16).hex()]
             )
-        except ConnectionError:
-            return
+        except (ConnectionError, Busy):
+            return  # Busy: the next beat comes in REFRESH
         mono = time.monotonic()
         self._salt = salt if isinstance(salt, bytes) else str(salt).encode()
         self._holds = _mirror(holds, int(now_ms), mono)
@@ -262,7 +306,7 @@ class SharedState:
         self._spawn(self._publish("breakers", upstream, seconds))
 
     async def _publish(self, table: str, field: str, seconds: float) -> None:
-        with contextlib.suppress(ConnectionError):
+        with contextlib.suppress(ConnectionError, Busy):
             await self._call("hold", [self._key(table)], [field, max(1, int(seconds * 1000))])
 
     async def _unpublish(self, upstream: str) -> None:
@@ -281,7 +325,8 @@ class SharedState:
         earliest: float,
         seeds: Sequence[float] = (),
     ) -> tuple[bool, float] | None:
-        """A send slot in the shared window: (taken, seconds to wait), or None if Redis is down.
+        """A send slot in the shared window: (taken, seconds to wait), or None if Redis is down;
+        raises ``Busy`` when no connection came free in time.
 
         ``seeds``: this process's sends while Redis was down (seconds from now, negative),
         written first so the window counts them.
@@ -340,7 +385,7 @@ class SharedState:
             args += [len(windows), *windows]
         try:
             flat = await self._call("count", [k for k, _ in asked], args)
-        except ConnectionError:
+        except (ConnectionError, Busy):
             return
         mono, i = time.monotonic(), 0
         for key, windows in asked:
@@ -348,7 +393,8 @@ class SharedState:
             i += len(windows)
 
     async def take(self, client: str, rate: float, burst: int) -> float | None:
-        """A token of the client's shared bucket: 0.0, seconds until one, or None if Redis is down."""
+        """A token of the client's shared bucket: 0.0, seconds until one, or None if Redis is down;
+        raises ``Busy`` when no connection came free in time."""
         try:
             wait_ms = await self._call("take", [self._key("r", client)], [repr(rate / 1000), burst])
         except ConnectionError:

@@ -2,7 +2,9 @@
 
 Redis is an optimisation, never a dependency of serving: every operation has a short
 timeout, a failure is counted and turns into "not cached", and after one the backend
-stays out of the way for ``retry_after`` so a dead Redis costs no latency.
+stays out of the way for ``retry_after`` so a dead Redis costs no latency.  A burst that
+finds every pooled connection busy is no failure (gateway.redis_pool): the calls wait a
+bounded time, and one that finds none goes uncached alone.
 Invalidations that could not be written are kept (bounded) and written first when
 Redis answers again, so a replica never serves an entry a write made invalid.
 
@@ -19,11 +21,9 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from gateway import redis_pool
 from gateway.cache.policy import CacheKey, normalize_prefix
 from gateway.cache.store import CacheUnavailable, Entry, Found
 
@@ -61,12 +61,10 @@ class RedisBackend:
         retry_after: float,
         on_error: Callable[[str], None],
     ) -> None:
-        self._redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),  # one try: the upstream is the fallback, not a retry loop
-        )
+        # one try per command (the upstream is the fallback, not a retry loop), and a burst waits for a
+        # pooled connection instead of being taken for Redis failing (gateway.redis_pool)
+        self._redis = redis_pool.client(url, timeout)
+        self._slots = redis_pool.Slots()
         self._p = prefix
         self._timeout = timeout
         self._retry_after = retry_after
@@ -83,6 +81,14 @@ class RedisBackend:
     async def _op(self, op: str, fn: Callable[[], Awaitable[T]], timeout: float | None = None) -> T:
         if time.monotonic() < self._down_until:
             raise CacheUnavailable("redis is down")
+        try:
+            async with self._slots.slot():
+                return await self._timed(op, fn, timeout)
+        except redis_pool.Busy:
+            # this process is busy, Redis is not down: only this call goes without the cache
+            raise CacheUnavailable(f"redis {op}: no connection free in time") from None
+
+    async def _timed(self, op: str, fn: Callable[[], Awaitable[T]], timeout: float | None) -> T:
         try:
             async with asyncio.timeout(timeout or self._timeout * 2):
                 if self._pending:

@@ -97,7 +97,7 @@ class Gateway:
         #: rate-limit buckets and the in-flight count outlive reloads
         self.limits = Limits(self.metrics)
         #: budgets, client limits, hold-offs and breakers shared through the cache's Redis
-        self.shared = SharedState(self._shared_changed)
+        self.shared = SharedState(self._shared_changed, self._shared_failed)
         self.client.resilience.shared = self.limits.shared = self.shared
         #: set when serving a non-loopback address: a reload may not drop every client key
         self.requires_client_keys: str | None = None
@@ -174,6 +174,10 @@ class Gateway:
     def _shared_changed(self, up: bool, instances: int) -> None:
         self.metrics.shared_up.set((1.0 if up else 0.0) if self.shared.configured else math.nan)
         self.metrics.shared_instances.set(instances)
+        self.client.resilience.follow_shared()  # a breaker another process opened (or closed) shows in the gauge
+
+    def _shared_failed(self, reason: str) -> None:
+        self.metrics.shared_failures.labels(reason).inc()
 
     async def close(self) -> None:
         await self.shared.close()
