@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -131,6 +132,38 @@ async def test_a_notebook_whose_file_cannot_be_written_fails_alone_without_a_tmp
     assert (out / "observable" / "nb004.json").is_dir()
     assert tmp_files(out) == []
     assert set(index(out)["failures"]) == {"observable/nb004"}
+
+
+async def test_an_index_that_cannot_be_written_mid_run_is_one_error_line_not_a_traceback(
+    fake: tuple[FakeGateway, str],
+    fake_time: FakeTime,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gw, url = fake
+    out = tmp_path / "out"
+    store = sys.modules["notebook_backup.store"]
+    real = store.write_json_atomic
+    writes = {"index": 0}
+
+    def full_disk_for_the_index(path: Path, data: Any) -> None:
+        if path.name == "index.json" and data.get("notebooks"):  # once a notebook is saved, the disk is full
+            writes["index"] += 1
+            raise OSError(28, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(store, "write_json_atomic", full_disk_for_the_index)
+    monkeypatch.setattr(store, "INDEX_SAVE_EVERY", 0.0)  # every recorded notebook tries a save
+    code = await backup(url, out, fake_time)
+    _, err = capsys.readouterr()
+    assert code == 1
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        f"error: {str(out / 'index.json')!r} could not be written: [Errno 28] No space left on device; run again"
+    ]
+    assert saved(out) == {nb["id"] for nb in gw.notebooks}
+    assert writes["index"] > len(gw.notebooks)  # each notebook's save was tried during the run, and failed quietly
 
 
 # --------------------------------------------------------------------------- 2. missing from a listing is not gone

@@ -185,7 +185,14 @@ async def _run_locked(args: argparse.Namespace, sleep: Sleep, clock: Clock) -> i
     finally:  # also on interruption: whatever was saved is recorded
         index.set("run_finished_at", now())
         index.set("complete", complete)
-        index.save()
+        try:
+            index.save()
+            unsaved = None
+        except OSError as exc:
+            unsaved = f"error: {str(index.path)!r} could not be written: {one_line(str(exc))}; run again"
+            log(unsaved)
+    if unsaved:
+        return EXIT_PARTIAL
     if complete:
         print(f"backup complete: {len(index.notebooks)} notebooks in {out}")
         _print_unlisted(kept, unchecked)

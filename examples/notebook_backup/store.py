@@ -106,7 +106,10 @@ class Index:
     def _touch(self) -> None:
         self._dirty = True
         if time.monotonic() - self._saved_at >= INDEX_SAVE_EVERY:
-            self.save()
+            try:
+                self.save()
+            except OSError:  # a full disk, say: the index stays dirty and a later save tries again
+                self._saved_at = time.monotonic()
 
     def save(self) -> None:
         if not self._dirty:
