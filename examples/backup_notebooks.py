@@ -10,6 +10,7 @@ in the middle of a run, because transient answers (5xx) are retried with backoff
 
 What lands in DIR::
 
+    .lock                               held (flock) by the run writing into DIR
     index.json                          one entry per notebook: updated_at, version, file, saved_at, etag
     observable/<id>.json                the full document  (GET /v1/observable/notebooks/{id})
     posthog/<project>/<short_id>.json   with its content   (GET /v1/posthog/projects/{p}/notebooks/{id})
@@ -32,8 +33,9 @@ What lands in DIR::
 * Listing first: a source's whole listing is read (a handful of requests) before any
   notebook is downloaded, so the window in which an edit can make the gateway answer 409
   ``collection_changed`` is only as long as the listing itself, not the whole run. A listing
-  answered 409 is read again from its first page; only a listing read to its end marks
-  notebooks ``gone_since``.
+  answered 409 is read again from its first page; only a listing read to its end can mark
+  notebooks ``gone_since``, and only those whose own GET then answers 404 (a 200 keeps one).
+* One run at a time per DIR: a second run into it exits 2 at once (an ``flock`` on ``DIR/.lock``).
 * Exit status: 0 everything listed was backed up; 1 some notebook or listing failed after
   retries, or the run was stopped (everything else is saved; run again); 2 usage error;
   130 interrupted.

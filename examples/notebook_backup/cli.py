@@ -18,6 +18,7 @@ import aiohttp
 from .client import Clock, Fatal, Gateway, Sleep
 from .console import log, one_line
 from .job import Backup
+from .lock import LOCK_NAME, Busy, DirLock
 from .settings import CONCURRENCY, MAX_RETRIES
 from .sources import Source, observable_source, posthog_source
 from .store import Index, now, remove_stale_tmp
@@ -108,6 +109,30 @@ async def run(args: argparse.Namespace, sleep: Sleep = asyncio.sleep, clock: Clo
     out: Path = args.out
     try:
         out.mkdir(parents=True, exist_ok=True)
+    except (OSError, ValueError) as exc:
+        log(f"error: --out {str(out)!r} cannot be used as the backup directory: {one_line(str(exc))}")
+        return EXIT_USAGE
+    lock = DirLock(out)
+    try:
+        lock.acquire()
+    except Busy:
+        log(
+            f"error: --out {str(out)!r} is in use: another backup is writing into it (it holds "
+            f"{str(out / LOCK_NAME)!r}); run this one once that one has finished"
+        )
+        return EXIT_USAGE
+    except OSError as exc:  # a file system without flock: the run goes on, unguarded
+        log(f"warning: --out {str(out)!r} cannot be locked ({one_line(str(exc))}); run one backup at a time into it")
+    try:
+        return await _run_locked(args, sleep, clock)
+    finally:
+        lock.release()
+
+
+async def _run_locked(args: argparse.Namespace, sleep: Sleep, clock: Clock) -> int:
+    """The backup, with ``--out`` to itself: a temporary file there now is a dead run's."""
+    out: Path = args.out
+    try:
         remove_stale_tmp(out)
     except (OSError, ValueError) as exc:
         log(f"error: --out {str(out)!r} cannot be used as the backup directory: {one_line(str(exc))}")
@@ -139,6 +164,8 @@ async def run(args: argparse.Namespace, sleep: Sleep = asyncio.sleep, clock: Clo
         return EXIT_USAGE
     failed: list[str] = []
     listing_failures: list[str] = []
+    kept: list[str] = []  # missing from a complete listing, still served
+    unchecked: list[str] = []  # missing from a complete listing, its own GET answered neither 404 nor 200
     complete = False
     try:
         async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
@@ -147,6 +174,8 @@ async def run(args: argparse.Namespace, sleep: Sleep = asyncio.sleep, clock: Clo
             for src in sources:
                 outcome = await backup.run_source(src)
                 failed += outcome.failed
+                kept += outcome.kept_unlisted
+                unchecked += outcome.unchecked
                 if outcome.listing_failed:
                     listing_failures.append(f"{src.label}: {outcome.listing_failed}")
         complete = not failed and not listing_failures
@@ -156,19 +185,52 @@ async def run(args: argparse.Namespace, sleep: Sleep = asyncio.sleep, clock: Clo
     finally:  # also on interruption: whatever was saved is recorded
         index.set("run_finished_at", now())
         index.set("complete", complete)
-        index.save()
+        try:
+            index.save()
+            unsaved = None
+        except OSError as exc:
+            unsaved = f"error: {str(index.path)!r} could not be written: {one_line(str(exc))}; run again"
+            log(unsaved)
+    if unsaved:
+        return EXIT_PARTIAL
     if complete:
         print(f"backup complete: {len(index.notebooks)} notebooks in {out}")
+        _print_unlisted(kept, unchecked)
         return EXIT_OK
     print(f"backup INCOMPLETE: {len(failed)} notebook(s) failed, {len(listing_failures)} listing(s) failed")
     for line in listing_failures:
-        print(f"  {line}")
+        print(f"  {_printable(line)}")
     for key in failed[:20]:
-        print(f"  {key}: {index.failures.get(key, {}).get('error')}")
+        print(f"  {key}: {_printable(str(index.failures.get(key, {}).get('error')))}")
     if len(failed) > 20:
         print(f"  ... and {len(failed) - 20} more (see 'failures' in {index.path})")
+    _print_unlisted(kept, unchecked)
     print("Everything else is saved; run the same command again to retry what failed.")
     return EXIT_PARTIAL
+
+
+def _print_unlisted(kept: list[str], unchecked: list[str]) -> None:
+    """The notebooks a complete listing lacked that are not gone: the listing is wrong, or unproven."""
+    if kept:
+        print(
+            f"{len(kept)} notebook(s) missing from a complete listing are still served (kept, not marked gone): "
+            + ", ".join(kept[:20])
+            + (" ..." if len(kept) > 20 else "")
+        )
+    if unchecked:
+        print(
+            f"{len(unchecked)} notebook(s) missing from a complete listing could not be checked "
+            "(left unmarked; the next run asks again):"
+        )
+        for line in unchecked[:20]:
+            print(f"  {_printable(line)}")
+        if len(unchecked) > 20:
+            print(f"  ... and {len(unchecked) - 20} more")
+
+
+def _printable(text: str) -> str:
+    """A message may quote what a server sent, lone surrogates included: stdout must not choke on it."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:

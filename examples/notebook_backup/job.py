@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,12 +10,11 @@ from typing import Any
 from .client import ApiError, Fatal, Gateway
 from .codes import BROKEN_ROUTE_CODES, FORBIDDEN_CODES, RESTART_CODES
 from .console import log, one_line
+from .gone import GoneCheck
 from .progress import Progress
 from .settings import BACKOFF_BASE, BROKEN_AFTER, LISTING_RESTARTS
-from .sources import Source
+from .sources import SAFE_ID, Source
 from .store import Index, now, write_json_atomic
-
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")  # ids become file names: nothing else is accepted
 
 
 @dataclass
@@ -26,6 +24,10 @@ class Outcome:
     #: the listing was read from its first page to its last without a failure or a restart in between:
     #: only then may an index entry missing from it be marked gone
     listing_complete: bool = False
+    #: missing from the complete listing, yet its own GET answered 200 or 304: kept, not marked gone
+    kept_unlisted: list[str] = field(default_factory=list)
+    #: "key: answer": missing from the complete listing, its own GET neither 404 nor 200: left unmarked
+    unchecked: list[str] = field(default_factory=list)
 
 
 class Backup:
@@ -38,6 +40,8 @@ class Backup:
         self.concurrency = concurrency
         #: (code, route) -> notebooks failed that way: a route broken for all of them stops the run
         self.broken: dict[tuple[str, str], int] = {}
+        #: key -> its own GET this run answered 404 not_found (True) or a document (False): what a gone check needs
+        self.answered: dict[str, bool] = {}
 
     def unchanged(self, src: Source, item: dict[str, Any]) -> bool:
         entry = self.index.notebooks.get(src.key(str(item["id"])))
@@ -54,7 +58,7 @@ class Backup:
     async def save_one(self, src: Source, item: dict[str, Any], outcome: Outcome, progress: Progress) -> None:
         nb_id = str(item.get("id"))
         key = src.key(nb_id)
-        if not _SAFE_ID.match(nb_id):
+        if not SAFE_ID.match(nb_id):
             self._failed(key, f"refusing an id that is not a safe file name: {nb_id!r}", outcome, progress)
             return
         if self.unchanged(src, item):
@@ -68,11 +72,14 @@ class Backup:
         except ApiError as exc:
             if exc.status == 404:  # deleted between listing and fetching: nothing to back up
                 log(f"{key}: deleted since it was listed")
+                if exc.code == "not_found":
+                    self.answered[key] = True
                 progress.gone += 1
                 return
             self._failed(key, str(exc), outcome, progress)
             self._count_broken(exc, src.detail_path(nb_id))
             return
+        self.answered[key] = False
         if fetched is None:  # 304: the saved file is the current document; only the index learns the listing
             assert kept is not None
             self.index.record(key, {**kept, "updated_at": item.get("updated_at"), **_version_of(item, kept)})
@@ -82,8 +89,8 @@ class Backup:
         rel = src.file(nb_id)
         try:
             write_json_atomic(self.out / rel, doc)
-        except OSError as exc:
-            self._failed(key, f"cannot write {rel}: {exc}", outcome, progress)
+        except (OSError, ValueError, TypeError) as exc:  # this notebook alone fails; no .tmp stays behind
+            self._failed(key, f"cannot write {rel}: {one_line(str(exc))}", outcome, progress)
             return
         entry: dict[str, Any] = {
             "source": src.kind,
@@ -148,8 +155,14 @@ class Backup:
             if fatal is not None:
                 raise fatal from None
             raise
-        if outcome.listing_complete:
-            self._mark_gone(src, seen)
+        if outcome.listing_complete:  # missing from it is not gone yet: each is asked for by its own GET
+            missing = await GoneCheck(self.gateway, self.out, self.index, self.concurrency).settle(
+                src, seen, self.answered
+            )
+            outcome.kept_unlisted += missing.kept
+            outcome.unchecked += missing.unchecked
+            for key, message in missing.failed.items():
+                self._failed(key, message, outcome, progress)
         progress.show(final=True)
         return outcome
 
@@ -195,17 +208,6 @@ class Backup:
                 outcome.listing_failed = f"listing {src.list_path} failed: {exc}{more}"
                 log(f"{src.label}: {outcome.listing_failed}")
                 return set()
-
-    def _mark_gone(self, src: Source, seen: set[str]) -> None:
-        """A complete listing no longer shows these: keep their files, say so in the index."""
-        for key, entry in list(self.index.notebooks.items()):
-            if not src.owns(entry):
-                continue
-            if key in seen:
-                if entry.pop("gone_since", None) is not None:
-                    self.index.record(key, entry)
-            elif "gone_since" not in entry:
-                self.index.record(key, {**entry, "gone_since": now()})
 
 
 def _version_of(item: dict[str, Any], kept: dict[str, Any]) -> dict[str, Any]:

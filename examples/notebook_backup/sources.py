@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")  # ids become file names: nothing else is accepted
+
+
+def _never_left(doc: Any) -> bool:
+    return False
 
 
 @dataclass
@@ -23,6 +30,8 @@ class Source:
     #: only index entries this returns True for (e.g. the requested types) can be marked gone
     owns: Callable[[dict[str, Any]], bool]
     extra: dict[str, str] = field(default_factory=dict)
+    #: the document itself says it left what is backed up (served, yet rightly not listed): it is gone
+    left: Callable[[Any], bool] = _never_left
 
 
 def observable_source(types: list[str]) -> Source:
@@ -36,6 +45,8 @@ def observable_source(types: list[str]) -> Source:
         file=lambda i: f"observable/{i}.json",
         fingerprint=("updated_at", "version"),
         owns=lambda e: e.get("source") == "observable" and e.get("type") in types,
+        # a notebook moved to the trash is still served by its id, but the trash is not backed up
+        left=lambda doc: "trash" not in types and isinstance(doc, dict) and doc.get("trashed") is True,
     )
 
 

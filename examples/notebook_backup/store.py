@@ -20,16 +20,38 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def json_bytes(data: Any) -> bytes:
+    """``data`` as UTF-8 JSON; escaped (``ensure_ascii``) when it holds a lone surrogate.
+
+    ``"\\ud83d"`` alone is legal JSON (RFC 8259 8.2) and decodes to a str that UTF-8 cannot encode;
+    escaped, the file is still valid JSON and reads back to the same value.
+    """
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(data, indent=2, ensure_ascii=True) + "\n").encode("ascii")
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write to a temporary sibling, fsync, rename: readers see the old file or the new one."""
+    """Write to a temporary sibling, fsync, rename: readers see the old file or the new one.
+
+    The document is encoded before any file is opened, and a write that fails removes its
+    temporary file: a failure leaves the directory as it was.
+    """
+    payload = json_bytes(data)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")  # unique per write
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def remove_stale_tmp(out: Path) -> None:
@@ -84,7 +106,10 @@ class Index:
     def _touch(self) -> None:
         self._dirty = True
         if time.monotonic() - self._saved_at >= INDEX_SAVE_EVERY:
-            self.save()
+            try:
+                self.save()
+            except OSError:  # a full disk, say: the index stays dirty and a later save tries again
+                self._saved_at = time.monotonic()
 
     def save(self) -> None:
         if not self._dirty:
