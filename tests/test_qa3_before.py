@@ -7,6 +7,7 @@ Driven through the gateway over real HTTP against the Observable sandbox, whose 
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable
 from typing import Any
@@ -276,3 +277,22 @@ async def test_a_cursor_without_the_head_mark_is_refused_at_its_end(
     cursor = encode_cursor(route, ["public"], Position({"public": oldest.update_time}), runtime.proxy.cursor_secret, {})
     body = await get_json(gw, f"{PUBLIC}&cursor={cursor}", status=409)
     assert body["error"]["code"] == "cursor_outdated" and body["error"]["route"] == ROUTE
+
+
+async def test_the_cursor_carries_one_short_head_mark_and_a_forged_one_is_refused_before_any_call(
+    gw: TestClient[Any, Any], sandboxes: Sandboxes
+) -> None:
+    state = sandboxes.observable_state
+    page = await get_json(gw, "/v1/observable/notebooks?type=public,shared&limit=5")
+    body = page["next_cursor"].partition(".")[0]
+    marks = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))["m"]
+    assert set(marks) == {"t"} and len(marks["t"]) == 16  # one digest for both streams' heads
+    runtime = gw.app[GATEWAY].runtime
+    route = next(r for r in runtime.config.routes if r.name == ROUTE)
+    state.reset_counters()
+    for forged in ("zz", "0" * 15, "G" * 16, "0" * 17):
+        position = Position({"public": "2024-01-01T00:00:00.000Z"}, marks={"t": forged})
+        cursor = encode_cursor(route, ["public"], position, runtime.proxy.cursor_secret, {})
+        got = await get_json(gw, f"{PUBLIC}&cursor={cursor}", status=400)
+        assert got["error"]["code"] == "bad_cursor", forged
+    assert state.total_requests == 0
