@@ -82,6 +82,7 @@ async def test_qa_repro_an_unserved_notebook_edited_during_all_true_is_served_af
     of 75.  Now the walk's end sees the list's head moved, starts again, and serves all 75 once."""
     gw, registry = await _gateway(make_gateway)
     state = sandboxes.observable_state
+    state.apply_switches({"latency_ms": 300})  # as QA ran it
     victim = _oldest(state)
     _edit_on(monkeypatch, state, _on(2, victim))
     body = await get_json(gw, f"{PUBLIC}&all=true")
