@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
+from gateway.pagination.common import fingerprint
 from gateway.pagination.cursor import _sign
 from gateway.server import GATEWAY
 from sandbox.runner import Sandboxes
@@ -205,11 +206,14 @@ async def test_before_cursors_of_unexpected_types_are_400(fake_gw: tuple[TestCli
         got = await resp.json()
         assert resp.status == 400 and got["error"]["code"] == "bad_cursor", (cursor[:40], got)
     assert fake.count() == 0
-    # what encode_cursor writes still works: a scalar position is sent on as ?before=
+    # what encode_cursor writes still works: a scalar position is sent on as ?before=; at the walk's end the
+    # first page is asked again, and its head (an empty list) is the one the walk began with (the ``t`` mark)
     fake.script("/feed", Reply(200, body=b"[]"))
-    resp = await gw.get("/v1/feed", params={"cursor": _cursor({"r": "feed", "p": {"": "2024-01-01"}}, gw)})
+    empty_head = fingerprint([["", [None, []]]])
+    cursor = _cursor({"r": "feed", "p": {"": "2024-01-01"}, "m": {"t": empty_head}}, gw)
+    resp = await gw.get("/v1/feed", params={"cursor": cursor})
     assert resp.status == 200, await resp.text()
-    assert fake.hits[-1].query == "before=2024-01-01"
+    assert [h.query for h in fake.hits[-2:]] == ["before=2024-01-01", ""]
 
 
 async def test_thousands_of_unknown_query_parameters_make_a_small_error(

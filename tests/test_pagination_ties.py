@@ -175,13 +175,16 @@ async def test_a_run_on_the_first_page_survives_notebooks_saved_meanwhile(
     make_gateway: Any, aiohttp_server: Any
 ) -> None:
     """Found by review: the cursor asked the first page again, which newer items had pushed the rest of the
-    run off; now the walk reads on until it reaches the run (the newer items are a later walk's)."""
+    run off; now the walk reads on until it reaches the run.  The newer items are a later walk's: the walk's
+    end sees the list moved (its head is not the one it began with) and answers 409, never a 200 without them."""
     items = [{"id": 1, "t": 5}, {"id": 2, "t": 5}, {"id": 3, "t": 4}, {"id": 4, "t": 3}]
     gw = await _tied_gateway(make_gateway, aiohttp_server, items, 3)
     first = await get_json(gw, "/v1/tied?limit=1")
     items += [{"id": 8, "t": 9}, {"id": 9, "t": 8}, {"id": 10, "t": 7}]
-    rest = await get_json(gw, f"/v1/tied?limit=10&cursor={first['next_cursor']}")
-    assert [i["id"] for i in first["items"] + rest["items"]] == [1, 2, 3, 4]
+    rest = await get_json(gw, f"/v1/tied?limit=2&cursor={first['next_cursor']}")
+    assert [i["id"] for i in first["items"] + rest["items"]] == [1, 2, 3]
+    end = await get_json(gw, f"/v1/tied?limit=10&cursor={rest['next_cursor']}", status=409)
+    assert end["error"]["code"] == "collection_changed"
 
 
 async def test_a_cursor_carries_a_run_only_where_it_may_go_on(make_gateway: Any, aiohttp_server: Any) -> None:

@@ -12,7 +12,8 @@ Where the items, the next token and the stop signal live is declared in ``routes
 token or link equal to the current one, or an upstream ignoring the paging parameter is
 a 502 ``pagination_stalled``, on ``all=true`` and across ``next_cursor`` requests alike.
 A list that moves under an ``offset`` or ``page`` walk (an item added, edited or removed before
-the page asked for) is a 409 ``collection_changed`` (``shifts``), never a page missing or
+the page asked for), or whose head is not the same where a ``before`` walk ends (an item edited
+or added above it), is a 409 ``collection_changed`` (``shifts``), never a page missing or
 repeating an item; a resumed cursor that cannot be checked so (issued before the check) is a
 409 ``cursor_outdated``, and one issued before a reload changed how the route pages a 409
 ``route_changed`` (``stale``).  Items are yielded page by page so a caller can stream them without holding

@@ -14,6 +14,15 @@ digest of their id), as is anything newer (saved since).  A cursor that stops in
 the end of a page, carries the same: the value above the run and the run's identities
 (``{"p", "v", "s"}``).  That costs one item again per page and one request at the end; a run
 longer than the upstream's page cannot be reached whole by any client.
+
+An item not served yet that is edited during the walk moves to the top (its value becomes now), above
+where the walk stands: nothing later asks for it.  So the walk remembers each stream's head (its
+first page's newest value and the identities at it: the ``t`` mark, one digest for all streams,
+carried by the cursor) and, once every stream has ended, asks each stream's first page again (one
+request per stream): a head that is not the same means the list moved (an item edited or added, or
+the newest one deleted), a 409 ``collection_changed`` (``shifts``: ``all=true`` starts again).  A
+resumed cursor without the mark (issued before the check) cannot be vouched for at its end: a 409
+``cursor_outdated`` there.
 """
 
 from __future__ import annotations
@@ -31,12 +40,14 @@ from gateway.pagination.common import (  # TIE_ID_CHARS: the length of the ident
     Fetch,
     Position,
     Tagged,
+    fingerprint,
     has_more,
     identity,
     items_of,
     key,
     stalled,
 )
+from gateway.pagination.shifts import OUTDATED, CursorOutdated, shifted
 
 __all__ = ["TIE_ID_CHARS", "walk"]
 
@@ -81,6 +92,19 @@ class _Run:
         return {"p": self.above, "v": self.value, "s": [*self.earlier, *map(identity, self.here)]}
 
 
+def _top(pag: Pagination, items: list[Any], route: str) -> list[Any]:
+    """A stream's head: its newest value and the identities of the items at it (none: an empty stream)."""
+    if not items:
+        return [None, []]
+    newest = _field(pag, items[0], route)
+    return [newest, sorted(identity(it) for it in items if _field(pag, it, route) == newest)]
+
+
+def _heads(tops: dict[str, list[Any]]) -> str:
+    """The ``t`` mark: one short digest of every stream's head (a cursor keeps it small)."""
+    return fingerprint(sorted([k, top] for k, top in tops.items()))
+
+
 async def walk(
     route: str,
     pag: Pagination,
@@ -105,6 +129,9 @@ async def walk(
     #: streams still at the value a client's cursor gave: a value the upstream's cannot be compared
     #: with is the cursor's fault (400), not the route breaking
     from_cursor = {k for k in keys if position.pos.get(k) is not None}
+    #: a walk begun in this request (no cursor) takes each stream's head from its first page
+    resumed = bool(position.pos)
+    tops: dict[str, list[Any]] = {}
 
     def unserved(k: str, items: list[Any]) -> list[Any]:
         """A page asked from above a run, without the run's items served and anything newer (saved since);
@@ -135,6 +162,8 @@ async def walk(
             query = [(pag.before_param, str(asked))] if asked is not None else []
             body = (await fetch(keys[k], query, None)).body
             items = items_of(pag, body, route)
+            if asked is None and not resumed and k not in tops:
+                tops[k] = _top(pag, items, route)
             if has_more(pag, body) is False:
                 exhausted.add(k)  # this page is the stream's last (its items are still served)
             if not items:
@@ -169,6 +198,8 @@ async def walk(
         need = [k for k in keys if not buffers[k] and k not in exhausted]
         if need:
             await asyncio.gather(*(refill(k) for k in need))
+            if not resumed and "t" not in position.marks:
+                position.marks["t"] = _heads(tops)  # the first round asked every stream's first page
         live = [k for k in keys if buffers[k]]
         if not live:
             break
@@ -189,3 +220,19 @@ async def walk(
     for k in keys:
         if k in exhausted and not buffers[k]:
             position.ended.add(k)
+    if position.done(list(keys)):
+        await _unmoved(route, pag, keys, position.marks.get("t"), fetch)
+
+
+async def _unmoved(route: str, pag: Pagination, keys: dict[str, str | None], mark: str | None, fetch: Fetch) -> None:
+    """At the walk's end, every stream's head as it is now against the one the walk began with (``mark``):
+    an item edited or added meanwhile is above it, where the walk never looked.  One request per stream."""
+    if mark is None:
+        raise CursorOutdated(OUTDATED, route=route)
+
+    async def top(k: str) -> list[Any]:
+        return _top(pag, items_of(pag, (await fetch(keys[k], [], None)).body, route), route)
+
+    now = await asyncio.gather(*(top(k) for k in keys))
+    if _heads(dict(zip(keys, now, strict=True))) != mark:
+        raise shifted(route)

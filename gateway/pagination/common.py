@@ -37,7 +37,8 @@ class Position:
     ``pos``: per stream, the style's resume point (``before`` value, offset, or ``{"t": token,
     "s": items of that upstream page already served}``); ``ended``: streams that finished;
     ``marks``: fingerprints of the walk's first item (``f``) and of the first item of the
-    upstream page before the current one (``h``).
+    upstream page before the current one (``h``), the identity of the item served last (``l``,
+    gateway.pagination.shifts), and a digest of every stream's head (``t``, gateway.pagination.before).
     """
 
     pos: dict[str, Any] = field(default_factory=dict)

@@ -170,7 +170,9 @@ def _checked(route: Route, data: Any, params: Mapping[str, Any]) -> tuple[list[s
                 raise ValueError("stream")
     if not all(isinstance(e, str) and e in pos for e in ended) or len(set(ended)) != len(ended):
         raise ValueError("ended")
-    if set(marks) - {"f", "h", "l"} or not all(_is_hex(v, TIE_ID_CHARS if k == "l" else 16) for k, v in marks.items()):
+    if set(marks) - {"f", "h", "l", "t"} or not all(
+        _is_hex(v, TIE_ID_CHARS if k == "l" else 16) for k, v in marks.items()
+    ):
         raise ValueError("marks")
     pag = route.paging(target)
     assert pag is not None

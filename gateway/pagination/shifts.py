@@ -5,7 +5,9 @@ top, deleting one moves the rest up.  A walk by offset (or page number) that str
 change would answer 200 with one item missing and another repeated.  So every page after the
 first is checked against the last item already served (``offset``: the page is asked from one
 item before where the last one ended, and that item must be the one served last; ``page``: the
-item served last must still be where it was, and a new page must not hold it again).
+item served last must still be where it was, and a new page must not hold it again).  Observable's
+lists (``before``, newest ``update_time`` first) lose an edited item above where the walk stands:
+there the walk's end asks each stream's first page again (gateway.pagination.before).
 
 A mismatch is a 409 ``collection_changed``: a ``next_cursor`` request cannot be answered (start
 again from the first page); an ``all=true`` walk starts again by itself (``collect``), at most
