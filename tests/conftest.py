@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ROUTES = ROOT / "routes.yaml"
 
 #: pytester runs a throwaway pytest session (tests/test_suite_guards.py: a hung test fails, not hangs)
-pytest_plugins = ["pytester", "tests.helpers.backup", "tests.helpers.redis"]  # shared fixtures: stack, redis_server
+# shared fixtures: stack, redis_server, generated (the client made from /openapi.json)
+pytest_plugins = ["pytester", "tests.helpers.backup", "tests.helpers.redis", "tests.helpers.generated"]
 
 GatewayFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 

@@ -17,7 +17,6 @@ from openapi_spec_validator import validate
 from gateway.config import load_config
 from sandbox.runner import Sandboxes
 from tests.conftest import ROUTES
-from tests.test_generated_clients import generated  # noqa: F401  (the generated client, module-scoped)
 
 NDJSON = "application/x-ndjson"
 KEYED = """
@@ -205,7 +204,7 @@ async def test_declared_response_headers_are_the_ones_sent(
 async def test_a_generated_client_makes_a_conditional_call(
     gw: TestClient[Any, Any],
     sandboxes: Sandboxes,
-    generated: ModuleType,  # noqa: F811
+    generated: ModuleType,
 ) -> None:
     read = importlib.import_module("rg_client.api.posthog.posthog_notebook")
     short_id = sandboxes.posthog_state.visible(1)[0].short_id
