@@ -43,6 +43,8 @@ class RouteHealth:
         self._metrics = metrics
         self._clock = clock
         self._states: dict[str, RouteState] = {}
+        #: the served config's routes (``track``); None: every name (no config tracked yet)
+        self._served: frozenset[str] | None = None
 
     def get(self, route: str) -> RouteState:
         return self._states.get(route) or RouteState()
@@ -55,7 +57,11 @@ class RouteHealth:
         return state
 
     def up(self, route: str, source: str = "traffic") -> None:
-        state = self._states.get(route) or self._state(route)
+        state = self._states.get(route)
+        if state is None:
+            if self._served is not None and route not in self._served:
+                return  # a request begun before a reload removed its route: no series comes back for it
+            state = self._state(route)
         now = self._clock()
         state.checked, state.source = now, source
         if state.up is True:
@@ -67,6 +73,8 @@ class RouteHealth:
         self._metrics.route_changed.labels(route).set(now)
 
     def down(self, route: str, code: str, reason: str, source: str = "traffic") -> None:
+        if self._served is not None and route not in self._served:
+            return  # finished after a reload removed its route: a 0 written now would page for ever
         state = self._state(route)
         now = self._clock()
         state.checked, state.source = now, source
@@ -88,17 +96,25 @@ class RouteHealth:
             self._metrics.route_failure.remove(route, code)
 
     def answered_by(self, route: str, target: int) -> None:
-        (self._states.get(route) or self._state(route)).target = target  # made once, then one lookup
+        state = self._states.get(route)  # made once, then one lookup
+        if state is None:
+            if self._served is not None and route not in self._served:
+                return
+            state = self._state(route)
+        state.target = target
 
     def track(self, routes: Iterable[str]) -> None:
         """Export the config's routes (NaN until known); forget routes a reload removed,
         so no series (and no alert) outlives its route."""
         keep = set(routes)
+        before = self._served or frozenset()
+        self._served = frozenset(keep)
         for name in keep - set(self._states):
             self._metrics.route_up.labels(name).set(math.nan)
-        for name in [n for n in self._states if n not in keep]:
-            state = self._states.pop(name)
-            if state.code:
+        # every route gone: those with evidence, and those exported NaN that never had any
+        for name in [n for n in {*self._states, *before} if n not in keep]:
+            state = self._states.pop(name, None)
+            if state is not None and state.code:
                 self._clear_failure(name, state.code)
             # NaN ("not known") first: with gateway serve --workers N the workers' files keep the last
             # value whatever remove() does, and a 0 kept there would page for a route that is gone

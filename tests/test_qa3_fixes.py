@@ -1,14 +1,19 @@
 """Fixes from the third hands-on QA pass that are not another module's: a PostHog create refusing a
-field PostHog would ignore, driven through the shipped routes.yaml against the sandbox."""
+field PostHog would ignore, a conditional write refused, and a late failure of a removed route."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from prometheus_client import CollectorRegistry
 
+from gateway.server import GATEWAY, build_app
 from sandbox.runner import Sandboxes
+from tests.fake_upstream import Reply, start_fake
 
 PH_BASE = "/v1/posthog/projects/1/notebooks"
 
@@ -76,3 +81,49 @@ async def test_a_conditional_write_is_refused_never_forwarded_without_its_condit
     # the same write without the condition goes through
     resp = await gw.request(method, f"{PH_BASE}/{nb.short_id}", json=body)
     assert resp.status in (200, 204), await resp.text()
+
+
+RACE_YAML = """
+upstreams:
+  origin:
+    base_url: ${ORIGIN_URL}
+    retries: {attempts: 1}
+routes:
+  kept:
+    stable: GET /v1/kept/{id}
+    upstream: origin
+    auth: none
+    targets: ["GET /kept/{id}"]
+  dropped:
+    stable: GET /v1/dropped/{id}
+    upstream: origin
+    auth: none
+    targets: ["GET /dropped/{id}"]
+"""
+
+
+async def test_a_request_finishing_after_a_reload_removed_its_route_brings_no_series_back(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """A request in flight on the old config, failing after the reload that removed its route, marked the
+    route down again: ``gateway_route_up`` 0 came back for a route that no longer exists and paged for ever
+    (found with ``--workers``, where the reload's NaN was then older than the late 0)."""
+    fake, _server, url = await start_fake(aiohttp_server)
+    fake.script("/dropped/1", Reply(500, delay=0.5))
+    path = tmp_path / "routes.yaml"
+    path.write_text(RACE_YAML)
+    registry = CollectorRegistry()
+    gw = await aiohttp_client(build_app(path, registry=registry, env={"ORIGIN_URL": url}))
+    slow = asyncio.ensure_future(gw.get("/v1/dropped/1"))
+    while not fake.hits:  # the request is with the upstream
+        await asyncio.sleep(0.01)
+    path.write_text(RACE_YAML.split("  dropped:")[0])
+    gw.app[GATEWAY].reload(path)
+    resp = await slow
+    assert resp.status == 502  # answered on the config it began with
+    assert registry.get_sample_value("gateway_route_up", {"route": "dropped"}) is None
+    assert registry.get_sample_value("gateway_route_failure_info", {"route": "dropped", "code": "upstream_failed"}) in (
+        None,
+        0.0,
+    )
+    assert "dropped" not in await (await gw.get("/status")).text()
