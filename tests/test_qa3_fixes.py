@@ -4,6 +4,9 @@ field PostHog would ignore, a conditional write refused, and a late failure of a
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +130,50 @@ async def test_a_request_finishing_after_a_reload_removed_its_route_brings_no_se
         0.0,
     )
     assert "dropped" not in await (await gw.get("/status")).text()
+
+
+HOSTS_YAML = """
+server:
+  allowed_hosts: [routegate, "*.svc", "${ROUTEGATE_PUBLIC_HOST:-localhost}"]
+upstreams:
+  origin: {base_url: "${ORIGIN_URL}"}
+routes:
+  thing:
+    stable: GET /v1/things/{id}
+    upstream: origin
+    auth: none
+    targets: ["GET /things/{id}"]
+"""
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("https://routegate.example.com", "is a URL, not a host name (no scheme); write the name alone, e.g. "),
+        ("routegate.example.com/", "has a path"),
+        ("a.example.com,b.example.com", "holds several names: give each its own list item"),
+        ("routegate.example.com:443", "has a port; the Host's port is ignored"),
+        ("bad host!", "is not a host name"),
+    ],
+)
+def test_an_allowed_host_that_could_never_match_is_a_config_problem(tmp_path: Path, value: str, why: str) -> None:
+    """``ROUTEGATE_PUBLIC_HOST=https://routegate.example.com`` passed ``check``; then every request through the
+    ingress was a 421 telling the operator to add the name they had added."""
+    path = tmp_path / "routes.yaml"
+    path.write_text(HOSTS_YAML)
+    env = {**os.environ, "ROUTEGATE_PUBLIC_HOST": value, "ORIGIN_URL": "http://127.0.0.1:9"}
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway", "check", str(path)], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert out.returncode != 0
+    assert f"{path}:3: server.allowed_hosts: {value!r} {why}" in out.stdout + out.stderr
+
+
+async def test_a_host_name_from_the_environment_is_served(aiohttp_client: Any, tmp_path: Path) -> None:
+    path = tmp_path / "routes.yaml"
+    path.write_text(HOSTS_YAML)
+    env = {"ROUTEGATE_PUBLIC_HOST": "routegate.example.com", "ORIGIN_URL": "http://127.0.0.1:9"}
+    gw = await aiohttp_client(build_app(path, registry=CollectorRegistry(), env=env))
+    assert (await gw.get("/healthz", headers={"Host": "routegate.example.com:443"})).status == 200
+    refused = await gw.get("/healthz", headers={"Host": "other.example.com"})
+    assert refused.status == 421

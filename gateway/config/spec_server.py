@@ -8,6 +8,7 @@ and ``sections_access`` keep what spans keys.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal, Self
 
 from pydantic import BeforeValidator, Field, ValidationInfo, WithJsonSchema, field_validator, model_validator
@@ -60,7 +61,40 @@ class ServerSpec(Section):
     def _host_names(cls, value: object) -> object:
         if not isinstance(value, list) or not all(isinstance(h, str) and h.strip() for h in value):
             raise ValueError("expected a list of host names (a leading '*.' matches subdomains; '*' any host)")
+        problems = [why for h in value if (why := _host_problem(h.strip())) is not None]
+        if problems:
+            raise ValueError("; ".join(problems))
         return value
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?\Z")
+
+
+def _host_problem(entry: str) -> str | None:
+    """Why ``entry`` could never match a ``Host`` (compared without scheme, path or port), or None.
+
+    A URL pasted where a name belongs (``ROUTEGATE_PUBLIC_HOST=https://...``) passed the check and
+    then answered every request through the ingress with a 421 telling the operator to add the name
+    they had added."""
+    if entry == "*":
+        return None
+    name = entry.removeprefix("*.")
+    bare = re.sub(r"^[a-z][a-z0-9+.-]*://", "", name, flags=re.IGNORECASE).split("/")[0].split("?")[0]
+    bare = bare.rsplit(":", 1)[0] if bare.count(":") == 1 else bare
+    hint = f"; write the name alone, e.g. {bare!r}" if bare and _HOST_NAME.match(bare) else ""
+    if "://" in name:
+        return f"{entry!r} is a URL, not a host name (no scheme){hint}"
+    if "," in name:
+        return f"{entry!r} holds several names: give each its own list item"
+    if "/" in name or "?" in name:
+        return f"{entry!r} has a path; a Host is a name only{hint}"
+    if name.count(":") == 1:
+        return f"{entry!r} has a port; the Host's port is ignored{hint}"
+    if name.startswith("[") or name.count(":") > 1:
+        return None  # an IPv6 literal (judged as an IP, never by this list)
+    if not _HOST_NAME.match(name):
+        return f"{entry!r} is not a host name (letters, digits, '-', '_' and dots; a leading '*.' for subdomains)"
+    return None
 
 
 def _on_off(value: object) -> bool:
