@@ -177,3 +177,14 @@ async def test_a_host_name_from_the_environment_is_served(aiohttp_client: Any, t
     assert (await gw.get("/healthz", headers={"Host": "routegate.example.com:443"})).status == 200
     refused = await gw.get("/healthz", headers={"Host": "other.example.com"})
     assert refused.status == 421
+
+
+async def test_collection_gets_declare_the_409_a_walk_can_end_in(gw: TestClient[Any, Any]) -> None:
+    """collection_changed, route_changed and cursor_outdated are 409s on GET; /openapi.json declared 409 only
+    for writes, so a generated client met them as ``default``."""
+    doc = await (await gw.get("/openapi.json")).json()
+    listing = doc["paths"]["/v1/posthog/projects/{project_id}/notebooks"]["get"]["responses"]
+    described = listing["409"]["description"]
+    assert all(code in described for code in ("collection_changed", "route_changed", "cursor_outdated"))
+    item = doc["paths"]["/v1/posthog/projects/{project_id}/notebooks/{short_id}"]["get"]["responses"]
+    assert "409" not in item  # one entity: no walk

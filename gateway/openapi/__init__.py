@@ -257,8 +257,18 @@ def _errors(route: Route, config: Config) -> dict[str, Any]:
     if config.server.max_concurrency is not None or any(k.rate_limit for k in config.access.clients):
         statuses.append(429)
     out = {str(s): _error_response(_ERRORS[s], retry=s in (429, 503)) for s in sorted(statuses)}
+    if route.pagination is not None:  # a walk the gateway cannot vouch for is a 409, never data
+        out["409"] = _error_response(_WALK_CONFLICT)
+        out = dict(sorted(out.items()))
     out["default"] = _error_response("Any other error, in the same envelope.")
     return out
+
+
+_WALK_CONFLICT = (
+    "The walk cannot go on: the list moved under it (`collection_changed`), the route changed since the"
+    " cursor was issued (`route_changed`), or the cursor predates this gateway's checks (`cursor_outdated`)."
+    " Start again from the first page."
+)
 
 
 def _object(mapping: tuple[tuple[str, FieldExpr], ...], route: Route) -> dict[str, Any]:
