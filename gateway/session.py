@@ -7,9 +7,9 @@ an expired cookie is served, and cached, as "you have no notebooks".  An upstrea
 
 The check runs when the prober starts, with every probe round, and whenever a signed-in
 collection comes back empty, or a paged walk finds the list moved under it (a stream that went
-empty mid-walk, a head that changed: a dead session's ``[]`` looks just so).  One answer stands for ``memo`` seconds per upstream and
-credential value (a renewed cookie is checked afresh), and concurrent callers share one
-request, so a burst of empty lists costs one check.
+empty mid-walk, a head that changed: a dead session's ``[]`` looks just so).  One answer stands
+for ``memo`` seconds per upstream and credential value (a renewed cookie is checked afresh), and
+concurrent callers share one request, so a burst of empty lists costs one check.
 
 Verdicts: ``live`` (the field is there), ``dead`` (a 200 without it, or 401) and
 ``unknown`` (the check itself failed: transport error, timeout, another status, not

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 import sandbox.observable as observable_sandbox
 from sandbox.observable import ObservableState
 from sandbox.runner import Sandboxes
+from tests.conftest import ROUTES
 from tests.helpers.walk import get_json
 
 ROUTE = "observable_notebooks"
@@ -114,9 +115,7 @@ async def test_qa_repro_a_cursor_page_after_the_session_died_is_a_502_not_a_409(
     _assert_auth_metrics(registry)
 
 
-async def test_an_ndjson_cursor_page_after_the_session_died_is_a_502(
-    make_gateway: Any, sandboxes: Sandboxes
-) -> None:
+async def test_an_ndjson_cursor_page_after_the_session_died_is_a_502(make_gateway: Any, sandboxes: Sandboxes) -> None:
     gw, registry = await _gateway(make_gateway)
     state = sandboxes.observable_state
     first = await gw.get(f"{NOTEBOOKS}?type=shared&limit=25", headers=NDJSON)
@@ -180,7 +179,9 @@ async def test_a_fan_out_walk_whose_session_dies_is_a_502(
     assert _errors(registry, "shifted") == 0 and _errors(registry, "credentials_rejected") == 2
 
 
-async def test_a_quiet_healthy_walk_never_runs_the_session_check(gw: TestClient[Any, Any], sandboxes: Sandboxes) -> None:
+async def test_a_quiet_healthy_walk_never_runs_the_session_check(
+    gw: TestClient[Any, Any], sandboxes: Sandboxes
+) -> None:
     """The check runs only where a walk sees the list move (or an empty answer): a walk whose list stays put
     costs no ``GET /user`` (all=true, a fan-out, NDJSON, a cursor walk to its last page)."""
     state = sandboxes.observable_state
@@ -247,3 +248,23 @@ async def test_a_real_edit_with_a_live_session_still_restarts_all_true(
     assert _sample(registry, "gateway_collection_restarts_total", route=ROUTE) == 1
     assert state.count("GET", CHECK) == 1  # the restart was vouched for by one check
     assert _errors(registry, "credentials_rejected") == 0
+
+
+async def test_a_moved_list_whose_session_check_cannot_answer_stays_a_409(
+    make_gateway: Any, sandboxes: Sandboxes
+) -> None:
+    """A check that says nothing (its endpoint gone: unknown) cannot call the session dead: the walk's 409
+    stands (start again: a first page then tells), and the route is not marked down."""
+    text = ROUTES.read_text().replace("request: GET /user ", "request: GET /whoami ")
+    assert "GET /whoami" in text
+    registry = CollectorRegistry()
+    gw = await make_gateway(text, registry=registry)
+    state = sandboxes.observable_state
+    first = await get_json(gw, f"{NOTEBOOKS}?type=shared&limit=25")
+    state.apply_switches({"session_expired": True})
+    resp = await gw.get(f"{NOTEBOOKS}?type=shared&limit=25&cursor={first['next_cursor']}")
+    body = await resp.json()
+    assert resp.status == 409 and body["error"]["code"] == "collection_changed", body
+    assert state.count("GET", "/whoami") == 1
+    assert _errors(registry, "shifted") == 1 and _errors(registry, "credentials_rejected") == 0
+    assert registry.get_sample_value("gateway_route_up", {"route": ROUTE}) != 0
