@@ -16,7 +16,8 @@ Verdicts: ``live`` (the field is there), ``dead`` (a 200 without it, or 401) and
 JSON; a 403 too: the upstream knows the credential but it may not read the check's
 path, which says nothing about the session, and "renew it" would be the wrong fix).
 An empty collection is then a 502 ``upstream_auth_rejected`` (dead), or served but never
-cached (unknown).  ``gateway_upstream_credential_valid`` follows live (1) and
+cached (unknown); a list that moved under a walk is the same 502 (dead), else the walk's 409
+or restart as it was (live, unknown).  ``gateway_upstream_credential_valid`` follows live (1) and
 dead (0); an unknown verdict leaves it as it was.
 """
 
