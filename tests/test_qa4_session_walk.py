@@ -268,3 +268,22 @@ async def test_a_moved_list_whose_session_check_cannot_answer_stays_a_409(
     assert state.count("GET", "/whoami") == 1
     assert _errors(registry, "shifted") == 1 and _errors(registry, "credentials_rejected") == 0
     assert registry.get_sample_value("gateway_route_up", {"route": ROUTE}) != 0
+
+
+async def test_with_the_cache_on_the_cursor_page_is_the_502_and_never_stored(
+    make_gateway: Any, sandboxes: Sandboxes, sandbox_env: dict[str, str]
+) -> None:
+    """The shipped default (the response cache on), as QA ran it: the 502 is never stored, so the cursor
+    asked again goes upstream again (and is the 502 again) until the credential is renewed."""
+    registry = CollectorRegistry()
+    gw = await make_gateway(env={**sandbox_env, "ROUTEGATE_CACHE": "on"}, registry=registry)
+    state = sandboxes.observable_state
+    first = await gw.get(f"{NOTEBOOKS}?type=shared&limit=25", headers={"Cache-Control": "no-cache"})
+    cursor = (await first.json())["next_cursor"]
+    await _expire_over_http(sandboxes)
+    url = f"{NOTEBOOKS}?type=shared&limit=25&cursor={cursor}"
+    await _assert_auth_rejected(await gw.get(url))
+    asked = state.count("GET", LIST)
+    await _assert_auth_rejected(await gw.get(url))
+    assert state.count("GET", LIST) > asked
+    assert _errors(registry, "shifted") == 0
