@@ -6,16 +6,18 @@ an expired cookie is served, and cached, as "you have no notebooks".  An upstrea
 ``auth.check`` names a safe GET and a field its JSON answer holds only while signed in.
 
 The check runs when the prober starts, with every probe round, and whenever a signed-in
-collection comes back empty.  One answer stands for ``memo`` seconds per upstream and
-credential value (a renewed cookie is checked afresh), and concurrent callers share one
-request, so a burst of empty lists costs one check.
+collection comes back empty, or a paged walk finds the list moved under it (a stream that went
+empty mid-walk, a head that changed: a dead session's ``[]`` looks just so).  One answer stands
+for ``memo`` seconds per upstream and credential value (a renewed cookie is checked afresh), and
+concurrent callers share one request, so a burst of empty lists costs one check.
 
 Verdicts: ``live`` (the field is there), ``dead`` (a 200 without it, or 401) and
 ``unknown`` (the check itself failed: transport error, timeout, another status, not
 JSON; a 403 too: the upstream knows the credential but it may not read the check's
 path, which says nothing about the session, and "renew it" would be the wrong fix).
 An empty collection is then a 502 ``upstream_auth_rejected`` (dead), or served but never
-cached (unknown).  ``gateway_upstream_credential_valid`` follows live (1) and
+cached (unknown); a list that moved under a walk is the same 502 (dead), else the walk's 409
+or restart as it was (live, unknown).  ``gateway_upstream_credential_valid`` follows live (1) and
 dead (0); an unknown verdict leaves it as it was.
 """
 
@@ -34,7 +36,7 @@ from gateway import jsonio
 from gateway.auth import Credentials
 from gateway.cache.policy import credential_id
 from gateway.config import Config, SessionCheck, Upstream
-from gateway.errors import BadGateway, UpstreamError
+from gateway.errors import BadGateway, CollectionChanged, UpstreamError
 from gateway.metrics import Metrics
 from gateway.upstream import UpstreamClient, UpstreamResponse
 
@@ -188,16 +190,27 @@ class SessionChecks:
 
 
 async def unless_signed_out(
-    pages: AsyncGenerator[list[Any], None], confirm: Callable[[], Awaitable[None]]
+    pages: AsyncGenerator[list[Any], None],
+    confirm: Callable[[], Awaitable[None]],
+    moved: Callable[[], Awaitable[None]] | None = None,
 ) -> AsyncGenerator[list[Any], None]:
     """A collection's pages with empty ones held back; when not one item came, ``confirm()``
-    runs before the collection ends (it raises for a dead session, before anything is sent)."""
+    runs before the collection ends (it raises for a dead session, before anything is sent).
+
+    Where the walk finds the list moved (``CollectionChanged``), ``moved()`` runs first: a session
+    that died mid-walk answers ``[]``, which ends a stream early and changes its head, and must be
+    the auth failure it is (it raises), not a 409 "start again" (or a restart) that cannot help."""
     seen = False
     try:
-        async for page in pages:
-            if page:
-                seen = True
-                yield page
+        try:
+            async for page in pages:
+                if page:
+                    seen = True
+                    yield page
+        except CollectionChanged:
+            if moved is not None:
+                await moved()
+            raise
         if not seen:
             await confirm()
     finally:

@@ -22,7 +22,9 @@ carried by the cursor) and, once every stream has ended, asks each stream's firs
 request per stream): a head that is not the same means the list moved (an item edited or added, or
 the newest one deleted), a 409 ``collection_changed`` (``shifts``: ``all=true`` starts again).  A
 resumed cursor without the mark (issued before the check) cannot be vouched for at its end: a 409
-``cursor_outdated`` there.
+``cursor_outdated`` there.  A session that dies mid-walk answers ``[]`` (Observable: 200, not 401), which
+ends a stream early and empties its head, so it looks moved too: on a route with a session check, the
+409 goes through that check first (gateway.pipeline.collection), and a dead session is the 502 it is.
 """
 
 from __future__ import annotations

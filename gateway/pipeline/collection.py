@@ -263,7 +263,10 @@ def unless_signed_out(
     proxy: Core, route: Route, pages: AsyncGenerator[list[Any], None], notes: Notes | None = None
 ) -> AsyncGenerator[list[Any], None]:
     """An empty signed-in collection may be a dead session answering 200 ``[]``: the upstream's
-    ``auth.check`` decides (gateway.session) before the empty answer is served or cached."""
+    ``auth.check`` decides (gateway.session) before the empty answer is served or cached.  So it does
+    where a walk finds the list moved (a session dying mid-walk ends a stream early and empties its
+    head): a dead session is a 502 ``upstream_auth_rejected`` there, never a 409 or a restart.  A
+    quiet walk with items asks nothing more."""
     upstream = proxy.config.upstreams[route.upstream]
     sessions = proxy.sessions
     if sessions is None or not route.auth or upstream.auth is None or upstream.auth.check is None:
@@ -274,7 +277,13 @@ def unless_signed_out(
         if not await sessions.confirm_empty(upstream, route.name, fetched_at):
             forbid_store(notes)  # the session is unknown: serve the empty answer, do not keep it
 
-    return _held_unless_signed_out(pages, confirm)
+    async def moved() -> None:
+        # the list moved, or went empty, mid-walk: only a check sent now vouches for the page that
+        # showed it (the session may have died after any earlier check); a live or unknown session
+        # leaves the 409 (or restart) as it was
+        await sessions.confirm_empty(upstream, route.name, sessions.now())
+
+    return _held_unless_signed_out(pages, confirm, moved)
 
 
 def _check_link_cursor(route: Route, params: Mapping[str, Any], position: Position) -> None:
