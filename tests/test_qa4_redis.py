@@ -1,18 +1,25 @@
 """QA round 4, shared state: after a Redis blip the local share binds for one window from when
 sharing resumed (not from a replica's next call, which may come hours later), and the budget still
-holds across processes right after one.  Real redis-server on 127.0.0.1 (``redis_server``) and two
-gateway instances sharing it; the alert on shared-state failures is in tests/test_qa4_alerts.py."""
+holds across processes right after one; and the alert on shared-state failures
+(``RoutegateSharedStateFailing``), run by promtool on what a real gateway exports after a blip.
+Real redis-server on 127.0.0.1 (``redis_server``) and gateway instances sharing it."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
+from pathlib import Path
 from typing import Any
 
+import yaml
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.server import GATEWAY
+from tests.conftest import ROOT, need_binary
 from tests.fake_upstream import start_fake
 from tests.helpers.redis import RedisServer
 
@@ -35,6 +42,10 @@ routes:
     targets: ["GET /things/{{name}}"]
 """
 BUDGET, PER = 8, 2.0
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "routegate.json"
+ALERT = "RoutegateSharedStateFailing"
+GW = {"instance": "gw:8080", "job": "routegate"}
 
 
 async def _two(make_gateway: Any, url: str, redis: RedisServer) -> list[TestClient[Any, Any]]:
@@ -190,3 +201,149 @@ async def test_a_credential_first_called_while_redis_is_away_is_not_sent_into_a_
         assert fake.count() == BUDGET  # its share of the window counts as used: nothing more was sent
     finally:
         redis_server.resume()
+
+
+# --------------------------------------------------------------------------- the alert on shared-state failures
+
+
+def _rule() -> dict[str, Any]:
+    doc = yaml.safe_load(ALERTS.read_text())
+    [rule] = [r for g in doc["groups"] for r in g["rules"] if r.get("alert") == ALERT]
+    return rule
+
+
+async def _promtool(tmp_path: Path, tests: list[dict[str, Any]]) -> tuple[int, str]:
+    """``promtool test rules`` on ``tests`` against the shipped alerts.yml."""
+    doc = {"rule_files": [str(ALERTS)], "evaluation_interval": "15s", "tests": tests}
+    path = tmp_path / "qa4_test.yml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    proc = await asyncio.create_subprocess_exec(
+        need_binary("promtool"),
+        "test",
+        "rules",
+        str(path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode()
+
+
+def _failures(text: str) -> dict[str, float]:
+    """gateway_shared_state_failures_total of a /metrics text, by reason (no child: not there)."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "gateway_shared_state_failures_total":
+                assert set(sample.labels) == {"reason"}, sample.labels
+                out[sample.labels["reason"]] = sample.value
+    return out
+
+
+def _series(name: str, values: str, **labels: str) -> dict[str, str]:
+    inner = ",".join(f'{k}="{v}"' for k, v in {**GW, **labels}.items())
+    return {"series": f"{name}{{{inner}}}", "values": values}
+
+
+def _history(minutes: int) -> list[dict[str, str]]:
+    """A gateway running for an hour, scraped all along."""
+    return [
+        _series("gateway_start_time_seconds", f"-3600x{minutes}"),
+        _series("up", f"1x{minutes}"),
+    ]
+
+
+def _fired(reason: str) -> dict[str, Any]:
+    """The alert for ``reason``, its annotations rendered as Prometheus would."""
+    labels = {**GW, "reason": reason}
+    notes = {
+        k: re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels[m.group(1)], v)
+        for k, v in _rule()["annotations"].items()
+    }
+    return {"exp_labels": {"severity": "warning", **labels}, "exp_annotations": notes}
+
+
+async def test_the_shared_state_alert_fires_on_what_a_real_gateway_exports_after_a_blip_and_not_without_one(
+    aiohttp_server: Any, make_gateway: Any, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    _fake, _server, url = await start_fake(aiohttp_server)
+    one, two = await _two(make_gateway, url, redis_server)
+    healthy = _failures(await (await two.get("/metrics")).text())
+    assert healthy == {}  # no failure yet: no child, nothing to fire on
+    await _blip(redis_server, [one], 0.5)  # only `one` is looked at; both fall back
+    first = _failures(await (await one.get("/metrics")).text())
+    assert first.get("timeout", 0) >= 1, first  # a paused Redis times out
+    await _blip(redis_server, [one], 0.5)
+    second = _failures(await (await one.get("/metrics")).text())
+    assert second["timeout"] > first["timeout"], (first, second)
+    # the names and labels the alert reads are what /metrics exports (instance and job come from the scrape)
+    expr = _rule()["expr"]
+    assert set(re.findall(r"\bgateway_[a-z_]+", expr)) == {
+        "gateway_shared_state_failures_total",
+        "gateway_start_time_seconds",
+    }
+    grouped = {label.strip() for by in re.findall(r"by \(([^)]*)\)", expr) for label in by.split(",")}
+    assert grouped == {"instance", "job", "reason"}
+
+    reasons = sorted(second)
+    grew = [r for r in reasons if second[r] > first.get(r, 0)]
+    minutes = 30
+    blank = " ".join(["_"] * 12)
+    tests = [
+        {  # the child appears above zero (as exported) on a gateway Prometheus has scraped for 12 minutes
+            "interval": "1m",
+            "input_series": _history(minutes)
+            + [
+                _series("gateway_shared_state_failures_total", f"{blank} {first[r]:g}x18", reason=r)
+                for r in sorted(first)
+            ],
+            "alert_rule_test": [
+                {"eval_time": "11m", "alertname": ALERT, "exp_alerts": []},
+                {"eval_time": "13m", "alertname": ALERT, "exp_alerts": [_fired(r) for r in sorted(first)]},
+                {"eval_time": "23m", "alertname": ALERT, "exp_alerts": []},
+            ],
+        },
+        {  # the counter grows from the first scrape's value to the second's: an increase
+            "interval": "1m",
+            "input_series": _history(minutes)
+            + [
+                _series("gateway_shared_state_failures_total", f"{first.get(r, 0):g}x4 {second[r]:g}x25", reason=r)
+                for r in reasons
+            ],
+            "alert_rule_test": [
+                {"eval_time": "3m", "alertname": ALERT, "exp_alerts": []},
+                {
+                    "eval_time": "6m",
+                    "alertname": ALERT,
+                    "exp_alerts": [_fired(r) for r in grew],
+                },
+                {"eval_time": "17m", "alertname": ALERT, "exp_alerts": []},
+            ],
+        },
+        {  # what the healthy instance exported: no failure child, only its start time and up
+            "interval": "1m",
+            "input_series": _history(minutes),
+            "alert_rule_test": [{"eval_time": f"{m}m", "alertname": ALERT, "exp_alerts": []} for m in (1, 11, 25)],
+        },
+    ]
+    code, out = await _promtool(tmp_path, tests)
+    assert code == 0, out
+
+
+def test_the_shared_state_alert_links_a_runbook_section_that_exists_and_the_dashboard_shows_the_failures() -> None:
+    rule = _rule()
+    assert rule["labels"]["severity"] == "warning"
+    assert "for" not in rule  # a blip is over in seconds: any failure fires
+    page, anchor = rule["annotations"]["runbook"].split("#")
+    headings = re.findall(r"^#+ (.+)$", (ROOT / page).read_text(), flags=re.M)
+    slugs = {re.sub(r"[\s]+", "-", re.sub(r"[^\w\s-]", "", h).strip().lower()) for h in headings}
+    assert anchor in slugs, (anchor, slugs)
+    assert f"#{anchor}" in (ROOT / "docs" / "observability.md").read_text()  # the alert table links it too
+    observability = (ROOT / "docs" / "observability.md").read_text()
+    assert f"| `{ALERT}` | warning |" in observability
+    scale_out = (ROOT / "docs" / "scale-out.md").read_text()
+    assert ALERT in scale_out and "Alert on `gateway_shared_state_up == 0`" not in scale_out
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    exprs = [t["expr"] for p in panels for t in p.get("targets", [])]
+    assert any("gateway_shared_state_failures_total" in e and "reason" in e for e in exprs)
+    assert any("gateway_shared_state_up" in e for e in exprs)
