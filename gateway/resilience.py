@@ -283,7 +283,7 @@ class Resilience:
         if sends is None:
             if not budget.limits and held <= 0:
                 return
-            sends = guard.sends[cred] = Sends(shared.epoch if shared is not None else 0)
+            sends = guard.sends[cred] = Sends()
         now = self.clock()
         blocked = max(sends.blocked_until, now + held)
         at = max(now, blocked)
@@ -375,7 +375,10 @@ class Resilience:
             if shared is not None and shared.configured and (local or not shared.active):
                 # not this caller's doing: the other processes' share is unknown while Redis is away, and
                 # for one window after it is back (they may not have written their sends yet)
-                was = "was unreachable moments ago" if shared.active else "is unreachable"
+                was = "is unreachable"
+                if shared.active:  # the grace runs from when sharing resumed: say when that was
+                    ago = self.clock() - shared.resumed
+                    was = f"was unreachable until {max(1, round(ago))}s ago" if math.isfinite(ago) else "was down"
                 message = (
                     f"the request budget for upstream {upstream.name!r} ({limits}) is shared through Redis, which"
                     f" {was}: this process keeps to its share, counting the shared window as used"

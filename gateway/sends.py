@@ -29,12 +29,14 @@ class Sends:
 
     __slots__ = ("blocked_until", "epoch", "grace_until", "phantom", "seed", "shared_at", "times")
 
-    def __init__(self, epoch: int = 0) -> None:
+    def __init__(self) -> None:
         self.times: deque[float] = deque()
         self.blocked_until = 0.0
-        #: shared pacing: the SharedState epoch last seen, the last slot taken in Redis, until when
-        #: the local share still binds after sharing resumed, and whether local sends await writing
-        self.epoch = epoch
+        #: shared pacing: the SharedState epoch last seen (-1 for a new log: its first call hands
+        #: over, so a credential first called while Redis is away or just back is paced like the
+        #: others), the last slot taken in Redis, until when the local share still binds after
+        #: sharing resumed, and whether local sends await writing
+        self.epoch = -1
         self.shared_at = -math.inf
         self.grace_until = 0.0
         self.seed = False
@@ -85,14 +87,17 @@ def handover(
     Counting only this process's own recent sends is not enough (the others' reservations
     are invisible, and a slot held by a call still waiting for Redis is not a send).
     Resumed: the sends made meanwhile are written to Redis first, and the local share still
-    binds for that window (the other processes may not have written theirs yet).
+    binds for one window from when sharing resumed (the other processes may not have written
+    theirs yet; whatever they sent locally was sent before they resumed, within about a
+    heartbeat of this process, so it has left the window by then).  Counted from the resumption,
+    not from this call: a credential first called long after has nothing left to wait for.
     """
     if sends.epoch == shared.epoch:
         return
     sends.epoch = shared.epoch
     count, per = min(local_share(limits, shared.instances), key=lambda limit: limit[1])
     if shared.active:
-        sends.grace_until = now + per + 1.0
+        sends.grace_until = shared.resumed + per + 1.0  # 1 s: the others resume up to a heartbeat later
         sends.seed = True
         return
     last = max(max(shared.lost, shared.answered) + ahead, sends.shared_at)

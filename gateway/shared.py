@@ -103,6 +103,10 @@ class SharedState:
         self.answered = -math.inf
         #: when this process last saw sharing stop (monotonic): no slot is reserved after it
         self.lost = -math.inf
+        #: when sharing last resumed after Redis failed (monotonic): the local shares bind for one
+        #: window more (-inf: Redis never failed here, this process sent nothing unshared)
+        self.resumed = -math.inf
+        self._fell_back = False
         self._down_until = 0.0
         self._resumed = -math.inf
         self._seq = 0
@@ -194,7 +198,7 @@ class SharedState:
                     type(exc).__name__,
                 )
                 self.epoch += 1
-            self.up = False
+            self.up, self._fell_back = False, True
             self._down_until = time.monotonic() + self.retry_after
             self._report()
             raise ConnectionError("shared state unavailable") from None
@@ -221,6 +225,8 @@ class SharedState:
         self._breakers = _mirror(breakers, int(now_ms), mono)
         if not self.up:
             self._resumed = mono
+            if self._fell_back:
+                self.resumed = mono
         if mono - self._resumed < HEARTBEAT_TTL_MS / 1000:
             # a restarted Redis has not heard every heartbeat yet: never count fewer than before
             self.instances = max(self.instances, int(n))

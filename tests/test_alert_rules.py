@@ -51,7 +51,7 @@ def as_promql(expr: str) -> str:
 async def test_prometheus_config_and_rules_pass_promtool() -> None:
     code, out = await promtool("check", "config", str(PROMETHEUS / "prometheus.yml"))
     assert code == 0, out
-    assert "SUCCESS: 11 rules found" in out
+    assert "SUCCESS: 12 rules found" in out
 
 
 async def test_alert_rules_unit_tests_pass() -> None:
