@@ -486,6 +486,8 @@ async def test_limit_and_all_are_checked_before_any_call(make_gateway: Any, aioh
         err = await _error(await gw.get("/v1/counted", params={"all": raw}), 400, "bad_query")
         assert err["message"] == f"all must be true or false, got {raw!r}"
     assert origin.seen == []
+    padded = await (await gw.get("/v1/counted", params={"limit": "0000000004"})).json()  # ten digits: the most read
+    assert [i["id"] for i in padded["items"]] == [0, 1, 2, 3]
     one = await (await gw.get("/v1/counted", params={"limit": "1"})).json()
     assert [i["id"] for i in one["items"]] == [0] and one["next_cursor"]
     most = await (await gw.get("/v1/counted", params={"limit": "200"})).json()

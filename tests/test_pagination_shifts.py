@@ -165,6 +165,33 @@ async def test_a_stale_cached_page_does_not_stand_in_for_a_moved_list(make_gatew
     assert again.status == 409 and _shifted((await again.json())["error"], "listed_cached")
 
 
+async def test_a_moved_list_drops_its_own_route_s_cached_pages_and_no_other_s(
+    make_gateway: Any, aiohttp_server: Any
+) -> None:
+    """The purge on a 409 names the route: a list moving under one walk must not empty the cache of
+    every other route (each would then go to its upstream again)."""
+    origin = Origin(12)
+    server: TestServer = await aiohttp_server(origin.app())
+    block = ROUTES.split("  listed_cached:\n")[1].split("\n  listed_raw:")[0]
+    other = "  other_cached:\n" + block.replace("/v1/listed-cached", "/v1/other-cached") + "\n"
+    routes = ROUTES.replace("  listed_raw:", other + "  listed_raw:", 1)
+    gw = await make_gateway(routes, env={"ORIGIN_URL": str(server.make_url(""))}, registry=CollectorRegistry())
+    assert (await gw.get("/v1/other-cached?limit=4")).headers["X-Cache"] == "MISS"
+    assert (await gw.get("/v1/other-cached?limit=4")).headers["X-Cache"] == "HIT"
+    first = await (await gw.get("/v1/listed-cached?limit=4")).json()
+    origin.edit(origin.ids()[9])
+    moved = await gw.get(f"/v1/listed-cached?limit=4&cursor={first['next_cursor']}")
+    assert moved.status == 409
+    assert (await gw.get("/v1/listed-cached?limit=4")).headers["X-Cache"] == "MISS"  # its own: dropped
+    assert (await gw.get("/v1/other-cached?limit=4")).headers["X-Cache"] == "HIT"  # another route's: kept
+
+
+async def test_a_head_of_all_true_on_an_empty_collection_is_a_200(make_gateway: Any, aiohttp_server: Any) -> None:
+    gw, _origin, _ = await _setup(make_gateway, aiohttp_server, 0)
+    resp = await gw.head("/v1/listed?all=true")
+    assert resp.status == 200 and resp.headers["Content-Type"].startswith("application/json")
+
+
 # --------------------------------------------------------------------------- offset: all=true and NDJSON
 
 
