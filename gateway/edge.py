@@ -81,8 +81,8 @@ class HostGuard:
     def _allows(self, host: str) -> bool:
         name = host_name(host)
         ip = _ip(name)
-        if ip is not None:
-            return ip.is_loopback or self.any_ip or ip == self.bound_ip
+        if ip is not None:  # an address cannot be rebound: loopback, the bound one, or one listed
+            return ip.is_loopback or self.any_ip or ip == self.bound_ip or str(ip) in self.names
         return name in self.names or name.endswith(self.suffixes)
 
     def check(self, method: str, host: str | None, origin: str | None) -> None:

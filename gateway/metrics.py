@@ -99,6 +99,8 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        for reason in ("timeout", "connection", "error", "busy"):  # at 0 from the start: a first failure is an
+            self.shared_failures.labels(reason)  # increase a dashboard's increase() sees, not a new series at 1
         self.circuit_state = Gauge(
             "gateway_upstream_circuit_state",
             "The upstream's circuit breaker: 0 closed, 1 half-open (probing), 2 open (failing fast).",

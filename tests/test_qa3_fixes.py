@@ -154,6 +154,8 @@ routes:
         ("a.example.com,b.example.com", "holds several names: give each its own list item"),
         ("routegate.example.com:443", "has a port; the Host's port is ignored"),
         ("bad host!", "is not a host name"),
+        ("*.example.com:443", "has a port; the Host's port is ignored; write the name alone, e.g. '*.example.com'"),
+        ("[::1]:8080", "has a port; the Host's port is ignored; write the name alone, e.g. '[::1]'"),
     ],
 )
 def test_an_allowed_host_that_could_never_match_is_a_config_problem(tmp_path: Path, value: str, why: str) -> None:
@@ -188,3 +190,34 @@ async def test_collection_gets_declare_the_409_a_walk_can_end_in(gw: TestClient[
     assert all(code in described for code in ("collection_changed", "route_changed", "cursor_outdated"))
     item = doc["paths"]["/v1/posthog/projects/{project_id}/notebooks/{short_id}"]["get"]["responses"]
     assert "409" not in item  # one entity: no walk
+
+
+def test_a_url_with_a_password_in_allowed_hosts_is_named_without_it(tmp_path: Path) -> None:
+    path = tmp_path / "routes.yaml"
+    path.write_text(HOSTS_YAML)
+    env = {**os.environ, "ROUTEGATE_PUBLIC_HOST": "https://admin:s3cret@routegate.example.com", "ORIGIN_URL": "x"}
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway", "check", str(path)], capture_output=True, text=True, env=env, timeout=60
+    )
+    text = out.stdout + out.stderr
+    assert out.returncode != 0 and "s3cret" not in text and "admin" not in text
+    assert (
+        "'https://…@routegate.example.com' is a URL, not a host name (no scheme); write the name alone, e.g. "
+        "'routegate.example.com'" in text
+    )
+
+
+@pytest.mark.parametrize(
+    ("listed", "host"), [("198.51.100.20", "198.51.100.20"), ("[2001:DB8::1]", "[2001:db8:0::1]:8443")]
+)
+async def test_an_address_listed_in_allowed_hosts_is_served(
+    aiohttp_client: Any, tmp_path: Path, listed: str, host: str
+) -> None:
+    """An IP entry passed check but was never consulted (an IP Host was judged only as loopback or the bound
+    address): every request was a 421 saying to add what was already there."""
+    path = tmp_path / "routes.yaml"
+    path.write_text(HOSTS_YAML)
+    env = {"ROUTEGATE_PUBLIC_HOST": listed, "ORIGIN_URL": "http://127.0.0.1:9"}
+    gw = await aiohttp_client(build_app(path, registry=CollectorRegistry(), env=env))
+    assert (await gw.get("/healthz", headers={"Host": host})).status == 200
+    assert (await gw.get("/healthz", headers={"Host": "198.51.100.21"})).status == 421

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -143,7 +144,7 @@ def _server(node: _Node | None) -> ServerSettings:
         if (value := getattr(spec, key)) is not None:
             kw[key] = value
     if spec.allowed_hosts is not None:
-        kw["allowed_hosts"] = tuple(h.strip().lower().rstrip(".") for h in spec.allowed_hosts)
+        kw["allowed_hosts"] = tuple(_host_entry(h) for h in spec.allowed_hosts)
     if (ct := spec.client_timeouts) is not None:
         kw["header_timeout"], kw["body_timeout"] = ct.headers, ct.body
     return ServerSettings(**kw)
@@ -260,3 +261,12 @@ def _session_check(spec: SessionCheckSpec, node: _Node, auth: AuthSpec) -> Sessi
         return None
     memo = spec.memo if spec.memo is not None else 5.0
     return SessionCheck(spec.request.split()[1], tuple(spec.expect.split(".")), credential, memo)
+
+
+def _host_entry(entry: str) -> str:
+    """As gateway.edge compares a Host: lower-case, no trailing dot; an address in its one written form."""
+    text = entry.strip().lower().rstrip(".")
+    try:
+        return str(ipaddress.ip_address(text.removeprefix("[").removesuffix("]")))
+    except ValueError:
+        return text

@@ -8,6 +8,7 @@ and ``sections_access`` keep what spans keys.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Literal, Self
 
@@ -68,33 +69,47 @@ class ServerSpec(Section):
 
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?\Z")
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 
 
 def _host_problem(entry: str) -> str | None:
-    """Why ``entry`` could never match a ``Host`` (compared without scheme, path or port), or None.
+    """Why ``entry`` could never match a ``Host`` (compared as a bare name or IP, no scheme, path or
+    port), or None.
 
     A URL pasted where a name belongs (``ROUTEGATE_PUBLIC_HOST=https://...``) passed the check and
     then answered every request through the ingress with a 421 telling the operator to add the name
-    they had added."""
+    they had added.  The entry is echoed with any user-info hidden (a URL may carry a password)."""
     if entry == "*":
         return None
-    name = entry.removeprefix("*.")
-    bare = re.sub(r"^[a-z][a-z0-9+.-]*://", "", name, flags=re.IGNORECASE).split("/")[0].split("?")[0]
-    bare = bare.rsplit(":", 1)[0] if bare.count(":") == 1 else bare
-    hint = f"; write the name alone, e.g. {bare!r}" if bare and _HOST_NAME.match(bare) else ""
-    if "://" in name:
-        return f"{entry!r} is a URL, not a host name (no scheme){hint}"
+    shown = repr(re.sub(r"(?<=://)[^/@]*@", "…@", entry))
+    wild, name = ("*.", entry[2:]) if entry.startswith("*.") else ("", entry)
+    scheme = _SCHEME.match(name)
+    bare = name[scheme.end() :] if scheme else name
+    wild, bare = ("*.", bare[2:]) if bare.startswith("*.") else (wild, bare)
+    bare = bare.split("/")[0].split("?")[0].rpartition("@")[2]  # no path, query or user-info
+    if bare.startswith("["):  # [IPv6] or [IPv6]:port
+        bare = bare[: bare.find("]") + 1] if "]" in bare else bare
+    elif bare.count(":") == 1:
+        bare = bare.partition(":")[0]
+    hint = f"; write the name alone, e.g. {wild + bare!r}" if bare and (_HOST_NAME.match(bare) or _ip(bare)) else ""
+    if scheme:
+        return f"{shown} is a URL, not a host name (no scheme){hint}"
     if "," in name:
-        return f"{entry!r} holds several names: give each its own list item"
-    if "/" in name or "?" in name:
-        return f"{entry!r} has a path; a Host is a name only{hint}"
-    if name.count(":") == 1:
-        return f"{entry!r} has a port; the Host's port is ignored{hint}"
-    if name.startswith("[") or name.count(":") > 1:
-        return None  # an IPv6 literal (judged as an IP, never by this list)
-    if not _HOST_NAME.match(name):
-        return f"{entry!r} is not a host name (letters, digits, '-', '_' and dots; a leading '*.' for subdomains)"
-    return None
+        return f"{shown} holds several names: give each its own list item"
+    if "/" in name or "?" in name or "@" in name:
+        return f"{shown} has a path or user-info; a Host is a name only{hint}"
+    if _ip(name) is not None or _HOST_NAME.match(name):
+        return None  # a name, an IPv4 address, or a bare IPv6 address
+    if ":" in name and name != bare:
+        return f"{shown} has a port; the Host's port is ignored{hint}"
+    return f"{shown} is not a host name (letters, digits, '-', '_' and dots; a leading '*.' for subdomains; or an IP)"
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return None
 
 
 def _on_off(value: object) -> bool:
