@@ -49,19 +49,21 @@ class RouteHealth:
     def get(self, route: str) -> RouteState:
         return self._states.get(route) or RouteState()
 
-    def _state(self, route: str) -> RouteState:
-        """The route's state, made on first use (not ``setdefault``, which builds one on every call)."""
+    def _state(self, route: str) -> RouteState | None:
+        """The route's state, made on first use (not ``setdefault``, which builds one on every call);
+        None for a route the served config no longer has: a request begun before the reload that removed
+        it, finishing now, must bring back no series (a 0 written then would page for ever)."""
         state = self._states.get(route)
         if state is None:
+            if self._served is not None and route not in self._served:
+                return None
             state = self._states[route] = RouteState()
         return state
 
     def up(self, route: str, source: str = "traffic") -> None:
-        state = self._states.get(route)
+        state = self._states.get(route) or self._state(route)
         if state is None:
-            if self._served is not None and route not in self._served:
-                return  # a request begun before a reload removed its route: no series comes back for it
-            state = self._state(route)
+            return
         now = self._clock()
         state.checked, state.source = now, source
         if state.up is True:
@@ -73,9 +75,9 @@ class RouteHealth:
         self._metrics.route_changed.labels(route).set(now)
 
     def down(self, route: str, code: str, reason: str, source: str = "traffic") -> None:
-        if self._served is not None and route not in self._served:
-            return  # finished after a reload removed its route: a 0 written now would page for ever
         state = self._state(route)
+        if state is None:
+            return
         now = self._clock()
         state.checked, state.source = now, source
         if state.up is not False:
@@ -96,12 +98,9 @@ class RouteHealth:
             self._metrics.route_failure.remove(route, code)
 
     def answered_by(self, route: str, target: int) -> None:
-        state = self._states.get(route)  # made once, then one lookup
-        if state is None:
-            if self._served is not None and route not in self._served:
-                return
-            state = self._state(route)
-        state.target = target
+        state = self._states.get(route) or self._state(route)  # made once, then one lookup
+        if state is not None:
+            state.target = target
 
     def track(self, routes: Iterable[str]) -> None:
         """Export the config's routes (NaN until known); forget routes a reload removed,
