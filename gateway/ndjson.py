@@ -30,6 +30,7 @@ from aiohttp import web
 from gateway import jsonio
 from gateway.downstream import mark_answer, vary
 from gateway.errors import GatewayError, UpstreamError
+from gateway.negotiation import weighted
 from gateway.trace import RequestTrace
 
 NDJSON_TYPE = "application/x-ndjson"
@@ -42,17 +43,7 @@ def wants_ndjson(accept: str) -> bool:
     if "ndjson" not in accept.lower():  # media types ignore case (RFC 9110 8.3.1)
         return False
     best_nd = best_json = 0.0
-    for part in accept.split(","):
-        media, _, rest = part.partition(";")
-        media = media.strip().lower()
-        q = 1.0
-        for param in rest.split(";"):
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
+    for media, q in weighted(accept):
         if media in _NDJSON_TYPES:
             best_nd = max(best_nd, q)
         elif media in _JSON_TYPES:

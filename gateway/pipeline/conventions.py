@@ -18,6 +18,7 @@ from aiohttp.web_response import ContentCoding
 from gateway.config import Route
 from gateway.downstream import vary
 from gateway.errors import BadRequest
+from gateway.negotiation import weighted
 from gateway.pipeline import Exchange, Handler, http
 
 #: answers smaller than this are sent as they are: compressing them saves less than it costs
@@ -124,18 +125,7 @@ def coding_for(accept_encoding: str) -> ContentCoding | None:
     aiohttp's own choice is the first coding named anywhere in the header, so ``deflate;q=0, gzip``
     got the deflate the client refused; here ``q`` weights count, ``*`` stands for a coding not
     named, and ties go to gzip (what ``curl --compressed`` and browsers expect first)."""
-    weights: dict[str, float] = {}
-    for part in accept_encoding.lower().split(","):
-        name, _, params = part.partition(";")
-        q = 1.0
-        for param in params.split(";"):
-            key, _, value = param.strip().partition("=")
-            if key == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0  # a malformed weight accepts nothing rather than guess
-        weights[name.strip()] = q
+    weights = dict(weighted(accept_encoding))
     wildcard = weights.get("*", 0.0)
     best, best_q = None, 0.0
     for name, coding in _CODINGS.items():
