@@ -19,11 +19,11 @@ The gateway sends no CORS headers, so a page can never read an answer either.
 
 from __future__ import annotations
 
-import ipaddress
 from urllib.parse import urlsplit
 
 from gateway.errors import Forbidden, MisdirectedRequest
 from gateway.methods import SAFE as _SAFE
+from gateway.netloc import host_name, ip_of
 
 #: host names that always mean this machine
 LOOPBACK_NAMES = frozenset({"localhost"})
@@ -31,24 +31,6 @@ LOOPBACK_NAMES = frozenset({"localhost"})
 _MEMO = 256
 #: bind addresses that listen on every interface
 WILDCARD_BINDS = frozenset({"", "0.0.0.0", "::", "[::]"})
-
-
-def host_name(authority: str) -> str:
-    """``Host``/``Origin`` authority without port, lower-case, without brackets or a trailing dot."""
-    text = authority.strip().lower()
-    if text.startswith("["):
-        return text[1 : text.find("]")] if "]" in text else text[1:]
-    name, colon, port = text.rpartition(":")
-    if colon and port.isdigit() and ":" not in name:
-        text = name
-    return text.rstrip(".")
-
-
-def _ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(name)
-    except ValueError:
-        return None
 
 
 class HostGuard:
@@ -60,7 +42,7 @@ class HostGuard:
         self.suffixes = tuple(a[1:] for a in allowed if a.startswith("*."))  # ".example.com"
         bound_name = host_name(bound) if bound is not None else "127.0.0.1"
         self.any_ip = bound is not None and bound.strip() in WILDCARD_BINDS
-        self.bound_ip = _ip(bound_name)
+        self.bound_ip = ip_of(bound_name)
         if self.bound_ip is None and bound_name:
             self.names |= {bound_name}
         self._seen: dict[str, bool] = {}
@@ -80,7 +62,7 @@ class HostGuard:
 
     def _allows(self, host: str) -> bool:
         name = host_name(host)
-        ip = _ip(name)
+        ip = ip_of(name)
         if ip is not None:  # an address cannot be rebound: loopback, the bound one, or one listed
             return ip.is_loopback or self.any_ip or ip == self.bound_ip or str(ip) in self.names
         return name in self.names or name.endswith(self.suffixes)

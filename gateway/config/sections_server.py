@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -31,6 +30,7 @@ from gateway.config.spec_upstream import AuthSpec as AuthSectionSpec
 from gateway.config.spec_upstream import ExpirySpec as ExpirySectionSpec
 from gateway.config.spec_upstream import SessionCheckSpec, UpstreamSpec
 from gateway.config.values import _HEADER_NAME, _NAME
+from gateway.netloc import host_name, ip_of
 
 
 def _cache_settings(node: _Node | None) -> CacheSettings:
@@ -264,9 +264,7 @@ def _session_check(spec: SessionCheckSpec, node: _Node, auth: AuthSpec) -> Sessi
 
 
 def _host_entry(entry: str) -> str:
-    """As gateway.edge compares a Host: lower-case, no trailing dot; an address in its one written form."""
-    text = entry.strip().lower().rstrip(".")
-    try:
-        return str(ipaddress.ip_address(text.removeprefix("[").removesuffix("]")))
-    except ValueError:
-        return text
+    """As gateway.edge reads a Host (``host_name``), an address in its one written form."""
+    name = host_name(entry)
+    ip = ip_of(name)
+    return name if ip is None else str(ip)

@@ -8,7 +8,6 @@ and ``sections_access`` keep what spans keys.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from typing import Annotated, Literal, Self
 
@@ -18,6 +17,7 @@ from gateway.config.model import CacheSettings, ProbeSettings
 from gateway.config.node import _kind
 from gateway.config.spec_types import Duration, SecretRef, Section, Size
 from gateway.config.values import _NAME
+from gateway.netloc import ip_of
 
 
 class ClientTimeoutsSpec(Section):
@@ -91,25 +91,18 @@ def _host_problem(entry: str) -> str | None:
         bare = bare[: bare.find("]") + 1] if "]" in bare else bare
     elif bare.count(":") == 1:
         bare = bare.partition(":")[0]
-    hint = f"; write the name alone, e.g. {wild + bare!r}" if bare and (_HOST_NAME.match(bare) or _ip(bare)) else ""
+    hint = f"; write the name alone, e.g. {wild + bare!r}" if bare and (_HOST_NAME.match(bare) or ip_of(bare)) else ""
     if scheme:
         return f"{shown} is a URL, not a host name (no scheme){hint}"
     if "," in name:
         return f"{shown} holds several names: give each its own list item"
     if "/" in name or "?" in name or "@" in name:
         return f"{shown} has a path or user-info; a Host is a name only{hint}"
-    if _ip(name) is not None or _HOST_NAME.match(name):
+    if ip_of(name) is not None or _HOST_NAME.match(name):
         return None  # a name, an IPv4 address, or a bare IPv6 address
     if ":" in name and name != bare:
         return f"{shown} has a port; the Host's port is ignored{hint}"
     return f"{shown} is not a host name (letters, digits, '-', '_' and dots; a leading '*.' for subdomains; or an IP)"
-
-
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(text.removeprefix("[").removesuffix("]"))
-    except ValueError:
-        return None
 
 
 def _on_off(value: object) -> bool:
