@@ -3,7 +3,6 @@ metric an alert or a dashboard panel reads is one the gateway really exports."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -15,20 +14,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.server import GATEWAY
 from sandbox.runner import Sandboxes
-from tests.conftest import ROOT, need_binary
+from tests.conftest import ROOT
+from tests.helpers.prom import promtool
 
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 DASHBOARD = ROOT / "deploy" / "grafana" / "routegate.json"
 _METRIC = re.compile(r"\b(gateway_[a-z_]+|up)\b(?!\s*\()")
 
 
-async def promtool(*args: str, cwd: Path = ROOT) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        need_binary("promtool"), *args, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode()
+
 
 
 def alert_rules() -> list[dict[str, Any]]:

@@ -22,31 +22,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.error_kinds import NOT_UPSTREAM_FAILURE, UPSTREAM_FAILURE
 from sandbox.runner import Sandboxes
 from tests.conftest import ROOT, ROUTES, need_binary
+from tests.helpers.prom import ALERTS, promtool_test
 from tests.helpers.workers import _pids
 from tests.processes import free_port, serve
 
-ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "routegate.json"
 DOCS = ROOT / "docs" / "observability.md"
 GW = {"instance": "gw:8080", "job": "routegate"}
 
 
-async def promtool_test(tmp_path: Path, tests: list[dict[str, Any]], rules: Path = ALERTS) -> tuple[int, str]:
-    """``promtool test rules`` on ``tests`` against ``rules`` (the shipped alerts.yml)."""
-    doc = {"rule_files": [str(rules)], "evaluation_interval": "15s", "tests": tests}
-    path = tmp_path / "qa3_test.yml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    proc = await asyncio.create_subprocess_exec(
-        need_binary("promtool"),
-        "test",
-        "rules",
-        str(path),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode()
+
 
 
 def series(name: str, values: str, **labels: str) -> dict[str, str]:

@@ -19,8 +19,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.server import GATEWAY
-from tests.conftest import ROOT, need_binary
+from tests.conftest import ROOT
 from tests.fake_upstream import start_fake
+from tests.helpers.prom import ALERTS, promtool_test
 from tests.helpers.redis import RedisServer
 
 YAML = """
@@ -42,7 +43,6 @@ routes:
     targets: ["GET /things/{{name}}"]
 """
 BUDGET, PER = 8, 2.0
-ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "routegate.json"
 ALERT = "RoutegateSharedStateFailing"
 GW = {"instance": "gw:8080", "job": "routegate"}
@@ -212,21 +212,7 @@ def _rule() -> dict[str, Any]:
     return rule
 
 
-async def _promtool(tmp_path: Path, tests: list[dict[str, Any]]) -> tuple[int, str]:
-    """``promtool test rules`` on ``tests`` against the shipped alerts.yml."""
-    doc = {"rule_files": [str(ALERTS)], "evaluation_interval": "15s", "tests": tests}
-    path = tmp_path / "qa4_test.yml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    proc = await asyncio.create_subprocess_exec(
-        need_binary("promtool"),
-        "test",
-        "rules",
-        str(path),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    return proc.returncode or 0, out.decode()
+
 
 
 def _failures(text: str) -> dict[str, float]:
@@ -329,7 +315,7 @@ async def test_the_shared_state_alert_fires_on_what_a_real_gateway_exports_after
             "alert_rule_test": [{"eval_time": f"{m}m", "alertname": ALERT, "exp_alerts": []} for m in (1, 11, 25)],
         },
     ]
-    code, out = await _promtool(tmp_path, tests)
+    code, out = await promtool_test(tmp_path, tests)
     assert code == 0, out
 
 
