@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from gateway.config.hosts import host_name, ip_of
 from gateway.errors import Forbidden, MisdirectedRequest
 from gateway.methods import SAFE as _SAFE
-from gateway.netloc import host_name, ip_of
 
 #: host names that always mean this machine
 LOOPBACK_NAMES = frozenset({"localhost"})

@@ -1,31 +1,9 @@
-"""``host:port`` as a URL writes it (for the addresses the commands print), and a host as a ``Host``
-header names it (read one way by the Host guard, gateway.edge, and by ``server.allowed_hosts``)."""
+"""``host:port`` as a URL writes it, for the addresses the commands print."""
 
 from __future__ import annotations
-
-import ipaddress
 
 
 def netloc(host: str, port: int | str) -> str:
     """An IPv6 address in brackets (``[::1]:8190``): ``::1:8190`` reads as a longer address and does
     not paste into curl or a browser."""
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
-
-
-def host_name(authority: str) -> str:
-    """``Host``/``Origin`` authority without port, lower-case, without brackets or a trailing dot."""
-    text = authority.strip().lower()
-    if text.startswith("["):
-        return text[1 : text.find("]")] if "]" in text else text[1:]
-    name, colon, port = text.rpartition(":")
-    if colon and port.isdigit() and ":" not in name:
-        text = name
-    return text.rstrip(".")
-
-
-def ip_of(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address ``name`` is (an IPv6 one with or without brackets), or None for a host name."""
-    try:
-        return ipaddress.ip_address(name.removeprefix("[").removesuffix("]"))
-    except ValueError:
-        return None

@@ -8,6 +8,7 @@ from typing import Any
 
 from yarl import URL
 
+from gateway.config.hosts import host_name, ip_of
 from gateway.config.model import CacheSettings, RouteCache, ServerSettings
 from gateway.config.model_upstream import (
     AuthSpec,
@@ -30,7 +31,6 @@ from gateway.config.spec_upstream import AuthSpec as AuthSectionSpec
 from gateway.config.spec_upstream import ExpirySpec as ExpirySectionSpec
 from gateway.config.spec_upstream import SessionCheckSpec, UpstreamSpec
 from gateway.config.values import _HEADER_NAME, _NAME
-from gateway.netloc import host_name, ip_of
 
 
 def _cache_settings(node: _Node | None) -> CacheSettings:

@@ -13,11 +13,11 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BeforeValidator, Field, ValidationInfo, WithJsonSchema, field_validator, model_validator
 
+from gateway.config.hosts import ip_of
 from gateway.config.model import CacheSettings, ProbeSettings
 from gateway.config.node import _kind
 from gateway.config.spec_types import Duration, SecretRef, Section, Size
 from gateway.config.values import _NAME
-from gateway.netloc import ip_of
 
 
 class ClientTimeoutsSpec(Section):
